@@ -1,0 +1,137 @@
+//! The graph the backward pass walks: the part of an ONNX model between its
+//! image input and its logits, with weights resolved and constants removed.
+
+use ndarray::ArrayD;
+
+use crate::ops::conv::{Conv, Window};
+use crate::ops::dense::{Affine, Dense};
+use crate::rules::LinearLayer;
+
+/// Geometry of a pooling node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    /// Window geometry.
+    pub window: Window,
+    /// `AveragePool`: divide by the full kernel size, padding included.
+    pub count_include_pad: bool,
+}
+
+/// What a node does, as far as relevance is concerned.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Convolution (a linear layer).
+    Conv(Conv),
+    /// Dense layer (`Gemm`, `MatMul` [+ `Add`]).
+    Dense(Dense),
+    /// Per-channel affine layer (unfolded `BatchNormalization`).
+    Affine(Affine),
+    /// `MaxPool`: winner takes all.
+    MaxPool(Pool),
+    /// `AveragePool`: proportional to contribution.
+    AvgPool(Pool),
+    /// `GlobalAveragePool`: proportional to contribution.
+    GlobalAvgPool,
+    /// `GlobalMaxPool`: winner takes all.
+    GlobalMaxPool,
+    /// Elementwise sum of activations (residual `Add`): proportional split.
+    Sum,
+    /// Elementwise nodes that pass relevance unchanged (activations, dropout,
+    /// identity, arithmetic with constants).
+    Pass,
+    /// Shape-only nodes (`Flatten`, `Reshape`, `Squeeze`, `Unsqueeze`).
+    Reshape,
+    /// `Transpose` with this permutation.
+    Transpose(Vec<usize>),
+    /// `BatchNormalization` before canonization: `y = x * scale + shift` per channel.
+    BatchNorm {
+        /// Per-channel scale `gamma / sqrt(var + eps)`.
+        scale: Vec<f32>,
+        /// Per-channel shift `beta - mean * scale`.
+        shift: Vec<f32>,
+    },
+    /// `Add` of a constant before canonization (a bias, usually after `MatMul`).
+    AddConst(ArrayD<f32>),
+}
+
+impl Op {
+    /// The node as a linear layer, if it is one.
+    pub fn linear(&self) -> Option<&dyn LinearLayer> {
+        match self {
+            Op::Conv(c) => Some(c),
+            Op::Dense(d) => Some(d),
+            Op::Affine(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// One node of the graph.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The ONNX node name (or a generated one when the file has none).
+    pub name: String,
+    /// The ONNX operator type.
+    pub op_type: String,
+    /// What it does.
+    pub op: Op,
+    /// Names of the activation tensors it reads (constants excluded).
+    pub inputs: Vec<String>,
+    /// Name of the tensor it writes.
+    pub output: String,
+    /// Whether this linear layer reads the model input (no other linear layer
+    /// in between): the "first layer" of composites.
+    pub first: bool,
+}
+
+/// The image input to logits part of a model, in topological order.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    /// Name of the image input tensor.
+    pub input: String,
+    /// Its declared dimensions (`None` where symbolic).
+    pub input_dims: Vec<Option<usize>>,
+    /// Name of the logits tensor (the input of a trailing `Softmax`, if any).
+    pub logits: String,
+    /// Whether a trailing `Softmax` / `LogSoftmax` was skipped.
+    pub skipped_softmax: bool,
+    /// Nodes in topological order.
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    /// Nodes that read `tensor`.
+    pub fn consumers(&self, tensor: &str) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| n.inputs.iter().any(|i| i == tensor))
+            .count()
+    }
+
+    /// Marks the linear layers that read the model input as `first`.
+    pub fn mark_first_layers(&mut self) {
+        use std::collections::HashSet;
+        let mut raw: HashSet<String> = HashSet::new();
+        raw.insert(self.input.clone());
+        for node in &mut self.nodes {
+            let reads_raw = node.inputs.iter().any(|i| raw.contains(i));
+            if node.op.linear().is_some() {
+                node.first = reads_raw;
+            } else if reads_raw {
+                raw.insert(node.output.clone());
+            }
+        }
+    }
+
+    /// Names of all tensors the backward pass reads (node inputs), the model input excluded.
+    pub fn needed_activations(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for n in &self.nodes {
+            for i in &n.inputs {
+                if *i != self.input && !out.contains(i) {
+                    out.push(i.clone());
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,143 @@
+//! Dense matrix products on the `gemm` crate (AVX-512/AVX2 kernels, rayon threads).
+
+use gemm::Parallelism;
+
+/// Products smaller than this many multiply-adds run on one thread.
+const PARALLEL_THRESHOLD: usize = 1 << 18;
+
+/// A strided, row-major-by-default view of a matrix stored in a slice.
+#[derive(Clone, Copy, Debug)]
+pub struct Mat<'a> {
+    /// The elements.
+    pub data: &'a [f32],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Distance between two rows.
+    pub rs: isize,
+    /// Distance between two columns.
+    pub cs: isize,
+}
+
+impl<'a> Mat<'a> {
+    /// A contiguous row-major `rows x cols` matrix.
+    pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert!(data.len() >= rows * cols, "matrix slice too short");
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        Mat {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// `dst (m x n, row-major, contiguous) = [dst +] a (m x k) * b (k x n)`.
+///
+/// `accumulate` adds to the existing content of `dst` instead of overwriting it.
+/// `threads`: `true` lets large products use all rayon threads.
+pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, threads: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "inner dimensions differ");
+    assert!(dst.len() >= m * n, "destination too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let par = if threads && m * n * k >= PARALLEL_THRESHOLD {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the asserts above and the strides of `Mat` (built from slices
+    // long enough for their shape) keep every access in bounds.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs,
+            a.rs,
+            b.data.as_ptr(),
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matches_naive_product_plain_and_transposed() {
+        let (m, k, n) = (7, 13, 5);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 23) as f32 - 11.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104729) % 17) as f32 - 8.0)
+            .collect();
+        let want = naive(&a, &b, m, k, n);
+        let mut got = vec![0.0; m * n];
+        matmul(
+            &mut got,
+            Mat::row_major(&a, m, k),
+            Mat::row_major(&b, k, n),
+            false,
+            true,
+        );
+        assert_eq!(got, want, "small integers are exact in f32");
+        // b stored transposed (n x k) and viewed through .t()
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let mut got2 = vec![1.0; m * n];
+        matmul(
+            &mut got2,
+            Mat::row_major(&a, m, k),
+            Mat::row_major(&bt, n, k).t(),
+            true,
+            false,
+        );
+        let want2: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
+        assert_eq!(got2, want2);
+    }
+}

@@ -1,0 +1,50 @@
+//! The `lrp-heatmap` command: parses, runs, reports.
+
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code when every input was explained.
+const EXIT_OK: u8 = 0;
+/// Exit code when some input failed (the others were still processed).
+const EXIT_INPUT_FAILED: u8 = 1;
+/// Exit code for usage and model errors.
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    let cfg = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Some(dir) = &cfg.out_dir {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("error: cannot create output folder {}: {e}", dir.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    match lrp_heatmap::app::run(&cfg, &mut stdout.lock(), &mut stderr.lock()) {
+        Ok(summary) if summary.failed.is_empty() => ExitCode::from(EXIT_OK),
+        Ok(summary) => {
+            let _ = writeln!(
+                stderr.lock(),
+                "{} of {} inputs failed",
+                summary.failed.len(),
+                summary.failed.len() + summary.done
+            );
+            ExitCode::from(EXIT_INPUT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Loading an ONNX classifier: tract for the forward pass (keeping the
+//! activations the backward pass needs), the relevance graph for the rest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use ndarray::ArrayD;
+use tract_onnx::prelude::*;
+
+use crate::canon::canonize;
+use crate::graph::Graph;
+use crate::onnx::build_graph;
+use crate::preprocess::Layout;
+
+/// Name of the bundled model (EfficientNet-Lite0, ImageNet), the default.
+pub const BUNDLED_NAME: &str = "efficientnet-lite0";
+
+/// The bundled model's ONNX file, compiled into the binary.
+pub static BUNDLED_MODEL: &[u8] = include_bytes!("../models/efficientnet-lite0.onnx");
+
+/// Spatial size used where the model leaves it symbolic.
+pub const DEFAULT_SIZE: usize = 224;
+
+/// What the model expects as input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputSpec {
+    /// Tensor name.
+    pub name: String,
+    /// Concrete shape fed to the model (batch 1).
+    pub shape: Vec<usize>,
+    /// NCHW or NHWC.
+    pub layout: Layout,
+    /// Colour channels (1 or 3).
+    pub channels: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Width in pixels.
+    pub width: usize,
+    /// Whether a dimension was symbolic and fixed by us.
+    pub fixed_dims: bool,
+}
+
+/// A loaded ONNX image classifier.
+pub struct Model {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// The relevance graph (canonized).
+    pub graph: Graph,
+    /// The input it expects.
+    pub input: InputSpec,
+    /// Number of classes.
+    pub classes: usize,
+    plan: Arc<TypedRunnableModel>,
+    /// Names of the plan outputs: the logits first, then the activations.
+    outputs: Vec<String>,
+}
+
+/// The result of a forward pass: logits and every activation the backward pass reads.
+pub struct Forward {
+    /// The model input.
+    pub input: ArrayD<f32>,
+    /// Logits (pre-softmax scores), flattened.
+    pub logits: Vec<f32>,
+    /// The logits tensor with its shape.
+    pub logits_tensor: ArrayD<f32>,
+    /// Activations by tensor name.
+    pub activations: HashMap<String, ArrayD<f32>>,
+}
+
+impl Forward {
+    /// The activation called `name` (the model input included).
+    pub fn get(&self, graph: &Graph, name: &str) -> Result<&ArrayD<f32>> {
+        if name == graph.input {
+            return Ok(&self.input);
+        }
+        self.activations
+            .get(name)
+            .ok_or_else(|| anyhow!("activation '{name}' was not kept by the forward pass"))
+    }
+
+    /// Indices of the `k` highest logits with their softmax probabilities.
+    pub fn top_k(&self, k: usize) -> Vec<(usize, f32)> {
+        let probs = softmax(&self.logits);
+        let mut idx: Vec<usize> = (0..probs.len()).collect();
+        idx.sort_by(|&a, &b| self.logits[b].total_cmp(&self.logits[a]));
+        idx.into_iter().take(k).map(|i| (i, probs[i])).collect()
+    }
+}
+
+/// Softmax of a vector (max-subtracted, so never overflows).
+pub fn softmax(x: &[f32]) -> Vec<f32> {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+fn input_spec(graph: &Graph) -> Result<InputSpec> {
+    let d = &graph.input_dims;
+    ensure!(
+        d.len() == 4,
+        "not an image classifier: input '{}' has rank {} (expected 4: [N,C,H,W] or [N,H,W,C])",
+        graph.input,
+        d.len()
+    );
+    let is_ch = |v: Option<usize>| matches!(v, Some(1) | Some(3));
+    let (layout, channels, h, w) = if is_ch(d[1]) || (d[1].is_none() && !is_ch(d[3])) {
+        (Layout::Nchw, d[1].unwrap_or(3), d[2], d[3])
+    } else if is_ch(d[3]) {
+        (Layout::Nhwc, d[3].unwrap_or(3), d[1], d[2])
+    } else {
+        bail!(
+            "not an image classifier: input '{}' has shape {:?}, with neither 1 nor 3 channels",
+            graph.input,
+            d
+        );
+    };
+    ensure!(
+        d[0].is_none_or(|n| n == 1),
+        "input '{}' has a fixed batch of {:?}; only 1 is supported",
+        graph.input,
+        d[0]
+    );
+    let (height, width) = (h.unwrap_or(DEFAULT_SIZE), w.unwrap_or(DEFAULT_SIZE));
+    let shape = match layout {
+        Layout::Nchw => vec![1, channels, height, width],
+        Layout::Nhwc => vec![1, height, width, channels],
+    };
+    Ok(InputSpec {
+        name: graph.input.clone(),
+        shape,
+        layout,
+        channels,
+        height,
+        width,
+        fixed_dims: d.iter().any(|v| v.is_none()),
+    })
+}
+
+impl Model {
+    /// Loads and prepares an ONNX model file, or the bundled model when `path`
+    /// is [`BUNDLED_NAME`] and no such file exists.
+    pub fn load(path: &Path) -> Result<Model> {
+        if path == Path::new(BUNDLED_NAME) && !path.exists() {
+            return Model::from_bytes(BUNDLED_MODEL, path, None);
+        }
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+        let dir = path
+            .parent()
+            .and_then(|p| p.to_str())
+            .map(|s| if s.is_empty() { "." } else { s });
+        Model::from_bytes(&bytes, path, dir)
+    }
+
+    /// Prepares a model from the bytes of an ONNX file; `path` names it in
+    /// messages, `dir` is where external data files are looked up.
+    pub fn from_bytes(bytes: &[u8], path: &Path, dir: Option<&str>) -> Result<Model> {
+        ensure!(!bytes.is_empty(), "model {} is empty", path.display());
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
+        let provider = onnx.provider.clone();
+        let load = |t: &tract_onnx::pb::TensorProto| -> Result<ArrayD<f32>> {
+            let t = tract_onnx::tensor::load_tensor(&*provider, t, dir)
+                .map_err(|e| anyhow!("{e:#}"))?;
+            let t = t.cast_to::<f32>().map_err(|e| anyhow!("{e}"))?.into_owned();
+            t.into_plain_array::<f32>().map_err(|e| anyhow!("{e}"))
+        };
+        let mut graph =
+            build_graph(&proto, &load).with_context(|| format!("model {}", path.display()))?;
+        canonize(&mut graph)?;
+        let input = input_spec(&graph).with_context(|| format!("model {}", path.display()))?;
+
+        let parsed = onnx
+            .parse(&proto, dir)
+            .map_err(|e| anyhow!("{e:#}"))
+            .with_context(|| format!("tract cannot load model {}", path.display()))?;
+        drop(proto);
+        let mut outputs = vec![graph.logits.clone()];
+        outputs.extend(graph.needed_activations());
+        let outlets = outputs
+            .iter()
+            .map(|n| {
+                parsed
+                    .outlets_by_name
+                    .get(n)
+                    .copied()
+                    .ok_or_else(|| anyhow!("tensor '{n}' not found in the tract model"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut model = parsed.model;
+        let plan = (|| -> TractResult<_> {
+            model.set_input_fact(0, f32::fact(&input.shape).into())?;
+            model.select_output_outlets(&outlets)?;
+            model.into_optimized()?.into_runnable()
+        })()
+        .map_err(|e| anyhow!("{e:#}"))
+        .with_context(|| {
+            format!(
+                "tract cannot prepare model {} for input {:?}",
+                path.display(),
+                input.shape
+            )
+        })?;
+
+        let mut m = Model {
+            path: path.to_path_buf(),
+            graph,
+            input,
+            classes: 0,
+            plan,
+            outputs,
+        };
+        let probe = m
+            .forward(ArrayD::zeros(m.input.shape.clone()))
+            .with_context(|| format!("model {}", path.display()))?;
+        m.classes = probe.logits.len();
+        ensure!(
+            m.classes >= 2
+                && probe
+                    .logits_tensor
+                    .shape()
+                    .iter()
+                    .filter(|&&d| d > 1)
+                    .count()
+                    == 1,
+            "model {}: output '{}' of shape {:?} is not a vector of class scores",
+            path.display(),
+            m.graph.logits,
+            probe.logits_tensor.shape()
+        );
+        Ok(m)
+    }
+
+    /// Runs the model on `input` (of shape `self.input.shape`), keeping the activations.
+    pub fn forward(&self, input: ArrayD<f32>) -> Result<Forward> {
+        ensure!(
+            input.shape() == self.input.shape,
+            "input of shape {:?}, the model expects {:?}",
+            input.shape(),
+            self.input.shape
+        );
+        let t: Tensor = input.clone().into();
+        let outs = self
+            .plan
+            .run(tvec!(t.into_tvalue()))
+            .map_err(|e| anyhow!("{e:#}"))
+            .context("forward pass")?;
+        let mut activations = HashMap::new();
+        let mut logits_tensor = None;
+        for (name, v) in self.outputs.iter().zip(outs) {
+            let t = v.into_tensor();
+            let t = t.cast_to::<f32>().map_err(|e| anyhow!("{e}"))?.into_owned();
+            let a = t.into_plain_array::<f32>().map_err(|e| anyhow!("{e}"))?;
+            if logits_tensor.is_none() {
+                logits_tensor = Some(a);
+            } else {
+                activations.insert(name.clone(), a);
+            }
+        }
+        let logits_tensor =
+            logits_tensor.ok_or_else(|| anyhow!("the forward pass returned nothing"))?;
+        let logits: Vec<f32> = logits_tensor.iter().copied().collect();
+        ensure!(
+            logits.iter().all(|v| v.is_finite()),
+            "the model produced non-finite logits"
+        );
+        Ok(Forward {
+            input,
+            logits,
+            logits_tensor,
+            activations,
+        })
+    }
+}

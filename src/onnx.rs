@@ -1,0 +1,470 @@
+//! Builds the relevance [`Graph`] from an ONNX `ModelProto`.
+//!
+//! Every node whose output depends on the image input becomes a graph node;
+//! nodes computed from constants and shapes only (tf2onnx's dynamic flatten,
+//! `Constant`) are left to tract. Weights come from initializers and
+//! `Constant` nodes.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use ndarray::ArrayD;
+use tract_onnx::pb::{self, type_proto, NodeProto, TensorProto};
+
+use crate::graph::{Graph, Node, Op, Pool};
+use crate::ops::conv::{Conv, Padding, Window};
+use crate::ops::dense::Dense;
+
+/// Loads a tensor (raw, typed or external data) as `f32`.
+pub type TensorLoader<'a> = dyn Fn(&TensorProto) -> Result<ArrayD<f32>> + 'a;
+
+/// Operators whose relevance passes through unchanged.
+const PASS_OPS: &[&str] = &[
+    "Relu",
+    "Clip",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "HardSwish",
+    "HardSigmoid",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Softplus",
+    "PRelu",
+    "Gelu",
+    "Mish",
+    "Dropout",
+    "Identity",
+    "Cast",
+];
+
+/// Shape-only operators.
+const RESHAPE_OPS: &[&str] = &["Flatten", "Reshape", "Squeeze", "Unsqueeze"];
+
+/// Operators whose output never depends on the values of their input.
+const SHAPE_OF: &[&str] = &["Shape", "Size"];
+
+/// Every operator type the relevance pass handles (for `inspect`-style listings).
+pub fn supported_ops() -> Vec<&'static str> {
+    let mut v = vec![
+        "Conv",
+        "Gemm",
+        "MatMul",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "BatchNormalization",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Transpose",
+        "Softmax (trailing)",
+        "LogSoftmax (trailing)",
+    ];
+    v.extend_from_slice(PASS_OPS);
+    v.extend_from_slice(RESHAPE_OPS);
+    v
+}
+
+fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
+}
+
+fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
+    attr(node, name).map_or(default, |a| a.i)
+}
+
+fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
+    attr(node, name).map_or(default, |a| a.f)
+}
+
+fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    attr(node, name).map(|a| a.ints.clone())
+}
+
+fn attr_s(node: &NodeProto, name: &str) -> Option<String> {
+    attr(node, name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
+}
+
+fn pair(v: &[i64], what: &str, node: &str) -> Result<[usize; 2]> {
+    ensure!(
+        v.len() == 2,
+        "node '{node}': only 2-D {what} are supported, got {v:?}"
+    );
+    ensure!(
+        v.iter().all(|&x| x > 0),
+        "node '{node}': {what} must be positive, got {v:?}"
+    );
+    Ok([v[0] as usize, v[1] as usize])
+}
+
+/// Reads the window attributes shared by `Conv` and the pools.
+fn window(node: &NodeProto, name: &str, kernel: [usize; 2]) -> Result<Window> {
+    let strides = attr_ints(node, "strides").map_or(Ok([1, 1]), |v| pair(&v, "strides", name))?;
+    let dilations =
+        attr_ints(node, "dilations").map_or(Ok([1, 1]), |v| pair(&v, "dilations", name))?;
+    let auto = attr_s(node, "auto_pad").unwrap_or_else(|| "NOTSET".into());
+    let padding = match auto.as_str() {
+        "SAME_UPPER" => Padding::SameUpper,
+        "SAME_LOWER" => Padding::SameLower,
+        "VALID" => Padding::Explicit([0; 4]),
+        "NOTSET" | "" => {
+            let p = attr_ints(node, "pads").unwrap_or_else(|| vec![0; 4]);
+            ensure!(
+                p.len() == 4 && p.iter().all(|&x| x >= 0),
+                "node '{name}': pads {p:?} not supported"
+            );
+            Padding::Explicit([p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize])
+        }
+        other => bail!("node '{name}': auto_pad '{other}' not supported"),
+    };
+    Ok(Window {
+        kernel,
+        strides,
+        dilations,
+        padding,
+    })
+}
+
+fn pool(node: &NodeProto, name: &str) -> Result<Pool> {
+    let k =
+        attr_ints(node, "kernel_shape").ok_or_else(|| anyhow!("node '{name}': no kernel_shape"))?;
+    let kernel = pair(&k, "kernels", name)?;
+    Ok(Pool {
+        window: window(node, name, kernel)?,
+        count_include_pad: attr_i(node, "count_include_pad", 0) != 0,
+    })
+}
+
+/// Declared dims of a value: `None` where symbolic or unknown.
+pub fn value_dims(v: &pb::ValueInfoProto) -> Vec<Option<usize>> {
+    let Some(type_proto::Value::TensorType(t)) = v.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return vec![];
+    };
+    let Some(shape) = &t.shape else { return vec![] };
+    shape
+        .dim
+        .iter()
+        .map(|d| match &d.value {
+            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v)) if *v > 0 => {
+                Some(*v as usize)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Builds the relevance graph of `model`.
+pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph> {
+    let g = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| anyhow!("the file holds no graph"))?;
+    let init: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<&pb::ValueInfoProto> = g
+        .input
+        .iter()
+        .filter(|i| !init.contains(i.name.as_str()))
+        .collect();
+    ensure!(
+        inputs.len() == 1,
+        "expected one image input, the model has {} ({})",
+        inputs.len(),
+        inputs
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    ensure!(!g.output.is_empty(), "the model declares no output");
+    let input = inputs[0].name.clone();
+    let input_dims = value_dims(inputs[0]);
+
+    // constant tensors: initializers and Constant nodes
+    let mut consts: HashMap<&str, &TensorProto> =
+        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    for n in &g.node {
+        if n.op_type == "Constant" {
+            if let (Some(out), Some(t)) = (
+                n.output.first(),
+                attr(n, "value").and_then(|a| a.t.as_ref()),
+            ) {
+                consts.insert(out.as_str(), t);
+            }
+        }
+    }
+    let constant = |name: &str, node: &str| -> Result<ArrayD<f32>> {
+        let t = consts
+            .get(name)
+            .ok_or_else(|| anyhow!("node '{node}': parameter '{name}' is not a constant (computed weights are not supported)"))?;
+        load(t).with_context(|| format!("loading tensor '{name}' of node '{node}'"))
+    };
+
+    let nodes = topo_sort(&g.node, &input, &init)?;
+
+    // which tensors carry the image signal
+    let mut active: HashSet<String> = HashSet::from([input.clone()]);
+    let mut out_nodes = Vec::new();
+    for (ix, n) in nodes.iter().enumerate() {
+        let name = if n.name.is_empty() {
+            format!("{}_{ix}", n.op_type)
+        } else {
+            n.name.clone()
+        };
+        let acts: Vec<String> = n
+            .input
+            .iter()
+            .filter(|i| active.contains(i.as_str()))
+            .cloned()
+            .collect();
+        if acts.is_empty() || SHAPE_OF.contains(&n.op_type.as_str()) {
+            continue;
+        }
+        let output = n
+            .output
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("node '{name}' has no output"))?;
+        active.insert(output.clone());
+        let op = convert(n, &name, &acts, &constant)?;
+        out_nodes.push(Node {
+            name,
+            op_type: n.op_type.clone(),
+            op,
+            inputs: acts,
+            output,
+            first: false,
+        });
+    }
+
+    // logits: the declared output, or the input of a trailing softmax
+    let mut logits = g.output[0].name.clone();
+    let mut skipped_softmax = false;
+    if let Some(pos) = out_nodes.iter().position(|n| n.output == logits) {
+        if matches!(out_nodes[pos].op_type.as_str(), "Softmax" | "LogSoftmax") {
+            logits = out_nodes[pos].inputs[0].clone();
+            skipped_softmax = true;
+            out_nodes.remove(pos);
+        }
+    } else {
+        bail!("the model output '{logits}' does not depend on the image input '{input}'");
+    }
+    let mut graph = Graph {
+        input,
+        input_dims,
+        logits,
+        skipped_softmax,
+        nodes: prune(out_nodes, &g.output[0].name),
+    };
+    // prune by the logits tensor after a skipped softmax
+    graph.nodes = prune(std::mem::take(&mut graph.nodes), &graph.logits.clone());
+    for n in &graph.nodes {
+        if matches!(n.op_type.as_str(), "Softmax" | "LogSoftmax") {
+            bail!(
+                "unsupported operator '{}' (node '{}') inside the network",
+                n.op_type,
+                n.name
+            );
+        }
+    }
+    Ok(graph)
+}
+
+/// Keeps only the nodes the tensor `target` depends on.
+fn prune(nodes: Vec<Node>, target: &str) -> Vec<Node> {
+    let mut needed: HashSet<String> = HashSet::from([target.to_string()]);
+    let mut keep = vec![false; nodes.len()];
+    for (i, n) in nodes.iter().enumerate().rev() {
+        if needed.contains(&n.output) {
+            keep[i] = true;
+            needed.extend(n.inputs.iter().cloned());
+        }
+    }
+    nodes
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Orders nodes so that each comes after the producers of its inputs.
+fn topo_sort<'a>(
+    nodes: &'a [NodeProto],
+    input: &str,
+    init: &HashSet<&str>,
+) -> Result<Vec<&'a NodeProto>> {
+    let mut known: HashSet<&str> = init.iter().copied().collect();
+    known.insert(input);
+    known.insert("");
+    let mut done = vec![false; nodes.len()];
+    let mut out = Vec::with_capacity(nodes.len());
+    loop {
+        let mut progress = false;
+        for (i, n) in nodes.iter().enumerate() {
+            if !done[i] && n.input.iter().all(|x| known.contains(x.as_str())) {
+                done[i] = true;
+                progress = true;
+                out.push(n);
+                known.extend(n.output.iter().map(|s| s.as_str()));
+            }
+        }
+        if out.len() == nodes.len() {
+            return Ok(out);
+        }
+        if !progress {
+            let stuck = nodes.iter().zip(&done).find(|(_, d)| !**d).map(|(n, _)| n);
+            let (name, missing) = stuck
+                .map(|n| {
+                    let m = n
+                        .input
+                        .iter()
+                        .find(|x| !known.contains(x.as_str()))
+                        .cloned()
+                        .unwrap_or_default();
+                    (n.name.clone(), m)
+                })
+                .unwrap_or_default();
+            bail!("the graph has a cycle or a missing tensor: node '{name}' reads '{missing}', which nothing produces");
+        }
+    }
+}
+
+type Constant<'a> = dyn Fn(&str, &str) -> Result<ArrayD<f32>> + 'a;
+
+fn convert(n: &NodeProto, name: &str, acts: &[String], constant: &Constant) -> Result<Op> {
+    let op = n.op_type.as_str();
+    let is_act = |i: usize| n.input.get(i).is_some_and(|x| acts.contains(x));
+    let opt_const = |i: usize| -> Result<Option<ArrayD<f32>>> {
+        match n.input.get(i) {
+            Some(x) if !x.is_empty() => constant(x, name).map(Some),
+            _ => Ok(None),
+        }
+    };
+    let unsupported = |why: &str| anyhow!("unsupported operator '{op}' (node '{name}'): {why}");
+    Ok(match op {
+        "Conv" => {
+            ensure!(
+                is_act(0) && !is_act(1),
+                unsupported("only a constant weight on an activation is supported")
+            );
+            let weight = opt_const(1)?.ok_or_else(|| unsupported("no weight"))?;
+            ensure!(
+                weight.ndim() == 4,
+                unsupported(&format!(
+                    "only 2-D convolutions, weight {:?}",
+                    weight.shape()
+                ))
+            );
+            let kernel = [weight.shape()[2], weight.shape()[3]];
+            let bias = opt_const(2)?;
+            Op::Conv(Conv {
+                weight,
+                bias,
+                window: window(n, name, kernel)?,
+                group: attr_i(n, "group", 1).max(1) as usize,
+            })
+        }
+        "Gemm" => {
+            ensure!(
+                is_act(0) && !is_act(1),
+                unsupported("only activation x constant is supported")
+            );
+            ensure!(attr_i(n, "transA", 0) == 0, unsupported("transA = 1"));
+            let b = opt_const(1)?.ok_or_else(|| unsupported("no weight"))?;
+            ensure!(b.ndim() == 2, unsupported("weight must be 2-D"));
+            let alpha = attr_f(n, "alpha", 1.0);
+            let beta = attr_f(n, "beta", 1.0);
+            let w = if attr_i(n, "transB", 0) != 0 {
+                b
+            } else {
+                b.t().to_owned()
+            };
+            let w = if alpha != 1.0 {
+                w.mapv(|v| v * alpha)
+            } else {
+                w.as_standard_layout().into_owned()
+            };
+            let m = w.shape()[0];
+            let bias = match opt_const(2)? {
+                None => None,
+                Some(c) => {
+                    let c = c.mapv(|v| v * beta);
+                    let c = c
+                        .broadcast(vec![m])
+                        .or_else(|| c.broadcast(vec![1, m]))
+                        .map(|v| v.to_owned());
+                    let c = c.ok_or_else(|| unsupported("bias C must broadcast to [M]"))?;
+                    Some(c.into_shape_with_order(vec![m])?)
+                }
+            };
+            Op::Dense(Dense { weight: w, bias })
+        }
+        "MatMul" => {
+            ensure!(
+                is_act(0) && !is_act(1),
+                unsupported("only activation x constant is supported")
+            );
+            let b = opt_const(1)?.ok_or_else(|| unsupported("no weight"))?;
+            ensure!(b.ndim() == 2, unsupported("weight must be 2-D"));
+            Op::Dense(Dense {
+                weight: b.t().as_standard_layout().into_owned(),
+                bias: None,
+            })
+        }
+        "Add" if acts.len() == 2 => Op::Sum,
+        "Add" => {
+            let ci = if is_act(0) { 1 } else { 0 };
+            Op::AddConst(opt_const(ci)?.ok_or_else(|| unsupported("missing operand"))?)
+        }
+        "Sub" | "Mul" | "Div" => {
+            ensure!(
+                acts.len() == 1 && is_act(0),
+                unsupported("only an activation combined with a constant is supported")
+            );
+            Op::Pass
+        }
+        "BatchNormalization" => {
+            let get = |i| opt_const(i)?.ok_or_else(|| unsupported("missing parameter"));
+            let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+            let eps = attr_f(n, "epsilon", 1e-5);
+            let scale: Vec<f32> = gamma
+                .iter()
+                .zip(var.iter())
+                .map(|(g, v)| g / (v + eps).sqrt())
+                .collect();
+            let shift = beta
+                .iter()
+                .zip(mean.iter())
+                .zip(&scale)
+                .map(|((b, m), s)| b - m * s)
+                .collect();
+            Op::BatchNorm { scale, shift }
+        }
+        "MaxPool" => {
+            ensure!(
+                n.output.len() == 1 || n.output[1].is_empty(),
+                unsupported("the Indices output")
+            );
+            Op::MaxPool(pool(n, name)?)
+        }
+        "AveragePool" => Op::AvgPool(pool(n, name)?),
+        "GlobalAveragePool" => Op::GlobalAvgPool,
+        "GlobalMaxPool" => Op::GlobalMaxPool,
+        "Transpose" => Op::Transpose(
+            attr_ints(n, "perm")
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p as usize)
+                .collect(),
+        ),
+        "Softmax" | "LogSoftmax" => Op::Pass, // only allowed as the last node, checked by the caller
+        o if PASS_OPS.contains(&o) => Op::Pass,
+        o if RESHAPE_OPS.contains(&o) => Op::Reshape,
+        _ => return Err(unsupported("LRP has no rule for it")),
+    })
+}

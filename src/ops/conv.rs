@@ -1,0 +1,451 @@
+//! ONNX `Conv` (2-D, any stride, padding, dilation and group) as a linear layer:
+//! forward by im2col + GEMM, transposed pass by GEMM + col2im.
+
+use anyhow::{bail, ensure, Result};
+use ndarray::ArrayD;
+use rayon::prelude::*;
+
+use crate::linalg::{matmul, Mat};
+use crate::rules::LinearLayer;
+
+/// How a convolution or pooling window pads its input.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Padding {
+    /// Explicit pads `[top, left, bottom, right]`.
+    Explicit([usize; 4]),
+    /// `auto_pad = SAME_UPPER`: extra padding at the end.
+    SameUpper,
+    /// `auto_pad = SAME_LOWER`: extra padding at the start.
+    SameLower,
+}
+
+/// The sliding-window geometry shared by convolutions and pools.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Strides along height and width.
+    pub strides: [usize; 2],
+    /// Dilations along height and width.
+    pub dilations: [usize; 2],
+    /// Padding.
+    pub padding: Padding,
+}
+
+impl Window {
+    /// Pads `[top, left, bottom, right]` for an input of `h x w`.
+    pub fn pads(&self, h: usize, w: usize) -> [usize; 4] {
+        match &self.padding {
+            Padding::Explicit(p) => *p,
+            Padding::SameUpper | Padding::SameLower => {
+                let mut out = [0; 4];
+                for (axis, size) in [h, w].into_iter().enumerate() {
+                    let s = self.strides[axis];
+                    let o = size.div_ceil(s);
+                    let k = self.dilations[axis] * (self.kernel[axis] - 1) + 1;
+                    let total = ((o - 1) * s + k).saturating_sub(size);
+                    let small = total / 2;
+                    let (begin, end) = if self.padding == Padding::SameUpper {
+                        (small, total - small)
+                    } else {
+                        (total - small, small)
+                    };
+                    out[axis] = begin;
+                    out[axis + 2] = end;
+                }
+                out
+            }
+        }
+    }
+
+    /// Output height and width for an input of `h x w` (floor mode).
+    pub fn output_size(&self, h: usize, w: usize) -> Result<[usize; 2]> {
+        let p = self.pads(h, w);
+        let mut out = [0; 2];
+        for (axis, size) in [h, w].into_iter().enumerate() {
+            let k = self.dilations[axis] * (self.kernel[axis] - 1) + 1;
+            let padded = size + p[axis] + p[axis + 2];
+            ensure!(padded >= k, "kernel {k} larger than padded input {padded}");
+            out[axis] = (padded - k) / self.strides[axis] + 1;
+        }
+        Ok(out)
+    }
+}
+
+/// A 2-D convolution layer with weights `[M, C/group, kh, kw]`.
+#[derive(Clone, Debug)]
+pub struct Conv {
+    /// Weights `[M, C/group, kh, kw]`.
+    pub weight: ArrayD<f32>,
+    /// Bias `[M]`.
+    pub bias: Option<ArrayD<f32>>,
+    /// Window geometry (kernel taken from the weights).
+    pub window: Window,
+    /// Number of groups.
+    pub group: usize,
+}
+
+/// Everything the loops need about one call.
+struct Geo {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    m: usize,
+    cg: usize,
+    mg: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    pads: [usize; 4],
+    s: [usize; 2],
+    d: [usize; 2],
+}
+
+impl Geo {
+    fn k(&self) -> usize {
+        self.cg * self.kh * self.kw
+    }
+    fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.s == [1, 1] && self.pads == [0; 4]
+    }
+    /// Range of output columns whose input column `ox*s + j*d - pad` lies in the input.
+    fn valid(&self, axis: usize, offset: usize, out: usize, size: usize) -> (usize, usize) {
+        // input = o*s + offset - pad, need 0 <= input < size
+        let s = self.s[axis];
+        let pad = self.pads[axis];
+        let lo = if pad > offset {
+            (pad - offset).div_ceil(s)
+        } else {
+            0
+        };
+        let hi = if size + pad > offset {
+            (size + pad - offset).div_ceil(s).min(out)
+        } else {
+            0
+        };
+        (lo, hi.max(lo))
+    }
+}
+
+impl Conv {
+    fn geometry(&self, shape: &[usize], w: &ArrayD<f32>) -> Result<Geo> {
+        ensure!(
+            shape.len() == 4,
+            "Conv input must be [N, C, H, W], got {shape:?}"
+        );
+        let ws = w.shape();
+        ensure!(
+            ws.len() == 4,
+            "Conv weight must be [M, C/g, kh, kw], got {ws:?}"
+        );
+        let (n, c, h, wd) = (shape[0], shape[1], shape[2], shape[3]);
+        let (m, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+        let g = self.group;
+        ensure!(
+            g > 0 && c == cg * g && m % g == 0,
+            "Conv with group {g}: input channels {c}, weight {ws:?} do not fit"
+        );
+        let mut win = self.window.clone();
+        win.kernel = [kh, kw];
+        let [oh, ow] = win.output_size(h, wd)?;
+        Ok(Geo {
+            n,
+            c,
+            h,
+            w: wd,
+            m,
+            cg,
+            mg: m / g,
+            kh,
+            kw,
+            oh,
+            ow,
+            pads: win.pads(h, wd),
+            s: win.strides,
+            d: win.dilations,
+        })
+    }
+
+    /// The output shape for an input of `shape`.
+    pub fn output_shape(&self, shape: &[usize]) -> Result<Vec<usize>> {
+        let g = self.geometry(shape, &self.weight)?;
+        Ok(vec![g.n, g.m, g.oh, g.ow])
+    }
+}
+
+/// Unfolds one group of one image (`cg x h x w`) into `K x OHW` columns.
+fn im2col(g: &Geo, x: &[f32], cols: &mut [f32]) {
+    let ohw = g.ohw();
+    cols.par_chunks_mut(ohw).enumerate().for_each(|(row, dst)| {
+        let j = row % g.kw;
+        let i = (row / g.kw) % g.kh;
+        let c = row / (g.kw * g.kh);
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let (ylo, yhi) = g.valid(0, i * g.d[0], g.oh, g.h);
+        let (xlo, xhi) = g.valid(1, j * g.d[1], g.ow, g.w);
+        for oy in 0..g.oh {
+            let line = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+            if oy < ylo || oy >= yhi {
+                line.fill(0.0);
+                continue;
+            }
+            let iy = oy * g.s[0] + i * g.d[0] - g.pads[0];
+            let src = &plane[iy * g.w..(iy + 1) * g.w];
+            line[..xlo].fill(0.0);
+            line[xhi..].fill(0.0);
+            let x0 = j * g.d[1];
+            if g.s[1] == 1 && xhi > xlo {
+                let start = xlo + x0 - g.pads[1];
+                line[xlo..xhi].copy_from_slice(&src[start..start + (xhi - xlo)]);
+            } else {
+                for ox in xlo..xhi {
+                    line[ox] = src[ox * g.s[1] + x0 - g.pads[1]];
+                }
+            }
+        }
+    });
+}
+
+/// Folds `K x OHW` columns back onto one group of one image, summing overlaps.
+fn col2im(g: &Geo, cols: &[f32], x: &mut [f32]) {
+    let ohw = g.ohw();
+    x.par_chunks_mut(g.h * g.w)
+        .enumerate()
+        .for_each(|(c, plane)| {
+            plane.fill(0.0);
+            for i in 0..g.kh {
+                let (ylo, yhi) = g.valid(0, i * g.d[0], g.oh, g.h);
+                for j in 0..g.kw {
+                    let (xlo, xhi) = g.valid(1, j * g.d[1], g.ow, g.w);
+                    let row = (c * g.kh + i) * g.kw + j;
+                    let src = &cols[row * ohw..(row + 1) * ohw];
+                    for oy in ylo..yhi {
+                        let iy = oy * g.s[0] + i * g.d[0] - g.pads[0];
+                        let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                        let line = &src[oy * g.ow..(oy + 1) * g.ow];
+                        for ox in xlo..xhi {
+                            dst[ox * g.s[1] + j * g.d[1] - g.pads[1]] += line[ox];
+                        }
+                    }
+                }
+            }
+        });
+}
+
+impl LinearLayer for Conv {
+    fn weight(&self) -> &ArrayD<f32> {
+        &self.weight
+    }
+
+    fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {
+        let g = self.geometry(x.shape(), w)?;
+        let x = x.as_standard_layout();
+        let w = w.as_standard_layout();
+        let (xs, ws) = (x.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
+        let (k, ohw) = (g.k(), g.ohw());
+        let mut out = vec![0.0f32; g.n * g.m * ohw];
+        let groups = self.group;
+        for b in 0..g.n {
+            let xb = &xs[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w];
+            let ob = &mut out[b * g.m * ohw..(b + 1) * g.m * ohw];
+            let run = |gi: usize, dst: &mut [f32], threads: bool| {
+                let xg = &xb[gi * g.cg * g.h * g.w..(gi + 1) * g.cg * g.h * g.w];
+                let wg = &ws[gi * g.mg * k..(gi + 1) * g.mg * k];
+                if g.is_pointwise() {
+                    matmul(
+                        dst,
+                        Mat::row_major(wg, g.mg, k),
+                        Mat::row_major(xg, k, ohw),
+                        false,
+                        threads,
+                    );
+                } else {
+                    let mut cols = vec![0.0f32; k * ohw];
+                    im2col(&g, xg, &mut cols);
+                    matmul(
+                        dst,
+                        Mat::row_major(wg, g.mg, k),
+                        Mat::row_major(&cols, k, ohw),
+                        false,
+                        threads,
+                    );
+                }
+            };
+            if groups == 1 {
+                run(0, ob, true);
+            } else {
+                ob.par_chunks_mut(g.mg * ohw)
+                    .enumerate()
+                    .for_each(|(gi, dst)| run(gi, dst, false));
+            }
+        }
+        if with_bias {
+            if let Some(bias) = &self.bias {
+                ensure!(
+                    bias.len() == g.m,
+                    "Conv bias has {} values for {} outputs",
+                    bias.len(),
+                    g.m
+                );
+                for (ch, plane) in out.chunks_mut(ohw).enumerate() {
+                    let bv = bias.as_slice_memory_order().map_or(0.0, |s| s[ch % g.m]);
+                    plane.iter_mut().for_each(|v| *v += bv);
+                }
+            }
+        }
+        Ok(ArrayD::from_shape_vec(vec![g.n, g.m, g.oh, g.ow], out)?)
+    }
+
+    fn backward(
+        &self,
+        gr: &ArrayD<f32>,
+        w: &ArrayD<f32>,
+        input_shape: &[usize],
+    ) -> Result<ArrayD<f32>> {
+        let g = self.geometry(input_shape, w)?;
+        if gr.shape() != [g.n, g.m, g.oh, g.ow] {
+            bail!(
+                "Conv relevance of shape {:?}, expected {:?}",
+                gr.shape(),
+                [g.n, g.m, g.oh, g.ow]
+            );
+        }
+        let gr = gr.as_standard_layout();
+        let w = w.as_standard_layout();
+        let (gs, ws) = (gr.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
+        let (k, ohw) = (g.k(), g.ohw());
+        let chw = g.c * g.h * g.w;
+        let mut out = vec![0.0f32; g.n * chw];
+        for b in 0..g.n {
+            let gb = &gs[b * g.m * ohw..(b + 1) * g.m * ohw];
+            let ob = &mut out[b * chw..(b + 1) * chw];
+            let run = |gi: usize, dst: &mut [f32], threads: bool| {
+                let gg = &gb[gi * g.mg * ohw..(gi + 1) * g.mg * ohw];
+                let wg = &ws[gi * g.mg * k..(gi + 1) * g.mg * k];
+                let wt = Mat::row_major(wg, g.mg, k).t();
+                if g.is_pointwise() {
+                    matmul(dst, wt, Mat::row_major(gg, g.mg, ohw), false, threads);
+                } else {
+                    let mut cols = vec![0.0f32; k * ohw];
+                    matmul(&mut cols, wt, Mat::row_major(gg, g.mg, ohw), false, threads);
+                    col2im(&g, &cols, dst);
+                }
+            };
+            if self.group == 1 {
+                run(0, ob, true);
+            } else {
+                ob.par_chunks_mut(g.cg * g.h * g.w)
+                    .enumerate()
+                    .for_each(|(gi, dst)| run(gi, dst, false));
+            }
+        }
+        Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Dimension, IxDyn};
+
+    fn conv(window: Window, group: usize, w: ArrayD<f32>) -> Conv {
+        Conv {
+            weight: w,
+            bias: None,
+            window,
+            group,
+        }
+    }
+
+    /// Direct definition of a convolution, the reference for im2col + GEMM.
+    fn naive(c: &Conv, x: &ArrayD<f32>) -> ArrayD<f32> {
+        let out_shape = c.output_shape(x.shape()).unwrap();
+        let ws = c.weight.shape();
+        let (mg, cg) = (ws[0] / c.group, ws[1]);
+        let p = c.window.pads(x.shape()[2], x.shape()[3]);
+        let mut out = ArrayD::<f32>::zeros(out_shape.clone());
+        for m in 0..out_shape[1] {
+            let gi = m / mg;
+            for oy in 0..out_shape[2] {
+                for ox in 0..out_shape[3] {
+                    let mut acc = 0.0;
+                    for ci in 0..cg {
+                        for i in 0..ws[2] {
+                            for j in 0..ws[3] {
+                                let iy = (oy * c.window.strides[0] + i * c.window.dilations[0])
+                                    as isize
+                                    - p[0] as isize;
+                                let ix = (ox * c.window.strides[1] + j * c.window.dilations[1])
+                                    as isize
+                                    - p[1] as isize;
+                                if iy >= 0
+                                    && ix >= 0
+                                    && (iy as usize) < x.shape()[2]
+                                    && (ix as usize) < x.shape()[3]
+                                {
+                                    acc += x[[0, gi * cg + ci, iy as usize, ix as usize]]
+                                        * c.weight[[m, ci, i, j]];
+                                }
+                            }
+                        }
+                    }
+                    out[[0, m, oy, ox]] = acc;
+                }
+            }
+        }
+        out
+    }
+
+    fn arr(shape: &[usize], seed: usize) -> ArrayD<f32> {
+        ArrayD::from_shape_fn(IxDyn(shape), |ix| {
+            let v: usize = ix.as_array_view().iter().fold(seed, |a, &i| a * 31 + i);
+            ((v * 2654435761) % 1000) as f32 / 500.0 - 1.0
+        })
+    }
+
+    #[test]
+    fn forward_and_transpose_match_direct_definition() {
+        let cases = [
+            (Padding::Explicit([1, 1, 1, 1]), [1, 1], [1, 1], 1, 3, 4),
+            (Padding::Explicit([0, 1, 1, 0]), [2, 2], [1, 1], 1, 3, 4),
+            (Padding::Explicit([2, 2, 2, 2]), [1, 2], [2, 1], 2, 4, 6),
+            (Padding::SameUpper, [2, 2], [1, 1], 4, 4, 4),
+            (Padding::Explicit([0, 0, 0, 0]), [1, 1], [1, 1], 1, 3, 5),
+        ];
+        for (padding, strides, dilations, group, c, m) in cases {
+            let k = if strides == [1, 1] && padding == Padding::Explicit([0; 4]) {
+                1
+            } else {
+                3
+            };
+            let window = Window {
+                kernel: [k, k],
+                strides,
+                dilations,
+                padding,
+            };
+            let layer = conv(window, group, arr(&[m, c / group, k, k], 7));
+            let x = arr(&[1, c, 7, 6], 3);
+            let z = layer.forward(&x, &layer.weight, false).unwrap();
+            let want = naive(&layer, &x);
+            assert_eq!(z.shape(), want.shape());
+            for (a, b) in z.iter().zip(want.iter()) {
+                assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+            }
+            // <W x, g> = <x, W^T g> checks the transposed pass against the forward.
+            let g = arr(z.shape(), 11);
+            let back = layer.backward(&g, &layer.weight, x.shape()).unwrap();
+            let lhs: f32 = (&z * &g).sum();
+            let rhs: f32 = (&x * &back).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs}"
+            );
+        }
+    }
+}

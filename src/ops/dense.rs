@@ -1,0 +1,168 @@
+//! Dense layers (`Gemm`, `MatMul` + bias) and per-channel affine layers
+//! (a `BatchNormalization` with nothing to fold into) as linear layers.
+
+use anyhow::{ensure, Result};
+use ndarray::{ArrayD, Axis, Zip};
+
+use crate::linalg::{matmul, Mat};
+use crate::rules::LinearLayer;
+
+/// `z = x W^T + b` on the last axis, weights `[M, K]` (PyTorch's layout).
+#[derive(Clone, Debug)]
+pub struct Dense {
+    /// Weights `[M, K]`.
+    pub weight: ArrayD<f32>,
+    /// Bias `[M]`.
+    pub bias: Option<ArrayD<f32>>,
+}
+
+impl Dense {
+    fn dims(&self, w: &ArrayD<f32>) -> Result<(usize, usize)> {
+        ensure!(
+            w.ndim() == 2,
+            "dense weight must be [M, K], got {:?}",
+            w.shape()
+        );
+        Ok((w.shape()[0], w.shape()[1]))
+    }
+}
+
+impl LinearLayer for Dense {
+    fn weight(&self) -> &ArrayD<f32> {
+        &self.weight
+    }
+
+    fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {
+        let (m, k) = self.dims(w)?;
+        let shape = x.shape();
+        ensure!(
+            shape.last() == Some(&k),
+            "dense layer expects {k} input features, got shape {shape:?}"
+        );
+        let rows = x.len() / k.max(1);
+        let x = x.as_standard_layout();
+        let w = w.as_standard_layout();
+        let mut out = vec![0.0f32; rows * m];
+        matmul(
+            &mut out,
+            Mat::row_major(x.as_slice().unwrap_or(&[]), rows, k),
+            Mat::row_major(w.as_slice().unwrap_or(&[]), m, k).t(),
+            false,
+            true,
+        );
+        if with_bias {
+            if let Some(b) = &self.bias {
+                ensure!(
+                    b.len() == m,
+                    "dense bias has {} values for {m} outputs",
+                    b.len()
+                );
+                let b: Vec<f32> = b.iter().copied().collect();
+                for row in out.chunks_mut(m) {
+                    row.iter_mut().zip(&b).for_each(|(o, b)| *o += b);
+                }
+            }
+        }
+        let mut out_shape = shape.to_vec();
+        *out_shape.last_mut().expect("rank >= 1") = m;
+        Ok(ArrayD::from_shape_vec(out_shape, out)?)
+    }
+
+    fn backward(
+        &self,
+        g: &ArrayD<f32>,
+        w: &ArrayD<f32>,
+        input_shape: &[usize],
+    ) -> Result<ArrayD<f32>> {
+        let (m, k) = self.dims(w)?;
+        ensure!(
+            g.shape().last() == Some(&m),
+            "dense relevance of shape {:?} for {m} outputs",
+            g.shape()
+        );
+        let rows = g.len() / m.max(1);
+        ensure!(
+            rows * k == input_shape.iter().product::<usize>(),
+            "dense input shape {input_shape:?}"
+        );
+        let g = g.as_standard_layout();
+        let w = w.as_standard_layout();
+        let mut out = vec![0.0f32; rows * k];
+        matmul(
+            &mut out,
+            Mat::row_major(g.as_slice().unwrap_or(&[]), rows, m),
+            Mat::row_major(w.as_slice().unwrap_or(&[]), m, k),
+            false,
+            true,
+        );
+        Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?)
+    }
+}
+
+/// `z[n, c, ...] = x[n, c, ...] * w[c] + b[c]`: a per-channel affine map on axis 1.
+#[derive(Clone, Debug)]
+pub struct Affine {
+    /// Scale per channel `[C]`.
+    pub weight: ArrayD<f32>,
+    /// Shift per channel `[C]`.
+    pub bias: ArrayD<f32>,
+}
+
+impl Affine {
+    fn per_channel(
+        &self,
+        x: &ArrayD<f32>,
+        w: &ArrayD<f32>,
+        bias: Option<&ArrayD<f32>>,
+    ) -> Result<ArrayD<f32>> {
+        ensure!(
+            x.ndim() >= 2,
+            "per-channel layer needs a channel axis, got {:?}",
+            x.shape()
+        );
+        let c = x.shape()[1];
+        ensure!(
+            w.len() == c,
+            "per-channel layer has {} scales for {c} channels",
+            w.len()
+        );
+        let mut out = x.to_owned();
+        for (ch, mut lane) in out.axis_iter_mut(Axis(1)).enumerate() {
+            let s = w.as_slice_memory_order().map_or(0.0, |s| s[ch]);
+            let b = bias
+                .and_then(|b| b.as_slice_memory_order())
+                .map_or(0.0, |b| b[ch]);
+            lane.mapv_inplace(|v| v * s + b);
+        }
+        Ok(out)
+    }
+}
+
+impl LinearLayer for Affine {
+    fn weight(&self) -> &ArrayD<f32> {
+        &self.weight
+    }
+
+    fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {
+        self.per_channel(x, w, with_bias.then_some(&self.bias))
+    }
+
+    fn backward(
+        &self,
+        g: &ArrayD<f32>,
+        w: &ArrayD<f32>,
+        input_shape: &[usize],
+    ) -> Result<ArrayD<f32>> {
+        ensure!(
+            g.shape() == input_shape,
+            "per-channel relevance {:?} vs input {input_shape:?}",
+            g.shape()
+        );
+        self.per_channel(g, w, None)
+    }
+}
+
+/// Adds `b` to `a` where both have the same shape (helper for tests and ops).
+pub fn add_into(a: &mut ArrayD<f32>, b: &ArrayD<f32>) {
+    Zip::from(a).and(b).for_each(|a, &b| *a += b);
+}

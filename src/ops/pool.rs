@@ -1,0 +1,175 @@
+//! Pooling: `MaxPool` / `GlobalMaxPool` give each window's relevance to its
+//! arg-max (the plain gradient, first maximum on ties as in PyTorch);
+//! `AveragePool` / `GlobalAveragePool` use Zennit's `Norm` rule (each input gets
+//! its share of the window sum, stabilised by 1e-6).
+
+use anyhow::{ensure, Result};
+use ndarray::ArrayD;
+
+use crate::graph::Pool;
+use crate::rules::{stabilize, STABILIZER};
+
+struct Dims {
+    planes: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+}
+
+fn dims(x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<Dims> {
+    ensure!(
+        x.ndim() == 4 && r.ndim() == 4,
+        "pooling needs [N, C, H, W] tensors, got {:?} and {:?}",
+        x.shape(),
+        r.shape()
+    );
+    ensure!(
+        x.shape()[..2] == r.shape()[..2],
+        "pooling input {:?} and output {:?} differ in N, C",
+        x.shape(),
+        r.shape()
+    );
+    Ok(Dims {
+        planes: x.shape()[0] * x.shape()[1],
+        h: x.shape()[2],
+        w: x.shape()[3],
+        oh: r.shape()[2],
+        ow: r.shape()[3],
+    })
+}
+
+/// Window positions `(y, x)` inside the input for output `(oy, ox)`.
+fn window<'a>(
+    p: &'a Pool,
+    pads: [usize; 4],
+    d: &Dims,
+    oy: usize,
+    ox: usize,
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    let wnd = &p.window;
+    let (h, w) = (d.h as isize, d.w as isize);
+    let y0 = (oy * wnd.strides[0]) as isize - pads[0] as isize;
+    let x0 = (ox * wnd.strides[1]) as isize - pads[1] as isize;
+    (0..wnd.kernel[0]).flat_map(move |i| {
+        (0..wnd.kernel[1]).filter_map(move |j| {
+            let y = y0 + (i * wnd.dilations[0]) as isize;
+            let x = x0 + (j * wnd.dilations[1]) as isize;
+            (y >= 0 && x >= 0 && y < h && x < w).then_some((y as usize, x as usize))
+        })
+    })
+}
+
+/// Relevance through `MaxPool`: all of a window's relevance to its arg-max.
+pub fn max_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    let d = dims(x, r)?;
+    let pads = p.window.pads(d.h, d.w);
+    let (x, r) = (x.as_standard_layout(), r.as_standard_layout());
+    let (xs, rs) = (x.as_slice().unwrap_or(&[]), r.as_slice().unwrap_or(&[]));
+    let mut out = vec![0.0f32; xs.len()];
+    for c in 0..d.planes {
+        let xp = &xs[c * d.h * d.w..(c + 1) * d.h * d.w];
+        let op = &mut out[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for oy in 0..d.oh {
+            for ox in 0..d.ow {
+                let mut best: Option<(usize, f32)> = None;
+                for (y, xx) in window(p, pads, &d, oy, ox) {
+                    let v = xp[y * d.w + xx];
+                    if best.is_none_or(|(_, b)| v > b) {
+                        best = Some((y * d.w + xx, v));
+                    }
+                }
+                if let Some((ix, _)) = best {
+                    op[ix] += rs[(c * d.oh + oy) * d.ow + ox];
+                }
+            }
+        }
+    }
+    Ok(ArrayD::from_shape_vec(x.shape(), out)?)
+}
+
+/// Relevance through `AveragePool` with the `Norm` rule.
+pub fn avg_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    let d = dims(x, r)?;
+    let pads = p.window.pads(d.h, d.w);
+    let (x, r) = (x.as_standard_layout(), r.as_standard_layout());
+    let (xs, rs) = (x.as_slice().unwrap_or(&[]), r.as_slice().unwrap_or(&[]));
+    let mut out = vec![0.0f32; xs.len()];
+    let wnd = &p.window;
+    for c in 0..d.planes {
+        let xp = &xs[c * d.h * d.w..(c + 1) * d.h * d.w];
+        let op = &mut out[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for oy in 0..d.oh {
+            for ox in 0..d.ow {
+                let count = if p.count_include_pad {
+                    // window clipped to the padded input
+                    let span = |o: usize, axis: usize, size: usize| {
+                        let start = (o * wnd.strides[axis]) as isize - pads[axis] as isize;
+                        let end = (size + pads[axis + 2]) as isize;
+                        (0..wnd.kernel[axis])
+                            .filter(|k| start + (k * wnd.dilations[axis]) as isize <= end - 1)
+                            .count()
+                    };
+                    span(oy, 0, d.h) * span(ox, 1, d.w)
+                } else {
+                    window(p, pads, &d, oy, ox).count()
+                };
+                if count == 0 {
+                    continue;
+                }
+                let inv = 1.0 / count as f32;
+                let z: f32 = window(p, pads, &d, oy, ox)
+                    .map(|(y, xx)| xp[y * d.w + xx])
+                    .sum::<f32>()
+                    * inv;
+                let s = rs[(c * d.oh + oy) * d.ow + ox] / stabilize(z, STABILIZER) * inv;
+                for (y, xx) in window(p, pads, &d, oy, ox) {
+                    op[y * d.w + xx] += xp[y * d.w + xx] * s;
+                }
+            }
+        }
+    }
+    Ok(ArrayD::from_shape_vec(x.shape(), out)?)
+}
+
+/// Relevance through `GlobalAveragePool` (`Norm` rule) or `GlobalMaxPool` (arg-max).
+pub fn global_pool(x: &ArrayD<f32>, r: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
+    ensure!(
+        x.ndim() >= 3,
+        "global pooling needs [N, C, ...], got {:?}",
+        x.shape()
+    );
+    let planes = x.shape()[0] * x.shape()[1];
+    ensure!(
+        r.len() == planes,
+        "global pooling output {:?} for input {:?}",
+        r.shape(),
+        x.shape()
+    );
+    let x = x.as_standard_layout();
+    let r = r.as_standard_layout();
+    let (xs, rs) = (x.as_slice().unwrap_or(&[]), r.as_slice().unwrap_or(&[]));
+    let size = xs.len() / planes.max(1);
+    let mut out = vec![0.0f32; xs.len()];
+    for c in 0..planes {
+        let xp = &xs[c * size..(c + 1) * size];
+        let op = &mut out[c * size..(c + 1) * size];
+        if max {
+            let mut best = 0;
+            for (i, &v) in xp.iter().enumerate() {
+                if v > xp[best] {
+                    best = i;
+                }
+            }
+            if size > 0 {
+                op[best] = rs[c];
+            }
+        } else {
+            let inv = 1.0 / size as f32;
+            let z = xp.iter().sum::<f32>() * inv;
+            let s = rs[c] / stabilize(z, STABILIZER) * inv;
+            op.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * s);
+        }
+    }
+    Ok(ArrayD::from_shape_vec(x.shape(), out)?)
+}

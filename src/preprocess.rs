@@ -1,0 +1,537 @@
+//! Image loading and conversion to a normalised model input tensor.
+//!
+//! [`load_image`] turns any supported file (JPEG, PNG, WebP, BMP, TIFF, GIF)
+//! into an upright 8-bit RGB image; [`to_tensor`] resizes it and produces the
+//! `[1, C, H, W]` / `[1, H, W, C]` float tensor a classifier expects,
+//! following the usual torchvision recipe (bilinear resize, `/255`,
+//! `(x - mean) / std`).
+
+use std::io::Cursor;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context};
+use image::imageops::FilterType;
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
+use ndarray::{Array4, ArrayD};
+
+/// Memory layout of the model input tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[batch, channels, height, width]` (PyTorch-style exports).
+    Nchw,
+    /// `[batch, height, width, channels]` (TensorFlow/TFLite-style exports).
+    Nhwc,
+}
+
+/// Per-channel normalisation applied after scaling pixels to `[0, 1]`:
+/// `(v - mean[c]) / std[c]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    /// Per-channel mean (R, G, B) in `[0, 1]` units.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation (R, G, B) in `[0, 1]` units.
+    pub std: [f32; 3],
+}
+
+impl Default for Normalization {
+    /// The ImageNet statistics used by torchvision models:
+    /// mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
+    fn default() -> Self {
+        Normalization {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+}
+
+impl Normalization {
+    /// Per-channel range of normalised inputs: `low[c] = (0 - mean[c]) / std[c]`
+    /// and `high[c] = (1 - mean[c]) / std[c]` (the values of a black and a
+    /// white pixel). Used e.g. by the z^B LRP rule for the input layer.
+    /// A zero `std` yields infinities; [`to_tensor`] rejects such settings.
+    pub fn bounds(&self) -> ([f32; 3], [f32; 3]) {
+        let mut low = [0.0; 3];
+        let mut high = [0.0; 3];
+        for c in 0..3 {
+            low[c] = (0.0 - self.mean[c]) / self.std[c];
+            high[c] = (1.0 - self.mean[c]) / self.std[c];
+        }
+        (low, high)
+    }
+}
+
+/// Loads an image file as upright 8-bit RGB.
+///
+/// * The format is detected from the file content, not the extension.
+/// * Decoding uses `image`'s default [`Limits`] (guards against decompression
+///   bombs).
+/// * The EXIF orientation (JPEG, WebP, TIFF) is applied, so the result is the
+///   image as a viewer displays it.
+/// * Grey, grey+alpha, RGBA, 16-bit and CMYK JPEG inputs are converted to RGB8.
+///   An alpha channel is **dropped** (not composited), matching
+///   `PIL.Image.convert("RGB")` as used by torchvision pipelines.
+/// * Animated GIF/WebP: the first frame is used.
+///
+/// Errors name the file and the problem, e.g.
+/// `cannot decode images/x.jpg: ...` (print with `{:#}` for the cause).
+pub fn load_image(path: &Path) -> anyhow::Result<RgbImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.is_empty() {
+        bail!("cannot decode {}: the file is empty", path.display());
+    }
+    decode_image(&bytes).with_context(|| format!("cannot decode {}", path.display()))
+}
+
+/// Decodes an in-memory image (see [`load_image`]).
+fn decode_image(bytes: &[u8]) -> anyhow::Result<RgbImage> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("cannot read the image header")?;
+    if reader.format().is_none() {
+        bail!("unrecognised image format (supported: JPEG, PNG, WebP, BMP, TIFF, GIF)");
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| anyhow!("{e}"))?;
+    // A broken orientation tag should not make an otherwise fine image
+    // unusable: fall back to "as stored".
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    // Same allocation check as `ImageReader::decode` performs.
+    let mut limits = Limits::default();
+    limits
+        .reserve(decoder.total_bytes())
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("{e}"))?;
+    img.apply_orientation(orientation);
+    Ok(match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    })
+}
+
+/// Converts an RGB image to a normalised input tensor of shape `[1, C, H, W]`
+/// (`Layout::Nchw`) or `[1, H, W, C]` (`Layout::Nhwc`).
+///
+/// The whole image is resized (no crop, aspect ratio not kept) to
+/// `width x height` with `FilterType::Triangle` (bilinear, with the support
+/// widened when downscaling, like PIL's `BILINEAR`); resizing is skipped when
+/// the image already has that size. Pixels are scaled to `[0, 1]` (`/255`)
+/// and normalised as `(v - mean[c]) / std[c]`.
+///
+/// `channels` must be 3 (RGB) or 1 (luma, ITU-R BT.601
+/// `0.299 R + 0.587 G + 0.114 B` on the `[0, 1]` values, normalised with
+/// `mean[0]` / `std[0]`). Other channel counts, zero sizes and zero or
+/// non-finite `std` are errors.
+pub fn to_tensor(
+    img: &RgbImage,
+    height: usize,
+    width: usize,
+    channels: usize,
+    layout: Layout,
+    norm: &Normalization,
+) -> anyhow::Result<ArrayD<f32>> {
+    if channels != 3 && channels != 1 {
+        bail!("unsupported number of input channels {channels} (expected 3 for RGB or 1 for grey)");
+    }
+    if height == 0 || width == 0 {
+        bail!("invalid input size {width}x{height}");
+    }
+    if img.width() == 0 || img.height() == 0 {
+        bail!("the image is empty ({}x{})", img.width(), img.height());
+    }
+    for c in 0..channels {
+        let (m, s) = (norm.mean[c], norm.std[c]);
+        if !m.is_finite() || !s.is_finite() || s == 0.0 {
+            bail!("invalid normalisation for channel {c}: mean {m}, std {s}");
+        }
+    }
+    let w32 = u32::try_from(width).map_err(|_| anyhow!("input width {width} too large"))?;
+    let h32 = u32::try_from(height).map_err(|_| anyhow!("input height {height} too large"))?;
+
+    let resized;
+    let src: &RgbImage = if img.dimensions() == (w32, h32) {
+        img
+    } else {
+        resized = image::imageops::resize(img, w32, h32, FilterType::Triangle);
+        &resized
+    };
+
+    // Normalised value of channel `c` at pixel (y, x).
+    let value = |y: usize, x: usize, c: usize| -> f32 {
+        let p = src.get_pixel(x as u32, y as u32).0;
+        let rgb = [
+            p[0] as f32 / 255.0,
+            p[1] as f32 / 255.0,
+            p[2] as f32 / 255.0,
+        ];
+        if channels == 1 {
+            let luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2];
+            (luma - norm.mean[0]) / norm.std[0]
+        } else {
+            (rgb[c] - norm.mean[c]) / norm.std[c]
+        }
+    };
+
+    let arr = match layout {
+        Layout::Nchw => {
+            Array4::from_shape_fn((1, channels, height, width), |(_, c, y, x)| value(y, x, c))
+        }
+        Layout::Nhwc => {
+            Array4::from_shape_fn((1, height, width, channels), |(_, y, x, c)| value(y, x, c))
+        }
+    };
+    Ok(arr.into_dyn())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, ImageFormat, Luma, LumaA, Rgb, Rgba};
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() < 1e-5
+    }
+
+    /// 2x2 test image: row 0 = black, white; row 1 = pure red, (51,102,204).
+    fn sample_2x2() -> RgbImage {
+        let mut img = RgbImage::new(2, 2);
+        img.put_pixel(0, 0, Rgb([0, 0, 0]));
+        img.put_pixel(1, 0, Rgb([255, 255, 255]));
+        img.put_pixel(0, 1, Rgb([255, 0, 0]));
+        img.put_pixel(1, 1, Rgb([51, 102, 204]));
+        img
+    }
+
+    #[test]
+    fn default_normalization_and_bounds() {
+        let n = Normalization::default();
+        assert_eq!(n.mean, [0.485, 0.456, 0.406]);
+        assert_eq!(n.std, [0.229, 0.224, 0.225]);
+        let (lo, hi) = n.bounds();
+        // (0 - 0.485) / 0.229 = -2.117904; (1 - 0.485) / 0.229 = 2.248908
+        assert!(close(lo[0], -2.117904), "{lo:?}");
+        assert!(close(hi[0], 2.248908), "{hi:?}");
+        // (0 - 0.456) / 0.224 = -2.035714; (1 - 0.456) / 0.224 = 2.428571
+        assert!(close(lo[1], -2.035714));
+        assert!(close(hi[1], 2.428571));
+        // (0 - 0.406) / 0.225 = -1.804444; (1 - 0.406) / 0.225 = 2.64
+        assert!(close(lo[2], -1.804444));
+        assert!(close(hi[2], 2.64));
+    }
+
+    #[test]
+    fn known_values_nchw() {
+        let t = to_tensor(
+            &sample_2x2(),
+            2,
+            2,
+            3,
+            Layout::Nchw,
+            &Normalization::default(),
+        )
+        .unwrap();
+        assert_eq!(t.shape(), &[1, 3, 2, 2]);
+        // Expected values: (p/255 - mean[c]) / std[c] with ImageNet stats.
+        // black (0,0,0):      (-0.485/0.229, -0.456/0.224, -0.406/0.225)
+        //                   = (-2.117904, -2.035714, -1.804444)
+        // white (255,..):     (0.515/0.229, 0.544/0.224, 0.594/0.225)
+        //                   = (2.248908, 2.428571, 2.64)
+        // red (255,0,0):      (2.248908, -2.035714, -1.804444)
+        // (51,102,204) = (0.2, 0.4, 0.8):
+        //   (0.2-0.485)/0.229 = -1.244541
+        //   (0.4-0.456)/0.224 = -0.25
+        //   (0.8-0.406)/0.225 = 1.751111
+        let expected = [
+            // c, y, x, value
+            (0, 0, 0, -2.117904),
+            (1, 0, 0, -2.035714),
+            (2, 0, 0, -1.804444),
+            (0, 0, 1, 2.248908),
+            (1, 0, 1, 2.428571),
+            (2, 0, 1, 2.64),
+            (0, 1, 0, 2.248908),
+            (1, 1, 0, -2.035714),
+            (2, 1, 0, -1.804444),
+            (0, 1, 1, -1.244541),
+            (1, 1, 1, -0.25),
+            (2, 1, 1, 1.751111),
+        ];
+        for (c, y, x, v) in expected {
+            let got = t[[0, c, y, x]];
+            assert!(close(got, v), "c={c} y={y} x={x}: {got} != {v}");
+        }
+    }
+
+    #[test]
+    fn nhwc_is_transposed_nchw() {
+        let norm = Normalization::default();
+        let a = to_tensor(&sample_2x2(), 2, 2, 3, Layout::Nchw, &norm).unwrap();
+        let b = to_tensor(&sample_2x2(), 2, 2, 3, Layout::Nhwc, &norm).unwrap();
+        assert_eq!(b.shape(), &[1, 2, 2, 3]);
+        for c in 0..3 {
+            for y in 0..2 {
+                for x in 0..2 {
+                    assert_eq!(a[[0, c, y, x]], b[[0, y, x, c]]);
+                }
+            }
+        }
+        // Also with a non-square resize so H and W cannot be confused.
+        let a = to_tensor(&sample_2x2(), 3, 5, 3, Layout::Nchw, &norm).unwrap();
+        let b = to_tensor(&sample_2x2(), 3, 5, 3, Layout::Nhwc, &norm).unwrap();
+        assert_eq!(a.shape(), &[1, 3, 3, 5]);
+        assert_eq!(b.shape(), &[1, 3, 5, 3]);
+        let a4 = a.into_dimensionality::<ndarray::Ix4>().unwrap();
+        let b4 = b.into_dimensionality::<ndarray::Ix4>().unwrap();
+        assert_eq!(a4.permuted_axes([0, 2, 3, 1]), b4);
+    }
+
+    #[test]
+    fn grey_channel_uses_bt601() {
+        let norm = Normalization {
+            mean: [0.5, 0.0, 0.0],
+            std: [0.25, 1.0, 1.0],
+        };
+        let t = to_tensor(&sample_2x2(), 2, 2, 1, Layout::Nchw, &norm).unwrap();
+        assert_eq!(t.shape(), &[1, 1, 2, 2]);
+        // black: (0 - 0.5)/0.25 = -2; white: (1 - 0.5)/0.25 = 2
+        // red: luma 0.299 -> (0.299-0.5)/0.25 = -0.804
+        // (0.2,0.4,0.8): 0.299*0.2+0.587*0.4+0.114*0.8 = 0.3858 -> -0.4568
+        assert!(close(t[[0, 0, 0, 0]], -2.0));
+        assert!(close(t[[0, 0, 0, 1]], 2.0));
+        assert!(close(t[[0, 0, 1, 0]], -0.804));
+        assert!(close(t[[0, 0, 1, 1]], -0.4568));
+        let t = to_tensor(&sample_2x2(), 2, 2, 1, Layout::Nhwc, &norm).unwrap();
+        assert_eq!(t.shape(), &[1, 2, 2, 1]);
+        assert!(close(t[[0, 1, 0, 0]], -0.804));
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let n = Normalization::default();
+        let img = sample_2x2();
+        assert!(to_tensor(&img, 2, 2, 4, Layout::Nchw, &n).is_err());
+        assert!(to_tensor(&img, 2, 2, 2, Layout::Nchw, &n).is_err());
+        assert!(to_tensor(&img, 0, 2, 3, Layout::Nchw, &n).is_err());
+        assert!(to_tensor(&RgbImage::new(0, 0), 2, 2, 3, Layout::Nchw, &n).is_err());
+        let zero_std = Normalization {
+            mean: [0.0; 3],
+            std: [1.0, 0.0, 1.0],
+        };
+        assert!(to_tensor(&img, 2, 2, 3, Layout::Nchw, &zero_std).is_err());
+        // ... but a grey model only uses channel 0.
+        assert!(to_tensor(&img, 2, 2, 1, Layout::Nchw, &zero_std).is_ok());
+    }
+
+    #[test]
+    fn resize_constant_and_downscale_average() {
+        let n = Normalization {
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        // Constant image stays constant.
+        let img = RgbImage::from_pixel(37, 23, Rgb([10, 128, 250]));
+        let t = to_tensor(&img, 8, 8, 3, Layout::Nchw, &n).unwrap();
+        for v in t.index_axis(ndarray::Axis(1), 1).iter() {
+            assert!(close(*v, 128.0 / 255.0));
+        }
+        // 8x1 -> 2x1 downscale shows the antialiasing (support widened by the
+        // scale factor 4, as PIL's BILINEAR does). Output pixel 0 is centred
+        // at source x = 1.5 (pixel-centre coordinates); triangle weights
+        // 1 - |i - 1.5| / 4 for i = 0..5 are 0.625, 0.875, 0.875, 0.625,
+        // 0.375, 0.125 (sum 3.5). Source row [0,0,255,255,0,0,255,255] gives
+        // (0.875 + 0.625) * 255 / 3.5 = 109.29 -> 109 after u8 rounding.
+        // (A non-antialiased bilinear sample would give 0 or 255 here.)
+        let mut img = RgbImage::new(8, 1);
+        for x in 0..8u32 {
+            let v = if x % 4 >= 2 { 255 } else { 0 };
+            img.put_pixel(x, 0, Rgb([v, v, v]));
+        }
+        let t = to_tensor(&img, 1, 2, 3, Layout::Nchw, &n).unwrap();
+        assert!(close(t[[0, 0, 0, 0]], 109.0 / 255.0), "{}", t[[0, 0, 0, 0]]);
+    }
+
+    fn write_bytes(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn encode<P, C>(img: &ImageBuffer<P, C>, fmt: ImageFormat) -> Vec<u8>
+    where
+        P: image::Pixel + image::PixelWithColorType,
+        [P::Subpixel]: image::EncodableLayout,
+        C: std::ops::Deref<Target = [P::Subpixel]>,
+    {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, fmt).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn grey_rgba_16bit_load_as_rgb8() {
+        let dir = tempfile::tempdir().unwrap();
+
+        let grey = ImageBuffer::<Luma<u8>, _>::from_fn(3, 2, |x, y| Luma([(x * 10 + y) as u8]));
+        let p = write_bytes(dir.path(), "grey.png", &encode(&grey, ImageFormat::Png));
+        let img = load_image(&p).unwrap();
+        assert_eq!(img.dimensions(), (3, 2));
+        assert_eq!(img.get_pixel(2, 1).0, [21, 21, 21]);
+
+        let la = ImageBuffer::<LumaA<u8>, _>::from_pixel(2, 2, LumaA([77, 0]));
+        let p = write_bytes(dir.path(), "la.png", &encode(&la, ImageFormat::Png));
+        assert_eq!(load_image(&p).unwrap().get_pixel(1, 1).0, [77, 77, 77]);
+
+        // Alpha is dropped, colour kept even where fully transparent.
+        let mut rgba = ImageBuffer::<Rgba<u8>, _>::from_pixel(2, 2, Rgba([10, 20, 30, 255]));
+        rgba.put_pixel(1, 0, Rgba([200, 100, 50, 0]));
+        let p = write_bytes(dir.path(), "rgba.png", &encode(&rgba, ImageFormat::Png));
+        let img = load_image(&p).unwrap();
+        assert_eq!(img.get_pixel(0, 0).0, [10, 20, 30]);
+        assert_eq!(img.get_pixel(1, 0).0, [200, 100, 50]);
+
+        // 16-bit: 65535 -> 255, 0x8080 -> 128, 0 -> 0.
+        let mut rgb16 = ImageBuffer::<Rgb<u16>, _>::from_pixel(2, 1, Rgb([65535, 0x8080, 0]));
+        rgb16.put_pixel(1, 0, Rgb([0, 65535, 257 * 17]));
+        let p = write_bytes(dir.path(), "rgb16.png", &encode(&rgb16, ImageFormat::Png));
+        let img = load_image(&p).unwrap();
+        assert_eq!(img.get_pixel(0, 0).0, [255, 128, 0]);
+        assert_eq!(img.get_pixel(1, 0).0, [0, 255, 17]);
+
+        let grey16 = ImageBuffer::<Luma<u16>, _>::from_pixel(1, 1, Luma([257 * 99]));
+        let p = write_bytes(dir.path(), "grey16.png", &encode(&grey16, ImageFormat::Png));
+        assert_eq!(load_image(&p).unwrap().get_pixel(0, 0).0, [99, 99, 99]);
+    }
+
+    #[test]
+    fn format_detected_from_content_not_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = RgbImage::from_pixel(4, 3, Rgb([1, 2, 3]));
+        let p = write_bytes(
+            dir.path(),
+            "really_png.jpg",
+            &encode(&img, ImageFormat::Png),
+        );
+        let back = load_image(&p).unwrap();
+        assert_eq!(back.dimensions(), (4, 3));
+        assert_eq!(back.get_pixel(3, 2).0, [1, 2, 3]);
+        // BMP with no extension at all.
+        let p = write_bytes(dir.path(), "noext", &encode(&img, ImageFormat::Bmp));
+        assert_eq!(load_image(&p).unwrap().get_pixel(0, 0).0, [1, 2, 3]);
+    }
+
+    /// Inserts an APP1 Exif segment carrying `Orientation = orientation`
+    /// right after the SOI marker of a JPEG stream.
+    fn add_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+        assert_eq!(&jpeg[..2], &[0xFF, 0xD8]);
+        let mut tiff = Vec::new();
+        tiff.extend_from_slice(b"II*\0"); // little-endian TIFF header
+        tiff.extend_from_slice(&8u32.to_le_bytes()); // IFD0 at offset 8
+        tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
+        tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // tag: Orientation
+        tiff.extend_from_slice(&3u16.to_le_bytes()); // type: SHORT
+        tiff.extend_from_slice(&1u32.to_le_bytes()); // count 1
+        tiff.extend_from_slice(&orientation.to_le_bytes()); // value
+        tiff.extend_from_slice(&[0, 0]); // value padding to 4 bytes
+        tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+        let mut payload = b"Exif\0\0".to_vec();
+        payload.extend_from_slice(&tiff);
+        let seg_len = (payload.len() + 2) as u16;
+        let mut out = vec![0xFF, 0xD8, 0xFF, 0xE1];
+        out.extend_from_slice(&seg_len.to_be_bytes());
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn jpeg_exif_orientation_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        // 32 wide, 16 high: left half red, right half blue (big blocks so
+        // JPEG artefacts do not matter).
+        let img = RgbImage::from_fn(32, 16, |x, _| {
+            if x < 16 {
+                Rgb([255, 0, 0])
+            } else {
+                Rgb([0, 0, 255])
+            }
+        });
+        let jpeg = encode(&img, ImageFormat::Jpeg);
+        let p = write_bytes(dir.path(), "plain.jpg", &jpeg);
+        assert_eq!(load_image(&p).unwrap().dimensions(), (32, 16));
+
+        let p = write_bytes(dir.path(), "rot.jpg", &add_exif_orientation(&jpeg, 6));
+        let out = load_image(&p).unwrap();
+        assert_eq!(out.dimensions(), (16, 32));
+        // Rotating 90 degrees clockwise puts the original left (red) half on
+        // top and the right (blue) half at the bottom.
+        let top = out.get_pixel(8, 4).0;
+        let bottom = out.get_pixel(8, 28).0;
+        assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+    }
+
+    #[test]
+    fn animated_gif_gives_first_frame() {
+        use image::codecs::gif::GifEncoder;
+        use image::{Delay, Frame};
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        {
+            let mut enc = GifEncoder::new(&mut bytes);
+            let f1 = Frame::from_parts(
+                image::RgbaImage::from_pixel(4, 4, Rgba([255, 0, 0, 255])),
+                0,
+                0,
+                Delay::from_numer_denom_ms(100, 1),
+            );
+            let f2 = Frame::from_parts(
+                image::RgbaImage::from_pixel(4, 4, Rgba([0, 0, 255, 255])),
+                0,
+                0,
+                Delay::from_numer_denom_ms(100, 1),
+            );
+            enc.encode_frames(vec![f1, f2]).unwrap();
+        }
+        let p = write_bytes(dir.path(), "anim.gif", &bytes);
+        let img = load_image(&p).unwrap();
+        assert_eq!(img.dimensions(), (4, 4));
+        let px = img.get_pixel(1, 1).0;
+        assert!(px[0] > 200 && px[2] < 50, "{px:?}");
+    }
+
+    #[test]
+    fn bad_files_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Deterministic pseudo-random bytes (xorshift).
+        let mut s: u32 = 0x1234_5678;
+        let junk: Vec<u8> = (0..4096)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                s as u8
+            })
+            .collect();
+        let p = write_bytes(dir.path(), "junk.jpg", &junk);
+        let msg = format!("{:#}", load_image(&p).unwrap_err());
+        assert!(msg.contains("junk.jpg"), "{msg}");
+        assert!(msg.contains("cannot decode"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+
+        let p = write_bytes(dir.path(), "empty.png", b"");
+        let msg = format!("{:#}", load_image(&p).unwrap_err());
+        assert!(msg.contains("empty.png") && msg.contains("empty"), "{msg}");
+
+        // Truncated PNG: valid signature, then nothing useful.
+        let png = encode(&RgbImage::new(8, 8), ImageFormat::Png);
+        let p = write_bytes(dir.path(), "trunc.png", &png[..png.len() / 2]);
+        let msg = format!("{:#}", load_image(&p).unwrap_err());
+        assert!(msg.contains("trunc.png"), "{msg}");
+
+        let p = dir.path().join("missing.jpg");
+        let msg = format!("{:#}", load_image(&p).unwrap_err());
+        assert!(
+            msg.contains("missing.jpg") && msg.contains("cannot read"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,1470 @@
+//! The library's LRP against an independent, naive re-implementation.
+//!
+//! In the spirit of Zennit's own tests, every linear layer is rebuilt here as a
+//! dense `f64` matrix `W` (input x output, over the row-major flattened
+//! tensors) by an explicit loop over the definition of the operator, and each
+//! rule is applied with explicit loops straight from its formula (Zennit 1.0
+//! semantics, `zero_params='bias'` for every rule but epsilon). No library rule,
+//! layer or pooling code is used by the reference: the library only provides
+//! the layers under test, the ONNX writer (`synth`), the seeded RNG and the
+//! model loader/explainer under test.
+//!
+//! Notation: `z_j = sum_i x_i w_ij + b_j`, `R_j` the relevance at the output,
+//! `stab(d) = d + 1e-6` if `d >= 0` else `d - 1e-6`.
+//!
+//! Tolerances (the library computes in `f32`, the reference in `f64` from the
+//! very same `f32` weights and inputs, so the only difference is the library's
+//! `f32` rounding):
+//! - single layers: `max_i |R_lib - R_ref| <= 1e-4 * max_i |R_ref| + 1e-5 * max_i B_i`,
+//!   where `B_i = sum_j |c_ij R_j / d_j| (1 + kappa_j)` is the first-order bound of
+//!   the rounding error of an `f32` evaluation (`c_ij` the contribution of input
+//!   `i` to output `j`, `d_j` the stabilised denominator, `kappa_j = sum_i |c_ij| / |d_j|`
+//!   the condition number of that denominator; `1e-5` ~ 2^-24 times the ~100 terms
+//!   summed). For well-conditioned rules (z+, alpha-beta, w^2, flat, z^B)
+//!   `B_i` is about `|R_i|`, so the bound is a plain relative 1e-4; it only
+//!   grows where an epsilon / gamma denominator nearly cancels.
+//! - whole networks: `max_i |R_lib - R_ref| <= 1e-4 * max(max_i |R_ref|, 1e-3 |logit|)`
+//!   (the floor only matters when the reference relevance is all zero).
+//! - logits: `|logit_lib - logit_ref| <= 1e-4 * max(1, max |logit_ref|)`.
+#![allow(
+    // The reference deliberately uses index loops that mirror the formulas.
+    clippy::needless_range_loop
+)]
+
+use std::path::{Path, PathBuf};
+
+use lrp_heatmap::composite::{Composite, RuleParams, NAMES};
+use lrp_heatmap::explain::explain;
+use lrp_heatmap::model::Model;
+use lrp_heatmap::ops::conv::{Conv, Padding, Window};
+use lrp_heatmap::ops::dense::{Affine, Dense};
+use lrp_heatmap::preprocess::Normalization;
+use lrp_heatmap::rules::{Bounds, LinearLayer, Rule, STABILIZER};
+use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
+use ndarray::{ArrayD, IxDyn};
+
+// ---------------------------------------------------------------------------
+// The naive reference
+// ---------------------------------------------------------------------------
+
+/// Zennit's stabiliser (`stabilize(..., 1e-6)`), hard-coded from the spec.
+const STAB: f64 = 1e-6;
+
+/// ImageNet mean and std, hard-coded from the spec (the z^B bounds are
+/// `low = (0 - mean) / std`, `high = (1 - mean) / std` per channel).
+const MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+const STD: [f64; 3] = [0.229, 0.224, 0.225];
+
+fn stab(d: f64) -> f64 {
+    if d >= 0.0 {
+        d + STAB
+    } else {
+        d - STAB
+    }
+}
+
+fn pos(v: f64) -> f64 {
+    v.max(0.0)
+}
+
+fn neg(v: f64) -> f64 {
+    v.min(0.0)
+}
+
+/// The rules of the reference (own type, parameters in `f64`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum RefRule {
+    Epsilon(f64),
+    AlphaBeta(f64, f64),
+    Gamma(f64),
+    WSquare,
+    Flat,
+    ZBox,
+}
+
+/// z+ is alpha-beta with alpha 1, beta 0.
+const ZPLUS: RefRule = RefRule::AlphaBeta(1.0, 0.0);
+
+/// The reference rule matching a library rule (parameters only).
+fn ref_rule_of(rule: Rule) -> RefRule {
+    match rule {
+        Rule::Epsilon { epsilon } => RefRule::Epsilon(epsilon as f64),
+        Rule::ZPlus => ZPLUS,
+        Rule::AlphaBeta { alpha, beta } => RefRule::AlphaBeta(alpha as f64, beta as f64),
+        Rule::Gamma { gamma } => RefRule::Gamma(gamma as f64),
+        Rule::WSquare => RefRule::WSquare,
+        Rule::Flat => RefRule::Flat,
+        Rule::ZBox => RefRule::ZBox,
+    }
+}
+
+/// A linear layer as a dense matrix over flattened (row-major) tensors.
+#[derive(Clone, Debug)]
+struct RefLinear {
+    n_in: usize,
+    n_out: usize,
+    /// `w[i * n_out + j]`: weight from input `i` to output `j`.
+    w: Vec<f64>,
+    /// 1 where input `i` is a real (non-padding) input of output `j`.
+    conn: Vec<f64>,
+    /// Bias of each output.
+    b: Vec<f64>,
+}
+
+impl RefLinear {
+    fn new(n_in: usize, n_out: usize) -> Self {
+        RefLinear { n_in, n_out, w: vec![0.0; n_in * n_out], conn: vec![0.0; n_in * n_out], b: vec![0.0; n_out] }
+    }
+
+    fn w(&self, i: usize, j: usize) -> f64 {
+        self.w[i * self.n_out + j]
+    }
+
+    fn set(&mut self, i: usize, j: usize, w: f64) {
+        assert_eq!(self.conn[i * self.n_out + j], 0.0, "reference builder: input {i} reaches output {j} twice");
+        self.w[i * self.n_out + j] = w;
+        self.conn[i * self.n_out + j] = 1.0;
+    }
+
+    /// `z_j = sum_i x_i w_ij + b_j`.
+    fn forward(&self, x: &[f64]) -> Vec<f64> {
+        assert_eq!(x.len(), self.n_in);
+        let mut z = self.b.clone();
+        for j in 0..self.n_out {
+            for i in 0..self.n_in {
+                z[j] += x[i] * self.w(i, j);
+            }
+        }
+        z
+    }
+}
+
+/// The reference relevance at a layer's input, with the rounding-error bound
+/// `B_i` described at the top of the file.
+struct RefOut {
+    r: Vec<f64>,
+    bound: Vec<f64>,
+}
+
+/// `R_i = sum_j c(i, j) / stab(sum_i' c(i', j)) R_j`.
+fn normalised(l: &RefLinear, r: &[f64], c: impl Fn(usize, usize) -> f64) -> RefOut {
+    let mut den = vec![0.0; l.n_out];
+    let mut abs = vec![0.0; l.n_out];
+    for j in 0..l.n_out {
+        for i in 0..l.n_in {
+            den[j] += c(i, j);
+            abs[j] += c(i, j).abs();
+        }
+    }
+    let mut out = vec![0.0; l.n_in];
+    let mut bound = vec![0.0; l.n_in];
+    for i in 0..l.n_in {
+        for j in 0..l.n_out {
+            let d = stab(den[j]);
+            out[i] += c(i, j) / d * r[j];
+            bound[i] += (c(i, j) / d * r[j]).abs() * (1.0 + abs[j] / d.abs());
+        }
+    }
+    RefOut { r: out, bound }
+}
+
+/// Applies `rule` to the layer `l` with input `x` and output relevance `r`.
+fn ref_rule(rule: RefRule, l: &RefLinear, x: &[f64], r: &[f64], bounds: Option<(&[f64], &[f64])>) -> RefOut {
+    assert_eq!(x.len(), l.n_in);
+    assert_eq!(r.len(), l.n_out);
+    match rule {
+        RefRule::Epsilon(eps) => {
+            // R_i = x_i sum_j w_ij R_j / (z_j + eps sign(z_j)), sign(0) = +1, bias included;
+            // a zero denominator (eps = 0, z = 0) gives zero.
+            let z = l.forward(x);
+            let mut out = vec![0.0; l.n_in];
+            let mut bound = vec![0.0; l.n_in];
+            for j in 0..l.n_out {
+                let d = if z[j] >= 0.0 { z[j] + eps } else { z[j] - eps };
+                if d == 0.0 {
+                    continue;
+                }
+                let mut abs = l.b[j].abs();
+                for i in 0..l.n_in {
+                    abs += (x[i] * l.w(i, j)).abs();
+                }
+                for i in 0..l.n_in {
+                    out[i] += x[i] * l.w(i, j) * r[j] / d;
+                    bound[i] += (x[i] * l.w(i, j) * r[j] / d).abs() * (1.0 + abs / d.abs());
+                }
+            }
+            RefOut { r: out, bound }
+        }
+        RefRule::AlphaBeta(alpha, beta) => {
+            // alpha * z+ term - beta * z- term, bias excluded:
+            // z+_ij = x_i+ w_ij+ + x_i- w_ij-, z-_ij = x_i+ w_ij- + x_i- w_ij+.
+            let p = normalised(l, r, |i, j| pos(x[i]) * pos(l.w(i, j)) + neg(x[i]) * neg(l.w(i, j)));
+            let n = normalised(l, r, |i, j| pos(x[i]) * neg(l.w(i, j)) + neg(x[i]) * pos(l.w(i, j)));
+            RefOut {
+                r: (0..l.n_in).map(|i| alpha * p.r[i] - beta * n.r[i]).collect(),
+                bound: (0..l.n_in).map(|i| alpha * p.bound[i] + beta * n.bound[i]).collect(),
+            }
+        }
+        RefRule::Gamma(g) => {
+            // The sign of the plain output (bias included) picks the weights;
+            // outputs with z_j = 0 give nothing. Bias excluded in the sums.
+            let z = l.forward(x);
+            normalised(l, r, |i, j| {
+                let w = l.w(i, j);
+                if z[j] > 0.0 {
+                    pos(x[i]) * (w + g * pos(w)) + neg(x[i]) * (w + g * neg(w))
+                } else if z[j] < 0.0 {
+                    pos(x[i]) * (w + g * neg(w)) + neg(x[i]) * (w + g * pos(w))
+                } else {
+                    0.0
+                }
+            })
+        }
+        RefRule::WSquare => normalised(l, r, |i, j| l.w(i, j) * l.w(i, j)),
+        RefRule::Flat => normalised(l, r, |i, j| l.conn[i * l.n_out + j]),
+        RefRule::ZBox => {
+            let (low, high) = bounds.expect("zbox needs bounds");
+            normalised(l, r, |i, j| {
+                let w = l.w(i, j);
+                x[i] * w - low[i] * pos(w) - high[i] * neg(w)
+            })
+        }
+    }
+}
+
+/// `(begin, end)` padding of `auto_pad = SAME_UPPER / SAME_LOWER` (ONNX spec):
+/// output `ceil(size / s)`, total padding `max(0, (out - 1) s + d (k - 1) + 1 - size)`,
+/// the odd pixel at the end (upper) or at the start (lower).
+fn same_pads(size: usize, k: usize, s: usize, d: usize, upper: bool) -> (usize, usize) {
+    let out = size.div_ceil(s);
+    let total = ((out - 1) * s + d * (k - 1) + 1).saturating_sub(size);
+    if upper {
+        (total / 2, total - total / 2)
+    } else {
+        (total - total / 2, total / 2)
+    }
+}
+
+/// The dense matrix of a 2-D convolution (batch 1), by a loop over its definition:
+/// `z[m, oy, ox] = b[m] + sum_{ci, ki, kj} x[g cg + ci, oy sy + ki dy - top, ox sx + kj dx - left] w[m, ci, ki, kj]`
+/// with `g = m / (M / group)`; taps that fall in the padding read zero.
+/// Returns the layer and the output shape `[M, OH, OW]`.
+fn conv_ref(
+    weight: &ArrayD<f32>,
+    bias: Option<&ArrayD<f32>>,
+    in_chw: [usize; 3],
+    strides: [usize; 2],
+    dil: [usize; 2],
+    pads: [usize; 4],
+    group: usize,
+) -> (RefLinear, [usize; 3]) {
+    let [c, h, wd] = in_chw;
+    let ws = weight.shape();
+    let (m, cg, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+    assert_eq!(cg * group, c);
+    let mg = m / group;
+    let oh = (h + pads[0] + pads[2] - (dil[0] * (kh - 1) + 1)) / strides[0] + 1;
+    let ow = (wd + pads[1] + pads[3] - (dil[1] * (kw - 1) + 1)) / strides[1] + 1;
+    let mut l = RefLinear::new(c * h * wd, m * oh * ow);
+    for mo in 0..m {
+        let gi = mo / mg;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let j = (mo * oh + oy) * ow + ox;
+                l.b[j] = bias.map_or(0.0, |b| b[[mo]] as f64);
+                for ci in 0..cg {
+                    let cin = gi * cg + ci;
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            let iy = (oy * strides[0] + ki * dil[0]) as isize - pads[0] as isize;
+                            let ix = (ox * strides[1] + kj * dil[1]) as isize - pads[1] as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                continue;
+                            }
+                            let i = (cin * h + iy as usize) * wd + ix as usize;
+                            l.set(i, j, weight[[mo, ci, ki, kj]] as f64);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (l, [m, oh, ow])
+}
+
+/// The dense matrix of `z = x W^T + b` (`W` is `[M, K]`) on `rows` rows.
+fn dense_ref(weight: &ArrayD<f32>, bias: Option<&ArrayD<f32>>, rows: usize) -> RefLinear {
+    let (m, k) = (weight.shape()[0], weight.shape()[1]);
+    let mut l = RefLinear::new(rows * k, rows * m);
+    for row in 0..rows {
+        for o in 0..m {
+            let j = row * m + o;
+            l.b[j] = bias.map_or(0.0, |b| b[[o]] as f64);
+            for i in 0..k {
+                l.set(row * k + i, j, weight[[o, i]] as f64);
+            }
+        }
+    }
+    l
+}
+
+/// The (diagonal) matrix of `z[n, c, ...] = x[n, c, ...] s[c] + t[c]`.
+fn affine_ref(scale: &[f64], shift: &[f64], shape: &[usize]) -> RefLinear {
+    let (n, c) = (shape[0], shape[1]);
+    let plane: usize = shape[2..].iter().product();
+    let len = n * c * plane;
+    let mut l = RefLinear::new(len, len);
+    for k in 0..len {
+        let ch = (k / plane) % c;
+        l.set(k, k, scale[ch]);
+        l.b[k] = shift[ch];
+    }
+    l
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------
+
+fn to64(a: &ArrayD<f32>) -> Vec<f64> {
+    a.iter().map(|&v| v as f64).collect()
+}
+
+fn arr(shape: &[usize], v: Vec<f32>) -> ArrayD<f32> {
+    ArrayD::from_shape_vec(IxDyn(shape), v).expect("shape")
+}
+
+fn uniform(rng: &mut Rng, lo: f32, hi: f32, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform_range(lo, hi)).collect()
+}
+
+/// Mixed-sign values in [-1, 1) with about one exact zero in six (as after a ReLU).
+fn mixed(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let v = rng.uniform_range(-1.0, 1.0);
+            if rng.uniform() < 1.0 / 6.0 {
+                0.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |m, &x| m.max(x.abs()))
+}
+
+/// `(max |lib - ref|, its index)`, NaN counting as infinitely far.
+fn max_diff(lib: &[f32], reference: &[f64]) -> (f64, usize) {
+    assert_eq!(lib.len(), reference.len(), "length mismatch");
+    let mut worst = (0.0, 0);
+    for (k, (&a, &b)) in lib.iter().zip(reference).enumerate() {
+        let d = if a.is_finite() { (a as f64 - b).abs() } else { f64::INFINITY };
+        if d > worst.0 || (d.is_nan() && !worst.0.is_nan()) {
+            worst = (d, k);
+        }
+    }
+    worst
+}
+
+// ---------------------------------------------------------------------------
+// 1. Single layers
+// ---------------------------------------------------------------------------
+
+struct LayerCase {
+    name: String,
+    layer: Box<dyn LinearLayer>,
+    reference: RefLinear,
+    in_shape: Vec<usize>,
+    out_shape: Vec<usize>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_case(
+    name: &str,
+    rng: &mut Rng,
+    c: usize,
+    m: usize,
+    kernel: [usize; 2],
+    hw: [usize; 2],
+    strides: [usize; 2],
+    dilations: [usize; 2],
+    padding: Padding,
+    group: usize,
+    with_bias: bool,
+) -> LayerCase {
+    let cg = c / group;
+    let fan_in = cg * kernel[0] * kernel[1];
+    let mut wv = he_normal(rng, fan_in, m * fan_in);
+    // An exact zero weight: flat must still count this (real) connection.
+    let k = 1.min(wv.len() - 1);
+    wv[k] = 0.0;
+    let weight = arr(&[m, cg, kernel[0], kernel[1]], wv);
+    let bias = with_bias.then(|| arr(&[m], uniform(rng, -0.3, 0.3, m)));
+    let pads = match padding {
+        Padding::Explicit(p) => p,
+        Padding::SameUpper | Padding::SameLower => {
+            let upper = padding == Padding::SameUpper;
+            let (t, b) = same_pads(hw[0], kernel[0], strides[0], dilations[0], upper);
+            let (l, r) = same_pads(hw[1], kernel[1], strides[1], dilations[1], upper);
+            [t, l, b, r]
+        }
+    };
+    let (reference, out) = conv_ref(&weight, bias.as_ref(), [c, hw[0], hw[1]], strides, dilations, pads, group);
+    let layer = Conv { weight, bias, window: Window { kernel, strides, dilations, padding }, group };
+    LayerCase {
+        name: name.to_string(),
+        layer: Box::new(layer),
+        reference,
+        in_shape: vec![1, c, hw[0], hw[1]],
+        out_shape: vec![1, out[0], out[1], out[2]],
+    }
+}
+
+fn dense_case(name: &str, rng: &mut Rng, rows: usize, k: usize, m: usize) -> LayerCase {
+    let weight = arr(&[m, k], he_normal(rng, k, m * k));
+    let bias = Some(arr(&[m], uniform(rng, -0.3, 0.3, m)));
+    let reference = dense_ref(&weight, bias.as_ref(), rows);
+    LayerCase {
+        name: name.to_string(),
+        layer: Box::new(Dense { weight, bias }),
+        reference,
+        in_shape: vec![rows, k],
+        out_shape: vec![rows, m],
+    }
+}
+
+fn affine_case(name: &str, rng: &mut Rng, shape: &[usize]) -> LayerCase {
+    let c = shape[1];
+    // Scales of both signs and magnitudes away from zero.
+    let scale: Vec<f32> = (0..c).map(|k| if k % 2 == 0 { 1.0 } else { -1.0 } * rng.uniform_range(0.5, 1.5)).collect();
+    let shift = uniform(rng, -0.3, 0.3, c);
+    let reference = affine_ref(
+        &scale.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        &shift.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        shape,
+    );
+    LayerCase {
+        name: name.to_string(),
+        layer: Box::new(Affine { weight: arr(&[c], scale), bias: arr(&[c], shift) }),
+        reference,
+        in_shape: shape.to_vec(),
+        out_shape: shape.to_vec(),
+    }
+}
+
+fn layer_cases() -> Vec<LayerCase> {
+    let mut rng = Rng::new(20240601);
+    let e = |p| Padding::Explicit(p);
+    vec![
+        dense_case("dense 5->4 + bias", &mut rng, 1, 5, 4),
+        dense_case("dense 5->4 + bias, 2 rows", &mut rng, 2, 5, 4),
+        conv_case("conv 2->3 3x3 on 5x5, pads 1", &mut rng, 2, 3, [3, 3], [5, 5], [1, 1], [1, 1], e([1; 4]), 1, true),
+        conv_case(
+            "conv 2->3 3x3 on 7x6, stride 2, pads [0,1,1,0], dilation [2,1]",
+            &mut rng,
+            2,
+            3,
+            [3, 3],
+            [7, 6],
+            [2, 2],
+            [2, 1],
+            e([0, 1, 1, 0]),
+            1,
+            true,
+        ),
+        conv_case("grouped conv 4->6, group 2, 3x3 on 4x5, pads 1", &mut rng, 4, 6, [3, 3], [4, 5], [1, 1], [1, 1], e([1; 4]), 2, true),
+        conv_case("depthwise conv 3->3, group 3, 3x3 on 5x4, pads 1, no bias", &mut rng, 3, 3, [3, 3], [5, 4], [1, 1], [1, 1], e([1; 4]), 3, false),
+        conv_case("1x1 conv 3->4 on 4x4", &mut rng, 3, 4, [1, 1], [4, 4], [1, 1], [1, 1], e([0; 4]), 1, true),
+        conv_case("1x1 conv 3->2 on 5x5, stride 2", &mut rng, 3, 2, [1, 1], [5, 5], [2, 2], [1, 1], e([0; 4]), 1, true),
+        conv_case("conv 3->2 3x3 on 5x6, stride 2, SAME_UPPER", &mut rng, 3, 2, [3, 3], [5, 6], [2, 2], [1, 1], Padding::SameUpper, 1, true),
+        conv_case("conv 2->2 2x2 on 4x4, SAME_LOWER", &mut rng, 2, 2, [2, 2], [4, 4], [1, 1], [1, 1], Padding::SameLower, 1, true),
+        affine_case("affine per-channel [1,3,3,2]", &mut rng, &[1, 3, 3, 2]),
+    ]
+}
+
+/// The rules tested on single layers (parameters of the composites and a few others).
+fn layer_rules() -> Vec<Rule> {
+    vec![
+        Rule::Epsilon { epsilon: 0.0 },
+        Rule::Epsilon { epsilon: 1e-6 },
+        Rule::Epsilon { epsilon: 0.25 },
+        Rule::ZPlus,
+        Rule::AlphaBeta { alpha: 2.0, beta: 1.0 },
+        Rule::AlphaBeta { alpha: 1.5, beta: 0.5 },
+        Rule::Gamma { gamma: 0.25 },
+        Rule::Gamma { gamma: 0.0 },
+        Rule::WSquare,
+        Rule::Flat,
+        Rule::ZBox,
+    ]
+}
+
+/// Inputs of the layer tests: mixed sign, all >= 0, all <= 0 and all zero.
+fn layer_inputs(rng: &mut Rng, n: usize) -> Vec<(&'static str, Vec<f32>)> {
+    let m = mixed(rng, n);
+    vec![
+        ("mixed", m.clone()),
+        ("nonneg", m.iter().map(|v| v.abs()).collect()),
+        ("nonpos", m.iter().map(|v| -v.abs()).collect()),
+        ("zeros", vec![0.0; n]),
+    ]
+}
+
+/// Checks one rule on one layer; returns a failure message.
+fn check_layer(case: &LayerCase, rule: Rule, input: &str, x: &[f32], r: &[f32], lh: (&[f32], &[f32])) -> Option<String> {
+    let xa = arr(&case.in_shape, x.to_vec());
+    let ra = arr(&case.out_shape, r.to_vec());
+    let bounds = Bounds { low: arr(&case.in_shape, lh.0.to_vec()), high: arr(&case.in_shape, lh.1.to_vec()) };
+    let lib = match rule.propagate(case.layer.as_ref(), &xa, &ra, (rule == Rule::ZBox).then_some(&bounds)) {
+        Ok(v) => v,
+        Err(e) => return Some(format!("{} / {rule} / {input}: library error {e:#}", case.name)),
+    };
+    if lib.shape() != case.in_shape.as_slice() {
+        return Some(format!("{} / {rule} / {input}: relevance of shape {:?}", case.name, lib.shape()));
+    }
+    let (low, high) = (lh.0.iter().map(|&v| v as f64).collect::<Vec<_>>(), lh.1.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let r64: Vec<f64> = r.iter().map(|&v| v as f64).collect();
+    let want = ref_rule(ref_rule_of(rule), &case.reference, &x64, &r64, Some((&low, &high)));
+    let lib: Vec<f32> = lib.iter().copied().collect();
+    let (d, k) = max_diff(&lib, &want.r);
+    // Tolerance: see the top of the file (relative 1e-4 plus the f32 rounding bound).
+    let tol = 1e-4 * max_abs(&want.r) + 1e-5 * max_abs(&want.bound);
+    (d.is_nan() || d > tol).then(|| {
+        format!(
+            "{} / {rule} / {input}: max |diff| {d:.3e} > tol {tol:.3e} at input {k}: lib {} vs ref {} (max |R_ref| {:.3e})",
+            case.name,
+            lib[k],
+            want.r[k],
+            max_abs(&want.r)
+        )
+    })
+}
+
+#[test]
+fn reference_forward_matches_the_layers() {
+    // The reference matrices must describe the same maps as the library's
+    // layers (else the rule comparisons below compare different layers).
+    // Tolerance 1e-5 * max(1, |z|): f32 sums of <= 50 terms of size <= ~3.
+    let mut rng = Rng::new(7);
+    for case in layer_cases() {
+        let x = mixed(&mut rng, case.reference.n_in);
+        let xa = arr(&case.in_shape, x.clone());
+        let lib = case.layer.forward(&xa, case.layer.weight(), true).expect("forward");
+        assert_eq!(lib.shape(), case.out_shape.as_slice(), "{}: output shape", case.name);
+        let want = case.reference.forward(&x.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let (d, k) = max_diff(&lib.iter().copied().collect::<Vec<_>>(), &want);
+        assert!(d <= 1e-5 * max_abs(&want).max(1.0), "{}: forward differs by {d} at {k}", case.name);
+    }
+}
+
+#[test]
+fn every_rule_on_every_layer_matches_the_naive_reference() {
+    let mut rng = Rng::new(99);
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in layer_cases() {
+        let n_in = case.reference.n_in;
+        let inputs = layer_inputs(&mut rng, n_in);
+        for (input, x) in &inputs {
+            // Incoming relevance of mixed sign, |R_j| <= 1.
+            let r = uniform(&mut rng, -1.0, 1.0, case.reference.n_out);
+            // z^B bounds strictly around the input: l = x - U(0.1, 1), h = x + U(0.1, 1).
+            let low: Vec<f32> = x.iter().map(|&v| v - rng.uniform_range(0.1, 1.0)).collect();
+            let high: Vec<f32> = x.iter().map(|&v| v + rng.uniform_range(0.1, 1.0)).collect();
+            for rule in layer_rules() {
+                checked += 1;
+                if let Some(f) = check_layer(&case, rule, input, x, &r, (&low, &high)) {
+                    failures.push(f);
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {checked} layer checks failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn exact_zero_outputs_follow_the_spec() {
+    // Integer weights and inputs make every f32 sum exact, so output 0 has
+    // z_0 = 1 - 2 + 0 + 3 - 2 (bias) = 0 exactly: LRP-0 and gamma must drop
+    // its relevance, epsilon divides it by +eps (sign(0) = +1).
+    // z = [0, -2, 2.5] (row 1: 2 - 2 + 0 - 3 + 1; row 2: -1 + 0 + 0 + 3 + 0.5).
+    let weight = arr(&[3, 4], vec![1.0, 1.0, 5.0, 1.0, 2.0, 1.0, -1.0, -1.0, -1.0, 0.0, 2.0, 1.0]);
+    let bias = Some(arr(&[3], vec![-2.0, 1.0, 0.5]));
+    let reference = dense_ref(&weight, bias.as_ref(), 1);
+    let case = LayerCase {
+        name: "integer dense 4->3 with z_0 = 0".into(),
+        layer: Box::new(Dense { weight, bias }),
+        reference,
+        in_shape: vec![1, 4],
+        out_shape: vec![1, 3],
+    };
+    let x = [1.0, -2.0, 0.0, 3.0];
+    let z = case.reference.forward(&x.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    assert_eq!(z, vec![0.0, -2.0, 2.5], "the construction above");
+    let r = [0.7, -0.4, 1.3];
+    let low = [0.0, -3.0, -1.0, 2.0];
+    let high = [2.0, -1.0, 1.0, 4.0];
+    let mut failures = Vec::new();
+    for rule in layer_rules() {
+        if let Some(f) = check_layer(&case, rule, "integers", &x, &r, (&low, &high)) {
+            failures.push(f);
+        }
+    }
+    // Explicitly: LRP-0 gives exactly what outputs 1 and 2 send (output 0 dropped).
+    let lib = Rule::Epsilon { epsilon: 0.0 }
+        .propagate(case.layer.as_ref(), &arr(&[1, 4], x.to_vec()), &arr(&[1, 3], r.to_vec()), None)
+        .expect("lrp0");
+    let sum: f32 = lib.sum();
+    // Conservation of the outputs with z != 0 and no bias share: sum_i R_i =
+    // sum_{j=1,2} R_j (z_j - b_j) / z_j = -0.4 * (-3 / -2) + 1.3 * (2 / 2.5) = 0.44.
+    if (sum - 0.44).abs() > 1e-6 {
+        failures.push(format!("lrp0 with a zero output: sum R = {sum}, expected 0.44"));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn wsquare_and_flat_do_not_depend_on_the_layer_input() {
+    // w^2 and flat never read x: the relevance must be bit-identical for any
+    // input (and equal to the reference, which has no x in it).
+    let mut rng = Rng::new(5);
+    for case in layer_cases() {
+        let inputs = layer_inputs(&mut rng, case.reference.n_in);
+        let r = arr(&case.out_shape, uniform(&mut rng, -1.0, 1.0, case.reference.n_out));
+        for rule in [Rule::WSquare, Rule::Flat] {
+            let outs: Vec<ArrayD<f32>> = inputs
+                .iter()
+                .map(|(_, x)| rule.propagate(case.layer.as_ref(), &arr(&case.in_shape, x.clone()), &r, None).expect("propagate"))
+                .collect();
+            for (k, o) in outs.iter().enumerate().skip(1) {
+                assert_eq!(o, &outs[0], "{} / {rule}: input '{}' changes the relevance", case.name, inputs[k].0);
+            }
+        }
+    }
+}
+
+#[test]
+fn stabilizer_and_default_parameters_are_the_spec_ones() {
+    // The reference hard-codes them; a change here must be deliberate.
+    assert_eq!(STABILIZER, 1e-6);
+    assert_eq!(RuleParams::default(), RuleParams { epsilon: 1e-6, gamma: 0.25, alpha: 2.0 });
+    let names: Vec<&str> = NAMES.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, COMPOSITES.to_vec(), "composite list changed: extend the reference table");
+    let (lo, hi) = Normalization::default().bounds();
+    for c in 0..3 {
+        assert!((lo[c] as f64 - (-MEAN[c] / STD[c])).abs() < 1e-6);
+        assert!((hi[c] as f64 - (1.0 - MEAN[c]) / STD[c]).abs() < 1e-6);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Whole networks
+// ---------------------------------------------------------------------------
+
+/// Every composite name of the library.
+const COMPOSITES: [&str; 14] = [
+    "lrp0",
+    "epsilon",
+    "zplus",
+    "alpha-beta",
+    "gamma",
+    "wsquare",
+    "flat",
+    "zbox",
+    "epsilon-plus",
+    "epsilon-plus-flat",
+    "epsilon-gamma-box",
+    "epsilon-alpha2-beta1",
+    "deep-taylor",
+    "deep-taylor-bounded",
+];
+
+/// Rule per layer class, from the spec (default parameters: epsilon 1e-6,
+/// gamma 0.25, alpha 2 / beta 1). Per-channel affine layers are in the conv class.
+struct RefComposite {
+    first: Option<RefRule>,
+    conv: RefRule,
+    dense: RefRule,
+}
+
+fn ref_composite(name: &str) -> RefComposite {
+    let eps = RefRule::Epsilon(1e-6);
+    let gamma = RefRule::Gamma(0.25);
+    let ab = RefRule::AlphaBeta(2.0, 1.0);
+    let all = |r| RefComposite { first: None, conv: r, dense: r };
+    let c = |first, conv, dense| RefComposite { first, conv, dense };
+    match name {
+        "lrp0" => all(RefRule::Epsilon(0.0)),
+        "epsilon" => all(eps),
+        "zplus" => all(ZPLUS),
+        "alpha-beta" => all(ab),
+        "gamma" => all(gamma),
+        "wsquare" => all(RefRule::WSquare),
+        "flat" => all(RefRule::Flat),
+        "zbox" => c(Some(RefRule::ZBox), ZPLUS, ZPLUS),
+        "epsilon-plus" => c(None, ZPLUS, eps),
+        "epsilon-plus-flat" => c(Some(RefRule::Flat), ZPLUS, eps),
+        "epsilon-gamma-box" => c(Some(RefRule::ZBox), gamma, eps),
+        "epsilon-alpha2-beta1" => c(None, ab, eps),
+        "deep-taylor" => c(Some(RefRule::WSquare), ZPLUS, ZPLUS),
+        "deep-taylor-bounded" => c(Some(RefRule::ZBox), ZPLUS, ZPLUS),
+        other => panic!("no reference for composite {other}"),
+    }
+}
+
+/// A node of the reference network; node `k` writes value `k + 1`, value 0 is the input.
+#[derive(Clone, Debug)]
+enum RefOp {
+    Linear {
+        layer: RefLinear,
+        dense: bool,
+    },
+    /// `y = gamma (x - mean) / sqrt(var + eps) + beta` per channel (forward only).
+    BatchNorm {
+        gamma: Vec<f64>,
+        beta: Vec<f64>,
+        mean: Vec<f64>,
+        var: Vec<f64>,
+        eps: f64,
+        plane: usize,
+    },
+    Relu,
+    /// Input indices of each output's window (row-major window order).
+    MaxPool(Vec<Vec<usize>>),
+    /// Input indices of each output's window (real inputs only) and the
+    /// divisor `n_j` of the average.
+    AvgPool(Vec<Vec<usize>>, Vec<f64>),
+    Add,
+    Identity,
+}
+
+#[derive(Clone, Debug)]
+struct RefNode {
+    op: RefOp,
+    inputs: Vec<usize>,
+}
+
+/// All values of the reference network, `f64`.
+fn ref_forward(nodes: &[RefNode], x: Vec<f64>) -> Vec<Vec<f64>> {
+    let mut v = vec![x];
+    for n in nodes {
+        let a = &v[n.inputs[0]];
+        let out = match &n.op {
+            RefOp::Linear { layer, .. } => layer.forward(a),
+            RefOp::BatchNorm { gamma, beta, mean, var, eps, plane } => (0..a.len())
+                .map(|k| {
+                    let c = k / plane;
+                    gamma[c] * (a[k] - mean[c]) / (var[c] + eps).sqrt() + beta[c]
+                })
+                .collect(),
+            RefOp::Relu => a.iter().map(|&v| v.max(0.0)).collect(),
+            RefOp::MaxPool(win) => win.iter().map(|w| w.iter().map(|&i| a[i]).fold(f64::NEG_INFINITY, f64::max)).collect(),
+            RefOp::AvgPool(win, n) => win.iter().zip(n).map(|(w, n)| w.iter().map(|&i| a[i]).sum::<f64>() / n).collect(),
+            RefOp::Add => a.iter().zip(&v[n.inputs[1]]).map(|(p, q)| p + q).collect(),
+            RefOp::Identity => a.clone(),
+        };
+        v.push(out);
+    }
+    v
+}
+
+/// Per-channel z^B bounds of the normalised image for a value of shape
+/// `[3, H, W]` or its flattened `[3 H W]` (channel-major, as `Flatten` of NCHW).
+fn image_bounds(shape: &[usize]) -> (Vec<f64>, Vec<f64>) {
+    let n: usize = shape.iter().product();
+    assert!(shape[0] == 3 || shape.len() == 1, "z^B bounds only for the 3-channel image, got {shape:?}");
+    let plane = n / 3;
+    let low = (0..n).map(|k| (0.0 - MEAN[k / plane]) / STD[k / plane]).collect();
+    let high = (0..n).map(|k| (1.0 - MEAN[k / plane]) / STD[k / plane]).collect();
+    (low, high)
+}
+
+/// Reference LRP: relevance of `class` (its logit) back to the input.
+fn ref_lrp(nodes: &[RefNode], acts: &[Vec<f64>], shapes: &[Vec<usize>], class: usize, comp: &RefComposite) -> Vec<f64> {
+    let out = acts.len() - 1;
+    let mut rel: Vec<Vec<f64>> = acts.iter().map(|a| vec![0.0; a.len()]).collect();
+    rel[out][class] = acts[out][class];
+    // First layers: linear layers reading the input with no linear layer in between.
+    let mut raw = vec![false; acts.len()];
+    raw[0] = true;
+    let mut first = vec![false; nodes.len()];
+    for (k, n) in nodes.iter().enumerate() {
+        let reads_raw = n.inputs.iter().any(|&i| raw[i]);
+        match n.op {
+            RefOp::Linear { .. } => first[k] = reads_raw,
+            _ => raw[k + 1] = reads_raw,
+        }
+    }
+    for k in (0..nodes.len()).rev() {
+        let n = &nodes[k];
+        let r = rel[k + 1].clone();
+        let i0 = n.inputs[0];
+        let x = &acts[i0];
+        let mut add = vec![vec![0.0; x.len()]];
+        match &n.op {
+            RefOp::Linear { layer, dense } => {
+                let rule = match (first[k], comp.first) {
+                    (true, Some(f)) => f,
+                    _ if *dense => comp.dense,
+                    _ => comp.conv,
+                };
+                let b = (rule == RefRule::ZBox).then(|| image_bounds(&shapes[i0]));
+                add[0] = ref_rule(rule, layer, x, &r, b.as_ref().map(|(l, h)| (l.as_slice(), h.as_slice()))).r;
+            }
+            RefOp::BatchNorm { .. } => panic!("the LRP reference runs on the folded network"),
+            RefOp::Relu | RefOp::Identity => add[0] = r,
+            RefOp::MaxPool(win) => {
+                // All of a window's relevance to its first maximum.
+                for (j, w) in win.iter().enumerate() {
+                    let mut best = w[0];
+                    for &i in &w[1..] {
+                        if x[i] > x[best] {
+                            best = i;
+                        }
+                    }
+                    add[0][best] += r[j];
+                }
+            }
+            RefOp::AvgPool(win, n) => {
+                // Norm rule: R_i = sum_j x_i (1 / n_j) R_j / stab(z_j).
+                for (j, w) in win.iter().enumerate() {
+                    let z: f64 = w.iter().map(|&i| x[i]).sum::<f64>() / n[j];
+                    for &i in w {
+                        add[0][i] += x[i] / n[j] * r[j] / stab(z);
+                    }
+                }
+            }
+            RefOp::Add => {
+                // R_a = a R / stab(a + b), R_b = b R / stab(a + b).
+                let y = &acts[n.inputs[1]];
+                add.push(vec![0.0; y.len()]);
+                for e in 0..x.len() {
+                    let d = stab(x[e] + y[e]);
+                    add[0][e] = x[e] * r[e] / d;
+                    add[1][e] = y[e] * r[e] / d;
+                }
+            }
+        }
+        for (&input, a) in n.inputs.iter().zip(add) {
+            for (t, v) in rel[input].iter_mut().zip(a) {
+                *t += v;
+            }
+        }
+    }
+    rel.swap_remove(0)
+}
+
+/// A pooling node: `k x k` window, stride `s`, pads `[top, left, bottom, right]`.
+#[derive(Clone, Copy, Debug)]
+struct PoolSpec {
+    k: usize,
+    s: usize,
+    pads: [usize; 4],
+    ceil: bool,
+    count_include_pad: bool,
+    max: bool,
+}
+
+/// Options of the generated networks.
+#[derive(Clone, Copy, Debug)]
+struct NetOpts {
+    /// Biases on every conv and Gemm (else none at all).
+    bias: bool,
+    /// All-zero weights and bias in the second conv.
+    dead_second_conv: bool,
+}
+
+const WITH_BIAS: NetOpts = NetOpts { bias: true, dead_second_conv: false };
+
+/// Writes an ONNX model and its reference networks side by side.
+struct NetBuilder {
+    onnx: OnnxBuilder,
+    /// Forward reference with every batch norm as its own op.
+    explicit: Vec<RefNode>,
+    /// LRP reference: batch norms folded into the preceding conv (as Zennit's
+    /// `MergeBatchNorm`, weights scaled in f64 here) or, with nothing to fold
+    /// into, a per-channel affine linear layer.
+    folded: Vec<RefNode>,
+    /// Shape of each value without the batch axis.
+    shapes: Vec<Vec<usize>>,
+    rng: Rng,
+    opts: NetOpts,
+    convs: usize,
+}
+
+impl NetBuilder {
+    fn new(seed: u64, chw: [usize; 3], opts: NetOpts) -> Self {
+        let mut onnx = OnnxBuilder::new(13);
+        onnx.input("input", &[1, chw[0] as i64, chw[1] as i64, chw[2] as i64]);
+        NetBuilder {
+            onnx,
+            explicit: vec![],
+            folded: vec![],
+            shapes: vec![chw.to_vec()],
+            rng: Rng::new(seed),
+            opts,
+            convs: 0,
+        }
+    }
+
+    fn name(v: usize) -> String {
+        if v == 0 {
+            "input".into()
+        } else {
+            format!("t{v}")
+        }
+    }
+
+    fn push(&mut self, explicit: RefOp, folded: RefOp, inputs: Vec<usize>, shape: Vec<usize>) -> usize {
+        self.explicit.push(RefNode { op: explicit, inputs: inputs.clone() });
+        self.folded.push(RefNode { op: folded, inputs });
+        self.shapes.push(shape);
+        self.shapes.len() - 1
+    }
+
+    fn chw(&self, v: usize) -> [usize; 3] {
+        let s = &self.shapes[v];
+        [s[0], s[1], s[2]]
+    }
+
+    /// Conv `k x k`, stride 1, pads `pad`, He-normal weights, bias in +-[0.02, 0.1].
+    fn conv(&mut self, x: usize, cout: usize, k: usize, pad: usize) -> usize {
+        let [c, h, w] = self.chw(x);
+        self.convs += 1;
+        let dead = self.opts.dead_second_conv && self.convs == 2;
+        let fan_in = c * k * k;
+        let wv = if dead { vec![0.0; cout * fan_in] } else { he_normal(&mut self.rng, fan_in, cout * fan_in) };
+        let bv: Option<Vec<f32>> = self.opts.bias.then(|| {
+            (0..cout)
+                .map(|_| if dead { 0.0 } else { self.rng.uniform_range(0.02, 0.1) * if self.rng.uniform() < 0.5 { -1.0 } else { 1.0 } })
+                .collect()
+        });
+        let id = self.shapes.len();
+        let mut inputs = vec![Self::name(x), self.onnx.initializer(&format!("w{id}"), &[cout, c, k, k], &wv)];
+        if let Some(b) = &bv {
+            inputs.push(self.onnx.initializer(&format!("b{id}"), &[cout], b));
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let attrs = vec![
+            Attr::Ints("dilations", vec![1, 1]),
+            Attr::Int("group", 1),
+            Attr::Ints("kernel_shape", vec![k as i64, k as i64]),
+            Attr::Ints("pads", vec![pad as i64; 4]),
+            Attr::Ints("strides", vec![1, 1]),
+        ];
+        self.onnx.node("Conv", &inputs, &[&Self::name(id)], attrs);
+        let weight = arr(&[cout, c, k, k], wv);
+        let bias = bv.map(|b| arr(&[cout], b));
+        let (layer, out) = conv_ref(&weight, bias.as_ref(), [c, h, w], [1, 1], [1, 1], [pad; 4], 1);
+        let op = RefOp::Linear { layer, dense: false };
+        self.push(op.clone(), op, vec![x], out.to_vec())
+    }
+
+    fn relu(&mut self, x: usize) -> usize {
+        let id = self.shapes.len();
+        self.onnx.node("Relu", &[&Self::name(x)], &[&Self::name(id)], vec![]);
+        let s = self.shapes[x].clone();
+        self.push(RefOp::Relu, RefOp::Relu, vec![x], s)
+    }
+
+    /// Pooling windows of `spec` on value `x`: the real input indices of each
+    /// output (row-major window order), the divisor of each output for an
+    /// average, and the output shape.
+    fn windows(&self, x: usize, spec: &PoolSpec) -> (Vec<Vec<usize>>, Vec<f64>, Vec<usize>) {
+        let [c, h, w] = self.chw(x);
+        let (k, st, p) = (spec.k, spec.s, spec.pads);
+        // ONNX / PyTorch output size: floor or ceil of (H + pads - k) / s + 1; in
+        // ceil mode a window must start inside the input or its top/left padding.
+        let out = |size: usize, begin: usize, end: usize| {
+            let span = size + begin + end - k;
+            let mut o = if spec.ceil { span.div_ceil(st) + 1 } else { span / st + 1 };
+            if spec.ceil && (o - 1) * st >= size + begin {
+                o -= 1;
+            }
+            o
+        };
+        let (oh, ow) = (out(h, p[0], p[2]), out(w, p[1], p[3]));
+        let (mut win, mut div) = (vec![], vec![]);
+        for ch in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (y0, x0) = ((oy * st) as isize - p[0] as isize, (ox * st) as isize - p[1] as isize);
+                    let mut v = vec![];
+                    // taps inside the padded input (count_include_pad divisor)
+                    let (mut ny, mut nx) = (0, 0);
+                    for i in 0..k as isize {
+                        ny += usize::from(y0 + i < (h + p[2]) as isize);
+                        nx += usize::from(x0 + i < (w + p[3]) as isize);
+                        for j in 0..k as isize {
+                            let (y, xx) = (y0 + i, x0 + j);
+                            if y >= 0 && xx >= 0 && y < h as isize && xx < w as isize {
+                                v.push((ch * h + y as usize) * w + xx as usize);
+                            }
+                        }
+                    }
+                    div.push(if spec.count_include_pad { (ny * nx) as f64 } else { v.len() as f64 });
+                    win.push(v);
+                }
+            }
+        }
+        (win, div, vec![c, oh, ow])
+    }
+
+    fn pool(&mut self, x: usize, spec: PoolSpec) -> usize {
+        let id = self.shapes.len();
+        let mut attrs = vec![
+            Attr::Ints("kernel_shape", vec![spec.k as i64; 2]),
+            Attr::Ints("pads", spec.pads.iter().map(|&v| v as i64).collect()),
+            Attr::Ints("strides", vec![spec.s as i64; 2]),
+        ];
+        if spec.ceil {
+            attrs.push(Attr::Int("ceil_mode", 1));
+        }
+        if spec.count_include_pad {
+            attrs.push(Attr::Int("count_include_pad", 1));
+        }
+        let op = if spec.max { "MaxPool" } else { "AveragePool" };
+        self.onnx.node(op, &[&Self::name(x)], &[&Self::name(id)], attrs);
+        let (win, div, shape) = self.windows(x, &spec);
+        let op = if spec.max { RefOp::MaxPool(win) } else { RefOp::AvgPool(win, div) };
+        self.push(op.clone(), op, vec![x], shape)
+    }
+
+    /// `k x k` pool with stride `k`, no padding.
+    fn simple_pool(&mut self, x: usize, k: usize, max: bool) -> usize {
+        self.pool(x, PoolSpec { k, s: k, pads: [0; 4], ceil: false, count_include_pad: false, max })
+    }
+
+    fn global_pool(&mut self, x: usize, max: bool) -> usize {
+        let id = self.shapes.len();
+        let op = if max { "GlobalMaxPool" } else { "GlobalAveragePool" };
+        self.onnx.node(op, &[&Self::name(x)], &[&Self::name(id)], vec![]);
+        let [c, h, w] = self.chw(x);
+        let win: Vec<Vec<usize>> = (0..c).map(|ch| (ch * h * w..(ch + 1) * h * w).collect()).collect();
+        let op = if max { RefOp::MaxPool(win) } else { RefOp::AvgPool(win, vec![(h * w) as f64; c]) };
+        self.push(op.clone(), op, vec![x], vec![c, 1, 1])
+    }
+
+    fn flatten(&mut self, x: usize) -> usize {
+        let id = self.shapes.len();
+        self.onnx.node("Flatten", &[&Self::name(x)], &[&Self::name(id)], vec![Attr::Int("axis", 1)]);
+        let n = self.shapes[x].iter().product();
+        self.push(RefOp::Identity, RefOp::Identity, vec![x], vec![n])
+    }
+
+    /// `Gemm(transB = 1)`: `y = x W^T + b`, W `[out, in]`.
+    fn gemm(&mut self, x: usize, out: usize) -> usize {
+        let k = self.shapes[x][0];
+        let id = self.shapes.len();
+        let wv = he_normal(&mut self.rng, k, out * k);
+        let bv: Option<Vec<f32>> = self.opts.bias.then(|| uniform(&mut self.rng, -0.1, 0.1, out));
+        let mut inputs = vec![Self::name(x), self.onnx.initializer(&format!("w{id}"), &[out, k], &wv)];
+        if let Some(b) = &bv {
+            inputs.push(self.onnx.initializer(&format!("b{id}"), &[out], b));
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let attrs = vec![Attr::Float("alpha", 1.0), Attr::Float("beta", 1.0), Attr::Int("transB", 1)];
+        self.onnx.node("Gemm", &inputs, &[&Self::name(id)], attrs);
+        let weight = arr(&[out, k], wv);
+        let bias = bv.map(|b| arr(&[out], b));
+        let op = RefOp::Linear { layer: dense_ref(&weight, bias.as_ref(), 1), dense: true };
+        self.push(op.clone(), op, vec![x], vec![out])
+    }
+
+    fn add(&mut self, a: usize, b: usize) -> usize {
+        let id = self.shapes.len();
+        self.onnx.node("Add", &[&Self::name(a), &Self::name(b)], &[&Self::name(id)], vec![]);
+        let s = self.shapes[a].clone();
+        self.push(RefOp::Add, RefOp::Add, vec![a, b], s)
+    }
+
+    /// `BatchNormalization` (inference), gamma, var in [0.5, 1.5), beta, mean in [-0.1, 0.1).
+    fn batch_norm(&mut self, x: usize) -> usize {
+        let [c, h, w] = self.chw(x);
+        let id = self.shapes.len();
+        let ranges = [(0.5, 1.5), (-0.1, 0.1), (-0.1, 0.1), (0.5, 1.5)];
+        let params: Vec<Vec<f32>> = ranges.iter().map(|&(lo, hi)| uniform(&mut self.rng, lo, hi, c)).collect();
+        let mut inputs = vec![Self::name(x)];
+        for (p, what) in params.iter().zip(["scale", "bias", "mean", "var"]) {
+            inputs.push(self.onnx.initializer(&format!("bn{id}_{what}"), &[c], p));
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let eps = 1e-5f32;
+        self.onnx.node("BatchNormalization", &inputs, &[&Self::name(id)], vec![Attr::Float("epsilon", eps)]);
+        let p64: Vec<Vec<f64>> = params.iter().map(|p| p.iter().map(|&v| v as f64).collect()).collect();
+        let explicit = RefOp::BatchNorm {
+            gamma: p64[0].clone(),
+            beta: p64[1].clone(),
+            mean: p64[2].clone(),
+            var: p64[3].clone(),
+            eps: eps as f64,
+            plane: h * w,
+        };
+        // y = x s + t with s = gamma / sqrt(var + eps), t = beta - mean s.
+        let s: Vec<f64> = (0..c).map(|k| p64[0][k] / (p64[3][k] + eps as f64).sqrt()).collect();
+        let t: Vec<f64> = (0..c).map(|k| p64[1][k] - p64[2][k] * s[k]).collect();
+        let folded = match (x > 0).then(|| &mut self.folded[x - 1].op) {
+            Some(RefOp::Linear { layer, dense: false }) => {
+                // Fold into the conv that produced x (its only consumer is this BN):
+                // w'_ij = w_ij s_c(j), b'_j = b_j s_c(j) + t_c(j). The conv then
+                // writes the BN output and the BN node passes relevance on.
+                let plane = layer.n_out / c;
+                for j in 0..layer.n_out {
+                    let ch = j / plane;
+                    for i in 0..layer.n_in {
+                        layer.w[i * layer.n_out + j] *= s[ch];
+                    }
+                    layer.b[j] = layer.b[j] * s[ch] + t[ch];
+                }
+                RefOp::Identity
+            }
+            _ => RefOp::Linear { layer: affine_ref(&s, &t, &[1, c, h, w]), dense: false },
+        };
+        self.push(explicit, folded, vec![x], vec![c, h, w])
+    }
+
+    fn finish(mut self, out: usize, dir: &Path, file: &str) -> BuiltNet {
+        let n = self.shapes[out][0];
+        self.onnx.output(&Self::name(out), &[1, n as i64]);
+        let path = dir.join(file);
+        self.onnx.save(&path).expect("save onnx");
+        BuiltNet { path, explicit: self.explicit, folded: self.folded, shapes: self.shapes }
+    }
+}
+
+struct BuiltNet {
+    path: PathBuf,
+    explicit: Vec<RefNode>,
+    folded: Vec<RefNode>,
+    shapes: Vec<Vec<usize>>,
+}
+
+/// input [1,3,8,8] -> Conv(3->4, 3x3, pad 1) + Relu -> MaxPool 2x2 -> Conv(4->4, 3x3, pad 1)
+/// + Relu -> AveragePool 2x2 -> Flatten -> Gemm(16->6) + Relu -> Gemm(6->3).
+fn vgg_like(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    let mut b = NetBuilder::new(seed, [3, 8, 8], opts);
+    let v = b.conv(0, 4, 3, 1);
+    let v = b.relu(v);
+    let v = b.simple_pool(v, 2, true);
+    let v = b.conv(v, 4, 3, 1);
+    let v = b.relu(v);
+    let v = b.simple_pool(v, 2, false);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 6);
+    let v = b.relu(v);
+    let v = b.gemm(v, 3);
+    b.finish(v, dir, &format!("vgg_like_{seed}.onnx"))
+}
+
+/// input [1,3,6,6] -> Conv(3->4) + Relu = a -> Conv(4->4) + Relu -> Conv(4->4) -> Add(., a)
+/// -> Relu -> GlobalAveragePool -> Flatten -> Gemm(4->3); all convs 3x3, pad 1.
+fn residual(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    let mut b = NetBuilder::new(seed, [3, 6, 6], opts);
+    let v = b.conv(0, 4, 3, 1);
+    let a = b.relu(v);
+    let v = b.conv(a, 4, 3, 1);
+    let v = b.relu(v);
+    let v = b.conv(v, 4, 3, 1);
+    let v = b.add(v, a);
+    let v = b.relu(v);
+    let v = b.global_pool(v, false);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 3);
+    b.finish(v, dir, &format!("residual_{seed}.onnx"))
+}
+
+/// input [1,3,6,6] -> Conv(3->4) -> BatchNorm (folded) -> Relu -> MaxPool 2x2 -> BatchNorm
+/// (per-channel affine: nothing to fold into) -> Conv(4->5) + Relu -> GlobalAveragePool
+/// -> Flatten -> Gemm(5->3).
+fn batchnorm_net(dir: &Path, seed: u64) -> BuiltNet {
+    let mut b = NetBuilder::new(seed, [3, 6, 6], WITH_BIAS);
+    let v = b.conv(0, 4, 3, 1);
+    let v = b.batch_norm(v);
+    let v = b.relu(v);
+    let v = b.simple_pool(v, 2, true);
+    let v = b.batch_norm(v);
+    let v = b.conv(v, 5, 3, 1);
+    let v = b.relu(v);
+    let v = b.global_pool(v, false);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 3);
+    b.finish(v, dir, &format!("batchnorm_{seed}.onnx"))
+}
+
+/// input [1,3,6,6] -> BatchNorm (affine, the *first* layer) -> Conv(3->4) + Relu
+/// -> GlobalAveragePool -> Flatten -> Gemm(4->3).
+fn input_batchnorm_net(dir: &Path, seed: u64) -> BuiltNet {
+    let mut b = NetBuilder::new(seed, [3, 6, 6], WITH_BIAS);
+    let v = b.batch_norm(0);
+    let v = b.conv(v, 4, 3, 1);
+    let v = b.relu(v);
+    let v = b.global_pool(v, false);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 3);
+    b.finish(v, dir, &format!("input_batchnorm_{seed}.onnx"))
+}
+
+/// input [1,3,7,7] -> MaxPool 2x2 stride 1 -> Conv(3->4) + Relu (the first layer,
+/// behind a pool) -> MaxPool 3x3 stride 2 ceil_mode -> Conv(4->4) + Relu -> AveragePool
+/// 3x3 stride 1 pads 1 count_include_pad -> AveragePool 2x2 stride 2 pads [0,0,1,1]
+/// -> MaxPool 3x3 stride 1 pads 1 (overlapping) -> GlobalMaxPool -> Flatten -> Gemm(4->3).
+fn pools_net(dir: &Path, seed: u64) -> BuiltNet {
+    let mut b = NetBuilder::new(seed, [3, 7, 7], WITH_BIAS);
+    let p = |k, s, pads, ceil, count_include_pad, max| PoolSpec { k, s, pads, ceil, count_include_pad, max };
+    let v = b.pool(0, p(2, 1, [0; 4], false, false, true));
+    let v = b.conv(v, 4, 3, 1);
+    let v = b.relu(v);
+    let v = b.pool(v, p(3, 2, [0; 4], true, false, true));
+    let v = b.conv(v, 4, 3, 1);
+    let v = b.relu(v);
+    let v = b.pool(v, p(3, 1, [1; 4], false, true, false));
+    let v = b.pool(v, p(2, 2, [0, 0, 1, 1], false, false, false));
+    let v = b.pool(v, p(3, 1, [1; 4], false, false, true));
+    let v = b.global_pool(v, true);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 3);
+    b.finish(v, dir, &format!("pools_{seed}.onnx"))
+}
+
+/// input [1,3,4,4] -> Flatten -> Gemm(48->8) + Relu (the first layer is dense) -> Gemm(8->3).
+fn dense_first_net(dir: &Path, seed: u64) -> BuiltNet {
+    let mut b = NetBuilder::new(seed, [3, 4, 4], WITH_BIAS);
+    let v = b.flatten(0);
+    let v = b.gemm(v, 8);
+    let v = b.relu(v);
+    let v = b.gemm(v, 3);
+    b.finish(v, dir, &format!("dense_first_{seed}.onnx"))
+}
+
+/// A normalised random image `(u - mean_c) / std_c`, `u` uniform in [0, 1).
+fn image(rng: &mut Rng, chw: &[usize]) -> ArrayD<f32> {
+    let plane = chw[1] * chw[2];
+    let v = (0..chw.iter().product::<usize>())
+        .map(|k| {
+            let c = k / plane;
+            ((rng.uniform() as f64 - MEAN[c]) / STD[c]) as f32
+        })
+        .collect();
+    arr(&[1, chw[0], chw[1], chw[2]], v)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (k, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = k;
+        }
+    }
+    best
+}
+
+/// Loads `net`, runs it on `input`, explains the top class with every composite
+/// and compares logits and relevance with the reference. Returns failures.
+fn check_network(what: &str, net: &BuiltNet, input: &ArrayD<f32>) -> Vec<String> {
+    let mut failures = vec![];
+    let model = Model::load(&net.path).unwrap_or_else(|e| panic!("{what}: cannot load: {e:#}"));
+    let fwd = model.forward(input.clone()).unwrap_or_else(|e| panic!("{what}: forward: {e:#}"));
+    let x = to64(input);
+    let explicit = ref_forward(&net.explicit, x.clone());
+    let acts = ref_forward(&net.folded, x);
+    let logits = explicit.last().expect("logits");
+    // The fold is exact in real arithmetic: f64 agreement to 1e-9 relative.
+    let (d, _) = max_diff(&acts.last().unwrap().iter().map(|&v| v as f32).collect::<Vec<_>>(), logits);
+    assert!(d <= 1e-6 * max_abs(logits).max(1.0), "{what}: reference fold changed the logits");
+    let (d, k) = max_diff(&fwd.logits, logits);
+    // Logit tolerance 1e-4 * max(1, max |logit|): f32 forward of a few tiny layers.
+    let tol = 1e-4 * max_abs(logits).max(1.0);
+    if d > tol {
+        failures.push(format!("{what}: logit {k}: lib {} vs ref {} (tol {tol:.1e})", fwd.logits[k], logits[k]));
+    }
+    let class = argmax(&fwd.logits);
+    let norm = Normalization::default();
+    let mut report = vec![];
+    for name in COMPOSITES {
+        let comp = Composite::from_name(name, &RuleParams::default()).expect("composite");
+        let e = match explain(&model.graph, &fwd, class, &comp, &norm, model.input.channels) {
+            Ok(e) => e,
+            Err(err) => {
+                failures.push(format!("{what} / {name}: explain failed: {err:#}"));
+                continue;
+            }
+        };
+        let lib: Vec<f32> = e.relevance.iter().copied().collect();
+        if lib.iter().any(|v| !v.is_finite()) {
+            failures.push(format!("{what} / {name}: non-finite relevance"));
+            continue;
+        }
+        let want = ref_lrp(&net.folded, &acts, &net.shapes, class, &ref_composite(name));
+        let (d, k) = max_diff(&lib, &want);
+        // Network tolerance: see the top of the file.
+        let scale = max_abs(&want).max(1e-3 * logits[class].abs());
+        let tol = 1e-4 * scale;
+        report.push(format!("{name}: {:.1e}", d / scale.max(f64::MIN_POSITIVE)));
+        if d.is_nan() || d > tol {
+            failures.push(format!(
+                "{what} / {name}: max |diff| {d:.3e} > tol {tol:.3e} at input {k}: lib {} vs ref {} (max |R_ref| {:.3e}, sum lib {:.6}, sum ref {:.6}, logit {})",
+                lib[k],
+                want[k],
+                max_abs(&want),
+                e.relevance_sum,
+                want.iter().sum::<f64>(),
+                e.logit
+            ));
+        }
+    }
+    eprintln!("{what}: class {class}, logit {:.4}, max |diff| / scale: {}", fwd.logits[class], report.join(", "));
+    failures
+}
+
+#[test]
+fn vgg_like_network_matches_the_reference_for_every_composite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut failures = vec![];
+    for seed in [1, 2] {
+        let net = vgg_like(dir.path(), seed, WITH_BIAS);
+        let x = image(&mut Rng::new(100 + seed), &[3, 8, 8]);
+        failures.extend(check_network(&format!("vgg-like seed {seed}"), &net, &x));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn residual_network_matches_the_reference_for_every_composite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut failures = vec![];
+    for seed in [3, 4] {
+        let net = residual(dir.path(), seed, WITH_BIAS);
+        let x = image(&mut Rng::new(100 + seed), &[3, 6, 6]);
+        failures.extend(check_network(&format!("residual seed {seed}"), &net, &x));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn batchnorm_networks_match_the_reference_for_every_composite() {
+    // The reference applies each BN explicitly in its forward pass (logit
+    // check) and folds it itself (f64) for the LRP pass; a BN with no conv
+    // before it is a per-channel affine layer of the conv class.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut failures = vec![];
+    let net = batchnorm_net(dir.path(), 5);
+    failures.extend(check_network("batchnorm", &net, &image(&mut Rng::new(105), &[3, 6, 6])));
+    let net = input_batchnorm_net(dir.path(), 6);
+    failures.extend(check_network("input batchnorm", &net, &image(&mut Rng::new(106), &[3, 6, 6])));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn pooling_network_matches_the_reference_for_every_composite() {
+    // Padded, overlapping and ceil-mode max pools, padded average pools with
+    // and without count_include_pad, GlobalMaxPool, and a first conv that
+    // reads the input through a MaxPool (it still gets the first-layer rule).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut failures = vec![];
+    for seed in [7, 8] {
+        let net = pools_net(dir.path(), seed);
+        let x = image(&mut Rng::new(100 + seed), &[3, 7, 7]);
+        failures.extend(check_network(&format!("pools seed {seed}"), &net, &x));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn dense_first_layer_network_matches_the_reference_for_every_composite() {
+    // The first linear layer is a Gemm on the flattened image: the z^B bounds
+    // of its inputs are still per channel (element k of the flattened NCHW
+    // image belongs to channel k / (H W)).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = dense_first_net(dir.path(), 9);
+    let failures = check_network("dense first layer", &net, &image(&mut Rng::new(109), &[3, 4, 4]));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------
+// 3. Invariants
+// ---------------------------------------------------------------------------
+
+#[test]
+fn zplus_and_lrp0_conserve_relevance_without_biases() {
+    // Without biases both rules are conservative layer by layer (up to the
+    // 1e-6 stabiliser, relative to denominators of order 0.01..1, and f32
+    // rounding): |sum R_input - logit| <= 1e-4 |logit|.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let no_bias = NetOpts { bias: false, dead_second_conv: false };
+    let nets = [
+        ("vgg-like", vgg_like(dir.path(), 11, no_bias), [3, 8, 8]),
+        ("residual", residual(dir.path(), 12, no_bias), [3, 6, 6]),
+    ];
+    let mut failures = vec![];
+    for (what, net, chw) in &nets {
+        let model = Model::load(&net.path).expect("load");
+        let fwd = model.forward(image(&mut Rng::new(111), chw)).expect("forward");
+        let class = argmax(&fwd.logits);
+        for name in ["zplus", "lrp0"] {
+            let comp = Composite::from_name(name, &RuleParams::default()).expect("composite");
+            let e = explain(&model.graph, &fwd, class, &comp, &Normalization::default(), 3).expect("explain");
+            let sum: f64 = e.relevance.iter().map(|&v| v as f64).sum();
+            let logit = fwd.logits[class] as f64;
+            if (sum - logit).abs() > 1e-4 * logit.abs() {
+                failures.push(format!("{what} / {name}: sum R = {sum} vs logit {logit}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn zplus_relevance_is_nonnegative_for_nonnegative_input() {
+    // With R = logit at the output, z+ (and z^B / w^2 below z+) only
+    // distribute non-negative fractions, so every R_i has the sign of the
+    // logit: sign(logit) R_i >= -1e-7 (f32 rounding of exact zeros; the
+    // relevance values are of order 1e-3..1e-1). Several fixed seeds, at least
+    // one of which must give a positive logit (the usual statement R_i >= 0).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut positive = 0;
+    let mut failures = vec![];
+    for seed in 21..25 {
+        let net = vgg_like(dir.path(), seed, WITH_BIAS);
+        let model = Model::load(&net.path).expect("load");
+        let x = arr(&[1, 3, 8, 8], uniform(&mut Rng::new(100 + seed), 0.0, 1.0, 192));
+        let fwd = model.forward(x).expect("forward");
+        let class = argmax(&fwd.logits);
+        let sign = fwd.logits[class].signum();
+        positive += usize::from(sign > 0.0);
+        for name in ["zplus", "zbox", "deep-taylor", "deep-taylor-bounded"] {
+            let comp = Composite::from_name(name, &RuleParams::default()).expect("composite");
+            let e = explain(&model.graph, &fwd, class, &comp, &Normalization::default(), 3).expect("explain");
+            let min = e.relevance.iter().map(|&v| sign * v).fold(f32::INFINITY, f32::min);
+            if min < -1e-7 {
+                failures.push(format!("seed {seed} / {name}: relevance of the wrong sign {min} (logit {})", fwd.logits[class]));
+            }
+        }
+    }
+    assert!(positive > 0, "no seed gave a positive logit: the test proves too little");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn zero_input_and_dead_layer_give_finite_relevance_for_every_composite() {
+    // check_network requires finite relevance and compares with the reference.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut failures = vec![];
+    let zeros = |chw: [usize; 3]| ArrayD::<f32>::zeros(IxDyn(&[1, chw[0], chw[1], chw[2]]));
+    let net = vgg_like(dir.path(), 31, WITH_BIAS);
+    failures.extend(check_network("vgg-like, zero input", &net, &zeros([3, 8, 8])));
+    let net = residual(dir.path(), 32, WITH_BIAS);
+    failures.extend(check_network("residual, zero input", &net, &zeros([3, 6, 6])));
+    let net = batchnorm_net(dir.path(), 33);
+    failures.extend(check_network("batchnorm, zero input", &net, &zeros([3, 6, 6])));
+    let dead = NetOpts { bias: true, dead_second_conv: true };
+    let net = vgg_like(dir.path(), 34, dead);
+    failures.extend(check_network("vgg-like, dead conv", &net, &image(&mut Rng::new(134), &[3, 8, 8])));
+    failures.extend(check_network("vgg-like, dead conv, zero input", &net, &zeros([3, 8, 8])));
+    let net = residual(dir.path(), 35, dead);
+    failures.extend(check_network("residual, dead conv", &net, &image(&mut Rng::new(135), &[3, 6, 6])));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
