@@ -36,28 +36,42 @@ impl Explanation {
     }
 }
 
-/// Input bounds of a layer reading the normalised image: per channel on axis 1
-/// when that axis has as many entries as the normalisation has channels used,
-/// else the loosest bounds over all channels.
-fn bounds_for(shape: &[usize], norm: &Normalization, channels: usize) -> Bounds {
+/// Input bounds of a layer reading the normalised image, of the layer's input
+/// `shape`: the per-channel bounds of the model input when the layer reads it
+/// as it is, through a reshape (same size) or transposed to channels-first
+/// (axis 1 holds the channels); the loosest bounds over all channels otherwise.
+fn bounds_for(shape: &[usize], input: &[usize], norm: &Normalization, channels: usize) -> Bounds {
     let (lo, hi) = norm.bounds();
-    let mut low = ArrayD::<f32>::zeros(IxDyn(shape));
-    let mut high = ArrayD::<f32>::zeros(IxDyn(shape));
-    if shape.len() >= 2 && shape[1] == channels {
-        for ((ix, l), h) in low.indexed_iter_mut().zip(high.iter_mut()) {
-            let c = if channels == 3 { ix[1] } else { 0 };
-            *l = lo[c];
-            *h = hi[c];
-        }
+    let ch = |c: usize| if channels == 3 { c } else { 0 };
+    let fill = |axis: usize, dims: &[usize]| {
+        let low = ArrayD::from_shape_fn(IxDyn(dims), |ix| lo[ch(ix[axis])]);
+        let high = ArrayD::from_shape_fn(IxDyn(dims), |ix| hi[ch(ix[axis])]);
+        (low, high)
+    };
+    // the channel axis of the model input: 1 for NCHW, the last one for NHWC
+    let in_axis = if input.len() == 4 && input[1] == channels {
+        1
+    } else {
+        input.len().saturating_sub(1)
+    };
+    let size: usize = shape.iter().product();
+    let (low, high) = if shape.len() == 4 && shape[1] == channels && shape != input {
+        fill(1, shape)
+    } else if size == input.iter().product::<usize>() && !input.is_empty() {
+        let (l, h) = fill(in_axis, input);
+        let reshape = |a: ArrayD<f32>| a.into_shape_with_order(IxDyn(shape)).expect("same size");
+        (reshape(l), reshape(h))
     } else {
         let l = lo[..channels].iter().copied().fold(f32::INFINITY, f32::min);
         let h = hi[..channels]
             .iter()
             .copied()
             .fold(f32::NEG_INFINITY, f32::max);
-        low.fill(l);
-        high.fill(h);
-    }
+        (
+            ArrayD::from_elem(IxDyn(shape), l),
+            ArrayD::from_elem(IxDyn(shape), h),
+        )
+    };
     Bounds { low, high }
 }
 
@@ -96,7 +110,7 @@ pub fn explain(
             .collect::<Result<Vec<_>>>()?;
         let rule = composite.rule_for(node);
         let bounds = (node.op.linear().is_some() && rule == Rule::ZBox)
-            .then(|| bounds_for(inputs[0].shape(), norm, channels));
+            .then(|| bounds_for(inputs[0].shape(), fwd.input.shape(), norm, channels));
         let out = ops::relevance_of(node, &inputs, &r, rule, bounds.as_ref())?;
         if std::env::var_os("LRP_TRACE").is_some() {
             let s_in: f32 = out.iter().map(|a| a.sum()).sum();

@@ -253,15 +253,14 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
     } else {
         bail!("the model output '{logits}' does not depend on the image input '{input}'");
     }
-    let mut graph = Graph {
+    let nodes = prune(out_nodes, &logits);
+    let graph = Graph {
         input,
         input_dims,
         logits,
         skipped_softmax,
-        nodes: prune(out_nodes, &g.output[0].name),
+        nodes,
     };
-    // prune by the logits tensor after a skipped softmax
-    graph.nodes = prune(std::mem::take(&mut graph.nodes), &graph.logits.clone());
     for n in &graph.nodes {
         if matches!(n.op_type.as_str(), "Softmax" | "LogSoftmax") {
             bail!(

@@ -26,6 +26,20 @@
 //! - whole networks: `max_i |R_lib - R_ref| <= 1e-4 * max(max_i |R_ref|, 1e-3 |logit|)`
 //!   (the floor only matters when the reference relevance is all zero).
 //! - logits: `|logit_lib - logit_ref| <= 1e-4 * max(1, max |logit_ref|)`.
+//!
+//! Batch normalisation: the reference forward applies each BN explicitly as
+//! its own op (logit check); for the LRP pass the reference folds a BN that
+//! follows a conv into that conv's weights itself (f64, Zennit's
+//! `MergeBatchNorm`), and treats a BN with nothing to fold into as a
+//! per-channel affine linear layer of the conv class.
+//!
+//! Observed agreement (library vs reference): ~1e-7 relative on layers and
+//! networks. Failing at the time of writing, because of library issues (see
+//! the test comments): `trailing_softmax_is_skipped_and_the_logits_are_explained`
+//! (a trailing Softmax empties the relevance graph: all-zero relevance) and
+//! `dense_first_layer_network_matches_the_reference_for_every_composite` (z^B on
+//! a dense first layer uses the loosest bounds over all channels instead of
+//! per-channel bounds).
 #![allow(
     // The reference deliberately uses index loops that mirror the formulas.
     clippy::needless_range_loop
@@ -113,7 +127,13 @@ struct RefLinear {
 
 impl RefLinear {
     fn new(n_in: usize, n_out: usize) -> Self {
-        RefLinear { n_in, n_out, w: vec![0.0; n_in * n_out], conn: vec![0.0; n_in * n_out], b: vec![0.0; n_out] }
+        RefLinear {
+            n_in,
+            n_out,
+            w: vec![0.0; n_in * n_out],
+            conn: vec![0.0; n_in * n_out],
+            b: vec![0.0; n_out],
+        }
     }
 
     fn w(&self, i: usize, j: usize) -> f64 {
@@ -121,7 +141,11 @@ impl RefLinear {
     }
 
     fn set(&mut self, i: usize, j: usize, w: f64) {
-        assert_eq!(self.conn[i * self.n_out + j], 0.0, "reference builder: input {i} reaches output {j} twice");
+        assert_eq!(
+            self.conn[i * self.n_out + j],
+            0.0,
+            "reference builder: input {i} reaches output {j} twice"
+        );
         self.w[i * self.n_out + j] = w;
         self.conn[i * self.n_out + j] = 1.0;
     }
@@ -169,7 +193,13 @@ fn normalised(l: &RefLinear, r: &[f64], c: impl Fn(usize, usize) -> f64) -> RefO
 }
 
 /// Applies `rule` to the layer `l` with input `x` and output relevance `r`.
-fn ref_rule(rule: RefRule, l: &RefLinear, x: &[f64], r: &[f64], bounds: Option<(&[f64], &[f64])>) -> RefOut {
+fn ref_rule(
+    rule: RefRule,
+    l: &RefLinear,
+    x: &[f64],
+    r: &[f64],
+    bounds: Option<(&[f64], &[f64])>,
+) -> RefOut {
     assert_eq!(x.len(), l.n_in);
     assert_eq!(r.len(), l.n_out);
     match rule {
@@ -198,11 +228,19 @@ fn ref_rule(rule: RefRule, l: &RefLinear, x: &[f64], r: &[f64], bounds: Option<(
         RefRule::AlphaBeta(alpha, beta) => {
             // alpha * z+ term - beta * z- term, bias excluded:
             // z+_ij = x_i+ w_ij+ + x_i- w_ij-, z-_ij = x_i+ w_ij- + x_i- w_ij+.
-            let p = normalised(l, r, |i, j| pos(x[i]) * pos(l.w(i, j)) + neg(x[i]) * neg(l.w(i, j)));
-            let n = normalised(l, r, |i, j| pos(x[i]) * neg(l.w(i, j)) + neg(x[i]) * pos(l.w(i, j)));
+            let p = normalised(l, r, |i, j| {
+                pos(x[i]) * pos(l.w(i, j)) + neg(x[i]) * neg(l.w(i, j))
+            });
+            let n = normalised(l, r, |i, j| {
+                pos(x[i]) * neg(l.w(i, j)) + neg(x[i]) * pos(l.w(i, j))
+            });
             RefOut {
-                r: (0..l.n_in).map(|i| alpha * p.r[i] - beta * n.r[i]).collect(),
-                bound: (0..l.n_in).map(|i| alpha * p.bound[i] + beta * n.bound[i]).collect(),
+                r: (0..l.n_in)
+                    .map(|i| alpha * p.r[i] - beta * n.r[i])
+                    .collect(),
+                bound: (0..l.n_in)
+                    .map(|i| alpha * p.bound[i] + beta * n.bound[i])
+                    .collect(),
             }
         }
         RefRule::Gamma(g) => {
@@ -322,6 +360,22 @@ fn affine_ref(scale: &[f64], shift: &[f64], shape: &[usize]) -> RefLinear {
     l
 }
 
+/// The same layer applied to each of `n` stacked samples (block-diagonal).
+fn batched(l: &RefLinear, n: usize) -> RefLinear {
+    let mut out = RefLinear::new(n * l.n_in, n * l.n_out);
+    for b in 0..n {
+        for j in 0..l.n_out {
+            out.b[b * l.n_out + j] = l.b[j];
+            for i in 0..l.n_in {
+                if l.conn[i * l.n_out + j] != 0.0 {
+                    out.set(b * l.n_in + i, b * l.n_out + j, l.w(i, j));
+                }
+            }
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------
@@ -361,7 +415,11 @@ fn max_diff(lib: &[f32], reference: &[f64]) -> (f64, usize) {
     assert_eq!(lib.len(), reference.len(), "length mismatch");
     let mut worst = (0.0, 0);
     for (k, (&a, &b)) in lib.iter().zip(reference).enumerate() {
-        let d = if a.is_finite() { (a as f64 - b).abs() } else { f64::INFINITY };
+        let d = if a.is_finite() {
+            (a as f64 - b).abs()
+        } else {
+            f64::INFINITY
+        };
         if d > worst.0 || (d.is_nan() && !worst.0.is_nan()) {
             worst = (d, k);
         }
@@ -412,8 +470,26 @@ fn conv_case(
             [t, l, b, r]
         }
     };
-    let (reference, out) = conv_ref(&weight, bias.as_ref(), [c, hw[0], hw[1]], strides, dilations, pads, group);
-    let layer = Conv { weight, bias, window: Window { kernel, strides, dilations, padding }, group };
+    let (reference, out) = conv_ref(
+        &weight,
+        bias.as_ref(),
+        [c, hw[0], hw[1]],
+        strides,
+        dilations,
+        pads,
+        group,
+    );
+    let layer = Conv {
+        weight,
+        bias,
+        window: Window {
+            kernel,
+            strides,
+            dilations,
+            padding,
+        },
+        group,
+    };
     LayerCase {
         name: name.to_string(),
         layer: Box::new(layer),
@@ -421,6 +497,15 @@ fn conv_case(
         in_shape: vec![1, c, hw[0], hw[1]],
         out_shape: vec![1, out[0], out[1], out[2]],
     }
+}
+
+/// `conv_case` on a batch of `n` images.
+fn batched_case(mut case: LayerCase, n: usize) -> LayerCase {
+    case.reference = batched(&case.reference, n);
+    case.in_shape[0] = n;
+    case.out_shape[0] = n;
+    case.name = format!("{}, batch {n}", case.name);
+    case
 }
 
 fn dense_case(name: &str, rng: &mut Rng, rows: usize, k: usize, m: usize) -> LayerCase {
@@ -439,7 +524,9 @@ fn dense_case(name: &str, rng: &mut Rng, rows: usize, k: usize, m: usize) -> Lay
 fn affine_case(name: &str, rng: &mut Rng, shape: &[usize]) -> LayerCase {
     let c = shape[1];
     // Scales of both signs and magnitudes away from zero.
-    let scale: Vec<f32> = (0..c).map(|k| if k % 2 == 0 { 1.0 } else { -1.0 } * rng.uniform_range(0.5, 1.5)).collect();
+    let scale: Vec<f32> = (0..c)
+        .map(|k| if k % 2 == 0 { 1.0 } else { -1.0 } * rng.uniform_range(0.5, 1.5))
+        .collect();
     let shift = uniform(rng, -0.3, 0.3, c);
     let reference = affine_ref(
         &scale.iter().map(|&v| v as f64).collect::<Vec<_>>(),
@@ -448,7 +535,10 @@ fn affine_case(name: &str, rng: &mut Rng, shape: &[usize]) -> LayerCase {
     );
     LayerCase {
         name: name.to_string(),
-        layer: Box::new(Affine { weight: arr(&[c], scale), bias: arr(&[c], shift) }),
+        layer: Box::new(Affine {
+            weight: arr(&[c], scale),
+            bias: arr(&[c], shift),
+        }),
         reference,
         in_shape: shape.to_vec(),
         out_shape: shape.to_vec(),
@@ -461,7 +551,19 @@ fn layer_cases() -> Vec<LayerCase> {
     vec![
         dense_case("dense 5->4 + bias", &mut rng, 1, 5, 4),
         dense_case("dense 5->4 + bias, 2 rows", &mut rng, 2, 5, 4),
-        conv_case("conv 2->3 3x3 on 5x5, pads 1", &mut rng, 2, 3, [3, 3], [5, 5], [1, 1], [1, 1], e([1; 4]), 1, true),
+        conv_case(
+            "conv 2->3 3x3 on 5x5, pads 1",
+            &mut rng,
+            2,
+            3,
+            [3, 3],
+            [5, 5],
+            [1, 1],
+            [1, 1],
+            e([1; 4]),
+            1,
+            true,
+        ),
         conv_case(
             "conv 2->3 3x3 on 7x6, stride 2, pads [0,1,1,0], dilation [2,1]",
             &mut rng,
@@ -475,13 +577,171 @@ fn layer_cases() -> Vec<LayerCase> {
             1,
             true,
         ),
-        conv_case("grouped conv 4->6, group 2, 3x3 on 4x5, pads 1", &mut rng, 4, 6, [3, 3], [4, 5], [1, 1], [1, 1], e([1; 4]), 2, true),
-        conv_case("depthwise conv 3->3, group 3, 3x3 on 5x4, pads 1, no bias", &mut rng, 3, 3, [3, 3], [5, 4], [1, 1], [1, 1], e([1; 4]), 3, false),
-        conv_case("1x1 conv 3->4 on 4x4", &mut rng, 3, 4, [1, 1], [4, 4], [1, 1], [1, 1], e([0; 4]), 1, true),
-        conv_case("1x1 conv 3->2 on 5x5, stride 2", &mut rng, 3, 2, [1, 1], [5, 5], [2, 2], [1, 1], e([0; 4]), 1, true),
-        conv_case("conv 3->2 3x3 on 5x6, stride 2, SAME_UPPER", &mut rng, 3, 2, [3, 3], [5, 6], [2, 2], [1, 1], Padding::SameUpper, 1, true),
-        conv_case("conv 2->2 2x2 on 4x4, SAME_LOWER", &mut rng, 2, 2, [2, 2], [4, 4], [1, 1], [1, 1], Padding::SameLower, 1, true),
+        conv_case(
+            "grouped conv 4->6, group 2, 3x3 on 4x5, pads 1",
+            &mut rng,
+            4,
+            6,
+            [3, 3],
+            [4, 5],
+            [1, 1],
+            [1, 1],
+            e([1; 4]),
+            2,
+            true,
+        ),
+        conv_case(
+            "depthwise conv 3->3, group 3, 3x3 on 5x4, pads 1, no bias",
+            &mut rng,
+            3,
+            3,
+            [3, 3],
+            [5, 4],
+            [1, 1],
+            [1, 1],
+            e([1; 4]),
+            3,
+            false,
+        ),
+        conv_case(
+            "1x1 conv 3->4 on 4x4",
+            &mut rng,
+            3,
+            4,
+            [1, 1],
+            [4, 4],
+            [1, 1],
+            [1, 1],
+            e([0; 4]),
+            1,
+            true,
+        ),
+        conv_case(
+            "1x1 conv 3->2 on 5x5, stride 2",
+            &mut rng,
+            3,
+            2,
+            [1, 1],
+            [5, 5],
+            [2, 2],
+            [1, 1],
+            e([0; 4]),
+            1,
+            true,
+        ),
+        conv_case(
+            "conv 3->2 3x3 on 5x6, stride 2, SAME_UPPER",
+            &mut rng,
+            3,
+            2,
+            [3, 3],
+            [5, 6],
+            [2, 2],
+            [1, 1],
+            Padding::SameUpper,
+            1,
+            true,
+        ),
+        conv_case(
+            "conv 2->2 2x2 on 4x4, SAME_LOWER",
+            &mut rng,
+            2,
+            2,
+            [2, 2],
+            [4, 4],
+            [1, 1],
+            [1, 1],
+            Padding::SameLower,
+            1,
+            true,
+        ),
         affine_case("affine per-channel [1,3,3,2]", &mut rng, &[1, 3, 3, 2]),
+        // Extra geometry: batches, large pads with dilation, mixed strides,
+        // non-square kernels, depthwise with channel multiplier 2.
+        batched_case(
+            conv_case(
+                "conv 2->3 3x3 on 5x5, pads 1",
+                &mut rng,
+                2,
+                3,
+                [3, 3],
+                [5, 5],
+                [1, 1],
+                [1, 1],
+                e([1; 4]),
+                1,
+                true,
+            ),
+            2,
+        ),
+        batched_case(
+            conv_case(
+                "grouped conv 4->2, group 2, 3x3 on 4x4",
+                &mut rng,
+                4,
+                2,
+                [3, 3],
+                [4, 4],
+                [1, 1],
+                [1, 1],
+                e([1; 4]),
+                2,
+                true,
+            ),
+            2,
+        ),
+        conv_case(
+            "conv 2->3 3x3 on 6x7, dilation 2, pads 2, strides [1,2]",
+            &mut rng,
+            2,
+            3,
+            [3, 3],
+            [6, 7],
+            [1, 2],
+            [2, 2],
+            e([2; 4]),
+            1,
+            true,
+        ),
+        conv_case(
+            "conv 2->2 1x3 on 4x5, SAME_UPPER",
+            &mut rng,
+            2,
+            2,
+            [1, 3],
+            [4, 5],
+            [1, 1],
+            [1, 1],
+            Padding::SameUpper,
+            1,
+            true,
+        ),
+        conv_case(
+            "conv 2->2 3x1 on 5x4, stride [2,1], pads [1,0,0,0]",
+            &mut rng,
+            2,
+            2,
+            [3, 1],
+            [5, 4],
+            [2, 1],
+            [1, 1],
+            e([1, 0, 0, 0]),
+            1,
+            true,
+        ),
+        conv_case(
+            "depthwise conv 3->6 (multiplier 2), group 3, 3x3 on 4x4, pads 1",
+            &mut rng,
+            3,
+            6,
+            [3, 3],
+            [4, 4],
+            [1, 1],
+            [1, 1],
+            e([1; 4]),
+            3,
+            true,
+        ),
     ]
 }
 
@@ -492,8 +752,14 @@ fn layer_rules() -> Vec<Rule> {
         Rule::Epsilon { epsilon: 1e-6 },
         Rule::Epsilon { epsilon: 0.25 },
         Rule::ZPlus,
-        Rule::AlphaBeta { alpha: 2.0, beta: 1.0 },
-        Rule::AlphaBeta { alpha: 1.5, beta: 0.5 },
+        Rule::AlphaBeta {
+            alpha: 2.0,
+            beta: 1.0,
+        },
+        Rule::AlphaBeta {
+            alpha: 1.5,
+            beta: 0.5,
+        },
         Rule::Gamma { gamma: 0.25 },
         Rule::Gamma { gamma: 0.0 },
         Rule::WSquare,
@@ -514,21 +780,54 @@ fn layer_inputs(rng: &mut Rng, n: usize) -> Vec<(&'static str, Vec<f32>)> {
 }
 
 /// Checks one rule on one layer; returns a failure message.
-fn check_layer(case: &LayerCase, rule: Rule, input: &str, x: &[f32], r: &[f32], lh: (&[f32], &[f32])) -> Option<String> {
+fn check_layer(
+    case: &LayerCase,
+    rule: Rule,
+    input: &str,
+    x: &[f32],
+    r: &[f32],
+    lh: (&[f32], &[f32]),
+) -> Option<String> {
     let xa = arr(&case.in_shape, x.to_vec());
     let ra = arr(&case.out_shape, r.to_vec());
-    let bounds = Bounds { low: arr(&case.in_shape, lh.0.to_vec()), high: arr(&case.in_shape, lh.1.to_vec()) };
-    let lib = match rule.propagate(case.layer.as_ref(), &xa, &ra, (rule == Rule::ZBox).then_some(&bounds)) {
+    let bounds = Bounds {
+        low: arr(&case.in_shape, lh.0.to_vec()),
+        high: arr(&case.in_shape, lh.1.to_vec()),
+    };
+    let lib = match rule.propagate(
+        case.layer.as_ref(),
+        &xa,
+        &ra,
+        (rule == Rule::ZBox).then_some(&bounds),
+    ) {
         Ok(v) => v,
-        Err(e) => return Some(format!("{} / {rule} / {input}: library error {e:#}", case.name)),
+        Err(e) => {
+            return Some(format!(
+                "{} / {rule} / {input}: library error {e:#}",
+                case.name
+            ))
+        }
     };
     if lib.shape() != case.in_shape.as_slice() {
-        return Some(format!("{} / {rule} / {input}: relevance of shape {:?}", case.name, lib.shape()));
+        return Some(format!(
+            "{} / {rule} / {input}: relevance of shape {:?}",
+            case.name,
+            lib.shape()
+        ));
     }
-    let (low, high) = (lh.0.iter().map(|&v| v as f64).collect::<Vec<_>>(), lh.1.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let (low, high) = (
+        lh.0.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        lh.1.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+    );
     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let r64: Vec<f64> = r.iter().map(|&v| v as f64).collect();
-    let want = ref_rule(ref_rule_of(rule), &case.reference, &x64, &r64, Some((&low, &high)));
+    let want = ref_rule(
+        ref_rule_of(rule),
+        &case.reference,
+        &x64,
+        &r64,
+        Some((&low, &high)),
+    );
     let lib: Vec<f32> = lib.iter().copied().collect();
     let (d, k) = max_diff(&lib, &want.r);
     // Tolerance: see the top of the file (relative 1e-4 plus the f32 rounding bound).
@@ -553,11 +852,25 @@ fn reference_forward_matches_the_layers() {
     for case in layer_cases() {
         let x = mixed(&mut rng, case.reference.n_in);
         let xa = arr(&case.in_shape, x.clone());
-        let lib = case.layer.forward(&xa, case.layer.weight(), true).expect("forward");
-        assert_eq!(lib.shape(), case.out_shape.as_slice(), "{}: output shape", case.name);
-        let want = case.reference.forward(&x.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let lib = case
+            .layer
+            .forward(&xa, case.layer.weight(), true)
+            .expect("forward");
+        assert_eq!(
+            lib.shape(),
+            case.out_shape.as_slice(),
+            "{}: output shape",
+            case.name
+        );
+        let want = case
+            .reference
+            .forward(&x.iter().map(|&v| v as f64).collect::<Vec<_>>());
         let (d, k) = max_diff(&lib.iter().copied().collect::<Vec<_>>(), &want);
-        assert!(d <= 1e-5 * max_abs(&want).max(1.0), "{}: forward differs by {d} at {k}", case.name);
+        assert!(
+            d <= 1e-5 * max_abs(&want).max(1.0),
+            "{}: forward differs by {d} at {k}",
+            case.name
+        );
     }
 }
 
@@ -583,7 +896,12 @@ fn every_rule_on_every_layer_matches_the_naive_reference() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {checked} layer checks failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} layer checks failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -592,7 +910,12 @@ fn exact_zero_outputs_follow_the_spec() {
     // z_0 = 1 - 2 + 0 + 3 - 2 (bias) = 0 exactly: LRP-0 and gamma must drop
     // its relevance, epsilon divides it by +eps (sign(0) = +1).
     // z = [0, -2, 2.5] (row 1: 2 - 2 + 0 - 3 + 1; row 2: -1 + 0 + 0 + 3 + 0.5).
-    let weight = arr(&[3, 4], vec![1.0, 1.0, 5.0, 1.0, 2.0, 1.0, -1.0, -1.0, -1.0, 0.0, 2.0, 1.0]);
+    let weight = arr(
+        &[3, 4],
+        vec![
+            1.0, 1.0, 5.0, 1.0, 2.0, 1.0, -1.0, -1.0, -1.0, 0.0, 2.0, 1.0,
+        ],
+    );
     let bias = Some(arr(&[3], vec![-2.0, 1.0, 0.5]));
     let reference = dense_ref(&weight, bias.as_ref(), 1);
     let case = LayerCase {
@@ -603,7 +926,9 @@ fn exact_zero_outputs_follow_the_spec() {
         out_shape: vec![1, 3],
     };
     let x = [1.0, -2.0, 0.0, 3.0];
-    let z = case.reference.forward(&x.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    let z = case
+        .reference
+        .forward(&x.iter().map(|&v| v as f64).collect::<Vec<_>>());
     assert_eq!(z, vec![0.0, -2.0, 2.5], "the construction above");
     let r = [0.7, -0.4, 1.3];
     let low = [0.0, -3.0, -1.0, 2.0];
@@ -616,13 +941,22 @@ fn exact_zero_outputs_follow_the_spec() {
     }
     // Explicitly: LRP-0 gives exactly what outputs 1 and 2 send (output 0 dropped).
     let lib = Rule::Epsilon { epsilon: 0.0 }
-        .propagate(case.layer.as_ref(), &arr(&[1, 4], x.to_vec()), &arr(&[1, 3], r.to_vec()), None)
+        .propagate(
+            case.layer.as_ref(),
+            &arr(&[1, 4], x.to_vec()),
+            &arr(&[1, 3], r.to_vec()),
+            None,
+        )
         .expect("lrp0");
     let sum: f32 = lib.sum();
     // Conservation of the outputs with z != 0 and no bias share: sum_i R_i =
     // sum_{j=1,2} R_j (z_j - b_j) / z_j = -0.4 * (-3 / -2) + 1.3 * (2 / 2.5) = 0.44.
+    // Tolerance 1e-6: a few f32 products and sums of values of order 1 (exact
+    // inputs, rounding only in the divisions), ~10 ulp of 0.44.
     if (sum - 0.44).abs() > 1e-6 {
-        failures.push(format!("lrp0 with a zero output: sum R = {sum}, expected 0.44"));
+        failures.push(format!(
+            "lrp0 with a zero output: sum R = {sum}, expected 0.44"
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -634,14 +968,29 @@ fn wsquare_and_flat_do_not_depend_on_the_layer_input() {
     let mut rng = Rng::new(5);
     for case in layer_cases() {
         let inputs = layer_inputs(&mut rng, case.reference.n_in);
-        let r = arr(&case.out_shape, uniform(&mut rng, -1.0, 1.0, case.reference.n_out));
+        let r = arr(
+            &case.out_shape,
+            uniform(&mut rng, -1.0, 1.0, case.reference.n_out),
+        );
         for rule in [Rule::WSquare, Rule::Flat] {
             let outs: Vec<ArrayD<f32>> = inputs
                 .iter()
-                .map(|(_, x)| rule.propagate(case.layer.as_ref(), &arr(&case.in_shape, x.clone()), &r, None).expect("propagate"))
+                .map(|(_, x)| {
+                    rule.propagate(
+                        case.layer.as_ref(),
+                        &arr(&case.in_shape, x.clone()),
+                        &r,
+                        None,
+                    )
+                    .expect("propagate")
+                })
                 .collect();
             for (k, o) in outs.iter().enumerate().skip(1) {
-                assert_eq!(o, &outs[0], "{} / {rule}: input '{}' changes the relevance", case.name, inputs[k].0);
+                assert_eq!(
+                    o, &outs[0],
+                    "{} / {rule}: input '{}' changes the relevance",
+                    case.name, inputs[k].0
+                );
             }
         }
     }
@@ -651,9 +1000,21 @@ fn wsquare_and_flat_do_not_depend_on_the_layer_input() {
 fn stabilizer_and_default_parameters_are_the_spec_ones() {
     // The reference hard-codes them; a change here must be deliberate.
     assert_eq!(STABILIZER, 1e-6);
-    assert_eq!(RuleParams::default(), RuleParams { epsilon: 1e-6, gamma: 0.25, alpha: 2.0 });
+    assert_eq!(
+        RuleParams::default(),
+        RuleParams {
+            epsilon: 1e-6,
+            gamma: 0.25,
+            alpha: 2.0
+        }
+    );
     let names: Vec<&str> = NAMES.iter().map(|(n, _)| *n).collect();
-    assert_eq!(names, COMPOSITES.to_vec(), "composite list changed: extend the reference table");
+    assert_eq!(
+        names,
+        COMPOSITES.to_vec(),
+        "composite list changed: extend the reference table"
+    );
+    // f32 rounding of values below 3: 1e-6 is ~4 ulp.
     let (lo, hi) = Normalization::default().bounds();
     for c in 0..3 {
         assert!((lo[c] as f64 - (-MEAN[c] / STD[c])).abs() < 1e-6);
@@ -695,7 +1056,11 @@ fn ref_composite(name: &str) -> RefComposite {
     let eps = RefRule::Epsilon(1e-6);
     let gamma = RefRule::Gamma(0.25);
     let ab = RefRule::AlphaBeta(2.0, 1.0);
-    let all = |r| RefComposite { first: None, conv: r, dense: r };
+    let all = |r| RefComposite {
+        first: None,
+        conv: r,
+        dense: r,
+    };
     let c = |first, conv, dense| RefComposite { first, conv, dense };
     match name {
         "lrp0" => all(RefRule::Epsilon(0.0)),
@@ -755,15 +1120,29 @@ fn ref_forward(nodes: &[RefNode], x: Vec<f64>) -> Vec<Vec<f64>> {
         let a = &v[n.inputs[0]];
         let out = match &n.op {
             RefOp::Linear { layer, .. } => layer.forward(a),
-            RefOp::BatchNorm { gamma, beta, mean, var, eps, plane } => (0..a.len())
+            RefOp::BatchNorm {
+                gamma,
+                beta,
+                mean,
+                var,
+                eps,
+                plane,
+            } => (0..a.len())
                 .map(|k| {
                     let c = k / plane;
                     gamma[c] * (a[k] - mean[c]) / (var[c] + eps).sqrt() + beta[c]
                 })
                 .collect(),
             RefOp::Relu => a.iter().map(|&v| v.max(0.0)).collect(),
-            RefOp::MaxPool(win) => win.iter().map(|w| w.iter().map(|&i| a[i]).fold(f64::NEG_INFINITY, f64::max)).collect(),
-            RefOp::AvgPool(win, n) => win.iter().zip(n).map(|(w, n)| w.iter().map(|&i| a[i]).sum::<f64>() / n).collect(),
+            RefOp::MaxPool(win) => win
+                .iter()
+                .map(|w| w.iter().map(|&i| a[i]).fold(f64::NEG_INFINITY, f64::max))
+                .collect(),
+            RefOp::AvgPool(win, n) => win
+                .iter()
+                .zip(n)
+                .map(|(w, n)| w.iter().map(|&i| a[i]).sum::<f64>() / n)
+                .collect(),
             RefOp::Add => a.iter().zip(&v[n.inputs[1]]).map(|(p, q)| p + q).collect(),
             RefOp::Identity => a.clone(),
         };
@@ -776,15 +1155,28 @@ fn ref_forward(nodes: &[RefNode], x: Vec<f64>) -> Vec<Vec<f64>> {
 /// `[3, H, W]` or its flattened `[3 H W]` (channel-major, as `Flatten` of NCHW).
 fn image_bounds(shape: &[usize]) -> (Vec<f64>, Vec<f64>) {
     let n: usize = shape.iter().product();
-    assert!(shape[0] == 3 || shape.len() == 1, "z^B bounds only for the 3-channel image, got {shape:?}");
+    assert!(
+        shape[0] == 3 || shape.len() == 1,
+        "z^B bounds only for the 3-channel image, got {shape:?}"
+    );
     let plane = n / 3;
-    let low = (0..n).map(|k| (0.0 - MEAN[k / plane]) / STD[k / plane]).collect();
-    let high = (0..n).map(|k| (1.0 - MEAN[k / plane]) / STD[k / plane]).collect();
+    let low = (0..n)
+        .map(|k| (0.0 - MEAN[k / plane]) / STD[k / plane])
+        .collect();
+    let high = (0..n)
+        .map(|k| (1.0 - MEAN[k / plane]) / STD[k / plane])
+        .collect();
     (low, high)
 }
 
 /// Reference LRP: relevance of `class` (its logit) back to the input.
-fn ref_lrp(nodes: &[RefNode], acts: &[Vec<f64>], shapes: &[Vec<usize>], class: usize, comp: &RefComposite) -> Vec<f64> {
+fn ref_lrp(
+    nodes: &[RefNode],
+    acts: &[Vec<f64>],
+    shapes: &[Vec<usize>],
+    class: usize,
+    comp: &RefComposite,
+) -> Vec<f64> {
     let out = acts.len() - 1;
     let mut rel: Vec<Vec<f64>> = acts.iter().map(|a| vec![0.0; a.len()]).collect();
     rel[out][class] = acts[out][class];
@@ -813,7 +1205,14 @@ fn ref_lrp(nodes: &[RefNode], acts: &[Vec<f64>], shapes: &[Vec<usize>], class: u
                     _ => comp.conv,
                 };
                 let b = (rule == RefRule::ZBox).then(|| image_bounds(&shapes[i0]));
-                add[0] = ref_rule(rule, layer, x, &r, b.as_ref().map(|(l, h)| (l.as_slice(), h.as_slice()))).r;
+                add[0] = ref_rule(
+                    rule,
+                    layer,
+                    x,
+                    &r,
+                    b.as_ref().map(|(l, h)| (l.as_slice(), h.as_slice())),
+                )
+                .r;
             }
             RefOp::BatchNorm { .. } => panic!("the LRP reference runs on the folded network"),
             RefOp::Relu | RefOp::Identity => add[0] = r,
@@ -878,7 +1277,10 @@ struct NetOpts {
     dead_second_conv: bool,
 }
 
-const WITH_BIAS: NetOpts = NetOpts { bias: true, dead_second_conv: false };
+const WITH_BIAS: NetOpts = NetOpts {
+    bias: true,
+    dead_second_conv: false,
+};
 
 /// Writes an ONNX model and its reference networks side by side.
 struct NetBuilder {
@@ -919,8 +1321,17 @@ impl NetBuilder {
         }
     }
 
-    fn push(&mut self, explicit: RefOp, folded: RefOp, inputs: Vec<usize>, shape: Vec<usize>) -> usize {
-        self.explicit.push(RefNode { op: explicit, inputs: inputs.clone() });
+    fn push(
+        &mut self,
+        explicit: RefOp,
+        folded: RefOp,
+        inputs: Vec<usize>,
+        shape: Vec<usize>,
+    ) -> usize {
+        self.explicit.push(RefNode {
+            op: explicit,
+            inputs: inputs.clone(),
+        });
         self.folded.push(RefNode { op: folded, inputs });
         self.shapes.push(shape);
         self.shapes.len() - 1
@@ -937,14 +1348,29 @@ impl NetBuilder {
         self.convs += 1;
         let dead = self.opts.dead_second_conv && self.convs == 2;
         let fan_in = c * k * k;
-        let wv = if dead { vec![0.0; cout * fan_in] } else { he_normal(&mut self.rng, fan_in, cout * fan_in) };
+        let wv = if dead {
+            vec![0.0; cout * fan_in]
+        } else {
+            he_normal(&mut self.rng, fan_in, cout * fan_in)
+        };
         let bv: Option<Vec<f32>> = self.opts.bias.then(|| {
             (0..cout)
-                .map(|_| if dead { 0.0 } else { self.rng.uniform_range(0.02, 0.1) * if self.rng.uniform() < 0.5 { -1.0 } else { 1.0 } })
+                .map(|_| {
+                    if dead {
+                        0.0
+                    } else {
+                        self.rng.uniform_range(0.02, 0.1)
+                            * if self.rng.uniform() < 0.5 { -1.0 } else { 1.0 }
+                    }
+                })
                 .collect()
         });
         let id = self.shapes.len();
-        let mut inputs = vec![Self::name(x), self.onnx.initializer(&format!("w{id}"), &[cout, c, k, k], &wv)];
+        let mut inputs = vec![
+            Self::name(x),
+            self.onnx
+                .initializer(&format!("w{id}"), &[cout, c, k, k], &wv),
+        ];
         if let Some(b) = &bv {
             inputs.push(self.onnx.initializer(&format!("b{id}"), &[cout], b));
         }
@@ -959,14 +1385,26 @@ impl NetBuilder {
         self.onnx.node("Conv", &inputs, &[&Self::name(id)], attrs);
         let weight = arr(&[cout, c, k, k], wv);
         let bias = bv.map(|b| arr(&[cout], b));
-        let (layer, out) = conv_ref(&weight, bias.as_ref(), [c, h, w], [1, 1], [1, 1], [pad; 4], 1);
-        let op = RefOp::Linear { layer, dense: false };
+        let (layer, out) = conv_ref(
+            &weight,
+            bias.as_ref(),
+            [c, h, w],
+            [1, 1],
+            [1, 1],
+            [pad; 4],
+            1,
+        );
+        let op = RefOp::Linear {
+            layer,
+            dense: false,
+        };
         self.push(op.clone(), op, vec![x], out.to_vec())
     }
 
     fn relu(&mut self, x: usize) -> usize {
         let id = self.shapes.len();
-        self.onnx.node("Relu", &[&Self::name(x)], &[&Self::name(id)], vec![]);
+        self.onnx
+            .node("Relu", &[&Self::name(x)], &[&Self::name(id)], vec![]);
         let s = self.shapes[x].clone();
         self.push(RefOp::Relu, RefOp::Relu, vec![x], s)
     }
@@ -981,7 +1419,11 @@ impl NetBuilder {
         // ceil mode a window must start inside the input or its top/left padding.
         let out = |size: usize, begin: usize, end: usize| {
             let span = size + begin + end - k;
-            let mut o = if spec.ceil { span.div_ceil(st) + 1 } else { span / st + 1 };
+            let mut o = if spec.ceil {
+                span.div_ceil(st) + 1
+            } else {
+                span / st + 1
+            };
             if spec.ceil && (o - 1) * st >= size + begin {
                 o -= 1;
             }
@@ -992,7 +1434,10 @@ impl NetBuilder {
         for ch in 0..c {
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let (y0, x0) = ((oy * st) as isize - p[0] as isize, (ox * st) as isize - p[1] as isize);
+                    let (y0, x0) = (
+                        (oy * st) as isize - p[0] as isize,
+                        (ox * st) as isize - p[1] as isize,
+                    );
                     let mut v = vec![];
                     // taps inside the padded input (count_include_pad divisor)
                     let (mut ny, mut nx) = (0, 0);
@@ -1006,7 +1451,11 @@ impl NetBuilder {
                             }
                         }
                     }
-                    div.push(if spec.count_include_pad { (ny * nx) as f64 } else { v.len() as f64 });
+                    div.push(if spec.count_include_pad {
+                        (ny * nx) as f64
+                    } else {
+                        v.len() as f64
+                    });
                     win.push(v);
                 }
             }
@@ -1028,30 +1477,61 @@ impl NetBuilder {
             attrs.push(Attr::Int("count_include_pad", 1));
         }
         let op = if spec.max { "MaxPool" } else { "AveragePool" };
-        self.onnx.node(op, &[&Self::name(x)], &[&Self::name(id)], attrs);
+        self.onnx
+            .node(op, &[&Self::name(x)], &[&Self::name(id)], attrs);
         let (win, div, shape) = self.windows(x, &spec);
-        let op = if spec.max { RefOp::MaxPool(win) } else { RefOp::AvgPool(win, div) };
+        let op = if spec.max {
+            RefOp::MaxPool(win)
+        } else {
+            RefOp::AvgPool(win, div)
+        };
         self.push(op.clone(), op, vec![x], shape)
     }
 
     /// `k x k` pool with stride `k`, no padding.
     fn simple_pool(&mut self, x: usize, k: usize, max: bool) -> usize {
-        self.pool(x, PoolSpec { k, s: k, pads: [0; 4], ceil: false, count_include_pad: false, max })
+        self.pool(
+            x,
+            PoolSpec {
+                k,
+                s: k,
+                pads: [0; 4],
+                ceil: false,
+                count_include_pad: false,
+                max,
+            },
+        )
     }
 
     fn global_pool(&mut self, x: usize, max: bool) -> usize {
         let id = self.shapes.len();
-        let op = if max { "GlobalMaxPool" } else { "GlobalAveragePool" };
-        self.onnx.node(op, &[&Self::name(x)], &[&Self::name(id)], vec![]);
+        let op = if max {
+            "GlobalMaxPool"
+        } else {
+            "GlobalAveragePool"
+        };
+        self.onnx
+            .node(op, &[&Self::name(x)], &[&Self::name(id)], vec![]);
         let [c, h, w] = self.chw(x);
-        let win: Vec<Vec<usize>> = (0..c).map(|ch| (ch * h * w..(ch + 1) * h * w).collect()).collect();
-        let op = if max { RefOp::MaxPool(win) } else { RefOp::AvgPool(win, vec![(h * w) as f64; c]) };
+        let win: Vec<Vec<usize>> = (0..c)
+            .map(|ch| (ch * h * w..(ch + 1) * h * w).collect())
+            .collect();
+        let op = if max {
+            RefOp::MaxPool(win)
+        } else {
+            RefOp::AvgPool(win, vec![(h * w) as f64; c])
+        };
         self.push(op.clone(), op, vec![x], vec![c, 1, 1])
     }
 
     fn flatten(&mut self, x: usize) -> usize {
         let id = self.shapes.len();
-        self.onnx.node("Flatten", &[&Self::name(x)], &[&Self::name(id)], vec![Attr::Int("axis", 1)]);
+        self.onnx.node(
+            "Flatten",
+            &[&Self::name(x)],
+            &[&Self::name(id)],
+            vec![Attr::Int("axis", 1)],
+        );
         let n = self.shapes[x].iter().product();
         self.push(RefOp::Identity, RefOp::Identity, vec![x], vec![n])
     }
@@ -1061,23 +1541,99 @@ impl NetBuilder {
         let k = self.shapes[x][0];
         let id = self.shapes.len();
         let wv = he_normal(&mut self.rng, k, out * k);
-        let bv: Option<Vec<f32>> = self.opts.bias.then(|| uniform(&mut self.rng, -0.1, 0.1, out));
-        let mut inputs = vec![Self::name(x), self.onnx.initializer(&format!("w{id}"), &[out, k], &wv)];
+        let bv: Option<Vec<f32>> = self
+            .opts
+            .bias
+            .then(|| uniform(&mut self.rng, -0.1, 0.1, out));
+        let mut inputs = vec![
+            Self::name(x),
+            self.onnx.initializer(&format!("w{id}"), &[out, k], &wv),
+        ];
         if let Some(b) = &bv {
             inputs.push(self.onnx.initializer(&format!("b{id}"), &[out], b));
         }
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let attrs = vec![Attr::Float("alpha", 1.0), Attr::Float("beta", 1.0), Attr::Int("transB", 1)];
+        let attrs = vec![
+            Attr::Float("alpha", 1.0),
+            Attr::Float("beta", 1.0),
+            Attr::Int("transB", 1),
+        ];
         self.onnx.node("Gemm", &inputs, &[&Self::name(id)], attrs);
         let weight = arr(&[out, k], wv);
         let bias = bv.map(|b| arr(&[out], b));
-        let op = RefOp::Linear { layer: dense_ref(&weight, bias.as_ref(), 1), dense: true };
+        let op = RefOp::Linear {
+            layer: dense_ref(&weight, bias.as_ref(), 1),
+            dense: true,
+        };
+        self.push(op.clone(), op, vec![x], vec![out])
+    }
+
+    /// `Gemm(transB = 0, alpha, beta)`: `y = alpha x W + beta b`, W `[in, out]`
+    /// (alpha, beta powers of two so that the library's scaling is exact in f32).
+    fn gemm_no_trans(&mut self, x: usize, out: usize, alpha: f32, beta: f32) -> usize {
+        let k = self.shapes[x][0];
+        let id = self.shapes.len();
+        let wv = he_normal(&mut self.rng, k, out * k);
+        let bv = uniform(&mut self.rng, -0.1, 0.1, out);
+        let inputs = [
+            Self::name(x),
+            self.onnx.initializer(&format!("w{id}"), &[k, out], &wv),
+            self.onnx.initializer(&format!("b{id}"), &[out], &bv),
+        ];
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let attrs = vec![
+            Attr::Float("alpha", alpha),
+            Attr::Float("beta", beta),
+            Attr::Int("transB", 0),
+        ];
+        self.onnx.node("Gemm", &inputs, &[&Self::name(id)], attrs);
+        // effective [out, in] weight alpha W^T and bias beta b
+        let mut weight = ArrayD::<f32>::zeros(IxDyn(&[out, k]));
+        for o in 0..out {
+            for i in 0..k {
+                weight[[o, i]] = alpha * wv[i * out + o];
+            }
+        }
+        let bias = arr(&[out], bv.iter().map(|v| beta * v).collect());
+        let op = RefOp::Linear {
+            layer: dense_ref(&weight, Some(&bias), 1),
+            dense: true,
+        };
+        self.push(op.clone(), op, vec![x], vec![out])
+    }
+
+    /// `MatMul(x, W [in, out])` followed by `Add(., b)` (a Keras-style dense layer).
+    fn matmul_add(&mut self, x: usize, out: usize) -> usize {
+        let k = self.shapes[x][0];
+        let id = self.shapes.len();
+        let wv = he_normal(&mut self.rng, k, out * k);
+        let bv = uniform(&mut self.rng, -0.1, 0.1, out);
+        let w = self.onnx.initializer(&format!("w{id}"), &[k, out], &wv);
+        let b = self.onnx.initializer(&format!("b{id}"), &[out], &bv);
+        let mm = format!("t{id}_matmul");
+        self.onnx
+            .node("MatMul", &[&Self::name(x), &w], &[&mm], vec![]);
+        self.onnx
+            .node("Add", &[&mm, &b], &[&Self::name(id)], vec![]);
+        let weight = arr(
+            &[out, k],
+            (0..out * k).map(|e| wv[(e % k) * out + e / k]).collect(),
+        );
+        let op = RefOp::Linear {
+            layer: dense_ref(&weight, Some(&arr(&[out], bv)), 1),
+            dense: true,
+        };
         self.push(op.clone(), op, vec![x], vec![out])
     }
 
     fn add(&mut self, a: usize, b: usize) -> usize {
         let id = self.shapes.len();
-        self.onnx.node("Add", &[&Self::name(a), &Self::name(b)], &[&Self::name(id)], vec![]);
+        self.onnx.node(
+            "Add",
+            &[&Self::name(a), &Self::name(b)],
+            &[&Self::name(id)],
+            vec![],
+        );
         let s = self.shapes[a].clone();
         self.push(RefOp::Add, RefOp::Add, vec![a, b], s)
     }
@@ -1087,15 +1643,26 @@ impl NetBuilder {
         let [c, h, w] = self.chw(x);
         let id = self.shapes.len();
         let ranges = [(0.5, 1.5), (-0.1, 0.1), (-0.1, 0.1), (0.5, 1.5)];
-        let params: Vec<Vec<f32>> = ranges.iter().map(|&(lo, hi)| uniform(&mut self.rng, lo, hi, c)).collect();
+        let params: Vec<Vec<f32>> = ranges
+            .iter()
+            .map(|&(lo, hi)| uniform(&mut self.rng, lo, hi, c))
+            .collect();
         let mut inputs = vec![Self::name(x)];
         for (p, what) in params.iter().zip(["scale", "bias", "mean", "var"]) {
             inputs.push(self.onnx.initializer(&format!("bn{id}_{what}"), &[c], p));
         }
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let eps = 1e-5f32;
-        self.onnx.node("BatchNormalization", &inputs, &[&Self::name(id)], vec![Attr::Float("epsilon", eps)]);
-        let p64: Vec<Vec<f64>> = params.iter().map(|p| p.iter().map(|&v| v as f64).collect()).collect();
+        self.onnx.node(
+            "BatchNormalization",
+            &inputs,
+            &[&Self::name(id)],
+            vec![Attr::Float("epsilon", eps)],
+        );
+        let p64: Vec<Vec<f64>> = params
+            .iter()
+            .map(|p| p.iter().map(|&v| v as f64).collect())
+            .collect();
         let explicit = RefOp::BatchNorm {
             gamma: p64[0].clone(),
             beta: p64[1].clone(),
@@ -1105,10 +1672,15 @@ impl NetBuilder {
             plane: h * w,
         };
         // y = x s + t with s = gamma / sqrt(var + eps), t = beta - mean s.
-        let s: Vec<f64> = (0..c).map(|k| p64[0][k] / (p64[3][k] + eps as f64).sqrt()).collect();
+        let s: Vec<f64> = (0..c)
+            .map(|k| p64[0][k] / (p64[3][k] + eps as f64).sqrt())
+            .collect();
         let t: Vec<f64> = (0..c).map(|k| p64[1][k] - p64[2][k] * s[k]).collect();
         let folded = match (x > 0).then(|| &mut self.folded[x - 1].op) {
-            Some(RefOp::Linear { layer, dense: false }) => {
+            Some(RefOp::Linear {
+                layer,
+                dense: false,
+            }) => {
                 // Fold into the conv that produced x (its only consumer is this BN):
                 // w'_ij = w_ij s_c(j), b'_j = b_j s_c(j) + t_c(j). The conv then
                 // writes the BN output and the BN node passes relevance on.
@@ -1122,17 +1694,40 @@ impl NetBuilder {
                 }
                 RefOp::Identity
             }
-            _ => RefOp::Linear { layer: affine_ref(&s, &t, &[1, c, h, w]), dense: false },
+            _ => RefOp::Linear {
+                layer: affine_ref(&s, &t, &[1, c, h, w]),
+                dense: false,
+            },
         };
         self.push(explicit, folded, vec![x], vec![c, h, w])
     }
 
-    fn finish(mut self, out: usize, dir: &Path, file: &str) -> BuiltNet {
+    fn finish(self, out: usize, dir: &Path, file: &str) -> BuiltNet {
+        self.finish_with(out, dir, file, false)
+    }
+
+    /// With `softmax`, the model ends in a `Softmax` whose input is the logits.
+    fn finish_with(mut self, out: usize, dir: &Path, file: &str, softmax: bool) -> BuiltNet {
         let n = self.shapes[out][0];
-        self.onnx.output(&Self::name(out), &[1, n as i64]);
+        if softmax {
+            self.onnx.node(
+                "Softmax",
+                &[&Self::name(out)],
+                &["probabilities"],
+                vec![Attr::Int("axis", 1)],
+            );
+            self.onnx.output("probabilities", &[1, n as i64]);
+        } else {
+            self.onnx.output(&Self::name(out), &[1, n as i64]);
+        }
         let path = dir.join(file);
         self.onnx.save(&path).expect("save onnx");
-        BuiltNet { path, explicit: self.explicit, folded: self.folded, shapes: self.shapes }
+        BuiltNet {
+            path,
+            explicit: self.explicit,
+            folded: self.folded,
+            shapes: self.shapes,
+        }
     }
 }
 
@@ -1214,7 +1809,14 @@ fn input_batchnorm_net(dir: &Path, seed: u64) -> BuiltNet {
 /// -> MaxPool 3x3 stride 1 pads 1 (overlapping) -> GlobalMaxPool -> Flatten -> Gemm(4->3).
 fn pools_net(dir: &Path, seed: u64) -> BuiltNet {
     let mut b = NetBuilder::new(seed, [3, 7, 7], WITH_BIAS);
-    let p = |k, s, pads, ceil, count_include_pad, max| PoolSpec { k, s, pads, ceil, count_include_pad, max };
+    let p = |k, s, pads, ceil, count_include_pad, max| PoolSpec {
+        k,
+        s,
+        pads,
+        ceil,
+        count_include_pad,
+        max,
+    };
     let v = b.pool(0, p(2, 1, [0; 4], false, false, true));
     let v = b.conv(v, 4, 3, 1);
     let v = b.relu(v);
@@ -1238,6 +1840,28 @@ fn dense_first_net(dir: &Path, seed: u64) -> BuiltNet {
     let v = b.relu(v);
     let v = b.gemm(v, 3);
     b.finish(v, dir, &format!("dense_first_{seed}.onnx"))
+}
+
+/// input [1,3,4,4] -> Conv(3->4) + Relu -> GlobalAveragePool -> Flatten -> Gemm(4->6,
+/// transB 0, alpha 0.5, beta 2) + Relu -> MatMul(6->5) + Add(bias) + Relu -> Gemm(5->3)
+/// [-> Softmax, to be skipped: the logits are its input].
+fn dense_variants_net(dir: &Path, seed: u64, softmax: bool) -> BuiltNet {
+    let mut b = NetBuilder::new(seed, [3, 4, 4], WITH_BIAS);
+    let v = b.conv(0, 4, 3, 1);
+    let v = b.relu(v);
+    let v = b.global_pool(v, false);
+    let v = b.flatten(v);
+    let v = b.gemm_no_trans(v, 6, 0.5, 2.0);
+    let v = b.relu(v);
+    let v = b.matmul_add(v, 5);
+    let v = b.relu(v);
+    let v = b.gemm(v, 3);
+    b.finish_with(
+        v,
+        dir,
+        &format!("dense_variants_{seed}_{softmax}.onnx"),
+        softmax,
+    )
 }
 
 /// A normalised random image `(u - mean_c) / std_c`, `u` uniform in [0, 1).
@@ -1267,26 +1891,44 @@ fn argmax(v: &[f32]) -> usize {
 fn check_network(what: &str, net: &BuiltNet, input: &ArrayD<f32>) -> Vec<String> {
     let mut failures = vec![];
     let model = Model::load(&net.path).unwrap_or_else(|e| panic!("{what}: cannot load: {e:#}"));
-    let fwd = model.forward(input.clone()).unwrap_or_else(|e| panic!("{what}: forward: {e:#}"));
+    let fwd = model
+        .forward(input.clone())
+        .unwrap_or_else(|e| panic!("{what}: forward: {e:#}"));
     let x = to64(input);
     let explicit = ref_forward(&net.explicit, x.clone());
     let acts = ref_forward(&net.folded, x);
     let logits = explicit.last().expect("logits");
-    // The fold is exact in real arithmetic: f64 agreement to 1e-9 relative.
-    let (d, _) = max_diff(&acts.last().unwrap().iter().map(|&v| v as f32).collect::<Vec<_>>(), logits);
-    assert!(d <= 1e-6 * max_abs(logits).max(1.0), "{what}: reference fold changed the logits");
+    // The fold is exact in real arithmetic: the f64 logits of the folded and
+    // the explicit reference agree to f64 rounding (1e-12 relative is ample).
+    let folded_logits = acts.last().expect("logits");
+    for (a, b) in folded_logits.iter().zip(logits) {
+        assert!(
+            (a - b).abs() <= 1e-12 * max_abs(logits).max(1.0),
+            "{what}: reference fold changed the logits: {a} vs {b}"
+        );
+    }
     let (d, k) = max_diff(&fwd.logits, logits);
     // Logit tolerance 1e-4 * max(1, max |logit|): f32 forward of a few tiny layers.
     let tol = 1e-4 * max_abs(logits).max(1.0);
     if d > tol {
-        failures.push(format!("{what}: logit {k}: lib {} vs ref {} (tol {tol:.1e})", fwd.logits[k], logits[k]));
+        failures.push(format!(
+            "{what}: logit {k}: lib {} vs ref {} (tol {tol:.1e})",
+            fwd.logits[k], logits[k]
+        ));
     }
     let class = argmax(&fwd.logits);
     let norm = Normalization::default();
     let mut report = vec![];
     for name in COMPOSITES {
         let comp = Composite::from_name(name, &RuleParams::default()).expect("composite");
-        let e = match explain(&model.graph, &fwd, class, &comp, &norm, model.input.channels) {
+        let e = match explain(
+            &model.graph,
+            &fwd,
+            class,
+            &comp,
+            &norm,
+            model.input.channels,
+        ) {
             Ok(e) => e,
             Err(err) => {
                 failures.push(format!("{what} / {name}: explain failed: {err:#}"));
@@ -1316,7 +1958,11 @@ fn check_network(what: &str, net: &BuiltNet, input: &ArrayD<f32>) -> Vec<String>
             ));
         }
     }
-    eprintln!("{what}: class {class}, logit {:.4}, max |diff| / scale: {}", fwd.logits[class], report.join(", "));
+    eprintln!(
+        "{what}: class {class}, logit {:.4}, max |diff| / scale: {}",
+        fwd.logits[class],
+        report.join(", ")
+    );
     failures
 }
 
@@ -1352,9 +1998,17 @@ fn batchnorm_networks_match_the_reference_for_every_composite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut failures = vec![];
     let net = batchnorm_net(dir.path(), 5);
-    failures.extend(check_network("batchnorm", &net, &image(&mut Rng::new(105), &[3, 6, 6])));
+    failures.extend(check_network(
+        "batchnorm",
+        &net,
+        &image(&mut Rng::new(105), &[3, 6, 6]),
+    ));
     let net = input_batchnorm_net(dir.path(), 6);
-    failures.extend(check_network("input batchnorm", &net, &image(&mut Rng::new(106), &[3, 6, 6])));
+    failures.extend(check_network(
+        "input batchnorm",
+        &net,
+        &image(&mut Rng::new(106), &[3, 6, 6]),
+    ));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -1374,13 +2028,57 @@ fn pooling_network_matches_the_reference_for_every_composite() {
 }
 
 #[test]
+fn dense_variants_network_matches_the_reference_for_every_composite() {
+    // Gemm with transB = 0 and alpha / beta, MatMul + Add (the Add becomes the bias).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = dense_variants_net(dir.path(), 10, false);
+    let failures = check_network(
+        "dense variants",
+        &net,
+        &image(&mut Rng::new(110), &[3, 4, 4]),
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn trailing_softmax_is_skipped_and_the_logits_are_explained() {
+    // The same network ending in a Softmax: the library must explain the
+    // logits (the Softmax input), i.e. give exactly the relevance of the
+    // network without the Softmax.
+    // Known library issue (at the time of writing): src/onnx.rs `build_graph`
+    // prunes the nodes by the model output name *after* removing the Softmax
+    // that wrote it, which keeps no node at all; explain then returns all-zero
+    // relevance without an error.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = dense_variants_net(dir.path(), 10, true);
+    let model = Model::load(&net.path).expect("load");
+    assert!(
+        model.graph.skipped_softmax,
+        "the trailing Softmax was not recognised"
+    );
+    let failures = check_network(
+        "dense variants + softmax",
+        &net,
+        &image(&mut Rng::new(110), &[3, 4, 4]),
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
 fn dense_first_layer_network_matches_the_reference_for_every_composite() {
     // The first linear layer is a Gemm on the flattened image: the z^B bounds
     // of its inputs are still per channel (element k of the flattened NCHW
     // image belongs to channel k / (H W)).
+    // Known library issue (at the time of writing): src/explain.rs `bounds_for`
+    // falls back to the loosest bounds over all channels (min low, max high)
+    // whenever the layer input's axis 1 is not the channel axis.
     let dir = tempfile::tempdir().expect("tempdir");
     let net = dense_first_net(dir.path(), 9);
-    let failures = check_network("dense first layer", &net, &image(&mut Rng::new(109), &[3, 4, 4]));
+    let failures = check_network(
+        "dense first layer",
+        &net,
+        &image(&mut Rng::new(109), &[3, 4, 4]),
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -1394,7 +2092,10 @@ fn zplus_and_lrp0_conserve_relevance_without_biases() {
     // 1e-6 stabiliser, relative to denominators of order 0.01..1, and f32
     // rounding): |sum R_input - logit| <= 1e-4 |logit|.
     let dir = tempfile::tempdir().expect("tempdir");
-    let no_bias = NetOpts { bias: false, dead_second_conv: false };
+    let no_bias = NetOpts {
+        bias: false,
+        dead_second_conv: false,
+    };
     let nets = [
         ("vgg-like", vgg_like(dir.path(), 11, no_bias), [3, 8, 8]),
         ("residual", residual(dir.path(), 12, no_bias), [3, 6, 6]),
@@ -1402,11 +2103,21 @@ fn zplus_and_lrp0_conserve_relevance_without_biases() {
     let mut failures = vec![];
     for (what, net, chw) in &nets {
         let model = Model::load(&net.path).expect("load");
-        let fwd = model.forward(image(&mut Rng::new(111), chw)).expect("forward");
+        let fwd = model
+            .forward(image(&mut Rng::new(111), chw))
+            .expect("forward");
         let class = argmax(&fwd.logits);
         for name in ["zplus", "lrp0"] {
             let comp = Composite::from_name(name, &RuleParams::default()).expect("composite");
-            let e = explain(&model.graph, &fwd, class, &comp, &Normalization::default(), 3).expect("explain");
+            let e = explain(
+                &model.graph,
+                &fwd,
+                class,
+                &comp,
+                &Normalization::default(),
+                3,
+            )
+            .expect("explain");
             let sum: f64 = e.relevance.iter().map(|&v| v as f64).sum();
             let logit = fwd.logits[class] as f64;
             if (sum - logit).abs() > 1e-4 * logit.abs() {
@@ -1430,21 +2141,42 @@ fn zplus_relevance_is_nonnegative_for_nonnegative_input() {
     for seed in 21..25 {
         let net = vgg_like(dir.path(), seed, WITH_BIAS);
         let model = Model::load(&net.path).expect("load");
-        let x = arr(&[1, 3, 8, 8], uniform(&mut Rng::new(100 + seed), 0.0, 1.0, 192));
+        let x = arr(
+            &[1, 3, 8, 8],
+            uniform(&mut Rng::new(100 + seed), 0.0, 1.0, 192),
+        );
         let fwd = model.forward(x).expect("forward");
         let class = argmax(&fwd.logits);
         let sign = fwd.logits[class].signum();
         positive += usize::from(sign > 0.0);
         for name in ["zplus", "zbox", "deep-taylor", "deep-taylor-bounded"] {
             let comp = Composite::from_name(name, &RuleParams::default()).expect("composite");
-            let e = explain(&model.graph, &fwd, class, &comp, &Normalization::default(), 3).expect("explain");
-            let min = e.relevance.iter().map(|&v| sign * v).fold(f32::INFINITY, f32::min);
+            let e = explain(
+                &model.graph,
+                &fwd,
+                class,
+                &comp,
+                &Normalization::default(),
+                3,
+            )
+            .expect("explain");
+            let min = e
+                .relevance
+                .iter()
+                .map(|&v| sign * v)
+                .fold(f32::INFINITY, f32::min);
             if min < -1e-7 {
-                failures.push(format!("seed {seed} / {name}: relevance of the wrong sign {min} (logit {})", fwd.logits[class]));
+                failures.push(format!(
+                    "seed {seed} / {name}: relevance of the wrong sign {min} (logit {})",
+                    fwd.logits[class]
+                ));
             }
         }
     }
-    assert!(positive > 0, "no seed gave a positive logit: the test proves too little");
+    assert!(
+        positive > 0,
+        "no seed gave a positive logit: the test proves too little"
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -1455,16 +2187,43 @@ fn zero_input_and_dead_layer_give_finite_relevance_for_every_composite() {
     let mut failures = vec![];
     let zeros = |chw: [usize; 3]| ArrayD::<f32>::zeros(IxDyn(&[1, chw[0], chw[1], chw[2]]));
     let net = vgg_like(dir.path(), 31, WITH_BIAS);
-    failures.extend(check_network("vgg-like, zero input", &net, &zeros([3, 8, 8])));
+    failures.extend(check_network(
+        "vgg-like, zero input",
+        &net,
+        &zeros([3, 8, 8]),
+    ));
     let net = residual(dir.path(), 32, WITH_BIAS);
-    failures.extend(check_network("residual, zero input", &net, &zeros([3, 6, 6])));
+    failures.extend(check_network(
+        "residual, zero input",
+        &net,
+        &zeros([3, 6, 6]),
+    ));
     let net = batchnorm_net(dir.path(), 33);
-    failures.extend(check_network("batchnorm, zero input", &net, &zeros([3, 6, 6])));
-    let dead = NetOpts { bias: true, dead_second_conv: true };
+    failures.extend(check_network(
+        "batchnorm, zero input",
+        &net,
+        &zeros([3, 6, 6]),
+    ));
+    let dead = NetOpts {
+        bias: true,
+        dead_second_conv: true,
+    };
     let net = vgg_like(dir.path(), 34, dead);
-    failures.extend(check_network("vgg-like, dead conv", &net, &image(&mut Rng::new(134), &[3, 8, 8])));
-    failures.extend(check_network("vgg-like, dead conv, zero input", &net, &zeros([3, 8, 8])));
+    failures.extend(check_network(
+        "vgg-like, dead conv",
+        &net,
+        &image(&mut Rng::new(134), &[3, 8, 8]),
+    ));
+    failures.extend(check_network(
+        "vgg-like, dead conv, zero input",
+        &net,
+        &zeros([3, 8, 8]),
+    ));
     let net = residual(dir.path(), 35, dead);
-    failures.extend(check_network("residual, dead conv", &net, &image(&mut Rng::new(135), &[3, 6, 6])));
+    failures.extend(check_network(
+        "residual, dead conv",
+        &net,
+        &image(&mut Rng::new(135), &[3, 6, 6]),
+    ));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

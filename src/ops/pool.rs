@@ -107,7 +107,7 @@ pub fn avg_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32
                         let start = (o * wnd.strides[axis]) as isize - pads[axis] as isize;
                         let end = (size + pads[axis + 2]) as isize;
                         (0..wnd.kernel[axis])
-                            .filter(|k| start + (k * wnd.dilations[axis]) as isize <= end - 1)
+                            .filter(|k| start + ((k * wnd.dilations[axis]) as isize) < end)
                             .count()
                     };
                     span(oy, 0, d.h) * span(ox, 1, d.w)
