@@ -112,16 +112,6 @@ pub fn explain(
         let bounds = (node.op.linear().is_some() && rule == Rule::ZBox)
             .then(|| bounds_for(inputs[0].shape(), fwd.input.shape(), norm, channels));
         let out = ops::relevance_of(node, &inputs, &r, rule, bounds.as_ref())?;
-        if std::env::var_os("LRP_TRACE").is_some() {
-            let s_in: f32 = out.iter().map(|a| a.sum()).sum();
-            eprintln!(
-                "{:<30} {:<18} {:>12.5} -> {:>12.5}",
-                node.name,
-                node.op_type,
-                r.sum(),
-                s_in
-            );
-        }
         for (name, ri) in node.inputs.iter().zip(out) {
             match rel.get_mut(name.as_str()) {
                 Some(acc) => *acc += &ri,

@@ -1,4 +1,5 @@
-//! lrp-heatmap: Layer-wise Relevance Propagation for ONNX image classifiers.
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 pub mod app;
 pub mod canon;
 pub mod composite;
