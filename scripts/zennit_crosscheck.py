@@ -37,7 +37,7 @@ def vgg16(div, size, classes=1000):
             c = v
     s = size // 32
     hidden = max(1, 4096 // div)
-    net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * s * s, hidden), nn.ReLU(), nn.Dropout(),
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d((s, s)), nn.Flatten(), nn.Linear(c * s * s, hidden), nn.ReLU(), nn.Dropout(),
                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(), nn.Linear(hidden, classes))
     g = torch.Generator().manual_seed(0)
     for m in net.modules():

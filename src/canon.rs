@@ -99,3 +99,140 @@ fn fold(into: &mut Op, what: &Op) -> bool {
     *bias = Some(ArrayD::from_shape_vec(vec![m], new).expect("m values"));
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Graph, Node};
+    use crate::ops::conv::{Conv, Padding, Window};
+    use crate::ops::dense::Dense;
+    use crate::rules::LinearLayer;
+    use ndarray::IxDyn;
+
+    fn node(name: &str, op: Op, input: &str, output: &str) -> Node {
+        Node {
+            name: name.into(),
+            op_type: name.into(),
+            op,
+            inputs: vec![input.into()],
+            output: output.into(),
+            first: false,
+        }
+    }
+
+    fn values(shape: &[usize], seed: u32) -> ArrayD<f32> {
+        ArrayD::from_shape_fn(IxDyn(shape), |ix| {
+            let k = ix
+                .as_array_view()
+                .iter()
+                .fold(seed, |a, &i| a.wrapping_mul(31).wrapping_add(i as u32));
+            ((k.wrapping_mul(2654435761) >> 8) % 2000) as f32 / 1000.0 - 1.0
+        })
+    }
+
+    #[test]
+    fn folding_batchnorm_into_a_conv_leaves_its_output_unchanged() {
+        let conv = Conv {
+            weight: values(&[4, 3, 3, 3], 1),
+            bias: Some(values(&[4], 2)),
+            window: Window {
+                kernel: [3, 3],
+                strides: [2, 1],
+                dilations: [1, 1],
+                padding: Padding::Explicit([1, 0, 1, 1]),
+            },
+            group: 1,
+        };
+        // negative scales included: they flip the folded filters
+        let scale = vec![0.5, -1.25, 2.0, 0.75];
+        let shift = vec![0.1, -0.2, 0.0, 0.3];
+        let x = values(&[1, 3, 6, 5], 3);
+        let mut z = conv.forward(&x, &conv.weight, true).unwrap();
+        for (c, mut plane) in z.axis_iter_mut(Axis(1)).enumerate() {
+            plane.mapv_inplace(|v| v * scale[c] + shift[c]);
+        }
+        let mut g = Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes: vec![
+                node("Conv", Op::Conv(conv), "x", "c"),
+                node(
+                    "BatchNormalization",
+                    Op::BatchNorm { scale, shift },
+                    "c",
+                    "y",
+                ),
+            ],
+        };
+        canonize(&mut g).unwrap();
+        assert_eq!(g.nodes.len(), 1, "the batch norm is gone");
+        assert_eq!(g.nodes[0].output, "y");
+        assert!(g.nodes[0].first);
+        let Op::Conv(folded) = &g.nodes[0].op else {
+            panic!("still a conv")
+        };
+        let got = folded.forward(&x, &folded.weight, true).unwrap();
+        for (a, b) in got.iter().zip(z.iter()) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn a_batchnorm_with_nothing_to_fold_into_becomes_a_channel_affine_layer() {
+        let mut g = Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes: vec![node(
+                "BatchNormalization",
+                Op::BatchNorm {
+                    scale: vec![2.0, -1.0],
+                    shift: vec![0.5, 0.25],
+                },
+                "x",
+                "y",
+            )],
+        };
+        canonize(&mut g).unwrap();
+        let Op::Affine(a) = &g.nodes[0].op else {
+            panic!("affine expected")
+        };
+        let x = values(&[1, 2, 2, 2], 5);
+        let z = a.forward(&x, &a.weight, true).unwrap();
+        // y = x * scale[c] + shift[c]
+        assert!((z[[0, 0, 1, 1]] - (x[[0, 0, 1, 1]] * 2.0 + 0.5)).abs() < 1e-6);
+        assert!((z[[0, 1, 0, 1]] - (x[[0, 1, 0, 1]] * -1.0 + 0.25)).abs() < 1e-6);
+        assert!(g.nodes[0].first, "reads the input");
+    }
+
+    #[test]
+    fn a_constant_add_after_matmul_becomes_the_bias() {
+        let dense = Dense {
+            weight: values(&[3, 4], 7),
+            bias: None,
+        };
+        let b = ArrayD::from_shape_vec(vec![1, 3], vec![0.5, -0.5, 1.0]).unwrap();
+        let x = values(&[1, 4], 9);
+        let want = dense.forward(&x, &dense.weight, false).unwrap() + &b;
+        let mut g = Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes: vec![
+                node("MatMul", Op::Dense(dense), "x", "m"),
+                node("Add", Op::AddConst(b), "m", "y"),
+            ],
+        };
+        canonize(&mut g).unwrap();
+        assert_eq!(g.nodes.len(), 1);
+        let Op::Dense(d) = &g.nodes[0].op else {
+            panic!("dense expected")
+        };
+        let got = d.forward(&x, &d.weight, true).unwrap();
+        assert_eq!(got, want);
+    }
+}
