@@ -1,10 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+pub mod analyzer;
 pub mod app;
 pub mod canon;
 pub mod composite;
 pub mod explain;
+pub mod gradient;
 pub mod graph;
+pub mod grid;
+pub mod html;
 pub mod labels;
 pub mod linalg;
 pub mod model;
