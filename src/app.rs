@@ -2,7 +2,7 @@
 //! model and rule, write the heatmaps, report.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
@@ -12,12 +12,10 @@ use serde_json::json;
 use crate::composite::{Composite, RuleParams};
 use crate::explain::{explain, Explanation};
 use crate::labels;
-use crate::model::{Forward, Model};
+use crate::inputs::Job;
+use crate::model::Model;
 use crate::preprocess::{self, Layout, Normalization};
 use crate::{npy, render};
-
-/// Image file extensions picked up from folders.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"];
 
 /// The class to explain.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,24 +49,36 @@ pub struct Config {
     pub norm: Normalization,
     /// One JSON object per input instead of text.
     pub json: bool,
+    /// Walk folders recursively.
+    pub recursive: bool,
+    /// Images explained at once (`None`: one per core).
+    pub jobs: Option<usize>,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Skip inputs whose outputs exist already.
+    pub skip_existing: bool,
 }
 
 /// How a run ended.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Summary {
     /// Inputs explained.
     pub done: usize,
+    /// Inputs skipped because their outputs existed.
+    pub skipped: usize,
     /// Inputs that failed, with their error.
     pub failed: Vec<(PathBuf, String)>,
+    /// Wall time of the whole run.
+    pub seconds: f64,
 }
 
 /// One explained input.
 pub struct Outcome {
     /// The input image.
     pub input: PathBuf,
-    /// Forward pass results.
-    pub forward: Forward,
-    /// The explanation.
+    /// The five highest classes with their probabilities.
+    pub top5: Vec<(usize, f32)>,
+    /// The explanation (its relevance array is dropped once written).
     pub explanation: Explanation,
     /// Written heatmap.
     pub png: PathBuf,
@@ -76,53 +86,6 @@ pub struct Outcome {
     pub npy: Option<PathBuf>,
     /// Wall time for this input.
     pub seconds: f64,
-}
-
-/// Lists the image files of `inputs` (folders expanded, not recursively,
-/// hidden files and our own outputs skipped); files are kept as given.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for p in inputs {
-        if p.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
-                .with_context(|| format!("cannot list folder {}", p.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.is_file() && is_image_name(f))
-                .collect();
-            files.sort();
-            out.extend(files);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    Ok(out)
-}
-
-fn is_image_name(p: &Path) -> bool {
-    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let ext = p
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_lowercase();
-    let own_output = p
-        .file_stem()
-        .and_then(|s| Path::new(s).extension())
-        .and_then(|e| e.to_str())
-        .is_some_and(|r| crate::composite::NAMES.iter().any(|(n, _)| *n == r));
-    !name.starts_with('.') && IMAGE_EXTENSIONS.contains(&ext.as_str()) && !own_output
-}
-
-/// Output path `<dir>/<stem>.<rule>.<ext>`.
-pub fn output_path(input: &Path, out_dir: Option<&Path>, rule: &str, ext: &str) -> PathBuf {
-    let stem = input
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "input".into());
-    let dir = out_dir
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| input.parent().map(Path::to_path_buf).unwrap_or_default());
-    dir.join(format!("{stem}.{rule}.{ext}"))
 }
 
 /// The relevance as `[C, H, W]` whatever the model's layout.
@@ -165,73 +128,54 @@ impl Explainer {
         })
     }
 
-    /// Explains one image file and writes its outputs.
-    pub fn run_one(&self, input: &Path) -> Result<Outcome> {
+    /// Explains one image and writes its outputs.
+    pub fn run_one(&self, job: &Job) -> Result<Outcome> {
         let t0 = Instant::now();
+        let input = job.input.as_path();
         let spec = &self.model.input;
         let img = preprocess::load_image(input)?;
-        let tensor = preprocess::to_tensor(
-            &img,
-            spec.height,
-            spec.width,
-            spec.channels,
-            spec.layout,
-            &self.cfg.norm,
-        )
-        .with_context(|| format!("cannot prepare {}", input.display()))?;
-        let forward = self
-            .model
-            .forward(tensor)
-            .with_context(|| format!("{}", input.display()))?;
+        let tensor = preprocess::to_tensor(&img, spec.height, spec.width, spec.channels, spec.layout, &self.cfg.norm)
+            .with_context(|| format!("cannot prepare {}", input.display()))?;
+        let forward = self.model.forward(tensor).with_context(|| format!("{}", input.display()))?;
+        let top5 = forward.top_k(5);
         let class = match &self.cfg.class {
-            ClassChoice::Top => forward.top_k(1)[0].0,
-            ClassChoice::Query(q) => {
-                labels::find_class(&self.labels, q).map_err(|e| anyhow!("--class {q}: {e}"))?
-            }
+            ClassChoice::Top => top5[0].0,
+            ClassChoice::Query(q) => labels::find_class(&self.labels, q).map_err(|e| anyhow!("--class {q}: {e}"))?,
         };
-        let explanation = explain(
-            &self.model.graph,
-            &forward,
-            class,
-            &self.composite,
-            &self.cfg.norm,
-            spec.channels,
-        )
-        .with_context(|| format!("cannot explain {}", input.display()))?;
+        let mut explanation =
+            explain(&self.model.graph, &forward, class, &self.composite, &self.cfg.norm, spec.channels)
+                .with_context(|| format!("cannot explain {}", input.display()))?;
+        drop(forward);
         let chw = relevance_chw(&explanation.relevance, spec.layout)?;
+        explanation.relevance = ArrayD::zeros(vec![0]);
         let view = chw.view().into_dimensionality::<ndarray::Ix3>()?;
-        let heat = render::heatmap_image(
-            view,
-            img.width(),
-            img.height(),
-            self.cfg.overlay.then_some(&img),
-        );
-        let out_dir = self.cfg.out_dir.as_deref();
-        let png = output_path(input, out_dir, &self.composite.name, "png");
+        let heat = render::heatmap_image(view, img.width(), img.height(), self.cfg.overlay.then_some(&img));
+        std::fs::create_dir_all(&job.out_dir)
+            .with_context(|| format!("cannot create output folder {}", job.out_dir.display()))?;
+        let png = job.output(&self.composite.name, "png");
         render::save_png(&heat, &png)?;
         let npy = if self.cfg.raw {
-            let path = output_path(input, out_dir, &self.composite.name, "npy");
+            let path = job.output(&self.composite.name, "npy");
             let data: Vec<f32> = chw.iter().copied().collect();
             npy::write_npy_f32(&path, chw.shape(), &data)?;
             Some(path)
         } else {
             None
         };
-        Ok(Outcome {
-            input: input.to_path_buf(),
-            forward,
-            explanation,
-            png,
-            npy,
-            seconds: t0.elapsed().as_secs_f64(),
-        })
+        Ok(Outcome { input: input.to_path_buf(), top5, explanation, png, npy, seconds: t0.elapsed().as_secs_f64() })
+    }
+
+    /// Whether every output of `job` exists already.
+    pub fn outputs_exist(&self, job: &Job) -> bool {
+        job.output(&self.composite.name, "png").exists()
+            && (!self.cfg.raw || job.output(&self.composite.name, "npy").exists())
     }
 
     /// The report of one outcome: text lines or a JSON object.
     pub fn report(&self, o: &Outcome) -> String {
         let e = &o.explanation;
         let label = |i: usize| self.labels.get(i).cloned().unwrap_or_default();
-        let top5 = o.forward.top_k(5);
+        let top5 = &o.top5;
         if self.cfg.json {
             let top: Vec<_> = top5
                 .iter()
@@ -279,36 +223,77 @@ impl Explainer {
 
 /// Runs the whole job; per-input failures are reported on `err` and counted.
 /// An error return means nothing could be done (model or usage error).
-pub fn run(cfg: &Config, out: &mut dyn Write, err: &mut dyn Write) -> Result<Summary> {
+///
+/// Images are explained in parallel (`cfg.jobs`, default one per core) with at
+/// most that many in memory at once; results are reported as they finish, with
+/// a progress bar on `progress` when it is given (a terminal, not `--quiet`).
+pub fn run(cfg: &Config, out: &mut dyn Write, err: &mut dyn Write, progress: bool) -> Result<Summary> {
+    let t0 = Instant::now();
     let explainer = Explainer::new(cfg)?;
-    let files = expand_inputs(&cfg.inputs)?;
+    let names: Vec<&str> = crate::composite::NAMES.iter().map(|(n, _)| *n).collect();
+    let jobs = crate::inputs::collect(&cfg.inputs, cfg.recursive, cfg.out_dir.as_deref(), &names)?;
     let mut summary = Summary::default();
-    if explainer.model.input.fixed_dims && !cfg.json {
-        writeln!(
-            err,
-            "note: the model input has symbolic dimensions; using {:?}",
-            explainer.model.input.shape
-        )?;
+    if explainer.model.input.fixed_dims {
+        writeln!(err, "note: the model input has symbolic dimensions; using {:?}", explainer.model.input.shape)?;
     }
-    for f in files {
-        match explainer.run_one(&f) {
-            Ok(o) => {
-                writeln!(out, "{}", explainer.report(&o))?;
-                summary.done += 1;
-            }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                if cfg.json {
-                    writeln!(
-                        out,
-                        "{}",
-                        json!({"input": f.display().to_string(), "error": msg})
-                    )?;
+    let (todo, skipped): (Vec<Job>, Vec<Job>) =
+        jobs.into_iter().partition(|j| !(cfg.skip_existing && explainer.outputs_exist(j)));
+    summary.skipped = skipped.len();
+    let threads = cfg.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
+    let bar = progress.then(|| {
+        let b = indicatif::ProgressBar::new(todo.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}")
+                .expect("valid template"),
+        );
+        b
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Result<Outcome>)>();
+    std::thread::scope(|scope| -> Result<()> {
+        let explainer = &explainer;
+        let todo = &todo;
+        let pool = &pool;
+        scope.spawn(move || {
+            use rayon::prelude::*;
+            pool.install(|| {
+                todo.par_iter().for_each_with(tx, |tx, job| {
+                    let r = explainer.run_one(job);
+                    let _ = tx.send((job.input.clone(), r));
+                })
+            })
+        });
+        for (input, r) in rx {
+            match r {
+                Ok(o) => {
+                    let line = explainer.report(&o);
+                    match &bar {
+                        Some(b) if !cfg.json => b.suspend(|| writeln!(out, "{line}"))?,
+                        _ => writeln!(out, "{line}")?,
+                    }
+                    summary.done += 1;
                 }
-                writeln!(err, "error: {msg}")?;
-                summary.failed.push((f, msg));
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    if cfg.json {
+                        writeln!(out, "{}", json!({"input": input.display().to_string(), "error": msg}))?;
+                    }
+                    match &bar {
+                        Some(b) => b.suspend(|| writeln!(err, "error: {msg}"))?,
+                        None => writeln!(err, "error: {msg}")?,
+                    }
+                    summary.failed.push((input, msg));
+                }
+            }
+            if let Some(b) = &bar {
+                b.inc(1);
             }
         }
+        Ok(())
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
+    summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
 }

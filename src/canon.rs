@@ -42,7 +42,7 @@ pub fn canonize(graph: &mut Graph) -> Result<()> {
                 weight: ArrayD::from_shape_vec(vec![scale.len()], scale)?,
                 bias: ArrayD::from_shape_vec(vec![shift.len()], shift)?,
             }),
-            _ => Op::Pass,
+            op => op.unmerged(),
         };
         i += 1;
     }
@@ -107,7 +107,7 @@ mod tests {
     use crate::ops::conv::{Conv, Padding, Window};
     use crate::ops::dense::Dense;
     use crate::rules::LinearLayer;
-    use ndarray::IxDyn;
+    use ndarray::{Dimension, IxDyn};
 
     fn node(name: &str, op: Op, input: &str, output: &str) -> Node {
         Node {

@@ -23,7 +23,8 @@ fn rules_help() -> String {
 #[derive(Parser, Debug)]
 #[command(name = "lrp-heatmap", version, about, after_help = rules_help())]
 pub struct Args {
-    /// Image files (JPEG, PNG, WebP, BMP, TIFF) or folders of them.
+    /// Image files (JPEG, PNG, WebP, BMP, TIFF) or folders of them (hidden files
+    /// and our own outputs skipped).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
@@ -71,9 +72,25 @@ pub struct Args {
     #[arg(long, value_name = "R,G,B", default_value = "0.229,0.224,0.225")]
     pub std: String,
 
-    /// One JSON object per input on stdout.
+    /// One JSON object per input on stdout (one line each, as they finish).
     #[arg(long)]
     pub json: bool,
+
+    /// Descend into sub-folders of folder inputs.
+    #[arg(long)]
+    pub recursive: bool,
+
+    /// Images explained in parallel [default: one per core].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+
+    /// No progress bar (it is shown only when stderr is a terminal anyway).
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Skip inputs whose outputs exist already (resume a batch).
+    #[arg(long)]
+    pub skip_existing: bool,
 }
 
 fn triple(s: &str, what: &str) -> Result<[f32; 3]> {
@@ -119,6 +136,10 @@ impl Args {
             overlay: self.overlay,
             norm: Normalization { mean, std },
             json: self.json,
+            recursive: self.recursive,
+            jobs: self.jobs.map(|j| j as usize),
+            quiet: self.quiet,
+            skip_existing: self.skip_existing,
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod gradient;
 pub mod graph;
 pub mod grid;
 pub mod html;
+pub mod inputs;
 pub mod labels;
 pub mod linalg;
 pub mod model;

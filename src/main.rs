@@ -2,7 +2,7 @@
 
 mod cli;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -31,16 +31,29 @@ fn main() -> ExitCode {
     }
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    match lrp_heatmap::app::run(&cfg, &mut stdout.lock(), &mut stderr.lock()) {
-        Ok(summary) if summary.failed.is_empty() => ExitCode::from(EXIT_OK),
+    let progress = !cfg.quiet && stderr.is_terminal();
+    match lrp_heatmap::app::run(&cfg, &mut stdout.lock(), &mut stderr.lock(), progress) {
         Ok(summary) => {
-            let _ = writeln!(
-                stderr.lock(),
-                "{} of {} inputs failed",
-                summary.failed.len(),
-                summary.failed.len() + summary.done
-            );
-            ExitCode::from(EXIT_INPUT_FAILED)
+            let total = summary.done + summary.skipped + summary.failed.len();
+            if !summary.failed.is_empty() || (total > 1 && !cfg.quiet) {
+                let mut e = stderr.lock();
+                let _ = writeln!(
+                    e,
+                    "done {}, skipped {}, failed {} in {:.2} s",
+                    summary.done,
+                    summary.skipped,
+                    summary.failed.len(),
+                    summary.seconds
+                );
+                for (path, _) in &summary.failed {
+                    let _ = writeln!(e, "failed: {}", path.display());
+                }
+            }
+            if summary.failed.is_empty() {
+                ExitCode::from(EXIT_OK)
+            } else {
+                ExitCode::from(EXIT_INPUT_FAILED)
+            }
         }
         Err(e) => {
             eprintln!("error: {e:#}");

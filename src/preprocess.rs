@@ -91,6 +91,9 @@ fn decode_image(bytes: &[u8]) -> anyhow::Result<RgbImage> {
     if reader.format().is_none() {
         bail!("unrecognised image format (supported: JPEG, PNG, WebP, BMP, TIFF, GIF)");
     }
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        bail!("the JPEG file is truncated (no end-of-image marker after its last scan)");
+    }
     let mut decoder = reader.into_decoder().map_err(|e| anyhow!("{e}"))?;
     // A broken orientation tag should not make an otherwise fine image
     // unusable: fall back to "as stored".
@@ -106,6 +109,19 @@ fn decode_image(bytes: &[u8]) -> anyhow::Result<RgbImage> {
         DynamicImage::ImageRgb8(rgb) => rgb,
         other => other.to_rgb8(),
     })
+}
+
+/// Whether a JPEG stream ends its last scan with an end-of-image marker.
+///
+/// The JPEG decoder fills a truncated scan with grey instead of failing. An
+/// EOI (`FF D9`) cannot occur inside entropy-coded data (an `FF` there is
+/// followed by `00` or a restart marker), and an embedded EXIF thumbnail's own
+/// markers come before the main image's scan, so the stream is complete when
+/// an EOI follows the last start-of-scan (`FF DA`).
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let last_eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
+    matches!((last_sos, last_eoi), (Some(s), Some(e)) if e > s)
 }
 
 /// Converts an RGB image to a normalised input tensor of shape `[1, C, H, W]`
@@ -533,5 +549,17 @@ mod tests {
             msg.contains("missing.jpg") && msg.contains("cannot read"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn truncated_jpeg_is_an_error_and_the_full_file_loads() {
+        let full = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/images/cat.jpg")).unwrap();
+        assert!(jpeg_is_complete(&full));
+        // images/LICENSES.md: cat.jpg is 451x300
+        assert_eq!(decode_image(&full).unwrap().dimensions(), (451, 300));
+        for cut in [full.len() / 3, full.len() - 2] {
+            let err = format!("{:#}", decode_image(&full[..cut]).unwrap_err());
+            assert!(err.contains("truncated"), "{err}");
+        }
     }
 }

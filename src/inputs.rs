@@ -1,0 +1,129 @@
+//! Finding the images of a run: files as given, folders walked (optionally
+//! recursively), hidden files and our own outputs skipped, and where each
+//! input's outputs go (with `--out`, the input folders are mirrored below it).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Image file extensions picked up from folders (case-insensitive).
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"];
+
+/// One image to explain and the folder its outputs go to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// The image file.
+    pub input: PathBuf,
+    /// Where its outputs are written.
+    pub out_dir: PathBuf,
+}
+
+impl Job {
+    /// Output path `<out_dir>/<stem>.<analyzer>.<ext>`.
+    pub fn output(&self, analyzer: &str, ext: &str) -> PathBuf {
+        let stem = self.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "input".into());
+        self.out_dir.join(format!("{stem}.{analyzer}.{ext}"))
+    }
+}
+
+fn hidden(p: &Path) -> bool {
+    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+}
+
+/// Whether a file in a folder is an image to explain: a known extension, not
+/// hidden, and not one of our outputs (`<stem>.<analyzer>.png` for any name in
+/// `analyzers`).
+pub fn is_candidate(p: &Path, analyzers: &[&str]) -> bool {
+    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    let own_output = p
+        .file_stem()
+        .and_then(|s| Path::new(s).extension())
+        .and_then(|e| e.to_str())
+        .is_some_and(|a| analyzers.contains(&a));
+    !hidden(p) && IMAGE_EXTENSIONS.contains(&ext.as_str()) && !own_output
+}
+
+fn walk(dir: &Path, recursive: bool, analyzers: &[&str], out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            if recursive && !hidden(&p) {
+                walk(&p, recursive, analyzers, out)?;
+            }
+        } else if is_candidate(&p, analyzers) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The jobs of a run. Files are taken as given (even with another extension:
+/// decoding tells); folders are walked. Without `out`, outputs go next to each
+/// input; with it, below `out`, a folder input's structure mirrored under the
+/// folder's own name so that equal names from different folders never collide.
+pub fn collect(inputs: &[PathBuf], recursive: bool, out: Option<&Path>, analyzers: &[&str]) -> Result<Vec<Job>> {
+    let mut jobs = Vec::new();
+    for given in inputs {
+        if given.is_dir() {
+            let mut files = Vec::new();
+            walk(given, recursive, analyzers, &mut files)?;
+            let base = given.file_name().map(PathBuf::from).unwrap_or_default();
+            for f in files {
+                let out_dir = match out {
+                    None => f.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    Some(o) => {
+                        let rel = f.strip_prefix(given).ok().and_then(Path::parent).unwrap_or(Path::new(""));
+                        o.join(&base).join(rel)
+                    }
+                };
+                jobs.push(Job { input: f, out_dir });
+            }
+        } else {
+            let out_dir = match out {
+                Some(o) => o.to_path_buf(),
+                None => given.parent().map(Path::to_path_buf).unwrap_or_default(),
+            };
+            jobs.push(Job { input: given.clone(), out_dir });
+        }
+    }
+    Ok(jobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_are_walked_and_mirrored_below_out() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("photos");
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        std::fs::create_dir_all(root.join(".hidden")).unwrap();
+        for f in ["a.JPG", "b.png", "notes.txt", ".secret.jpg", "a.zplus.png", "sub/c.webp", "sub/deeper/d.tif", ".hidden/e.jpg"] {
+            std::fs::write(root.join(f), b"x").unwrap();
+        }
+        let names = ["zplus"];
+        let flat = collect(&[root.clone()], false, None, &names).unwrap();
+        let got: Vec<_> = flat.iter().map(|j| j.input.strip_prefix(&root).unwrap().to_path_buf()).collect();
+        assert_eq!(got, vec![PathBuf::from("a.JPG"), PathBuf::from("b.png")]);
+        assert_eq!(flat[0].out_dir, root);
+
+        let out = d.path().join("out");
+        let deep = collect(&[root.clone()], true, Some(&out), &names).unwrap();
+        let got: Vec<_> = deep.iter().map(|j| (j.input.strip_prefix(&root).unwrap().to_path_buf(), j.out_dir.clone())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (PathBuf::from("a.JPG"), out.join("photos")),
+                (PathBuf::from("b.png"), out.join("photos")),
+                (PathBuf::from("sub/c.webp"), out.join("photos/sub")),
+                (PathBuf::from("sub/deeper/d.tif"), out.join("photos/sub/deeper")),
+            ]
+        );
+        assert_eq!(deep[2].output("zplus", "png"), out.join("photos/sub/c.zplus.png"));
+    }
+}
