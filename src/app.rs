@@ -9,12 +9,13 @@ use anyhow::{anyhow, Context, Result};
 use ndarray::{ArrayD, Axis};
 use serde_json::json;
 
-use crate::composite::{Composite, RuleParams};
-use crate::explain::{explain, Explanation};
-use crate::labels;
+use crate::analyzer::{Analyzer, AnalyzerParams};
+use crate::explain::Explanation;
 use crate::inputs::Job;
+use crate::labels;
 use crate::model::Model;
 use crate::preprocess::{self, Layout, Normalization};
+use crate::render::Style;
 use crate::{npy, render};
 
 /// The class to explain.
@@ -33,10 +34,10 @@ pub struct Config {
     pub inputs: Vec<PathBuf>,
     /// ONNX model file.
     pub model: PathBuf,
-    /// Rule or composite name.
+    /// Rule, composite or gradient analyzer name.
     pub rule: String,
-    /// Rule parameters.
-    pub params: RuleParams,
+    /// Analyzer parameters.
+    pub params: AnalyzerParams,
     /// Class to explain.
     pub class: ClassChoice,
     /// Output folder (`None`: next to each input).
@@ -47,6 +48,8 @@ pub struct Config {
     pub overlay: bool,
     /// Input normalisation.
     pub norm: Normalization,
+    /// Colours of the heatmaps.
+    pub style: Style,
     /// One JSON object per input instead of text.
     pub json: bool,
     /// Walk folders recursively.
@@ -104,8 +107,8 @@ pub fn relevance_chw(rel: &ArrayD<f32>, layout: Layout) -> Result<ArrayD<f32>> {
 pub struct Explainer {
     /// The model.
     pub model: Model,
-    /// The composite.
-    pub composite: Composite,
+    /// The analyzer.
+    pub analyzer: Analyzer,
     /// Class labels.
     pub labels: Vec<String>,
     cfg: Config,
@@ -114,7 +117,7 @@ pub struct Explainer {
 impl Explainer {
     /// Loads the model and checks the rule and class choice.
     pub fn new(cfg: &Config) -> Result<Explainer> {
-        let composite = Composite::from_name(&cfg.rule, &cfg.params)?;
+        let analyzer = Analyzer::from_name(&cfg.rule, &cfg.params)?;
         let model = Model::load(&cfg.model)?;
         let labels = labels::for_classes(model.classes);
         if let ClassChoice::Query(q) = &cfg.class {
@@ -122,7 +125,7 @@ impl Explainer {
         }
         Ok(Explainer {
             model,
-            composite,
+            analyzer,
             labels,
             cfg: cfg.clone(),
         })
@@ -134,41 +137,70 @@ impl Explainer {
         let input = job.input.as_path();
         let spec = &self.model.input;
         let img = preprocess::load_image(input)?;
-        let tensor = preprocess::to_tensor(&img, spec.height, spec.width, spec.channels, spec.layout, &self.cfg.norm)
-            .with_context(|| format!("cannot prepare {}", input.display()))?;
-        let forward = self.model.forward(tensor).with_context(|| format!("{}", input.display()))?;
+        let tensor = preprocess::to_tensor(
+            &img,
+            spec.height,
+            spec.width,
+            spec.channels,
+            spec.layout,
+            &self.cfg.norm,
+        )
+        .with_context(|| format!("cannot prepare {}", input.display()))?;
+        let forward = self
+            .model
+            .forward(tensor)
+            .with_context(|| format!("{}", input.display()))?;
         let top5 = forward.top_k(5);
         let class = match &self.cfg.class {
             ClassChoice::Top => top5[0].0,
-            ClassChoice::Query(q) => labels::find_class(&self.labels, q).map_err(|e| anyhow!("--class {q}: {e}"))?,
+            ClassChoice::Query(q) => {
+                labels::find_class(&self.labels, q).map_err(|e| anyhow!("--class {q}: {e}"))?
+            }
         };
-        let mut explanation =
-            explain(&self.model.graph, &forward, class, &self.composite, &self.cfg.norm, spec.channels)
-                .with_context(|| format!("cannot explain {}", input.display()))?;
+        let mut explanation = self
+            .analyzer
+            .explain(&self.model, &forward, class, &self.cfg.norm)
+            .with_context(|| format!("cannot explain {}", input.display()))?;
         drop(forward);
         let chw = relevance_chw(&explanation.relevance, spec.layout)?;
         explanation.relevance = ArrayD::zeros(vec![0]);
         let view = chw.view().into_dimensionality::<ndarray::Ix3>()?;
-        let heat = render::heatmap_image(view, img.width(), img.height(), self.cfg.overlay.then_some(&img));
+        let photo = self.cfg.overlay.then_some(&img);
+        let signed = self.analyzer.signed();
+        let heat = render::heatmap_image_styled(
+            view,
+            img.width(),
+            img.height(),
+            photo,
+            &self.cfg.style,
+            signed,
+        );
         std::fs::create_dir_all(&job.out_dir)
             .with_context(|| format!("cannot create output folder {}", job.out_dir.display()))?;
-        let png = job.output(&self.composite.name, "png");
+        let png = job.output(&self.analyzer.name(), "png");
         render::save_png(&heat, &png)?;
         let npy = if self.cfg.raw {
-            let path = job.output(&self.composite.name, "npy");
+            let path = job.output(&self.analyzer.name(), "npy");
             let data: Vec<f32> = chw.iter().copied().collect();
             npy::write_npy_f32(&path, chw.shape(), &data)?;
             Some(path)
         } else {
             None
         };
-        Ok(Outcome { input: input.to_path_buf(), top5, explanation, png, npy, seconds: t0.elapsed().as_secs_f64() })
+        Ok(Outcome {
+            input: input.to_path_buf(),
+            top5,
+            explanation,
+            png,
+            npy,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
     }
 
     /// Whether every output of `job` exists already.
     pub fn outputs_exist(&self, job: &Job) -> bool {
-        job.output(&self.composite.name, "png").exists()
-            && (!self.cfg.raw || job.output(&self.composite.name, "npy").exists())
+        job.output(&self.analyzer.name(), "png").exists()
+            && (!self.cfg.raw || job.output(&self.analyzer.name(), "npy").exists())
     }
 
     /// The report of one outcome: text lines or a JSON object.
@@ -184,7 +216,7 @@ impl Explainer {
             return json!({
                 "input": o.input.display().to_string(),
                 "model": self.model.path.display().to_string(),
-                "rule": self.composite.name,
+                "rule": self.analyzer.name(),
                 "class": e.class,
                 "label": label(e.class),
                 "logit": e.logit,
@@ -213,7 +245,7 @@ impl Explainer {
             e.logit,
             e.ratio()
         );
-        s += &format!("  {} -> {}", self.composite.name, o.png.display());
+        s += &format!("  {} -> {}", self.analyzer.name(), o.png.display());
         if let Some(n) = &o.npy {
             s += &format!(", {}", n.display());
         }
@@ -227,25 +259,47 @@ impl Explainer {
 /// Images are explained in parallel (`cfg.jobs`, default one per core) with at
 /// most that many in memory at once; results are reported as they finish, with
 /// a progress bar on `progress` when it is given (a terminal, not `--quiet`).
-pub fn run(cfg: &Config, out: &mut dyn Write, err: &mut dyn Write, progress: bool) -> Result<Summary> {
+pub fn run(
+    cfg: &Config,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    progress: bool,
+) -> Result<Summary> {
     let t0 = Instant::now();
     let explainer = Explainer::new(cfg)?;
-    let names: Vec<&str> = crate::composite::NAMES.iter().map(|(n, _)| *n).collect();
+    let names: Vec<&str> = crate::composite::NAMES
+        .iter()
+        .chain(crate::analyzer::GRADIENT_NAMES)
+        .map(|(n, _)| *n)
+        .collect();
     let jobs = crate::inputs::collect(&cfg.inputs, cfg.recursive, cfg.out_dir.as_deref(), &names)?;
     let mut summary = Summary::default();
     if explainer.model.input.fixed_dims {
-        writeln!(err, "note: the model input has symbolic dimensions; using {:?}", explainer.model.input.shape)?;
+        writeln!(
+            err,
+            "note: the model input has symbolic dimensions; using {:?}",
+            explainer.model.input.shape
+        )?;
     }
-    let (todo, skipped): (Vec<Job>, Vec<Job>) =
-        jobs.into_iter().partition(|j| !(cfg.skip_existing && explainer.outputs_exist(j)));
+    let (todo, skipped): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|j| !(cfg.skip_existing && explainer.outputs_exist(j)));
     summary.skipped = skipped.len();
-    let threads = cfg.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().context("cannot start worker threads")?;
+    let threads = cfg
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("cannot start worker threads")?;
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::new(todo.len() as u64);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
+            )
+            .expect("valid template"),
         );
         b
     });
@@ -276,7 +330,11 @@ pub fn run(cfg: &Config, out: &mut dyn Write, err: &mut dyn Write, progress: boo
                 Err(e) => {
                     let msg = format!("{e:#}");
                     if cfg.json {
-                        writeln!(out, "{}", json!({"input": input.display().to_string(), "error": msg}))?;
+                        writeln!(
+                            out,
+                            "{}",
+                            json!({"input": input.display().to_string(), "error": msg})
+                        )?;
                     }
                     match &bar {
                         Some(b) => b.suspend(|| writeln!(err, "error: {msg}"))?,

@@ -1,18 +1,21 @@
-//! Command-line arguments, turned into a plain [`Config`].
+//! Command-line arguments, turned into plain configurations.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
+use lrp_heatmap::analyzer::{AnalyzerParams, GRADIENT_NAMES};
 use lrp_heatmap::app::{ClassChoice, Config};
+use lrp_heatmap::compare::{CompareConfig, Format, DEFAULT_ANALYZERS};
 use lrp_heatmap::composite::{RuleParams, NAMES};
 use lrp_heatmap::model::BUNDLED_NAME;
 use lrp_heatmap::preprocess::Normalization;
+use lrp_heatmap::render::{Cmap, MapNorm, Style};
 
 fn rules_help() -> String {
-    let mut s = String::from("Rules and composites:\n");
-    for (name, what) in NAMES {
+    let mut s = String::from("Rules, composites and analyzers (usable wherever a rule name is):\n");
+    for (name, what) in NAMES.iter().chain(GRADIENT_NAMES) {
         s += &format!("  {name:<22} {what}\n");
     }
     s += "\nExit codes: 0 all good; 1 some input failed (others still processed); 2 usage or model error.";
@@ -21,28 +24,27 @@ fn rules_help() -> String {
 
 /// Explain image classifiers with Layer-wise Relevance Propagation.
 #[derive(Parser, Debug)]
-#[command(name = "lrp-heatmap", version, about, after_help = rules_help())]
+#[command(
+    name = "lrp-heatmap",
+    version,
+    about,
+    after_help = rules_help(),
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Args {
+    /// Subcommands.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Image files (JPEG, PNG, WebP, BMP, TIFF) or folders of them (hidden files
     /// and our own outputs skipped).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
 
-    /// ONNX file path, or a known name (efficientnet-lite0: the bundled model).
-    #[arg(short, long, default_value = BUNDLED_NAME)]
-    pub model: PathBuf,
-
-    /// A rule or a composite (see below).
+    /// A rule, a composite or a gradient analyzer (see below).
     #[arg(short, long, default_value = "epsilon-plus-flat")]
     pub rule: String,
-
-    /// Class to explain: 0-based index or a label substring ("tabby"). Default: top-1.
-    #[arg(long)]
-    pub class: Option<String>,
-
-    /// Write outputs into DIR instead of next to each input.
-    #[arg(short, long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
 
     /// Also write the raw input relevance as <stem>.<rule>.npy ([C, H, W] float32).
     #[arg(long)]
@@ -51,6 +53,88 @@ pub struct Args {
     /// Blend the heatmap over a grey version of the photo.
     #[arg(long)]
     pub overlay: bool,
+
+    /// One JSON object per input on stdout (one line each, as they finish).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Images explained in parallel [default: one per core].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+
+    /// No progress bar (it is shown only when stderr is a terminal anyway).
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Skip inputs whose outputs exist already (resume a batch).
+    #[arg(long)]
+    pub skip_existing: bool,
+
+    /// Write outputs into DIR instead of next to each input (folders mirrored below it).
+    #[arg(short, long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Several analyzers side by side: one grid (PNG or HTML) per run.
+    Compare(CompareArgs),
+}
+
+/// Arguments of `compare`.
+#[derive(ClapArgs, Debug)]
+pub struct CompareArgs {
+    /// Image files or folders.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+
+    /// Comma-separated analyzers, one column each.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_ANALYZERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    pub rules: Vec<String>,
+
+    /// Output folder of compare.png / compare.html.
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+
+    /// png: one grid image; html: a page with the grid, logits and relevance sums.
+    #[arg(long, value_enum, default_value_t = FormatArg::Png)]
+    pub format: FormatArg,
+
+    /// Side of one tile in pixels.
+    #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(16..=1024))]
+    pub tile: u32,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `--format` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    /// One PNG grid.
+    Png,
+    /// A self-contained HTML page.
+    Html,
+}
+
+/// Options shared by the main command and `compare`.
+#[derive(ClapArgs, Debug)]
+pub struct Common {
+    /// ONNX file path, or a known name (efficientnet-lite0: the bundled model).
+    #[arg(short, long, default_value = BUNDLED_NAME)]
+    pub model: PathBuf,
+
+    /// Class to explain: 0-based index or a label substring ("tabby"). Default: top-1.
+    #[arg(long)]
+    pub class: Option<String>,
+
+    /// Descend into sub-folders of folder inputs.
+    #[arg(long)]
+    pub recursive: bool,
 
     /// Epsilon of the epsilon rule.
     #[arg(long, default_value_t = 1e-6, allow_negative_numbers = true)]
@@ -64,6 +148,35 @@ pub struct Args {
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     pub alpha: f32,
 
+    /// Steps of integrated gradients.
+    #[arg(long, default_value_t = 32)]
+    pub steps: usize,
+
+    /// Noisy samples of SmoothGrad.
+    #[arg(long, default_value_t = 32)]
+    pub samples: usize,
+
+    /// SmoothGrad noise, as a fraction of the input's value range.
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    pub noise: f32,
+
+    /// Seed of SmoothGrad's noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Colour map of signed maps (bwr, seismic, coldnhot, colorous diverging schemes)
+    /// or, for unsigned maps, hot, viridis, inferno, greys.
+    #[arg(long, default_value = "bwr")]
+    pub cmap: String,
+
+    /// Normalisation of the maps: symmetric, absolute or unaligned (as Zennit's imgify).
+    #[arg(long, default_value = "symmetric")]
+    pub norm: String,
+
+    /// Saturate earlier: values are multiplied by LEVEL before clipping.
+    #[arg(long, default_value_t = 1.0)]
+    pub level: f32,
+
     /// Input normalisation mean, R,G,B.
     #[arg(long, value_name = "R,G,B", default_value = "0.485,0.456,0.406")]
     pub mean: String,
@@ -71,26 +184,6 @@ pub struct Args {
     /// Input normalisation standard deviation, R,G,B.
     #[arg(long, value_name = "R,G,B", default_value = "0.229,0.224,0.225")]
     pub std: String,
-
-    /// One JSON object per input on stdout (one line each, as they finish).
-    #[arg(long)]
-    pub json: bool,
-
-    /// Descend into sub-folders of folder inputs.
-    #[arg(long)]
-    pub recursive: bool,
-
-    /// Images explained in parallel [default: one per core].
-    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub jobs: Option<u32>,
-
-    /// No progress bar (it is shown only when stderr is a terminal anyway).
-    #[arg(short, long)]
-    pub quiet: bool,
-
-    /// Skip inputs whose outputs exist already (resume a batch).
-    #[arg(long)]
-    pub skip_existing: bool,
 }
 
 fn triple(s: &str, what: &str) -> Result<[f32; 3]> {
@@ -110,36 +203,107 @@ fn triple(s: &str, what: &str) -> Result<[f32; 3]> {
     Ok(out)
 }
 
-impl Args {
-    /// The run's configuration, validated.
-    pub fn into_config(self) -> Result<Config> {
+impl Common {
+    fn norm(&self) -> Result<Normalization> {
         let mean = triple(&self.mean, "mean")?;
         let std = triple(&self.std, "std")?;
         if std.iter().any(|&s| s <= 0.0) {
             bail!("--std values must be > 0, got {}", self.std);
         }
-        let params = RuleParams {
-            epsilon: self.epsilon,
-            gamma: self.gamma,
-            alpha: self.alpha,
-        };
-        // validates the rule name and parameters before any model is loaded
-        lrp_heatmap::composite::Composite::from_name(&self.rule, &params)?;
-        Ok(Config {
+        Ok(Normalization { mean, std })
+    }
+
+    fn params(&self) -> AnalyzerParams {
+        AnalyzerParams {
+            rule: RuleParams {
+                epsilon: self.epsilon,
+                gamma: self.gamma,
+                alpha: self.alpha,
+            },
+            steps: self.steps,
+            samples: self.samples,
+            noise: self.noise,
+            seed: self.seed,
+        }
+    }
+
+    fn style(&self) -> Result<Style> {
+        let mut style = Style::default();
+        let cmap = Cmap::parse(&self.cmap).with_context(|| format!("--cmap {}", self.cmap))?;
+        if lrp_heatmap::render::UNSIGNED_CMAPS.contains(&self.cmap.to_lowercase().as_str()) {
+            style.unsigned_cmap = cmap;
+        } else {
+            style.cmap = cmap;
+        }
+        style.norm = MapNorm::parse(&self.norm).with_context(|| format!("--norm {}", self.norm))?;
+        if !(self.level.is_finite() && self.level > 0.0) {
+            bail!("--level must be a finite number > 0, got {}", self.level);
+        }
+        style.level = self.level;
+        Ok(style)
+    }
+
+    fn class(&self) -> ClassChoice {
+        self.class
+            .clone()
+            .map_or(ClassChoice::Top, ClassChoice::Query)
+    }
+}
+
+/// What to run.
+pub enum Job {
+    /// Explain each input with one analyzer.
+    Explain(Config),
+    /// Compare analyzers in a grid.
+    Compare(CompareConfig),
+}
+
+impl Args {
+    /// The run's configuration, validated.
+    pub fn into_job(self) -> Result<Job> {
+        if let Some(Command::Compare(c)) = self.command {
+            let params = c.common.params();
+            for name in &c.rules {
+                lrp_heatmap::analyzer::Analyzer::from_name(name, &params)?;
+            }
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            return Ok(Job::Compare(CompareConfig {
+                inputs: c.inputs,
+                recursive: c.common.recursive,
+                model: c.common.model.clone(),
+                analyzers: c.rules,
+                params,
+                class: c.common.class(),
+                norm: c.common.norm()?,
+                style: c.common.style()?,
+                tile: c.tile,
+                out_dir: c.out,
+                format: match c.format {
+                    FormatArg::Png => Format::Png,
+                    FormatArg::Html => Format::Html,
+                },
+                command,
+            }));
+        }
+        let params = self.common.params();
+        // validates the analyzer name and parameters before any model is loaded
+        lrp_heatmap::analyzer::Analyzer::from_name(&self.rule, &params)?;
+        Ok(Job::Explain(Config {
             inputs: self.inputs,
-            model: self.model,
+            model: self.common.model.clone(),
             rule: self.rule,
             params,
-            class: self.class.map_or(ClassChoice::Top, ClassChoice::Query),
+            class: self.common.class(),
             out_dir: self.out,
             raw: self.raw,
             overlay: self.overlay,
-            norm: Normalization { mean, std },
+            norm: self.common.norm()?,
+            style: self.common.style()?,
             json: self.json,
-            recursive: self.recursive,
+            recursive: self.common.recursive,
             jobs: self.jobs.map(|j| j as usize),
             quiet: self.quiet,
             skip_existing: self.skip_existing,
-        })
+        }))
     }
 }

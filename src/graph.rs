@@ -7,6 +7,8 @@ use crate::ops::conv::{Conv, Window};
 use crate::ops::dense::{Affine, Dense};
 use crate::rules::LinearLayer;
 
+pub use crate::ops::activation::Act;
+
 /// Geometry of a pooling node.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pool {
@@ -16,7 +18,20 @@ pub struct Pool {
     pub count_include_pad: bool,
 }
 
-/// What a node does, as far as relevance is concerned.
+/// Elementwise arithmetic of an activation with a constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArithKind {
+    /// `x + c`.
+    Add,
+    /// `x - c` (or `c - x`).
+    Sub,
+    /// `x * c`.
+    Mul,
+    /// `x / c` (or `c / x`).
+    Div,
+}
+
+/// What a node does, as far as relevance and gradients are concerned.
 #[derive(Clone, Debug)]
 pub enum Op {
     /// Convolution (a linear layer).
@@ -35,9 +50,20 @@ pub enum Op {
     GlobalMaxPool,
     /// Elementwise sum of activations (residual `Add`): proportional split.
     Sum,
-    /// Elementwise nodes that pass relevance unchanged (activations, dropout,
-    /// identity, arithmetic with constants).
-    Pass,
+    /// Elementwise activation (also `Dropout`, `Identity`, `Cast`): relevance
+    /// passes unchanged, the gradient is multiplied by the derivative.
+    Activation(Act),
+    /// Elementwise arithmetic of the activation with a constant (numpy
+    /// broadcasting): relevance passes unchanged, the gradient is that of the
+    /// operation. `Add` comes from canonization ([`Op::unmerged`]).
+    Arith {
+        /// The operation.
+        kind: ArithKind,
+        /// The constant operand.
+        constant: ArrayD<f32>,
+        /// Whether the constant is the first operand (`c - x`, `c / x`).
+        constant_first: bool,
+    },
     /// Shape-only nodes (`Flatten`, `Reshape`, `Squeeze`, `Unsqueeze`).
     Reshape,
     /// `Transpose` with this permutation.
@@ -61,6 +87,20 @@ impl Op {
             Op::Dense(d) => Some(d),
             Op::Affine(a) => Some(a),
             _ => None,
+        }
+    }
+
+    /// What an [`Op::AddConst`] that canonization could not merge into a
+    /// layer's bias becomes: an [`Op::Arith`] addition. Other ops are returned
+    /// unchanged.
+    pub fn unmerged(self) -> Op {
+        match self {
+            Op::AddConst(constant) => Op::Arith {
+                kind: ArithKind::Add,
+                constant,
+                constant_first: false,
+            },
+            op => op,
         }
     }
 }

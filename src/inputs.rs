@@ -21,20 +21,30 @@ pub struct Job {
 impl Job {
     /// Output path `<out_dir>/<stem>.<analyzer>.<ext>`.
     pub fn output(&self, analyzer: &str, ext: &str) -> PathBuf {
-        let stem = self.input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "input".into());
+        let stem = self
+            .input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "input".into());
         self.out_dir.join(format!("{stem}.{analyzer}.{ext}"))
     }
 }
 
 fn hidden(p: &Path) -> bool {
-    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
 }
 
 /// Whether a file in a folder is an image to explain: a known extension, not
 /// hidden, and not one of our outputs (`<stem>.<analyzer>.png` for any name in
 /// `analyzers`).
 pub fn is_candidate(p: &Path, analyzers: &[&str]) -> bool {
-    let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("").to_lowercase();
+    let ext = p
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_lowercase();
     let own_output = p
         .file_stem()
         .and_then(|s| Path::new(s).extension())
@@ -65,7 +75,12 @@ fn walk(dir: &Path, recursive: bool, analyzers: &[&str], out: &mut Vec<PathBuf>)
 /// decoding tells); folders are walked. Without `out`, outputs go next to each
 /// input; with it, below `out`, a folder input's structure mirrored under the
 /// folder's own name so that equal names from different folders never collide.
-pub fn collect(inputs: &[PathBuf], recursive: bool, out: Option<&Path>, analyzers: &[&str]) -> Result<Vec<Job>> {
+pub fn collect(
+    inputs: &[PathBuf],
+    recursive: bool,
+    out: Option<&Path>,
+    analyzers: &[&str],
+) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
     for given in inputs {
         if given.is_dir() {
@@ -76,7 +91,11 @@ pub fn collect(inputs: &[PathBuf], recursive: bool, out: Option<&Path>, analyzer
                 let out_dir = match out {
                     None => f.parent().map(Path::to_path_buf).unwrap_or_default(),
                     Some(o) => {
-                        let rel = f.strip_prefix(given).ok().and_then(Path::parent).unwrap_or(Path::new(""));
+                        let rel = f
+                            .strip_prefix(given)
+                            .ok()
+                            .and_then(Path::parent)
+                            .unwrap_or(Path::new(""));
                         o.join(&base).join(rel)
                     }
                 };
@@ -87,7 +106,10 @@ pub fn collect(inputs: &[PathBuf], recursive: bool, out: Option<&Path>, analyzer
                 Some(o) => o.to_path_buf(),
                 None => given.parent().map(Path::to_path_buf).unwrap_or_default(),
             };
-            jobs.push(Job { input: given.clone(), out_dir });
+            jobs.push(Job {
+                input: given.clone(),
+                out_dir,
+            });
         }
     }
     Ok(jobs)
@@ -103,27 +125,53 @@ mod tests {
         let root = d.path().join("photos");
         std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
         std::fs::create_dir_all(root.join(".hidden")).unwrap();
-        for f in ["a.JPG", "b.png", "notes.txt", ".secret.jpg", "a.zplus.png", "sub/c.webp", "sub/deeper/d.tif", ".hidden/e.jpg"] {
+        for f in [
+            "a.JPG",
+            "b.png",
+            "notes.txt",
+            ".secret.jpg",
+            "a.zplus.png",
+            "sub/c.webp",
+            "sub/deeper/d.tif",
+            ".hidden/e.jpg",
+        ] {
             std::fs::write(root.join(f), b"x").unwrap();
         }
         let names = ["zplus"];
         let flat = collect(&[root.clone()], false, None, &names).unwrap();
-        let got: Vec<_> = flat.iter().map(|j| j.input.strip_prefix(&root).unwrap().to_path_buf()).collect();
+        let got: Vec<_> = flat
+            .iter()
+            .map(|j| j.input.strip_prefix(&root).unwrap().to_path_buf())
+            .collect();
         assert_eq!(got, vec![PathBuf::from("a.JPG"), PathBuf::from("b.png")]);
         assert_eq!(flat[0].out_dir, root);
 
         let out = d.path().join("out");
         let deep = collect(&[root.clone()], true, Some(&out), &names).unwrap();
-        let got: Vec<_> = deep.iter().map(|j| (j.input.strip_prefix(&root).unwrap().to_path_buf(), j.out_dir.clone())).collect();
+        let got: Vec<_> = deep
+            .iter()
+            .map(|j| {
+                (
+                    j.input.strip_prefix(&root).unwrap().to_path_buf(),
+                    j.out_dir.clone(),
+                )
+            })
+            .collect();
         assert_eq!(
             got,
             vec![
                 (PathBuf::from("a.JPG"), out.join("photos")),
                 (PathBuf::from("b.png"), out.join("photos")),
                 (PathBuf::from("sub/c.webp"), out.join("photos/sub")),
-                (PathBuf::from("sub/deeper/d.tif"), out.join("photos/sub/deeper")),
+                (
+                    PathBuf::from("sub/deeper/d.tif"),
+                    out.join("photos/sub/deeper")
+                ),
             ]
         );
-        assert_eq!(deep[2].output("zplus", "png"), out.join("photos/sub/c.zplus.png"));
+        assert_eq!(
+            deep[2].output("zplus", "png"),
+            out.join("photos/sub/c.zplus.png")
+        );
     }
 }

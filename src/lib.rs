@@ -3,6 +3,7 @@
 pub mod analyzer;
 pub mod app;
 pub mod canon;
+pub mod compare;
 pub mod composite;
 pub mod explain;
 pub mod gradient;

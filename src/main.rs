@@ -16,13 +16,39 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    let cfg = match args.into_config() {
-        Ok(c) => c,
+    let job = match args.into_job() {
+        Ok(j) => j,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    match job {
+        cli::Job::Explain(cfg) => explain(cfg),
+        cli::Job::Compare(cfg) => compare(cfg),
+    }
+}
+
+fn compare(cfg: lrp_heatmap::compare::CompareConfig) -> ExitCode {
+    let stderr = std::io::stderr();
+    match lrp_heatmap::compare::run_compare(&cfg, &mut stderr.lock()) {
+        Ok((path, failed)) => {
+            println!("{}", path.display());
+            if failed.is_empty() {
+                ExitCode::from(EXIT_OK)
+            } else {
+                eprintln!("{} inputs failed", failed.len());
+                ExitCode::from(EXIT_INPUT_FAILED)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn explain(cfg: lrp_heatmap::app::Config) -> ExitCode {
     if let Some(dir) = &cfg.out_dir {
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("error: cannot create output folder {}: {e}", dir.display());

@@ -11,33 +11,18 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use ndarray::ArrayD;
 use tract_onnx::pb::{self, type_proto, NodeProto, TensorProto};
 
-use crate::graph::{Graph, Node, Op, Pool};
-use crate::ops::conv::{Conv, Padding, Window};
+mod attrs;
+mod elementwise;
+
+use attrs::{attr, attr_f, attr_i, attr_ints, pool, window};
+use elementwise::{Operand, ACTIVATION_OPS};
+
+use crate::graph::{Graph, Node, Op};
+use crate::ops::conv::Conv;
 use crate::ops::dense::Dense;
 
 /// Loads a tensor (raw, typed or external data) as `f32`.
 pub type TensorLoader<'a> = dyn Fn(&TensorProto) -> Result<ArrayD<f32>> + 'a;
-
-/// Operators whose relevance passes through unchanged.
-const PASS_OPS: &[&str] = &[
-    "Relu",
-    "Clip",
-    "LeakyRelu",
-    "Sigmoid",
-    "Tanh",
-    "HardSwish",
-    "HardSigmoid",
-    "Elu",
-    "Selu",
-    "Celu",
-    "Softplus",
-    "PRelu",
-    "Gelu",
-    "Mish",
-    "Dropout",
-    "Identity",
-    "Cast",
-];
 
 /// Shape-only operators.
 const RESHAPE_OPS: &[&str] = &["Flatten", "Reshape", "Squeeze", "Unsqueeze"];
@@ -64,79 +49,9 @@ pub fn supported_ops() -> Vec<&'static str> {
         "Softmax (trailing)",
         "LogSoftmax (trailing)",
     ];
-    v.extend_from_slice(PASS_OPS);
+    v.extend_from_slice(ACTIVATION_OPS);
     v.extend_from_slice(RESHAPE_OPS);
     v
-}
-
-fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
-    node.attribute.iter().find(|a| a.name == name)
-}
-
-fn attr_i(node: &NodeProto, name: &str, default: i64) -> i64 {
-    attr(node, name).map_or(default, |a| a.i)
-}
-
-fn attr_f(node: &NodeProto, name: &str, default: f32) -> f32 {
-    attr(node, name).map_or(default, |a| a.f)
-}
-
-fn attr_ints(node: &NodeProto, name: &str) -> Option<Vec<i64>> {
-    attr(node, name).map(|a| a.ints.clone())
-}
-
-fn attr_s(node: &NodeProto, name: &str) -> Option<String> {
-    attr(node, name).map(|a| String::from_utf8_lossy(&a.s).into_owned())
-}
-
-fn pair(v: &[i64], what: &str, node: &str) -> Result<[usize; 2]> {
-    ensure!(
-        v.len() == 2,
-        "node '{node}': only 2-D {what} are supported, got {v:?}"
-    );
-    ensure!(
-        v.iter().all(|&x| x > 0),
-        "node '{node}': {what} must be positive, got {v:?}"
-    );
-    Ok([v[0] as usize, v[1] as usize])
-}
-
-/// Reads the window attributes shared by `Conv` and the pools.
-fn window(node: &NodeProto, name: &str, kernel: [usize; 2]) -> Result<Window> {
-    let strides = attr_ints(node, "strides").map_or(Ok([1, 1]), |v| pair(&v, "strides", name))?;
-    let dilations =
-        attr_ints(node, "dilations").map_or(Ok([1, 1]), |v| pair(&v, "dilations", name))?;
-    let auto = attr_s(node, "auto_pad").unwrap_or_else(|| "NOTSET".into());
-    let padding = match auto.as_str() {
-        "SAME_UPPER" => Padding::SameUpper,
-        "SAME_LOWER" => Padding::SameLower,
-        "VALID" => Padding::Explicit([0; 4]),
-        "NOTSET" | "" => {
-            let p = attr_ints(node, "pads").unwrap_or_else(|| vec![0; 4]);
-            ensure!(
-                p.len() == 4 && p.iter().all(|&x| x >= 0),
-                "node '{name}': pads {p:?} not supported"
-            );
-            Padding::Explicit([p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize])
-        }
-        other => bail!("node '{name}': auto_pad '{other}' not supported"),
-    };
-    Ok(Window {
-        kernel,
-        strides,
-        dilations,
-        padding,
-    })
-}
-
-fn pool(node: &NodeProto, name: &str) -> Result<Pool> {
-    let k =
-        attr_ints(node, "kernel_shape").ok_or_else(|| anyhow!("node '{name}': no kernel_shape"))?;
-    let kernel = pair(&k, "kernels", name)?;
-    Ok(Pool {
-        window: window(node, name, kernel)?,
-        count_include_pad: attr_i(node, "count_include_pad", 0) != 0,
-    })
 }
 
 /// Declared dims of a value: `None` where symbolic or unknown.
@@ -197,6 +112,12 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
             }
         }
     }
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map_or(1, |o| o.version);
+    let is_const = |name: &str| consts.contains_key(name);
     let constant = |name: &str, node: &str| -> Result<ArrayD<f32>> {
         let t = consts
             .get(name)
@@ -230,7 +151,16 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
             .cloned()
             .ok_or_else(|| anyhow!("node '{name}' has no output"))?;
         active.insert(output.clone());
-        let op = convert(n, &name, &acts, &constant)?;
+        let op = convert(
+            n,
+            &name,
+            &acts,
+            opset,
+            &Constants {
+                constant: &constant,
+                is_const: &is_const,
+            },
+        )?;
         out_nodes.push(Node {
             name,
             op_type: n.op_type.clone(),
@@ -333,16 +263,30 @@ fn topo_sort<'a>(
     }
 }
 
-type Constant<'a> = dyn Fn(&str, &str) -> Result<ArrayD<f32>> + 'a;
+/// Access to the constant tensors of the model.
+struct Constants<'a> {
+    /// Loads the constant `tensor` read by `node`.
+    constant: &'a dyn Fn(&str, &str) -> Result<ArrayD<f32>>,
+    /// Whether a tensor is a constant (initializer or `Constant` node).
+    is_const: &'a dyn Fn(&str) -> bool,
+}
 
-fn convert(n: &NodeProto, name: &str, acts: &[String], constant: &Constant) -> Result<Op> {
+fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants) -> Result<Op> {
     let op = n.op_type.as_str();
     let is_act = |i: usize| n.input.get(i).is_some_and(|x| acts.contains(x));
     let opt_const = |i: usize| -> Result<Option<ArrayD<f32>>> {
         match n.input.get(i) {
-            Some(x) if !x.is_empty() => constant(x, name).map(Some),
+            Some(x) if !x.is_empty() => (k.constant)(x, name).map(Some),
             _ => Ok(None),
         }
+    };
+    let operand = |i: usize| -> Result<Operand> {
+        Ok(match n.input.get(i) {
+            Some(x) if x.is_empty() => Operand::Absent,
+            Some(x) if (k.is_const)(x) => Operand::Const((k.constant)(x, name)?),
+            Some(_) => Operand::Computed,
+            None => Operand::Absent,
+        })
     };
     let unsupported = |why: &str| anyhow!("unsupported operator '{op}' (node '{name}'): {why}");
     Ok(match op {
@@ -416,16 +360,12 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], constant: &Constant) -> R
             })
         }
         "Add" if acts.len() == 2 => Op::Sum,
-        "Add" => {
-            let ci = if is_act(0) { 1 } else { 0 };
-            Op::AddConst(opt_const(ci)?.ok_or_else(|| unsupported("missing operand"))?)
-        }
-        "Sub" | "Mul" | "Div" => {
+        "Add" | "Sub" | "Mul" | "Div" => {
             ensure!(
-                acts.len() == 1 && is_act(0),
+                acts.len() == 1,
                 unsupported("only an activation combined with a constant is supported")
             );
-            Op::Pass
+            elementwise::arith(n, &acts[0], &operand).map_err(|e| unsupported(&format!("{e:#}")))?
         }
         "BatchNormalization" => {
             let get = |i| opt_const(i)?.ok_or_else(|| unsupported("missing parameter"));
@@ -461,8 +401,19 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], constant: &Constant) -> R
                 .map(|p| p as usize)
                 .collect(),
         ),
-        "Softmax" | "LogSoftmax" => Op::Pass, // only allowed as the last node, checked by the caller
-        o if PASS_OPS.contains(&o) => Op::Pass,
+        // only allowed as the last node (checked by the caller), then removed
+        "Softmax" | "LogSoftmax" => Op::Activation(crate::graph::Act::Opaque),
+        o if ACTIVATION_OPS.contains(&o) => {
+            // an activation reading the image anywhere but in its first input
+            // has no derivative here; relevance still passes from the first
+            let act = if acts.len() == 1 && is_act(0) {
+                elementwise::activation(n, opset, &operand)
+                    .map_err(|e| unsupported(&format!("{e:#}")))?
+            } else {
+                crate::graph::Act::Opaque
+            };
+            Op::Activation(act)
+        }
         o if RESHAPE_OPS.contains(&o) => Op::Reshape,
         _ => return Err(unsupported("LRP has no rule for it")),
     })

@@ -4,6 +4,19 @@
 //! is an RGB image with a diverging red/white/blue colour map (red = positive
 //! evidence for the class, blue = negative, white = none), optionally blended
 //! over a grey version of the photo.
+//!
+//! [`heatmap_image`] keeps the single-heatmap default ([`colorize`]); the
+//! [`Style`]d functions ([`render_map`], [`colour_bar`],
+//! [`heatmap_image_styled`]) choose the colour map ([`Cmap`]), the
+//! normalisation ([`MapNorm`]) and the `level`, as Zennit's `imgify`.
+
+mod colormap;
+mod norm;
+mod style;
+
+pub use colormap::{Cmap, SIGNED_CMAPS, UNSIGNED_CMAPS};
+pub use norm::{apply_level, normalize_map, MapNorm};
+pub use style::{colour_bar, heatmap_image_styled, render_map, Style};
 
 use std::path::Path;
 

@@ -57,26 +57,58 @@ fn a_folder_with_bad_files_goes_on_and_mirrors_below_out() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = messy_folder(tmp.path());
     let out = tmp.path().join("out");
-    let o = run(&[dir.to_str().unwrap(), "--recursive", "-r", "zplus", "-o", out.to_str().unwrap(), "--json", "-j", "2"]);
+    let o = run(&[
+        dir.to_str().unwrap(),
+        "--recursive",
+        "-r",
+        "zplus",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+        "-j",
+        "2",
+    ]);
     let err = text(&o.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(o.status.code(), Some(1), "{err}");
     // one error line per bad file, naming it
     for bad in ["corrupt.jpg", "truncated.jpg", "letter.png"] {
-        assert_eq!(err.lines().filter(|l| l.starts_with("error:") && l.contains(bad)).count(), 1, "{bad}: {err}");
+        assert_eq!(
+            err.lines()
+                .filter(|l| l.starts_with("error:") && l.contains(bad))
+                .count(),
+            1,
+            "{bad}: {err}"
+        );
     }
     assert!(err.contains("done 2, skipped 0, failed 3"), "{err}");
     // every good file has its output, mirrored below out/<folder name>/, and nothing else is there
-    assert_eq!(files_below(&out), vec!["photos/cat.zplus.png", "photos/sub/coffee.zplus.png"]);
+    assert_eq!(
+        files_below(&out),
+        vec!["photos/cat.zplus.png", "photos/sub/coffee.zplus.png"]
+    );
     // one JSON object per line, errors included
-    let lines: Vec<Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let lines: Vec<Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
     assert_eq!(lines.len(), 5);
     assert_eq!(lines.iter().filter(|v| v.get("error").is_some()).count(), 3);
-    let cat = lines.iter().find(|v| v["input"].as_str().is_some_and(|s| s.ends_with("cat.jpg"))).unwrap();
+    let cat = lines
+        .iter()
+        .find(|v| v["input"].as_str().is_some_and(|s| s.ends_with("cat.jpg")))
+        .unwrap();
     assert_eq!(cat["class"], 285);
     // without --recursive the sub-folder is left alone
     let flat_out = tmp.path().join("flat");
-    let o = run(&[dir.to_str().unwrap(), "-r", "zplus", "-o", flat_out.to_str().unwrap(), "-q"]);
+    let o = run(&[
+        dir.to_str().unwrap(),
+        "-r",
+        "zplus",
+        "-o",
+        flat_out.to_str().unwrap(),
+        "-q",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(files_below(&flat_out), vec!["photos/cat.zplus.png"]);
 }
@@ -92,14 +124,33 @@ fn skip_existing_resumes_a_batch() {
     }
     let o = run(&[dir.join("cat.jpg").to_str().unwrap(), "-r", "epsilon-plus"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    let before = std::fs::metadata(dir.join("cat.epsilon-plus.png")).unwrap().modified().unwrap();
-    let o = run(&[dir.to_str().unwrap(), "-r", "epsilon-plus", "--skip-existing", "--json"]);
+    let before = std::fs::metadata(dir.join("cat.epsilon-plus.png"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let o = run(&[
+        dir.to_str().unwrap(),
+        "-r",
+        "epsilon-plus",
+        "--skip-existing",
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("done 1, skipped 1, failed 0"), "{}", text(&o.stderr));
-    let lines: Vec<Value> = text(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        text(&o.stderr).contains("done 1, skipped 1, failed 0"),
+        "{}",
+        text(&o.stderr)
+    );
+    let lines: Vec<Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 1);
     assert!(lines[0]["input"].as_str().unwrap().ends_with("coffee.jpg"));
-    let after = std::fs::metadata(dir.join("cat.epsilon-plus.png")).unwrap().modified().unwrap();
+    let after = std::fs::metadata(dir.join("cat.epsilon-plus.png"))
+        .unwrap()
+        .modified()
+        .unwrap();
     assert_eq!(before, after, "the existing output was not rewritten");
     assert!(dir.join("coffee.epsilon-plus.png").exists());
 }

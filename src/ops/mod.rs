@@ -1,13 +1,16 @@
-//! Relevance propagation through each operator family.
+//! Relevance propagation and exact gradients through each operator family.
 
+pub mod activation;
 pub mod conv;
 pub mod dense;
 pub mod pool;
+pub mod pool_grad;
 pub mod structural;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use ndarray::ArrayD;
 
+use crate::gradient::GradientMode;
 use crate::graph::{Node, Op};
 use crate::rules::{Bounds, Rule};
 
@@ -39,7 +42,7 @@ pub fn relevance(
         Op::GlobalAvgPool => one(pool::global_pool(x, r, false)?),
         Op::GlobalMaxPool => one(pool::global_pool(x, r, true)?),
         Op::Sum => structural::sum(inputs, r)?,
-        Op::Pass => one(structural::pass(x, r)?),
+        Op::Activation(_) | Op::Arith { .. } => one(structural::pass(x, r)?),
         Op::Reshape => one(structural::reshape(x, r)?),
         Op::Transpose(perm) => one(structural::transpose(perm, x, r)?),
         Op::BatchNorm { .. } | Op::AddConst(_) => {
@@ -59,4 +62,64 @@ pub fn relevance_of(
 ) -> Result<Vec<ArrayD<f32>>> {
     relevance(node, inputs, r, rule, bounds)
         .with_context(|| format!("relevance through {} node '{}'", node.op_type, node.name))
+}
+
+/// The gradient at each of `node`'s inputs for the gradient `g` at its output
+/// (the chain rule through one node, exact).
+///
+/// `inputs` are the node's input activations, in the order of `node.inputs`.
+pub fn gradient(
+    node: &Node,
+    inputs: &[&ArrayD<f32>],
+    g: &ArrayD<f32>,
+    mode: GradientMode,
+) -> Result<Vec<ArrayD<f32>>> {
+    ensure!(
+        inputs.len() == node.inputs.len(),
+        "node '{}': activations missing",
+        node.name
+    );
+    let x = inputs[0];
+    let one = |a: ArrayD<f32>| vec![a];
+    let out = match &node.op {
+        Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => {
+            let layer = node.op.linear().expect("linear op");
+            one(layer.backward(g, layer.weight(), x.shape())?)
+        }
+        // the max pools' relevance rule is their gradient
+        Op::MaxPool(p) => one(pool::max_pool(p, x, g)?),
+        Op::GlobalMaxPool => one(pool::global_pool(x, g, true)?),
+        Op::AvgPool(p) => one(pool_grad::avg_pool(p, x.shape(), g)?),
+        Op::GlobalAvgPool => one(pool_grad::global_avg_pool(x.shape(), g)?),
+        Op::Sum => structural::sum_gradient(inputs, g)?,
+        Op::Activation(act) => one(act.gradient(x, g, mode == GradientMode::Guided)?),
+        Op::Arith {
+            kind,
+            constant,
+            constant_first,
+        } => one(structural::arith_gradient(
+            *kind,
+            constant,
+            *constant_first,
+            x,
+            g,
+        )?),
+        Op::Reshape => one(structural::reshape(x, g)?),
+        Op::Transpose(perm) => one(structural::transpose(perm, x, g)?),
+        Op::BatchNorm { .. } | Op::AddConst(_) => {
+            return Err(anyhow!("node '{}' was not canonized", node.name));
+        }
+    };
+    Ok(out)
+}
+
+/// [`gradient`] with the operator and node named in errors.
+pub fn gradient_of(
+    node: &Node,
+    inputs: &[&ArrayD<f32>],
+    g: &ArrayD<f32>,
+    mode: GradientMode,
+) -> Result<Vec<ArrayD<f32>>> {
+    gradient(node, inputs, g, mode)
+        .with_context(|| format!("gradient through {} node '{}'", node.op_type, node.name))
 }

@@ -1,0 +1,313 @@
+//! Elementwise activations: relevance passes through them unchanged; the
+//! gradient is multiplied by their derivative at the layer input.
+//!
+//! At a kink the derivative is that of the right-open piece PyTorch uses:
+//! ReLU and Clip pass the gradient strictly inside (`x > 0`, `min < x < max`),
+//! LeakyReLU, PReLU, ELU, SELU and CELU take the slope of the negative piece at
+//! `x = 0`, HardSigmoid is flat at both ends, HardSwish uses `(2x + 3) / 6` on
+//! `[-3, 3]`.
+
+use anyhow::{bail, ensure, Result};
+use ndarray::{ArrayD, Zip};
+
+/// An elementwise activation, with the parameters its derivative needs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Act {
+    /// `Identity`, `Dropout` (inference), `Cast` to a float type.
+    Identity,
+    /// `max(x, 0)`.
+    Relu,
+    /// `min(max(x, min), max)` (an absent bound is infinite).
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
+    /// `x` where `x > 0`, else `alpha x`.
+    LeakyRelu {
+        /// Slope of the negative part.
+        alpha: f32,
+    },
+    /// `x` where `x > 0`, else `slope x` (`slope` broadcasts to `x`).
+    PRelu {
+        /// Slope of the negative part.
+        slope: ArrayD<f32>,
+    },
+    /// `1 / (1 + exp(-x))`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+    /// `max(0, min(1, alpha x + beta))`.
+    HardSigmoid {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+    },
+    /// `x * max(0, min(1, x / 6 + 1 / 2))`.
+    HardSwish,
+    /// `x` where `x > 0`, else `alpha (exp(x) - 1)`.
+    Elu {
+        /// Scale of the negative part.
+        alpha: f32,
+    },
+    /// `gamma x` where `x > 0`, else `gamma alpha (exp(x) - 1)`.
+    Selu {
+        /// Scale of the negative part.
+        alpha: f32,
+        /// Overall scale.
+        gamma: f32,
+    },
+    /// `x` where `x > 0`, else `alpha (exp(x / alpha) - 1)`.
+    Celu {
+        /// Scale.
+        alpha: f32,
+    },
+    /// `ln(1 + exp(x))`.
+    Softplus,
+    /// `x tanh(softplus(x))`.
+    Mish,
+    /// `x Phi(x)`, or its tanh approximation.
+    Gelu {
+        /// `approximate = "tanh"`.
+        tanh: bool,
+    },
+    /// An elementwise node whose derivative is not implemented (a `Cast` to a
+    /// non-float type, a constant operand that is computed at run time):
+    /// relevance passes, a gradient is an error.
+    Opaque,
+}
+
+/// `erfc(x)` with a fractional error below 1.2e-7 (Numerical Recipes' `erfcc`,
+/// a Chebyshev fit), ample for `f32`.
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * (-z * z + poly).exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `ln(1 + exp(x))` without overflow.
+fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+impl Act {
+    /// Whether guided backprop stops negative gradients here: rectifiers, i.e.
+    /// `Relu` and a `Clip` with lower bound 0 (ReLU6).
+    pub fn is_rectifier(&self) -> bool {
+        matches!(self, Act::Relu) || matches!(self, Act::Clip { min, .. } if *min == 0.0)
+    }
+
+    /// The derivative at `x`, for every activation but [`Act::PRelu`] (whose
+    /// slope varies by element) and [`Act::Opaque`].
+    fn derivative(&self, x: f32) -> f32 {
+        let xd = x as f64;
+        let d = match *self {
+            Act::Identity => 1.0,
+            Act::Relu => f64::from(u8::from(x > 0.0)),
+            Act::Clip { min, max } => f64::from(u8::from(x > min && x < max)),
+            Act::LeakyRelu { alpha } => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    alpha as f64
+                }
+            }
+            Act::Sigmoid => {
+                let s = sigmoid(xd);
+                s * (1.0 - s)
+            }
+            Act::Tanh => 1.0 - xd.tanh().powi(2),
+            Act::HardSigmoid { alpha, beta } => {
+                let v = alpha * x + beta;
+                if v > 0.0 && v < 1.0 {
+                    alpha as f64
+                } else {
+                    0.0
+                }
+            }
+            Act::HardSwish => {
+                if x < -3.0 {
+                    0.0
+                } else if x > 3.0 {
+                    1.0
+                } else {
+                    (2.0 * xd + 3.0) / 6.0
+                }
+            }
+            Act::Elu { alpha } => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    alpha as f64 * xd.exp()
+                }
+            }
+            Act::Selu { alpha, gamma } => {
+                let g = gamma as f64;
+                if x > 0.0 {
+                    g
+                } else {
+                    g * alpha as f64 * xd.exp()
+                }
+            }
+            Act::Celu { alpha } => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    (xd / alpha as f64).exp()
+                }
+            }
+            Act::Softplus => sigmoid(xd),
+            Act::Mish => {
+                let t = softplus(xd).tanh();
+                t + xd * (1.0 - t * t) * sigmoid(xd)
+            }
+            Act::Gelu { tanh: false } => {
+                // d/dx x Phi(x) = Phi(x) + x phi(x)
+                let phi = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                0.5 * erfc(-xd / std::f64::consts::SQRT_2) + xd * phi
+            }
+            Act::Gelu { tanh: true } => {
+                // 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
+                let k = (2.0 / std::f64::consts::PI).sqrt();
+                let t = (k * (xd + 0.044715 * xd.powi(3))).tanh();
+                0.5 * (1.0 + t) + 0.5 * xd * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * xd * xd)
+            }
+            Act::PRelu { .. } | Act::Opaque => f64::NAN,
+        };
+        d as f32
+    }
+
+    /// The gradient at the input `x` for the gradient `g` at the output.
+    ///
+    /// `guided`: rectifiers ([`Act::is_rectifier`]) pass only positive
+    /// gradients (guided backprop); other activations are unaffected.
+    pub fn gradient(&self, x: &ArrayD<f32>, g: &ArrayD<f32>, guided: bool) -> Result<ArrayD<f32>> {
+        ensure!(
+            x.shape() == g.shape(),
+            "elementwise node changes the shape {:?} to {:?}",
+            x.shape(),
+            g.shape()
+        );
+        match self {
+            Act::Opaque => bail!("the gradient of this operator is not implemented"),
+            Act::PRelu { slope } => {
+                let Some(slope) = slope.broadcast(x.shape()) else {
+                    bail!(
+                        "PRelu slope {:?} does not broadcast to {:?}",
+                        slope.shape(),
+                        x.shape()
+                    );
+                };
+                Ok(Zip::from(x)
+                    .and(g)
+                    .and(&slope)
+                    .map_collect(|&x, &g, &s| if x > 0.0 { g } else { g * s }))
+            }
+            Act::Identity => Ok(g.clone()),
+            act => {
+                let guided = guided && act.is_rectifier();
+                Ok(Zip::from(x).and(g).map_collect(|&x, &g| {
+                    let g = if guided { g.max(0.0) } else { g };
+                    g * act.derivative(x)
+                }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The activations' values in f64, independently of the derivatives.
+    fn value(act: &Act, x: f64) -> f64 {
+        match *act {
+            Act::Sigmoid => sigmoid(x),
+            Act::Tanh => x.tanh(),
+            Act::Elu { alpha } if x <= 0.0 => alpha as f64 * (x.exp() - 1.0),
+            Act::Selu { alpha, gamma } if x <= 0.0 => gamma as f64 * alpha as f64 * x.exp_m1(),
+            Act::Selu { gamma, .. } => gamma as f64 * x,
+            Act::Celu { alpha } if x <= 0.0 => alpha as f64 * (x / alpha as f64).exp_m1(),
+            Act::Elu { .. } | Act::Celu { .. } => x,
+            Act::Softplus => softplus(x),
+            Act::Mish => x * softplus(x).tanh(),
+            Act::Gelu { tanh: false } => 0.5 * x * erfc(-x / std::f64::consts::SQRT_2),
+            Act::Gelu { tanh: true } => {
+                let k = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * x * (1.0 + (k * (x + 0.044715 * x.powi(3))).tanh())
+            }
+            Act::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn smooth_derivatives_match_central_differences_in_f64() {
+        let acts = [
+            Act::Sigmoid,
+            Act::Tanh,
+            Act::Elu { alpha: 0.7 },
+            Act::Selu {
+                alpha: 1.67326,
+                gamma: 1.0507,
+            },
+            Act::Celu { alpha: 0.5 },
+            Act::Softplus,
+            Act::Mish,
+            Act::Gelu { tanh: false },
+            Act::Gelu { tanh: true },
+            Act::HardSwish,
+        ];
+        // points away from the kinks at 0 and +-3; h = 1e-5 in f64 gives a
+        // central-difference error ~h^2 f''' ~ 1e-10 plus rounding 1e-16 / h ~ 1e-11;
+        // the f32 result of `derivative` rounds to ~6e-8 relative; the erfc fit is
+        // good to 1.2e-7 relative; so 1e-6 absolute leaves ample margin.
+        for act in &acts {
+            for &x in &[-4.5f32, -2.25, -0.8, -0.1, 0.3, 1.7, 2.9, 3.5] {
+                let h = 1e-5;
+                let xd = x as f64;
+                let fd = (value(act, xd + h) - value(act, xd - h)) / (2.0 * h);
+                let d = act.derivative(x) as f64;
+                assert!((d - fd).abs() < 1e-6, "{act:?} at {x}: {d} vs {fd}");
+            }
+        }
+    }
+
+    #[test]
+    fn kinks_follow_pytorch_and_guided_stops_negative_gradients() {
+        let x = ArrayD::from_shape_vec(vec![5], vec![-1.0, 0.0, 0.5, 6.0, 7.0]).unwrap();
+        let g = ArrayD::from_shape_vec(vec![5], vec![1.0, 1.0, -2.0, 1.0, 1.0]).unwrap();
+        let relu = Act::Relu.gradient(&x, &g, false).unwrap();
+        assert_eq!(relu.as_slice().unwrap(), &[0.0, 0.0, -2.0, 1.0, 1.0]);
+        let guided = Act::Relu.gradient(&x, &g, true).unwrap();
+        assert_eq!(guided.as_slice().unwrap(), &[0.0, 0.0, 0.0, 1.0, 1.0]);
+        let relu6 = Act::Clip { min: 0.0, max: 6.0 };
+        let r6 = relu6.gradient(&x, &g, false).unwrap();
+        assert_eq!(r6.as_slice().unwrap(), &[0.0, 0.0, -2.0, 0.0, 0.0]);
+        let leaky = Act::LeakyRelu { alpha: 0.1 }
+            .gradient(&x, &g, true)
+            .unwrap();
+        assert_eq!(leaky.as_slice().unwrap(), &[0.1, 0.1, -2.0, 1.0, 1.0]);
+        let err = Act::Opaque.gradient(&x, &g, false).unwrap_err();
+        assert!(err.to_string().contains("not implemented"));
+    }
+}

@@ -1,0 +1,104 @@
+//! `lrp-heatmap compare`: one grid per run, rows x (1 + analyzers) tiles.
+
+use std::path::Path;
+use std::process::Command;
+
+use lrp_heatmap::grid::grid_layout;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn compare_grid_has_a_row_per_image_and_a_tile_per_analyzer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
+    let bad = tmp.path().join("bad.png");
+    std::fs::write(&bad, b"not a png").unwrap();
+    let out = tmp.path().join("grid");
+    let o = Command::new(BIN)
+        .args([
+            "compare",
+            repo.join("cat.jpg").to_str().unwrap(),
+            repo.join("coffee.jpg").to_str().unwrap(),
+        ])
+        .arg(bad.to_str().unwrap())
+        .args([
+            "--rules",
+            "epsilon,zplus,gradient",
+            "--tile",
+            "64",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    // the bad file is reported and left out; the grid is still written
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("bad.png"), "{err}");
+    let img = image::open(out.join("compare.png"))
+        .expect("grid written")
+        .to_rgb8();
+    // 2 rows (cat, coffee), 1 photo + 3 analyzer columns of 64 px tiles
+    let layout = grid_layout(2, 3, 64);
+    assert_eq!((img.width(), img.height()), (layout.width, layout.height));
+    assert!(layout.width >= 4 * 64 && layout.height >= 2 * 64);
+    // the photo tile of the first row is the cat, not background
+    let (x, y) = (layout.tile_x(0) + 32, layout.tile_y(0) + 32);
+    let p = img.get_pixel(x, y);
+    assert!(p.0 != [255, 255, 255], "photo tile drawn at ({x}, {y})");
+}
+
+#[test]
+fn compare_html_page_lists_every_analyzer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
+    let out = tmp.path().join("page");
+    let o = Command::new(BIN)
+        .args([
+            "compare",
+            repo.join("cat.jpg").to_str().unwrap(),
+            "--format",
+            "html",
+            "--tile",
+            "48",
+        ])
+        .args([
+            "--rules",
+            "epsilon-plus-flat,smoothgrad,integrated-gradients",
+            "--samples",
+            "4",
+            "--steps",
+            "4",
+        ])
+        .args(["-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let page = std::fs::read_to_string(out.join("compare.html")).unwrap();
+    for name in [
+        "epsilon-plus-flat",
+        "smoothgrad",
+        "integrated-gradients",
+        "Egyptian cat",
+    ] {
+        assert!(page.contains(name), "{name} missing");
+    }
+    // one photo + 3 tiles, all embedded
+    assert_eq!(page.matches("<img").count(), 4);
+    assert!(page.contains("data:image/png;base64,"));
+}
+
+#[test]
+fn unknown_analyzer_is_a_usage_error() {
+    let o = Command::new(BIN)
+        .args(["compare", "x.jpg", "--rules", "epsilon,nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("nonsense"));
+}
