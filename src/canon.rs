@@ -204,7 +204,7 @@ mod tests {
         let z = a.forward(&x, &a.weight, true).unwrap();
         // y = x * scale[c] + shift[c]
         assert!((z[[0, 0, 1, 1]] - (x[[0, 0, 1, 1]] * 2.0 + 0.5)).abs() < 1e-6);
-        assert!((z[[0, 1, 0, 1]] - (x[[0, 1, 0, 1]] * -1.0 + 0.25)).abs() < 1e-6);
+        assert!((z[[0, 1, 0, 1]] - (-x[[0, 1, 0, 1]] + 0.25)).abs() < 1e-6);
         assert!(g.nodes[0].first, "reads the input");
     }
 

@@ -230,10 +230,10 @@ impl Common {
     fn style(&self) -> Result<Style> {
         let mut style = Style::default();
         let cmap = Cmap::parse(&self.cmap).with_context(|| format!("--cmap {}", self.cmap))?;
-        if lrp_heatmap::render::UNSIGNED_CMAPS.contains(&self.cmap.to_lowercase().as_str()) {
-            style.unsigned_cmap = cmap;
-        } else {
+        if cmap.is_diverging() {
             style.cmap = cmap;
+        } else {
+            style.unsigned_cmap = cmap;
         }
         style.norm = MapNorm::parse(&self.norm).with_context(|| format!("--norm {}", self.norm))?;
         if !(self.level.is_finite() && self.level > 0.0) {

@@ -138,7 +138,7 @@ mod tests {
             std::fs::write(root.join(f), b"x").unwrap();
         }
         let names = ["zplus"];
-        let flat = collect(&[root.clone()], false, None, &names).unwrap();
+        let flat = collect(std::slice::from_ref(&root), false, None, &names).unwrap();
         let got: Vec<_> = flat
             .iter()
             .map(|j| j.input.strip_prefix(&root).unwrap().to_path_buf())
@@ -147,7 +147,7 @@ mod tests {
         assert_eq!(flat[0].out_dir, root);
 
         let out = d.path().join("out");
-        let deep = collect(&[root.clone()], true, Some(&out), &names).unwrap();
+        let deep = collect(std::slice::from_ref(&root), true, Some(&out), &names).unwrap();
         let got: Vec<_> = deep
             .iter()
             .map(|j| {
