@@ -82,7 +82,30 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Several analyzers side by side: one grid (PNG or HTML) per run.
-    Compare(CompareArgs),
+    Compare(Box<CompareArgs>),
+    /// Seconds per image of each analyzer and peak memory (default model: a
+    /// generated full-size VGG16 with random weights).
+    Bench(BenchArgs),
+}
+
+/// Arguments of `bench`.
+#[derive(ClapArgs, Debug)]
+pub struct BenchArgs {
+    /// ONNX model to time [default: a generated full-size VGG16].
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+
+    /// Comma-separated analyzers.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "zplus,epsilon,epsilon-plus-flat"
+    )]
+    pub rules: Vec<String>,
+
+    /// Timed runs per analyzer (after a warm-up run); the median is printed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
 }
 
 /// Arguments of `compare`.
@@ -256,12 +279,26 @@ pub enum Job {
     Explain(Config),
     /// Compare analyzers in a grid.
     Compare(CompareConfig),
+    /// Time analyzers.
+    Bench(lrp_heatmap::bench::BenchConfig),
 }
 
 impl Args {
     /// The run's configuration, validated.
     pub fn into_job(self) -> Result<Job> {
+        if let Some(Command::Bench(b)) = self.command {
+            let params = AnalyzerParams::default();
+            for name in &b.rules {
+                lrp_heatmap::analyzer::Analyzer::from_name(name, &params)?;
+            }
+            return Ok(Job::Bench(lrp_heatmap::bench::BenchConfig {
+                model: b.model,
+                analyzers: b.rules,
+                runs: b.runs as usize,
+            }));
+        }
         if let Some(Command::Compare(c)) = self.command {
+            let c = *c;
             let params = c.common.params();
             for name in &c.rules {
                 lrp_heatmap::analyzer::Analyzer::from_name(name, &params)?;

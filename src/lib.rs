@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 pub mod analyzer;
 pub mod app;
+pub mod bench;
 pub mod canon;
 pub mod compare;
 pub mod composite;

@@ -26,6 +26,13 @@ fn main() -> ExitCode {
     match job {
         cli::Job::Explain(cfg) => explain(cfg),
         cli::Job::Compare(cfg) => compare(cfg),
+        cli::Job::Bench(cfg) => match lrp_heatmap::bench::run_bench(&cfg, &mut std::io::stdout()) {
+            Ok(()) => ExitCode::from(EXIT_OK),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
     }
 }
 

@@ -197,7 +197,11 @@ impl Model {
         let plan = (|| -> TractResult<_> {
             model.set_input_fact(0, f32::fact(&input.shape).into())?;
             model.select_output_outlets(&outlets)?;
-            model.into_optimized()?.into_runnable()
+            let options = tract_onnx::prelude::RunOptions {
+                executor: Some(tract_linalg::multithread::Executor::RayonGlobal),
+                ..Default::default()
+            };
+            model.into_optimized()?.into_runnable_with_options(&options)
         })()
         .map_err(|e| anyhow!("{e:#}"))
         .with_context(|| {
@@ -255,7 +259,11 @@ impl Model {
         let mut logits_tensor = None;
         for (name, v) in self.outputs.iter().zip(outs) {
             let t = v.into_tensor();
-            let t = t.cast_to::<f32>().map_err(|e| anyhow!("{e}"))?.into_owned();
+            let t = if t.datum_type() == f32::datum_type() {
+                t
+            } else {
+                t.cast_to::<f32>().map_err(|e| anyhow!("{e}"))?.into_owned()
+            };
             let a = t.into_plain_array::<f32>().map_err(|e| anyhow!("{e}"))?;
             if logits_tensor.is_none() {
                 logits_tensor = Some(a);
