@@ -309,12 +309,11 @@ impl Rule {
         let wn = neg(w);
         let xs = split(x);
         let mut out = ArrayD::<f32>::zeros(shape.clone());
-        let out_shape = |z: Option<ArrayD<f32>>| z;
         // positive contributions: x+ w+ + x- w-
-        if let Some(zp) = out_shape(forward_pair(
+        if let Some(zp) = forward_pair(
             layer,
             [(xs.has_pos, &xs.pos, &wp), (xs.has_neg, &xs.neg, &wn)],
-        )?) {
+        )? {
             let s = divide(r, &zp, STABILIZER);
             let mut terms: Vec<(&ArrayD<f32>, &ArrayD<f32>)> = Vec::new();
             if xs.has_pos {

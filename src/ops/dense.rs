@@ -2,7 +2,7 @@
 //! (a `BatchNormalization` with nothing to fold into) as linear layers.
 
 use anyhow::{ensure, Result};
-use ndarray::{ArrayD, Axis, Zip};
+use ndarray::{ArrayD, Axis};
 
 use crate::linalg::{matmul, Mat};
 use crate::rules::LinearLayer;
@@ -160,9 +160,4 @@ impl LinearLayer for Affine {
         );
         self.per_channel(g, w, None)
     }
-}
-
-/// Adds `b` to `a` where both have the same shape (helper for tests and ops).
-pub fn add_into(a: &mut ArrayD<f32>, b: &ArrayD<f32>) {
-    Zip::from(a).and(b).for_each(|a, &b| *a += b);
 }
