@@ -93,37 +93,12 @@ pub fn explain(
         fwd.logits.len()
     );
     let logit = fwd.logits[class];
-    let mut start = ArrayD::<f32>::zeros(fwd.logits_tensor.shape());
-    if let Some(v) = start.iter_mut().nth(class) {
-        *v = logit;
-    }
-    let mut rel: HashMap<&str, ArrayD<f32>> = HashMap::new();
-    rel.insert(graph.logits.as_str(), start);
-    for node in graph.nodes.iter().rev() {
-        let Some(r) = rel.remove(node.output.as_str()) else {
-            continue;
-        };
-        let inputs = node
-            .inputs
-            .iter()
-            .map(|n| fwd.get(graph, n))
-            .collect::<Result<Vec<_>>>()?;
+    let relevance = walk_back(graph, fwd, class, logit, |node, inputs, r| {
         let rule = composite.rule_for(node);
         let bounds = (node.op.linear().is_some() && rule == Rule::ZBox)
             .then(|| bounds_for(inputs[0].shape(), fwd.input.shape(), norm, channels));
-        let out = ops::relevance_of(node, &inputs, &r, rule, bounds.as_ref())?;
-        for (name, ri) in node.inputs.iter().zip(out) {
-            match rel.get_mut(name.as_str()) {
-                Some(acc) => *acc += &ri,
-                None => {
-                    rel.insert(name.as_str(), ri);
-                }
-            }
-        }
-    }
-    let relevance = rel
-        .remove(graph.input.as_str())
-        .unwrap_or_else(|| ArrayD::zeros(fwd.input.shape()));
+        ops::relevance_of(node, inputs, r, rule, bounds.as_ref())
+    })?;
     ensure!(
         relevance.shape() == fwd.input.shape(),
         "input relevance of shape {:?}",
@@ -138,4 +113,49 @@ pub fn explain(
         relevance,
         relevance_sum,
     })
+}
+
+/// Walks `graph` backwards from `value` put on the logit of `class` (zero
+/// elsewhere), summing what `step` returns for each node's inputs where a
+/// tensor feeds several nodes; returns what reaches the model input (zeros if
+/// nothing does). Shared by relevance and gradients.
+pub fn walk_back(
+    graph: &Graph,
+    fwd: &Forward,
+    class: usize,
+    value: f32,
+    mut step: impl FnMut(&crate::graph::Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
+) -> Result<ArrayD<f32>> {
+    ensure!(
+        class < fwd.logits.len(),
+        "class {class} out of range: the model has {} classes",
+        fwd.logits.len()
+    );
+    let mut start = ArrayD::<f32>::zeros(fwd.logits_tensor.shape());
+    if let Some(v) = start.iter_mut().nth(class) {
+        *v = value;
+    }
+    let mut acc: HashMap<&str, ArrayD<f32>> = HashMap::new();
+    acc.insert(graph.logits.as_str(), start);
+    for node in graph.nodes.iter().rev() {
+        let Some(r) = acc.remove(node.output.as_str()) else {
+            continue;
+        };
+        let inputs = node
+            .inputs
+            .iter()
+            .map(|n| fwd.get(graph, n))
+            .collect::<Result<Vec<_>>>()?;
+        for (name, ri) in node.inputs.iter().zip(step(node, &inputs, &r)?) {
+            match acc.get_mut(name.as_str()) {
+                Some(a) => *a += &ri,
+                None => {
+                    acc.insert(name.as_str(), ri);
+                }
+            }
+        }
+    }
+    Ok(acc
+        .remove(graph.input.as_str())
+        .unwrap_or_else(|| ArrayD::zeros(fwd.input.shape())))
 }

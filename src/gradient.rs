@@ -5,8 +5,6 @@
 //! place of the LRP rules (see [`crate::ops::gradient`] for each operator); it
 //! starts from a one-hot at the logit (pre-softmax, like relevance).
 
-use std::collections::HashMap;
-
 use anyhow::{ensure, Result};
 use ndarray::{ArrayD, Zip};
 
@@ -34,39 +32,9 @@ pub fn input_gradient(
     class: usize,
     mode: GradientMode,
 ) -> Result<ArrayD<f32>> {
-    ensure!(
-        class < fwd.logits.len(),
-        "class {class} out of range: the model has {} classes",
-        fwd.logits.len()
-    );
-    let mut start = ArrayD::<f32>::zeros(fwd.logits_tensor.shape());
-    if let Some(v) = start.iter_mut().nth(class) {
-        *v = 1.0;
-    }
-    let mut grad: HashMap<&str, ArrayD<f32>> = HashMap::new();
-    grad.insert(graph.logits.as_str(), start);
-    for node in graph.nodes.iter().rev() {
-        let Some(g) = grad.remove(node.output.as_str()) else {
-            continue;
-        };
-        let inputs = node
-            .inputs
-            .iter()
-            .map(|n| fwd.get(graph, n))
-            .collect::<Result<Vec<_>>>()?;
-        let out = ops::gradient_of(node, &inputs, &g, mode)?;
-        for (name, gi) in node.inputs.iter().zip(out) {
-            match grad.get_mut(name.as_str()) {
-                Some(acc) => *acc += &gi,
-                None => {
-                    grad.insert(name.as_str(), gi);
-                }
-            }
-        }
-    }
-    let g = grad
-        .remove(graph.input.as_str())
-        .unwrap_or_else(|| ArrayD::zeros(fwd.input.shape()));
+    let g = crate::explain::walk_back(graph, fwd, class, 1.0, |node, inputs, g| {
+        ops::gradient_of(node, inputs, g, mode)
+    })?;
     ensure!(
         g.shape() == fwd.input.shape(),
         "input gradient of shape {:?} for an input of shape {:?}",
