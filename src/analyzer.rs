@@ -5,7 +5,7 @@ use anyhow::{bail, ensure, Result};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::composite::{Composite, RuleParams, NAMES};
-use crate::explain::{explain, Explanation};
+use crate::explain::{explain_with, Explanation};
 use crate::gradient::{input_gradient, integrated_gradients, smoothgrad, GradientMode};
 use crate::model::{Forward, InputSpec, Model};
 use crate::preprocess::{Layout, Normalization};
@@ -164,7 +164,10 @@ impl Analyzer {
         );
         let graph = &model.graph;
         let relevance = match self {
-            Analyzer::Lrp(c) => return explain(graph, fwd, class, c, norm, model.input.channels),
+            Analyzer::Lrp(c) => {
+                let channels = model.input.channels;
+                return explain_with(graph, fwd, class, c, norm, channels, &model.weights);
+            }
             Analyzer::Gradient => input_gradient(graph, fwd, class, GradientMode::Plain)?,
             Analyzer::GuidedBackprop => input_gradient(graph, fwd, class, GradientMode::Guided)?,
             Analyzer::GradientXInput => {

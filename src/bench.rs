@@ -71,9 +71,10 @@ pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
     let model = model?;
     writeln!(
         out,
-        "model loaded in {:.2} s, input {:?}",
+        "model loaded in {:.2} s, input {:?}, forward engine: {}",
         t0.elapsed().as_secs_f64(),
-        model.input.shape
+        model.input.shape,
+        model.engine()
     )?;
     let norm = Normalization::default();
     let mut rng = Rng::new(7);

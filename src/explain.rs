@@ -11,6 +11,7 @@ use crate::model::Forward;
 use crate::ops;
 use crate::preprocess::Normalization;
 use crate::rules::{Bounds, Rule};
+use crate::weights::WeightCache;
 
 /// The relevance of every input element for one class.
 #[derive(Clone, Debug)]
@@ -87,6 +88,29 @@ pub fn explain(
     norm: &Normalization,
     channels: usize,
 ) -> Result<Explanation> {
+    explain_with(
+        graph,
+        fwd,
+        class,
+        composite,
+        norm,
+        channels,
+        &WeightCache::new(),
+    )
+}
+
+/// [`explain`] keeping the modified weights of the layers in `cache`, to be
+/// reused by later calls on the same graph; layers whose output `z = W x + b`
+/// the forward pass kept reuse it instead of recomputing it.
+pub fn explain_with(
+    graph: &Graph,
+    fwd: &Forward,
+    class: usize,
+    composite: &Composite,
+    norm: &Normalization,
+    channels: usize,
+    cache: &WeightCache,
+) -> Result<Explanation> {
     ensure!(
         class < fwd.logits.len(),
         "class {class} out of range: the model has {} classes",
@@ -97,7 +121,11 @@ pub fn explain(
         let rule = composite.rule_for(node);
         let bounds = (node.op.linear().is_some() && rule == Rule::ZBox)
             .then(|| bounds_for(inputs[0].shape(), fwd.input.shape(), norm, channels));
-        ops::relevance_of(node, inputs, r, rule, bounds.as_ref())
+        let reuse = ops::Reuse {
+            cache: Some(cache),
+            output: fwd.activations.get(&node.output),
+        };
+        ops::relevance_of(node, inputs, r, rule, bounds.as_ref(), reuse)
     })?;
     ensure!(
         relevance.shape() == fwd.input.shape(),

@@ -94,6 +94,49 @@ pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, threads: bool) 
     }
 }
 
+/// `dst = a (m x k) * b (k x n)` into a matrix whose rows are `dst_rs` apart
+/// (a block of columns of a wider matrix), on the calling thread.
+///
+/// # Safety
+/// `dst` must be valid for writes at `i * dst_rs + j` for `i < m`, `j < n`,
+/// and no other thread may access those elements during the call.
+pub unsafe fn matmul_strided(dst: *mut f32, dst_rs: isize, a: Mat, b: Mat, threads: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "inner dimensions differ");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if threads && m * n * k >= PARALLEL_THRESHOLD {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the caller guarantees the destination; `Mat` strides stay inside their slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            false,
+            a.data.as_ptr(),
+            a.cs,
+            a.rs,
+            b.data.as_ptr(),
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

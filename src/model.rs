@@ -10,9 +10,11 @@ use ndarray::ArrayD;
 use tract_onnx::prelude::*;
 
 use crate::canon::canonize;
+use crate::forward::NativePlan;
 use crate::graph::Graph;
 use crate::onnx::build_graph;
 use crate::preprocess::Layout;
+use crate::weights::WeightCache;
 
 /// Name of the bundled model (EfficientNet-Lite0, ImageNet), the default.
 pub const BUNDLED_NAME: &str = "efficientnet-lite0";
@@ -52,7 +54,11 @@ pub struct Model {
     pub input: InputSpec,
     /// Number of classes.
     pub classes: usize,
-    plan: Arc<TypedRunnableModel>,
+    /// Modified weights of the layers, reused across images.
+    pub weights: WeightCache,
+    native: Option<NativePlan>,
+    tract_reason: String,
+    plan: Option<Arc<TypedRunnableModel>>,
     /// Names of the plan outputs: the logits first, then the activations.
     outputs: Vec<String>,
 }
@@ -139,12 +145,83 @@ fn input_spec(graph: &Graph) -> Result<InputSpec> {
     })
 }
 
+/// Activations by tensor name.
+type Activations = HashMap<String, ArrayD<f32>>;
+
+/// Which engine runs the forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// The graph-native pass ([`crate::forward`]) where every operator has
+    /// one, tract otherwise.
+    #[default]
+    Auto,
+    /// Always tract (a cross-check of the native pass).
+    Tract,
+}
+
+/// Decodes the protobuf of an ONNX file.
+fn decode(bytes: &[u8], path: &Path) -> Result<tract_onnx::pb::ModelProto> {
+    ensure!(!bytes.is_empty(), "model {} is empty", path.display());
+    tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("{} is not a valid ONNX model", path.display()))
+}
+
+/// The optimised tract plan returning `outputs` (logits first).
+fn tract_plan(
+    onnx: &tract_onnx::Onnx,
+    proto: &tract_onnx::pb::ModelProto,
+    dir: Option<&str>,
+    outputs: &[String],
+    input: &InputSpec,
+    path: &Path,
+) -> Result<Arc<TypedRunnableModel>> {
+    let parsed = onnx
+        .parse(proto, dir)
+        .map_err(|e| anyhow!("{e:#}"))
+        .with_context(|| format!("tract cannot load model {}", path.display()))?;
+    let outlets = outputs
+        .iter()
+        .map(|n| {
+            parsed
+                .outlets_by_name
+                .get(n)
+                .copied()
+                .ok_or_else(|| anyhow!("tensor '{n}' not found in the tract model"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut model = parsed.model;
+    (|| -> TractResult<_> {
+        model.set_input_fact(0, f32::fact(&input.shape).into())?;
+        model.select_output_outlets(&outlets)?;
+        let options = tract_onnx::prelude::RunOptions {
+            executor: Some(tract_linalg::multithread::Executor::RayonGlobal),
+            ..Default::default()
+        };
+        model.into_optimized()?.into_runnable_with_options(&options)
+    })()
+    .map_err(|e| anyhow!("{e:#}"))
+    .with_context(|| {
+        format!(
+            "tract cannot prepare model {} for input {:?}",
+            path.display(),
+            input.shape
+        )
+    })
+}
+
 impl Model {
     /// Loads and prepares an ONNX model file, or the bundled model when `path`
     /// is [`BUNDLED_NAME`] and no such file exists.
     pub fn load(path: &Path) -> Result<Model> {
+        Model::load_with(path, Engine::Auto)
+    }
+
+    /// [`Model::load`] with a choice of forward engine.
+    pub fn load_with(path: &Path, engine: Engine) -> Result<Model> {
         if path == Path::new(BUNDLED_NAME) && !path.exists() {
-            return Model::from_bytes(BUNDLED_MODEL, path, None);
+            return Model::from_bytes_with(BUNDLED_MODEL, path, None, engine);
         }
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
@@ -152,18 +229,44 @@ impl Model {
             .parent()
             .and_then(|p| p.to_str())
             .map(|s| if s.is_empty() { "." } else { s });
-        Model::from_bytes(&bytes, path, dir)
+        let proto = decode(&bytes, path)?;
+        // the file's bytes are not needed once decoded: one copy of the weights less
+        drop(bytes);
+        Model::from_proto(proto, path, dir, engine)
     }
 
     /// Prepares a model from the bytes of an ONNX file; `path` names it in
     /// messages, `dir` is where external data files are looked up.
     pub fn from_bytes(bytes: &[u8], path: &Path, dir: Option<&str>) -> Result<Model> {
-        ensure!(!bytes.is_empty(), "model {} is empty", path.display());
+        Model::from_bytes_with(bytes, path, dir, Engine::Auto)
+    }
+
+    /// [`Model::from_bytes`] with a choice of forward engine.
+    pub fn from_bytes_with(
+        bytes: &[u8],
+        path: &Path,
+        dir: Option<&str>,
+        engine: Engine,
+    ) -> Result<Model> {
+        let proto = decode(bytes, path)?;
+        Model::from_proto(proto, path, dir, engine)
+    }
+
+    /// Which engine runs the forward pass: `native`, or `tract` with the reason.
+    pub fn engine(&self) -> String {
+        match &self.native {
+            Some(_) => "native".to_string(),
+            None => format!("tract ({})", self.tract_reason),
+        }
+    }
+
+    fn from_proto(
+        proto: tract_onnx::pb::ModelProto,
+        path: &Path,
+        dir: Option<&str>,
+        engine: Engine,
+    ) -> Result<Model> {
         let onnx = tract_onnx::onnx();
-        let proto = onnx
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
         let provider = onnx.provider.clone();
         let load = |t: &tract_onnx::pb::TensorProto| -> Result<ArrayD<f32>> {
             let t = tract_onnx::tensor::load_tensor(&*provider, t, dir)
@@ -176,47 +279,30 @@ impl Model {
         canonize(&mut graph)?;
         let input = input_spec(&graph).with_context(|| format!("model {}", path.display()))?;
 
-        let parsed = onnx
-            .parse(&proto, dir)
-            .map_err(|e| anyhow!("{e:#}"))
-            .with_context(|| format!("tract cannot load model {}", path.display()))?;
-        drop(proto);
+        let native = match engine {
+            Engine::Auto => NativePlan::new(&proto, &graph),
+            Engine::Tract => Err(anyhow!("asked for")),
+        };
+        let (native, tract_reason) = match native {
+            Ok(plan) => (Some(plan), String::new()),
+            Err(e) => (None, format!("{e:#}")),
+        };
         let mut outputs = vec![graph.logits.clone()];
         outputs.extend(graph.needed_activations());
-        let outlets = outputs
-            .iter()
-            .map(|n| {
-                parsed
-                    .outlets_by_name
-                    .get(n)
-                    .copied()
-                    .ok_or_else(|| anyhow!("tensor '{n}' not found in the tract model"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut model = parsed.model;
-        let plan = (|| -> TractResult<_> {
-            model.set_input_fact(0, f32::fact(&input.shape).into())?;
-            model.select_output_outlets(&outlets)?;
-            let options = tract_onnx::prelude::RunOptions {
-                executor: Some(tract_linalg::multithread::Executor::RayonGlobal),
-                ..Default::default()
-            };
-            model.into_optimized()?.into_runnable_with_options(&options)
-        })()
-        .map_err(|e| anyhow!("{e:#}"))
-        .with_context(|| {
-            format!(
-                "tract cannot prepare model {} for input {:?}",
-                path.display(),
-                input.shape
-            )
-        })?;
+        let plan = match native {
+            Some(_) => None,
+            None => Some(tract_plan(&onnx, &proto, dir, &outputs, &input, path)?),
+        };
+        drop(proto);
 
         let mut m = Model {
             path: path.to_path_buf(),
             graph,
             input,
             classes: 0,
+            weights: WeightCache::new(),
+            native,
+            tract_reason,
             plan,
             outputs,
         };
@@ -241,17 +327,14 @@ impl Model {
         Ok(m)
     }
 
-    /// Runs the model on `input` (of shape `self.input.shape`), keeping the activations.
-    pub fn forward(&self, input: ArrayD<f32>) -> Result<Forward> {
-        ensure!(
-            input.shape() == self.input.shape,
-            "input of shape {:?}, the model expects {:?}",
-            input.shape(),
-            self.input.shape
-        );
+    /// The forward pass in tract: logits and activations.
+    fn tract_forward(
+        &self,
+        plan: &Arc<TypedRunnableModel>,
+        input: &ArrayD<f32>,
+    ) -> Result<(Option<ArrayD<f32>>, Activations)> {
         let t: Tensor = input.clone().into();
-        let outs = self
-            .plan
+        let outs = plan
             .run(tvec!(t.into_tvalue()))
             .map_err(|e| anyhow!("{e:#}"))
             .context("forward pass")?;
@@ -271,6 +354,25 @@ impl Model {
                 activations.insert(name.clone(), a);
             }
         }
+        Ok((logits_tensor, activations))
+    }
+
+    /// Runs the model on `input` (of shape `self.input.shape`), keeping the activations.
+    pub fn forward(&self, input: ArrayD<f32>) -> Result<Forward> {
+        ensure!(
+            input.shape() == self.input.shape,
+            "input of shape {:?}, the model expects {:?}",
+            input.shape(),
+            self.input.shape
+        );
+        let (logits_tensor, activations) = match (&self.native, &self.plan) {
+            (Some(native), _) => {
+                let out = native.run(&self.graph, &input).context("forward pass")?;
+                (Some(out.logits), out.activations)
+            }
+            (None, Some(plan)) => self.tract_forward(plan, &input)?,
+            (None, None) => bail!("the model has no forward engine"),
+        };
         let logits_tensor =
             logits_tensor.ok_or_else(|| anyhow!("the forward pass returned nothing"))?;
         let logits: Vec<f32> = logits_tensor.iter().copied().collect();

@@ -7,16 +7,73 @@
 //! the transposed passes. The definitions follow Zennit's `BasicHook` rules,
 //! with `zero_params='bias'` for every rule except epsilon.
 
+use std::borrow::Cow;
+
 use anyhow::{bail, Result};
 use ndarray::{ArrayD, Zip};
 
 /// The stabiliser Zennit adds to every denominator (`stabilize(..., 1e-6)`).
 pub const STABILIZER: f32 = 1e-6;
 
+/// An elementwise change of a layer's weights, as the rules use them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Modifier {
+    /// The weights as they are.
+    Identity,
+    /// `max(w, 0)`.
+    Pos,
+    /// `min(w, 0)`.
+    Neg,
+    /// `w^2`.
+    Square,
+    /// `1` (the flat rule).
+    One,
+    /// `w + gamma max(w, 0)`.
+    GammaPos(f32),
+    /// `w + gamma min(w, 0)`.
+    GammaNeg(f32),
+}
+
+impl Modifier {
+    /// The modified value of one weight.
+    #[inline]
+    pub fn apply(self, w: f32) -> f32 {
+        match self {
+            Modifier::Identity => w,
+            Modifier::Pos => w.max(0.0),
+            Modifier::Neg => w.min(0.0),
+            Modifier::Square => w * w,
+            Modifier::One => 1.0,
+            Modifier::GammaPos(g) => w + g * w.max(0.0),
+            Modifier::GammaNeg(g) => w + g * w.min(0.0),
+        }
+    }
+
+    /// A key that tells modifiers apart exactly (usable in hash maps).
+    pub fn key(self) -> (u8, u32) {
+        match self {
+            Modifier::Identity => (0, 0),
+            Modifier::Pos => (1, 0),
+            Modifier::Neg => (2, 0),
+            Modifier::Square => (3, 0),
+            Modifier::One => (4, 0),
+            Modifier::GammaPos(g) => (5, g.to_bits()),
+            Modifier::GammaNeg(g) => (6, g.to_bits()),
+        }
+    }
+
+    /// `w` with the modifier applied to every element (a copy).
+    pub fn modify(self, w: &ArrayD<f32>) -> ArrayD<f32> {
+        w.mapv(|v| self.apply(v))
+    }
+}
+
 /// A layer that is linear in its input: `z = W x + b`.
 ///
 /// Implemented by convolutions, dense layers and per-channel affine layers.
-/// The weight array may have any layout; rules only modify it elementwise.
+/// The weight array may have any layout; rules only modify it elementwise,
+/// through [`Modifier`]s, so that a layer (or a cache wrapped around it) can
+/// apply them on the fly or reuse modified weights across images.
 pub trait LinearLayer: Send + Sync {
     /// The layer's weights.
     fn weight(&self) -> &ArrayD<f32>;
@@ -29,6 +86,31 @@ pub trait LinearLayer: Send + Sync {
         w: &ArrayD<f32>,
         input_shape: &[usize],
     ) -> Result<ArrayD<f32>>;
+    /// `m(W) x (+ b)`: the forward pass with modified weights.
+    fn forward_mod(&self, x: &ArrayD<f32>, m: Modifier, with_bias: bool) -> Result<ArrayD<f32>> {
+        match m {
+            Modifier::Identity => self.forward(x, self.weight(), with_bias),
+            m => self.forward(x, &m.modify(self.weight()), with_bias),
+        }
+    }
+    /// `m(W)^T g`: the transposed pass with modified weights.
+    fn backward_mod(
+        &self,
+        g: &ArrayD<f32>,
+        m: Modifier,
+        input_shape: &[usize],
+    ) -> Result<ArrayD<f32>> {
+        match m {
+            Modifier::Identity => self.backward(g, self.weight(), input_shape),
+            m => self.backward(g, &m.modify(self.weight()), input_shape),
+        }
+    }
+    /// Whether [`LinearLayer::forward_mod`] and [`LinearLayer::backward_mod`]
+    /// apply modifiers on the fly without copying the weights (then caching
+    /// modified weights would only cost memory).
+    fn modifies_on_the_fly(&self) -> bool {
+        false
+    }
 }
 
 /// An LRP rule for linear layers.
@@ -108,76 +190,88 @@ pub fn divide(r: &ArrayD<f32>, z: &ArrayD<f32>, eps: f32) -> ArrayD<f32> {
     })
 }
 
-fn map(a: &ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync + Send) -> ArrayD<f32> {
-    a.mapv(f)
-}
-
 fn pos(a: &ArrayD<f32>) -> ArrayD<f32> {
-    map(a, |v| v.max(0.0))
+    a.mapv(|v| v.max(0.0))
 }
 
 fn neg(a: &ArrayD<f32>) -> ArrayD<f32> {
-    map(a, |v| v.min(0.0))
+    a.mapv(|v| v.min(0.0))
 }
 
-fn add(a: ArrayD<f32>, b: &ArrayD<f32>) -> ArrayD<f32> {
-    let mut a = a;
-    a += b;
-    a
-}
-
-/// `sum_k inputs_k * backward(s, weights_k)`, the reducer of most rules.
+/// `sum_k inputs_k * backward(s, m_k)`, the reducer of most rules.
 fn reduce(
     layer: &dyn LinearLayer,
     s: &ArrayD<f32>,
-    terms: &[(&ArrayD<f32>, &ArrayD<f32>)],
+    terms: &[(&ArrayD<f32>, Modifier)],
     shape: &[usize],
 ) -> Result<ArrayD<f32>> {
-    let mut out = ArrayD::<f32>::zeros(shape);
-    for (x, w) in terms {
-        let c = layer.backward(s, w, shape)?;
-        Zip::from(&mut out)
-            .and(*x)
-            .and(&c)
-            .for_each(|o, &x, &c| *o += x * c);
+    let mut out: Option<ArrayD<f32>> = None;
+    for &(x, m) in terms {
+        let mut c = layer.backward_mod(s, m, shape)?;
+        match out.as_mut() {
+            None => {
+                Zip::from(&mut c).and(x).par_for_each(|c, &x| *c *= x);
+                out = Some(c);
+            }
+            Some(o) => Zip::from(o)
+                .and(x)
+                .and(&c)
+                .par_for_each(|o, &x, &c| *o += x * c),
+        }
     }
-    Ok(out)
+    Ok(out.unwrap_or_else(|| ArrayD::zeros(shape)))
 }
 
-/// The parts of an input: positive and negative, and whether each is non-zero.
-struct Split {
-    pos: ArrayD<f32>,
-    neg: ArrayD<f32>,
-    has_pos: bool,
-    has_neg: bool,
+/// The parts of an input: positive and negative, each `None` when all zero.
+/// A part equal to the whole input is borrowed, not copied.
+struct Split<'a> {
+    pos: Option<Cow<'a, ArrayD<f32>>>,
+    neg: Option<Cow<'a, ArrayD<f32>>>,
 }
 
-fn split(x: &ArrayD<f32>) -> Split {
+fn split(x: &ArrayD<f32>) -> Split<'_> {
+    let has_pos = x.iter().any(|&v| v > 0.0);
+    let has_neg = x.iter().any(|&v| v < 0.0);
+    let part = |wanted: bool, other: bool, f: fn(&ArrayD<f32>) -> ArrayD<f32>| match (wanted, other)
+    {
+        (false, _) => None,
+        (true, false) => Some(Cow::Borrowed(x)),
+        (true, true) => Some(Cow::Owned(f(x))),
+    };
     Split {
-        has_pos: x.iter().any(|&v| v > 0.0),
-        has_neg: x.iter().any(|&v| v < 0.0),
-        pos: pos(x),
-        neg: neg(x),
+        pos: part(has_pos, has_neg, pos),
+        neg: part(has_neg, has_pos, neg),
     }
 }
 
-/// `fwd(xa, wa) + fwd(xb, wb)`, skipping a term whose input is all zero
-/// (it would add exact zeros).
-fn forward_pair(
+/// `sum_k fwd(x_k, m_k)` over the terms whose input is present (a term with
+/// an all-zero input would add exact zeros); `None` when no term is.
+fn forward_sum(
     layer: &dyn LinearLayer,
-    terms: [(bool, &ArrayD<f32>, &ArrayD<f32>); 2],
+    terms: &[(Option<&ArrayD<f32>>, Modifier)],
 ) -> Result<Option<ArrayD<f32>>> {
     let mut acc: Option<ArrayD<f32>> = None;
-    for (used, x, w) in terms {
-        if used {
-            let z = layer.forward(x, w, false)?;
+    for &(x, m) in terms {
+        if let Some(x) = x {
+            let z = layer.forward_mod(x, m, false)?;
             acc = Some(match acc {
                 None => z,
-                Some(a) => add(a, &z),
+                Some(mut a) => {
+                    a += &z;
+                    a
+                }
             });
         }
     }
     Ok(acc)
+}
+
+/// The present terms of `terms`, for [`reduce`].
+fn present<'a>(terms: &[(Option<&'a ArrayD<f32>>, Modifier)]) -> Vec<(&'a ArrayD<f32>, Modifier)> {
+    terms
+        .iter()
+        .filter_map(|&(x, m)| x.map(|x| (x, m)))
+        .collect()
 }
 
 impl Rule {
@@ -191,77 +285,78 @@ impl Rule {
         r: &ArrayD<f32>,
         bounds: Option<&Bounds>,
     ) -> Result<ArrayD<f32>> {
+        self.propagate_with(layer, x, None, r, bounds)
+    }
+
+    /// [`Rule::propagate`], given the layer's output `z = W x + b` when the
+    /// forward pass kept it (the epsilon and gamma rules then skip a pass).
+    pub fn propagate_with(
+        &self,
+        layer: &dyn LinearLayer,
+        x: &ArrayD<f32>,
+        z: Option<&ArrayD<f32>>,
+        r: &ArrayD<f32>,
+        bounds: Option<&Bounds>,
+    ) -> Result<ArrayD<f32>> {
         let shape = x.shape().to_vec();
-        let w = layer.weight();
+        let output = || -> Result<Cow<'_, ArrayD<f32>>> {
+            match z {
+                Some(z) if z.shape() == r.shape() => Ok(Cow::Borrowed(z)),
+                _ => Ok(Cow::Owned(layer.forward_mod(
+                    x,
+                    Modifier::Identity,
+                    true,
+                )?)),
+            }
+        };
         match *self {
             Rule::Epsilon { epsilon } => {
-                let z = layer.forward(x, w, true)?;
+                let z = output()?;
                 let s = divide(r, &z, epsilon);
-                reduce(layer, &s, &[(x, w)], &shape)
+                reduce(layer, &s, &[(x, Modifier::Identity)], &shape)
             }
             Rule::ZPlus => self.alpha_beta(layer, x, r, 1.0, 0.0),
             Rule::AlphaBeta { alpha, beta } => self.alpha_beta(layer, x, r, alpha, beta),
             Rule::Gamma { gamma } => {
-                let z = layer.forward(x, w, true)?;
-                let wp = map(w, move |v| v + gamma * v.max(0.0));
-                let wn = map(w, move |v| v + gamma * v.min(0.0));
+                let z = output()?;
+                let (wp, wn) = (Modifier::GammaPos(gamma), Modifier::GammaNeg(gamma));
                 let xs = split(x);
+                let (xp, xn) = (xs.pos.as_deref(), xs.neg.as_deref());
                 let zeros = || ArrayD::<f32>::zeros(z.shape());
                 // outputs with z > 0: x+ (w + g w+) + x- (w + g w-)
-                let up = forward_pair(
-                    layer,
-                    [(xs.has_pos, &xs.pos, &wp), (xs.has_neg, &xs.neg, &wn)],
-                )?
-                .unwrap_or_else(zeros);
+                let up_terms = [(xp, wp), (xn, wn)];
+                let up = forward_sum(layer, &up_terms)?.unwrap_or_else(zeros);
                 // outputs with z < 0: x+ (w + g w-) + x- (w + g w+)
-                let down = forward_pair(
-                    layer,
-                    [(xs.has_pos, &xs.pos, &wn), (xs.has_neg, &xs.neg, &wp)],
-                )?
-                .unwrap_or_else(zeros);
-                let s_up = Zip::from(r).and(&z).and(&up).map_collect(|&r, &z, &d| {
+                let down_terms = [(xp, wn), (xn, wp)];
+                let down = forward_sum(layer, &down_terms)?.unwrap_or_else(zeros);
+                let s_up = Zip::from(r).and(&*z).and(&up).map_collect(|&r, &z, &d| {
                     if z > 0.0 {
                         r / stabilize(d, STABILIZER)
                     } else {
                         0.0
                     }
                 });
-                let s_down = Zip::from(r).and(&z).and(&down).map_collect(|&r, &z, &d| {
+                let s_down = Zip::from(r).and(&*z).and(&down).map_collect(|&r, &z, &d| {
                     if z < 0.0 {
                         r / stabilize(d, STABILIZER)
                     } else {
                         0.0
                     }
                 });
-                let mut terms: Vec<(&ArrayD<f32>, &ArrayD<f32>)> = Vec::new();
-                let mut out = ArrayD::<f32>::zeros(shape.clone());
-                if xs.has_pos {
-                    terms.push((&xs.pos, &wp));
-                }
-                if xs.has_neg {
-                    terms.push((&xs.neg, &wn));
-                }
-                out += &reduce(layer, &s_up, &terms, &shape)?;
-                terms.clear();
-                if xs.has_pos {
-                    terms.push((&xs.pos, &wn));
-                }
-                if xs.has_neg {
-                    terms.push((&xs.neg, &wp));
-                }
-                out += &reduce(layer, &s_down, &terms, &shape)?;
+                let mut out = reduce(layer, &s_up, &present(&up_terms), &shape)?;
+                out += &reduce(layer, &s_down, &present(&down_terms), &shape)?;
                 Ok(out)
             }
             Rule::WSquare | Rule::Flat => {
-                let wm = if *self == Rule::WSquare {
-                    map(w, |v| v * v)
+                let m = if *self == Rule::WSquare {
+                    Modifier::Square
                 } else {
-                    map(w, |_| 1.0)
+                    Modifier::One
                 };
                 let ones = ArrayD::<f32>::ones(shape.clone());
-                let z = layer.forward(&ones, &wm, false)?;
+                let z = layer.forward_mod(&ones, m, false)?;
                 let s = divide(r, &z, STABILIZER);
-                layer.backward(&s, &wm, &shape)
+                layer.backward_mod(&s, m, &shape)
             }
             Rule::ZBox => {
                 let Some(b) = bounds else {
@@ -274,16 +369,14 @@ impl Rule {
                         x.shape()
                     );
                 }
-                let wp = pos(w);
-                let wn = neg(w);
-                let mut z = layer.forward(x, w, false)?;
-                z -= &layer.forward(&b.low, &wp, false)?;
-                z -= &layer.forward(&b.high, &wn, false)?;
+                let mut z = layer.forward_mod(x, Modifier::Identity, false)?;
+                z -= &layer.forward_mod(&b.low, Modifier::Pos, false)?;
+                z -= &layer.forward_mod(&b.high, Modifier::Neg, false)?;
                 let s = divide(r, &z, STABILIZER);
-                let mut out = layer.backward(&s, w, &shape)?;
+                let mut out = layer.backward_mod(&s, Modifier::Identity, &shape)?;
                 out *= x;
-                let cl = layer.backward(&s, &wp, &shape)?;
-                let ch = layer.backward(&s, &wn, &shape)?;
+                let cl = layer.backward_mod(&s, Modifier::Pos, &shape)?;
+                let ch = layer.backward_mod(&s, Modifier::Neg, &shape)?;
                 Zip::from(&mut out)
                     .and(&b.low)
                     .and(&cl)
@@ -304,45 +397,32 @@ impl Rule {
         beta: f32,
     ) -> Result<ArrayD<f32>> {
         let shape = x.shape().to_vec();
-        let w = layer.weight();
-        let wp = pos(w);
-        let wn = neg(w);
         let xs = split(x);
-        let mut out = ArrayD::<f32>::zeros(shape.clone());
-        // positive contributions: x+ w+ + x- w-
-        if let Some(zp) = forward_pair(
-            layer,
-            [(xs.has_pos, &xs.pos, &wp), (xs.has_neg, &xs.neg, &wn)],
-        )? {
-            let s = divide(r, &zp, STABILIZER);
-            let mut terms: Vec<(&ArrayD<f32>, &ArrayD<f32>)> = Vec::new();
-            if xs.has_pos {
-                terms.push((&xs.pos, &wp));
+        let (xp, xn) = (xs.pos.as_deref(), xs.neg.as_deref());
+        let mut out: Option<ArrayD<f32>> = None;
+        // positive contributions: x+ w+ + x- w-; negative ones: x+ w- + x- w+
+        let parts = [
+            (alpha, [(xp, Modifier::Pos), (xn, Modifier::Neg)]),
+            (-beta, [(xp, Modifier::Neg), (xn, Modifier::Pos)]),
+        ];
+        for (factor, terms) in parts {
+            if factor == 0.0 {
+                continue;
             }
-            if xs.has_neg {
-                terms.push((&xs.neg, &wn));
-            }
-            let c = reduce(layer, &s, &terms, &shape)?;
-            out.scaled_add(alpha, &c);
-        }
-        if beta != 0.0 {
-            // negative contributions: x+ w- + x- w+
-            if let Some(zn) = forward_pair(
-                layer,
-                [(xs.has_pos, &xs.pos, &wn), (xs.has_neg, &xs.neg, &wp)],
-            )? {
-                let s = divide(r, &zn, STABILIZER);
-                let mut terms: Vec<(&ArrayD<f32>, &ArrayD<f32>)> = Vec::new();
-                if xs.has_pos {
-                    terms.push((&xs.pos, &wn));
+            if let Some(z) = forward_sum(layer, &terms)? {
+                let s = divide(r, &z, STABILIZER);
+                let mut c = reduce(layer, &s, &present(&terms), &shape)?;
+                match out.as_mut() {
+                    None => {
+                        if factor != 1.0 {
+                            c.mapv_inplace(|v| v * factor);
+                        }
+                        out = Some(c);
+                    }
+                    Some(o) => o.scaled_add(factor, &c),
                 }
-                if xs.has_neg {
-                    terms.push((&xs.neg, &wp));
-                }
-                let c = reduce(layer, &s, &terms, &shape)?;
-                out.scaled_add(-beta, &c);
             }
         }
-        Ok(out)
+        Ok(out.unwrap_or_else(|| ArrayD::zeros(shape)))
     }
 }

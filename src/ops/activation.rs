@@ -116,6 +116,68 @@ impl Act {
         matches!(self, Act::Relu) || matches!(self, Act::Clip { min, .. } if *min == 0.0)
     }
 
+    /// The value at `x`, for every activation but [`Act::PRelu`] and [`Act::Opaque`].
+    fn value(&self, x: f32) -> f32 {
+        let xd = x as f64;
+        match *self {
+            Act::Identity => x,
+            Act::Relu => x.max(0.0),
+            Act::Clip { min, max } => x.max(min).min(max),
+            Act::LeakyRelu { alpha } => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha * x
+                }
+            }
+            Act::Sigmoid => sigmoid(xd) as f32,
+            Act::Tanh => x.tanh(),
+            Act::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            Act::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Act::Elu { alpha } => {
+                if x > 0.0 {
+                    x
+                } else {
+                    (alpha as f64 * xd.exp_m1()) as f32
+                }
+            }
+            Act::Selu { alpha, gamma } => {
+                if x > 0.0 {
+                    gamma * x
+                } else {
+                    (gamma as f64 * alpha as f64 * xd.exp_m1()) as f32
+                }
+            }
+            Act::Celu { alpha } => {
+                (x.max(0.0) as f64 + (alpha as f64 * (xd / alpha as f64).exp_m1()).min(0.0)) as f32
+            }
+            Act::Softplus => softplus(xd) as f32,
+            Act::Mish => (xd * softplus(xd).tanh()) as f32,
+            Act::Gelu { tanh: false } => (0.5 * xd * erfc(-xd / std::f64::consts::SQRT_2)) as f32,
+            Act::Gelu { tanh: true } => {
+                let k = (2.0 / std::f64::consts::PI).sqrt();
+                (0.5 * xd * (1.0 + (k * (xd + 0.044715 * xd.powi(3))).tanh())) as f32
+            }
+            Act::PRelu { .. } | Act::Opaque => f32::NAN,
+        }
+    }
+
+    /// The activation applied to `x` (the forward pass).
+    pub fn apply(&self, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+        match self {
+            Act::Opaque => anyhow::bail!("no formula for this elementwise operator"),
+            Act::PRelu { slope } => {
+                let s = slope.broadcast(x.shape()).ok_or_else(|| {
+                    anyhow::anyhow!("PRelu slope {:?} for input {:?}", slope.shape(), x.shape())
+                })?;
+                Ok(ndarray::Zip::from(x)
+                    .and(&s)
+                    .map_collect(|&x, &s| if x >= 0.0 { x } else { s * x }))
+            }
+            act => Ok(x.mapv(|v| act.value(v))),
+        }
+    }
+
     /// The derivative at `x`, for every activation but [`Act::PRelu`] (whose
     /// slope varies by element) and [`Act::Opaque`].
     fn derivative(&self, x: f32) -> f32 {

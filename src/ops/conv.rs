@@ -5,7 +5,7 @@ use anyhow::{bail, ensure, Result};
 use ndarray::ArrayD;
 use rayon::prelude::*;
 
-use crate::linalg::{matmul, Mat};
+use crate::linalg::{matmul, matmul_strided, Mat};
 use crate::rules::LinearLayer;
 
 /// How a convolution or pooling window pads its input.
@@ -178,39 +178,6 @@ impl Conv {
     }
 }
 
-/// Unfolds one group of one image (`cg x h x w`) into `K x OHW` columns.
-fn im2col(g: &Geo, x: &[f32], cols: &mut [f32]) {
-    let ohw = g.ohw();
-    cols.par_chunks_mut(ohw).enumerate().for_each(|(row, dst)| {
-        let j = row % g.kw;
-        let i = (row / g.kw) % g.kh;
-        let c = row / (g.kw * g.kh);
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        let (ylo, yhi) = g.valid(0, i * g.d[0], g.oh, g.h);
-        let (xlo, xhi) = g.valid(1, j * g.d[1], g.ow, g.w);
-        for oy in 0..g.oh {
-            let line = &mut dst[oy * g.ow..(oy + 1) * g.ow];
-            if oy < ylo || oy >= yhi {
-                line.fill(0.0);
-                continue;
-            }
-            let iy = oy * g.s[0] + i * g.d[0] - g.pads[0];
-            let src = &plane[iy * g.w..(iy + 1) * g.w];
-            line[..xlo].fill(0.0);
-            line[xhi..].fill(0.0);
-            let x0 = j * g.d[1];
-            if g.s[1] == 1 && xhi > xlo {
-                let start = xlo + x0 - g.pads[1];
-                line[xlo..xhi].copy_from_slice(&src[start..start + (xhi - xlo)]);
-            } else {
-                for ox in xlo..xhi {
-                    line[ox] = src[ox * g.s[1] + x0 - g.pads[1]];
-                }
-            }
-        }
-    });
-}
-
 /// Folds `K x OHW` columns back onto one group of one image, summing overlaps.
 fn col2im(g: &Geo, cols: &[f32], x: &mut [f32]) {
     let ohw = g.ohw();
@@ -237,6 +204,254 @@ fn col2im(g: &Geo, cols: &[f32], x: &mut [f32]) {
         });
 }
 
+/// About this many floats of unfolded columns per tile (fits the L2 cache).
+const TILE_FLOATS: usize = 64 * 1024;
+
+/// Output columns per tile for `k` rows of unfolded input.
+fn tile_cols(k: usize, ohw: usize) -> usize {
+    (TILE_FLOATS / k.max(1)).clamp(64, 4096).min(ohw.max(1))
+}
+
+/// A pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SharedPtr(*mut f32);
+// SAFETY: only used to write disjoint column blocks from different tasks.
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    /// The pointer (a method, so that closures capture the whole `SharedPtr`).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+thread_local! {
+    /// The unfolded-columns buffer of this thread, reused across tiles, layers and images.
+    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Unfolds output columns `c0..c1` of one group of one image (`cg x h x w`)
+/// into `cols` (`K x (c1 - c0)`, row-major).
+fn im2col_tile(g: &Geo, x: &[f32], c0: usize, c1: usize, cols: &mut [f32]) {
+    let width = c1 - c0;
+    for (row, dst) in cols.chunks_exact_mut(width).enumerate() {
+        let j = row % g.kw;
+        let i = (row / g.kw) % g.kh;
+        let c = row / (g.kw * g.kh);
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        let (ylo, yhi) = g.valid(0, i * g.d[0], g.oh, g.h);
+        let (xlo, xhi) = g.valid(1, j * g.d[1], g.ow, g.w);
+        let x0 = j * g.d[1];
+        let mut o = c0;
+        while o < c1 {
+            let (oy, ox0) = (o / g.ow, o % g.ow);
+            let ox1 = (g.ow).min(ox0 + (c1 - o));
+            let line = &mut dst[o - c0..o - c0 + (ox1 - ox0)];
+            if oy < ylo || oy >= yhi {
+                line.fill(0.0);
+            } else {
+                let iy = oy * g.s[0] + i * g.d[0] - g.pads[0];
+                let src = &plane[iy * g.w..(iy + 1) * g.w];
+                let (lo, hi) = (
+                    xlo.clamp(ox0, ox1),
+                    xhi.clamp(ox0, ox1).max(xlo.clamp(ox0, ox1)),
+                );
+                line[..lo - ox0].fill(0.0);
+                line[hi - ox0..].fill(0.0);
+                if g.s[1] == 1 {
+                    let start = lo + x0 - g.pads[1];
+                    line[lo - ox0..hi - ox0].copy_from_slice(&src[start..start + (hi - lo)]);
+                } else {
+                    for ox in lo..hi {
+                        line[ox - ox0] = src[ox * g.s[1] + x0 - g.pads[1]];
+                    }
+                }
+            }
+            o += ox1 - ox0;
+        }
+    }
+}
+
+/// `dst (mg x OHW) = w (mg x K) * im2col(x)` for one group of one image, in
+/// tiles of output columns (unfolded into a reused per-thread buffer);
+/// `threads` lets it use all rayon threads.
+fn conv_group(g: &Geo, x: &[f32], w: &[f32], dst: &mut [f32], threads: bool) {
+    let (k, ohw) = (g.k(), g.ohw());
+    let wm = Mat::row_major(w, g.mg, k);
+    if g.is_pointwise() {
+        matmul(dst, wm, Mat::row_major(x, k, ohw), false, threads);
+        return;
+    }
+    let t = tile_cols(k, ohw);
+    let tiles = ohw.div_ceil(t);
+    let many = threads && tiles >= 2 * rayon::current_num_threads();
+    let out = SharedPtr(dst.as_mut_ptr());
+    let run = |ti: usize| {
+        let (c0, c1) = (ti * t, ((ti + 1) * t).min(ohw));
+        COLUMNS.with_borrow_mut(|cols| {
+            if cols.len() < k * (c1 - c0) {
+                cols.resize(k * (c1 - c0), 0.0);
+            }
+            let cols = &mut cols[..k * (c1 - c0)];
+            im2col_tile(g, x, c0, c1, cols);
+            let b = Mat::row_major(cols, k, c1 - c0);
+            // SAFETY: `dst` holds mg rows of `ohw`; this task alone writes columns c0..c1.
+            unsafe { matmul_strided(out.get().add(c0), ohw as isize, wm, b, threads && !many) };
+        });
+    };
+    if many {
+        (0..tiles).into_par_iter().for_each(run);
+    } else {
+        (0..tiles).for_each(run);
+    }
+}
+
+/// Depthwise convolution of one channel plane: `dst (OH x OW) = w (kh x kw) * x (h x w)`.
+fn depthwise_plane(g: &Geo, x: &[f32], w: &[f32], dst: &mut [f32]) {
+    dst.fill(0.0);
+    for i in 0..g.kh {
+        let (ylo, yhi) = g.valid(0, i * g.d[0], g.oh, g.h);
+        for j in 0..g.kw {
+            let (xlo, xhi) = g.valid(1, j * g.d[1], g.ow, g.w);
+            let wv = w[i * g.kw + j];
+            let x0 = j * g.d[1];
+            for oy in ylo..yhi {
+                let iy = oy * g.s[0] + i * g.d[0] - g.pads[0];
+                let src = &x[iy * g.w..(iy + 1) * g.w];
+                let line = &mut dst[oy * g.ow + xlo..oy * g.ow + xhi];
+                if g.s[1] == 1 {
+                    let start = xlo + x0 - g.pads[1];
+                    let src = &src[start..start + (xhi - xlo)];
+                    line.iter_mut().zip(src).for_each(|(o, &v)| *o += wv * v);
+                } else {
+                    for (o, ox) in line.iter_mut().zip(xlo..xhi) {
+                        *o += wv * src[ox * g.s[1] + x0 - g.pads[1]];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The transposed depthwise convolution of one plane: `dst (h x w) = w^T g (OH x OW)`.
+fn depthwise_plane_transposed(g: &Geo, gr: &[f32], w: &[f32], dst: &mut [f32]) {
+    dst.fill(0.0);
+    for i in 0..g.kh {
+        let (ylo, yhi) = g.valid(0, i * g.d[0], g.oh, g.h);
+        for j in 0..g.kw {
+            let (xlo, xhi) = g.valid(1, j * g.d[1], g.ow, g.w);
+            let wv = w[i * g.kw + j];
+            let x0 = j * g.d[1];
+            for oy in ylo..yhi {
+                let iy = oy * g.s[0] + i * g.d[0] - g.pads[0];
+                let row = &mut dst[iy * g.w..(iy + 1) * g.w];
+                let line = &gr[oy * g.ow + xlo..oy * g.ow + xhi];
+                if g.s[1] == 1 {
+                    let start = xlo + x0 - g.pads[1];
+                    let row = &mut row[start..start + (xhi - xlo)];
+                    row.iter_mut().zip(line).for_each(|(o, &v)| *o += wv * v);
+                } else {
+                    for (&v, ox) in line.iter().zip(xlo..xhi) {
+                        row[ox * g.s[1] + x0 - g.pads[1]] += wv * v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Conv {
+    /// Whether each output channel reads exactly one input channel.
+    fn depthwise(g: &Geo) -> bool {
+        g.cg == 1 && g.mg == 1
+    }
+
+    /// The convolution of `x` by `w` (bias excluded), `[N, M, OH, OW]` values.
+    fn convolve(&self, g: &Geo, xs: &[f32], ws: &[f32]) -> Vec<f32> {
+        let (k, ohw) = (g.k(), g.ohw());
+        let mut out = vec![0.0f32; g.n * g.m * ohw];
+        if Conv::depthwise(g) {
+            let hw = g.h * g.w;
+            out.par_chunks_mut(ohw).enumerate().for_each(|(p, dst)| {
+                let c = p % g.m;
+                depthwise_plane(g, &xs[p * hw..(p + 1) * hw], &ws[c * k..(c + 1) * k], dst);
+            });
+            return out;
+        }
+        for b in 0..g.n {
+            let xb = &xs[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w];
+            let ob = &mut out[b * g.m * ohw..(b + 1) * g.m * ohw];
+            let group = |gi: usize, dst: &mut [f32], threads: bool| {
+                let xg = &xb[gi * g.cg * g.h * g.w..(gi + 1) * g.cg * g.h * g.w];
+                let wg = &ws[gi * g.mg * k..(gi + 1) * g.mg * k];
+                conv_group(g, xg, wg, dst, threads);
+            };
+            if self.group == 1 {
+                group(0, ob, true);
+            } else {
+                ob.par_chunks_mut(g.mg * ohw)
+                    .enumerate()
+                    .for_each(|(gi, dst)| group(gi, dst, false));
+            }
+        }
+        out
+    }
+
+    /// The transposed pass as a convolution, where one exists: for stride 1,
+    /// dilation 1 and pads below the kernel size, `W^T g` is the convolution
+    /// of `g` by the flipped, transposed kernel with pads `k - 1 - p`. It reads
+    /// unfolded relevance instead of scattering unfolded columns (col2im).
+    fn transposed_as_conv(&self, g: &Geo, gs: &[f32], ws: &[f32]) -> Option<Vec<f32>> {
+        let p = g.pads;
+        let fits = g.s == [1, 1]
+            && g.d == [1, 1]
+            && p[0] < g.kh
+            && p[2] < g.kh
+            && p[1] < g.kw
+            && p[3] < g.kw;
+        // with few input channels per group the unfolded columns are small and
+        // the convolution would be a GEMM with a handful of rows: col2im wins
+        if !fits || g.is_pointwise() || g.cg < 16 {
+            return None;
+        }
+        // w [g, mg, cg, kh, kw] -> w' [g, cg, mg, kh, kw], spatially flipped
+        let (kh, kw) = (g.kh, g.kw);
+        let groups = self.group;
+        let mut flipped = vec![0.0f32; ws.len()];
+        for gi in 0..groups {
+            for mo in 0..g.mg {
+                for ci in 0..g.cg {
+                    let src = ((gi * g.mg + mo) * g.cg + ci) * kh * kw;
+                    let dst = ((gi * g.cg + ci) * g.mg + mo) * kh * kw;
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            flipped[dst + (kh - 1 - i) * kw + (kw - 1 - j)] = ws[src + i * kw + j];
+                        }
+                    }
+                }
+            }
+        }
+        let back = Geo {
+            n: g.n,
+            c: g.m,
+            h: g.oh,
+            w: g.ow,
+            m: g.c,
+            cg: g.mg,
+            mg: g.cg,
+            kh,
+            kw,
+            oh: g.h,
+            ow: g.w,
+            pads: [kh - 1 - p[0], kw - 1 - p[1], kh - 1 - p[2], kw - 1 - p[3]],
+            s: [1, 1],
+            d: [1, 1],
+        };
+        Some(self.convolve(&back, gs, &flipped))
+    }
+}
+
 impl LinearLayer for Conv {
     fn weight(&self) -> &ArrayD<f32> {
         &self.weight
@@ -247,43 +462,8 @@ impl LinearLayer for Conv {
         let x = x.as_standard_layout();
         let w = w.as_standard_layout();
         let (xs, ws) = (x.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
-        let (k, ohw) = (g.k(), g.ohw());
-        let mut out = vec![0.0f32; g.n * g.m * ohw];
-        let groups = self.group;
-        for b in 0..g.n {
-            let xb = &xs[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w];
-            let ob = &mut out[b * g.m * ohw..(b + 1) * g.m * ohw];
-            let run = |gi: usize, dst: &mut [f32], threads: bool| {
-                let xg = &xb[gi * g.cg * g.h * g.w..(gi + 1) * g.cg * g.h * g.w];
-                let wg = &ws[gi * g.mg * k..(gi + 1) * g.mg * k];
-                if g.is_pointwise() {
-                    matmul(
-                        dst,
-                        Mat::row_major(wg, g.mg, k),
-                        Mat::row_major(xg, k, ohw),
-                        false,
-                        threads,
-                    );
-                } else {
-                    let mut cols = vec![0.0f32; k * ohw];
-                    im2col(&g, xg, &mut cols);
-                    matmul(
-                        dst,
-                        Mat::row_major(wg, g.mg, k),
-                        Mat::row_major(&cols, k, ohw),
-                        false,
-                        threads,
-                    );
-                }
-            };
-            if groups == 1 {
-                run(0, ob, true);
-            } else {
-                ob.par_chunks_mut(g.mg * ohw)
-                    .enumerate()
-                    .for_each(|(gi, dst)| run(gi, dst, false));
-            }
-        }
+        let ohw = g.ohw();
+        let mut out = self.convolve(&g, xs, ws);
         if with_bias {
             if let Some(bias) = &self.bias {
                 ensure!(
@@ -318,9 +498,21 @@ impl LinearLayer for Conv {
         let gr = gr.as_standard_layout();
         let w = w.as_standard_layout();
         let (gs, ws) = (gr.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
+        if let Some(out) = self.transposed_as_conv(&g, gs, ws) {
+            return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
+        }
         let (k, ohw) = (g.k(), g.ohw());
         let chw = g.c * g.h * g.w;
         let mut out = vec![0.0f32; g.n * chw];
+        if Conv::depthwise(&g) {
+            let hw = g.h * g.w;
+            out.par_chunks_mut(hw).enumerate().for_each(|(p, dst)| {
+                let c = p % g.c;
+                let gp = &gs[p * ohw..(p + 1) * ohw];
+                depthwise_plane_transposed(&g, gp, &ws[c * k..(c + 1) * k], dst);
+            });
+            return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
+        }
         for b in 0..g.n {
             let gb = &gs[b * g.m * ohw..(b + 1) * g.m * ohw];
             let ob = &mut out[b * chw..(b + 1) * chw];
@@ -416,6 +608,11 @@ mod tests {
             (Padding::Explicit([2, 2, 2, 2]), [1, 2], [2, 1], 2, 4, 6),
             (Padding::SameUpper, [2, 2], [1, 1], 4, 4, 4),
             (Padding::Explicit([0, 0, 0, 0]), [1, 1], [1, 1], 1, 3, 5),
+            // 16+ input channels per group: the transposed pass as a convolution
+            (Padding::Explicit([1, 0, 2, 1]), [1, 1], [1, 1], 1, 16, 5),
+            (Padding::Explicit([1, 1, 1, 1]), [1, 1], [1, 1], 2, 32, 6),
+            // depthwise with a stride
+            (Padding::Explicit([1, 1, 0, 0]), [2, 2], [1, 1], 4, 4, 4),
         ];
         for (padding, strides, dilations, group, c, m) in cases {
             let k = if strides == [1, 1] && padding == Padding::Explicit([0; 4]) {
@@ -430,7 +627,9 @@ mod tests {
                 padding,
             };
             let layer = conv(window, group, arr(&[m, c / group, k, k], 7));
-            let x = arr(&[1, c, 7, 6], 3);
+            // wide enough for several column tiles (tile_cols(16 * 9, ..) = 455)
+            let (h, w) = if c >= 16 { (31, 29) } else { (7, 6) };
+            let x = arr(&[1, c, h, w], 3);
             let z = layer.forward(&x, &layer.weight, false).unwrap();
             let want = naive(&layer, &x);
             assert_eq!(z.shape(), want.shape());

@@ -4,8 +4,9 @@
 use anyhow::{ensure, Result};
 use ndarray::{ArrayD, Axis};
 
+use super::dense_kernels;
 use crate::linalg::{matmul, Mat};
-use crate::rules::LinearLayer;
+use crate::rules::{LinearLayer, Modifier};
 
 /// `z = x W^T + b` on the last axis, weights `[M, K]` (PyTorch's layout).
 #[derive(Clone, Debug)]
@@ -24,6 +25,34 @@ impl Dense {
             w.shape()
         );
         Ok((w.shape()[0], w.shape()[1]))
+    }
+}
+
+impl Dense {
+    /// Adds the bias (if asked) and shapes the output of the forward pass.
+    fn finish(
+        &self,
+        shape: &[usize],
+        mut out: Vec<f32>,
+        m: usize,
+        with_bias: bool,
+    ) -> Result<ArrayD<f32>> {
+        if with_bias {
+            if let Some(b) = &self.bias {
+                ensure!(
+                    b.len() == m,
+                    "dense bias has {} values for {m} outputs",
+                    b.len()
+                );
+                let b: Vec<f32> = b.iter().copied().collect();
+                for row in out.chunks_mut(m) {
+                    row.iter_mut().zip(&b).for_each(|(o, b)| *o += b);
+                }
+            }
+        }
+        let mut out_shape = shape.to_vec();
+        *out_shape.last_mut().expect("rank >= 1") = m;
+        Ok(ArrayD::from_shape_vec(out_shape, out)?)
     }
 }
 
@@ -50,22 +79,7 @@ impl LinearLayer for Dense {
             false,
             true,
         );
-        if with_bias {
-            if let Some(b) = &self.bias {
-                ensure!(
-                    b.len() == m,
-                    "dense bias has {} values for {m} outputs",
-                    b.len()
-                );
-                let b: Vec<f32> = b.iter().copied().collect();
-                for row in out.chunks_mut(m) {
-                    row.iter_mut().zip(&b).for_each(|(o, b)| *o += b);
-                }
-            }
-        }
-        let mut out_shape = shape.to_vec();
-        *out_shape.last_mut().expect("rank >= 1") = m;
-        Ok(ArrayD::from_shape_vec(out_shape, out)?)
+        self.finish(shape, out, m, with_bias)
     }
 
     fn backward(
@@ -96,6 +110,47 @@ impl LinearLayer for Dense {
             true,
         );
         Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?)
+    }
+
+    fn forward_mod(&self, x: &ArrayD<f32>, m: Modifier, with_bias: bool) -> Result<ArrayD<f32>> {
+        let (mo, k) = self.dims(&self.weight)?;
+        let shape = x.shape();
+        ensure!(
+            shape.last() == Some(&k),
+            "dense layer expects {k} input features, got shape {shape:?}"
+        );
+        let rows = x.len() / k.max(1);
+        let (x, w) = (x.as_standard_layout(), self.weight.as_standard_layout());
+        let (xs, ws) = (x.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
+        let out = dense_kernels::forward(ws, mo, k, xs, rows, m);
+        self.finish(shape, out, mo, with_bias)
+    }
+
+    fn backward_mod(
+        &self,
+        g: &ArrayD<f32>,
+        m: Modifier,
+        input_shape: &[usize],
+    ) -> Result<ArrayD<f32>> {
+        let (mo, k) = self.dims(&self.weight)?;
+        ensure!(
+            g.shape().last() == Some(&mo),
+            "dense relevance of shape {:?} for {mo} outputs",
+            g.shape()
+        );
+        let rows = g.len() / mo.max(1);
+        ensure!(
+            rows * k == input_shape.iter().product::<usize>(),
+            "dense input shape {input_shape:?}"
+        );
+        let (g, w) = (g.as_standard_layout(), self.weight.as_standard_layout());
+        let (gs, ws) = (g.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
+        let out = dense_kernels::transposed(ws, mo, k, gs, rows, m);
+        Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?)
+    }
+
+    fn modifies_on_the_fly(&self) -> bool {
+        true
     }
 }
 

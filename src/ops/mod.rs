@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod conv;
 pub mod dense;
+pub mod dense_kernels;
 pub mod pool;
 pub mod pool_grad;
 pub mod structural;
@@ -13,6 +14,16 @@ use ndarray::ArrayD;
 use crate::gradient::GradientMode;
 use crate::graph::{Node, Op};
 use crate::rules::{Bounds, Rule};
+use crate::weights::{Cached, WeightCache};
+
+/// What the relevance pass of a linear layer may reuse.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reuse<'a> {
+    /// Modified weights kept across images.
+    pub cache: Option<&'a WeightCache>,
+    /// The layer's output `W x + b` from the forward pass, if it was kept.
+    pub output: Option<&'a ArrayD<f32>>,
+}
 
 /// Propagates the relevance `r` at `node`'s output to each of its inputs.
 ///
@@ -24,6 +35,7 @@ pub fn relevance(
     r: &ArrayD<f32>,
     rule: Rule,
     bounds: Option<&Bounds>,
+    reuse: Reuse,
 ) -> Result<Vec<ArrayD<f32>>> {
     ensure!(
         inputs.len() == node.inputs.len(),
@@ -35,7 +47,14 @@ pub fn relevance(
     let out = match &node.op {
         Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => {
             let layer = node.op.linear().expect("linear op");
-            one(rule.propagate(layer, x, r, bounds)?)
+            one(match reuse.cache {
+                Some(cache) => {
+                    let name = &node.output;
+                    let cached = Cached { layer, cache, name };
+                    rule.propagate_with(&cached, x, reuse.output, r, bounds)?
+                }
+                None => rule.propagate_with(layer, x, reuse.output, r, bounds)?,
+            })
         }
         Op::MaxPool(p) => one(pool::max_pool(p, x, r)?),
         Op::AvgPool(p) => one(pool::avg_pool(p, x, r)?),
@@ -59,8 +78,9 @@ pub fn relevance_of(
     r: &ArrayD<f32>,
     rule: Rule,
     bounds: Option<&Bounds>,
+    reuse: Reuse,
 ) -> Result<Vec<ArrayD<f32>>> {
-    relevance(node, inputs, r, rule, bounds)
+    relevance(node, inputs, r, rule, bounds, reuse)
         .with_context(|| format!("relevance through {} node '{}'", node.op_type, node.name))
 }
 

@@ -1,0 +1,186 @@
+//! Dense layer passes with modified weights applied on the fly.
+//!
+//! A dense layer's weights are read once per pass and its input is a single
+//! row per image, so its passes are bound by memory reads, not arithmetic:
+//! applying `max(w, 0)` (or any [`Modifier`]) while reading costs nothing and
+//! saves the copy of the weights that a GEMM would need. Rows of the transposed
+//! pass whose incoming value is zero (most of them behind a ReLU) are skipped.
+
+use rayon::prelude::*;
+
+use crate::rules::Modifier;
+
+/// Columns of `c` computed by one task of [`transposed`].
+const COLUMN_BLOCK: usize = 512;
+
+/// `out[r, j] = sum_k m(w[j, k]) x[r, k]` for `w` `[m_out, k]`, `x` `[rows, k]`.
+pub fn forward(w: &[f32], m_out: usize, k: usize, x: &[f32], rows: usize, m: Modifier) -> Vec<f32> {
+    debug_assert!(w.len() >= m_out * k && x.len() >= rows * k);
+    let mut out = vec![0.0f32; rows * m_out];
+    // one task per block of weight rows; each weight row is read once for all input rows
+    let block = (m_out / (4 * rayon::current_num_threads().max(1))).clamp(1, 256);
+    let mut by_j = vec![0.0f32; m_out * rows];
+    by_j.par_chunks_mut(block * rows)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            for (i, d) in dst.chunks_mut(rows).enumerate() {
+                let j = b * block + i;
+                let wj = &w[j * k..(j + 1) * k];
+                for (r, v) in d.iter_mut().enumerate() {
+                    *v = dot(wj, &x[r * k..(r + 1) * k], m);
+                }
+            }
+        });
+    for j in 0..m_out {
+        for r in 0..rows {
+            out[r * m_out + j] = by_j[j * rows + r];
+        }
+    }
+    out
+}
+
+/// `out[r, k] = sum_j m(w[j, k]) g[r, j]` for `w` `[m_out, k]`, `g` `[rows, m_out]`.
+pub fn transposed(
+    w: &[f32],
+    m_out: usize,
+    k: usize,
+    g: &[f32],
+    rows: usize,
+    m: Modifier,
+) -> Vec<f32> {
+    debug_assert!(w.len() >= m_out * k && g.len() >= rows * m_out);
+    let mut out = vec![0.0f32; rows * k];
+    // rows of w that matter for any input row
+    let live: Vec<usize> = (0..m_out)
+        .filter(|&j| (0..rows).any(|r| g[r * m_out + j] != 0.0))
+        .collect();
+    let blocks = k.div_ceil(COLUMN_BLOCK);
+    let mut by_block: Vec<Vec<f32>> = (0..blocks)
+        .into_par_iter()
+        .map(|b| {
+            let (k0, k1) = (b * COLUMN_BLOCK, ((b + 1) * COLUMN_BLOCK).min(k));
+            let mut acc = vec![0.0f32; rows * (k1 - k0)];
+            for &j in &live {
+                let wj = &w[j * k + k0..j * k + k1];
+                for r in 0..rows {
+                    let s = g[r * m_out + j];
+                    if s != 0.0 {
+                        axpy(&mut acc[r * (k1 - k0)..(r + 1) * (k1 - k0)], s, wj, m);
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    for (b, acc) in by_block.iter_mut().enumerate() {
+        let (k0, k1) = (b * COLUMN_BLOCK, ((b + 1) * COLUMN_BLOCK).min(k));
+        for r in 0..rows {
+            out[r * k + k0..r * k + k1].copy_from_slice(&acc[r * (k1 - k0)..(r + 1) * (k1 - k0)]);
+        }
+    }
+    out
+}
+
+/// `sum_k m(w_k) x_k`.
+fn dot(w: &[f32], x: &[f32], m: Modifier) -> f32 {
+    match m {
+        Modifier::Identity => dot_by(w, x, |v| v),
+        Modifier::Pos => dot_by(w, x, |v| v.max(0.0)),
+        Modifier::Neg => dot_by(w, x, |v| v.min(0.0)),
+        m => dot_by(w, x, move |v| m.apply(v)),
+    }
+}
+
+/// `acc += s * m(w)`.
+fn axpy(acc: &mut [f32], s: f32, w: &[f32], m: Modifier) {
+    match m {
+        Modifier::Identity => axpy_by(acc, s, w, |v| v),
+        Modifier::Pos => axpy_by(acc, s, w, |v| v.max(0.0)),
+        Modifier::Neg => axpy_by(acc, s, w, |v| v.min(0.0)),
+        m => axpy_by(acc, s, w, move |v| m.apply(v)),
+    }
+}
+
+/// Eight independent partial sums, so that the loop vectorises.
+#[inline(always)]
+fn dot_by(w: &[f32], x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (wc, xc) = (w.chunks_exact(8), x.chunks_exact(8));
+    let (wr, xr) = (wc.remainder(), xc.remainder());
+    for (a, b) in wc.zip(xc) {
+        for i in 0..8 {
+            lanes[i] += f(a[i]) * b[i];
+        }
+    }
+    let mut sum: f32 = lanes.iter().sum();
+    for (a, b) in wr.iter().zip(xr) {
+        sum += f(*a) * b;
+    }
+    sum
+}
+
+#[inline(always)]
+fn axpy_by(acc: &mut [f32], s: f32, w: &[f32], f: impl Fn(f32) -> f32) {
+    for (a, &v) in acc.iter_mut().zip(w) {
+        *a += s * f(v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_the_definition_for_every_modifier() {
+        let (m_out, k, rows) = (37, 1029, 2);
+        let w: Vec<f32> = (0..m_out * k)
+            .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
+            .collect();
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        // zeros in g exercise the skipped rows
+        let g: Vec<f32> = (0..rows * m_out)
+            .map(|i| {
+                if i % 3 == 0 {
+                    0.0
+                } else {
+                    (i % 5) as f32 - 2.0
+                }
+            })
+            .collect();
+        for m in [
+            Modifier::Identity,
+            Modifier::Pos,
+            Modifier::Neg,
+            Modifier::Square,
+            Modifier::One,
+            Modifier::GammaPos(0.25),
+        ] {
+            let z = forward(&w, m_out, k, &x, rows, m);
+            let c = transposed(&w, m_out, k, &g, rows, m);
+            for r in 0..rows {
+                for j in 0..m_out {
+                    let want: f64 = (0..k)
+                        .map(|i| m.apply(w[j * k + i]) as f64 * x[r * k + i] as f64)
+                        .sum();
+                    let got = z[r * m_out + j] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                        "{m:?} {got} {want}"
+                    );
+                }
+                for i in 0..k {
+                    let want: f64 = (0..m_out)
+                        .map(|j| m.apply(w[j * k + i]) as f64 * g[r * m_out + j] as f64)
+                        .sum();
+                    let got = c[r * k + i] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                        "{m:?} {got} {want}"
+                    );
+                }
+            }
+        }
+    }
+}
