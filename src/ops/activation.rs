@@ -174,6 +174,9 @@ impl Act {
                     .and(&s)
                     .map_collect(|&x, &s| if x >= 0.0 { x } else { s * x }))
             }
+            Act::Identity => Ok(x.clone()),
+            Act::Relu => Ok(x.mapv(|v| v.max(0.0))),
+            &Act::Clip { min, max } => Ok(x.mapv(|v| v.max(min).min(max))),
             act => Ok(x.mapv(|v| act.value(v))),
         }
     }
