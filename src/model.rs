@@ -159,11 +159,41 @@ pub enum Engine {
     Tract,
 }
 
+/// A float tensor stored inline as raw little-endian bytes, read with a
+/// single copy (tract's loader makes three of a 400 MB dense layer); `None`
+/// for every other storage, which tract's loader handles.
+fn raw_f32(t: &tract_onnx::pb::TensorProto) -> Option<Result<ArrayD<f32>>> {
+    use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
+    let inline =
+        t.data_location != Some(DataLocation::External as i32) && t.external_data.is_empty();
+    if t.data_type != DataType::Float as i32 || !inline || t.raw_data.is_empty() {
+        return None;
+    }
+    let dims: Option<Vec<usize>> = t.dims.iter().map(|&d| usize::try_from(d).ok()).collect();
+    let Some(dims) = dims else {
+        return Some(Err(anyhow!("tensor '{}' has a negative dimension", t.name)));
+    };
+    let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if count.and_then(|c| c.checked_mul(4)) != Some(t.raw_data.len()) {
+        return Some(Err(anyhow!(
+            "tensor '{}' of shape {dims:?} has {} bytes of data",
+            t.name,
+            t.raw_data.len()
+        )));
+    }
+    let data: Vec<f32> = t
+        .raw_data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Some(ArrayD::from_shape_vec(dims, data).map_err(Into::into))
+}
+
 /// Decodes the protobuf of an ONNX file.
 fn decode(bytes: &[u8], path: &Path) -> Result<tract_onnx::pb::ModelProto> {
     ensure!(!bytes.is_empty(), "model {} is empty", path.display());
-    tract_onnx::onnx()
-        .proto_model_for_read(&mut &bytes[..])
+    // prost straight from the bytes: tract's reader would copy them first
+    <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes)
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("{} is not a valid ONNX model", path.display()))
 }
@@ -269,6 +299,9 @@ impl Model {
         let onnx = tract_onnx::onnx();
         let provider = onnx.provider.clone();
         let load = |t: &tract_onnx::pb::TensorProto| -> Result<ArrayD<f32>> {
+            if let Some(a) = raw_f32(t) {
+                return a;
+            }
             let t = tract_onnx::tensor::load_tensor(&*provider, t, dir)
                 .map_err(|e| anyhow!("{e:#}"))?;
             let t = t.cast_to::<f32>().map_err(|e| anyhow!("{e}"))?.into_owned();

@@ -325,10 +325,13 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants
             let w = if attr_i(n, "transB", 0) != 0 {
                 b
             } else {
-                b.t().to_owned()
+                b.t().as_standard_layout().into_owned()
             };
             let w = if alpha != 1.0 {
                 w.mapv(|v| v * alpha)
+            } else if w.is_standard_layout() {
+                // no copy of what is often the largest weight of the model
+                w
             } else {
                 w.as_standard_layout().into_owned()
             };
