@@ -1,4 +1,4 @@
-//! Dense matrix products on the `gemm` crate (AVX-512/AVX2 kernels, rayon threads).
+//! Dense matrix products on the `gemm` crate (SIMD kernels chosen at run time, rayon threads).
 
 use gemm::Parallelism;
 
