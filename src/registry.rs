@@ -97,7 +97,7 @@ pub const ENTRIES: &[Entry] = &[
     },
     Entry {
         name: "vgg16-12",
-        description: "VGG16, ONNX model zoo vgg16-12 (the same network at opset 12)",
+        description: "VGG16, ONNX model zoo vgg16-12 (fp32, opset 12)",
         source: Source::Download {
             file: "vgg16-12.onnx",
             urls: &[
