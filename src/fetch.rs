@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::cache::{self, describe_size, MIRROR_ENV};
@@ -401,24 +401,18 @@ fn agent(opts: &Options) -> ureq::Agent {
 fn download(target: &Target, opts: &Options, dest: &Path, log: &mut dyn Write) -> Result<PathBuf> {
     let part = part_path(dest);
     let agent = agent(opts);
-    let bar = if opts.progress {
-        let b = ProgressBar::new(target.size.unwrap_or(0));
-        b.set_style(
-            ProgressStyle::with_template(
-                "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
+    // drawn (on a terminal) once the body starts coming, within 80 columns
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:20} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
             .expect("valid template"),
-        );
-        b.set_message(target.file.clone());
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    );
+    bar.set_message(target.file.clone());
     let mut errors = Vec::new();
     'urls: for url in &target.urls {
         for attempt in 1..=opts.attempts.max(1) {
             let before = file_len(&part).unwrap_or(0);
-            let r = download_from(&agent, url, target, &part, &bar, log);
+            let r = download_from(&agent, url, target, &part, &bar, opts.progress, log);
             let failure = match r.and_then(|(len, hash)| install(target, &part, dest, len, &hash)) {
                 Ok(()) => {
                     bar.finish_and_clear();
@@ -538,6 +532,7 @@ fn download_from(
     target: &Target,
     part: &Path,
     bar: &ProgressBar,
+    progress: bool,
     log: &mut dyn Write,
 ) -> Result<(u64, String), Failure> {
     let io = |e: std::io::Error, what: &str| {
@@ -664,6 +659,9 @@ fn download_from(
         bar.set_length(e);
     }
     bar.set_position(offset);
+    if progress && bar.is_hidden() {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+    }
 
     let mut reader = resp.into_body().into_reader();
     let mut buf = vec![0u8; 256 << 10];
