@@ -86,6 +86,31 @@ pub enum Command {
     /// Seconds per image of each analyzer and peak memory (default model: a
     /// generated full-size VGG16 with random weights).
     Bench(BenchArgs),
+    /// Known models (vgg16, ...) with their cache state.
+    Models,
+    /// Download a known model (or any file, by URL and SHA-256) into the cache, verified.
+    Fetch(FetchArgs),
+}
+
+/// Arguments of `fetch`.
+#[derive(ClapArgs, Debug)]
+pub struct FetchArgs {
+    /// A known model name (`lrp-heatmap models` lists them) or an http(s) URL.
+    #[arg(value_name = "NAME|URL")]
+    pub what: String,
+
+    /// SHA-256 of the file at URL (64 hex digits); required with a URL.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+
+    /// File name in the cache for a URL [default: the URL's last path segment];
+    /// `--model NAME` finds it there afterwards.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Expected size in bytes of the file at URL (checked before downloading).
+    #[arg(long, value_name = "BYTES")]
+    pub size: Option<u64>,
 }
 
 /// Arguments of `bench`.
@@ -147,9 +172,16 @@ pub enum FormatArg {
 /// Options shared by the main command and `compare`.
 #[derive(ClapArgs, Debug)]
 pub struct Common {
-    /// ONNX file path, or a known name (efficientnet-lite0: the bundled model).
+    /// ONNX file path, or a known name (`lrp-heatmap models` lists them):
+    /// efficientnet-lite0 is bundled, vgg16 and vgg16-12 are downloaded on
+    /// first use into the cache.
     #[arg(short, long, default_value = BUNDLED_NAME)]
     pub model: PathBuf,
+
+    /// Never touch the network: a known model must be in the cache already
+    /// (also LRP_HEATMAP_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
 
     /// Class to explain: 0-based index or a label substring ("tabby"). Default: top-1.
     #[arg(long)]
@@ -226,6 +258,26 @@ fn triple(s: &str, what: &str) -> Result<[f32; 3]> {
     Ok(out)
 }
 
+/// What `fetch` downloads: a registry entry, or a URL with its checksum.
+fn fetch_target(f: &FetchArgs) -> Result<lrp_heatmap::fetch::Target> {
+    if f.what.contains("://") {
+        let Some(sha) = &f.sha256 else {
+            bail!(
+                "fetch {}: a URL needs --sha256 HEX (the file's SHA-256) so the download can be verified",
+                f.what
+            );
+        };
+        return lrp_heatmap::fetch::Target::from_url(&f.what, sha, f.name.as_deref(), f.size);
+    }
+    if f.sha256.is_some() || f.name.is_some() || f.size.is_some() {
+        bail!(
+            "fetch {}: --sha256, --name and --size go with a URL; a known model has its own",
+            f.what
+        );
+    }
+    lrp_heatmap::registry::target(&f.what)
+}
+
 impl Common {
     fn norm(&self) -> Result<Normalization> {
         let mean = triple(&self.mean, "mean")?;
@@ -281,11 +333,31 @@ pub enum Job {
     Compare(CompareConfig),
     /// Time analyzers.
     Bench(lrp_heatmap::bench::BenchConfig),
+    /// List the known models.
+    Models,
+    /// Download a file into the cache.
+    Fetch(lrp_heatmap::fetch::Target),
 }
 
 impl Args {
+    /// Whether `--offline` was given (`LRP_HEATMAP_OFFLINE` is read where the
+    /// download would happen).
+    pub fn offline(&self) -> bool {
+        match &self.command {
+            None => self.common.offline,
+            Some(Command::Compare(c)) => c.common.offline,
+            Some(_) => false,
+        }
+    }
+
     /// The run's configuration, validated.
     pub fn into_job(self) -> Result<Job> {
+        if let Some(Command::Models) = self.command {
+            return Ok(Job::Models);
+        }
+        if let Some(Command::Fetch(f)) = self.command {
+            return Ok(Job::Fetch(fetch_target(&f)?));
+        }
         if let Some(Command::Bench(b)) = self.command {
             let params = AnalyzerParams::default();
             for name in &b.rules {

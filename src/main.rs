@@ -16,7 +16,8 @@ const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
     let args = cli::Args::parse();
-    let job = match args.into_job() {
+    let offline = args.offline();
+    let job = match args.into_job().and_then(|j| resolve_models(j, offline)) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -33,7 +34,58 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_USAGE)
             }
         },
+        cli::Job::Models => report_usage_error(models()),
+        cli::Job::Fetch(target) => report_usage_error(fetch(&target)),
     }
+}
+
+/// Exit code 0, or 2 after printing the error.
+fn report_usage_error(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Turns known model names in `--model` into cached files, downloading them
+/// on first use (with a progress bar on a terminal).
+fn resolve_models(job: cli::Job, offline: bool) -> anyhow::Result<cli::Job> {
+    use lrp_heatmap::registry::resolve;
+    let stderr = std::io::stderr();
+    let bar = stderr.is_terminal();
+    Ok(match job {
+        cli::Job::Explain(mut c) => {
+            c.model = resolve(&c.model, offline, bar && !c.quiet, &mut stderr.lock())?;
+            cli::Job::Explain(c)
+        }
+        cli::Job::Compare(mut c) => {
+            c.model = resolve(&c.model, offline, bar, &mut stderr.lock())?;
+            cli::Job::Compare(c)
+        }
+        cli::Job::Bench(mut c) => {
+            if let Some(m) = &c.model {
+                c.model = Some(resolve(m, offline, bar, &mut stderr.lock())?);
+            }
+            cli::Job::Bench(c)
+        }
+        other => other,
+    })
+}
+
+fn models() -> anyhow::Result<()> {
+    let dir = lrp_heatmap::cache::cache_dir()?;
+    lrp_heatmap::registry::list(&dir, &mut std::io::stdout().lock())
+}
+
+fn fetch(target: &lrp_heatmap::fetch::Target) -> anyhow::Result<()> {
+    let stderr = std::io::stderr();
+    let opts = lrp_heatmap::fetch::Options::from_env(false, stderr.is_terminal())?;
+    let path = lrp_heatmap::fetch::ensure(target, &opts, true, &mut stderr.lock())?;
+    println!("{}", path.display());
+    Ok(())
 }
 
 fn compare(cfg: lrp_heatmap::compare::CompareConfig) -> ExitCode {

@@ -1,0 +1,710 @@
+//! Model downloads against a real HTTP server on 127.0.0.1 run by each test
+//! (hand-written HTTP/1.1 with byte ranges): a good file, a wrong checksum, a
+//! connection dropped halfway, a stalled server, a redirect, a 404, two
+//! processes at once, offline runs. After each case the cache holds the
+//! verified file, or nothing at all. No test touches the internet.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use lrp_heatmap::fetch::{self, Options, Target};
+use lrp_heatmap::synth::{vgg16, VggSpec, VggStyle};
+use sha2::{Digest, Sha256};
+
+/// How the server answers one path.
+#[derive(Clone)]
+enum Route {
+    /// The file, with byte ranges.
+    File(Arc<Vec<u8>>),
+    /// The file, but the first `drops` responses close the connection after
+    /// `cut` bytes of their body.
+    Dropping {
+        data: Arc<Vec<u8>>,
+        cut: usize,
+        drops: usize,
+    },
+    /// The file, but the first response stops sending after `cut` bytes and
+    /// keeps the connection open for `stall`.
+    Stalling {
+        data: Arc<Vec<u8>>,
+        cut: usize,
+        stall: Duration,
+    },
+    /// The file in `chunks` pieces with `pause` between them.
+    Slow {
+        data: Arc<Vec<u8>>,
+        chunks: usize,
+        pause: Duration,
+    },
+    /// 302 to another path.
+    Redirect(String),
+}
+
+/// One request as the server saw it: path and `Range` header.
+type Seen = (String, Option<String>);
+
+struct Server {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(routes: Vec<(&str, Route)>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let routes: Arc<HashMap<String, Route>> = Arc::new(
+            routes
+                .into_iter()
+                .map(|(p, r)| (p.to_string(), r))
+                .collect(),
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let accept = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (routes, seen) = (routes.clone(), seen.clone());
+                    std::thread::spawn(move || {
+                        let _ = serve(conn, &routes, &seen);
+                    });
+                }
+            })
+        };
+        Server {
+            port,
+            seen,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.seen().iter().filter(|(p, _)| p == path).count()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wakes the accept loop
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Answers one request and closes the connection.
+fn serve(
+    conn: TcpStream,
+    routes: &HashMap<String, Route>,
+    seen: &Mutex<Vec<Seen>>,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut range = None;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("range") {
+                range = Some(v.trim().to_string());
+            }
+        }
+    }
+    let earlier = {
+        let mut s = seen.lock().unwrap();
+        let n = s.iter().filter(|(p, _)| *p == path).count();
+        s.push((path.clone(), range.clone()));
+        n
+    };
+    let mut conn = conn;
+    let Some(route) = routes.get(&path) else {
+        let body = b"not found\n";
+        write!(
+            conn,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        return conn.write_all(body);
+    };
+    let (data, cut, stall, chunks, pause) = match route {
+        Route::Redirect(to) => {
+            return write!(
+                conn,
+                "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+        Route::File(d) => (d, None, None, 1, Duration::ZERO),
+        Route::Dropping { data, cut, drops } => (
+            data,
+            (earlier < *drops).then_some(*cut),
+            None,
+            1,
+            Duration::ZERO,
+        ),
+        Route::Stalling { data, cut, stall } => {
+            let first = earlier == 0;
+            (
+                data,
+                first.then_some(*cut),
+                first.then_some(*stall),
+                1,
+                Duration::ZERO,
+            )
+        }
+        Route::Slow {
+            data,
+            chunks,
+            pause,
+        } => (data, None, None, *chunks, *pause),
+    };
+    let len = data.len();
+    let start = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|s| s.parse::<usize>().ok());
+    let from = match start {
+        Some(s) if s >= len => {
+            return write!(
+                conn,
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+        Some(s) => {
+            write!(
+                conn,
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {s}-{}/{len}\r\n",
+                len - 1
+            )?;
+            s
+        }
+        None => {
+            write!(conn, "HTTP/1.1 200 OK\r\n")?;
+            0
+        }
+    };
+    write!(
+        conn,
+        "Content-Length: {}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+        len - from
+    )?;
+    let body = &data[from..];
+    if let Some(cut) = cut {
+        conn.write_all(&body[..cut.min(body.len())])?;
+        conn.flush()?;
+        if let Some(stall) = stall {
+            std::thread::sleep(stall);
+        }
+        return conn.shutdown(Shutdown::Both);
+    }
+    let step = body.len().div_ceil(chunks).max(1);
+    for piece in body.chunks(step) {
+        conn.write_all(piece)?;
+        conn.flush()?;
+        std::thread::sleep(pause);
+    }
+    Ok(())
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A tiny zoo-style VGG16 (input 32x32, 10 classes) as ONNX bytes.
+fn tiny_model() -> Arc<Vec<u8>> {
+    Arc::new(vgg16(&VggSpec::tiny(VggStyle::Zoo)).to_bytes())
+}
+
+/// The binary with the cache in `cache` and no mirror, offline or proxy
+/// settings from the outside.
+fn lrp(cache: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lrp-heatmap"));
+    c.env("LRP_HEATMAP_CACHE", cache);
+    for v in [
+        "LRP_HEATMAP_MIRROR",
+        "LRP_HEATMAP_OFFLINE",
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+fn run(c: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = c.output().unwrap();
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// Names in the cache folder, sorted (none if it does not exist).
+fn cache_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn cat_jpg() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("images/cat.jpg")
+}
+
+#[test]
+fn fetch_by_url_verifies_caches_once_and_the_model_runs_from_the_cache() {
+    let model = tiny_model();
+    let sha = sha256_hex(&model);
+    let server = Server::start(vec![("/zoo/tiny.onnx", Route::File(model.clone()))]);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let url = server.url("/zoo/tiny.onnx");
+
+    let (code, out, err) = run(lrp(&cache).args(["fetch", &url, "--sha256", &sha]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), cache.join("tiny.onnx").display().to_string());
+    assert!(
+        err.contains(&format!("verified tiny.onnx (sha256 {sha})")),
+        "{err}"
+    );
+    assert_eq!(cache_files(&cache), ["tiny.onnx"]);
+    assert_eq!(std::fs::read(cache.join("tiny.onnx")).unwrap(), *model);
+    assert_eq!(server.seen(), [("/zoo/tiny.onnx".to_string(), None)]);
+
+    // again: verified from the cache, no request
+    let (code, out2, err) = run(lrp(&cache).args(["fetch", &url, "--sha256", &sha]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out2, out);
+    assert!(err.contains("is cached and verified"), "{err}");
+    assert_eq!(server.count("/zoo/tiny.onnx"), 1);
+
+    // `models` lists it; `--model tiny.onnx` runs it from the cache, offline
+    let (code, out, _) = run(lrp(&cache).arg("models"));
+    assert_eq!(code, 0);
+    assert!(out.contains("also cached: tiny.onnx"), "{out}");
+    let outdir = dir.path().join("out");
+    let (code, out, err) = run(lrp(&cache)
+        .arg(cat_jpg())
+        .args(["--model", "tiny.onnx", "--rule", "zplus", "--offline", "-o"])
+        .arg(&outdir));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("relevance sum"), "{out}");
+    assert!(outdir.join("cat.zplus.png").is_file());
+    assert_eq!(server.count("/zoo/tiny.onnx"), 1);
+}
+
+#[test]
+fn a_wrong_checksum_fails_and_leaves_nothing() {
+    let model = tiny_model();
+    let mut other = (*model).clone();
+    other[1000] ^= 1; // same size, different content
+    let server = Server::start(vec![("/bad.onnx", Route::File(Arc::new(other)))]);
+    let dir = tempfile::tempdir().unwrap();
+    let sha = sha256_hex(&model);
+    let (code, out, err) = run(lrp(dir.path()).args([
+        "fetch",
+        &server.url("/bad.onnx"),
+        "--sha256",
+        &sha,
+        "--size",
+        &model.len().to_string(),
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(out.is_empty());
+    assert!(
+        err.contains(&format!("SHA-256 mismatch: expected {sha}")),
+        "{err}"
+    );
+    assert!(err.contains("the download was deleted"), "{err}");
+    assert_eq!(
+        err.trim().lines().last().unwrap().matches("error:").count(),
+        1
+    );
+    assert!(
+        cache_files(dir.path()).is_empty(),
+        "{:?}",
+        cache_files(dir.path())
+    );
+}
+
+#[test]
+fn a_dropped_connection_is_resumed_with_a_range_request() {
+    let model = tiny_model();
+    let half = model.len() / 2;
+    let server = Server::start(vec![(
+        "/m.onnx",
+        Route::Dropping {
+            data: model.clone(),
+            cut: half,
+            drops: 1,
+        },
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(lrp(dir.path()).args([
+        "fetch",
+        &server.url("/m.onnx"),
+        "--sha256",
+        &sha256_hex(&model),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("trying again (attempt 2 of 3)"), "{err}");
+    assert!(
+        err.contains(&format!("resuming m.onnx at byte {half}")),
+        "{err}"
+    );
+    assert_eq!(
+        server.seen(),
+        [
+            ("/m.onnx".to_string(), None),
+            ("/m.onnx".to_string(), Some(format!("bytes={half}-")))
+        ]
+    );
+    assert_eq!(cache_files(dir.path()), ["m.onnx"]);
+    assert_eq!(std::fs::read(dir.path().join("m.onnx")).unwrap(), *model);
+}
+
+#[test]
+fn an_interrupted_download_is_kept_and_the_next_run_resumes_it() {
+    let model = tiny_model();
+    // every attempt of the first run (3) loses the connection after 1000 bytes
+    let server = Server::start(vec![(
+        "/m.onnx",
+        Route::Dropping {
+            data: model.clone(),
+            cut: 1000,
+            drops: 3,
+        },
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let sha = sha256_hex(&model);
+    let url = server.url("/m.onnx");
+    let (code, _, err) = run(lrp(dir.path()).args(["fetch", &url, "--sha256", &sha]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("3000 bytes are kept in"), "{err}");
+    assert!(
+        err.contains(&format!("lrp-heatmap fetch {url} --sha256 {sha}")),
+        "{err}"
+    );
+    assert_eq!(cache_files(dir.path()), ["m.onnx.part"]);
+    assert_eq!(
+        std::fs::read(dir.path().join("m.onnx.part")).unwrap(),
+        model[..3000]
+    );
+
+    let (code, _, err) = run(lrp(dir.path()).args(["fetch", &url, "--sha256", &sha]));
+    assert_eq!(code, 0, "{err}");
+    let ranges: Vec<Option<String>> = server.seen().into_iter().map(|(_, r)| r).collect();
+    assert_eq!(
+        ranges,
+        [
+            None,
+            Some("bytes=1000-".into()),
+            Some("bytes=2000-".into()),
+            Some("bytes=3000-".into())
+        ]
+    );
+    assert_eq!(cache_files(dir.path()), ["m.onnx"]);
+    assert_eq!(std::fs::read(dir.path().join("m.onnx")).unwrap(), *model);
+}
+
+#[test]
+fn not_found_fails_clearly_and_leaves_nothing() {
+    let server = Server::start(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let url = server.url("/missing.onnx");
+    let (code, _, err) = run(lrp(dir.path()).args(["fetch", &url, "--sha256", &"a".repeat(64)]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("{url}: HTTP 404 Not Found")), "{err}");
+    assert!(err.contains("missing file missing.onnx"), "{err}");
+    // a 404 is not retried
+    assert_eq!(server.count("/missing.onnx"), 1);
+    assert!(
+        cache_files(dir.path()).is_empty(),
+        "{:?}",
+        cache_files(dir.path())
+    );
+}
+
+#[test]
+fn redirects_are_followed() {
+    let model = tiny_model();
+    let server = Server::start(vec![
+        ("/old/tiny.onnx", Route::Redirect("/new/tiny.onnx".into())),
+        ("/new/tiny.onnx", Route::File(model.clone())),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(lrp(dir.path()).args([
+        "fetch",
+        &server.url("/old/tiny.onnx"),
+        "--sha256",
+        &sha256_hex(&model),
+        "--name",
+        "renamed.onnx",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(server.count("/new/tiny.onnx"), 1);
+    assert_eq!(cache_files(dir.path()), ["renamed.onnx"]);
+}
+
+#[test]
+fn registry_names_download_from_the_mirror_on_first_use_and_check_the_size() {
+    // The mirror serves a file that is not the 553437328-byte vgg16-7.onnx:
+    // refused from its Content-Length before any byte is stored.
+    let server = Server::start(vec![("/mirror/vgg16-7.onnx", Route::File(tiny_model()))]);
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = server.url("/mirror/");
+    let (code, _, err) = run(lrp(dir.path())
+        .env("LRP_HEATMAP_MIRROR", &mirror)
+        .arg(cat_jpg())
+        .args(["--model", "vgg16", "--rule", "zplus"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("expected 553437328: not the right file"),
+        "{err}"
+    );
+    assert!(err.contains("`lrp-heatmap fetch vgg16`"), "{err}");
+    assert_eq!(server.seen(), [("/mirror/vgg16-7.onnx".to_string(), None)]);
+    assert!(
+        cache_files(dir.path()).is_empty(),
+        "{:?}",
+        cache_files(dir.path())
+    );
+
+    let (code, _, err) = run(lrp(dir.path())
+        .env("LRP_HEATMAP_MIRROR", &mirror)
+        .args(["fetch", "vgg16-12"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("HTTP 404"), "{err}");
+    assert_eq!(server.count("/mirror/vgg16-12.onnx"), 1);
+    assert!(cache_files(dir.path()).is_empty());
+}
+
+#[test]
+fn offline_never_touches_the_network_and_says_what_to_fetch() {
+    let server = Server::start(vec![("/vgg16-7.onnx", Route::File(tiny_model()))]);
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = server.url("");
+    let cat = cat_jpg();
+    let cat = cat.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
+        (
+            vec![cat, "--model", "vgg16", "--offline"],
+            None,
+            "--offline",
+        ),
+        (
+            vec![cat, "--model", "vgg16"],
+            Some("1"),
+            "LRP_HEATMAP_OFFLINE=1",
+        ),
+        (
+            vec!["compare", cat, "--model", "vgg16", "--offline"],
+            None,
+            "--offline",
+        ),
+        (
+            vec!["fetch", "vgg16"],
+            Some("true"),
+            "LRP_HEATMAP_OFFLINE=1",
+        ),
+    ];
+    for (args, env, why) in cases {
+        let mut c = lrp(dir.path());
+        c.env("LRP_HEATMAP_MIRROR", &mirror).args(&args);
+        if let Some(v) = env {
+            c.env("LRP_HEATMAP_OFFLINE", v);
+        }
+        let (code, _, err) = run(&mut c);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        let err = err.trim();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        for want in [
+            "model vgg16 is not in the cache",
+            &format!("downloading is off ({why})"),
+            "missing file vgg16-7.onnx (553437328 bytes, 527.8 MiB, sha256 f20805a3",
+            &format!("in {}", dir.path().display()),
+            "fetch it with `lrp-heatmap fetch vgg16`",
+        ] {
+            assert!(err.contains(want), "{args:?}: '{want}' not in: {err}");
+        }
+    }
+    assert!(server.seen().is_empty(), "{:?}", server.seen());
+    assert!(cache_files(dir.path()).is_empty());
+}
+
+#[test]
+fn models_lists_the_registry_with_cache_states() {
+    let dir = tempfile::tempdir().unwrap();
+    // an interrupted vgg16-12 download of 1/4 of its 553437752 bytes
+    let part = std::fs::File::create(dir.path().join("vgg16-12.onnx.part")).unwrap();
+    part.set_len(553437752 / 4).unwrap();
+    let (code, out, err) = run(lrp(dir.path()).arg("models"));
+    assert_eq!(code, 0, "{err}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+            .to_string()
+    };
+    assert!(line("efficientnet-lite0").contains("bundled"), "{out}");
+    let vgg = line("vgg16");
+    for want in [
+        "not cached",
+        "527.8 MiB",
+        "3x224x224",
+        "imagenet-1k",
+        "vgg16-7",
+    ] {
+        assert!(vgg.contains(want), "{want}: {vgg}");
+    }
+    assert!(line("vgg16-12").contains("partial 25%"), "{out}");
+    assert!(
+        out.contains("mean 0.485,0.456,0.406 std 0.229,0.224,0.225"),
+        "{out}"
+    );
+    assert!(out.contains(&format!(
+        "cache: {} (from LRP_HEATMAP_CACHE)",
+        dir.path().display()
+    )));
+}
+
+#[test]
+fn two_processes_fetching_the_same_file_download_it_once() {
+    let model = tiny_model();
+    // about 2 s per download, so that the two runs overlap
+    let server = Server::start(vec![(
+        "/slow.onnx",
+        Route::Slow {
+            data: model.clone(),
+            chunks: 20,
+            pause: Duration::from_millis(100),
+        },
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let (url, sha) = (server.url("/slow.onnx"), sha256_hex(&model));
+    let spawn = || {
+        lrp(dir.path())
+            .args(["fetch", &url, "--sha256", &sha])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(a.status.success(), "{}", err(&a));
+    assert!(b.status.success(), "{}", err(&b));
+    assert_eq!(a.stdout, b.stdout);
+    assert_eq!(server.count("/slow.onnx"), 1);
+    let waited = [&a, &b]
+        .iter()
+        .filter(|o| {
+            err(o).contains("waiting for another lrp-heatmap process downloading slow.onnx")
+        })
+        .count();
+    assert_eq!(waited, 1, "{} / {}", err(&a), err(&b));
+    assert_eq!(cache_files(dir.path()), ["slow.onnx"]);
+    assert_eq!(std::fs::read(dir.path().join("slow.onnx")).unwrap(), *model);
+}
+
+fn options(cache: &Path) -> Options {
+    Options {
+        cache_dir: cache.to_path_buf(),
+        offline: None,
+        progress: false,
+        attempts: 2,
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_millis(300),
+    }
+}
+
+#[test]
+fn library_ensure_times_out_a_stalled_server_resumes_and_then_uses_the_cache() {
+    let model = tiny_model();
+    let server = Server::start(vec![(
+        "/stall.onnx",
+        Route::Stalling {
+            data: model.clone(),
+            cut: 5000,
+            stall: Duration::from_secs(3),
+        },
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target {
+        name: "stall".into(),
+        file: "stall.onnx".into(),
+        urls: vec![server.url("/stall.onnx")],
+        size: Some(model.len() as u64),
+        sha256: sha256_hex(&model),
+        fetch_command: "lrp-heatmap fetch stall".into(),
+    };
+    let opts = options(dir.path());
+    let mut log = Vec::new();
+    let t0 = std::time::Instant::now();
+    let path = fetch::ensure(&target, &opts, false, &mut log).unwrap();
+    let log = String::from_utf8(log).unwrap();
+    // the 300 ms read timeout, not the 3 s stall, ended the first attempt
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(log.contains("resuming stall.onnx at byte 5000"), "{log}");
+    assert_eq!(path, dir.path().join("stall.onnx"));
+    assert_eq!(std::fs::read(&path).unwrap(), *model);
+    assert_eq!(
+        fetch::cache_state(&target, dir.path()),
+        fetch::CacheState::Cached(path.clone())
+    );
+    // cached: no request, also offline
+    let offline = Options {
+        offline: Some("--offline".into()),
+        ..options(dir.path())
+    };
+    assert_eq!(
+        fetch::ensure(&target, &offline, true, &mut Vec::new()).unwrap(),
+        path
+    );
+    assert_eq!(server.count("/stall.onnx"), 2);
+    assert_eq!(cache_files(dir.path()), ["stall.onnx"]);
+}
