@@ -5,12 +5,16 @@
 //!   its weights and bias (Zennit's `MergeBatchNorm`); one with nothing to fold
 //!   into becomes a per-channel affine linear layer;
 //! - an `Add` of a constant right after a `Conv` or dense layer becomes its bias
-//!   (`MatMul` + `Add` from Keras exports); elsewhere it passes relevance on.
+//!   (`MatMul` + `Add` from Keras exports); elsewhere it passes relevance on;
+//! - a `Mul` / `Div` / `Sub` by a per-channel constant right after a `Conv` or
+//!   dense layer (a batch norm that tf2onnx wrote as `Mul` + `Add`) is folded
+//!   into its weights and bias like a batch norm; elsewhere it passes
+//!   relevance on.
 
 use anyhow::Result;
 use ndarray::{ArrayD, Axis};
 
-use crate::graph::{Graph, Op};
+use crate::graph::{ArithKind, Graph, Op};
 use crate::ops::dense::Affine;
 
 /// Applies all canonizations in place.
@@ -18,7 +22,7 @@ pub fn canonize(graph: &mut Graph) -> Result<()> {
     let mut i = 0;
     while i < graph.nodes.len() {
         let node = &graph.nodes[i];
-        let (Op::BatchNorm { .. } | Op::AddConst(_)) = &node.op else {
+        let (Op::BatchNorm { .. } | Op::AddConst(_) | Op::Arith { .. }) = &node.op else {
             i += 1;
             continue;
         };
@@ -68,6 +72,28 @@ fn per_channel(c: &ArrayD<f32>, m: usize, from_end: usize) -> Option<Vec<f32>> {
     }
 }
 
+/// `x op c` as `x * scale + shift` per channel, for the linear cases:
+/// `x * c`, `x / c`, `x - c`, `c - x` and `x + c` (Keras batch norms exported as
+/// `Mul` + `Add`, normalisations written as `Sub` + `Div`).
+fn affine_of(
+    kind: ArithKind,
+    constant_first: bool,
+    c: Option<Vec<f32>>,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    let c = c?;
+    let m = c.len();
+    Some(match (kind, constant_first) {
+        (ArithKind::Mul, _) => (c, vec![0.0; m]),
+        (ArithKind::Div, false) if c.iter().all(|&v| v != 0.0) => {
+            (c.iter().map(|v| 1.0 / v).collect(), vec![0.0; m])
+        }
+        (ArithKind::Add, _) => (vec![1.0; m], c),
+        (ArithKind::Sub, false) => (vec![1.0; m], c.iter().map(|v| -v).collect()),
+        (ArithKind::Sub, true) => (vec![-1.0; m], c),
+        _ => return None,
+    })
+}
+
 /// Folds a batch norm or a constant addition into the layer `into`.
 fn fold(into: &mut Op, what: &Op) -> bool {
     let (weight, bias, from_end) = match into {
@@ -80,6 +106,14 @@ fn fold(into: &mut Op, what: &Op) -> bool {
         Op::BatchNorm { scale, shift } if scale.len() == m => (scale.clone(), shift.clone()),
         Op::AddConst(c) => match per_channel(c, m, from_end) {
             Some(shift) => (vec![1.0; m], shift),
+            None => return false,
+        },
+        Op::Arith {
+            kind,
+            constant,
+            constant_first,
+        } => match affine_of(*kind, *constant_first, per_channel(constant, m, from_end)) {
+            Some(st) => st,
             None => return false,
         },
         _ => return false,

@@ -97,7 +97,7 @@ pub fn softmax(x: &[f32]) -> Vec<f32> {
     e.into_iter().map(|v| v / s).collect()
 }
 
-fn input_spec(graph: &Graph) -> Result<InputSpec> {
+fn input_spec(graph: &Graph, size: Option<[usize; 2]>) -> Result<InputSpec> {
     let d = &graph.input_dims;
     ensure!(
         d.len() == 4,
@@ -123,7 +123,15 @@ fn input_spec(graph: &Graph) -> Result<InputSpec> {
         graph.input,
         d[0]
     );
-    let (height, width) = (h.unwrap_or(DEFAULT_SIZE), w.unwrap_or(DEFAULT_SIZE));
+    let [sh, sw] = size.unwrap_or([DEFAULT_SIZE; 2]);
+    if let (Some([want_h, want_w]), Some(fh), Some(fw)) = (size, h, w) {
+        ensure!(
+            [want_h, want_w] == [fh, fw],
+            "input size {want_h}x{want_w} asked for, but input '{}' is fixed to {fh}x{fw}",
+            graph.input
+        );
+    }
+    let (height, width) = (h.unwrap_or(sh), w.unwrap_or(sw));
     let shape = match layout {
         Layout::Nchw => vec![1, channels, height, width],
         Layout::Nhwc => vec![1, height, width, channels],
@@ -143,8 +151,14 @@ impl Model {
     /// Loads and prepares an ONNX model file, or the bundled model when `path`
     /// is [`BUNDLED_NAME`] and no such file exists.
     pub fn load(path: &Path) -> Result<Model> {
+        Model::load_sized(path, None)
+    }
+
+    /// [`Model::load`] with symbolic height and width fixed to `size`
+    /// (`[H, W]`; [`DEFAULT_SIZE`] when `None`).
+    pub fn load_sized(path: &Path, size: Option<[usize; 2]>) -> Result<Model> {
         if path == Path::new(BUNDLED_NAME) && !path.exists() {
-            return Model::from_bytes(BUNDLED_MODEL, path, None);
+            return Model::from_bytes_sized(BUNDLED_MODEL, path, None, size);
         }
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
@@ -152,12 +166,22 @@ impl Model {
             .parent()
             .and_then(|p| p.to_str())
             .map(|s| if s.is_empty() { "." } else { s });
-        Model::from_bytes(&bytes, path, dir)
+        Model::from_bytes_sized(&bytes, path, dir, size)
     }
 
     /// Prepares a model from the bytes of an ONNX file; `path` names it in
     /// messages, `dir` is where external data files are looked up.
     pub fn from_bytes(bytes: &[u8], path: &Path, dir: Option<&str>) -> Result<Model> {
+        Model::from_bytes_sized(bytes, path, dir, None)
+    }
+
+    /// [`Model::from_bytes`] with symbolic height and width fixed to `size`.
+    pub fn from_bytes_sized(
+        bytes: &[u8],
+        path: &Path,
+        dir: Option<&str>,
+        size: Option<[usize; 2]>,
+    ) -> Result<Model> {
         ensure!(!bytes.is_empty(), "model {} is empty", path.display());
         let onnx = tract_onnx::onnx();
         let proto = onnx
@@ -174,7 +198,8 @@ impl Model {
         let mut graph =
             build_graph(&proto, &load).with_context(|| format!("model {}", path.display()))?;
         canonize(&mut graph)?;
-        let input = input_spec(&graph).with_context(|| format!("model {}", path.display()))?;
+        let input =
+            input_spec(&graph, size).with_context(|| format!("model {}", path.display()))?;
 
         let parsed = onnx
             .parse(&proto, dir)
