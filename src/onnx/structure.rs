@@ -5,7 +5,7 @@
 use anyhow::{bail, ensure, Result};
 use tract_onnx::pb::NodeProto;
 
-use super::attrs::{attr_i, attr_ints, attr_s};
+use super::attrs::{attr_f, attr_i, attr_ints, attr_s};
 use super::elementwise::{Operand, Operands};
 use crate::graph::{Act, Op};
 use crate::ops::pad::{PadMode, PadSpec};
@@ -84,11 +84,11 @@ pub(super) fn convert(
 
 fn pad(n: &NodeProto, opset: i64, operand: &Operands) -> Result<Op> {
     let mode = PadMode::parse(&attr_s(n, "mode").unwrap_or_else(|| "constant".into()))?;
-    let (pads, axes) = if opset < 11 {
+    let (pads, axes, value) = if opset < 11 {
         let pads = attr_ints(n, "pads")
             .or_else(|| attr_ints(n, "paddings"))
             .ok_or_else(|| anyhow::anyhow!("no pads"))?;
-        (Some(pads), None)
+        (Some(pads), None, attr_f(n, "value", 0.0))
     } else {
         let pads = match operand(1)? {
             Operand::Const(c) => Some(ints(&c)),
@@ -100,9 +100,19 @@ fn pad(n: &NodeProto, opset: i64, operand: &Operands) -> Result<Op> {
             Operand::Absent => None,
             Operand::Computed => bail!("axes computed at run time are not supported"),
         };
-        (pads, axes)
+        let value = match operand(2)? {
+            Operand::Const(c) => c.iter().next().copied().unwrap_or(0.0),
+            Operand::Absent => 0.0,
+            Operand::Computed => bail!("a pad value computed at run time is not supported"),
+        };
+        (pads, axes, value)
     };
-    Ok(Op::Pad(PadSpec { pads, axes, mode }))
+    Ok(Op::Pad(PadSpec {
+        pads,
+        axes,
+        mode,
+        value,
+    }))
 }
 
 fn resize(n: &NodeProto, opset: i64, operand: &Operands) -> Result<Op> {

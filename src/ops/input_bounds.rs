@@ -1,7 +1,8 @@
 //! z^B bounds of a first layer that reads the image through normalisation
 //! nodes of the model itself (`Sub` / `Div` / `Mul` / `Add` by constants,
 //! Keras' `Rescaling` and `Normalization` layers, `(x - mean) / std` written
-//! into a PyTorch export).
+//! into a PyTorch export) or through a `Pad` (whose border is a constant:
+//! its bounds are that constant, as for the implicit padding of a `Conv`).
 //!
 //! Relevance passes such nodes unchanged (each output element has exactly one
 //! input element), so it reaches the raw input as it is. The bounds of the
@@ -23,7 +24,9 @@ fn raw_path<'g>(graph: &'g Graph, node: &Node) -> Option<Vec<&'g Node>> {
     let mut name = node.inputs.first()?.as_str();
     while name != graph.input {
         let p = graph.nodes.iter().find(|n| n.output == name)?;
-        if p.op.linear().is_some() || p.inputs.len() != 1 {
+        // a Pad may read its pads at run time as a second input
+        let inputs_ok = p.inputs.len() == 1 || (p.inputs.len() == 2 && matches!(p.op, Op::Pad(_)));
+        if p.op.linear().is_some() || !inputs_ok {
             return None;
         }
         path.push(p);
@@ -94,7 +97,10 @@ pub fn through_normalisation(
     channels: usize,
 ) -> Option<Bounds> {
     let path = raw_path(graph, node)?;
-    if !path.iter().any(|n| matches!(n.op, Op::Arith { .. })) {
+    if !path
+        .iter()
+        .any(|n| matches!(n.op, Op::Arith { .. } | Op::Pad(_)))
+    {
         return None;
     }
     let (mut low, mut high) = raw_bounds(fwd.input.shape(), norm, channels);
@@ -133,6 +139,15 @@ pub fn through_normalisation(
             Op::Reshape => {
                 low = low.into_shape_with_order(IxDyn(&out_shape)).ok()?;
                 high = high.into_shape_with_order(IxDyn(&out_shape)).ok()?;
+            }
+            Op::Pad(spec) => {
+                let pads = match (&spec.pads, p.inputs.get(1)) {
+                    (Some(v), _) => v.clone(),
+                    (None, Some(t)) => super::pad::runtime_pads(fwd.get(graph, t).ok()?).ok()?,
+                    (None, None) => return None,
+                };
+                low = super::pad::forward(spec, &pads, &low, &out_shape).ok()?;
+                high = super::pad::forward(spec, &pads, &high, &out_shape).ok()?;
             }
             Op::Activation(Act::Identity) => {}
             _ => return None,

@@ -45,6 +45,8 @@ pub struct PadSpec {
     pub axes: Option<Vec<i64>>,
     /// Border mode.
     pub mode: PadMode,
+    /// The constant of [`PadMode::Constant`].
+    pub value: f32,
 }
 
 /// Per axis: the source index of each output index (`None` for a constant).
@@ -134,6 +136,35 @@ pub fn back(spec: &PadSpec, pads: &[i64], x: &ArrayD<f32>, r: &ArrayD<f32>) -> R
     Ok(out)
 }
 
+/// The padded tensor of shape `out` for `x` (the forward pass; used for
+/// the z^B bounds of a first layer that reads a padded image).
+pub fn forward(
+    spec: &PadSpec,
+    pads: &[i64],
+    x: &ArrayD<f32>,
+    out: &[usize],
+) -> Result<ArrayD<f32>> {
+    ensure!(x.ndim() == out.len(), "Pad changes the rank");
+    let b = begins(spec, pads, x.ndim())?;
+    let maps = x
+        .shape()
+        .iter()
+        .zip(out)
+        .zip(&b)
+        .map(|((&n, &o), &begin)| axis_map(spec.mode, n, begin, o))
+        .collect::<Result<Vec<_>>>()?;
+    let mut src = vec![0usize; maps.len()];
+    Ok(ArrayD::from_shape_fn(IxDyn(out), |ix| {
+        for (axis, m) in maps.iter().enumerate() {
+            match m[ix[axis]] {
+                Some(i) => src[axis] = i,
+                None => return spec.value,
+            }
+        }
+        x[IxDyn(&src)]
+    }))
+}
+
 /// The pads read at run time from the node's second input (an integer
 /// tensor, cast to `f32` by the forward pass).
 pub fn runtime_pads(t: &ArrayD<f32>) -> Result<Vec<i64>> {
@@ -154,6 +185,7 @@ mod tests {
             pads: None,
             axes: None,
             mode,
+            value: 0.5,
         }
     }
 
@@ -164,6 +196,12 @@ mod tests {
         let r = ArrayD::from_shape_vec(vec![1, 5], vec![1.0f32, 2., 3., 4., 5.]).unwrap();
         let got = back(&spec(PadMode::Constant), &[0, 1, 0, 2], &x, &r).unwrap();
         assert_eq!(got.as_slice().unwrap(), &[2.0, 3.0]);
+        // the forward pass fills the border with the constant
+        let x2 = ArrayD::from_shape_vec(vec![1, 2], vec![1.0f32, 2.0]).unwrap();
+        let y = forward(&spec(PadMode::Constant), &[0, 1, 0, 2], &x2, &[1, 5]).unwrap();
+        assert_eq!(y.as_slice().unwrap(), &[0.5, 1.0, 2.0, 0.5, 0.5]);
+        let y = forward(&spec(PadMode::Reflect), &[0, 1, 0, 2], &x2, &[1, 5]).unwrap();
+        assert_eq!(y.as_slice().unwrap(), &[2.0, 1.0, 2.0, 1.0, 2.0]);
         // negative pads crop: the cropped input elements get nothing
         let x3 = ArrayD::<f32>::zeros(vec![4]);
         let r3 = ArrayD::from_shape_vec(vec![2], vec![7.0f32, 8.0]).unwrap();
@@ -198,6 +236,7 @@ mod tests {
             pads: Some(vec![1, 0]),
             axes: Some(vec![-1]),
             mode: PadMode::Constant,
+            value: 0.0,
         };
         let x = ArrayD::<f32>::zeros(vec![2, 1]);
         let r = ArrayD::from_shape_vec(vec![2, 2], vec![1.0f32, 2., 3., 4.]).unwrap();
