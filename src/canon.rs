@@ -243,6 +243,106 @@ mod tests {
     }
 
     #[test]
+    fn arithmetic_by_per_channel_constants_folds_into_conv_and_dense() {
+        use crate::graph::ArithKind;
+        let arith = |kind, constant| Op::Arith {
+            kind,
+            constant,
+            constant_first: false,
+        };
+        // Keras batch norm after a conv: Mul by [1, C, 1, 1] (a negative scale
+        // included), Add of [C, 1, 1]
+        let conv = Conv {
+            weight: values(&[4, 2, 3, 3], 11),
+            bias: Some(values(&[4], 12)),
+            window: Window {
+                kernel: [3, 3],
+                strides: [1, 1],
+                dilations: [1, 1],
+                padding: Padding::Explicit([1; 4]),
+            },
+            group: 1,
+        };
+        let s = ArrayD::from_shape_vec(vec![1, 4, 1, 1], vec![0.5, -2.0, 1.5, 1.0]).unwrap();
+        let t = ArrayD::from_shape_vec(vec![4, 1, 1], vec![0.1, 0.2, -0.3, 0.0]).unwrap();
+        let x = values(&[1, 2, 5, 5], 13);
+        let want = conv.forward(&x, &conv.weight, true).unwrap() * &s + &t;
+        let mut g = Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes: vec![
+                node("Conv", Op::Conv(conv), "x", "c"),
+                node("Mul", arith(ArithKind::Mul, s), "c", "m"),
+                node("Add", Op::AddConst(t), "m", "y"),
+            ],
+        };
+        canonize(&mut g).unwrap();
+        assert_eq!(g.nodes.len(), 1, "Mul and Add folded");
+        let Op::Conv(c) = &g.nodes[0].op else {
+            panic!("conv expected")
+        };
+        let got = c.forward(&x, &c.weight, true).unwrap();
+        for (a, b) in got.iter().zip(want.iter()) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+
+        // a dense layer followed by Div and Sub ((x - mean) / std written after it)
+        let dense = Dense {
+            weight: values(&[3, 4], 14),
+            bias: None,
+        };
+        let d = ArrayD::from_shape_vec(vec![3], vec![2.0, 4.0, -0.5]).unwrap();
+        let m = ArrayD::from_shape_vec(vec![1, 3], vec![1.0, -1.0, 0.25]).unwrap();
+        let x = values(&[1, 4], 15);
+        let want = (dense.forward(&x, &dense.weight, true).unwrap() / &d) - &m;
+        let mut g = Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes: vec![
+                node("MatMul", Op::Dense(dense), "x", "a"),
+                node("Div", arith(ArithKind::Div, d), "a", "b"),
+                node("Sub", arith(ArithKind::Sub, m), "b", "y"),
+            ],
+        };
+        canonize(&mut g).unwrap();
+        assert_eq!(g.nodes.len(), 1, "Div and Sub folded");
+        let Op::Dense(dd) = &g.nodes[0].op else {
+            panic!("dense expected")
+        };
+        let got = dd.forward(&x, &dd.weight, true).unwrap();
+        for (a, b) in got.iter().zip(want.iter()) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+
+        // a factor that varies over space is not per channel: it stays
+        let mut g = Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes: vec![
+                node(
+                    "MatMul",
+                    Op::Dense(Dense {
+                        weight: values(&[3, 4], 16),
+                        bias: None,
+                    }),
+                    "x",
+                    "a",
+                ),
+                node("Mul", arith(ArithKind::Mul, values(&[2, 3], 17)), "a", "y"),
+            ],
+        };
+        canonize(&mut g).unwrap();
+        assert_eq!(g.nodes.len(), 2);
+        assert!(matches!(g.nodes[1].op, Op::Arith { .. }));
+    }
+
+    #[test]
     fn a_constant_add_after_matmul_becomes_the_bias() {
         let dense = Dense {
             weight: values(&[3, 4], 7),
