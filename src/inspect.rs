@@ -246,10 +246,13 @@ pub fn run_inspect(cfg: &InspectConfig, out: &mut dyn Write) -> Result<bool> {
             writeln!(
                 out,
                 "supported: yes ({} relevance nodes, {layers} linear layers after canonization; \
-                 input {:?} {:?}{}; {} classes from '{}'{})",
+                 input {:?} {}{}; {} classes from '{}'{})",
                 m.graph.nodes.len(),
                 m.input.shape,
-                m.input.layout,
+                match m.input.layout {
+                    crate::preprocess::Layout::Nchw => "NCHW",
+                    crate::preprocess::Layout::Nhwc => "NHWC",
+                },
                 if m.input.fixed_dims {
                     ", symbolic dims fixed"
                 } else {

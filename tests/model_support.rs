@@ -258,3 +258,65 @@ fn symbolic_spatial_dims_default_to_224_or_the_input_size_and_the_command_says_s
         text(&o.stderr)
     );
 }
+
+/// The copy map of a nearest `Resize` (what relevance and gradients are summed
+/// back along) against tract's forward pass, for every coordinate
+/// transformation and rounding mode, up- and downsampling: the input holds its
+/// own flat index, so each output element shows which input it copied.
+#[test]
+fn resize_nearest_copy_maps_agree_with_tract_for_every_mode() {
+    use lrp_heatmap::ops::resize::{axis_map, CoordMode, NearestMode};
+    use tract_onnx::prelude::*;
+    let (h, w) = (5usize, 6usize);
+    let mut failures = vec![];
+    for coord in [
+        "half_pixel",
+        "pytorch_half_pixel",
+        "align_corners",
+        "asymmetric",
+        "tf_half_pixel_for_nn",
+    ] {
+        for nearest in ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"] {
+            for (sh, sw) in [(2.0f32, 3.0f32), (1.5, 0.5), (0.6, 1.75)] {
+                let mut b = OnnxBuilder::new(13);
+                b.input("x", &[1, 1, h as i64, w as i64]);
+                let sc = b.initializer("scales", &[4], &[1.0, 1.0, sh, sw]);
+                let attrs = vec![
+                    Attr::Str("coordinate_transformation_mode", coord.into()),
+                    Attr::Str("mode", "nearest".into()),
+                    Attr::Str("nearest_mode", nearest.into()),
+                ];
+                b.node("Resize", &["x", "", &sc], &["y"], attrs);
+                b.output("y", &[]);
+                let bytes = b.to_bytes();
+                let x = tract_ndarray::Array4::from_shape_fn((1, 1, h, w), |(_, _, y, x)| {
+                    (y * w + x) as f32
+                });
+                let y = tract_onnx::onnx()
+                    .model_for_read(&mut &bytes[..])
+                    .and_then(|m| m.into_optimized())
+                    .and_then(|m| m.into_runnable())
+                    .and_then(|p| p.run(tvec!(x.into_tensor().into_tvalue())))
+                    .unwrap_or_else(|e| panic!("{coord} {nearest}: {e:#}"));
+                let y = y[0].to_plain_array_view::<f32>().unwrap().to_owned();
+                let (oh, ow) = (y.shape()[2], y.shape()[3]);
+                let c = CoordMode::parse(coord).unwrap();
+                let n = NearestMode::parse(nearest).unwrap();
+                let rows = axis_map(c, n, sh, h, oh);
+                let cols = axis_map(c, n, sw, w, ow);
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let got = y[[0, 0, oy, ox]] as usize;
+                        let want = rows[oy] * w + cols[ox];
+                        if got != want {
+                            failures.push(format!(
+                                "{coord} {nearest} scales {sh} {sw}: output ({oy}, {ox}) copies {got}, map says {want}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

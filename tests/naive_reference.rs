@@ -3156,16 +3156,24 @@ fn normalising(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
     b.finish(v, dir, &format!("normalising_{seed}_{}.onnx", opts.bias))
 }
 
-/// An MXNet-era model zoo file (opset 8, IR 3: initializers also listed as graph inputs,
-/// input `data` [1, 3, 8, 8]): BatchNormalization on the data (nothing to fold into: a
-/// per-channel linear layer, as in the ResNet v2 files); Conv + BN + Relu; Pad (pads as
-/// an attribute) + MaxPool 2; Conv + Relu; Flatten; Gemm (transB = 1) + Relu + Dropout
-/// (ratio attribute); Gemm.
+/// An MXNet-era model zoo file at opset 8 or 7 (IR 3: initializers also listed as graph
+/// inputs, input `data` [1, 3, 8, 8]): BatchNormalization on the data (nothing to fold
+/// into: a per-channel linear layer, as in the ResNet v2 files); Conv + BN + Relu; Pad
+/// (pads as an attribute) + MaxPool 2; Conv + Relu; Flatten; Gemm (transB = 1) + Relu +
+/// Dropout (ratio attribute); Gemm.
 fn mxnet_zoo(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    mxnet_zoo_at(dir, seed, opts, 8)
+}
+
+fn mxnet_zoo_7(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    mxnet_zoo_at(dir, seed, opts, 7)
+}
+
+fn mxnet_zoo_at(dir: &Path, seed: u64, opts: NetOpts, opset: i64) -> BuiltNet {
     // raw pixels in [0, 1]: a per-channel linear first layer with positive scales keeps
     // every contribution positive, so z+ conserves relevance there as well
     let feed = Feed {
-        opset: 8,
+        opset,
         input_name: "data".into(),
         mean: [0.0; 3],
         std: [1.0; 3],
@@ -3185,13 +3193,17 @@ fn mxnet_zoo(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
     let v = b.relu(v);
     let v = b.passthrough(v, "Dropout", vec![Attr::Float("ratio", 0.5)]);
     let v = b.gemm(v, 3);
-    b.finish(v, dir, &format!("mxnet_zoo_{seed}_{}.onnx", opts.bias))
+    b.finish(
+        v,
+        dir,
+        &format!("mxnet_zoo_{opset}_{seed}_{}.onnx", opts.bias),
+    )
 }
 
 type NetFn = fn(&Path, u64, NetOpts) -> BuiltNet;
 
 /// Every exporter style, with the seed of its model.
-const STYLES: [(&str, NetFn, u64); 8] = [
+const STYLES: [(&str, NetFn, u64); 9] = [
     ("torchvision ResNet", torch_resnet, 41),
     ("torchvision SqueezeNet / Inception", torch_concat, 42),
     ("torchvision MobileNetV2", torch_mobilenet, 43),
@@ -3200,6 +3212,7 @@ const STYLES: [(&str, NetFn, u64); 8] = [
     ("Keras tf2onnx, symbolic N H W", keras_symbolic, 46),
     ("normalisation in the model", normalising, 47),
     ("MXNet zoo opset 8", mxnet_zoo, 48),
+    ("MXNet zoo opset 7", mxnet_zoo_7, 49),
 ];
 
 const NO_BIAS: NetOpts = NetOpts {
