@@ -3008,8 +3008,8 @@ fn torch_mobilenet(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
 }
 
 /// MobileNetV3 / EfficientNet style (PyTorch, opset 14 for HardSwish, input [1, 3, 8, 8]):
-/// Conv + BN + HardSwish; squeeze-excitation (GlobalAveragePool, 1x1 Conv + Relu, 1x1 Conv
-/// + HardSigmoid, `Mul(gate, x)`); 1x1 Conv + LeakyRelu; swish as `Mul(x, Sigmoid(x))`;
+/// Conv + BN + HardSwish; squeeze-excitation (GlobalAveragePool, 1x1 Conv + Relu, 1x1
+/// Conv + HardSigmoid, `Mul(gate, x)`); 1x1 Conv + LeakyRelu; swish as `Mul(x, Sigmoid(x))`;
 /// a strided 3x3 Conv + Tanh, upsampled by Resize (nearest x2) and added to the full
 /// resolution branch (proportional); Relu, GlobalAveragePool, Flatten, Gemm.
 fn torch_gates(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
