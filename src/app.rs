@@ -60,6 +60,8 @@ pub struct Config {
     pub quiet: bool,
     /// Skip inputs whose outputs exist already.
     pub skip_existing: bool,
+    /// Height and width for a model with symbolic spatial dims (`None`: 224).
+    pub input_size: Option<[usize; 2]>,
 }
 
 /// How a run ended.
@@ -118,7 +120,7 @@ impl Explainer {
     /// Loads the model and checks the rule and class choice.
     pub fn new(cfg: &Config) -> Result<Explainer> {
         let analyzer = Analyzer::from_name(&cfg.rule, &cfg.params)?;
-        let model = Model::load(&cfg.model)?;
+        let model = Model::load_sized(&cfg.model, cfg.input_size)?;
         let labels = labels::for_classes(model.classes);
         if let ClassChoice::Query(q) = &cfg.class {
             labels::find_class(&labels, q).map_err(|e| anyhow!("--class {q}: {e}"))?;
@@ -277,7 +279,7 @@ pub fn run(
     if explainer.model.input.fixed_dims {
         writeln!(
             err,
-            "note: the model input has symbolic dimensions; using {:?}",
+            "note: the model input has symbolic dimensions; using {:?} (--input-size HxW sets height and width)",
             explainer.model.input.shape
         )?;
     }

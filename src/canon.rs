@@ -5,12 +5,16 @@
 //!   its weights and bias (Zennit's `MergeBatchNorm`); one with nothing to fold
 //!   into becomes a per-channel affine linear layer;
 //! - an `Add` of a constant right after a `Conv` or dense layer becomes its bias
-//!   (`MatMul` + `Add` from Keras exports); elsewhere it passes relevance on.
+//!   (`MatMul` + `Add` from Keras exports); elsewhere it passes relevance on;
+//! - a `Mul` / `Div` / `Sub` by a per-channel constant right after a `Conv` or
+//!   dense layer (a batch norm that tf2onnx wrote as `Mul` + `Add`) is folded
+//!   into its weights and bias like a batch norm; elsewhere it passes
+//!   relevance on.
 
 use anyhow::Result;
 use ndarray::{ArrayD, Axis};
 
-use crate::graph::{Graph, Op};
+use crate::graph::{ArithKind, Graph, Op};
 use crate::ops::dense::Affine;
 
 /// Applies all canonizations in place.
@@ -18,7 +22,7 @@ pub fn canonize(graph: &mut Graph) -> Result<()> {
     let mut i = 0;
     while i < graph.nodes.len() {
         let node = &graph.nodes[i];
-        let (Op::BatchNorm { .. } | Op::AddConst(_)) = &node.op else {
+        let (Op::BatchNorm { .. } | Op::AddConst(_) | Op::Arith { .. }) = &node.op else {
             i += 1;
             continue;
         };
@@ -68,6 +72,28 @@ fn per_channel(c: &ArrayD<f32>, m: usize, from_end: usize) -> Option<Vec<f32>> {
     }
 }
 
+/// `x op c` as `x * scale + shift` per channel, for the linear cases:
+/// `x * c`, `x / c`, `x - c`, `c - x` and `x + c` (Keras batch norms exported as
+/// `Mul` + `Add`, normalisations written as `Sub` + `Div`).
+fn affine_of(
+    kind: ArithKind,
+    constant_first: bool,
+    c: Option<Vec<f32>>,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    let c = c?;
+    let m = c.len();
+    Some(match (kind, constant_first) {
+        (ArithKind::Mul, _) => (c, vec![0.0; m]),
+        (ArithKind::Div, false) if c.iter().all(|&v| v != 0.0) => {
+            (c.iter().map(|v| 1.0 / v).collect(), vec![0.0; m])
+        }
+        (ArithKind::Add, _) => (vec![1.0; m], c),
+        (ArithKind::Sub, false) => (vec![1.0; m], c.iter().map(|v| -v).collect()),
+        (ArithKind::Sub, true) => (vec![-1.0; m], c),
+        _ => return None,
+    })
+}
+
 /// Folds a batch norm or a constant addition into the layer `into`.
 fn fold(into: &mut Op, what: &Op) -> bool {
     let (weight, bias, from_end) = match into {
@@ -80,6 +106,14 @@ fn fold(into: &mut Op, what: &Op) -> bool {
         Op::BatchNorm { scale, shift } if scale.len() == m => (scale.clone(), shift.clone()),
         Op::AddConst(c) => match per_channel(c, m, from_end) {
             Some(shift) => (vec![1.0; m], shift),
+            None => return false,
+        },
+        Op::Arith {
+            kind,
+            constant,
+            constant_first,
+        } => match affine_of(*kind, *constant_first, per_channel(constant, m, from_end)) {
+            Some(st) => st,
             None => return false,
         },
         _ => return false,
@@ -206,6 +240,106 @@ mod tests {
         assert!((z[[0, 0, 1, 1]] - (x[[0, 0, 1, 1]] * 2.0 + 0.5)).abs() < 1e-6);
         assert!((z[[0, 1, 0, 1]] - (-x[[0, 1, 0, 1]] + 0.25)).abs() < 1e-6);
         assert!(g.nodes[0].first, "reads the input");
+    }
+
+    #[test]
+    fn arithmetic_by_per_channel_constants_folds_into_conv_and_dense() {
+        use crate::graph::ArithKind;
+        let arith = |kind, constant| Op::Arith {
+            kind,
+            constant,
+            constant_first: false,
+        };
+        // Keras batch norm after a conv: Mul by [1, C, 1, 1] (a negative scale
+        // included), Add of [C, 1, 1]
+        let conv = Conv {
+            weight: values(&[4, 2, 3, 3], 11),
+            bias: Some(values(&[4], 12)),
+            window: Window {
+                kernel: [3, 3],
+                strides: [1, 1],
+                dilations: [1, 1],
+                padding: Padding::Explicit([1; 4]),
+            },
+            group: 1,
+        };
+        let s = ArrayD::from_shape_vec(vec![1, 4, 1, 1], vec![0.5, -2.0, 1.5, 1.0]).unwrap();
+        let t = ArrayD::from_shape_vec(vec![4, 1, 1], vec![0.1, 0.2, -0.3, 0.0]).unwrap();
+        let x = values(&[1, 2, 5, 5], 13);
+        let want = conv.forward(&x, &conv.weight, true).unwrap() * &s + &t;
+        let mut g = Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes: vec![
+                node("Conv", Op::Conv(conv), "x", "c"),
+                node("Mul", arith(ArithKind::Mul, s), "c", "m"),
+                node("Add", Op::AddConst(t), "m", "y"),
+            ],
+        };
+        canonize(&mut g).unwrap();
+        assert_eq!(g.nodes.len(), 1, "Mul and Add folded");
+        let Op::Conv(c) = &g.nodes[0].op else {
+            panic!("conv expected")
+        };
+        let got = c.forward(&x, &c.weight, true).unwrap();
+        for (a, b) in got.iter().zip(want.iter()) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+
+        // a dense layer followed by Div and Sub ((x - mean) / std written after it)
+        let dense = Dense {
+            weight: values(&[3, 4], 14),
+            bias: None,
+        };
+        let d = ArrayD::from_shape_vec(vec![3], vec![2.0, 4.0, -0.5]).unwrap();
+        let m = ArrayD::from_shape_vec(vec![1, 3], vec![1.0, -1.0, 0.25]).unwrap();
+        let x = values(&[1, 4], 15);
+        let want = (dense.forward(&x, &dense.weight, true).unwrap() / &d) - &m;
+        let mut g = Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes: vec![
+                node("MatMul", Op::Dense(dense), "x", "a"),
+                node("Div", arith(ArithKind::Div, d), "a", "b"),
+                node("Sub", arith(ArithKind::Sub, m), "b", "y"),
+            ],
+        };
+        canonize(&mut g).unwrap();
+        assert_eq!(g.nodes.len(), 1, "Div and Sub folded");
+        let Op::Dense(dd) = &g.nodes[0].op else {
+            panic!("dense expected")
+        };
+        let got = dd.forward(&x, &dd.weight, true).unwrap();
+        for (a, b) in got.iter().zip(want.iter()) {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+
+        // a factor that varies over space is not per channel: it stays
+        let mut g = Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes: vec![
+                node(
+                    "MatMul",
+                    Op::Dense(Dense {
+                        weight: values(&[3, 4], 16),
+                        bias: None,
+                    }),
+                    "x",
+                    "a",
+                ),
+                node("Mul", arith(ArithKind::Mul, values(&[2, 3], 17)), "a", "y"),
+            ],
+        };
+        canonize(&mut g).unwrap();
+        assert_eq!(g.nodes.len(), 2);
+        assert!(matches!(g.nodes[1].op, Op::Arith { .. }));
     }
 
     #[test]

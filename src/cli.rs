@@ -90,6 +90,10 @@ pub enum Command {
     Models,
     /// Download a known model (or any file, by URL and SHA-256) into the cache, verified.
     Fetch(FetchArgs),
+    /// The model's input, output, operator counts and how LRP handles each
+    /// operator; exit code 0 if the model can be explained, 2 if not.
+    #[command(long_flag = "list-ops")]
+    Inspect(InspectArgs),
 }
 
 /// Arguments of `fetch`.
@@ -111,6 +115,18 @@ pub struct FetchArgs {
     /// Expected size in bytes of the file at URL (checked before downloading).
     #[arg(long, value_name = "BYTES")]
     pub size: Option<u64>,
+}
+
+/// Arguments of `inspect` (`--list-ops`).
+#[derive(ClapArgs, Debug)]
+pub struct InspectArgs {
+    /// ONNX file path, or a known name (efficientnet-lite0: the bundled model).
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+
+    /// Height and width for a model whose input leaves them symbolic [default: 224x224].
+    #[arg(long, value_name = "HxW")]
+    pub input_size: Option<String>,
 }
 
 /// Arguments of `bench`.
@@ -239,6 +255,27 @@ pub struct Common {
     /// Input normalisation standard deviation, R,G,B.
     #[arg(long, value_name = "R,G,B", default_value = "0.229,0.224,0.225")]
     pub std: String,
+
+    /// Height and width fed to a model whose input leaves them symbolic
+    /// (images are resized to it) [default: 224x224].
+    #[arg(long, value_name = "HxW")]
+    pub input_size: Option<String>,
+}
+
+/// `--input-size HxW` (or a single side for a square).
+fn input_size(s: &str) -> Result<[usize; 2]> {
+    let parts: Vec<&str> = s.split(['x', 'X']).map(str::trim).collect();
+    let side = |p: &str| -> Result<usize> {
+        match p.parse::<usize>() {
+            Ok(v) if (1..=8192).contains(&v) => Ok(v),
+            _ => bail!("--input-size: '{p}' is not a side between 1 and 8192"),
+        }
+    };
+    match parts.as_slice() {
+        [h, w] => Ok([side(h)?, side(w)?]),
+        [s] => Ok([side(s)?; 2]),
+        _ => bail!("--input-size needs HxW, e.g. 224x224, got '{s}'"),
+    }
 }
 
 fn triple(s: &str, what: &str) -> Result<[f32; 3]> {
@@ -318,6 +355,10 @@ impl Common {
         Ok(style)
     }
 
+    fn input_size(&self) -> Result<Option<[usize; 2]>> {
+        self.input_size.as_deref().map(input_size).transpose()
+    }
+
     fn class(&self) -> ClassChoice {
         self.class
             .clone()
@@ -337,6 +378,8 @@ pub enum Job {
     Models,
     /// Download a file into the cache.
     Fetch(lrp_heatmap::fetch::Target),
+    /// List a model's operators and whether it is supported.
+    Inspect(lrp_heatmap::inspect::InspectConfig),
 }
 
 impl Args {
@@ -357,6 +400,12 @@ impl Args {
         }
         if let Some(Command::Fetch(f)) = self.command {
             return Ok(Job::Fetch(fetch_target(&f)?));
+        }
+        if let Some(Command::Inspect(i)) = self.command {
+            return Ok(Job::Inspect(lrp_heatmap::inspect::InspectConfig {
+                model: i.model,
+                input_size: i.input_size.as_deref().map(input_size).transpose()?,
+            }));
         }
         if let Some(Command::Bench(b)) = self.command {
             let params = AnalyzerParams::default();
@@ -392,6 +441,7 @@ impl Args {
                     FormatArg::Html => Format::Html,
                 },
                 command,
+                input_size: c.common.input_size()?,
             }));
         }
         let params = self.common.params();
@@ -413,6 +463,7 @@ impl Args {
             jobs: self.jobs.map(|j| j as usize),
             quiet: self.quiet,
             skip_existing: self.skip_existing,
+            input_size: self.common.input_size()?,
         }))
     }
 }

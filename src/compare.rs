@@ -72,6 +72,8 @@ pub struct CompareConfig {
     pub format: Format,
     /// The command line, shown in the HTML page.
     pub command: String,
+    /// Height and width for a model with symbolic spatial dims (`None`: 224).
+    pub input_size: Option<[usize; 2]>,
 }
 
 struct Row {
@@ -94,7 +96,7 @@ pub fn run_compare(
         .map(|n| Analyzer::from_name(n, &cfg.params))
         .collect::<Result<Vec<_>>>()?;
     anyhow::ensure!(!analyzers.is_empty(), "--rules names no analyzer");
-    let model = Model::load(&cfg.model)?;
+    let model = Model::load_sized(&cfg.model, cfg.input_size)?;
     let names = labels::for_classes(model.classes);
     if let ClassChoice::Query(q) = &cfg.class {
         labels::find_class(&names, q).map_err(|e| anyhow!("--class {q}: {e}"))?;

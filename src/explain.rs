@@ -119,8 +119,10 @@ pub fn explain_with(
     let logit = fwd.logits[class];
     let relevance = walk_back(graph, fwd, class, logit, |node, inputs, r| {
         let rule = composite.rule_for(node);
-        let bounds = (node.op.linear().is_some() && rule == Rule::ZBox)
-            .then(|| bounds_for(inputs[0].shape(), fwd.input.shape(), norm, channels));
+        let bounds = (node.op.linear().is_some() && rule == Rule::ZBox).then(|| {
+            ops::input_bounds::through_normalisation(graph, node, fwd, norm, channels)
+                .unwrap_or_else(|| bounds_for(inputs[0].shape(), fwd.input.shape(), norm, channels))
+        });
         let reuse = ops::Reuse {
             cache: Some(cache),
             output: fwd.activations.get(&node.output),

@@ -77,6 +77,25 @@ pub enum Op {
     },
     /// `Add` of a constant before canonization (a bias, usually after `MatMul`).
     AddConst(ArrayD<f32>),
+    /// `Concat` of activations along `axis` (negative: from the end): each
+    /// input gets its slice of the relevance.
+    Concat {
+        /// The concatenation axis as written in the model.
+        axis: i64,
+    },
+    /// `Pad`: relevance cropped back (constant mode) or summed onto the
+    /// copied elements (edge, reflect, wrap).
+    Pad(crate::ops::pad::PadSpec),
+    /// `Resize` (nearest): each input element gets the sum over its copies.
+    Resize(crate::ops::resize::ResizeSpec),
+    /// `Mul` of an activation by a gate (squeeze-excitation, swish): all
+    /// relevance to the gated activation, none to the gate.
+    Gate {
+        /// Which input is the gate (`None`: the one broadcast to the output).
+        gate: Option<usize>,
+    },
+    /// `ReduceMean` / `ReduceSum` (proportional) and `ReduceMax` (winner takes all).
+    Reduce(crate::ops::reduce::ReduceSpec),
 }
 
 impl Op {

@@ -15,6 +15,7 @@ pub mod graph;
 pub mod grid;
 pub mod html;
 pub mod inputs;
+pub mod inspect;
 pub mod labels;
 pub mod linalg;
 pub mod model;

@@ -36,6 +36,21 @@ fn main() -> ExitCode {
         },
         cli::Job::Models => report_usage_error(models()),
         cli::Job::Fetch(target) => report_usage_error(fetch(&target)),
+        cli::Job::Inspect(cfg) => inspect(cfg),
+    }
+}
+
+fn inspect(cfg: lrp_heatmap::inspect::InspectConfig) -> ExitCode {
+    match lrp_heatmap::inspect::run_inspect(&cfg, &mut std::io::stdout()) {
+        Ok(true) => ExitCode::from(EXIT_OK),
+        Ok(false) => {
+            eprintln!("error: model {} cannot be explained", cfg.model.display());
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
     }
 }
 

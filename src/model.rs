@@ -103,7 +103,7 @@ pub fn softmax(x: &[f32]) -> Vec<f32> {
     e.into_iter().map(|v| v / s).collect()
 }
 
-fn input_spec(graph: &Graph) -> Result<InputSpec> {
+fn input_spec(graph: &Graph, size: Option<[usize; 2]>) -> Result<InputSpec> {
     let d = &graph.input_dims;
     ensure!(
         d.len() == 4,
@@ -129,7 +129,15 @@ fn input_spec(graph: &Graph) -> Result<InputSpec> {
         graph.input,
         d[0]
     );
-    let (height, width) = (h.unwrap_or(DEFAULT_SIZE), w.unwrap_or(DEFAULT_SIZE));
+    let [sh, sw] = size.unwrap_or([DEFAULT_SIZE; 2]);
+    if let (Some([want_h, want_w]), Some(fh), Some(fw)) = (size, h, w) {
+        ensure!(
+            [want_h, want_w] == [fh, fw],
+            "input size {want_h}x{want_w} asked for, but input '{}' is fixed to {fh}x{fw}",
+            graph.input
+        );
+    }
+    let (height, width) = (h.unwrap_or(sh), w.unwrap_or(sw));
     let shape = match layout {
         Layout::Nchw => vec![1, channels, height, width],
         Layout::Nhwc => vec![1, height, width, channels],
@@ -245,13 +253,19 @@ impl Model {
     /// Loads and prepares an ONNX model file, or the bundled model when `path`
     /// is [`BUNDLED_NAME`] and no such file exists.
     pub fn load(path: &Path) -> Result<Model> {
-        Model::load_with(path, Engine::Auto)
+        Model::load_with(path, None, Engine::Auto)
     }
 
-    /// [`Model::load`] with a choice of forward engine.
-    pub fn load_with(path: &Path, engine: Engine) -> Result<Model> {
+    /// [`Model::load`] with symbolic height and width fixed to `size`
+    /// (`[H, W]`; [`DEFAULT_SIZE`] when `None`).
+    pub fn load_sized(path: &Path, size: Option<[usize; 2]>) -> Result<Model> {
+        Model::load_with(path, size, Engine::Auto)
+    }
+
+    /// [`Model::load_sized`] with a choice of forward engine.
+    pub fn load_with(path: &Path, size: Option<[usize; 2]>, engine: Engine) -> Result<Model> {
         if path == Path::new(BUNDLED_NAME) && !path.exists() {
-            return Model::from_bytes_with(BUNDLED_MODEL, path, None, engine);
+            return Model::from_bytes_with(BUNDLED_MODEL, path, None, size, engine);
         }
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
@@ -262,24 +276,35 @@ impl Model {
         let proto = decode(&bytes, path)?;
         // the file's bytes are not needed once decoded: one copy of the weights less
         drop(bytes);
-        Model::from_proto(proto, path, dir, engine)
+        Model::from_proto(proto, path, dir, size, engine)
     }
 
     /// Prepares a model from the bytes of an ONNX file; `path` names it in
     /// messages, `dir` is where external data files are looked up.
     pub fn from_bytes(bytes: &[u8], path: &Path, dir: Option<&str>) -> Result<Model> {
-        Model::from_bytes_with(bytes, path, dir, Engine::Auto)
+        Model::from_bytes_with(bytes, path, dir, None, Engine::Auto)
     }
 
-    /// [`Model::from_bytes`] with a choice of forward engine.
+    /// [`Model::from_bytes`] with symbolic height and width fixed to `size`.
+    pub fn from_bytes_sized(
+        bytes: &[u8],
+        path: &Path,
+        dir: Option<&str>,
+        size: Option<[usize; 2]>,
+    ) -> Result<Model> {
+        Model::from_bytes_with(bytes, path, dir, size, Engine::Auto)
+    }
+
+    /// [`Model::from_bytes_sized`] with a choice of forward engine.
     pub fn from_bytes_with(
         bytes: &[u8],
         path: &Path,
         dir: Option<&str>,
+        size: Option<[usize; 2]>,
         engine: Engine,
     ) -> Result<Model> {
         let proto = decode(bytes, path)?;
-        Model::from_proto(proto, path, dir, engine)
+        Model::from_proto(proto, path, dir, size, engine)
     }
 
     /// Which engine runs the forward pass: `native`, or `tract` with the reason.
@@ -294,6 +319,7 @@ impl Model {
         proto: tract_onnx::pb::ModelProto,
         path: &Path,
         dir: Option<&str>,
+        size: Option<[usize; 2]>,
         engine: Engine,
     ) -> Result<Model> {
         let onnx = tract_onnx::onnx();
@@ -310,7 +336,8 @@ impl Model {
         let mut graph =
             build_graph(&proto, &load).with_context(|| format!("model {}", path.display()))?;
         canonize(&mut graph)?;
-        let input = input_spec(&graph).with_context(|| format!("model {}", path.display()))?;
+        let input =
+            input_spec(&graph, size).with_context(|| format!("model {}", path.display()))?;
 
         let native = match engine {
             Engine::Auto => NativePlan::new(&proto, &graph),

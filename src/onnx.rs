@@ -13,6 +13,7 @@ use tract_onnx::pb::{self, type_proto, NodeProto, TensorProto};
 
 mod attrs;
 mod elementwise;
+mod structure;
 
 use attrs::{attr, attr_f, attr_i, attr_ints, pool, window};
 use elementwise::{Operand, ACTIVATION_OPS};
@@ -51,6 +52,11 @@ pub fn supported_ops() -> Vec<&'static str> {
     ];
     v.extend_from_slice(ACTIVATION_OPS);
     v.extend_from_slice(RESHAPE_OPS);
+    v.extend(
+        structure::STRUCTURE_OPS
+            .iter()
+            .filter(|o| **o != "Upsample"),
+    );
     v
 }
 
@@ -161,6 +167,8 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
                 is_const: &is_const,
             },
         )?;
+        let mut acts = acts;
+        acts.extend(structure::runtime_operands(n, &op, opset));
         out_nodes.push(Node {
             name,
             op_type: n.op_type.clone(),
@@ -170,6 +178,7 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
             first: false,
         });
     }
+    crate::ops::gate::resolve_gates(&mut out_nodes);
 
     // logits: the declared output, or the input of a trailing softmax
     let mut logits = g.output[0].name.clone();
@@ -363,6 +372,8 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants
             })
         }
         "Add" if acts.len() == 2 => Op::Sum,
+        "Mul" if acts.len() == 2 => structure::convert(n, acts, opset, &operand)
+            .map_err(|e| unsupported(&format!("{e:#}")))?,
         "Add" | "Sub" | "Mul" | "Div" => {
             ensure!(
                 acts.len() == 1,
@@ -418,6 +429,8 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants
             Op::Activation(act)
         }
         o if RESHAPE_OPS.contains(&o) => Op::Reshape,
+        o if structure::STRUCTURE_OPS.contains(&o) => structure::convert(n, acts, opset, &operand)
+            .map_err(|e| unsupported(&format!("{e:#}")))?,
         _ => return Err(unsupported("LRP has no rule for it")),
     })
 }

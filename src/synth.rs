@@ -229,6 +229,42 @@ impl OnnxBuilder {
             .push(value_info(name, DataType::Float, Some(dims)));
     }
 
+    /// Declares a float32 graph input with dims given as text: a number is a
+    /// fixed dim, anything else a symbolic one of that name (e.g.
+    /// `["N", "3", "H", "W"]` or tf2onnx's `["unk__6", "224", "224", "3"]`).
+    pub fn input_named_dims(&mut self, name: &str, dims: &[&str]) {
+        let mut v = value_info(name, DataType::Float, Some(&vec![-1; dims.len()]));
+        if let Some(type_proto::Value::TensorType(t)) =
+            v.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            if let Some(shape) = t.shape.as_mut() {
+                for (d, text) in shape.dim.iter_mut().zip(dims) {
+                    d.value = Some(match text.parse::<i64>() {
+                        Ok(n) => tensor_shape_proto::dimension::Value::DimValue(n),
+                        Err(_) => tensor_shape_proto::dimension::Value::DimParam(text.to_string()),
+                    });
+                }
+            }
+        }
+        self.inputs.push(v);
+    }
+
+    /// Renames the tensor `from` to `to` everywhere: graph inputs and
+    /// outputs and node inputs and outputs (not initializers).
+    pub fn rename(&mut self, from: &str, to: &str) {
+        let fix = |s: &mut String| {
+            if s == from {
+                *s = to.to_string();
+            }
+        };
+        self.inputs.iter_mut().for_each(|v| fix(&mut v.name));
+        self.outputs.iter_mut().for_each(|v| fix(&mut v.name));
+        for n in &mut self.nodes {
+            n.input.iter_mut().for_each(fix);
+            n.output.iter_mut().for_each(fix);
+        }
+    }
+
     /// Declares a float32 graph output. Empty `dims` means unknown shape;
     /// negative dims become symbolic like in [`OnnxBuilder::input`].
     pub fn output(&mut self, name: &str, dims: &[i64]) {
@@ -1144,6 +1180,41 @@ mod tests {
         assert_eq!(
             y.iter().copied().collect::<Vec<f32>>(),
             [0.0, 1.0, 48.0, 49.0]
+        );
+    }
+
+    #[test]
+    fn named_dims_and_renaming() {
+        let mut b = OnnxBuilder::new(13);
+        b.input_named_dims("x", &["N", "3", "H", "W"]);
+        b.node("Relu", &["x"], &["y"], vec![]);
+        b.output("y", &[]);
+        b.rename("x", "data");
+        let model = ModelProto::decode(&b.to_bytes()[..]).unwrap();
+        let graph = model.graph.unwrap();
+        assert_eq!(graph.input[0].name, "data");
+        assert_eq!(graph.node[0].input, ["data"]);
+        let Some(type_proto::Value::TensorType(t)) = &graph.input[0].r#type.as_ref().unwrap().value
+        else {
+            panic!("not a tensor type")
+        };
+        use tensor_shape_proto::dimension::Value;
+        let dims: Vec<_> = t
+            .shape
+            .as_ref()
+            .unwrap()
+            .dim
+            .iter()
+            .map(|d| d.value.clone())
+            .collect();
+        assert_eq!(
+            dims,
+            [
+                Some(Value::DimParam("N".into())),
+                Some(Value::DimValue(3)),
+                Some(Value::DimParam("H".into())),
+                Some(Value::DimParam("W".into()))
+            ]
         );
     }
 

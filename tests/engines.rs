@@ -22,9 +22,9 @@ fn max_abs(a: &ArrayD<f32>) -> f32 {
 
 /// Loads `path` with both engines and compares logits and relevance.
 fn check(path: &Path, rules: &[&str]) {
-    let native = Model::load_with(path, Engine::Auto).expect("native load");
+    let native = Model::load_with(path, None, Engine::Auto).expect("native load");
     assert_eq!(native.engine(), "native", "{}", path.display());
-    let tract = Model::load_with(path, Engine::Tract).expect("tract load");
+    let tract = Model::load_with(path, None, Engine::Tract).expect("tract load");
     assert!(tract.engine().starts_with("tract"));
     for seed in 0..2 {
         let x = image(&native.input.shape, seed);

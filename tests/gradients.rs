@@ -692,3 +692,52 @@ fn every_analyzer_name_round_trips_and_bad_names_and_parameters_are_rejected() {
         assert!(Analyzer::from_name("smoothgrad", &q).is_err(), "{q:?}");
     }
 }
+
+/// Concat of three Pads (constant, reflect, edge), a strided Conv, swish as
+/// `Mul(x, Sigmoid(x))`, Resize nearest x2, a squeeze-excitation gate
+/// (HardSigmoid, gate first), Sum of three activations, ReduceMean and
+/// ReduceSum (axes as an input) over H, W, Gemm.
+fn structural_net(dir: &Path, seed: u64) -> Model {
+    let mut n = Net::new(13, seed, &[1, 3, 6, 6]);
+    let c = n.conv("x", 3, 4, 3, vec![pads([1; 4])]);
+    let t = n.op("Tanh", &[&c], vec![]);
+    let pad = |n: &mut Net, p: [i64; 8], mode: &str| {
+        let name = n.name("pads");
+        let pn = n.b.initializer_i64(&name, &[8], &p);
+        n.op("Pad", &[&t, &pn], vec![Attr::Str("mode", mode.into())])
+    };
+    let p1 = pad(&mut n, [0, 0, 1, 0, 0, 0, 0, 1], "constant");
+    let p2 = pad(&mut n, [0, 0, 1, 1, 0, 0, 0, 0], "reflect");
+    let p3 = pad(&mut n, [0, 0, 0, 0, 0, 0, 1, 1], "edge");
+    let cat = n.op("Concat", &[&p1, &p2, &p3], vec![Attr::Int("axis", 1)]);
+    let c2 = n.conv(&cat, 12, 4, 3, vec![pads([1; 4]), strides(2)]);
+    let s = n.op("Sigmoid", &[&c2], vec![]);
+    let sw = n.op("Mul", &[&c2, &s], vec![]);
+    let scales = n.constant(&[4], &[1.0, 1.0, 2.0, 2.0]);
+    let resize = vec![
+        Attr::Str("coordinate_transformation_mode", "asymmetric".into()),
+        Attr::Str("mode", "nearest".into()),
+        Attr::Str("nearest_mode", "floor".into()),
+    ];
+    let up = n.op("Resize", &[&sw, "", &scales], resize);
+    let gap = n.op("GlobalAveragePool", &[&up], vec![]);
+    let e = n.conv(&gap, 4, 4, 1, vec![]);
+    let hs = n.op("HardSigmoid", &[&e], vec![]);
+    let g = n.op("Mul", &[&hs, &up], vec![]);
+    let th = n.op("Tanh", &[&up], vec![]);
+    let sum = n.op("Sum", &[&g, &up, &th], vec![]);
+    let axes = vec![Attr::Ints("axes", vec![2, 3]), Attr::Int("keepdims", 0)];
+    let rm = n.op("ReduceMean", &[&sum], axes);
+    let an = n.name("axes");
+    let ax = n.b.initializer_i64(&an, &[2], &[2, 3]);
+    let rs = n.op("ReduceSum", &[&g, &ax], vec![Attr::Int("keepdims", 0)]);
+    let a = n.op("Add", &[&rm, &rs], vec![]);
+    let logits = n.gemm(&a, 4, 3);
+    n.load(dir, "structural.onnx", &logits)
+}
+
+#[test]
+fn gradient_matches_finite_differences_through_concat_pad_resize_gates_and_reductions() {
+    let dir = tempfile::tempdir().unwrap();
+    check_model("structural", &structural_net(dir.path(), 6));
+}

@@ -1105,6 +1105,49 @@ enum RefOp {
     AvgPool(Vec<Vec<usize>>, Vec<f64>),
     Add,
     Identity,
+    /// Output `j` copies element `i` of input slot `k` (`Some((k, i))`) or is
+    /// `fill` (concat, pad, resize, transpose): relevance to what it copies.
+    Copy {
+        src: Vec<Option<(usize, usize)>>,
+        fill: f64,
+    },
+    /// `y = x s + t` elementwise (arithmetic with constants): relevance passes.
+    Scale {
+        s: Vec<f64>,
+        t: Vec<f64>,
+    },
+    /// Elementwise activation: relevance passes.
+    Act(RefAct),
+    /// `y_j = x_j g_{idx_j}` with inputs `[x, g]`: all relevance to `x`, none to `g`.
+    Gate(Vec<usize>),
+}
+
+/// Elementwise activations (forward only), from their ONNX definitions.
+#[derive(Clone, Copy, Debug)]
+enum RefAct {
+    Clip(f64, f64),
+    LeakyRelu(f64),
+    Sigmoid,
+    Tanh,
+    HardSwish,
+    HardSigmoid(f64, f64),
+}
+
+fn ref_act(a: RefAct, x: f64) -> f64 {
+    match a {
+        RefAct::Clip(lo, hi) => x.max(lo).min(hi),
+        RefAct::LeakyRelu(alpha) => {
+            if x >= 0.0 {
+                x
+            } else {
+                alpha * x
+            }
+        }
+        RefAct::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        RefAct::Tanh => x.tanh(),
+        RefAct::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+        RefAct::HardSigmoid(alpha, beta) => (alpha * x + beta).clamp(0.0, 1.0),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1145,6 +1188,21 @@ fn ref_forward(nodes: &[RefNode], x: Vec<f64>) -> Vec<Vec<f64>> {
                 .collect(),
             RefOp::Add => a.iter().zip(&v[n.inputs[1]]).map(|(p, q)| p + q).collect(),
             RefOp::Identity => a.clone(),
+            RefOp::Copy { src, fill } => src
+                .iter()
+                .map(|s| s.map_or(*fill, |(k, i)| v[n.inputs[k]][i]))
+                .collect(),
+            RefOp::Scale { s, t } => a
+                .iter()
+                .zip(s.iter().zip(t))
+                .map(|(x, (s, t))| x * s + t)
+                .collect(),
+            RefOp::Act(f) => a.iter().map(|&x| ref_act(*f, x)).collect(),
+            RefOp::Gate(idx) => a
+                .iter()
+                .zip(idx)
+                .map(|(x, &i)| x * v[n.inputs[1]][i])
+                .collect(),
         };
         v.push(out);
     }
@@ -1176,8 +1234,41 @@ fn ref_lrp(
     shapes: &[Vec<usize>],
     class: usize,
     comp: &RefComposite,
+    input_bounds: &(Vec<f64>, Vec<f64>),
 ) -> Vec<f64> {
     let out = acts.len() - 1;
+    // z^B bounds of the values reached from the input through copies and
+    // arithmetic with constants (in-model normalisation, transposes): each
+    // node maps the interval of each element; elsewhere the image bounds.
+    let mut bounds: Vec<Option<(Vec<f64>, Vec<f64>)>> = vec![Some(input_bounds.clone())];
+    for n in nodes {
+        let ins: Option<Vec<&(Vec<f64>, Vec<f64>)>> =
+            n.inputs.iter().map(|&i| bounds[i].as_ref()).collect();
+        let b = ins.and_then(|ins| match &n.op {
+            RefOp::Identity => Some(ins[0].clone()),
+            RefOp::Copy { src, fill } => {
+                let pick = |hi: bool| -> Vec<f64> {
+                    src.iter()
+                        .map(|s| {
+                            s.map_or(*fill, |(k, i)| if hi { ins[k].1[i] } else { ins[k].0[i] })
+                        })
+                        .collect()
+                };
+                Some((pick(false), pick(true)))
+            }
+            RefOp::Scale { s, t } => {
+                let (lo, hi) = ins[0];
+                let a: Vec<f64> = (0..lo.len()).map(|e| lo[e] * s[e] + t[e]).collect();
+                let b: Vec<f64> = (0..lo.len()).map(|e| hi[e] * s[e] + t[e]).collect();
+                Some((
+                    a.iter().zip(&b).map(|(a, b)| a.min(*b)).collect(),
+                    a.iter().zip(&b).map(|(a, b)| a.max(*b)).collect(),
+                ))
+            }
+            _ => None,
+        });
+        bounds.push(b);
+    }
     let mut rel: Vec<Vec<f64>> = acts.iter().map(|a| vec![0.0; a.len()]).collect();
     rel[out][class] = acts[out][class];
     // First layers: linear layers reading the input with no linear layer in between.
@@ -1204,7 +1295,11 @@ fn ref_lrp(
                     _ if *dense => comp.dense,
                     _ => comp.conv,
                 };
-                let b = (rule == RefRule::ZBox).then(|| image_bounds(&shapes[i0]));
+                let b = (rule == RefRule::ZBox).then(|| {
+                    bounds[i0]
+                        .clone()
+                        .unwrap_or_else(|| image_bounds(&shapes[i0]))
+                });
                 add[0] = ref_rule(
                     rule,
                     layer,
@@ -1236,6 +1331,21 @@ fn ref_lrp(
                         add[0][i] += x[i] / n[j] * r[j] / stab(z);
                     }
                 }
+            }
+            RefOp::Copy { src, .. } => {
+                // all of an output's relevance to the element it copies
+                add = n.inputs.iter().map(|&i| vec![0.0; acts[i].len()]).collect();
+                for (j, s) in src.iter().enumerate() {
+                    if let Some((k, i)) = s {
+                        add[*k][*i] += r[j];
+                    }
+                }
+            }
+            RefOp::Scale { .. } | RefOp::Act(_) => add[0] = r,
+            RefOp::Gate(_) => {
+                // signal-take-all: the gate gets nothing
+                add[0] = r;
+                add.push(vec![0.0; acts[n.inputs[1]].len()]);
             }
             RefOp::Add => {
                 // R_a = a R / stab(a + b), R_b = b R / stab(a + b).
@@ -1296,6 +1406,36 @@ struct NetBuilder {
     rng: Rng,
     opts: NetOpts,
     convs: usize,
+    /// How the model is fed (exporter styles).
+    feed: Feed,
+    /// Value -> index of the linear node a constant scale / shift after it
+    /// folds into (the value was written by a fold).
+    folds: std::collections::HashMap<usize, usize>,
+}
+
+/// How a generated model is fed: input name and layout, the command's
+/// normalisation, the input size for symbolic dims.
+#[derive(Clone, Debug)]
+struct Feed {
+    opset: i64,
+    input_name: String,
+    nhwc: bool,
+    mean: [f64; 3],
+    std: [f64; 3],
+    size: Option<[usize; 2]>,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Feed {
+            opset: 13,
+            input_name: "input".into(),
+            nhwc: false,
+            mean: MEAN,
+            std: STD,
+            size: None,
+        }
+    }
 }
 
 impl NetBuilder {
@@ -1310,6 +1450,8 @@ impl NetBuilder {
             rng: Rng::new(seed),
             opts,
             convs: 0,
+            feed: Feed::default(),
+            folds: Default::default(),
         }
     }
 
@@ -1602,12 +1744,16 @@ impl NetBuilder {
         self.push(op.clone(), op, vec![x], vec![out])
     }
 
-    /// `MatMul(x, W [in, out])` followed by `Add(., b)` (a Keras-style dense layer).
+    /// `MatMul(x, W [in, out])` followed by `Add(., b)` (a Keras-style dense layer;
+    /// `b = 0` in a network without biases).
     fn matmul_add(&mut self, x: usize, out: usize) -> usize {
         let k = self.shapes[x][0];
         let id = self.shapes.len();
         let wv = he_normal(&mut self.rng, k, out * k);
-        let bv = uniform(&mut self.rng, -0.1, 0.1, out);
+        let mut bv = uniform(&mut self.rng, -0.1, 0.1, out);
+        if !self.opts.bias {
+            bv.fill(0.0);
+        }
         let w = self.onnx.initializer(&format!("w{id}"), &[k, out], &wv);
         let b = self.onnx.initializer(&format!("b{id}"), &[out], &bv);
         let mm = format!("t{id}_matmul");
@@ -1643,10 +1789,15 @@ impl NetBuilder {
         let [c, h, w] = self.chw(x);
         let id = self.shapes.len();
         let ranges = [(0.5, 1.5), (-0.1, 0.1), (-0.1, 0.1), (0.5, 1.5)];
-        let params: Vec<Vec<f32>> = ranges
+        let mut params: Vec<Vec<f32>> = ranges
             .iter()
             .map(|&(lo, hi)| uniform(&mut self.rng, lo, hi, c))
             .collect();
+        if !self.opts.bias {
+            // no shift either (beta = mean = 0): a network without any bias
+            params[1].fill(0.0);
+            params[2].fill(0.0);
+        }
         let mut inputs = vec![Self::name(x)];
         for (p, what) in params.iter().zip(["scale", "bias", "mean", "var"]) {
             inputs.push(self.onnx.initializer(&format!("bn{id}_{what}"), &[c], p));
@@ -1720,13 +1871,38 @@ impl NetBuilder {
         } else {
             self.onnx.output(&Self::name(out), &[1, n as i64]);
         }
+        if self.feed.input_name != "input" {
+            self.onnx.rename("input", &self.feed.input_name);
+        }
         let path = dir.join(file);
         self.onnx.save(&path).expect("save onnx");
+        // z^B bounds of the input: (0 - mean_c) / std_c .. (1 - mean_c) / std_c
+        let s0 = &self.shapes[0];
+        let n: usize = s0.iter().product();
+        let channel = |k: usize| {
+            if self.feed.nhwc {
+                k % s0[2]
+            } else {
+                k / (n / s0[0])
+            }
+        };
+        let f = &self.feed;
+        let input_bounds = (
+            (0..n)
+                .map(|k| (0.0 - f.mean[channel(k)]) / f.std[channel(k)])
+                .collect(),
+            (0..n)
+                .map(|k| (1.0 - f.mean[channel(k)]) / f.std[channel(k)])
+                .collect(),
+        );
         BuiltNet {
             path,
+            logits: Self::name(out),
             explicit: self.explicit,
             folded: self.folded,
             shapes: self.shapes,
+            input_bounds,
+            feed: self.feed,
         }
     }
 }
@@ -1736,6 +1912,22 @@ struct BuiltNet {
     explicit: Vec<RefNode>,
     folded: Vec<RefNode>,
     shapes: Vec<Vec<usize>>,
+    /// The logits tensor (the Softmax input when there is one).
+    logits: String,
+    /// z^B bounds of each input element under `feed`'s normalisation.
+    input_bounds: (Vec<f64>, Vec<f64>),
+    feed: Feed,
+}
+
+impl BuiltNet {
+    /// The command's normalisation for this model.
+    fn norm(&self) -> Normalization {
+        let f = |v: [f64; 3]| v.map(|x| x as f32);
+        Normalization {
+            mean: f(self.feed.mean),
+            std: f(self.feed.std),
+        }
+    }
 }
 
 /// input [1,3,8,8] -> Conv(3->4, 3x3, pad 1) + Relu -> MaxPool 2x2 -> Conv(4->4, 3x3, pad 1)
@@ -1890,7 +2082,8 @@ fn argmax(v: &[f32]) -> usize {
 /// and compares logits and relevance with the reference. Returns failures.
 fn check_network(what: &str, net: &BuiltNet, input: &ArrayD<f32>) -> Vec<String> {
     let mut failures = vec![];
-    let model = Model::load(&net.path).unwrap_or_else(|e| panic!("{what}: cannot load: {e:#}"));
+    let model = Model::load_sized(&net.path, net.feed.size)
+        .unwrap_or_else(|e| panic!("{what}: cannot load: {e:#}"));
     let fwd = model
         .forward(input.clone())
         .unwrap_or_else(|e| panic!("{what}: forward: {e:#}"));
@@ -1917,7 +2110,7 @@ fn check_network(what: &str, net: &BuiltNet, input: &ArrayD<f32>) -> Vec<String>
         ));
     }
     let class = argmax(&fwd.logits);
-    let norm = Normalization::default();
+    let norm = net.norm();
     let mut report = vec![];
     for name in COMPOSITES {
         let comp = Composite::from_name(name, &RuleParams::default()).expect("composite");
@@ -1940,7 +2133,14 @@ fn check_network(what: &str, net: &BuiltNet, input: &ArrayD<f32>) -> Vec<String>
             failures.push(format!("{what} / {name}: non-finite relevance"));
             continue;
         }
-        let want = ref_lrp(&net.folded, &acts, &net.shapes, class, &ref_composite(name));
+        let want = ref_lrp(
+            &net.folded,
+            &acts,
+            &net.shapes,
+            class,
+            &ref_composite(name),
+            &net.input_bounds,
+        );
         let (d, k) = max_diff(&lib, &want);
         // Network tolerance: see the top of the file.
         let scale = max_abs(&want).max(1e-3 * logits[class].abs());
@@ -2225,5 +2425,1007 @@ fn zero_input_and_dead_layer_give_finite_relevance_for_every_composite() {
         &net,
         &image(&mut Rng::new(135), &[3, 6, 6]),
     ));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------
+// 4. Exporter styles: PyTorch, Keras via tf2onnx, MXNet-era zoo files
+// ---------------------------------------------------------------------------
+//
+// Each model below has the structure a given exporter writes (see the doc
+// comment of each builder), at toy size. For each one:
+// - `check_network` (library API, every composite, with biases) against the
+//   naive reference, which knows the new operators only from their ONNX
+//   definitions: a copy map (Concat, Pad, Resize, Transpose, all relevance
+//   back to the copied element), an elementwise scale (arithmetic with
+//   constants, folded into the layer before it like a batch norm), activations
+//   (relevance passes) and gates (all relevance to the gated activation);
+// - `check_cli` runs the binary on a PNG of the model's input size (so no
+//   resizing) with z+ and the network rebuilt without any bias, and checks
+//   its logits against tract's plain forward of the same file, the
+//   conservation of relevance and the written relevance against the reference.
+
+impl NetBuilder {
+    /// A model in an exporter's style: input declared with `declared` dims
+    /// (numbers fixed, names symbolic), values of `shape` (no batch axis;
+    /// `[H, W, C]` when `feed.nhwc`).
+    fn styled(seed: u64, opts: NetOpts, feed: Feed, declared: &[&str], shape: Vec<usize>) -> Self {
+        let mut onnx = OnnxBuilder::new(feed.opset);
+        onnx.input_named_dims("input", declared);
+        NetBuilder {
+            onnx,
+            explicit: vec![],
+            folded: vec![],
+            shapes: vec![shape],
+            rng: Rng::new(seed),
+            opts,
+            convs: 0,
+            feed,
+            folds: Default::default(),
+        }
+    }
+
+    /// Conv `k x k`, `stride`, symmetric `pad`, `group` (depthwise when it is
+    /// the number of channels); He-normal weights with fan-in `C / group k k`,
+    /// bias in +-[0.02, 0.1] when the network has biases.
+    fn conv_g(
+        &mut self,
+        x: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        group: usize,
+    ) -> usize {
+        let [c, h, w] = self.chw(x);
+        let cg = c / group;
+        let fan_in = cg * k * k;
+        let mut wv = he_normal(&mut self.rng, fan_in, cout * fan_in);
+        if !self.opts.bias {
+            // The conservation runs (no biases) use non-negative weights as well:
+            // z+ loses the relevance of an output whose contributions are all
+            // negative, which happens where no ReLU follows (before a residual
+            // Add, after HardSwish); with w >= 0 every output that receives
+            // relevance has a positive contribution.
+            wv.iter_mut().for_each(|w| *w = w.abs());
+        }
+        let bv: Option<Vec<f32>> = self.opts.bias.then(|| {
+            (0..cout)
+                .map(|_| {
+                    self.rng.uniform_range(0.02, 0.1)
+                        * if self.rng.uniform() < 0.5 { -1.0 } else { 1.0 }
+                })
+                .collect()
+        });
+        let id = self.shapes.len();
+        let mut inputs = vec![
+            Self::name(x),
+            self.onnx
+                .initializer(&format!("w{id}"), &[cout, cg, k, k], &wv),
+        ];
+        if let Some(b) = &bv {
+            inputs.push(self.onnx.initializer(&format!("b{id}"), &[cout], b));
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let attrs = vec![
+            Attr::Ints("dilations", vec![1, 1]),
+            Attr::Int("group", group as i64),
+            Attr::Ints("kernel_shape", vec![k as i64, k as i64]),
+            Attr::Ints("pads", vec![pad as i64; 4]),
+            Attr::Ints("strides", vec![stride as i64; 2]),
+        ];
+        self.onnx.node("Conv", &inputs, &[&Self::name(id)], attrs);
+        let bias = bv.map(|b| arr(&[cout], b));
+        let (layer, out) = conv_ref(
+            &arr(&[cout, cg, k, k], wv),
+            bias.as_ref(),
+            [c, h, w],
+            [stride; 2],
+            [1, 1],
+            [pad; 4],
+            group,
+        );
+        let op = RefOp::Linear {
+            layer,
+            dense: false,
+        };
+        self.push(op.clone(), op, vec![x], out.to_vec())
+    }
+
+    /// An elementwise activation `op_type` with `attrs` and scalar constant inputs `extra`.
+    fn act(
+        &mut self,
+        x: usize,
+        op_type: &str,
+        f: RefAct,
+        attrs: Vec<Attr>,
+        extra: &[f32],
+    ) -> usize {
+        let id = self.shapes.len();
+        let mut inputs = vec![Self::name(x)];
+        for (k, v) in extra.iter().enumerate() {
+            inputs.push(self.onnx.initializer(&format!("a{id}_{k}"), &[], &[*v]));
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        self.onnx.node(op_type, &inputs, &[&Self::name(id)], attrs);
+        let s = self.shapes[x].clone();
+        self.push(RefOp::Act(f), RefOp::Act(f), vec![x], s)
+    }
+
+    /// ReLU6 as PyTorch exports it: `Clip` with bounds as inputs (opset >= 11)
+    /// or attributes.
+    fn relu6(&mut self, x: usize) -> usize {
+        if self.feed.opset >= 11 {
+            self.act(x, "Clip", RefAct::Clip(0.0, 6.0), vec![], &[0.0, 6.0])
+        } else {
+            let attrs = vec![Attr::Float("min", 0.0), Attr::Float("max", 6.0)];
+            self.act(x, "Clip", RefAct::Clip(0.0, 6.0), attrs, &[])
+        }
+    }
+
+    /// `x op c` with a per-channel constant `c` of ONNX shape `cshape` (`[1, C, 1, 1]`
+    /// for a `[C, H, W]` value, `[M]` for a vector). Folded into the linear
+    /// layer that wrote `x` (directly or through earlier folds), as the
+    /// library's canonization: `w' = s w`, `b' = s b + t`; elsewhere it
+    /// passes relevance on.
+    fn arith(&mut self, x: usize, op: &str, c: &[f32], cshape: &[usize]) -> usize {
+        let id = self.shapes.len();
+        let cname = self.onnx.initializer(&format!("c{id}"), cshape, c);
+        self.onnx
+            .node(op, &[&Self::name(x), &cname], &[&Self::name(id)], vec![]);
+        let shape = self.shapes[x].clone();
+        let n: usize = shape.iter().product();
+        let per = n / c.len();
+        let (s, t): (Vec<f64>, Vec<f64>) = (0..n)
+            .map(|e| {
+                let v = c[e / per] as f64;
+                match op {
+                    "Mul" => (v, 0.0),
+                    "Div" => (1.0 / v, 0.0),
+                    "Add" => (1.0, v),
+                    "Sub" => (1.0, -v),
+                    other => panic!("not arithmetic: {other}"),
+                }
+            })
+            .unzip();
+        let target = match x.checked_sub(1).map(|k| &self.folded[k].op) {
+            Some(RefOp::Linear { .. }) => Some(x - 1),
+            _ => self.folds.get(&x).copied(),
+        };
+        let folded = match target {
+            Some(k) => {
+                let RefOp::Linear { layer, .. } = &mut self.folded[k].op else {
+                    unreachable!("fold target is linear")
+                };
+                for j in 0..layer.n_out {
+                    for i in 0..layer.n_in {
+                        layer.w[i * layer.n_out + j] *= s[j];
+                    }
+                    layer.b[j] = layer.b[j] * s[j] + t[j];
+                }
+                self.folds.insert(id, k);
+                RefOp::Identity
+            }
+            None => RefOp::Scale {
+                s: s.clone(),
+                t: t.clone(),
+            },
+        };
+        self.push(RefOp::Scale { s, t }, folded, vec![x], shape)
+    }
+
+    /// Per-channel constants for `arith`: +-[0.5, 1.5) for a scale, [-0.1, 0.1) for
+    /// a shift (zero in a network without biases).
+    fn channel_consts(&mut self, n: usize, shift: bool) -> Vec<f32> {
+        if shift {
+            let v = uniform(&mut self.rng, -0.1, 0.1, n);
+            if self.opts.bias {
+                v
+            } else {
+                vec![0.0; n]
+            }
+        } else {
+            (0..n)
+                .map(|_| {
+                    self.rng.uniform_range(0.5, 1.5)
+                        * if self.rng.uniform() < 0.25 { -1.0 } else { 1.0 }
+                })
+                .collect()
+        }
+    }
+
+    /// `Concat` of `[C_k, H, W]` values on the channel axis.
+    fn concat(&mut self, xs: &[usize]) -> usize {
+        let id = self.shapes.len();
+        let names: Vec<String> = xs.iter().map(|&v| Self::name(v)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.onnx.node(
+            "Concat",
+            &refs,
+            &[&Self::name(id)],
+            vec![Attr::Int("axis", 1)],
+        );
+        let [_, h, w] = self.chw(xs[0]);
+        // the channel axis is the outermost one: the inputs follow each other
+        let mut src = vec![];
+        let mut c = 0;
+        for (k, &v) in xs.iter().enumerate() {
+            let len: usize = self.shapes[v].iter().product();
+            src.extend((0..len).map(|i| Some((k, i))));
+            c += self.shapes[v][0];
+        }
+        let op = RefOp::Copy { src, fill: 0.0 };
+        self.push(op.clone(), op, xs.to_vec(), vec![c, h, w])
+    }
+
+    /// `Pad` of a `[C, H, W]` value by `p = [top, left, bottom, right]` in `mode`
+    /// (constant 0, reflect or edge); pads as an attribute before opset 11, as a
+    /// constant input from 11, or computed in the model (`Concat` of two
+    /// constants, as an export without constant folding) with `computed`.
+    fn pad(&mut self, x: usize, p: [usize; 4], mode: &str, computed: bool) -> usize {
+        let [c, h, w] = self.chw(x);
+        let id = self.shapes.len();
+        let pads: Vec<i64> = [0, 0, p[0], p[1], 0, 0, p[2], p[3]]
+            .iter()
+            .map(|&v| v as i64)
+            .collect();
+        let mut attrs = vec![Attr::Str("mode", mode.into())];
+        if self.feed.opset < 11 {
+            attrs.push(Attr::Ints("pads", pads));
+            self.onnx
+                .node("Pad", &[&Self::name(x)], &[&Self::name(id)], attrs);
+        } else {
+            let pn = if computed {
+                let a = self
+                    .onnx
+                    .initializer_i64(&format!("pads{id}_a"), &[4], &pads[..4]);
+                let b = self
+                    .onnx
+                    .initializer_i64(&format!("pads{id}_b"), &[4], &pads[4..]);
+                let pn = format!("t{id}_pads");
+                self.onnx
+                    .node("Concat", &[&a, &b], &[&pn], vec![Attr::Int("axis", 0)]);
+                pn
+            } else {
+                self.onnx.initializer_i64(&format!("pads{id}"), &[8], &pads)
+            };
+            self.onnx
+                .node("Pad", &[&Self::name(x), &pn], &[&Self::name(id)], attrs);
+        }
+        let (oh, ow) = (h + p[0] + p[2], w + p[1] + p[3]);
+        // the source of output o on an axis of length n with `before` padding (ONNX Pad)
+        let map = |o: usize, before: usize, n: usize| -> Option<usize> {
+            let (i, n) = (o as isize - before as isize, n as isize);
+            match mode {
+                "constant" => (0..n).contains(&i).then_some(i as usize),
+                "edge" => Some(i.clamp(0, n - 1) as usize),
+                "reflect" => Some(if i < 0 {
+                    (-i) as usize
+                } else if i >= n {
+                    (2 * (n - 1) - i) as usize
+                } else {
+                    i as usize
+                }),
+                other => panic!("pad mode {other}"),
+            }
+        };
+        let mut src = vec![];
+        for ch in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    src.push(match (map(oy, p[0], h), map(ox, p[1], w)) {
+                        (Some(y), Some(xx)) => Some((0, (ch * h + y) * w + xx)),
+                        _ => None,
+                    });
+                }
+            }
+        }
+        let op = RefOp::Copy { src, fill: 0.0 };
+        self.push(op.clone(), op, vec![x], vec![c, oh, ow])
+    }
+
+    /// `Resize` x2 nearest as PyTorch exports `Upsample(scale_factor=2)`:
+    /// asymmetric coordinates, floor, constant scales `[1, 1, 2, 2]`.
+    fn upsample2(&mut self, x: usize) -> usize {
+        let [c, h, w] = self.chw(x);
+        let id = self.shapes.len();
+        let sc = self
+            .onnx
+            .initializer(&format!("scales{id}"), &[4], &[1.0, 1.0, 2.0, 2.0]);
+        let attrs = vec![
+            Attr::Str("coordinate_transformation_mode", "asymmetric".into()),
+            Attr::Str("mode", "nearest".into()),
+            Attr::Str("nearest_mode", "floor".into()),
+        ];
+        self.onnx.node(
+            "Resize",
+            &[&Self::name(x), "", &sc],
+            &[&Self::name(id)],
+            attrs,
+        );
+        // output (ch, oy, ox) copies (ch, floor(oy / 2), floor(ox / 2))
+        let mut src = vec![];
+        for ch in 0..c {
+            for oy in 0..2 * h {
+                for ox in 0..2 * w {
+                    src.push(Some((0, (ch * h + oy / 2) * w + ox / 2)));
+                }
+            }
+        }
+        let op = RefOp::Copy { src, fill: 0.0 };
+        self.push(op.clone(), op, vec![x], vec![c, 2 * h, 2 * w])
+    }
+
+    /// `Mul` of `x` by the gate `g`, of the same shape (swish) or `[C, 1, 1]`
+    /// (squeeze-excitation); `gate_first` writes `Mul(g, x)`.
+    fn gate(&mut self, x: usize, g: usize, gate_first: bool) -> usize {
+        let id = self.shapes.len();
+        let (a, b) = if gate_first { (g, x) } else { (x, g) };
+        self.onnx.node(
+            "Mul",
+            &[&Self::name(a), &Self::name(b)],
+            &[&Self::name(id)],
+            vec![],
+        );
+        let shape = self.shapes[x].clone();
+        let n: usize = shape.iter().product();
+        let gl: usize = self.shapes[g].iter().product();
+        let idx: Vec<usize> = (0..n).map(|e| e / (n / gl)).collect();
+        self.push(
+            RefOp::Gate(idx.clone()),
+            RefOp::Gate(idx),
+            vec![x, g],
+            shape,
+        )
+    }
+
+    /// `Transpose` with `perm` over the batched axes (`perm[0] == 0`).
+    fn transpose(&mut self, x: usize, perm: &[usize]) -> usize {
+        let id = self.shapes.len();
+        self.onnx.node(
+            "Transpose",
+            &[&Self::name(x)],
+            &[&Self::name(id)],
+            vec![Attr::Ints("perm", perm.iter().map(|&p| p as i64).collect())],
+        );
+        let s = self.shapes[x].clone();
+        let p: Vec<usize> = perm[1..].iter().map(|&a| a - 1).collect();
+        // output axis k is input axis p[k]
+        let out: Vec<usize> = p.iter().map(|&a| s[a]).collect();
+        let strides: Vec<usize> = (0..s.len()).map(|k| s[k + 1..].iter().product()).collect();
+        let n: usize = s.iter().product();
+        let src = (0..n)
+            .map(|o| {
+                let (mut rem, mut off) = (o, 0);
+                for k in (0..out.len()).rev() {
+                    off += (rem % out[k]) * strides[p[k]];
+                    rem /= out[k];
+                }
+                Some((0, off))
+            })
+            .collect();
+        let op = RefOp::Copy { src, fill: 0.0 };
+        self.push(op.clone(), op, vec![x], out)
+    }
+
+    /// tf2onnx's flatten with a dynamic batch: `Reshape(x, Concat(Gather(Shape(x),
+    /// [0]), ReduceProd(Slice(Shape(x), [1], [rank]))))`, computed at run time.
+    fn dynamic_flatten(&mut self, x: usize) -> usize {
+        let id = self.shapes.len();
+        let rank = self.shapes[x].len() as i64 + 1;
+        let t = |s: &str| format!("t{id}_{s}");
+        let xn = Self::name(x);
+        self.onnx.node("Shape", &[&xn], &[&t("shape")], vec![]);
+        let i0 = self.onnx.initializer_i64(&t("i0"), &[1], &[0]);
+        self.onnx.node(
+            "Gather",
+            &[&t("shape"), &i0],
+            &[&t("n")],
+            vec![Attr::Int("axis", 0)],
+        );
+        let starts = self.onnx.initializer_i64(&t("starts"), &[1], &[1]);
+        let ends = self.onnx.initializer_i64(&t("ends"), &[1], &[rank]);
+        self.onnx.node(
+            "Slice",
+            &[&t("shape"), &starts, &ends],
+            &[&t("rest")],
+            vec![],
+        );
+        self.onnx.node(
+            "ReduceProd",
+            &[&t("rest")],
+            &[&t("k")],
+            vec![Attr::Int("keepdims", 1)],
+        );
+        self.onnx.node(
+            "Concat",
+            &[&t("n"), &t("k")],
+            &[&t("newshape")],
+            vec![Attr::Int("axis", 0)],
+        );
+        self.onnx.node(
+            "Reshape",
+            &[&xn, &t("newshape")],
+            &[&Self::name(id)],
+            vec![],
+        );
+        let n = self.shapes[x].iter().product();
+        self.push(RefOp::Identity, RefOp::Identity, vec![x], vec![n])
+    }
+
+    /// Keras' `GlobalAveragePooling2D` as tf2onnx writes it: `ReduceMean` over
+    /// axes 1, 2 of an NHWC value (`keepdims = 0`).
+    fn reduce_mean_hw(&mut self, x: usize) -> usize {
+        let (h, w, c) = (self.shapes[x][0], self.shapes[x][1], self.shapes[x][2]);
+        let id = self.shapes.len();
+        self.onnx.node(
+            "ReduceMean",
+            &[&Self::name(x)],
+            &[&Self::name(id)],
+            vec![Attr::Ints("axes", vec![1, 2]), Attr::Int("keepdims", 0)],
+        );
+        let win: Vec<Vec<usize>> = (0..c)
+            .map(|ch| (0..h * w).map(|p| p * c + ch).collect())
+            .collect();
+        let op = RefOp::AvgPool(win, vec![(h * w) as f64; c]);
+        self.push(op.clone(), op, vec![x], vec![c])
+    }
+
+    /// A node that passes its input on (`Identity`, `Dropout`).
+    fn passthrough(&mut self, x: usize, op_type: &str, attrs: Vec<Attr>) -> usize {
+        let id = self.shapes.len();
+        self.onnx
+            .node(op_type, &[&Self::name(x)], &[&Self::name(id)], attrs);
+        let s = self.shapes[x].clone();
+        self.push(RefOp::Identity, RefOp::Identity, vec![x], s)
+    }
+}
+
+/// PyTorch / torchvision ResNet (opset 13, input `input` [batch_size, 3, 12, 12]): stem
+/// Conv 3x3 + BatchNormalization (kept as a node) + Relu + MaxPool 3x3 s2 p1; a
+/// BasicBlock (Conv-BN-Relu-Conv-BN, identity Add, Relu); a Bottleneck with a strided
+/// downsample shortcut (1x1-BN-Relu, 3x3 s2-BN-Relu, 1x1-BN; shortcut 1x1 s2 + BN; Add,
+/// Relu); GlobalAveragePool, Flatten, Gemm(transB = 1).
+fn torch_resnet(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    let dims = ["batch_size", "3", "12", "12"];
+    let mut b = NetBuilder::styled(seed, opts, Feed::default(), &dims, vec![3, 12, 12]);
+    let v = b.conv_g(0, 4, 3, 1, 1, 1);
+    let v = b.batch_norm(v);
+    let v = b.relu(v);
+    let p3 = |k, s, pads| PoolSpec {
+        k,
+        s,
+        pads,
+        ceil: false,
+        count_include_pad: false,
+        max: true,
+    };
+    let a = b.pool(v, p3(3, 2, [1; 4]));
+    // BasicBlock
+    let v = b.conv_g(a, 4, 3, 1, 1, 1);
+    let v = b.batch_norm(v);
+    let v = b.relu(v);
+    let v = b.conv_g(v, 4, 3, 1, 1, 1);
+    let v = b.batch_norm(v);
+    let v = b.add(v, a);
+    let a = b.relu(v);
+    // Bottleneck with a downsample
+    let v = b.conv_g(a, 2, 1, 1, 0, 1);
+    let v = b.batch_norm(v);
+    let v = b.relu(v);
+    let v = b.conv_g(v, 2, 3, 2, 1, 1);
+    let v = b.batch_norm(v);
+    let v = b.relu(v);
+    let v = b.conv_g(v, 8, 1, 1, 0, 1);
+    let v = b.batch_norm(v);
+    let sc = b.conv_g(a, 8, 1, 2, 0, 1);
+    let sc = b.batch_norm(sc);
+    let v = b.add(v, sc);
+    let v = b.relu(v);
+    let v = b.global_pool(v, false);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 5);
+    b.finish(v, dir, &format!("torch_resnet_{seed}_{}.onnx", opts.bias))
+}
+
+/// PyTorch SqueezeNet / Inception (opset 13, input [1, 3, 9, 9]): ZeroPad2d (Pad) + Conv
+/// 3x3 + Relu + MaxPool 3x3 s2 ceil_mode; a Fire module (squeeze 1x1 + Relu, expand 1x1
+/// and 3x3 + Relu, Concat); an Inception block (1x1, 3x3 and MaxPool 3x3 s1 p1 + 1x1
+/// branches, Concat of three); ReflectionPad2d with its pads computed in the model + Conv
+/// 3x3 + Relu; Identity; GlobalAveragePool, Flatten, Gemm.
+fn torch_concat(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    let dims = ["1", "3", "9", "9"];
+    let mut b = NetBuilder::styled(seed, opts, Feed::default(), &dims, vec![3, 9, 9]);
+    let v = b.pad(0, [1; 4], "constant", false);
+    let v = b.conv_g(v, 4, 3, 1, 0, 1);
+    let v = b.relu(v);
+    let pool = |k, s, pads, ceil| PoolSpec {
+        k,
+        s,
+        pads,
+        ceil,
+        count_include_pad: false,
+        max: true,
+    };
+    let v = b.pool(v, pool(3, 2, [0; 4], true));
+    // Fire
+    let sq = b.conv_g(v, 2, 1, 1, 0, 1);
+    let sq = b.relu(sq);
+    let e1 = b.conv_g(sq, 3, 1, 1, 0, 1);
+    let e1 = b.relu(e1);
+    let e3 = b.conv_g(sq, 3, 3, 1, 1, 1);
+    let e3 = b.relu(e3);
+    let v = b.concat(&[e1, e3]);
+    // Inception
+    let b1 = b.conv_g(v, 2, 1, 1, 0, 1);
+    let b1 = b.relu(b1);
+    let b2 = b.conv_g(v, 3, 3, 1, 1, 1);
+    let b2 = b.relu(b2);
+    let b3 = b.pool(v, pool(3, 1, [1; 4], false));
+    let b3 = b.conv_g(b3, 2, 1, 1, 0, 1);
+    let b3 = b.relu(b3);
+    let v = b.concat(&[b1, b2, b3]);
+    let v = b.pad(v, [1; 4], "reflect", true);
+    let v = b.conv_g(v, 4, 3, 1, 0, 1);
+    let v = b.relu(v);
+    let v = b.passthrough(v, "Identity", vec![]);
+    let v = b.global_pool(v, false);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 3);
+    b.finish(v, dir, &format!("torch_concat_{seed}_{}.onnx", opts.bias))
+}
+
+/// PyTorch MobileNetV2 (opset 13, input [1, 3, 8, 8]): Conv 3x3 s2 + BatchNormalization +
+/// ReLU6 (`Clip` with bounds as inputs); an inverted residual (1x1 expand + BN + ReLU6,
+/// depthwise 3x3 + BN + ReLU6, 1x1 project + BN, Add without activation); a grouped 3x3
+/// Conv (group 2) + BN + ReLU6; GlobalAveragePool, Flatten, Gemm.
+fn torch_mobilenet(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    let dims = ["1", "3", "8", "8"];
+    let mut b = NetBuilder::styled(seed, opts, Feed::default(), &dims, vec![3, 8, 8]);
+    let v = b.conv_g(0, 4, 3, 2, 1, 1);
+    let v = b.batch_norm(v);
+    let a = b.relu6(v);
+    let v = b.conv_g(a, 8, 1, 1, 0, 1);
+    let v = b.batch_norm(v);
+    let v = b.relu6(v);
+    let v = b.conv_g(v, 8, 3, 1, 1, 8);
+    let v = b.batch_norm(v);
+    let v = b.relu6(v);
+    let v = b.conv_g(v, 4, 1, 1, 0, 1);
+    let v = b.batch_norm(v);
+    let v = b.add(v, a);
+    let v = b.conv_g(v, 4, 3, 1, 1, 2);
+    let v = b.batch_norm(v);
+    let v = b.relu6(v);
+    let v = b.global_pool(v, false);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 3);
+    b.finish(
+        v,
+        dir,
+        &format!("torch_mobilenet_{seed}_{}.onnx", opts.bias),
+    )
+}
+
+/// MobileNetV3 / EfficientNet style (PyTorch, opset 14 for HardSwish, input [1, 3, 8, 8]):
+/// Conv + BN + HardSwish; squeeze-excitation (GlobalAveragePool, 1x1 Conv + Relu, 1x1
+/// Conv + HardSigmoid, `Mul(gate, x)`); 1x1 Conv + LeakyRelu; swish as `Mul(x, Sigmoid(x))`;
+/// a strided 3x3 Conv + Tanh, upsampled by Resize (nearest x2) and added to the full
+/// resolution branch (proportional); Relu, GlobalAveragePool, Flatten, Gemm.
+fn torch_gates(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    // raw pixels in [0, 1]: HardSwish and LeakyRelu pass negative values on, and with
+    // negative activations z+ can meet outputs without a positive contribution (which
+    // absorb their relevance); with non-negative inputs (and the non-negative weights of
+    // the conservation run) every activation is non-negative and z+ conserves exactly
+    let feed = Feed {
+        opset: 14,
+        mean: [0.0; 3],
+        std: [1.0; 3],
+        ..Feed::default()
+    };
+    let mut b = NetBuilder::styled(seed, opts, feed, &["1", "3", "8", "8"], vec![3, 8, 8]);
+    let v = b.conv_g(0, 4, 3, 1, 1, 1);
+    let v = b.batch_norm(v);
+    let v = b.act(v, "HardSwish", RefAct::HardSwish, vec![], &[]);
+    let p = b.global_pool(v, false);
+    let s = b.conv_g(p, 2, 1, 1, 0, 1);
+    let s = b.relu(s);
+    let s = b.conv_g(s, 4, 1, 1, 0, 1);
+    let hs = [Attr::Float("alpha", 1.0 / 6.0), Attr::Float("beta", 0.5)];
+    let s = b.act(
+        s,
+        "HardSigmoid",
+        RefAct::HardSigmoid((1.0f32 / 6.0) as f64, 0.5),
+        hs.to_vec(),
+        &[],
+    );
+    let v = b.gate(v, s, true);
+    let v = b.conv_g(v, 4, 1, 1, 0, 1);
+    let v = b.act(
+        v,
+        "LeakyRelu",
+        RefAct::LeakyRelu((0.1f32) as f64),
+        vec![Attr::Float("alpha", 0.1)],
+        &[],
+    );
+    let sg = b.act(v, "Sigmoid", RefAct::Sigmoid, vec![], &[]);
+    let v = b.gate(v, sg, false);
+    let d = b.conv_g(v, 4, 3, 2, 1, 1);
+    let d = b.act(d, "Tanh", RefAct::Tanh, vec![], &[]);
+    let u = b.upsample2(d);
+    let v = b.add(u, v);
+    let v = b.relu(v);
+    let v = b.global_pool(v, false);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 3);
+    b.finish(v, dir, &format!("torch_gates_{seed}_{}.onnx", opts.bias))
+}
+
+/// Keras via tf2onnx (opset 13, input `input_1` [unk__42, 8, 8, 3], NHWC): Transpose to
+/// NCHW; Conv + BatchNormalization written as Mul + Add by constants + Relu; MaxPool 2;
+/// Conv + Relu; Transpose back to NHWC; the flatten computed at run time (Shape, Gather,
+/// Slice, ReduceProd, Concat, Reshape); Dense as MatMul + Add, a BatchNormalization as
+/// Mul + Add, Relu; Dense (MatMul + Add); Softmax.
+fn keras_flatten(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    let feed = Feed {
+        input_name: "input_1".into(),
+        nhwc: true,
+        ..Feed::default()
+    };
+    let dims = ["unk__42", "8", "8", "3"];
+    let mut b = NetBuilder::styled(seed, opts, feed, &dims, vec![8, 8, 3]);
+    let v = b.transpose(0, &[0, 3, 1, 2]);
+    let v = b.conv_g(v, 4, 3, 1, 1, 1);
+    let s = b.channel_consts(4, false);
+    let v = b.arith(v, "Mul", &s, &[1, 4, 1, 1]);
+    let t = b.channel_consts(4, true);
+    let v = b.arith(v, "Add", &t, &[1, 4, 1, 1]);
+    let v = b.relu(v);
+    let v = b.simple_pool(v, 2, true);
+    let v = b.conv_g(v, 4, 3, 1, 1, 1);
+    let v = b.relu(v);
+    let v = b.transpose(v, &[0, 2, 3, 1]);
+    let v = b.dynamic_flatten(v);
+    let v = b.matmul_add(v, 6);
+    let s = b.channel_consts(6, false);
+    let v = b.arith(v, "Mul", &s, &[6]);
+    let t = b.channel_consts(6, true);
+    let v = b.arith(v, "Add", &t, &[6]);
+    let v = b.relu(v);
+    let v = b.matmul_add(v, 3);
+    b.finish_with(
+        v,
+        dir,
+        &format!("keras_flatten_{seed}_{}.onnx", opts.bias),
+        true,
+    )
+}
+
+/// Keras via tf2onnx with a fully convolutional body (opset 13, input `input_1`
+/// [unk__1, unk__2, unk__3, 3]: batch, height and width symbolic, fed at 6x7):
+/// Transpose; Conv + Relu twice; Transpose back; GlobalAveragePooling2D as ReduceMean
+/// over H, W; Dense (MatMul + Add); Softmax.
+fn keras_symbolic(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    let feed = Feed {
+        input_name: "input_1".into(),
+        nhwc: true,
+        size: Some([6, 7]),
+        ..Feed::default()
+    };
+    let dims = ["unk__1", "unk__2", "unk__3", "3"];
+    let mut b = NetBuilder::styled(seed, opts, feed, &dims, vec![6, 7, 3]);
+    let v = b.transpose(0, &[0, 3, 1, 2]);
+    let v = b.conv_g(v, 4, 3, 1, 1, 1);
+    let v = b.relu(v);
+    let v = b.conv_g(v, 5, 3, 1, 1, 1);
+    let v = b.relu(v);
+    let v = b.transpose(v, &[0, 2, 3, 1]);
+    let v = b.reduce_mean_hw(v);
+    let v = b.matmul_add(v, 3);
+    b.finish_with(
+        v,
+        dir,
+        &format!("keras_symbolic_{seed}_{}.onnx", opts.bias),
+        true,
+    )
+}
+
+/// A model that normalises its input itself (PyTorch, opset 13, input [N, 3, H, W] all
+/// symbolic but the channels, fed raw pixels in [0, 1] at 6x6): Sub(mean) and Div(std) by
+/// `[1, 3, 1, 1]` constants, then Conv + Relu twice, GlobalAveragePool, Flatten, Gemm.
+fn normalising(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    let feed = Feed {
+        mean: [0.0; 3],
+        std: [1.0; 3],
+        size: Some([6, 6]),
+        ..Feed::default()
+    };
+    let dims = ["N", "3", "H", "W"];
+    let mut b = NetBuilder::styled(seed, opts, feed, &dims, vec![3, 6, 6]);
+    let mean = MEAN.map(|v| v as f32);
+    let std = STD.map(|v| v as f32);
+    let v = b.arith(0, "Sub", &mean, &[1, 3, 1, 1]);
+    let v = b.arith(v, "Div", &std, &[1, 3, 1, 1]);
+    let v = b.conv_g(v, 4, 3, 1, 1, 1);
+    let v = b.relu(v);
+    let v = b.conv_g(v, 4, 3, 1, 1, 1);
+    let v = b.relu(v);
+    let v = b.global_pool(v, false);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 3);
+    b.finish(v, dir, &format!("normalising_{seed}_{}.onnx", opts.bias))
+}
+
+/// An MXNet-era model zoo file at opset 8 or 7 (IR 3: initializers also listed as graph
+/// inputs, input `data` [1, 3, 8, 8]): BatchNormalization on the data (nothing to fold
+/// into: a per-channel linear layer, as in the ResNet v2 files); Conv + BN + Relu; Pad
+/// (pads as an attribute) + MaxPool 2; Conv + Relu; Flatten; Gemm (transB = 1) + Relu +
+/// Dropout (ratio attribute); Gemm.
+fn mxnet_zoo(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    mxnet_zoo_at(dir, seed, opts, 8)
+}
+
+fn mxnet_zoo_7(dir: &Path, seed: u64, opts: NetOpts) -> BuiltNet {
+    mxnet_zoo_at(dir, seed, opts, 7)
+}
+
+fn mxnet_zoo_at(dir: &Path, seed: u64, opts: NetOpts, opset: i64) -> BuiltNet {
+    // raw pixels in [0, 1]: a per-channel linear first layer with positive scales keeps
+    // every contribution positive, so z+ conserves relevance there as well
+    let feed = Feed {
+        opset,
+        input_name: "data".into(),
+        mean: [0.0; 3],
+        std: [1.0; 3],
+        ..Feed::default()
+    };
+    let mut b = NetBuilder::styled(seed, opts, feed, &["1", "3", "8", "8"], vec![3, 8, 8]);
+    let v = b.batch_norm(0);
+    let v = b.conv_g(v, 4, 3, 1, 1, 1);
+    let v = b.batch_norm(v);
+    let v = b.relu(v);
+    let v = b.pad(v, [0, 0, 1, 1], "constant", false);
+    let v = b.simple_pool(v, 2, true);
+    let v = b.conv_g(v, 4, 3, 1, 1, 1);
+    let v = b.relu(v);
+    let v = b.flatten(v);
+    let v = b.gemm(v, 6);
+    let v = b.relu(v);
+    let v = b.passthrough(v, "Dropout", vec![Attr::Float("ratio", 0.5)]);
+    let v = b.gemm(v, 3);
+    b.finish(
+        v,
+        dir,
+        &format!("mxnet_zoo_{opset}_{seed}_{}.onnx", opts.bias),
+    )
+}
+
+type NetFn = fn(&Path, u64, NetOpts) -> BuiltNet;
+
+/// Every exporter style, with the seed of its model.
+const STYLES: [(&str, NetFn, u64); 9] = [
+    ("torchvision ResNet", torch_resnet, 41),
+    ("torchvision SqueezeNet / Inception", torch_concat, 42),
+    ("torchvision MobileNetV2", torch_mobilenet, 43),
+    ("MobileNetV3 gates and upsampling", torch_gates, 44),
+    ("Keras tf2onnx, dynamic flatten", keras_flatten, 45),
+    ("Keras tf2onnx, symbolic N H W", keras_symbolic, 46),
+    ("normalisation in the model", normalising, 47),
+    ("MXNet zoo opset 8", mxnet_zoo, 48),
+    ("MXNet zoo opset 7", mxnet_zoo_7, 49),
+];
+
+const NO_BIAS: NetOpts = NetOpts {
+    bias: false,
+    dead_second_conv: false,
+};
+
+/// A random input of `net` in its layout and normalisation, `(u - mean_c) / std_c`.
+fn feed_image(rng: &mut Rng, net: &BuiltNet) -> ArrayD<f32> {
+    let s = &net.shapes[0];
+    let n: usize = s.iter().product();
+    let f = &net.feed;
+    let v = (0..n)
+        .map(|k| {
+            let c = if f.nhwc { k % s[2] } else { k / (n / s[0]) };
+            ((rng.uniform() as f64 - f.mean[c]) / f.std[c]) as f32
+        })
+        .collect();
+    let mut shape = vec![1];
+    shape.extend_from_slice(s);
+    arr(&shape, v)
+}
+
+#[test]
+fn exporter_style_networks_match_the_reference_for_every_composite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut failures = vec![];
+    for (what, build, seed) in STYLES {
+        let net = build(dir.path(), seed, WITH_BIAS);
+        let x = feed_image(&mut Rng::new(100 + seed), &net);
+        failures.extend(check_network(what, &net, &x));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
+
+/// Runs the command with z+ on a random PNG of `net`'s input size and checks
+/// its logits against tract's plain forward of the same file, the
+/// conservation of relevance and the written relevance against the
+/// reference. Returns failures.
+fn check_cli(what: &str, net: &BuiltNet, dir: &Path, seed: u64) -> Vec<String> {
+    use tract_onnx::prelude::*;
+    let mut failures = vec![];
+    let s = &net.shapes[0];
+    let (h, w) = if net.feed.nhwc {
+        (s[0], s[1])
+    } else {
+        (s[1], s[2])
+    };
+    let mut rng = Rng::new(seed);
+    let img = image::RgbImage::from_fn(w as u32, h as u32, |_, _| {
+        image::Rgb([0, 1, 2].map(|_| (rng.uniform() * 256.0) as u8))
+    });
+    let stem = net.path.file_stem().unwrap().to_string_lossy().into_owned();
+    let png = dir.join(format!("{stem}.png"));
+    img.save(&png).expect("save png");
+    let out = dir.join(format!("{stem}_out"));
+    let f = &net.feed;
+    let triple = |v: [f64; 3]| format!("{},{},{}", v[0] as f32, v[1] as f32, v[2] as f32);
+    let mut args: Vec<String> = [
+        png.to_str().unwrap(),
+        "-m",
+        net.path.to_str().unwrap(),
+        "--rule",
+        "zplus",
+        "--json",
+        "--raw",
+        "--quiet",
+        "-o",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "--mean".into(),
+        triple(f.mean),
+        "--std".into(),
+        triple(f.std),
+    ]);
+    if let Some([sh, sw]) = f.size {
+        args.extend(["--input-size".into(), format!("{sh}x{sw}")]);
+    }
+    let o = std::process::Command::new(BIN)
+        .args(&args)
+        .output()
+        .expect("binary runs");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if o.status.code() != Some(0) {
+        return vec![format!("{what}: exit {:?}: {stderr}", o.status.code())];
+    }
+    if f.size.is_some() && !stderr.contains("symbolic dimensions") {
+        failures.push(format!("{what}: no note about the symbolic dims: {stderr}"));
+    }
+    let line = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
+    let class = v["class"].as_u64().expect("class") as usize;
+    let logit = v["logit"].as_f64().expect("logit");
+
+    // the tensor the command fed: (p / 255 - mean_c) / std_c in f32, model layout
+    let mean = f.mean.map(|x| x as f32);
+    let std = f.std.map(|x| x as f32);
+    let mut shape = vec![1];
+    shape.extend_from_slice(s);
+    let x = ArrayD::from_shape_fn(IxDyn(&shape), |ix| {
+        let (y, xx, c) = if f.nhwc {
+            (ix[1], ix[2], ix[3])
+        } else {
+            (ix[2], ix[3], ix[1])
+        };
+        let p = img.get_pixel(xx as u32, y as u32).0[c];
+        (p as f32 / 255.0 - mean[c]) / std[c]
+    });
+
+    // tract's plain forward of the same file, up to the logits
+    let logits: Vec<f32> = (|| -> TractResult<Vec<f32>> {
+        let mut m = tract_onnx::onnx()
+            .model_for_path(&net.path)?
+            .with_input_fact(0, f32::fact(x.shape()).into())?;
+        m.select_outputs_by_name([net.logits.as_str()])?;
+        let plan = m.into_optimized()?.into_runnable()?;
+        let t: Tensor = x.clone().into();
+        let out = plan.run(tvec!(t.into_tvalue()))?;
+        Ok(out[0]
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    })()
+    .unwrap_or_else(|e| panic!("{what}: tract: {e:#}"));
+    let top = argmax(&logits);
+    // logits: f32 forward passes of the same file, 1e-5 relative to the largest
+    let scale = logits.iter().fold(1.0f32, |m, v| m.max(v.abs())) as f64;
+    if class != top || (logit - logits[top] as f64).abs() > 1e-5 * scale {
+        failures.push(format!(
+            "{what}: command explained class {class} logit {logit}, tract top {top} logit {}",
+            logits[top]
+        ));
+    }
+    // the other logits through the reported probabilities: softmax of tract's
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let z: f64 = logits.iter().map(|&l| (l as f64 - m).exp()).sum();
+    for e in v["top5"].as_array().expect("top5") {
+        let k = e["index"].as_u64().unwrap() as usize;
+        let p = e["probability"].as_f64().unwrap();
+        let want = (logits[k] as f64 - m).exp() / z;
+        if (p - want).abs() > 1e-5 {
+            failures.push(format!("{what}: probability of {k}: {p} vs tract {want}"));
+        }
+    }
+
+    // conservation: z+ without biases (no relevance is absorbed by a bias;
+    // pads, concats, resizes, gates, sums and average pools pass all of it on;
+    // only the 1e-6 stabiliser and f32 rounding remain), so sum R = logit
+    let npy = PathBuf::from(v["npy"].as_str().expect("npy"));
+    let (rshape, rel) = lrp_heatmap::npy::read_npy_f32(&npy).expect("npy");
+    let sum: f64 = rel.iter().map(|&r| r as f64).sum();
+    if (sum - logit).abs() > 1e-3 * logit.abs() {
+        failures.push(format!("{what}: sum R = {sum} vs logit {logit}"));
+    }
+
+    // the reference z+ relevance, written as [C, H, W]
+    let acts = ref_forward(&net.folded, to64(&x));
+    let want = ref_lrp(
+        &net.folded,
+        &acts,
+        &net.shapes,
+        class,
+        &ref_composite("zplus"),
+        &net.input_bounds,
+    );
+    let want: Vec<f64> = if f.nhwc {
+        (0..want.len())
+            .map(|k| {
+                let (c, rest) = (k / (h * w), k % (h * w));
+                want[rest * 3 + c]
+            })
+            .collect()
+    } else {
+        want
+    };
+    if rshape != [3, h, w] {
+        failures.push(format!("{what}: relevance of shape {rshape:?}"));
+    } else {
+        let (d, k) = max_diff(&rel, &want);
+        // network tolerance (top of the file)
+        let tol = 1e-4 * max_abs(&want).max(1e-3 * logit.abs());
+        if d > tol {
+            failures.push(format!(
+                "{what}: relevance {k}: command {} vs reference {} (tol {tol:.2e})",
+                rel[k], want[k]
+            ));
+        }
+        eprintln!(
+            "{what}: class {class}, logit {logit:.5}, sum R {sum:.5}, max |R - R_ref| {d:.2e} (max |R_ref| {:.3e})",
+            max_abs(&want)
+        );
+    }
+    failures
+}
+
+#[test]
+fn exporter_style_models_through_the_command_match_tract_conserve_and_match_the_reference() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut failures = vec![];
+    for (what, build, seed) in STYLES {
+        let net = build(dir.path(), seed, NO_BIAS);
+        failures.extend(check_cli(what, &net, dir.path(), 200 + seed));
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

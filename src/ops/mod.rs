@@ -1,11 +1,17 @@
 //! Relevance propagation and exact gradients through each operator family.
 
 pub mod activation;
+pub mod concat;
 pub mod conv;
 pub mod dense;
 pub mod dense_kernels;
+pub mod gate;
+pub mod input_bounds;
+pub mod pad;
 pub mod pool;
 pub mod pool_grad;
+pub mod reduce;
+pub mod resize;
 pub mod structural;
 
 use anyhow::{anyhow, ensure, Context, Result};
@@ -67,8 +73,45 @@ pub fn relevance(
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("node '{}' was not canonized", node.name));
         }
+        Op::Concat { .. } | Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } | Op::Reduce(_) => {
+            copies(node, inputs, r, false)?
+        }
     };
     Ok(out)
+}
+
+/// The operators that copy, select or gate values (concat, pad, resize,
+/// gate, reductions): relevance (`gradient == false`) or gradient. Inputs
+/// read at run time as parameters (computed pads or scales) get zeros.
+fn copies(
+    node: &Node,
+    inputs: &[&ArrayD<f32>],
+    r: &ArrayD<f32>,
+    gradient: bool,
+) -> Result<Vec<ArrayD<f32>>> {
+    let x = inputs[0];
+    let with_param = |a: ArrayD<f32>| {
+        let mut v = vec![a];
+        v.extend(inputs[1..].iter().map(|p| ArrayD::zeros(p.shape())));
+        v
+    };
+    Ok(match &node.op {
+        Op::Concat { axis } => concat::split(*axis, inputs, r)?,
+        Op::Pad(spec) => {
+            let pads = match (&spec.pads, inputs.get(1)) {
+                (Some(p), _) => p.clone(),
+                (None, Some(t)) => pad::runtime_pads(t)?,
+                (None, None) => return Err(anyhow!("the pads of the node are missing")),
+            };
+            with_param(pad::back(spec, &pads, x, r)?)
+        }
+        Op::Resize(spec) => with_param(resize::back(spec, inputs.get(1).copied(), x, r)?),
+        Op::Gate { .. } if gradient => gate::gradient(inputs, r)?,
+        Op::Gate { gate } => gate::relevance(*gate, inputs, r)?,
+        Op::Reduce(spec) if gradient => vec![reduce::gradient(spec, x, r)?],
+        Op::Reduce(spec) => vec![reduce::relevance(spec, x, r)?],
+        _ => return Err(anyhow!("not a copying operator")),
+    })
 }
 
 /// [`relevance`] with the node named in errors.
@@ -128,6 +171,9 @@ pub fn gradient(
         Op::Transpose(perm) => one(structural::transpose(perm, x, g)?),
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("node '{}' was not canonized", node.name));
+        }
+        Op::Concat { .. } | Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } | Op::Reduce(_) => {
+            copies(node, inputs, g, true)?
         }
     };
     Ok(out)

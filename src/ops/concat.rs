@@ -1,0 +1,91 @@
+//! `Concat` of activations (SqueezeNet Fire modules, Inception blocks,
+//! DenseNet): every output element is a copy of one input element, so each
+//! input gets back its own slice of the relevance (and of the gradient).
+
+use anyhow::{ensure, Result};
+use ndarray::{ArrayD, Axis, Slice};
+
+/// The axis `axis` (negative: counted from the end) of a rank-`rank` tensor.
+pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize> {
+    let a = if axis < 0 { axis + rank as i64 } else { axis };
+    ensure!(
+        (0..rank as i64).contains(&a),
+        "axis {axis} out of range for rank {rank}"
+    );
+    Ok(a as usize)
+}
+
+/// Splits `r` (the relevance or gradient at the output of a `Concat` along
+/// `axis`) into the slices that came from each of `inputs`.
+pub fn split(axis: i64, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+    let ax = normalize_axis(axis, r.ndim())?;
+    let mut start = 0usize;
+    let mut out = Vec::with_capacity(inputs.len());
+    for x in inputs {
+        ensure!(
+            x.ndim() == r.ndim(),
+            "Concat input of rank {} for an output of rank {}",
+            x.ndim(),
+            r.ndim()
+        );
+        for (k, (&a, &b)) in x.shape().iter().zip(r.shape()).enumerate() {
+            ensure!(
+                k == ax || a == b,
+                "Concat input {:?} does not fit the output {:?} on axis {k}",
+                x.shape(),
+                r.shape()
+            );
+        }
+        let len = x.shape()[ax];
+        ensure!(
+            start + len <= r.shape()[ax],
+            "Concat inputs are longer than the output {:?} on axis {ax}",
+            r.shape()
+        );
+        out.push(
+            r.slice_axis(Axis(ax), Slice::from(start..start + len))
+                .to_owned(),
+        );
+        start += len;
+    }
+    ensure!(
+        start == r.shape()[ax],
+        "Concat inputs cover {start} of the {} entries of axis {ax}",
+        r.shape()[ax]
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_input_gets_its_own_slice_back() {
+        let a = ArrayD::from_shape_vec(vec![1, 1, 2], vec![1.0f32, 2.0]).unwrap();
+        let b = ArrayD::from_shape_vec(vec![1, 2, 2], vec![3.0f32, 4.0, 5.0, 6.0]).unwrap();
+        // output [1, 3, 2] = concat on axis 1 (also written -2)
+        let r =
+            ArrayD::from_shape_vec(vec![1, 3, 2], vec![10.0f32, 20., 30., 40., 50., 60.]).unwrap();
+        for axis in [1, -2] {
+            let parts = split(axis, &[&a, &b], &r).unwrap();
+            assert_eq!(parts[0].as_slice().unwrap(), &[10.0, 20.0]);
+            assert_eq!(parts[1].as_slice().unwrap(), &[30.0, 40.0, 50.0, 60.0]);
+            assert_eq!(parts[1].shape(), &[1, 2, 2]);
+        }
+        // the parts hold every element exactly once: the sum is conserved
+        let parts = split(1, &[&a, &b], &r).unwrap();
+        let total: f32 = parts.iter().map(|p| p.sum()).sum();
+        assert_eq!(total, r.sum());
+    }
+
+    #[test]
+    fn inputs_that_do_not_tile_the_output_are_errors() {
+        let a = ArrayD::<f32>::zeros(vec![1, 2, 2]);
+        let r = ArrayD::<f32>::zeros(vec![1, 3, 2]);
+        let e = split(1, &[&a], &r).unwrap_err();
+        assert!(e.to_string().contains("cover 2 of the 3"), "{e}");
+        let e = split(3, &[&a], &r).unwrap_err();
+        assert!(e.to_string().contains("out of range"), "{e}");
+    }
+}

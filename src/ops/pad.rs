@@ -1,0 +1,247 @@
+//! `Pad`: every output element is either a copy of one input element or the
+//! constant. Relevance (and the gradient) of a copy goes back to its source:
+//! in constant mode that crops the padding away (the constant absorbs the
+//! relevance of the padded border, zero when it is zero and the next layer
+//! uses z+ or a zero pad value), in edge / reflect / wrap mode the copies'
+//! relevance is summed onto the elements they copy.
+
+use anyhow::{bail, ensure, Result};
+use ndarray::{ArrayD, IxDyn};
+
+/// How `Pad` fills the border.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadMode {
+    /// A constant value.
+    Constant,
+    /// Mirror without repeating the edge element.
+    Reflect,
+    /// Repeat the edge element.
+    Edge,
+    /// Wrap around (opset 19).
+    Wrap,
+}
+
+impl PadMode {
+    /// The ONNX `mode` attribute.
+    pub fn parse(s: &str) -> Result<PadMode> {
+        Ok(match s {
+            "constant" | "" => PadMode::Constant,
+            "reflect" => PadMode::Reflect,
+            "edge" => PadMode::Edge,
+            "wrap" => PadMode::Wrap,
+            other => bail!("pad mode '{other}' is not supported"),
+        })
+    }
+}
+
+/// A `Pad` node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PadSpec {
+    /// `[begin_0, .., begin_k, end_0, .., end_k]` over `axes` (negative values
+    /// crop); `None` when they are computed in the model: the node's second
+    /// input then holds them and is read from the forward pass.
+    pub pads: Option<Vec<i64>>,
+    /// The padded axes (opset 18 `axes`), all axes when `None`.
+    pub axes: Option<Vec<i64>>,
+    /// Border mode.
+    pub mode: PadMode,
+    /// The constant of [`PadMode::Constant`].
+    pub value: f32,
+}
+
+/// Per axis: the source index of each output index (`None` for a constant).
+fn axis_map(mode: PadMode, n: usize, begin: i64, out: usize) -> Result<Vec<Option<usize>>> {
+    let n_i = n as i64;
+    (0..out as i64)
+        .map(|o| {
+            let i = o - begin;
+            if (0..n_i).contains(&i) {
+                return Ok(Some(i as usize));
+            }
+            ensure!(
+                n > 0 || mode == PadMode::Constant,
+                "cannot pad an empty axis in {mode:?} mode"
+            );
+            Ok(match mode {
+                PadMode::Constant => None,
+                PadMode::Edge => Some(i.clamp(0, n_i - 1) as usize),
+                PadMode::Wrap => Some(i.rem_euclid(n_i) as usize),
+                PadMode::Reflect => {
+                    if n == 1 {
+                        Some(0)
+                    } else {
+                        let period = 2 * (n_i - 1);
+                        let k = i.rem_euclid(period);
+                        Some(if k < n_i { k } else { period - k } as usize)
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Per-axis begin pads of an input of rank `rank`.
+fn begins(spec: &PadSpec, pads: &[i64], rank: usize) -> Result<Vec<i64>> {
+    let axes: Vec<usize> = match &spec.axes {
+        None => (0..rank).collect(),
+        Some(a) => a
+            .iter()
+            .map(|&x| super::concat::normalize_axis(x, rank))
+            .collect::<Result<_>>()?,
+    };
+    ensure!(
+        pads.len() == 2 * axes.len(),
+        "{} pads for {} padded axes",
+        pads.len(),
+        axes.len()
+    );
+    let mut b = vec![0i64; rank];
+    for (k, &a) in axes.iter().enumerate() {
+        b[a] = pads[k];
+    }
+    Ok(b)
+}
+
+/// Moves `r` (at the padded output) back onto the input `x`: each output
+/// element to the element it copies; `pads` are the node's pads (constant
+/// or read at run time).
+pub fn back(spec: &PadSpec, pads: &[i64], x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    ensure!(
+        x.ndim() == r.ndim(),
+        "Pad input {:?} and output {:?} differ in rank",
+        x.shape(),
+        r.shape()
+    );
+    let b = begins(spec, pads, x.ndim())?;
+    let maps = x
+        .shape()
+        .iter()
+        .zip(r.shape())
+        .zip(&b)
+        .map(|((&n, &o), &begin)| axis_map(spec.mode, n, begin, o))
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = ArrayD::<f32>::zeros(IxDyn(x.shape()));
+    for (ix, &v) in r.indexed_iter() {
+        let mut src = Vec::with_capacity(maps.len());
+        for (axis, m) in maps.iter().enumerate() {
+            match m[ix[axis]] {
+                Some(i) => src.push(i),
+                None => break,
+            }
+        }
+        if src.len() == maps.len() {
+            out[IxDyn(&src)] += v;
+        }
+    }
+    Ok(out)
+}
+
+/// The padded tensor of shape `out` for `x` (the forward pass; used for
+/// the z^B bounds of a first layer that reads a padded image).
+pub fn forward(
+    spec: &PadSpec,
+    pads: &[i64],
+    x: &ArrayD<f32>,
+    out: &[usize],
+) -> Result<ArrayD<f32>> {
+    ensure!(x.ndim() == out.len(), "Pad changes the rank");
+    let b = begins(spec, pads, x.ndim())?;
+    let maps = x
+        .shape()
+        .iter()
+        .zip(out)
+        .zip(&b)
+        .map(|((&n, &o), &begin)| axis_map(spec.mode, n, begin, o))
+        .collect::<Result<Vec<_>>>()?;
+    let mut src = vec![0usize; maps.len()];
+    Ok(ArrayD::from_shape_fn(IxDyn(out), |ix| {
+        for (axis, m) in maps.iter().enumerate() {
+            match m[ix[axis]] {
+                Some(i) => src[axis] = i,
+                None => return spec.value,
+            }
+        }
+        x[IxDyn(&src)]
+    }))
+}
+
+/// The pads read at run time from the node's second input (an integer
+/// tensor, cast to `f32` by the forward pass).
+pub fn runtime_pads(t: &ArrayD<f32>) -> Result<Vec<i64>> {
+    t.iter()
+        .map(|&v| {
+            ensure!(v.fract() == 0.0 && v.is_finite(), "pads {v} not an integer");
+            Ok(v as i64)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mode: PadMode) -> PadSpec {
+        PadSpec {
+            pads: None,
+            axes: None,
+            mode,
+            value: 0.5,
+        }
+    }
+
+    #[test]
+    fn constant_pad_is_cropped_back() {
+        let x = ArrayD::<f32>::zeros(vec![1, 2]);
+        // pads: axis 0 none, axis 1 one before, two after: output [1, 5]
+        let r = ArrayD::from_shape_vec(vec![1, 5], vec![1.0f32, 2., 3., 4., 5.]).unwrap();
+        let got = back(&spec(PadMode::Constant), &[0, 1, 0, 2], &x, &r).unwrap();
+        assert_eq!(got.as_slice().unwrap(), &[2.0, 3.0]);
+        // the forward pass fills the border with the constant
+        let x2 = ArrayD::from_shape_vec(vec![1, 2], vec![1.0f32, 2.0]).unwrap();
+        let y = forward(&spec(PadMode::Constant), &[0, 1, 0, 2], &x2, &[1, 5]).unwrap();
+        assert_eq!(y.as_slice().unwrap(), &[0.5, 1.0, 2.0, 0.5, 0.5]);
+        let y = forward(&spec(PadMode::Reflect), &[0, 1, 0, 2], &x2, &[1, 5]).unwrap();
+        assert_eq!(y.as_slice().unwrap(), &[2.0, 1.0, 2.0, 1.0, 2.0]);
+        // negative pads crop: the cropped input elements get nothing
+        let x3 = ArrayD::<f32>::zeros(vec![4]);
+        let r3 = ArrayD::from_shape_vec(vec![2], vec![7.0f32, 8.0]).unwrap();
+        let got = back(&spec(PadMode::Constant), &[-1, -1], &x3, &r3).unwrap();
+        assert_eq!(got.as_slice().unwrap(), &[0.0, 7.0, 8.0, 0.0]);
+    }
+
+    #[test]
+    fn edge_reflect_and_wrap_sum_the_copies_back() {
+        // input [a b c], pads 2 before, 1 after: output 6 elements
+        let x = ArrayD::<f32>::zeros(vec![3]);
+        let r =
+            ArrayD::from_shape_vec(vec![6], vec![1.0f32, 10., 100., 1000., 10000., 1e5]).unwrap();
+        // edge:    a a | a b c | c
+        let e = back(&spec(PadMode::Edge), &[2, 1], &x, &r).unwrap();
+        assert_eq!(e.as_slice().unwrap(), &[111.0, 1000.0, 110000.0]);
+        // reflect: c b | a b c | b
+        let f = back(&spec(PadMode::Reflect), &[2, 1], &x, &r).unwrap();
+        assert_eq!(f.as_slice().unwrap(), &[100.0, 101010.0, 10001.0]);
+        // wrap:    b c | a b c | a
+        let w = back(&spec(PadMode::Wrap), &[2, 1], &x, &r).unwrap();
+        assert_eq!(w.as_slice().unwrap(), &[100100.0, 1001.0, 10010.0]);
+        // every mode without a constant conserves the sum
+        for g in [e, f, w] {
+            assert_eq!(g.sum(), r.sum());
+        }
+    }
+
+    #[test]
+    fn axes_select_the_padded_axes() {
+        let s = PadSpec {
+            pads: Some(vec![1, 0]),
+            axes: Some(vec![-1]),
+            mode: PadMode::Constant,
+            value: 0.0,
+        };
+        let x = ArrayD::<f32>::zeros(vec![2, 1]);
+        let r = ArrayD::from_shape_vec(vec![2, 2], vec![1.0f32, 2., 3., 4.]).unwrap();
+        let got = back(&s, &[1, 0], &x, &r).unwrap();
+        assert_eq!(got.as_slice().unwrap(), &[2.0, 4.0]);
+        assert!(back(&s, &[1, 0, 0], &x, &r).is_err());
+    }
+}

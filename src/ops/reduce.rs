@@ -1,0 +1,199 @@
+//! `ReduceMean` / `ReduceSum` (a global average pool as tf2onnx writes Keras'
+//! `GlobalAveragePooling2D`: `ReduceMean` over the spatial axes of NHWC) with
+//! the `Norm` rule of the average pools (each input its share of the sum,
+//! stabilised by 1e-6), and `ReduceMax` with winner takes all (first maximum).
+
+use anyhow::{ensure, Result};
+use ndarray::{ArrayD, Axis, Dimension, IxDyn};
+
+use crate::rules::{stabilize, STABILIZER};
+
+/// The reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceKind {
+    /// `ReduceMean`.
+    Mean,
+    /// `ReduceSum`.
+    Sum,
+    /// `ReduceMax`.
+    Max,
+}
+
+/// A reduction node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReduceSpec {
+    /// Which reduction.
+    pub kind: ReduceKind,
+    /// Reduced axes (negative: from the end); `None` reduces every axis.
+    pub axes: Option<Vec<i64>>,
+}
+
+/// The reduced axes for an input of rank `rank`, sorted.
+fn axes(spec: &ReduceSpec, rank: usize) -> Result<Vec<usize>> {
+    let mut a: Vec<usize> = match &spec.axes {
+        None => (0..rank).collect(),
+        Some(v) if v.is_empty() => (0..rank).collect(),
+        Some(v) => v
+            .iter()
+            .map(|&x| super::concat::normalize_axis(x, rank))
+            .collect::<Result<_>>()?,
+    };
+    a.sort_unstable();
+    a.dedup();
+    Ok(a)
+}
+
+/// `r` (at the output, with or without the reduced axes kept) with the
+/// reduced axes as length 1, and the number of elements reduced into each
+/// output.
+fn kept(spec: &ReduceSpec, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<(ArrayD<f32>, usize)> {
+    let ax = axes(spec, x.ndim())?;
+    let shape: Vec<usize> = x
+        .shape()
+        .iter()
+        .enumerate()
+        .map(|(k, &d)| if ax.contains(&k) { 1 } else { d })
+        .collect();
+    ensure!(
+        r.len() == shape.iter().product::<usize>(),
+        "reduction of {:?} over axes {ax:?} gives {:?}",
+        x.shape(),
+        r.shape()
+    );
+    let n = ax.iter().map(|&a| x.shape()[a]).product();
+    let r = r
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(IxDyn(&shape))?;
+    Ok((r, n))
+}
+
+/// The sum of `x` over the reduced axes, axes kept.
+fn sum_kept(x: &ArrayD<f32>, ax: &[usize]) -> ArrayD<f32> {
+    let mut s = x.clone();
+    for &a in ax {
+        s = s.sum_axis(Axis(a)).insert_axis(Axis(a));
+    }
+    s
+}
+
+/// Relevance through the reduction.
+pub fn relevance(spec: &ReduceSpec, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    let (r, n) = kept(spec, x, r)?;
+    let ax = axes(spec, x.ndim())?;
+    match spec.kind {
+        ReduceKind::Max => max_back(x, &r, &ax),
+        ReduceKind::Mean | ReduceKind::Sum => {
+            // z = sum_i c_i with c_i = x_i / n (mean) or x_i (sum)
+            let div = if spec.kind == ReduceKind::Mean {
+                n as f32
+            } else {
+                1.0
+            };
+            let z = sum_kept(x, &ax).mapv(|s| s / div);
+            let s = ndarray::Zip::from(&r)
+                .and(&z)
+                .map_collect(|&r, &z| r / stabilize(z, STABILIZER) / div);
+            let s = s
+                .broadcast(x.shape())
+                .ok_or_else(|| anyhow::anyhow!("reduction shapes"))?;
+            Ok(ndarray::Zip::from(x).and(&s).map_collect(|&x, &s| x * s))
+        }
+    }
+}
+
+/// All of each output's value to the first maximum of its reduced elements.
+fn max_back(x: &ArrayD<f32>, r: &ArrayD<f32>, ax: &[usize]) -> Result<ArrayD<f32>> {
+    let mut best: ArrayD<Option<(Vec<usize>, f32)>> = ArrayD::from_elem(r.raw_dim(), None);
+    for (ix, &v) in x.indexed_iter() {
+        let mut o: Vec<usize> = ix.as_array_view().to_vec();
+        for &a in ax {
+            o[a] = 0;
+        }
+        let slot = &mut best[IxDyn(&o)];
+        if slot.as_ref().is_none_or(|(_, b)| v > *b) {
+            *slot = Some((ix.as_array_view().to_vec(), v));
+        }
+    }
+    let mut out = ArrayD::<f32>::zeros(x.raw_dim());
+    for (o, slot) in best.indexed_iter() {
+        if let Some((ix, _)) = slot {
+            out[IxDyn(ix)] += r[o.clone()];
+        }
+    }
+    Ok(out)
+}
+
+/// The exact gradient of the reduction.
+pub fn gradient(spec: &ReduceSpec, x: &ArrayD<f32>, g: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    let (g, n) = kept(spec, x, g)?;
+    let ax = axes(spec, x.ndim())?;
+    match spec.kind {
+        ReduceKind::Max => max_back(x, &g, &ax),
+        ReduceKind::Mean | ReduceKind::Sum => {
+            let div = if spec.kind == ReduceKind::Mean {
+                n as f32
+            } else {
+                1.0
+            };
+            let g = g.mapv(|v| v / div);
+            Ok(g.broadcast(x.shape())
+                .ok_or_else(|| anyhow::anyhow!("reduction shapes"))?
+                .to_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn x() -> ArrayD<f32> {
+        // [1, 2, 2, 2] NHWC: h, w spatial, 2 channels
+        ArrayD::from_shape_vec(vec![1, 2, 2, 2], vec![1.0f32, 5., 2., 6., 3., 7., 4., 0.]).unwrap()
+    }
+
+    #[test]
+    fn mean_over_the_spatial_axes_is_proportional() {
+        let spec = ReduceSpec {
+            kind: ReduceKind::Mean,
+            axes: Some(vec![1, 2]),
+        };
+        // keepdims 0: output [1, 2]; channel 0 holds 1, 2, 3, 4 (mean 2.5),
+        // channel 1 holds 5, 6, 7, 0 (mean 4.5)
+        let r = ArrayD::from_shape_vec(vec![1, 2], vec![10.0f32, 9.0]).unwrap();
+        let got = relevance(&spec, &x(), &r).unwrap();
+        // R_i = x_i / 4 * R / stab(mean): channel 0: x_i, channel 1: x_i / 2 (to 1e-6)
+        let want = [1.0, 2.5, 2.0, 3.0, 3.0, 3.5, 4.0, 0.0];
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() < 1e-4, "{got:?}");
+        }
+        let grad = gradient(&spec, &x(), &r).unwrap();
+        assert_eq!(
+            grad.iter().take(2).copied().collect::<Vec<_>>(),
+            [2.5, 2.25]
+        );
+    }
+
+    #[test]
+    fn max_gives_all_to_the_first_maximum() {
+        let spec = ReduceSpec {
+            kind: ReduceKind::Max,
+            axes: Some(vec![-3, -2]),
+        };
+        let r = ArrayD::from_shape_vec(vec![1, 1, 1, 2], vec![10.0f32, 9.0]).unwrap();
+        let got = relevance(&spec, &x(), &r).unwrap();
+        // channel 0 maximum 4 (last pixel), channel 1 maximum 7 (third pixel)
+        assert_eq!(got.as_slice().unwrap(), &[0., 0., 0., 0., 0., 9., 10., 0.]);
+        // sum over everything
+        let all = ReduceSpec {
+            kind: ReduceKind::Sum,
+            axes: None,
+        };
+        let one = ArrayD::from_shape_vec(vec![1, 1, 1, 1], vec![28.0f32]).unwrap();
+        let got = relevance(&all, &x(), &one).unwrap();
+        for (a, b) in got.iter().zip(x().iter()) {
+            assert!((a - b).abs() < 1e-4);
+        }
+    }
+}
