@@ -86,6 +86,37 @@ pub enum Command {
     /// Seconds per image of each analyzer and peak memory (default model: a
     /// generated full-size VGG16 with random weights).
     Bench(BenchArgs),
+    /// The deep Taylor worked example: a tiny ReLU network, one table per layer,
+    /// whether relevance is conserved and positive, and what breaks it.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `demo`.
+#[derive(ClapArgs, Debug)]
+pub struct DemoArgs {
+    /// Weight initialiser: glorot (Xavier uniform), he (Kaiming normal) or lecun (LeCun normal).
+    #[arg(long, default_value = "he")]
+    pub init: String,
+
+    /// Seed of the weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Number of inputs x_i.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub inputs: u32,
+
+    /// Number of hidden ReLU units x_j.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub hidden: u32,
+
+    /// Bias b_j of every unit in the "biases" case.
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    pub bias: f32,
+
+    /// Epsilon of the "large epsilon" case.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub epsilon: f32,
 }
 
 /// Arguments of `bench`.
@@ -281,6 +312,8 @@ pub enum Job {
     Compare(CompareConfig),
     /// Time analyzers.
     Bench(lrp_heatmap::bench::BenchConfig),
+    /// Print the deep Taylor worked example.
+    Demo(lrp_heatmap::deep_taylor::DemoConfig),
 }
 
 impl Args {
@@ -295,6 +328,17 @@ impl Args {
                 model: b.model,
                 analyzers: b.rules,
                 runs: b.runs as usize,
+            }));
+        }
+        if let Some(Command::Demo(d)) = self.command {
+            let init = lrp_heatmap::init::Init::parse(&d.init).context("--init")?;
+            return Ok(Job::Demo(lrp_heatmap::deep_taylor::DemoConfig {
+                init,
+                seed: d.seed,
+                inputs: d.inputs as usize,
+                hidden: d.hidden as usize,
+                bias: d.bias,
+                epsilon: d.epsilon,
             }));
         }
         if let Some(Command::Compare(c)) = self.command {
