@@ -241,8 +241,8 @@ pub fn report(cfg: &DemoConfig, out: &mut dyn Write) -> Result<()> {
     let share: f64 = active.iter().map(|&j| biased.b(j) as f64).sum();
     writeln!(
         out,
-        "  why: unit j keeps the share b_j / z_j of R_j = z_j, that is b_j itself: \
-         f(x) - sum_i R_i = {:.6}, sum of b_j over the {} active units = {share:.6}",
+        "  why: unit j keeps the share b_j / z_j of R_j = z_j, that is b_j itself (a negative \
+         b_j creates relevance instead): f(x) - sum_i R_i = {:.6}, sum of b_j over the {} active units = {share:.6}",
         bi.f as f64 - sum(&bi.r_input),
         active.len()
     )?;
@@ -250,7 +250,7 @@ pub fn report(cfg: &DemoConfig, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
         "  (w^2 on the same biased network: sum_i R_i = {:.6}, f(x) = {:.6}: its root point \
-         x - z_j w_j / |w_j|^2 puts the bias on the inputs; a negative bias would create relevance.)",
+         x - z_j w_j / |w_j|^2 puts the bias on the inputs.)",
         sum(&w2.r_input),
         w2.f
     )?;
