@@ -274,9 +274,10 @@ impl TinyNet {
         })
     }
 
-    /// Every layer's relevance for input `x` with the rules of `composite`
-    /// (its `first` rule on the ReLU layer, its `dense` rule on the sum
-    /// pooling). `zbox` gets the bounds `[0, 1]` of [`sample_input`].
+    /// Every layer's relevance for input `x` with the rules of `composite`:
+    /// the ReLU layer reads the input, so it gets the composite's first-layer
+    /// rule if it has one (else its dense rule); the sum pooling gets the
+    /// dense rule. `zbox` gets the bounds `[0, 1]` of [`sample_input`].
     pub fn explain(&self, x: &[f32], composite: &Composite) -> Result<Layers> {
         let graph = self.graph();
         let fwd = self.forward(x)?;
