@@ -94,6 +94,9 @@ pub enum Command {
     /// operator; exit code 0 if the model can be explained, 2 if not.
     #[command(long_flag = "list-ops")]
     Inspect(InspectArgs),
+    /// The deep Taylor worked example: a tiny ReLU network, one table per layer,
+    /// whether relevance is conserved and positive, and what breaks it.
+    Demo(DemoArgs),
 }
 
 /// Arguments of `fetch`.
@@ -127,6 +130,34 @@ pub struct InspectArgs {
     /// Height and width for a model whose input leaves them symbolic [default: 224x224].
     #[arg(long, value_name = "HxW")]
     pub input_size: Option<String>,
+}
+
+/// Arguments of `demo`.
+#[derive(ClapArgs, Debug)]
+pub struct DemoArgs {
+    /// Weight initialiser: glorot (Xavier uniform), he (Kaiming normal) or lecun (LeCun normal).
+    #[arg(long, default_value = "he")]
+    pub init: String,
+
+    /// Seed of the weights and inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Number of inputs x_i.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub inputs: u32,
+
+    /// Number of hidden ReLU units x_j.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub hidden: u32,
+
+    /// Bias b_j of every unit in the "biases" case.
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    pub bias: f32,
+
+    /// Epsilon of the "large epsilon" case.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub epsilon: f32,
 }
 
 /// Arguments of `bench`.
@@ -380,6 +411,8 @@ pub enum Job {
     Fetch(lrp_heatmap::fetch::Target),
     /// List a model's operators and whether it is supported.
     Inspect(lrp_heatmap::inspect::InspectConfig),
+    /// Print the deep Taylor worked example.
+    Demo(lrp_heatmap::deep_taylor::DemoConfig),
 }
 
 impl Args {
@@ -416,6 +449,17 @@ impl Args {
                 model: b.model,
                 analyzers: b.rules,
                 runs: b.runs as usize,
+            }));
+        }
+        if let Some(Command::Demo(d)) = self.command {
+            let init = lrp_heatmap::init::Init::parse(&d.init).context("--init")?;
+            return Ok(Job::Demo(lrp_heatmap::deep_taylor::DemoConfig {
+                init,
+                seed: d.seed,
+                inputs: d.inputs as usize,
+                hidden: d.hidden as usize,
+                bias: d.bias,
+                epsilon: d.epsilon,
             }));
         }
         if let Some(Command::Compare(c)) = self.command {

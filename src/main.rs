@@ -27,6 +27,15 @@ fn main() -> ExitCode {
     match job {
         cli::Job::Explain(cfg) => explain(cfg),
         cli::Job::Compare(cfg) => compare(cfg),
+        cli::Job::Demo(cfg) => {
+            match lrp_heatmap::deep_taylor::report(&cfg, &mut std::io::stdout().lock()) {
+                Ok(()) => ExitCode::from(EXIT_OK),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
+        }
         cli::Job::Bench(cfg) => match lrp_heatmap::bench::run_bench(&cfg, &mut std::io::stdout()) {
             Ok(()) => ExitCode::from(EXIT_OK),
             Err(e) => {
