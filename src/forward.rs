@@ -284,6 +284,93 @@ impl NativePlan {
         Ok(NativePlan { reshapes, keep })
     }
 
+    /// Bytes of all tensors one forward pass on an input of `input_shape`
+    /// computes (a shape-only pass: nothing is allocated), saturating.
+    pub fn forward_bytes(&self, graph: &Graph, input_shape: &[usize]) -> Result<u64> {
+        let size = |s: &[usize]| {
+            s.iter()
+                .try_fold(4u64, |a, &d| a.checked_mul(d as u64))
+                .unwrap_or(u64::MAX)
+        };
+        let mut shapes: HashMap<&str, Vec<usize>> = HashMap::new();
+        shapes.insert(graph.input.as_str(), input_shape.to_vec());
+        let mut total = size(input_shape);
+        for node in &graph.nodes {
+            let ins = node
+                .inputs
+                .iter()
+                .map(|n| {
+                    shapes
+                        .get(n.as_str())
+                        .cloned()
+                        .ok_or_else(|| anyhow!("tensor '{n}' is not computed"))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let x = ins.first().ok_or_else(|| anyhow!("no input"))?;
+            let out = self
+                .node_shape(node, x, &ins)
+                .with_context(|| format!("{} node '{}'", node.op_type, node.name))?;
+            total = total.saturating_add(size(&out));
+            shapes.insert(node.output.as_str(), out);
+        }
+        Ok(total)
+    }
+
+    fn node_shape(&self, node: &Node, x: &[usize], ins: &[Vec<usize>]) -> Result<Vec<usize>> {
+        let broadcast = |a: &[usize], b: &[usize]| -> Result<Vec<usize>> {
+            let rank = a.len().max(b.len());
+            let dim = |s: &[usize], i: usize| (i + s.len()).checked_sub(rank).map_or(1, |j| s[j]);
+            (0..rank)
+                .map(|i| match (dim(a, i), dim(b, i)) {
+                    (p, q) if p == q || q == 1 => Ok(p),
+                    (1, q) => Ok(q),
+                    _ => Err(anyhow!("shapes {a:?} and {b:?} do not broadcast")),
+                })
+                .collect()
+        };
+        Ok(match &node.op {
+            Op::Conv(c) => c.output_shape(x)?,
+            Op::Dense(d) => {
+                let mut s = x.to_vec();
+                let last = s
+                    .last_mut()
+                    .ok_or_else(|| anyhow!("dense input of rank 0"))?;
+                *last = *d.weight.shape().first().unwrap_or(&0);
+                s
+            }
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                ensure!(x.len() == 4, "pooling needs [N, C, H, W], got {x:?}");
+                let [oh, ow] = p.window.output_size(x[2], x[3])?;
+                vec![x[0], x[1], oh, ow]
+            }
+            Op::GlobalAvgPool | Op::GlobalMaxPool => {
+                let mut s = x.to_vec();
+                s.iter_mut().skip(2).for_each(|d| *d = 1);
+                s
+            }
+            Op::Sum => ins[1..]
+                .iter()
+                .try_fold(x.to_vec(), |acc, s| broadcast(&acc, s))?,
+            Op::Arith { constant, .. } => broadcast(x, constant.shape())?,
+            Op::Reshape => self
+                .reshapes
+                .get(&node.output)
+                .ok_or_else(|| anyhow!("no output shape"))?
+                .apply(x)?,
+            Op::Transpose(perm) => {
+                if perm.is_empty() {
+                    x.iter().rev().copied().collect()
+                } else {
+                    ensure!(perm.len() == x.len(), "permutation {perm:?} for {x:?}");
+                    perm.iter()
+                        .map(|&p| x.get(p).copied().unwrap_or(1))
+                        .collect()
+                }
+            }
+            _ => x.to_vec(),
+        })
+    }
+
     /// Runs the forward pass of `graph` on `input`.
     pub fn run(&self, graph: &Graph, input: &ArrayD<f32>) -> Result<NativeOutput> {
         // how many nodes still have to read each tensor
