@@ -15,6 +15,7 @@ pub mod inputs;
 pub mod labels;
 pub mod linalg;
 pub mod model;
+pub mod model_check;
 pub mod npy;
 pub mod onnx;
 pub mod ops;

@@ -97,6 +97,15 @@ pub fn softmax(x: &[f32]) -> Vec<f32> {
     e.into_iter().map(|v| v / s).collect()
 }
 
+/// Dims as `[1, 3, ?, ?]` (`?` where symbolic).
+fn show_dims(d: &[Option<usize>]) -> String {
+    let parts: Vec<String> = d
+        .iter()
+        .map(|v| v.map_or("?".to_string(), |n| n.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
 fn input_spec(graph: &Graph) -> Result<InputSpec> {
     let d = &graph.input_dims;
     ensure!(
@@ -112,16 +121,16 @@ fn input_spec(graph: &Graph) -> Result<InputSpec> {
         (Layout::Nhwc, d[3].unwrap_or(3), d[1], d[2])
     } else {
         bail!(
-            "not an image classifier: input '{}' has shape {:?}, with neither 1 nor 3 channels",
+            "not an image classifier: input '{}' has shape {}, with neither 1 nor 3 channels",
             graph.input,
-            d
+            show_dims(d)
         );
     };
     ensure!(
         d[0].is_none_or(|n| n == 1),
-        "input '{}' has a fixed batch of {:?}; only 1 is supported",
+        "input '{}' has a fixed batch of {}; only 1 is supported",
         graph.input,
-        d[0]
+        d[0].unwrap_or_default()
     );
     let (height, width) = (h.unwrap_or(DEFAULT_SIZE), w.unwrap_or(DEFAULT_SIZE));
     let shape = match layout {
@@ -164,6 +173,8 @@ impl Model {
             .proto_model_for_read(&mut &bytes[..])
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("{} is not a valid ONNX model", path.display()))?;
+        crate::model_check::check_tensors(&proto, dir.map(Path::new))
+            .with_context(|| format!("model {}", path.display()))?;
         let provider = onnx.provider.clone();
         let load = |t: &tract_onnx::pb::TensorProto| -> Result<ArrayD<f32>> {
             let t = tract_onnx::tensor::load_tensor(&*provider, t, dir)
@@ -201,7 +212,9 @@ impl Model {
                 executor: Some(tract_linalg::multithread::Executor::RayonGlobal),
                 ..Default::default()
             };
-            model.into_optimized()?.into_runnable_with_options(&options)
+            let optimized = model.into_optimized()?;
+            crate::model_check::check_forward_memory(&optimized)?;
+            optimized.into_runnable_with_options(&options)
         })()
         .map_err(|e| anyhow!("{e:#}"))
         .with_context(|| {
