@@ -10,6 +10,7 @@ pub mod explain;
 pub mod gradient;
 pub mod graph;
 pub mod grid;
+pub mod guard;
 pub mod html;
 pub mod inputs;
 pub mod labels;

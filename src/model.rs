@@ -187,10 +187,10 @@ impl Model {
         canonize(&mut graph)?;
         let input = input_spec(&graph).with_context(|| format!("model {}", path.display()))?;
 
-        let parsed = onnx
-            .parse(&proto, dir)
-            .map_err(|e| anyhow!("{e:#}"))
-            .with_context(|| format!("tract cannot load model {}", path.display()))?;
+        let parsed = crate::guard::third_party("tract", || {
+            onnx.parse(&proto, dir).map_err(|e| anyhow!("{e:#}"))
+        })
+        .with_context(|| format!("tract cannot load model {}", path.display()))?;
         drop(proto);
         let mut outputs = vec![graph.logits.clone()];
         outputs.extend(graph.needed_activations());
@@ -205,7 +205,7 @@ impl Model {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut model = parsed.model;
-        let plan = (|| -> TractResult<_> {
+        let prepare = || -> TractResult<_> {
             model.set_input_fact(0, f32::fact(&input.shape).into())?;
             model.select_output_outlets(&outlets)?;
             let options = tract_onnx::prelude::RunOptions {
@@ -215,9 +215,9 @@ impl Model {
             let optimized = model.into_optimized()?;
             crate::model_check::check_forward_memory(&optimized)?;
             optimized.into_runnable_with_options(&options)
-        })()
-        .map_err(|e| anyhow!("{e:#}"))
-        .with_context(|| {
+        };
+        let plan = crate::guard::third_party("tract", || prepare().map_err(|e| anyhow!("{e:#}")))
+            .with_context(|| {
             format!(
                 "tract cannot prepare model {} for input {:?}",
                 path.display(),
@@ -263,11 +263,12 @@ impl Model {
             self.input.shape
         );
         let t: Tensor = input.clone().into();
-        let outs = self
-            .plan
-            .run(tvec!(t.into_tvalue()))
-            .map_err(|e| anyhow!("{e:#}"))
-            .context("forward pass")?;
+        let outs = crate::guard::third_party("tract", || {
+            self.plan
+                .run(tvec!(t.into_tvalue()))
+                .map_err(|e| anyhow!("{e:#}"))
+        })
+        .context("forward pass")?;
         let mut activations = HashMap::new();
         let mut logits_tensor = None;
         for (name, v) in self.outputs.iter().zip(outs) {

@@ -305,6 +305,16 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants
             );
             let kernel = [weight.shape()[2], weight.shape()[3]];
             let bias = opt_const(2)?;
+            if let Some(b) = &bias {
+                ensure!(
+                    b.len() == weight.shape()[0],
+                    unsupported(&format!(
+                        "bias of {} values for {} output channels",
+                        b.len(),
+                        weight.shape()[0]
+                    ))
+                );
+            }
             Op::Conv(Conv {
                 weight,
                 bias,

@@ -253,6 +253,14 @@ pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> anyhow::Result<RgbIm
         bail!("the JPEG file is truncated (no end-of-image marker after its last scan)");
     }
     reader.limits(limits.image_limits());
+    crate::guard::third_party("the image decoder", || decode_with(reader, limits))
+}
+
+/// Decodes with the format known, header checked against `limits` first.
+fn decode_with(
+    reader: ImageReader<Cursor<&[u8]>>,
+    limits: &DecodeLimits,
+) -> anyhow::Result<RgbImage> {
     let mut decoder = reader.into_decoder().map_err(|e| image_error(e, limits))?;
     let (w, h) = decoder.dimensions();
     let pixels = w as u64 * h as u64;

@@ -211,3 +211,75 @@ fn initializers_that_lie_about_their_size() {
     std::fs::write(&p, prost::Message::encode_to_vec(&b)).unwrap();
     model_error(t, &p, &["wd"]);
 }
+
+/// Found by tests/fuzz.rs: a pooling node whose input has another rank
+/// than its kernel (here after an `Unsqueeze`) made tract panic with an
+/// index out of bounds while preparing the model. It is now an error.
+#[test]
+fn a_model_on_which_tract_panics_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut rng = Rng::new(5);
+    let mut b = OnnxBuilder::new(11);
+    b.input("x", &[1, 3, 8, 8]);
+    b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
+    b.node("Conv", &["x", "w"], &["c"], vec![]);
+    b.node(
+        "Unsqueeze",
+        &["c"],
+        &["u"],
+        vec![Attr::Ints("axes", vec![0])],
+    );
+    b.node(
+        "MaxPool",
+        &["u"],
+        &["p"],
+        vec![
+            Attr::Ints("kernel_shape", vec![2, 2]),
+            Attr::Ints("strides", vec![2, 2]),
+        ],
+    );
+    b.node("Flatten", &["p"], &["f"], vec![]);
+    b.initializer("wd", &[4 * 3 * 3, 3], &he_normal(&mut rng, 36, 108));
+    b.node("MatMul", &["f", "wd"], &["y"], vec![]);
+    b.output("y", &[1, 3]);
+    model_error(
+        t,
+        &save(t, "unsqueezed.onnx", &b),
+        &["internal error in tract", "padding.rs"],
+    );
+}
+
+/// Found by tests/fuzz.rs: a conv bias with another number of values than
+/// output channels, followed by a batch norm, panicked while the batch norm
+/// was folded into the conv (before tract ever saw the model).
+#[test]
+fn a_conv_bias_of_the_wrong_length_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut rng = Rng::new(6);
+    let mut b = OnnxBuilder::new(13);
+    b.input("x", &[1, 3, 8, 8]);
+    b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
+    b.initializer("b", &[3], &[0.1, 0.2, 0.3]);
+    b.node("Conv", &["x", "w", "b"], &["c"], vec![]);
+    for (n, v) in [("s", 1.5f32), ("bb", 0.1), ("m", 0.2), ("v", 2.0)] {
+        b.initializer(n, &[4], &[v; 4]);
+    }
+    b.node(
+        "BatchNormalization",
+        &["c", "s", "bb", "m", "v"],
+        &["n"],
+        vec![],
+    );
+    b.node("GlobalAveragePool", &["n"], &["g"], vec![]);
+    b.node("Flatten", &["g"], &["f"], vec![]);
+    b.initializer("wd", &[4, 3], &he_normal(&mut rng, 4, 12));
+    b.node("MatMul", &["f", "wd"], &["y"], vec![]);
+    b.output("y", &[1, 3]);
+    model_error(
+        t,
+        &save(t, "bias.onnx", &b),
+        &["'Conv_0'", "bias of 3 values"],
+    );
+}

@@ -368,7 +368,7 @@ pub fn cmyk_jpeg(blocks: &[[u8; 4]]) -> Vec<u8> {
     seg(&mut out, 0xDA, &sos);
     // entropy-coded data
     let mut bits: Vec<bool> = Vec::new();
-    let mut put = |v: u32, n: u32, bits: &mut Vec<bool>| {
+    let put = |v: u32, n: u32, bits: &mut Vec<bool>| {
         for i in (0..n).rev() {
             bits.push((v >> i) & 1 == 1);
         }
