@@ -380,6 +380,13 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants
         "BatchNormalization" => {
             let get = |i| opt_const(i)?.ok_or_else(|| unsupported("missing parameter"));
             let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+            let lens = [gamma.len(), beta.len(), mean.len(), var.len()];
+            ensure!(
+                lens.iter().all(|&l| l == lens[0]),
+                unsupported(&format!(
+                    "scale, bias, mean and variance of different lengths {lens:?}"
+                ))
+            );
             let eps = attr_f(n, "epsilon", 1e-5);
             let scale: Vec<f32> = gamma
                 .iter()

@@ -251,10 +251,11 @@ fn a_model_on_which_tract_panics_is_an_error() {
 }
 
 /// Found by tests/fuzz.rs: a conv bias with another number of values than
-/// output channels, followed by a batch norm, panicked while the batch norm
-/// was folded into the conv (before tract ever saw the model).
+/// output channels, or a batch norm whose parameters differ in length,
+/// panicked while the batch norm was folded into the conv (before tract ever
+/// saw the model).
 #[test]
-fn a_conv_bias_of_the_wrong_length_is_an_error() {
+fn parameters_of_the_wrong_length_are_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let mut rng = Rng::new(6);
@@ -281,5 +282,34 @@ fn a_conv_bias_of_the_wrong_length_is_an_error() {
         t,
         &save(t, "bias.onnx", &b),
         &["'Conv_0'", "bias of 3 values"],
+    );
+    // the same with the batch norm's shift shorter than its scale
+    let mut b = OnnxBuilder::new(13);
+    b.input("x", &[1, 3, 8, 8]);
+    b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
+    b.node("Conv", &["x", "w"], &["c"], vec![]);
+    for (n, v, len) in [
+        ("s", 1.5f32, 4),
+        ("bb", 0.1, 2),
+        ("m", 0.2, 4),
+        ("v", 2.0, 4),
+    ] {
+        b.initializer(n, &[len], &vec![v; len]);
+    }
+    b.node(
+        "BatchNormalization",
+        &["c", "s", "bb", "m", "v"],
+        &["n"],
+        vec![],
+    );
+    b.node("GlobalAveragePool", &["n"], &["g"], vec![]);
+    b.node("Flatten", &["g"], &["f"], vec![]);
+    b.initializer("wd", &[4, 3], &he_normal(&mut rng, 4, 12));
+    b.node("MatMul", &["f", "wd"], &["y"], vec![]);
+    b.output("y", &[1, 3]);
+    model_error(
+        t,
+        &save(t, "bn.onnx", &b),
+        &["'BatchNormalization_1'", "[4, 2, 4, 4]"],
     );
 }
