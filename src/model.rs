@@ -212,9 +212,11 @@ impl Model {
                 executor: Some(tract_linalg::multithread::Executor::RayonGlobal),
                 ..Default::default()
             };
-            let optimized = model.into_optimized()?;
-            crate::model_check::check_forward_memory(&optimized)?;
-            optimized.into_runnable_with_options(&options)
+            // the memory check comes before optimisation, which allocates
+            // in proportion to the image size
+            let typed = model.into_typed()?;
+            crate::model_check::check_forward_memory(&typed)?;
+            typed.into_optimized()?.into_runnable_with_options(&options)
         };
         let plan = crate::guard::third_party("tract", || prepare().map_err(|e| anyhow!("{e:#}")))
             .with_context(|| {
