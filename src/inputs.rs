@@ -132,30 +132,34 @@ pub fn collect(
 /// `.`/`..` resolved as far as the path exists (a file not written yet is
 /// its resolved folder joined with the rest).
 pub fn identity(p: &Path) -> PathBuf {
+    use std::path::Component;
     let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     if let Ok(c) = abs.canonicalize() {
         return c;
     }
     // the longest existing ancestor, resolved, then the rest lexically
     let mut rest = Vec::new();
-    let mut base = abs.as_path();
+    let mut base = abs;
     let resolved = loop {
-        match base.canonicalize() {
-            Ok(c) => break c,
-            Err(_) => match (base.parent(), base.file_name()) {
-                (Some(parent), Some(name)) => {
-                    rest.push(name.to_os_string());
-                    base = parent;
-                }
-                _ => break base.to_path_buf(),
-            },
+        if let Ok(c) = base.canonicalize() {
+            break c;
+        }
+        match base.components().next_back() {
+            Some(c @ (Component::Normal(_) | Component::ParentDir)) => {
+                rest.push(c.as_os_str().to_os_string())
+            }
+            Some(Component::CurDir) => {}
+            _ => break base,
+        }
+        if !base.pop() {
+            break base;
         }
     };
     let mut out = resolved;
     for part in rest.into_iter().rev() {
         if part == ".." {
             out.pop();
-        } else if part != "." {
+        } else {
             out.push(part);
         }
     }
@@ -268,6 +272,81 @@ mod tests {
         assert_eq!(
             deep[2].output("zplus", "png"),
             out.join("photos/sub/c.zplus.png")
+        );
+    }
+
+    #[test]
+    fn an_input_named_twice_is_one_job() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("x.png"), b"x").unwrap();
+        let given = [
+            dir.join("x.png"),
+            dir.join(".").join("x.png"),
+            dir.join("..").join("a").join("x.png"),
+            dir.clone(),
+        ];
+        let jobs = collect(&given, false, None, &[]).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].input, dir.join("x.png"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn output_names_keep_non_utf8_bytes() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let job = Job {
+            input: PathBuf::from(OsStr::from_bytes(b"in/caf\xe9.png")),
+            out_dir: PathBuf::from("out"),
+        };
+        assert_eq!(
+            job.output("zplus", "png").as_os_str().as_bytes(),
+            b"out/caf\xe9.zplus.png"
+        );
+    }
+
+    #[test]
+    fn identity_resolves_what_exists_and_the_rest_lexically() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("a")).unwrap();
+        assert_eq!(identity(&root.join("a/./b/../c.png")), root.join("a/c.png"));
+        assert_eq!(identity(&root.join("a/../a")), root.join("a"));
+    }
+
+    #[test]
+    fn conflicting_outputs_are_refused_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let job = |name: &str| Job {
+            input: dir.join(name),
+            out_dir: dir.clone(),
+        };
+        let jobs = vec![
+            job("cat.jpg"),
+            job("cat.png"),
+            job("dog.png"),
+            job("dog.zplus.png"),
+        ];
+        let outputs = |j: &Job| vec![j.output("zplus", "png")];
+        let refused = output_conflicts(&jobs, &outputs);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        // cat.png would write cat.jpg's output
+        assert_eq!(refused[0].0, 1);
+        assert!(
+            refused[0].1.contains("already the output of"),
+            "{:?}",
+            refused[0]
+        );
+        assert!(refused[0].1.contains("cat.jpg"), "{:?}", refused[0]);
+        // dog.png would overwrite the input dog.zplus.png
+        assert_eq!(refused[1].0, 2);
+        assert!(
+            refused[1].1.contains("would overwrite the input"),
+            "{:?}",
+            refused[1]
         );
     }
 }

@@ -6,13 +6,17 @@
 //!   nodes, sub-graphs) has a data type that can be loaded, sane dims, and
 //!   exactly as much data as its dims declare, inline or in an external data
 //!   file that exists inside the model's folder.
+//! * node attributes that would make tract loop or allocate without bound
+//!   (a `Transpose` whose `perm` is not a permutation) are refused;
 //! * [`check_forward_memory`]: the tensors of one forward pass, with the
 //!   shapes tract has inferred, fit [`MAX_FORWARD_BYTES`].
 
 use std::path::{Component, Path};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use tract_onnx::pb::{tensor_proto, tensor_proto::DataType, GraphProto, ModelProto, TensorProto};
+use tract_onnx::pb::{
+    tensor_proto, tensor_proto::DataType, GraphProto, ModelProto, NodeProto, TensorProto,
+};
 use tract_onnx::prelude::TypedModel;
 
 /// Most bytes the tensors of one forward pass (activations and weights,
@@ -34,6 +38,7 @@ fn check_graph(g: &GraphProto, dir: Option<&Path>) -> Result<()> {
         check_tensor(t, dir).with_context(|| format!("initializer '{}'", t.name))?;
     }
     for n in &g.node {
+        check_node(n).with_context(|| format!("node '{}' ({})", n.name, n.op_type))?;
         for a in &n.attribute {
             let what = || {
                 format!(
@@ -46,6 +51,26 @@ fn check_graph(g: &GraphProto, dir: Option<&Path>) -> Result<()> {
             }
             for sub in a.g.iter().chain(&a.graphs) {
                 check_graph(sub, dir).with_context(what)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Attribute checks that keep tract from looping or allocating without
+/// bound on a malformed node (whether or not it is on the image's path).
+fn check_node(n: &NodeProto) -> Result<()> {
+    if n.op_type == "Transpose" {
+        if let Some(a) = n.attribute.iter().find(|a| a.name == "perm") {
+            // tract follows the permutation's cycles: one that is not a
+            // permutation never closes (a fuzz finding)
+            let mut seen = vec![false; a.ints.len()];
+            for &p in &a.ints {
+                let slot = usize::try_from(p).ok().and_then(|p| seen.get_mut(p));
+                match slot {
+                    Some(s) if !*s => *s = true,
+                    _ => bail!("perm {:?} is not a permutation", a.ints),
+                }
             }
         }
     }
@@ -200,4 +225,93 @@ pub fn check_forward_memory(model: &TypedModel) -> Result<()> {
         MAX_FORWARD_BYTES as f64 / 1e9
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::StringStringEntryProto;
+
+    fn floats(dims: &[i64], raw: usize) -> TensorProto {
+        TensorProto {
+            dims: dims.to_vec(),
+            data_type: DataType::Float as i32,
+            raw_data: vec![0; raw],
+            ..Default::default()
+        }
+    }
+
+    fn err(t: &TensorProto, dir: Option<&Path>) -> String {
+        format!("{:#}", check_tensor(t, dir).unwrap_err())
+    }
+
+    #[test]
+    fn inline_data_must_match_the_dims() {
+        assert!(check_tensor(&floats(&[2, 3], 24), None).is_ok());
+        assert!(err(&floats(&[2, 3], 20), None).contains("the data has 20 bytes"));
+        assert!(err(&floats(&[1 << 40, 1 << 40], 4), None).contains("overflow"));
+        assert!(err(&floats(&[-1, 3], 12), None).contains("negative"));
+        let mut t = floats(&[3], 0);
+        t.float_data = vec![1.0, 2.0];
+        assert!(err(&t, None).contains("the data has 2 elements"));
+        t.float_data.push(3.0);
+        assert!(check_tensor(&t, None).is_ok());
+        let mut t = floats(&[2], 16);
+        t.data_type = DataType::Int64 as i32;
+        assert!(check_tensor(&t, None).is_ok());
+        t.data_type = DataType::Complex64 as i32;
+        assert!(err(&t, None).contains("not supported"));
+        t.data_type = 999;
+        assert!(err(&t, None).contains("unknown data type"));
+        let mut t = floats(&[2], 8);
+        t.data_type = DataType::String as i32;
+        assert!(err(&t, None).contains("inline"));
+        t.raw_data.clear();
+        t.string_data = vec![b"a".to_vec(), b"b".to_vec()];
+        assert!(check_tensor(&t, None).is_ok());
+    }
+
+    fn external(location: &str, offset: u64, length: Option<u64>) -> TensorProto {
+        let mut t = floats(&[4], 0);
+        t.data_location = Some(tensor_proto::DataLocation::External as i32);
+        let mut e = vec![
+            ("location", location.to_string()),
+            ("offset", offset.to_string()),
+        ];
+        if let Some(l) = length {
+            e.push(("length", l.to_string()));
+        }
+        t.external_data = e
+            .into_iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: k.into(),
+                value: v,
+            })
+            .collect();
+        t
+    }
+
+    #[test]
+    fn external_data_must_exist_inside_the_folder_and_fit() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("w.bin"), [0u8; 20]).unwrap();
+        let dir = Some(d.path());
+        assert!(check_tensor(&external("w.bin", 4, Some(16)), dir).is_ok());
+        assert!(check_tensor(&external("w.bin", 4, None), dir).is_ok());
+        assert!(check_tensor(&external("./w.bin", 0, Some(16)), dir).is_ok());
+        assert!(err(&external("w.bin", 8, Some(16)), dir).contains("bytes 8..24"));
+        assert!(err(&external("w.bin", 0, Some(12)), dir).contains("declare 16 bytes"));
+        assert!(err(&external("w.bin", 0, None), dir).contains("declare 16 bytes"));
+        assert!(err(&external("missing.bin", 0, None), dir).contains("missing.bin"));
+        for escape in ["../w.bin", "/abs/w.bin", "a/../../w.bin", ""] {
+            assert!(
+                err(&external(escape, 0, None), dir).contains("relative"),
+                "{escape}"
+            );
+        }
+        assert!(err(&external("w.bin", 0, None), None).contains("from memory"));
+        let mut t = external("w.bin", 0, None);
+        t.external_data[1].value = "x".into();
+        assert!(err(&t, dir).contains("offset 'x'"));
+    }
 }

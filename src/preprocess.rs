@@ -746,4 +746,38 @@ mod tests {
             assert!(err.contains("truncated"), "{err}");
         }
     }
+
+    #[test]
+    fn pixel_counts_parse_with_suffixes() {
+        assert_eq!(DecodeLimits::parse_pixels("7").unwrap(), 7);
+        assert_eq!(DecodeLimits::parse_pixels("64M").unwrap(), 64_000_000);
+        assert_eq!(DecodeLimits::parse_pixels(" 2k ").unwrap(), 2_000);
+        assert_eq!(DecodeLimits::parse_pixels("1G").unwrap(), 1_000_000_000);
+        for bad in ["0", "", "-1", "1.5M", "M", "lots", "99999999999999999999G"] {
+            assert!(DecodeLimits::parse_pixels(bad).is_err(), "{bad}");
+        }
+        // the allocation limit: 8 bytes per pixel, at least 512 MiB
+        assert_eq!(DecodeLimits { max_pixels: 10 }.max_alloc(), 512 << 20);
+        assert_eq!(
+            DecodeLimits {
+                max_pixels: 100_000_000
+            }
+            .max_alloc(),
+            800_000_000
+        );
+        assert_eq!(DecodeLimits::default().max_alloc(), 512 << 20);
+    }
+
+    #[test]
+    fn images_over_the_pixel_limit_are_refused_from_the_header() {
+        let png = encode(&RgbImage::new(100, 60), ImageFormat::Png);
+        let small = DecodeLimits { max_pixels: 5_999 };
+        let msg = format!("{:#}", decode_bytes(&png, &small).unwrap_err());
+        assert!(
+            msg.contains("100x60") && msg.contains("--max-pixels"),
+            "{msg}"
+        );
+        let exact = DecodeLimits { max_pixels: 6_000 };
+        assert_eq!(decode_bytes(&png, &exact).unwrap().dimensions(), (100, 60));
+    }
 }

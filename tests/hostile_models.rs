@@ -317,3 +317,24 @@ fn parameters_of_the_wrong_length_are_an_error() {
         &["'BatchNormalization_1'", "[4, 2, 4, 4]"],
     );
 }
+
+/// Found by tests/fuzz.rs: a `Transpose` whose `perm` is not a permutation
+/// (one flipped bit in the file) made tract loop and allocate until the
+/// memory ran out while importing the model.
+#[test]
+fn a_transpose_that_is_not_a_permutation_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut b = tiny_model_builder();
+    b.node(
+        "Transpose",
+        &["y"],
+        &["yt"],
+        vec![Attr::Ints("perm", vec![1, 1])],
+    );
+    model_error(
+        t,
+        &save(t, "perm.onnx", &b),
+        &["'Transpose_5'", "not a permutation"],
+    );
+}
