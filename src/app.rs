@@ -14,7 +14,7 @@ use crate::explain::Explanation;
 use crate::inputs::Job;
 use crate::labels;
 use crate::model::Model;
-use crate::preprocess::{self, Layout, Normalization};
+use crate::preprocess::{self, DecodeLimits, Layout, Normalization};
 use crate::render::Style;
 use crate::{npy, render};
 
@@ -62,6 +62,8 @@ pub struct Config {
     pub skip_existing: bool,
     /// Height and width for a model with symbolic spatial dims (`None`: 224).
     pub input_size: Option<[usize; 2]>,
+    /// Bounds on decoding each image.
+    pub limits: DecodeLimits,
 }
 
 /// How a run ended.
@@ -123,7 +125,8 @@ impl Explainer {
         let model = Model::load_sized(&cfg.model, cfg.input_size)?;
         let labels = labels::for_classes(model.classes);
         if let ClassChoice::Query(q) = &cfg.class {
-            labels::find_class(&labels, q).map_err(|e| anyhow!("--class {q}: {e}"))?;
+            labels::find_class(&labels, q)
+                .map_err(|e| anyhow!("--class {q}: {e} (model {})", cfg.model.display()))?;
         }
         Ok(Explainer {
             model,
@@ -138,7 +141,7 @@ impl Explainer {
         let t0 = Instant::now();
         let input = job.input.as_path();
         let spec = &self.model.input;
-        let img = preprocess::load_image(input)?;
+        let img = preprocess::load_image_with(input, &self.cfg.limits)?;
         let tensor = preprocess::to_tensor(
             &img,
             spec.height,
@@ -178,13 +181,15 @@ impl Explainer {
             signed,
         );
         std::fs::create_dir_all(&job.out_dir)
-            .with_context(|| format!("cannot create output folder {}", job.out_dir.display()))?;
+            .with_context(|| format!("cannot create output folder {}", job.out_dir.display()))
+            .with_context(|| format!("{}", input.display()))?;
         let png = job.output(&self.analyzer.name(), "png");
-        render::save_png(&heat, &png)?;
+        render::save_png(&heat, &png).with_context(|| format!("{}", input.display()))?;
         let npy = if self.cfg.raw {
             let path = job.output(&self.analyzer.name(), "npy");
             let data: Vec<f32> = chw.iter().copied().collect();
-            npy::write_npy_f32(&path, chw.shape(), &data)?;
+            npy::write_npy_f32(&path, chw.shape(), &data)
+                .with_context(|| format!("{}", input.display()))?;
             Some(path)
         } else {
             None
@@ -197,6 +202,15 @@ impl Explainer {
             npy,
             seconds: t0.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The files `job` writes.
+    pub fn outputs(&self, job: &Job) -> Vec<PathBuf> {
+        let mut v = vec![job.output(&self.analyzer.name(), "png")];
+        if self.cfg.raw {
+            v.push(job.output(&self.analyzer.name(), "npy"));
+        }
+        v
     }
 
     /// Whether every output of `job` exists already.
@@ -276,6 +290,23 @@ pub fn run(
         .collect();
     let jobs = crate::inputs::collect(&cfg.inputs, cfg.recursive, cfg.out_dir.as_deref(), &names)?;
     let mut summary = Summary::default();
+    // never overwrite an input, nor write one file for two inputs
+    let refused = crate::inputs::output_conflicts(&jobs, &|j| explainer.outputs(j));
+    let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+    for (i, why) in refused {
+        let input = jobs[i].take().map(|j| j.input).unwrap_or_default();
+        let msg = format!("{}: {why}", input.display());
+        if cfg.json {
+            writeln!(
+                out,
+                "{}",
+                json!({"input": input.display().to_string(), "error": msg})
+            )?;
+        }
+        writeln!(err, "error: {msg}")?;
+        summary.failed.push((input, msg));
+    }
+    let jobs: Vec<Job> = jobs.into_iter().flatten().collect();
     if explainer.model.input.fixed_dims {
         writeln!(
             err,

@@ -10,7 +10,7 @@ use lrp_heatmap::app::{ClassChoice, Config};
 use lrp_heatmap::compare::{CompareConfig, Format, DEFAULT_ANALYZERS};
 use lrp_heatmap::composite::{RuleParams, NAMES};
 use lrp_heatmap::model::BUNDLED_NAME;
-use lrp_heatmap::preprocess::Normalization;
+use lrp_heatmap::preprocess::{DecodeLimits, Normalization};
 use lrp_heatmap::render::{Cmap, MapNorm, Style};
 
 fn rules_help() -> String {
@@ -37,7 +37,7 @@ pub struct Args {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Image files (JPEG, PNG, WebP, BMP, TIFF) or folders of them (hidden files
+    /// Image files (JPEG, PNG, WebP, BMP, TIFF, GIF) or folders of them (hidden files
     /// and our own outputs skipped).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
@@ -231,7 +231,7 @@ pub struct Common {
     pub offline: bool,
 
     /// Class to explain: 0-based index or a label substring ("tabby"). Default: top-1.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub class: Option<String>,
 
     /// Descend into sub-folders of folder inputs.
@@ -280,17 +280,38 @@ pub struct Common {
     pub level: f32,
 
     /// Input normalisation mean, R,G,B.
-    #[arg(long, value_name = "R,G,B", default_value = "0.485,0.456,0.406")]
+    #[arg(
+        long,
+        value_name = "R,G,B",
+        default_value = "0.485,0.456,0.406",
+        allow_hyphen_values = true
+    )]
     pub mean: String,
 
     /// Input normalisation standard deviation, R,G,B.
-    #[arg(long, value_name = "R,G,B", default_value = "0.229,0.224,0.225")]
+    #[arg(
+        long,
+        value_name = "R,G,B",
+        default_value = "0.229,0.224,0.225",
+        allow_hyphen_values = true
+    )]
     pub std: String,
 
     /// Height and width fed to a model whose input leaves them symbolic
     /// (images are resized to it) [default: 224x224].
     #[arg(long, value_name = "HxW")]
     pub input_size: Option<String>,
+
+    /// Refuse images with more pixels than N (read from the header, before
+    /// decoding); decoding may allocate 8 bytes per pixel of it, at least
+    /// 512 MiB. Suffixes k, M, G.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "64M",
+        allow_hyphen_values = true
+    )]
+    pub max_pixels: String,
 }
 
 /// `--input-size HxW` (or a single side for a square).
@@ -390,6 +411,11 @@ impl Common {
         self.input_size.as_deref().map(input_size).transpose()
     }
 
+    fn limits(&self) -> Result<DecodeLimits> {
+        let max_pixels = DecodeLimits::parse_pixels(&self.max_pixels).context("--max-pixels")?;
+        Ok(DecodeLimits { max_pixels })
+    }
+
     fn class(&self) -> ClassChoice {
         self.class
             .clone()
@@ -479,6 +505,7 @@ impl Args {
                 norm: c.common.norm()?,
                 style: c.common.style()?,
                 tile: c.tile,
+                limits: c.common.limits()?,
                 out_dir: c.out,
                 format: match c.format {
                     FormatArg::Png => Format::Png,
@@ -508,6 +535,7 @@ impl Args {
             quiet: self.quiet,
             skip_existing: self.skip_existing,
             input_size: self.common.input_size()?,
+            limits: self.common.limits()?,
         }))
     }
 }

@@ -66,6 +66,8 @@ pub struct CompareConfig {
     pub style: Style,
     /// Side of a tile in pixels.
     pub tile: u32,
+    /// Bounds on decoding each image.
+    pub limits: preprocess::DecodeLimits,
     /// Output folder.
     pub out_dir: PathBuf,
     /// PNG or HTML.
@@ -99,17 +101,36 @@ pub fn run_compare(
     let model = Model::load_sized(&cfg.model, cfg.input_size)?;
     let names = labels::for_classes(model.classes);
     if let ClassChoice::Query(q) = &cfg.class {
-        labels::find_class(&names, q).map_err(|e| anyhow!("--class {q}: {e}"))?;
+        labels::find_class(&names, q)
+            .map_err(|e| anyhow!("--class {q}: {e} (model {})", cfg.model.display()))?;
     }
     let all: Vec<String> = analyzers.iter().map(Analyzer::name).collect();
     let skip: Vec<&str> = all.iter().map(String::as_str).collect();
-    let jobs = collect(&cfg.inputs, cfg.recursive, None, &skip)?;
+    let mut jobs = collect(&cfg.inputs, cfg.recursive, None, &skip)?;
+    // the grid this run writes is never one of its inputs (a folder
+    // compared into itself twice)
+    let out_file = cfg.out_dir.join(match cfg.format {
+        Format::Png => "compare.png",
+        Format::Html => "compare.html",
+    });
+    let out_id = crate::inputs::identity(&out_file);
+    jobs.retain(|j| {
+        let own = crate::inputs::identity(&j.input) == out_id;
+        if own {
+            let _ = writeln!(
+                err,
+                "note: skipping {}, the output of this run",
+                j.input.display()
+            );
+        }
+        !own
+    });
     let spec = &model.input;
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for job in &jobs {
         let row = (|| -> Result<Row> {
-            let photo = preprocess::load_image(&job.input)?;
+            let photo = preprocess::load_image_with(&job.input, &cfg.limits)?;
             let x = preprocess::to_tensor(
                 &photo,
                 spec.height,
@@ -176,7 +197,7 @@ pub fn run_compare(
                 })
                 .collect();
             let img = grid_image(&grid_rows, &columns, &cfg.style, cfg.tile)?;
-            let path = cfg.out_dir.join("compare.png");
+            let path = out_file;
             render::save_png(&img, &path)?;
             path
         }
@@ -209,7 +230,7 @@ pub fn run_compare(
             }
             let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
             let page = grid_html(&html_rows, &names, &cfg.command);
-            let path = cfg.out_dir.join("compare.html");
+            let path = out_file;
             crate::output::write_atomic(&path, |w| Ok(w.write_all(page.as_bytes())?))?;
             path
         }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 /// Image file extensions picked up from folders (case-insensitive).
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"];
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif"];
 
 /// One image to explain and the folder its outputs go to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,14 +19,16 @@ pub struct Job {
 }
 
 impl Job {
-    /// Output path `<out_dir>/<stem>.<analyzer>.<ext>`.
+    /// Output path `<out_dir>/<stem>.<analyzer>.<ext>` (the stem's bytes kept
+    /// as they are, UTF-8 or not).
     pub fn output(&self, analyzer: &str, ext: &str) -> PathBuf {
-        let stem = self
+        let mut name = self
             .input
             .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
+            .map(|s| s.to_os_string())
             .unwrap_or_else(|| "input".into());
-        self.out_dir.join(format!("{stem}.{analyzer}.{ext}"))
+        name.push(format!(".{analyzer}.{ext}"));
+        self.out_dir.join(name)
     }
 }
 
@@ -82,6 +84,14 @@ pub fn collect(
     analyzers: &[&str],
 ) -> Result<Vec<Job>> {
     let mut jobs = Vec::new();
+    // an input named twice (or reached both directly and through its
+    // folder) is explained once, where it was first named
+    let mut seen = std::collections::HashSet::new();
+    let mut push = |jobs: &mut Vec<Job>, job: Job| {
+        if seen.insert(identity(&job.input)) {
+            jobs.push(job);
+        }
+    };
     for given in inputs {
         if given.is_dir() {
             let mut files = Vec::new();
@@ -99,20 +109,110 @@ pub fn collect(
                         o.join(&base).join(rel)
                     }
                 };
-                jobs.push(Job { input: f, out_dir });
+                push(&mut jobs, Job { input: f, out_dir });
             }
         } else {
             let out_dir = match out {
                 Some(o) => o.to_path_buf(),
                 None => given.parent().map(Path::to_path_buf).unwrap_or_default(),
             };
-            jobs.push(Job {
-                input: given.clone(),
-                out_dir,
-            });
+            push(
+                &mut jobs,
+                Job {
+                    input: given.clone(),
+                    out_dir,
+                },
+            );
         }
     }
     Ok(jobs)
+}
+
+/// What a path names, for comparing paths: absolute, symbolic links and
+/// `.`/`..` resolved as far as the path exists (a file not written yet is
+/// its resolved folder joined with the rest).
+pub fn identity(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if let Ok(c) = abs.canonicalize() {
+        return c;
+    }
+    // the longest existing ancestor, resolved, then the rest lexically
+    let mut rest = Vec::new();
+    let mut base = abs;
+    let resolved = loop {
+        if let Ok(c) = base.canonicalize() {
+            break c;
+        }
+        match base.components().next_back() {
+            Some(c @ (Component::Normal(_) | Component::ParentDir)) => {
+                rest.push(c.as_os_str().to_os_string())
+            }
+            Some(Component::CurDir) => {}
+            _ => break base,
+        }
+        if !base.pop() {
+            break base;
+        }
+    };
+    let mut out = resolved;
+    for part in rest.into_iter().rev() {
+        if part == ".." {
+            out.pop();
+        } else {
+            out.push(part);
+        }
+    }
+    out
+}
+
+/// Jobs that must not run because an output of theirs would overwrite an
+/// input of the run, or a file another job writes (the earlier job keeps
+/// it). `outputs` lists the files a job writes. Returns, in job order, the
+/// index of each refused job and why (naming the output and the other file).
+pub fn output_conflicts(
+    jobs: &[Job],
+    outputs: &dyn Fn(&Job) -> Vec<PathBuf>,
+) -> Vec<(usize, String)> {
+    use std::collections::HashMap;
+    let inputs: HashMap<PathBuf, &Path> = jobs
+        .iter()
+        .map(|j| (identity(&j.input), j.input.as_path()))
+        .collect();
+    let mut claimed: HashMap<PathBuf, &Path> = HashMap::new();
+    let mut refused = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        let outs: Vec<(PathBuf, PathBuf)> = outputs(job)
+            .into_iter()
+            .map(|o| (identity(&o), o))
+            .collect();
+        let clash = outs.iter().find_map(|(id, o)| {
+            if let Some(input) = inputs.get(id) {
+                Some(format!(
+                    "its output {} would overwrite the input {}; not explained (use another --out)",
+                    o.display(),
+                    input.display()
+                ))
+            } else {
+                claimed.get(id).map(|other| {
+                    format!(
+                        "its output {} is already the output of {}; not explained (rename one or use --out)",
+                        o.display(),
+                        other.display()
+                    )
+                })
+            }
+        });
+        match clash {
+            Some(why) => refused.push((i, why)),
+            None => {
+                for (id, _) in outs {
+                    claimed.insert(id, &job.input);
+                }
+            }
+        }
+    }
+    refused
 }
 
 #[cfg(test)]
@@ -172,6 +272,81 @@ mod tests {
         assert_eq!(
             deep[2].output("zplus", "png"),
             out.join("photos/sub/c.zplus.png")
+        );
+    }
+
+    #[test]
+    fn an_input_named_twice_is_one_job() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("x.png"), b"x").unwrap();
+        let given = [
+            dir.join("x.png"),
+            dir.join(".").join("x.png"),
+            dir.join("..").join("a").join("x.png"),
+            dir.clone(),
+        ];
+        let jobs = collect(&given, false, None, &[]).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].input, dir.join("x.png"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn output_names_keep_non_utf8_bytes() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let job = Job {
+            input: PathBuf::from(OsStr::from_bytes(b"in/caf\xe9.png")),
+            out_dir: PathBuf::from("out"),
+        };
+        assert_eq!(
+            job.output("zplus", "png").as_os_str().as_bytes(),
+            b"out/caf\xe9.zplus.png"
+        );
+    }
+
+    #[test]
+    fn identity_resolves_what_exists_and_the_rest_lexically() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("a")).unwrap();
+        assert_eq!(identity(&root.join("a/./b/../c.png")), root.join("a/c.png"));
+        assert_eq!(identity(&root.join("a/../a")), root.join("a"));
+    }
+
+    #[test]
+    fn conflicting_outputs_are_refused_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let job = |name: &str| Job {
+            input: dir.join(name),
+            out_dir: dir.clone(),
+        };
+        let jobs = vec![
+            job("cat.jpg"),
+            job("cat.png"),
+            job("dog.png"),
+            job("dog.zplus.png"),
+        ];
+        let outputs = |j: &Job| vec![j.output("zplus", "png")];
+        let refused = output_conflicts(&jobs, &outputs);
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        // cat.png would write cat.jpg's output
+        assert_eq!(refused[0].0, 1);
+        assert!(
+            refused[0].1.contains("already the output of"),
+            "{:?}",
+            refused[0]
+        );
+        assert!(refused[0].1.contains("cat.jpg"), "{:?}", refused[0]);
+        // dog.png would overwrite the input dog.zplus.png
+        assert_eq!(refused[1].0, 2);
+        assert!(
+            refused[1].1.contains("would overwrite the input"),
+            "{:?}",
+            refused[1]
         );
     }
 }

@@ -103,6 +103,15 @@ pub fn softmax(x: &[f32]) -> Vec<f32> {
     e.into_iter().map(|v| v / s).collect()
 }
 
+/// Dims as `[1, 3, ?, ?]` (`?` where symbolic).
+fn show_dims(d: &[Option<usize>]) -> String {
+    let parts: Vec<String> = d
+        .iter()
+        .map(|v| v.map_or("?".to_string(), |n| n.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
 fn input_spec(graph: &Graph, size: Option<[usize; 2]>) -> Result<InputSpec> {
     let d = &graph.input_dims;
     ensure!(
@@ -118,16 +127,16 @@ fn input_spec(graph: &Graph, size: Option<[usize; 2]>) -> Result<InputSpec> {
         (Layout::Nhwc, d[3].unwrap_or(3), d[1], d[2])
     } else {
         bail!(
-            "not an image classifier: input '{}' has shape {:?}, with neither 1 nor 3 channels",
+            "not an image classifier: input '{}' has shape {}, with neither 1 nor 3 channels",
             graph.input,
-            d
+            show_dims(d)
         );
     };
     ensure!(
         d[0].is_none_or(|n| n == 1),
-        "input '{}' has a fixed batch of {:?}; only 1 is supported",
+        "input '{}' has a fixed batch of {}; only 1 is supported",
         graph.input,
-        d[0]
+        d[0].unwrap_or_default()
     );
     let [sh, sw] = size.unwrap_or([DEFAULT_SIZE; 2]);
     if let (Some([want_h, want_w]), Some(fh), Some(fw)) = (size, h, w) {
@@ -215,10 +224,10 @@ fn tract_plan(
     input: &InputSpec,
     path: &Path,
 ) -> Result<Arc<TypedRunnableModel>> {
-    let parsed = onnx
-        .parse(proto, dir)
-        .map_err(|e| anyhow!("{e:#}"))
-        .with_context(|| format!("tract cannot load model {}", path.display()))?;
+    let parsed = crate::guard::third_party("tract", || {
+        onnx.parse(proto, dir).map_err(|e| anyhow!("{e:#}"))
+    })
+    .with_context(|| format!("tract cannot load model {}", path.display()))?;
     let outlets = outputs
         .iter()
         .map(|n| {
@@ -230,23 +239,28 @@ fn tract_plan(
         })
         .collect::<Result<Vec<_>>>()?;
     let mut model = parsed.model;
-    (|| -> TractResult<_> {
+    let prepare = || -> TractResult<_> {
         model.set_input_fact(0, f32::fact(&input.shape).into())?;
         model.select_output_outlets(&outlets)?;
         let options = tract_onnx::prelude::RunOptions {
             executor: Some(tract_linalg::multithread::Executor::RayonGlobal),
             ..Default::default()
         };
-        model.into_optimized()?.into_runnable_with_options(&options)
-    })()
-    .map_err(|e| anyhow!("{e:#}"))
-    .with_context(|| {
-        format!(
-            "tract cannot prepare model {} for input {:?}",
-            path.display(),
-            input.shape
-        )
-    })
+        // the memory check comes before optimisation, which allocates
+        // in proportion to the image size
+        let typed = model.into_typed()?;
+        crate::model_check::check_forward_memory(&typed, &input.shape)?;
+        typed.into_optimized()?.into_runnable_with_options(&options)
+    };
+    crate::guard::third_party("tract", || prepare().map_err(|e| anyhow!("{e:#}"))).with_context(
+        || {
+            format!(
+                "tract cannot prepare model {} for input {:?}",
+                path.display(),
+                input.shape
+            )
+        },
+    )
 }
 
 impl Model {
@@ -322,6 +336,8 @@ impl Model {
         size: Option<[usize; 2]>,
         engine: Engine,
     ) -> Result<Model> {
+        crate::model_check::check_tensors(&proto, dir.map(Path::new))
+            .with_context(|| format!("model {}", path.display()))?;
         let onnx = tract_onnx::onnx();
         let provider = onnx.provider.clone();
         let load = |t: &tract_onnx::pb::TensorProto| -> Result<ArrayD<f32>> {
@@ -344,7 +360,20 @@ impl Model {
             Engine::Tract => Err(anyhow!("asked for")),
         };
         let (native, tract_reason) = match native {
-            Ok(plan) => (Some(plan), String::new()),
+            Ok(plan) => {
+                let bytes = plan
+                    .forward_bytes(&graph, &input.shape)
+                    .with_context(|| format!("model {}", path.display()))?;
+                ensure!(
+                    bytes <= crate::model_check::MAX_FORWARD_BYTES,
+                    "model {}: one forward pass at input {:?} needs about {:.0} GB for its tensors, more than the {:.0} GB allowed",
+                    path.display(),
+                    input.shape,
+                    bytes as f64 / 1e9,
+                    crate::model_check::MAX_FORWARD_BYTES as f64 / 1e9
+                );
+                (Some(plan), String::new())
+            }
             Err(e) => (None, format!("{e:#}")),
         };
         let mut outputs = vec![graph.logits.clone()];
@@ -394,10 +423,11 @@ impl Model {
         input: &ArrayD<f32>,
     ) -> Result<(Option<ArrayD<f32>>, Activations)> {
         let t: Tensor = input.clone().into();
-        let outs = plan
-            .run(tvec!(t.into_tvalue()))
-            .map_err(|e| anyhow!("{e:#}"))
-            .context("forward pass")?;
+        let outs = crate::guard::third_party("tract", || {
+            plan.run(tvec!(t.into_tvalue()))
+                .map_err(|e| anyhow!("{e:#}"))
+        })
+        .context("forward pass")?;
         let mut activations = HashMap::new();
         let mut logits_tensor = None;
         for (name, v) in self.outputs.iter().zip(outs) {

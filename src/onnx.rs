@@ -314,6 +314,16 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants
             );
             let kernel = [weight.shape()[2], weight.shape()[3]];
             let bias = opt_const(2)?;
+            if let Some(b) = &bias {
+                ensure!(
+                    b.len() == weight.shape()[0],
+                    unsupported(&format!(
+                        "bias of {} values for {} output channels",
+                        b.len(),
+                        weight.shape()[0]
+                    ))
+                );
+            }
             Op::Conv(Conv {
                 weight,
                 bias,
@@ -384,6 +394,13 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants
         "BatchNormalization" => {
             let get = |i| opt_const(i)?.ok_or_else(|| unsupported("missing parameter"));
             let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+            let lens = [gamma.len(), beta.len(), mean.len(), var.len()];
+            ensure!(
+                lens.iter().all(|&l| l == lens[0]),
+                unsupported(&format!(
+                    "scale, bias, mean and variance of different lengths {lens:?}"
+                ))
+            );
             let eps = attr_f(n, "epsilon", 1e-5);
             let scale: Vec<f32> = gamma
                 .iter()

@@ -61,11 +61,156 @@ impl Normalization {
     }
 }
 
+/// Default of [`DecodeLimits::max_pixels`]: 64 million pixels (e.g.
+/// 9800 x 6530), so that even a 16-bit RGBA image of that size (8 bytes per
+/// pixel, 512 MB) fits `image`'s default allocation limit of 512 MiB.
+pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
+
+/// `image`'s default allocation limit, the least [`DecodeLimits`] allows.
+const MIN_ALLOC: u64 = 512 * 1024 * 1024;
+
+/// Bounds on decoding one image (the command's `--max-pixels`).
+///
+/// An image is refused, from its header and before any pixel is decoded,
+/// when it has more than `max_pixels` pixels. The decoder's allocations
+/// (`image`'s [`Limits::max_alloc`]) and the size of the file read are
+/// bounded by [`DecodeLimits::max_alloc`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Most pixels (width x height) an image may have.
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+impl DecodeLimits {
+    /// Parses a pixel count: a positive integer, optionally with a decimal
+    /// suffix `k` (10^3), `M` (10^6) or `G` (10^9), e.g. `120M`.
+    pub fn parse_pixels(s: &str) -> anyhow::Result<u64> {
+        let t = s.trim();
+        let (digits, factor) = match t.char_indices().last() {
+            Some((i, 'k' | 'K')) => (&t[..i], 1_000),
+            Some((i, 'm' | 'M')) => (&t[..i], 1_000_000),
+            Some((i, 'g' | 'G')) => (&t[..i], 1_000_000_000),
+            _ => (t, 1),
+        };
+        let n: u64 = digits
+            .parse()
+            .ok()
+            .and_then(|n: u64| n.checked_mul(factor))
+            .filter(|&n| n > 0)
+            .ok_or_else(|| anyhow!("'{s}' is not a positive pixel count (like 50000000 or 50M)"))?;
+        Ok(n)
+    }
+
+    /// Bytes decoding may allocate: `max_pixels` at 8 bytes per pixel
+    /// (16-bit RGBA), and never less than `image`'s default of 512 MiB.
+    pub fn max_alloc(&self) -> u64 {
+        self.max_pixels.saturating_mul(8).max(MIN_ALLOC)
+    }
+
+    fn image_limits(&self) -> Limits {
+        let mut l = Limits::default();
+        l.max_alloc = Some(self.max_alloc());
+        l
+    }
+}
+
+/// Megabytes (10^6) of a byte count, for messages.
+fn mb(bytes: u64) -> String {
+    format!("{:.0} MB", bytes as f64 / 1e6)
+}
+
+/// A size as "N megapixels" for messages.
+fn megapixels(pixels: u64) -> String {
+    let m = pixels as f64 / 1e6;
+    if m >= 10.0 {
+        format!("{m:.0} megapixels")
+    } else {
+        format!("{m:.1} megapixels")
+    }
+}
+
+/// Reads a whole image file, refusing what is not a regular file (a FIFO
+/// or a device would block or never end) and files larger than the
+/// decoding memory limit.
+fn read_image_file(path: &Path, limits: &DecodeLimits) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        let ft = meta.file_type();
+        let what = if ft.is_dir() {
+            "a folder"
+        } else {
+            special_file_kind(&ft)
+        };
+        bail!(
+            "cannot read {}: not a regular file ({what})",
+            path.display()
+        );
+    }
+    let max = limits.max_alloc();
+    if meta.len() > max {
+        bail!(
+            "cannot decode {}: the file is {}, more than the {} decoding memory limit (raise it with --max-pixels)",
+            path.display(),
+            mb(meta.len()),
+            mb(max)
+        );
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        bail!(
+            "cannot decode {}: the file grew past the {} decoding memory limit while being read",
+            path.display(),
+            mb(max)
+        );
+    }
+    Ok(bytes)
+}
+
+#[cfg(unix)]
+fn special_file_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a named pipe"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_file_kind(_: &std::fs::FileType) -> &'static str {
+    "a special file"
+}
+
+/// Loads an image file as upright 8-bit RGB, with the default
+/// [`DecodeLimits`] (see [`load_image_with`]).
+pub fn load_image(path: &Path) -> anyhow::Result<RgbImage> {
+    load_image_with(path, &DecodeLimits::default())
+}
+
 /// Loads an image file as upright 8-bit RGB.
 ///
 /// * The format is detected from the file content, not the extension.
-/// * Decoding uses `image`'s default [`Limits`] (guards against decompression
-///   bombs).
+/// * Decoding is bounded by `limits` (images with too many pixels are refused
+///   from their header; the decoder's allocations are bounded by `image`'s
+///   [`Limits`]); the error says so and names `--max-pixels`.
+/// * Only regular files are read (not FIFOs, sockets or devices).
 /// * The EXIF orientation (JPEG, WebP, TIFF) is applied, so the result is the
 ///   image as a viewer displays it.
 /// * Grey, grey+alpha, RGBA, 16-bit and CMYK JPEG inputs are converted to RGB8.
@@ -75,17 +220,30 @@ impl Normalization {
 ///
 /// Errors name the file and the problem, e.g.
 /// `cannot decode images/x.jpg: ...` (print with `{:#}` for the cause).
-pub fn load_image(path: &Path) -> anyhow::Result<RgbImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+pub fn load_image_with(path: &Path, limits: &DecodeLimits) -> anyhow::Result<RgbImage> {
+    let bytes = read_image_file(path, limits)?;
     if bytes.is_empty() {
         bail!("cannot decode {}: the file is empty", path.display());
     }
-    decode_image(&bytes).with_context(|| format!("cannot decode {}", path.display()))
+    decode_bytes(&bytes, limits).with_context(|| format!("cannot decode {}", path.display()))
 }
 
-/// Decodes an in-memory image (see [`load_image`]).
-fn decode_image(bytes: &[u8]) -> anyhow::Result<RgbImage> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+/// An `image` error as a message, limit errors explained.
+fn image_error(e: image::ImageError, limits: &DecodeLimits) -> anyhow::Error {
+    match e {
+        image::ImageError::Limits(l) => anyhow!(
+            "{l}: decoding would need more than the {} memory limit (raise it with --max-pixels, now {})",
+            mb(limits.max_alloc()),
+            limits.max_pixels
+        ),
+        e => anyhow!("{e}"),
+    }
+}
+
+/// Decodes an in-memory image (see [`load_image_with`]); errors do not name
+/// a file.
+pub fn decode_bytes(bytes: &[u8], limits: &DecodeLimits) -> anyhow::Result<RgbImage> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .context("cannot read the image header")?;
     if reader.format().is_none() {
@@ -94,16 +252,34 @@ fn decode_image(bytes: &[u8]) -> anyhow::Result<RgbImage> {
     if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
         bail!("the JPEG file is truncated (no end-of-image marker after its last scan)");
     }
-    let mut decoder = reader.into_decoder().map_err(|e| anyhow!("{e}"))?;
+    reader.limits(limits.image_limits());
+    crate::guard::third_party("the image decoder", || decode_with(reader, limits))
+}
+
+/// Decodes with the format known, header checked against `limits` first.
+fn decode_with(
+    reader: ImageReader<Cursor<&[u8]>>,
+    limits: &DecodeLimits,
+) -> anyhow::Result<RgbImage> {
+    let mut decoder = reader.into_decoder().map_err(|e| image_error(e, limits))?;
+    let (w, h) = decoder.dimensions();
+    let pixels = w as u64 * h as u64;
+    if pixels > limits.max_pixels {
+        bail!(
+            "the image is {w}x{h} ({}), more than the limit of {} (raise it with --max-pixels)",
+            megapixels(pixels),
+            megapixels(limits.max_pixels)
+        );
+    }
     // A broken orientation tag should not make an otherwise fine image
     // unusable: fall back to "as stored".
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     // Same allocation check as `ImageReader::decode` performs.
-    let mut limits = Limits::default();
     limits
+        .image_limits()
         .reserve(decoder.total_bytes())
-        .map_err(|e| anyhow!("{e}"))?;
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("{e}"))?;
+        .map_err(|e| image_error(e, limits))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| image_error(e, limits))?;
     img.apply_orientation(orientation);
     Ok(match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
@@ -556,10 +732,52 @@ mod tests {
         let full = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/images/cat.jpg")).unwrap();
         assert!(jpeg_is_complete(&full));
         // images/LICENSES.md: cat.jpg is 451x300
-        assert_eq!(decode_image(&full).unwrap().dimensions(), (451, 300));
+        assert_eq!(
+            decode_bytes(&full, &DecodeLimits::default())
+                .unwrap()
+                .dimensions(),
+            (451, 300)
+        );
         for cut in [full.len() / 3, full.len() - 2] {
-            let err = format!("{:#}", decode_image(&full[..cut]).unwrap_err());
+            let err = format!(
+                "{:#}",
+                decode_bytes(&full[..cut], &DecodeLimits::default()).unwrap_err()
+            );
             assert!(err.contains("truncated"), "{err}");
         }
+    }
+
+    #[test]
+    fn pixel_counts_parse_with_suffixes() {
+        assert_eq!(DecodeLimits::parse_pixels("7").unwrap(), 7);
+        assert_eq!(DecodeLimits::parse_pixels("64M").unwrap(), 64_000_000);
+        assert_eq!(DecodeLimits::parse_pixels(" 2k ").unwrap(), 2_000);
+        assert_eq!(DecodeLimits::parse_pixels("1G").unwrap(), 1_000_000_000);
+        for bad in ["0", "", "-1", "1.5M", "M", "lots", "99999999999999999999G"] {
+            assert!(DecodeLimits::parse_pixels(bad).is_err(), "{bad}");
+        }
+        // the allocation limit: 8 bytes per pixel, at least 512 MiB
+        assert_eq!(DecodeLimits { max_pixels: 10 }.max_alloc(), 512 << 20);
+        assert_eq!(
+            DecodeLimits {
+                max_pixels: 100_000_000
+            }
+            .max_alloc(),
+            800_000_000
+        );
+        assert_eq!(DecodeLimits::default().max_alloc(), 512 << 20);
+    }
+
+    #[test]
+    fn images_over_the_pixel_limit_are_refused_from_the_header() {
+        let png = encode(&RgbImage::new(100, 60), ImageFormat::Png);
+        let small = DecodeLimits { max_pixels: 5_999 };
+        let msg = format!("{:#}", decode_bytes(&png, &small).unwrap_err());
+        assert!(
+            msg.contains("100x60") && msg.contains("--max-pixels"),
+            "{msg}"
+        );
+        let exact = DecodeLimits { max_pixels: 6_000 };
+        assert_eq!(decode_bytes(&png, &exact).unwrap().dimensions(), (100, 60));
     }
 }

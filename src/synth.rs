@@ -25,9 +25,9 @@ use anyhow::Context;
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use prost::Message;
 use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto, tensor_proto::DataType, tensor_shape_proto,
+    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
 /// Protobuf field number of `ModelProto.graph`.
@@ -95,17 +95,32 @@ struct Initializer {
     data_type: DataType,
     /// Little-endian element bytes (ONNX `raw_data`).
     raw: Vec<u8>,
+    /// `external_data` key/value pairs; when set the tensor's data lives in
+    /// another file (`data_location = EXTERNAL`) and `raw` is empty.
+    external: Vec<(String, String)>,
 }
 
 impl Initializer {
     /// The tensor without its payload (name, dims, data type).
     fn header(&self) -> TensorProto {
-        TensorProto {
+        let mut t = TensorProto {
             dims: self.dims.clone(),
             data_type: self.data_type as i32,
             name: self.name.clone(),
             ..Default::default()
+        };
+        if !self.external.is_empty() {
+            t.data_location = Some(tensor_proto::DataLocation::External as i32);
+            t.external_data = self
+                .external
+                .iter()
+                .map(|(key, value)| StringStringEntryProto {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect();
         }
+        t
     }
 
     /// The complete tensor proto (copies the payload).
@@ -305,8 +320,41 @@ impl OnnxBuilder {
             dims: dims.iter().map(|&d| d as i64).collect(),
             data_type,
             raw,
+            external: Vec::new(),
         });
         name.to_string()
+    }
+
+    /// Adds a float32 initializer whose data lives in another file, as
+    /// exporters write models over 2 GB (`data_location = EXTERNAL`, with
+    /// `location` relative to the model's folder, and `offset` / `length` in
+    /// bytes). Nothing is written to `location`: use
+    /// [`OnnxBuilder::external_bytes`] for the file's content.
+    pub fn initializer_external(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        location: &str,
+        offset: usize,
+        length: usize,
+    ) -> String {
+        self.initializers.push(Initializer {
+            name: name.to_string(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float,
+            raw: Vec::new(),
+            external: vec![
+                ("location".to_string(), location.to_string()),
+                ("offset".to_string(), offset.to_string()),
+                ("length".to_string(), length.to_string()),
+            ],
+        });
+        name.to_string()
+    }
+
+    /// Little-endian bytes of `data`, the content of an external data file.
+    pub fn external_bytes(data: &[f32]) -> Vec<u8> {
+        data.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
     /// Appends a node of the default domain. Its name is
