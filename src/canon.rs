@@ -118,19 +118,24 @@ fn fold(into: &mut Op, what: &Op) -> bool {
         },
         _ => return false,
     };
-    for (mut row, s) in weight.axis_iter_mut(Axis(0)).zip(&scale) {
-        row.mapv_inplace(|v| v * s);
-    }
     let old: Vec<f32> = bias
         .as_ref()
         .map_or(vec![0.0; m], |b| b.iter().copied().collect());
+    // the graph builder checks these lengths; a mismatch is not folded
+    // (and nothing is modified) rather than a panic
+    if scale.len() != m || shift.len() != m || old.len() != m {
+        return false;
+    }
+    for (mut row, s) in weight.axis_iter_mut(Axis(0)).zip(&scale) {
+        row.mapv_inplace(|v| v * s);
+    }
     let new: Vec<f32> = old
         .iter()
         .zip(&scale)
         .zip(&shift)
         .map(|((b, s), t)| b * s + t)
         .collect();
-    *bias = Some(ArrayD::from_shape_vec(vec![m], new).expect("m values"));
+    *bias = Some(ndarray::Array1::from(new).into_dyn());
     true
 }
 
