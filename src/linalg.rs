@@ -62,40 +62,13 @@ pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, threads: bool) 
         }
         return;
     }
-    let par = if threads && m * n * k >= PARALLEL_THRESHOLD {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    };
     // SAFETY: the asserts above and the strides of `Mat` (built from slices
     // long enough for their shape) keep every access in bounds.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs,
-            a.rs,
-            b.data.as_ptr(),
-            b.cs,
-            b.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
+    unsafe { gemm_into(dst.as_mut_ptr(), n as isize, accumulate, a, b, threads) }
 }
 
 /// `dst = a (m x k) * b (k x n)` into a matrix whose rows are `dst_rs` apart
-/// (a block of columns of a wider matrix), on the calling thread.
+/// (a block of columns of a wider matrix); `threads` as for [`matmul`].
 ///
 /// # Safety
 /// `dst` must be valid for writes at `i * dst_rs + j` for `i < m`, `j < n`,
@@ -106,6 +79,18 @@ pub unsafe fn matmul_strided(dst: *mut f32, dst_rs: isize, a: Mat, b: Mat, threa
     if m == 0 || n == 0 {
         return;
     }
+    // SAFETY: as guaranteed by the caller.
+    unsafe { gemm_into(dst, dst_rs, false, a, b, threads) }
+}
+
+/// The `gemm` call behind [`matmul`] and [`matmul_strided`]: `dst (rows
+/// dst_rs apart) = [dst +] a * b`, on all rayon threads when `threads` and
+/// the product is large.
+///
+/// # Safety
+/// As for [`matmul_strided`].
+unsafe fn gemm_into(dst: *mut f32, dst_rs: isize, accumulate: bool, a: Mat, b: Mat, threads: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     let par = if threads && m * n * k >= PARALLEL_THRESHOLD {
         Parallelism::Rayon(0)
     } else {
@@ -120,7 +105,7 @@ pub unsafe fn matmul_strided(dst: *mut f32, dst_rs: isize, a: Mat, b: Mat, threa
             dst,
             1,
             dst_rs,
-            false,
+            accumulate,
             a.data.as_ptr(),
             a.cs,
             a.rs,
