@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod concat;
 pub mod conv;
+mod conv_kernels;
 pub mod dense;
 pub mod dense_kernels;
 pub mod gate;
