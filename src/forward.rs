@@ -401,7 +401,7 @@ impl NativePlan {
                 format!("forward through {} node '{}'", node.op_type, node.name)
             })?;
             ensure!(
-                out.iter().all(|v| v.is_finite()) || node.output == graph.logits,
+                node.output == graph.logits || all_finite(&out),
                 "{} node '{}' produced NaN or Inf",
                 node.op_type,
                 node.name
@@ -554,6 +554,33 @@ fn pool(p: &Pool, x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
             .filter(|k| start + ((k * wnd.dilations[axis]) as isize) < end)
             .count()
     };
+    // every window inside the input, without holes: no bounds checks
+    let [kh, kw] = wnd.kernel;
+    let [sh, sw] = wnd.strides;
+    if max
+        && pads == [0; 4]
+        && wnd.dilations == [1, 1]
+        && oh > 0
+        && ow > 0
+        && (oh - 1) * sh + kh <= h
+        && (ow - 1) * sw + kw <= w
+    {
+        out.par_chunks_mut(oh * ow)
+            .zip(xs.par_chunks(h * w))
+            .for_each(|(op, xp)| {
+                for (oy, line) in op.chunks_exact_mut(ow).enumerate() {
+                    let rows = &xp[oy * sh * w..(oy * sh + kh) * w];
+                    for (ox, o) in line.iter_mut().enumerate() {
+                        let x0 = ox * sw;
+                        *o = rows
+                            .chunks_exact(w)
+                            .flat_map(|r| &r[x0..x0 + kw])
+                            .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                    }
+                }
+            });
+        return Ok(ArrayD::from_shape_vec(vec![n, c, oh, ow], out)?);
+    }
     out.par_chunks_mut(oh * ow)
         .zip(xs.par_chunks(h * w))
         .for_each(|(op, xp)| {
@@ -594,6 +621,16 @@ fn pool(p: &Pool, x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
     Ok(ArrayD::from_shape_vec(vec![n, c, oh, ow], out)?)
 }
 
+/// Whether no element is NaN or infinite (large tensors on all threads).
+fn all_finite(x: &ArrayD<f32>) -> bool {
+    match x.as_slice_memory_order() {
+        Some(s) if s.len() >= 1 << 15 => s
+            .par_chunks(1 << 14)
+            .all(|c| c.iter().all(|v| v.is_finite())),
+        _ => x.iter().all(|v| v.is_finite()),
+    }
+}
+
 /// `GlobalMaxPool` / `GlobalAveragePool`: `[N, C, ...]` to `[N, C, 1, ...]`.
 fn global_pool(x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
     ensure!(
@@ -618,4 +655,60 @@ fn global_pool(x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
         .collect();
     shape[2..].iter_mut().for_each(|d| *d = 1);
     Ok(ArrayD::from_shape_vec(shape, out)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::{Padding, Window};
+
+    #[test]
+    fn max_pool_is_the_window_maximum() {
+        // the fast path (no padding, no holes) and the general one
+        let cases = [
+            ([2, 2], [2, 2], [1, 1], [0, 0, 0, 0]),
+            ([3, 3], [2, 2], [1, 1], [0, 0, 0, 0]),
+            ([3, 2], [1, 2], [1, 1], [0, 0, 0, 0]),
+            ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+            ([2, 2], [2, 2], [2, 2], [0, 0, 0, 0]),
+        ];
+        let (h, w) = (9, 8);
+        let x = ArrayD::from_shape_fn(vec![1, 2, h, w], |i| {
+            ((i[1] * 13 + i[2] * 7 + i[3] * 5) % 11) as f32 - 5.0
+        });
+        for (kernel, strides, dilations, pads) in cases {
+            let window = Window {
+                kernel,
+                strides,
+                dilations,
+                padding: Padding::Explicit(pads),
+            };
+            let [oh, ow] = window.output_size(h, w).unwrap();
+            let p = Pool {
+                window: window.clone(),
+                count_include_pad: false,
+            };
+            let got = pool(&p, &x, true).unwrap();
+            assert_eq!(got.shape(), &[1, 2, oh, ow]);
+            for c in 0..2 {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut want = f32::NEG_INFINITY;
+                        for i in 0..kernel[0] {
+                            for j in 0..kernel[1] {
+                                let y = (oy * strides[0] + i * dilations[0]) as isize
+                                    - pads[0] as isize;
+                                let xx = (ox * strides[1] + j * dilations[1]) as isize
+                                    - pads[1] as isize;
+                                if (0..h as isize).contains(&y) && (0..w as isize).contains(&xx) {
+                                    want = want.max(x[[0, c, y as usize, xx as usize]]);
+                                }
+                            }
+                        }
+                        assert_eq!(got[[0, c, oy, ox]], want, "{window:?} at {c} {oy} {ox}");
+                    }
+                }
+            }
+        }
+    }
 }

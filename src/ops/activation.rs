@@ -175,9 +175,9 @@ impl Act {
                     .map_collect(|&x, &s| if x >= 0.0 { x } else { s * x }))
             }
             Act::Identity => Ok(x.clone()),
-            Act::Relu => Ok(x.mapv(|v| v.max(0.0))),
-            &Act::Clip { min, max } => Ok(x.mapv(|v| v.max(min).min(max))),
-            act => Ok(x.mapv(|v| act.value(v))),
+            Act::Relu => Ok(map(x, |v| v.max(0.0))),
+            &Act::Clip { min, max } => Ok(map(x, |v| v.max(min).min(max))),
+            act => Ok(map(x, |v| act.value(v))),
         }
     }
 
@@ -296,6 +296,15 @@ impl Act {
                 }))
             }
         }
+    }
+}
+
+/// `f` on every element; large tensors on all rayon threads.
+fn map(x: &ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync + Send) -> ArrayD<f32> {
+    if x.len() < 1 << 15 {
+        x.mapv(f)
+    } else {
+        Zip::from(x).par_map_collect(|&v| f(v))
     }
 }
 

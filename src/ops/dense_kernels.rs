@@ -10,9 +10,6 @@ use rayon::prelude::*;
 
 use crate::rules::Modifier;
 
-/// Columns of `c` computed by one task of [`transposed`].
-const COLUMN_BLOCK: usize = 512;
-
 /// `out[r, j] = sum_k m(w[j, k]) x[r, k]` for `w` `[m_out, k]`, `x` `[rows, k]`.
 pub fn forward(w: &[f32], m_out: usize, k: usize, x: &[f32], rows: usize, m: Modifier) -> Vec<f32> {
     debug_assert!(w.len() >= m_out * k && x.len() >= rows * k);
@@ -40,6 +37,10 @@ pub fn forward(w: &[f32], m_out: usize, k: usize, x: &[f32], rows: usize, m: Mod
 }
 
 /// `out[r, k] = sum_j m(w[j, k]) g[r, j]` for `w` `[m_out, k]`, `g` `[rows, m_out]`.
+///
+/// The live rows of `w` are split into one run per task; each task reads its
+/// rows front to back (whole rows: one stream the prefetcher follows) into
+/// its own `rows x k` sum, and the sums are added at the end.
 pub fn transposed(
     w: &[f32],
     m_out: usize,
@@ -49,34 +50,32 @@ pub fn transposed(
     m: Modifier,
 ) -> Vec<f32> {
     debug_assert!(w.len() >= m_out * k && g.len() >= rows * m_out);
-    let mut out = vec![0.0f32; rows * k];
     // rows of w that matter for any input row
     let live: Vec<usize> = (0..m_out)
         .filter(|&j| (0..rows).any(|r| g[r * m_out + j] != 0.0))
         .collect();
-    let blocks = k.div_ceil(COLUMN_BLOCK);
-    let mut by_block: Vec<Vec<f32>> = (0..blocks)
-        .into_par_iter()
-        .map(|b| {
-            let (k0, k1) = (b * COLUMN_BLOCK, ((b + 1) * COLUMN_BLOCK).min(k));
-            let mut acc = vec![0.0f32; rows * (k1 - k0)];
-            for &j in &live {
-                let wj = &w[j * k + k0..j * k + k1];
+    let tasks = (2 * rayon::current_num_threads()).clamp(1, live.len().max(1));
+    let per = live.len().div_ceil(tasks).max(1);
+    let sums: Vec<Vec<f32>> = live
+        .par_chunks(per)
+        .map(|js| {
+            let mut acc = vec![0.0f32; rows * k];
+            for &j in js {
+                let wj = &w[j * k..(j + 1) * k];
                 for r in 0..rows {
                     let s = g[r * m_out + j];
                     if s != 0.0 {
-                        axpy(&mut acc[r * (k1 - k0)..(r + 1) * (k1 - k0)], s, wj, m);
+                        axpy(&mut acc[r * k..(r + 1) * k], s, wj, m);
                     }
                 }
             }
             acc
         })
         .collect();
-    for (b, acc) in by_block.iter_mut().enumerate() {
-        let (k0, k1) = (b * COLUMN_BLOCK, ((b + 1) * COLUMN_BLOCK).min(k));
-        for r in 0..rows {
-            out[r * k + k0..r * k + k1].copy_from_slice(&acc[r * (k1 - k0)..(r + 1) * (k1 - k0)]);
-        }
+    let mut sums = sums.into_iter();
+    let mut out = sums.next().unwrap_or_else(|| vec![0.0f32; rows * k]);
+    for acc in sums {
+        out.iter_mut().zip(&acc).for_each(|(o, a)| *o += a);
     }
     out
 }
@@ -101,14 +100,15 @@ fn axpy(acc: &mut [f32], s: f32, w: &[f32], m: Modifier) {
     }
 }
 
-/// Eight independent partial sums, so that the loop vectorises.
+/// 32 independent partial sums (four vectors), so that the loop vectorises
+/// and the additions do not wait for each other.
 #[inline(always)]
 fn dot_by(w: &[f32], x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (wc, xc) = (w.chunks_exact(8), x.chunks_exact(8));
+    let mut lanes = [0.0f32; 32];
+    let (wc, xc) = (w.chunks_exact(32), x.chunks_exact(32));
     let (wr, xr) = (wc.remainder(), xc.remainder());
     for (a, b) in wc.zip(xc) {
-        for i in 0..8 {
+        for i in 0..32 {
             lanes[i] += f(a[i]) * b[i];
         }
     }

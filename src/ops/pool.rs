@@ -5,6 +5,7 @@
 
 use anyhow::{ensure, Result};
 use ndarray::ArrayD;
+use rayon::prelude::*;
 
 use crate::graph::Pool;
 use crate::rules::{stabilize, STABILIZER};
@@ -67,24 +68,57 @@ pub fn max_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32
     let (x, r) = (x.as_standard_layout(), r.as_standard_layout());
     let (xs, rs) = (x.as_slice().unwrap_or(&[]), r.as_slice().unwrap_or(&[]));
     let mut out = vec![0.0f32; xs.len()];
-    for c in 0..d.planes {
-        let xp = &xs[c * d.h * d.w..(c + 1) * d.h * d.w];
-        let op = &mut out[c * d.h * d.w..(c + 1) * d.h * d.w];
-        for oy in 0..d.oh {
-            for ox in 0..d.ow {
-                let mut best: Option<(usize, f32)> = None;
-                for (y, xx) in window(p, pads, &d, oy, ox) {
-                    let v = xp[y * d.w + xx];
-                    if best.is_none_or(|(_, b)| v > b) {
-                        best = Some((y * d.w + xx, v));
+    let plane = d.h * d.w;
+    if plane == 0 || d.oh * d.ow == 0 {
+        return Ok(ArrayD::from_shape_vec(x.shape(), out)?);
+    }
+    let wnd = &p.window;
+    let ([kh, kw], [sh, sw]) = (wnd.kernel, wnd.strides);
+    // every window inside the input, without holes
+    let inside = pads == [0; 4]
+        && wnd.dilations == [1, 1]
+        && kh * kw > 0
+        && (d.oh - 1) * sh + kh <= d.h
+        && (d.ow - 1) * sw + kw <= d.w;
+    // one task per channel plane (windows of one plane may overlap)
+    out.par_chunks_mut(plane)
+        .zip(xs.par_chunks(plane))
+        .zip(rs.par_chunks(d.oh * d.ow))
+        .for_each(|((op, xp), rp)| {
+            for oy in 0..d.oh {
+                for ox in 0..d.ow {
+                    let r = rp[oy * d.ow + ox];
+                    if r == 0.0 {
+                        continue; // nothing to hand back
+                    }
+                    if inside {
+                        // first maximum in row-major window order, no bounds checks
+                        let (y0, x0) = (oy * sh, ox * sw);
+                        let mut ix = y0 * d.w + x0;
+                        let mut b = xp[ix];
+                        for y in y0..y0 + kh {
+                            for (i, &v) in xp[y * d.w + x0..y * d.w + x0 + kw].iter().enumerate() {
+                                if v > b {
+                                    (ix, b) = (y * d.w + x0 + i, v);
+                                }
+                            }
+                        }
+                        op[ix] += r;
+                        continue;
+                    }
+                    let mut best: Option<(usize, f32)> = None;
+                    for (y, xx) in window(p, pads, &d, oy, ox) {
+                        let v = xp[y * d.w + xx];
+                        if best.is_none_or(|(_, b)| v > b) {
+                            best = Some((y * d.w + xx, v));
+                        }
+                    }
+                    if let Some((ix, _)) = best {
+                        op[ix] += r;
                     }
                 }
-                if let Some((ix, _)) = best {
-                    op[ix] += rs[(c * d.oh + oy) * d.ow + ox];
-                }
             }
-        }
-    }
+        });
     Ok(ArrayD::from_shape_vec(x.shape(), out)?)
 }
 
@@ -172,4 +206,82 @@ pub fn global_pool(x: &ArrayD<f32>, r: &ArrayD<f32>, max: bool) -> Result<ArrayD
         }
     }
     Ok(ArrayD::from_shape_vec(x.shape(), out)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::{Padding, Window};
+
+    /// Brute force: each output's relevance to the first maximum of its
+    /// window (row-major order, positions outside the input skipped).
+    fn reference(win: &Window, x: &ArrayD<f32>, r: &ArrayD<f32>) -> ArrayD<f32> {
+        let (c, h, w) = (x.shape()[1], x.shape()[2], x.shape()[3]);
+        let (oh, ow) = (r.shape()[2], r.shape()[3]);
+        let p = win.pads(h, w);
+        let mut out = ArrayD::zeros(x.shape());
+        for ch in 0..c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut best: Option<([usize; 2], f32)> = None;
+                    for i in 0..win.kernel[0] {
+                        for j in 0..win.kernel[1] {
+                            let y = (oy * win.strides[0] + i * win.dilations[0]) as isize
+                                - p[0] as isize;
+                            let xx = (ox * win.strides[1] + j * win.dilations[1]) as isize
+                                - p[1] as isize;
+                            if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                                continue;
+                            }
+                            let v = x[[0, ch, y as usize, xx as usize]];
+                            if best.is_none() || v > best.unwrap().1 {
+                                best = Some(([y as usize, xx as usize], v));
+                            }
+                        }
+                    }
+                    let ([y, xx], _) = best.unwrap();
+                    out[[0, ch, y, xx]] += r[[0, ch, oy, ox]];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn max_pool_relevance_goes_to_the_first_maximum() {
+        // (kernel, strides, dilations, pads): the fast path (windows inside,
+        // no holes; overlapping or not) and the general one
+        let cases = [
+            ([2, 2], [2, 2], [1, 1], [0, 0, 0, 0]),
+            ([3, 3], [2, 2], [1, 1], [0, 0, 0, 0]),
+            ([3, 2], [1, 2], [1, 1], [0, 0, 0, 0]),
+            ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+            ([2, 2], [2, 2], [2, 2], [0, 0, 0, 0]),
+            ([3, 3], [2, 2], [1, 1], [0, 1, 1, 0]),
+        ];
+        for (kernel, strides, dilations, pads) in cases {
+            let win = Window {
+                kernel,
+                strides,
+                dilations,
+                padding: Padding::Explicit(pads),
+            };
+            let (h, w) = (9, 8);
+            let [oh, ow] = win.output_size(h, w).unwrap();
+            // few distinct values, so windows hold ties
+            let x = ArrayD::from_shape_fn(vec![1, 3, h, w], |i| {
+                ((i[1] * 7 + i[2] * 5 + i[3] * 3) % 4) as f32
+            });
+            // some zero relevance, which the kernel skips
+            let r = ArrayD::from_shape_fn(vec![1, 3, oh, ow], |i| {
+                ((i[1] + i[2] * 3 + i[3]) % 5) as f32 - 1.0
+            });
+            let pool = Pool {
+                window: win.clone(),
+                count_include_pad: false,
+            };
+            let got = max_pool(&pool, &x, &r).unwrap();
+            assert_eq!(got, reference(&win, &x, &r), "{win:?}");
+        }
+    }
 }
