@@ -661,6 +661,7 @@ fn global_pool(x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
 mod tests {
     use super::*;
     use crate::ops::conv::{Padding, Window};
+    use crate::ops::pool::tests::brute_window;
 
     #[test]
     fn max_pool_is_the_window_maximum() {
@@ -693,18 +694,10 @@ mod tests {
             for c in 0..2 {
                 for oy in 0..oh {
                     for ox in 0..ow {
-                        let mut want = f32::NEG_INFINITY;
-                        for i in 0..kernel[0] {
-                            for j in 0..kernel[1] {
-                                let y = (oy * strides[0] + i * dilations[0]) as isize
-                                    - pads[0] as isize;
-                                let xx = (ox * strides[1] + j * dilations[1]) as isize
-                                    - pads[1] as isize;
-                                if (0..h as isize).contains(&y) && (0..w as isize).contains(&xx) {
-                                    want = want.max(x[[0, c, y as usize, xx as usize]]);
-                                }
-                            }
-                        }
+                        let want = brute_window(&window, h, w, oy, ox)
+                            .into_iter()
+                            .map(|[y, xx]| x[[0, c, y, xx]])
+                            .fold(f32::NEG_INFINITY, f32::max);
                         assert_eq!(got[[0, c, oy, ox]], want, "{window:?} at {c} {oy} {ox}");
                     }
                 }

@@ -279,58 +279,50 @@ fn a_model_on_which_tract_panics_is_an_error() {
 fn parameters_of_the_wrong_length_are_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let mut rng = Rng::new(6);
-    let mut b = OnnxBuilder::new(13);
-    b.input("x", &[1, 3, 8, 8]);
-    b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
-    b.initializer("b", &[3], &[0.1, 0.2, 0.3]);
-    b.node("Conv", &["x", "w", "b"], &["c"], vec![]);
-    for (n, v) in [("s", 1.5f32), ("bb", 0.1), ("m", 0.2), ("v", 2.0)] {
-        b.initializer(n, &[4], &[v; 4]);
-    }
-    b.node(
-        "BatchNormalization",
-        &["c", "s", "bb", "m", "v"],
-        &["n"],
-        vec![],
-    );
-    b.node("GlobalAveragePool", &["n"], &["g"], vec![]);
-    b.node("Flatten", &["g"], &["f"], vec![]);
-    b.initializer("wd", &[4, 3], &he_normal(&mut rng, 4, 12));
-    b.node("MatMul", &["f", "wd"], &["y"], vec![]);
-    b.output("y", &[1, 3]);
+    // Conv (4 outputs, optional bias of `bias` values) -> BatchNormalization
+    // (shift of `shift` values, the others 4) -> pool -> MatMul
+    let conv_bn = |bias: Option<usize>, shift: usize| {
+        let mut rng = Rng::new(6);
+        let mut b = OnnxBuilder::new(13);
+        b.input("x", &[1, 3, 8, 8]);
+        b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
+        match bias {
+            Some(len) => {
+                b.initializer("b", &[len], &vec![0.1; len]);
+                b.node("Conv", &["x", "w", "b"], &["c"], vec![]);
+            }
+            None => b.node("Conv", &["x", "w"], &["c"], vec![]),
+        }
+        for (n, v, len) in [
+            ("s", 1.5f32, 4),
+            ("bb", 0.1, shift),
+            ("m", 0.2, 4),
+            ("v", 2.0, 4),
+        ] {
+            b.initializer(n, &[len], &vec![v; len]);
+        }
+        b.node(
+            "BatchNormalization",
+            &["c", "s", "bb", "m", "v"],
+            &["n"],
+            vec![],
+        );
+        b.node("GlobalAveragePool", &["n"], &["g"], vec![]);
+        b.node("Flatten", &["g"], &["f"], vec![]);
+        b.initializer("wd", &[4, 3], &he_normal(&mut rng, 4, 12));
+        b.node("MatMul", &["f", "wd"], &["y"], vec![]);
+        b.output("y", &[1, 3]);
+        b
+    };
     model_error(
         t,
-        &save(t, "bias.onnx", &b),
+        &save(t, "bias.onnx", &conv_bn(Some(3), 4)),
         &["'Conv_0'", "bias of 3 values"],
     );
-    // the same with the batch norm's shift shorter than its scale
-    let mut b = OnnxBuilder::new(13);
-    b.input("x", &[1, 3, 8, 8]);
-    b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
-    b.node("Conv", &["x", "w"], &["c"], vec![]);
-    for (n, v, len) in [
-        ("s", 1.5f32, 4),
-        ("bb", 0.1, 2),
-        ("m", 0.2, 4),
-        ("v", 2.0, 4),
-    ] {
-        b.initializer(n, &[len], &vec![v; len]);
-    }
-    b.node(
-        "BatchNormalization",
-        &["c", "s", "bb", "m", "v"],
-        &["n"],
-        vec![],
-    );
-    b.node("GlobalAveragePool", &["n"], &["g"], vec![]);
-    b.node("Flatten", &["g"], &["f"], vec![]);
-    b.initializer("wd", &[4, 3], &he_normal(&mut rng, 4, 12));
-    b.node("MatMul", &["f", "wd"], &["y"], vec![]);
-    b.output("y", &[1, 3]);
+    // the batch norm's shift shorter than its scale
     model_error(
         t,
-        &save(t, "bn.onnx", &b),
+        &save(t, "bn.onnx", &conv_bn(None, 2)),
         &["'BatchNormalization_1'", "[4, 2, 4, 4]"],
     );
 }

@@ -209,34 +209,47 @@ pub fn global_pool(x: &ArrayD<f32>, r: &ArrayD<f32>, max: bool) -> Result<ArrayD
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ops::conv::{Padding, Window};
+
+    /// Brute force: input positions `[y, x]` of the window of output
+    /// `(oy, ox)`, in row-major window order, those outside the input left out.
+    pub(crate) fn brute_window(
+        win: &Window,
+        h: usize,
+        w: usize,
+        oy: usize,
+        ox: usize,
+    ) -> Vec<[usize; 2]> {
+        let p = win.pads(h, w);
+        let mut v = Vec::new();
+        for i in 0..win.kernel[0] {
+            for j in 0..win.kernel[1] {
+                let y = (oy * win.strides[0] + i * win.dilations[0]) as isize - p[0] as isize;
+                let x = (ox * win.strides[1] + j * win.dilations[1]) as isize - p[1] as isize;
+                if (0..h as isize).contains(&y) && (0..w as isize).contains(&x) {
+                    v.push([y as usize, x as usize]);
+                }
+            }
+        }
+        v
+    }
 
     /// Brute force: each output's relevance to the first maximum of its
     /// window (row-major order, positions outside the input skipped).
     fn reference(win: &Window, x: &ArrayD<f32>, r: &ArrayD<f32>) -> ArrayD<f32> {
         let (c, h, w) = (x.shape()[1], x.shape()[2], x.shape()[3]);
         let (oh, ow) = (r.shape()[2], r.shape()[3]);
-        let p = win.pads(h, w);
         let mut out = ArrayD::zeros(x.shape());
         for ch in 0..c {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut best: Option<([usize; 2], f32)> = None;
-                    for i in 0..win.kernel[0] {
-                        for j in 0..win.kernel[1] {
-                            let y = (oy * win.strides[0] + i * win.dilations[0]) as isize
-                                - p[0] as isize;
-                            let xx = (ox * win.strides[1] + j * win.dilations[1]) as isize
-                                - p[1] as isize;
-                            if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
-                                continue;
-                            }
-                            let v = x[[0, ch, y as usize, xx as usize]];
-                            if best.is_none() || v > best.unwrap().1 {
-                                best = Some(([y as usize, xx as usize], v));
-                            }
+                    for [y, xx] in brute_window(win, h, w, oy, ox) {
+                        let v = x[[0, ch, y, xx]];
+                        if best.is_none() || v > best.unwrap().1 {
+                            best = Some(([y, xx], v));
                         }
                     }
                     let ([y, xx], _) = best.unwrap();
