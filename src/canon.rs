@@ -148,6 +148,17 @@ mod tests {
     use crate::rules::LinearLayer;
     use ndarray::{Dimension, IxDyn};
 
+    /// A graph from input `x` to logits `y` through `nodes`.
+    fn chain(nodes: Vec<Node>) -> Graph {
+        Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes,
+        }
+    }
+
     fn node(name: &str, op: Op, input: &str, output: &str) -> Node {
         Node {
             name: name.into(),
@@ -190,21 +201,15 @@ mod tests {
         for (c, mut plane) in z.axis_iter_mut(Axis(1)).enumerate() {
             plane.mapv_inplace(|v| v * scale[c] + shift[c]);
         }
-        let mut g = Graph {
-            input: "x".into(),
-            input_dims: vec![],
-            logits: "y".into(),
-            skipped_softmax: false,
-            nodes: vec![
-                node("Conv", Op::Conv(conv), "x", "c"),
-                node(
-                    "BatchNormalization",
-                    Op::BatchNorm { scale, shift },
-                    "c",
-                    "y",
-                ),
-            ],
-        };
+        let mut g = chain(vec![
+            node("Conv", Op::Conv(conv), "x", "c"),
+            node(
+                "BatchNormalization",
+                Op::BatchNorm { scale, shift },
+                "c",
+                "y",
+            ),
+        ]);
         canonize(&mut g).unwrap();
         assert_eq!(g.nodes.len(), 1, "the batch norm is gone");
         assert_eq!(g.nodes[0].output, "y");
@@ -220,21 +225,15 @@ mod tests {
 
     #[test]
     fn a_batchnorm_with_nothing_to_fold_into_becomes_a_channel_affine_layer() {
-        let mut g = Graph {
-            input: "x".into(),
-            input_dims: vec![],
-            logits: "y".into(),
-            skipped_softmax: false,
-            nodes: vec![node(
-                "BatchNormalization",
-                Op::BatchNorm {
-                    scale: vec![2.0, -1.0],
-                    shift: vec![0.5, 0.25],
-                },
-                "x",
-                "y",
-            )],
-        };
+        let mut g = chain(vec![node(
+            "BatchNormalization",
+            Op::BatchNorm {
+                scale: vec![2.0, -1.0],
+                shift: vec![0.5, 0.25],
+            },
+            "x",
+            "y",
+        )]);
         canonize(&mut g).unwrap();
         let Op::Affine(a) = &g.nodes[0].op else {
             panic!("affine expected")
@@ -272,17 +271,11 @@ mod tests {
         let t = ArrayD::from_shape_vec(vec![4, 1, 1], vec![0.1, 0.2, -0.3, 0.0]).unwrap();
         let x = values(&[1, 2, 5, 5], 13);
         let want = conv.forward(&x, &conv.weight, true).unwrap() * &s + &t;
-        let mut g = Graph {
-            input: "x".into(),
-            input_dims: vec![],
-            logits: "y".into(),
-            skipped_softmax: false,
-            nodes: vec![
-                node("Conv", Op::Conv(conv), "x", "c"),
-                node("Mul", arith(ArithKind::Mul, s), "c", "m"),
-                node("Add", Op::AddConst(t), "m", "y"),
-            ],
-        };
+        let mut g = chain(vec![
+            node("Conv", Op::Conv(conv), "x", "c"),
+            node("Mul", arith(ArithKind::Mul, s), "c", "m"),
+            node("Add", Op::AddConst(t), "m", "y"),
+        ]);
         canonize(&mut g).unwrap();
         assert_eq!(g.nodes.len(), 1, "Mul and Add folded");
         let Op::Conv(c) = &g.nodes[0].op else {
@@ -302,17 +295,11 @@ mod tests {
         let m = ArrayD::from_shape_vec(vec![1, 3], vec![1.0, -1.0, 0.25]).unwrap();
         let x = values(&[1, 4], 15);
         let want = (dense.forward(&x, &dense.weight, true).unwrap() / &d) - &m;
-        let mut g = Graph {
-            input: "x".into(),
-            input_dims: vec![],
-            logits: "y".into(),
-            skipped_softmax: false,
-            nodes: vec![
-                node("MatMul", Op::Dense(dense), "x", "a"),
-                node("Div", arith(ArithKind::Div, d), "a", "b"),
-                node("Sub", arith(ArithKind::Sub, m), "b", "y"),
-            ],
-        };
+        let mut g = chain(vec![
+            node("MatMul", Op::Dense(dense), "x", "a"),
+            node("Div", arith(ArithKind::Div, d), "a", "b"),
+            node("Sub", arith(ArithKind::Sub, m), "b", "y"),
+        ]);
         canonize(&mut g).unwrap();
         assert_eq!(g.nodes.len(), 1, "Div and Sub folded");
         let Op::Dense(dd) = &g.nodes[0].op else {
@@ -324,24 +311,18 @@ mod tests {
         }
 
         // a factor that varies over space is not per channel: it stays
-        let mut g = Graph {
-            input: "x".into(),
-            input_dims: vec![],
-            logits: "y".into(),
-            skipped_softmax: false,
-            nodes: vec![
-                node(
-                    "MatMul",
-                    Op::Dense(Dense {
-                        weight: values(&[3, 4], 16),
-                        bias: None,
-                    }),
-                    "x",
-                    "a",
-                ),
-                node("Mul", arith(ArithKind::Mul, values(&[2, 3], 17)), "a", "y"),
-            ],
-        };
+        let mut g = chain(vec![
+            node(
+                "MatMul",
+                Op::Dense(Dense {
+                    weight: values(&[3, 4], 16),
+                    bias: None,
+                }),
+                "x",
+                "a",
+            ),
+            node("Mul", arith(ArithKind::Mul, values(&[2, 3], 17)), "a", "y"),
+        ]);
         canonize(&mut g).unwrap();
         assert_eq!(g.nodes.len(), 2);
         assert!(matches!(g.nodes[1].op, Op::Arith { .. }));
@@ -356,16 +337,10 @@ mod tests {
         let b = ArrayD::from_shape_vec(vec![1, 3], vec![0.5, -0.5, 1.0]).unwrap();
         let x = values(&[1, 4], 9);
         let want = dense.forward(&x, &dense.weight, false).unwrap() + &b;
-        let mut g = Graph {
-            input: "x".into(),
-            input_dims: vec![],
-            logits: "y".into(),
-            skipped_softmax: false,
-            nodes: vec![
-                node("MatMul", Op::Dense(dense), "x", "m"),
-                node("Add", Op::AddConst(b), "m", "y"),
-            ],
-        };
+        let mut g = chain(vec![
+            node("MatMul", Op::Dense(dense), "x", "m"),
+            node("Add", Op::AddConst(b), "m", "y"),
+        ]);
         canonize(&mut g).unwrap();
         assert_eq!(g.nodes.len(), 1);
         let Op::Dense(d) = &g.nodes[0].op else {
