@@ -742,6 +742,37 @@ fn layer_cases() -> Vec<LayerCase> {
             3,
             true,
         ),
+        // 3x3, stride 1, 16+ channels in and out: the library computes these
+        // (and their transposed passes) with Winograd F(2x2, 3x3)
+        conv_case(
+            "conv 16->16 3x3 on 7x6, pads 1 (Winograd)",
+            &mut rng,
+            16,
+            16,
+            [3, 3],
+            [7, 6],
+            [1, 1],
+            [1, 1],
+            e([1; 4]),
+            1,
+            true,
+        ),
+        batched_case(
+            conv_case(
+                "conv 20->17 3x3 on 5x6, pads [0,2,1,1] (Winograd)",
+                &mut rng,
+                20,
+                17,
+                [3, 3],
+                [5, 6],
+                [1, 1],
+                [1, 1],
+                e([0, 2, 1, 1]),
+                1,
+                true,
+            ),
+            2,
+        ),
     ]
 }
 

@@ -6,6 +6,7 @@ use ndarray::ArrayD;
 use rayon::prelude::*;
 
 use super::conv_kernels::{col2im, conv_group, depthwise_plane, depthwise_plane_transposed, Geo};
+use super::winograd;
 use crate::linalg::{matmul, Mat};
 use crate::rules::LinearLayer;
 
@@ -140,6 +141,9 @@ impl Conv {
 
     /// The convolution of `x` by `w` (bias excluded), `[N, M, OH, OW]` values.
     fn convolve(&self, g: &Geo, xs: &[f32], ws: &[f32]) -> Vec<f32> {
+        if winograd::applies(g, self.group) {
+            return winograd::with_kernels(ws, g.m, g.c, false, |u| Conv::winograd(g, xs, u));
+        }
         let (k, ohw) = (g.k(), g.ohw());
         let mut out = vec![0.0f32; g.n * g.m * ohw];
         if Conv::depthwise(g) {
@@ -169,6 +173,17 @@ impl Conv {
         out
     }
 
+    /// The Winograd F(2x2, 3x3) convolution of every image of `xs`, with
+    /// kernels transformed by [`winograd::transform_weights`].
+    fn winograd(g: &Geo, xs: &[f32], u: &[f32]) -> Vec<f32> {
+        let (chw, mohw) = (g.c * g.h * g.w, g.m * g.ohw());
+        let mut out = vec![0.0f32; g.n * mohw];
+        for (b, dst) in out.chunks_mut(mohw).enumerate() {
+            winograd::convolve(g, &xs[b * chw..(b + 1) * chw], u, dst);
+        }
+        out
+    }
+
     /// The transposed pass as a convolution, where one exists: for stride 1,
     /// dilation 1 and pads below the kernel size, `W^T g` is the convolution
     /// of `g` by the flipped, transposed kernel with pads `k - 1 - p`. It reads
@@ -186,23 +201,7 @@ impl Conv {
         if !fits || g.is_pointwise() || g.cg < 16 {
             return None;
         }
-        // w [g, mg, cg, kh, kw] -> w' [g, cg, mg, kh, kw], spatially flipped
         let (kh, kw) = (g.kh, g.kw);
-        let groups = self.group;
-        let mut flipped = vec![0.0f32; ws.len()];
-        for gi in 0..groups {
-            for mo in 0..g.mg {
-                for ci in 0..g.cg {
-                    let src = ((gi * g.mg + mo) * g.cg + ci) * kh * kw;
-                    let dst = ((gi * g.cg + ci) * g.mg + mo) * kh * kw;
-                    for i in 0..kh {
-                        for j in 0..kw {
-                            flipped[dst + (kh - 1 - i) * kw + (kw - 1 - j)] = ws[src + i * kw + j];
-                        }
-                    }
-                }
-            }
-        }
         let back = Geo {
             n: g.n,
             c: g.m,
@@ -219,6 +218,27 @@ impl Conv {
             s: [1, 1],
             d: [1, 1],
         };
+        if winograd::applies(&back, self.group) {
+            // the flip and transpose happen inside the kernel transform
+            let out = winograd::with_kernels(ws, g.m, g.c, true, |u| Conv::winograd(&back, gs, u));
+            return Some(out);
+        }
+        // w [g, mg, cg, kh, kw] -> w' [g, cg, mg, kh, kw], spatially flipped
+        let groups = self.group;
+        let mut flipped = vec![0.0f32; ws.len()];
+        for gi in 0..groups {
+            for mo in 0..g.mg {
+                for ci in 0..g.cg {
+                    let src = ((gi * g.mg + mo) * g.cg + ci) * kh * kw;
+                    let dst = ((gi * g.cg + ci) * g.mg + mo) * kh * kw;
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            flipped[dst + (kh - 1 - i) * kw + (kw - 1 - j)] = ws[src + i * kw + j];
+                        }
+                    }
+                }
+            }
+        }
         Some(self.convolve(&back, gs, &flipped))
     }
 }
@@ -382,6 +402,10 @@ mod tests {
             // 16+ input channels per group: the transposed pass as a convolution
             (Padding::Explicit([1, 0, 2, 1]), [1, 1], [1, 1], 1, 16, 5),
             (Padding::Explicit([1, 1, 1, 1]), [1, 1], [1, 1], 2, 32, 6),
+            // 3x3, stride 1, 16+ channels in and out: Winograd F(2x2, 3x3),
+            // forward and transposed
+            (Padding::Explicit([1, 1, 1, 1]), [1, 1], [1, 1], 1, 16, 16),
+            (Padding::Explicit([0, 2, 1, 1]), [1, 1], [1, 1], 1, 24, 20),
             // depthwise with a stride
             (Padding::Explicit([1, 1, 0, 0]), [2, 2], [1, 1], 4, 4, 4),
         ];

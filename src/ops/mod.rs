@@ -14,6 +14,7 @@ pub mod pool_grad;
 pub mod reduce;
 pub mod resize;
 pub mod structural;
+mod winograd;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use ndarray::ArrayD;
