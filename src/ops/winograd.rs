@@ -360,6 +360,8 @@ unsafe fn output_transform(
 mod tests {
     use super::*;
 
+    type Kernel = fn(&Geo, &[f32], &[f32], &mut [f32]);
+
     fn values(n: usize, seed: u64) -> Vec<f32> {
         // a small LCG: deterministic values in [-1, 1)
         let mut s = seed
@@ -445,7 +447,7 @@ mod tests {
             let u = transform_weights(&wt, m, c, false);
             let (want, scale) = direct(&g, &x, &wt);
             // both ways of sharing out the work, whatever `convolve` picks here
-            let ways: [(&str, fn(&Geo, &[f32], &[f32], &mut [f32])); 2] =
+            let ways: [(&str, Kernel); 2] =
                 [("blocks", convolve_blocks), ("whole", convolve_whole)];
             for (way, run) in ways {
                 let mut got = vec![f32::NAN; m * g.oh * g.ow];
