@@ -115,6 +115,9 @@ pub(super) fn with_kernels<T>(
 /// few enough that the block's 16 products stay in the L2 cache.
 const NARROW_TILES: usize = 128;
 
+/// Most floats in one thread's transformed tiles (and in its products).
+const MAX_BLOCK_FLOATS: usize = 4 << 20;
+
 /// Below this many tiles per thread, blocks of tile rows would make GEMMs too
 /// narrow: all tiles go in one block and the 16 GEMMs run in parallel.
 const FEW_TILES: usize = 64;
@@ -158,9 +161,14 @@ fn convolve_blocks(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
     // blocks of whole tile rows, as many as a multiple of the threads so
     // that they end together. Narrow layers keep their products in the cache;
     // wide ones (C x M kernels of a MB and more, packed again by every GEMM
-    // call) take twice as many tiles as channels to spread that packing.
+    // call) take twice as many tiles as channels to spread that packing, up
+    // to 16 MB of transformed tiles per thread.
     let wide = g.c.max(g.m);
-    let target = if wide <= 128 { NARROW_TILES } else { 2 * wide };
+    let target = if wide <= 128 {
+        NARROW_TILES
+    } else {
+        (2 * wide).min(MAX_BLOCK_FLOATS / (16 * wide)).max(1)
+    };
     let rows = (target / tw).clamp(1, th);
     let blocks = th.div_ceil(rows).next_multiple_of(threads).min(th);
     let rows = th.div_ceil(blocks);
