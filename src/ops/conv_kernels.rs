@@ -94,14 +94,15 @@ pub(super) fn tile_cols(k: usize, ohw: usize) -> usize {
 
 /// A pointer shared by tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
-struct SharedPtr(*mut f32);
-// SAFETY: only used to write disjoint column blocks from different tasks.
+pub(super) struct SharedPtr(pub(super) *mut f32);
+// SAFETY: only used by tasks that write disjoint parts (column blocks of a
+// GEMM output, output rows of a Winograd block).
 unsafe impl Send for SharedPtr {}
 unsafe impl Sync for SharedPtr {}
 
 impl SharedPtr {
     /// The pointer (a method, so that closures capture the whole `SharedPtr`).
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use super::conv_kernels::Geo;
+use super::conv_kernels::{Geo, SharedPtr};
 use crate::linalg::{matmul_strided, Mat};
 
 /// Whether `g` (one group) is a convolution F(2x2, 3x3) computes: a 3x3
@@ -128,19 +128,6 @@ thread_local! {
         const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
-/// A pointer shared by tasks that write disjoint output rows.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint rows of every output plane.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// `dst (M x OH x OW) = conv(x (C x H x W), w)` for one image, with `u` from
 /// [`transform_weights`] (rows `g.m`, cols `g.c`).
 pub(super) fn convolve(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
@@ -156,7 +143,7 @@ pub(super) fn convolve(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
 fn convolve_blocks(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     assert!(dst.len() >= g.m * g.oh * g.ow, "destination too short");
-    let out = Out(dst.as_mut_ptr());
+    let out = SharedPtr(dst.as_mut_ptr());
     let threads = rayon::current_num_threads().max(1);
     // blocks of whole tile rows, as many as a multiple of the threads so
     // that they end together. Narrow layers keep their products in the cache;
@@ -198,7 +185,7 @@ fn convolve_blocks(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
 fn convolve_whole(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     assert!(dst.len() >= g.m * g.oh * g.ow, "destination too short");
-    let dst = Out(dst.as_mut_ptr());
+    let dst = SharedPtr(dst.as_mut_ptr());
     let tiles = th * tw;
     let mut v = vec![0.0f32; 16 * g.c * tiles];
     let mut line = vec![0.0f32; 4 * (2 * tw + 2)];
