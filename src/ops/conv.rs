@@ -1,5 +1,7 @@
 //! ONNX `Conv` (2-D, any stride, padding, dilation and group) as a linear layer:
-//! forward by im2col + GEMM, transposed pass by GEMM + col2im.
+//! forward by im2col + GEMM, transposed pass by GEMM + col2im or as a
+//! convolution with the flipped kernel; 3x3 stride-1 layers with 16+ channels
+//! by Winograd F(2x2, 3x3) (`winograd.rs`) both ways, depthwise ones directly.
 
 use anyhow::{bail, ensure, Result};
 use ndarray::ArrayD;
