@@ -53,35 +53,29 @@ fn transform_weights_into(w: &[f32], m: usize, c: usize, transposed: bool, u: &m
             for col in 0..cols {
                 let (mo, ci) = if transposed { (col, row) } else { (row, col) };
                 let src = &w[(mo * c + ci) * 9..(mo * c + ci + 1) * 9];
-                let mut k = [[0.0f32; 3]; 3];
-                for (i, line) in k.iter_mut().enumerate() {
-                    for (j, v) in line.iter_mut().enumerate() {
-                        *v = if transposed {
-                            src[(2 - i) * 3 + (2 - j)]
-                        } else {
-                            src[i * 3 + j]
-                        };
+                let tap = |i: usize, j: usize| {
+                    if transposed {
+                        src[(2 - i) * 3 + (2 - j)]
+                    } else {
+                        src[i * 3 + j]
                     }
-                }
-                // G k: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2
-                let mut gk = [[0.0f32; 3]; 4];
-                for j in 0..3 {
-                    let (a, b, cc) = (k[0][j], k[1][j], k[2][j]);
-                    gk[0][j] = a;
-                    gk[1][j] = 0.5 * (a + b + cc);
-                    gk[2][j] = 0.5 * (a - b + cc);
-                    gk[3][j] = cc;
-                }
-                // (G k) G^T, the same combination along each row
-                for (i, line) in gk.iter().enumerate() {
-                    let [a, b, cc] = *line;
-                    let vals = [a, 0.5 * (a + b + cc), 0.5 * (a - b + cc), cc];
-                    for (j, v) in vals.into_iter().enumerate() {
+                };
+                // G k, column by column (gk[j][i] is row i, column j), then
+                // (G k) G^T row by row
+                let gk = [0, 1, 2].map(|j| expand([tap(0, j), tap(1, j), tap(2, j)]));
+                for i in 0..4 {
+                    let row = expand([gk[0][i], gk[1][i], gk[2][i]]);
+                    for (j, v) in row.into_iter().enumerate() {
                         dst[(i * 4 + j) * cols + col] = v;
                     }
                 }
             }
         });
+}
+
+/// One dimension of `G`: `(g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2)`.
+fn expand([a, b, c]: [f32; 3]) -> [f32; 4] {
+    [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
 }
 
 thread_local! {
