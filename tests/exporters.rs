@@ -1,0 +1,163 @@
+//! Models from the real exporters: small versions of 14 common CNN
+//! architectures (torchvision and timm constructors with divided widths,
+//! random weights, BatchNorm statistics that are not the identity), each
+//! exported by PyTorch's TorchScript exporter (opset 13, dynamic batch) and by
+//! its dynamo exporter (opset 18, external weights), with PyTorch's own
+//! logits and autograd input gradient. `scripts/export_zoo.py` made
+//! `tests/fixtures/exporters/` (see its docstring for the command and
+//! versions); nothing here runs Python.
+//!
+//! For every file:
+//! - the logits equal PyTorch's: max |ours - torch| <= 1e-3 max |torch|;
+//! - `gradient` equals autograd's: cosine >= 0.999 and relative L2 error
+//!   <= 1e-2 (a max pool mapping windows wrongly gave cosine 0.85);
+//! - on the nets whose nonlinearities are all piecewise linear through the
+//!   origin (ReLU, max pool), `lrp0` equals gradient x input (Ancona et al.
+//!   2018; with the biases too, since LRP-0 hands each pre-activation its
+//!   `z_j dF/dz_j`): cosine >= 0.99 against PyTorch's gradient x input;
+//! - `zplus` and `epsilon-plus-flat` maps are finite.
+//!
+//! Measured figures are printed (`cargo test --test exporters -- --nocapture`).
+
+use std::path::{Path, PathBuf};
+
+use lrp_heatmap::analyzer::{Analyzer, AnalyzerParams};
+use lrp_heatmap::gradient::{input_gradient, GradientMode};
+use lrp_heatmap::model::Model;
+use lrp_heatmap::npy::read_npy_f32;
+use lrp_heatmap::preprocess::Normalization;
+use ndarray::{ArrayD, IxDyn};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exporters")
+}
+
+fn npy(name: &str) -> ArrayD<f32> {
+    let (shape, data) = read_npy_f32(&fixtures().join(name)).expect("fixture reads");
+    ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape fits")
+}
+
+/// The architectures of the manifest with their top class and whether LRP-0
+/// must equal gradient x input.
+fn manifest() -> Vec<(String, usize, bool)> {
+    let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("manifest");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
+    let models = v["models"].as_object().expect("models");
+    let out: Vec<_> = models
+        .iter()
+        .map(|(name, m)| {
+            (
+                name.clone(),
+                m["top"].as_u64().expect("top") as usize,
+                m["relu_only"].as_bool().expect("relu_only"),
+            )
+        })
+        .collect();
+    assert_eq!(out.len(), 14, "the manifest lists the 14 architectures");
+    out
+}
+
+fn dot(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+fn cosine(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt()).max(1e-300)
+}
+
+fn rel_l2(a: &ArrayD<f32>, want: &ArrayD<f32>) -> f64 {
+    let d = a - want;
+    (dot(&d, &d) / dot(want, want).max(1e-300)).sqrt()
+}
+
+/// Checks one exported file against PyTorch's numbers; returns the failures.
+fn check_file(arch: &str, exporter: &str, top: usize, relu_only: bool) -> Vec<String> {
+    let path = fixtures().join(format!("{arch}.{exporter}.onnx"));
+    let mut fails = Vec::new();
+    let model = match Model::load(&path) {
+        Ok(m) => m,
+        Err(e) => return vec![format!("{arch}.{exporter}: load: {e:#}")],
+    };
+    let input = npy(&format!("{arch}.input.npy"));
+    let want_logits = npy(&format!("{arch}.logits.npy"));
+    let want_grad = npy(&format!("{arch}.grad.npy"));
+    let fwd = match model.forward(input.clone()) {
+        Ok(f) => f,
+        Err(e) => return vec![format!("{arch}.{exporter}: forward: {e:#}")],
+    };
+    let scale = want_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = fwd
+        .logits
+        .iter()
+        .zip(&want_logits)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale;
+    if fwd.logits.len() != want_logits.len() || err > 1e-3 {
+        fails.push(format!(
+            "{arch}.{exporter}: logits differ from PyTorch's by {err:.1e} of max |logit|"
+        ));
+    }
+    let mut line = format!("{arch:>28}.{exporter:<6} logits {err:.1e}");
+    match input_gradient(&model.graph, &fwd, top, GradientMode::Plain) {
+        Ok(g) => {
+            let (c, r) = (cosine(&g, &want_grad), rel_l2(&g, &want_grad));
+            line += &format!("  gradient cos {c:.6} rel {r:.1e}");
+            if !(c >= 0.999 && r <= 1e-2) {
+                fails.push(format!(
+                    "{arch}.{exporter}: gradient cosine {c:.6}, relative L2 {r:.1e} against autograd"
+                ));
+            }
+        }
+        Err(e) => fails.push(format!("{arch}.{exporter}: gradient: {e:#}")),
+    }
+    let norm = Normalization::default();
+    let params = AnalyzerParams::default();
+    for rule in ["lrp0", "zplus", "epsilon-plus-flat"] {
+        let analyzer = Analyzer::from_name(rule, &params).expect("known rule");
+        let e = match analyzer.explain(&model, &fwd, top, &norm) {
+            Ok(e) => e,
+            Err(e) => {
+                fails.push(format!("{arch}.{exporter}: {rule}: {e:#}"));
+                continue;
+            }
+        };
+        if !e.relevance.iter().all(|v| v.is_finite()) {
+            fails.push(format!("{arch}.{exporter}: {rule} map is not finite"));
+        }
+        if rule == "lrp0" && relu_only {
+            let gxi = &want_grad * &input;
+            let c = cosine(&e.relevance, &gxi);
+            line += &format!("  lrp0 vs gxi cos {c:.6}");
+            if c < 0.99 {
+                fails.push(format!(
+                    "{arch}.{exporter}: lrp0 has cosine {c:.6} with gradient x input"
+                ));
+            }
+        }
+    }
+    println!("{line}");
+    fails
+}
+
+fn check_exporter(exporter: &str) {
+    let mut fails = Vec::new();
+    for (arch, top, relu_only) in manifest() {
+        fails.extend(check_file(&arch, exporter, top, relu_only));
+    }
+    assert!(
+        fails.is_empty(),
+        "{} failures:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
+}
+
+#[test]
+fn torchscript_exports_match_pytorch() {
+    check_exporter("ts");
+}
+
+#[test]
+fn dynamo_exports_match_pytorch() {
+    check_exporter("dynamo");
+}
