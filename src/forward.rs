@@ -226,6 +226,9 @@ fn unsupported(node: &Node) -> Option<&'static str> {
             Some("an elementwise operator without a formula")
         }
         Op::BatchNorm { .. } | Op::AddConst(_) => Some("a node left by canonization"),
+        Op::Move(m) if !m.runtime_inputs().is_empty() => {
+            Some("a copying operator with parameters computed at run time")
+        }
         Op::Conv(_)
         | Op::Dense(_)
         | Op::Affine(_)
@@ -237,7 +240,8 @@ fn unsupported(node: &Node) -> Option<&'static str> {
         | Op::Activation(_)
         | Op::Arith { .. }
         | Op::Reshape
-        | Op::Transpose(_) => None,
+        | Op::Transpose(_)
+        | Op::Move(_) => None,
         #[allow(unreachable_patterns)]
         _ => Some("an operator without a native forward pass"),
     }
@@ -352,6 +356,7 @@ impl NativePlan {
                 .iter()
                 .try_fold(x.to_vec(), |acc, s| broadcast(&acc, s))?,
             Op::Arith { constant, .. } => broadcast(x, constant.shape())?,
+            Op::Move(m) => m.output_shape(x)?,
             Op::Reshape => self
                 .reshapes
                 .get(&node.output)
@@ -479,6 +484,7 @@ impl NativePlan {
                     .as_standard_layout()
                     .into_owned()
             }
+            Op::Move(m) => m.forward(inputs)?,
             Op::BatchNorm { .. } | Op::AddConst(_) => bail!("node was not canonized"),
             #[allow(unreachable_patterns)]
             _ => bail!("no native forward pass"),
