@@ -241,6 +241,7 @@ fn unsupported(node: &Node) -> Option<&'static str> {
         | Op::Arith { .. }
         | Op::Reshape
         | Op::Transpose(_)
+        | Op::Concat { .. }
         | Op::Move(_) => None,
         #[allow(unreachable_patterns)]
         _ => Some("an operator without a native forward pass"),
@@ -357,6 +358,9 @@ impl NativePlan {
                 .try_fold(x.to_vec(), |acc, s| broadcast(&acc, s))?,
             Op::Arith { constant, .. } => broadcast(x, constant.shape())?,
             Op::Move(m) => m.output_shape(x)?,
+            Op::Concat { axis } => {
+                crate::ops::movement::Movement::Concat { axis: *axis }.output_shape_of(ins)?
+            }
             Op::Reshape => self
                 .reshapes
                 .get(&node.output)
@@ -485,6 +489,9 @@ impl NativePlan {
                     .into_owned()
             }
             Op::Move(m) => m.forward(inputs)?,
+            Op::Concat { axis } => {
+                crate::ops::movement::Movement::Concat { axis: *axis }.forward(inputs)?
+            }
             Op::BatchNorm { .. } | Op::AddConst(_) => bail!("node was not canonized"),
             #[allow(unreachable_patterns)]
             _ => bail!("no native forward pass"),

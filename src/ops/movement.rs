@@ -1,6 +1,6 @@
 //! Operators that only copy elements (`Slice`, one output of `Split`,
 //! `Gather` and `GatherElements`, `Expand`, `Tile`, `DepthToSpace`,
-//! `SpaceToDepth`), all through one mechanism: from the forward shapes a
+//! `SpaceToDepth`, `Concat`), all through one mechanism: from the forward shapes a
 //! [`CopyMap`] gives, for every output element, the flat index of the input
 //! element it copies. The forward pass gathers through the map; relevance
 //! and gradient scatter-add back through it, so each input element receives
@@ -104,6 +104,11 @@ pub enum Movement {
         /// Block size.
         block: usize,
     },
+    /// `Concat` of all the node's inputs along `axis`.
+    Concat {
+        /// The concatenation axis (negative: from the end).
+        axis: i64,
+    },
 }
 
 /// An integer parameter resolved: shape and values.
@@ -132,7 +137,11 @@ impl CopyMap {
         );
         let mut flat = Vec::with_capacity(self.inputs.iter().map(|s| size(s)).sum());
         for (x, s) in inputs.iter().zip(&self.inputs) {
-            ensure!(x.shape() == s.as_slice(), "input {:?}, expected {s:?}", x.shape());
+            ensure!(
+                x.shape() == s.as_slice(),
+                "input {:?}, expected {s:?}",
+                x.shape()
+            );
             flat.extend(x.iter().copied());
         }
         let out = self
@@ -196,23 +205,28 @@ fn axis(a: i64, rank: usize) -> Result<usize> {
 /// The index `i` (negative: from the end) into an axis of length `len`.
 fn index(i: i64, len: usize) -> Result<usize> {
     let l = len as i64;
-    ensure!(i >= -l && i < l, "index {i} out of range for an axis of {len}");
+    ensure!(
+        i >= -l && i < l,
+        "index {i} out of range for an axis of {len}"
+    );
     Ok(if i < 0 { (i + l) as usize } else { i as usize })
 }
 
 /// The map of a strided view: along axis `k` output index `o` copies input
 /// index `first[k] + o * step[k]`.
-fn strided(input: &[usize], first: &[usize], step: &[i64], shape: &[usize], with_map: bool) -> Vec<usize> {
+fn strided(
+    input: &[usize],
+    first: &[usize],
+    step: &[i64],
+    shape: &[usize],
+    with_map: bool,
+) -> Vec<usize> {
     if !with_map {
         return vec![];
     }
     let st = strides(input);
     let base: usize = first.iter().zip(&st).map(|(f, s)| f * s).sum();
-    let delta: Vec<i64> = step
-        .iter()
-        .zip(&st)
-        .map(|(&p, &s)| p * s as i64)
-        .collect();
+    let delta: Vec<i64> = step.iter().zip(&st).map(|(&p, &s)| p * s as i64).collect();
     let n = size(shape);
     let mut map = Vec::with_capacity(n);
     let mut idx = vec![0usize; shape.len()];
@@ -293,7 +307,12 @@ pub fn slice_axis(start: i64, end: i64, step: i64, len: usize) -> Result<(usize,
 
 /// Offset and length of piece `index` of `parts` when `len` is split with
 /// `sizes` (or equally, the last piece shorter: ONNX `num_outputs`).
-pub fn split_piece(len: usize, sizes: Option<&[i64]>, parts: usize, index: usize) -> Result<(usize, usize)> {
+pub fn split_piece(
+    len: usize,
+    sizes: Option<&[i64]>,
+    parts: usize,
+    index: usize,
+) -> Result<(usize, usize)> {
     ensure!(
         index < parts,
         "output {index} of a split into {parts} pieces"
@@ -336,9 +355,7 @@ fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
 fn dims(values: &[i64], what: &str) -> Result<Vec<usize>> {
     values
         .iter()
-        .map(|&v| {
-            usize::try_from(v).map_err(|_| anyhow!("{what} of {v} (negative)"))
-        })
+        .map(|&v| usize::try_from(v).map_err(|_| anyhow!("{what} of {v} (negative)")))
         .collect()
 }
 
@@ -367,7 +384,9 @@ impl Movement {
             }
             Movement::Expand { shape } => out.push((1, shape)),
             Movement::Tile { repeats } => out.push((1, repeats)),
-            Movement::DepthToSpace { .. } | Movement::SpaceToDepth { .. } => {}
+            Movement::DepthToSpace { .. }
+            | Movement::SpaceToDepth { .. }
+            | Movement::Concat { .. } => {}
         }
         out
     }
@@ -386,11 +405,21 @@ impl Movement {
     /// The copy map for a data input of shape `x`; runtime parameters are
     /// read from `inputs` (the node's inputs; unused when all are constants).
     pub fn copy_map(&self, x: &[usize], inputs: &[&ArrayD<f32>]) -> Result<CopyMap> {
-        self.build(x, inputs, true)
+        self.build(&[x.to_vec()], inputs, true)
     }
 
-    /// [`Movement::copy_map`], with an empty map unless `with_map`.
-    fn build(&self, x: &[usize], inputs: &[&ArrayD<f32>], with_map: bool) -> Result<CopyMap> {
+    /// How many of the node's `n` inputs are data (the others are parameters).
+    pub fn data_inputs(&self, n: usize) -> usize {
+        match self {
+            Movement::Concat { .. } => n,
+            _ => n.min(1),
+        }
+    }
+
+    /// [`Movement::copy_map`] for the data inputs of shapes `xs`, with an
+    /// empty map unless `with_map`.
+    fn build(&self, xs: &[Vec<usize>], inputs: &[&ArrayD<f32>], with_map: bool) -> Result<CopyMap> {
+        let x: &[usize] = xs.first().ok_or_else(|| anyhow!("no data input"))?;
         let get = |p: &Ints| -> Result<Resolved> {
             match p {
                 Ints::Const { shape, values } => Ok((shape.clone(), values.clone())),
@@ -587,11 +616,44 @@ impl Movement {
                 })?;
                 (shape, map)
             }
+            Movement::Concat { axis: ax } => {
+                let a = axis(*ax, rank)?;
+                let mut shape = x.to_vec();
+                shape[a] = 0;
+                for s in xs {
+                    ensure!(
+                        s.len() == rank
+                            && s.iter()
+                                .zip(x)
+                                .enumerate()
+                                .all(|(k, (p, q))| k == a || p == q),
+                        "Concat input {s:?} does not fit {x:?} on the axes other than {a}"
+                    );
+                    shape[a] += s[a];
+                }
+                let map = if with_map {
+                    // per outer index, each input's block in turn
+                    let outer = size(&x[..a]);
+                    let blocks: Vec<usize> = xs.iter().map(|s| size(&s[a..])).collect();
+                    let mut map = Vec::with_capacity(size(&shape));
+                    for o in 0..outer {
+                        let mut offset = 0;
+                        for (s, &b) in xs.iter().zip(&blocks) {
+                            map.extend(offset + o * b..offset + (o + 1) * b);
+                            offset += size(s);
+                        }
+                    }
+                    map
+                } else {
+                    vec![]
+                };
+                (shape, map)
+            }
         };
         Ok(CopyMap {
             shape,
             map,
-            inputs: vec![x.to_vec()],
+            inputs: xs.to_vec(),
         })
     }
 
@@ -600,21 +662,31 @@ impl Movement {
         if !self.runtime_inputs().is_empty() {
             bail!("parameters computed at run time");
         }
-        Ok(self.build(x, &[], false)?.shape)
+        Ok(self.build(&[x.to_vec()], &[], false)?.shape)
+    }
+
+    /// The output shape for data inputs of shapes `xs` (constant parameters only).
+    pub fn output_shape_of(&self, xs: &[Vec<usize>]) -> Result<Vec<usize>> {
+        if !self.runtime_inputs().is_empty() {
+            bail!("parameters computed at run time");
+        }
+        Ok(self.build(xs, &[], false)?.shape)
     }
 
     /// Forward pass: the data input `inputs[0]` gathered through the map.
     pub fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
-        let x = *inputs.first().ok_or_else(|| anyhow!("no data input"))?;
-        self.copy_map(x.shape(), inputs)?.forward(&[x], 0.0)
+        let data = &inputs[..self.data_inputs(inputs.len())];
+        let shapes: Vec<Vec<usize>> = data.iter().map(|x| x.shape().to_vec()).collect();
+        self.build(&shapes, inputs, true)?.forward(data, 0.0)
     }
 
     /// Relevance (and gradient: the same for copies) at every node input for
     /// `r` at the output; parameter inputs get zeros.
     pub fn backward(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        let x = *inputs.first().ok_or_else(|| anyhow!("no data input"))?;
-        let mut out = self.copy_map(x.shape(), inputs)?.backward(r)?;
-        out.extend(inputs[1..].iter().map(|p| ArrayD::zeros(p.shape())));
+        let d = self.data_inputs(inputs.len());
+        let shapes: Vec<Vec<usize>> = inputs[..d].iter().map(|x| x.shape().to_vec()).collect();
+        let mut out = self.build(&shapes, inputs, true)?.backward(r)?;
+        out.extend(inputs[d..].iter().map(|p| ArrayD::zeros(p.shape())));
         Ok(out)
     }
 }
@@ -635,9 +707,13 @@ mod tests {
 
     /// Pseudo-random values in [-1, 1) (a fixed LCG).
     fn noise(shape: &[usize], seed: u64) -> ArrayD<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ArrayD::from_shape_fn(IxDyn(shape), |_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
     }
@@ -656,14 +732,28 @@ mod tests {
         let back = m.backward(&[&x], &r).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].shape(), x.shape());
-        let lhs: f64 = y.iter().zip(r.iter()).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let rhs: f64 = x.iter().zip(back[0].iter()).map(|(a, b)| *a as f64 * *b as f64).sum();
-        assert!((lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()), "{m:?}: {lhs} vs {rhs}");
+        let lhs: f64 = y
+            .iter()
+            .zip(r.iter())
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let rhs: f64 = x
+            .iter()
+            .zip(back[0].iter())
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        assert!(
+            (lhs - rhs).abs() < 1e-4 * (1.0 + lhs.abs()),
+            "{m:?}: {lhs} vs {rhs}"
+        );
         let (sr, sb): (f64, f64) = (
             r.iter().map(|&v| v as f64).sum(),
             back[0].iter().map(|&v| v as f64).sum(),
         );
-        assert!((sr - sb).abs() < 1e-4 * (1.0 + sr.abs()), "{m:?}: sum {sr} vs {sb}");
+        assert!(
+            (sr - sb).abs() < 1e-4 * (1.0 + sr.abs()),
+            "{m:?}: sum {sr} vs {sb}"
+        );
         assert!(back[0].iter().all(|v| v.is_finite()));
     }
 
@@ -731,7 +821,8 @@ mod tests {
     fn slice_of_several_axes_matches_the_naive_definition() {
         let shape = [2, 5, 4, 6];
         let x = data(&shape);
-        let cases: &[(&[i64], &[i64], &[i64], &[i64])] = &[
+        type Case<'a> = (&'a [i64], &'a [i64], &'a [i64], &'a [i64]);
+        let cases: &[Case] = &[
             (&[0], &[3], &[1], &[1]),
             (&[3, 1], &[i64::MAX, -1], &[1, -1], &[1, 2]),
             (&[-1, -2, 0], &[i64::MIN, 0, 100], &[2, 3, 1], &[-1, -1, 2]),
@@ -806,7 +897,8 @@ mod tests {
         let x = data(&shape);
         // (sizes, parts): explicit sizes; equal split; opset 18 num_outputs
         // with a shorter last piece (10 = 3 + 3 + 3 + 1)
-        let cases: &[(Option<Vec<i64>>, usize, &[usize])] = &[
+        type Case<'a> = (Option<Vec<i64>>, usize, &'a [usize]);
+        let cases: &[Case] = &[
             (Some(vec![1, 5, 4]), 3, &[1, 5, 4]),
             (None, 2, &[5, 5]),
             (None, 4, &[3, 3, 3, 1]),
@@ -867,7 +959,9 @@ mod tests {
             }
         }
         // index 0 is copied twice: its relevance is the sum of both copies
-        let back = m.backward(&[&x], &ArrayD::from_elem(vec![2, 2, 2, 4], 1.0)).unwrap();
+        let back = m
+            .backward(&[&x], &ArrayD::from_elem(vec![2, 2, 2, 4], 1.0))
+            .unwrap();
         assert_eq!(back[0][[1, 0, 3]], 2.0);
         assert_eq!(back[0][[1, 2, 3]], 2.0);
         assert_eq!(back[0][[1, 1, 3]], 0.0);
@@ -907,7 +1001,11 @@ mod tests {
         let y = run(&m, &x);
         for i in 0..2 {
             for j in 0..3 {
-                let k = if idx[i][j] < 0 { idx[i][j] + 3 } else { idx[i][j] } as usize;
+                let k = if idx[i][j] < 0 {
+                    idx[i][j] + 3
+                } else {
+                    idx[i][j]
+                } as usize;
                 assert_eq!(y[[i, j]], x[[i, k]]);
             }
         }
@@ -940,7 +1038,9 @@ mod tests {
             }
         }
         // each element is copied 2 * 4 = 8 times
-        let back = m.backward(&[&x], &ArrayD::from_elem(vec![2, 3, 4], 0.5)).unwrap();
+        let back = m
+            .backward(&[&x], &ArrayD::from_elem(vec![2, 3, 4], 0.5))
+            .unwrap();
         assert_eq!(back[0].as_slice().unwrap(), &[4.0, 4.0, 4.0]);
         check_adjoint(&m, &[3, 1]);
         // Tile [2] by 3: r = [1..6] gives [1 + 3 + 5, 2 + 4 + 6]
@@ -949,7 +1049,10 @@ mod tests {
         };
         let x = data(&[2]);
         let y = run(&m, &x);
-        assert_eq!(y.as_slice().unwrap(), &[x[[0]], x[[1]], x[[0]], x[[1]], x[[0]], x[[1]]]);
+        assert_eq!(
+            y.as_slice().unwrap(),
+            &[x[[0]], x[[1]], x[[0]], x[[1]], x[[0]], x[[1]]]
+        );
         let r = ArrayD::from_shape_vec(vec![6], vec![1.0, 2., 3., 4., 5., 6.]).unwrap();
         let back = m.backward(&[&x], &r).unwrap();
         assert_eq!(back[0].as_slice().unwrap(), &[9.0, 12.0]);
@@ -1000,7 +1103,11 @@ mod tests {
             let x = data(&shape);
             for crd in [false, true] {
                 let m = Movement::DepthToSpace { block: b, crd };
-                assert_eq!(run(&m, &x), spec_depth_to_space(&x, b, crd), "b {b} crd {crd}");
+                assert_eq!(
+                    run(&m, &x),
+                    spec_depth_to_space(&x, b, crd),
+                    "b {b} crd {crd}"
+                );
                 check_adjoint(&m, &shape);
             }
             let shape = [2, 3, 2 * b, 3 * b];
@@ -1009,14 +1116,44 @@ mod tests {
             let y = run(&m, &x);
             assert_eq!(y, spec_space_to_depth(&x, b));
             // SpaceToDepth is undone by DepthToSpace in DCR mode
-            let back = Movement::DepthToSpace { block: b, crd: false };
+            let back = Movement::DepthToSpace {
+                block: b,
+                crd: false,
+            };
             assert_eq!(run(&back, &y), x);
             check_adjoint(&m, &shape);
         }
-        let e = Movement::DepthToSpace { block: 2, crd: false }
-            .forward(&[&data(&[1, 6, 2, 2])])
-            .unwrap_err();
+        let e = Movement::DepthToSpace {
+            block: 2,
+            crd: false,
+        }
+        .forward(&[&data(&[1, 6, 2, 2])])
+        .unwrap_err();
         assert!(e.to_string().contains("6 channels"), "{e}");
+    }
+
+    #[test]
+    fn concat_matches_ndarray_and_gives_each_input_its_slice() {
+        let (a, b, c) = (data(&[2, 1, 3]), noise(&[2, 4, 3], 3), data(&[2, 2, 3]));
+        for axis in [1, -2] {
+            let m = Movement::Concat { axis };
+            let y = m.forward(&[&a, &b, &c]).unwrap();
+            let want =
+                ndarray::concatenate(ndarray::Axis(1), &[a.view(), b.view(), c.view()]).unwrap();
+            assert_eq!(y, want);
+            assert_eq!(
+                m.output_shape_of(&[vec![2, 1, 3], vec![2, 4, 3], vec![2, 2, 3]])
+                    .unwrap(),
+                vec![2, 7, 3]
+            );
+            let r = noise(&[2, 7, 3], 4);
+            let back = m.backward(&[&a, &b, &c], &r).unwrap();
+            let s =
+                |lo: usize, hi: usize| r.slice_axis(ndarray::Axis(1), (lo..hi).into()).to_owned();
+            assert_eq!(back, vec![s(0, 1), s(1, 5), s(5, 7)]);
+        }
+        let e = Movement::Concat { axis: 0 }.forward(&[&a, &b]).unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{e}");
     }
 
     #[test]
