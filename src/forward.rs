@@ -2,12 +2,13 @@
 //!
 //! For the operators of plain CNNs (convolutions, dense and per-channel
 //! layers, pools, activations, residual sums, arithmetic with constants,
-//! reshapes and transposes) the forward pass runs on the same layers and
-//! weights as the backward pass: one copy of the weights in memory, no
-//! conversion between tensor types, and the same tiled GEMM convolution. A
-//! model with any other operator runs its forward pass in tract instead
-//! ([`NativePlan::new`] says why). Both are checked against each other in the
-//! tests.
+//! reshapes and transposes of any rank, `Concat` and the copying operators
+//! of [`crate::ops::movement`] with constant parameters) the forward pass
+//! runs on the same layers and weights as the backward pass: one copy of the
+//! weights in memory, no conversion between tensor types, and the same tiled
+//! GEMM convolution. A model with any other operator runs its forward pass
+//! in tract instead ([`NativePlan::new`] says why). Both are checked against
+//! each other in the tests.
 
 use std::collections::{HashMap, HashSet};
 

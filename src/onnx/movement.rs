@@ -38,10 +38,7 @@ impl Params<'_> {
         Ok(match (self.operand)(i)? {
             Operand::Absent => None,
             Operand::Const(c) => {
-                ensure!(
-                    c.iter().all(|v| !v.is_nan()),
-                    "input {i} holds NaN"
-                );
+                ensure!(c.iter().all(|v| !v.is_nan()), "input {i} holds NaN");
                 Some(Ints::Const {
                     shape: c.shape().to_vec(),
                     // INT64 extremes arrive as +-9.2e18 and saturate back
@@ -95,7 +92,9 @@ pub(super) fn convert(
         },
         "Split" => {
             let sizes = if opset < 13 {
-                attr_ints(n, "split").filter(|s| !s.is_empty()).map(Ints::list)
+                attr_ints(n, "split")
+                    .filter(|s| !s.is_empty())
+                    .map(Ints::list)
             } else {
                 p.get(1)?
             };
