@@ -2,12 +2,13 @@
 //!
 //! For the operators of plain CNNs (convolutions, dense and per-channel
 //! layers, pools, activations, residual sums, arithmetic with constants,
-//! reshapes and transposes) the forward pass runs on the same layers and
-//! weights as the backward pass: one copy of the weights in memory, no
-//! conversion between tensor types, and the same tiled GEMM convolution. A
-//! model with any other operator runs its forward pass in tract instead
-//! ([`NativePlan::new`] says why). Both are checked against each other in the
-//! tests.
+//! reshapes and transposes of any rank, `Concat` and the copying operators
+//! of [`crate::ops::movement`] with constant parameters) the forward pass
+//! runs on the same layers and weights as the backward pass: one copy of the
+//! weights in memory, no conversion between tensor types, and the same tiled
+//! GEMM convolution. A model with any other operator runs its forward pass
+//! in tract instead ([`NativePlan::new`] says why). Both are checked against
+//! each other in the tests.
 
 use std::collections::{HashMap, HashSet};
 
@@ -226,6 +227,9 @@ fn unsupported(node: &Node) -> Option<&'static str> {
             Some("an elementwise operator without a formula")
         }
         Op::BatchNorm { .. } | Op::AddConst(_) => Some("a node left by canonization"),
+        Op::Move(m) if !m.runtime_inputs().is_empty() => {
+            Some("a copying operator with parameters computed at run time")
+        }
         Op::Conv(_)
         | Op::Dense(_)
         | Op::Affine(_)
@@ -237,7 +241,9 @@ fn unsupported(node: &Node) -> Option<&'static str> {
         | Op::Activation(_)
         | Op::Arith { .. }
         | Op::Reshape
-        | Op::Transpose(_) => None,
+        | Op::Transpose(_)
+        | Op::Concat { .. }
+        | Op::Move(_) => None,
         #[allow(unreachable_patterns)]
         _ => Some("an operator without a native forward pass"),
     }
@@ -352,6 +358,10 @@ impl NativePlan {
                 .iter()
                 .try_fold(x.to_vec(), |acc, s| broadcast(&acc, s))?,
             Op::Arith { constant, .. } => broadcast(x, constant.shape())?,
+            Op::Move(m) => m.output_shape(x)?,
+            Op::Concat { axis } => {
+                crate::ops::movement::Movement::Concat { axis: *axis }.output_shape_of(ins)?
+            }
             Op::Reshape => self
                 .reshapes
                 .get(&node.output)
@@ -478,6 +488,10 @@ impl NativePlan {
                     .permuted_axes(IxDyn(&perm))
                     .as_standard_layout()
                     .into_owned()
+            }
+            Op::Move(m) => m.forward(inputs)?,
+            Op::Concat { axis } => {
+                crate::ops::movement::Movement::Concat { axis: *axis }.forward(inputs)?
             }
             Op::BatchNorm { .. } | Op::AddConst(_) => bail!("node was not canonized"),
             #[allow(unreachable_patterns)]

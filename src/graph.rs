@@ -96,6 +96,11 @@ pub enum Op {
     },
     /// `ReduceMean` / `ReduceSum` (proportional) and `ReduceMax` (winner takes all).
     Reduce(crate::ops::reduce::ReduceSpec),
+    /// An operator that only copies elements (`Slice`, one output of `Split`,
+    /// `Gather`, `GatherElements`, `Expand`, `Tile`, `DepthToSpace`,
+    /// `SpaceToDepth`): relevance and gradient go back along its copy map,
+    /// each input element receiving the sum over its copies.
+    Move(crate::ops::movement::Movement),
 }
 
 impl Op {

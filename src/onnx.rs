@@ -13,6 +13,7 @@ use tract_onnx::pb::{self, type_proto, NodeProto, TensorProto};
 
 mod attrs;
 mod elementwise;
+mod movement;
 mod structure;
 
 use attrs::{attr, attr_f, attr_i, attr_ints, pool, window};
@@ -52,6 +53,7 @@ pub fn supported_ops() -> Vec<&'static str> {
     ];
     v.extend_from_slice(ACTIVATION_OPS);
     v.extend_from_slice(RESHAPE_OPS);
+    v.extend_from_slice(movement::MOVEMENT_OPS);
     v.extend(
         structure::STRUCTURE_OPS
             .iter()
@@ -151,32 +153,53 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
         if acts.is_empty() || SHAPE_OF.contains(&n.op_type.as_str()) {
             continue;
         }
-        let output = n
-            .output
-            .first()
-            .cloned()
-            .ok_or_else(|| anyhow!("node '{name}' has no output"))?;
-        active.insert(output.clone());
-        let op = convert(
-            n,
-            &name,
-            &acts,
-            opset,
-            &Constants {
-                constant: &constant,
-                is_const: &is_const,
-            },
-        )?;
-        let mut acts = acts;
-        acts.extend(structure::runtime_operands(n, &op, opset));
-        out_nodes.push(Node {
-            name,
-            op_type: n.op_type.clone(),
-            op,
-            inputs: acts,
-            output,
-            first: false,
-        });
+        // a Split becomes one node per output it computes
+        let outputs: Vec<(usize, String)> = if n.op_type == "Split" {
+            n.output
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| !o.is_empty())
+                .map(|(k, o)| (k, o.clone()))
+                .collect()
+        } else {
+            let output = n
+                .output
+                .first()
+                .cloned()
+                .ok_or_else(|| anyhow!("node '{name}' has no output"))?;
+            vec![(0, output)]
+        };
+        let several = n.output.len() > 1 && n.op_type == "Split";
+        for (k, output) in outputs {
+            let name = if several {
+                format!("{name}:{k}")
+            } else {
+                name.clone()
+            };
+            active.insert(output.clone());
+            let op = convert(
+                n,
+                &name,
+                &acts,
+                opset,
+                k,
+                &Constants {
+                    constant: &constant,
+                    is_const: &is_const,
+                },
+            )?;
+            let mut acts = acts.clone();
+            acts.extend(structure::runtime_operands(n, &op, opset));
+            acts.extend(movement::runtime_operands(n, &op));
+            out_nodes.push(Node {
+                name,
+                op_type: n.op_type.clone(),
+                op,
+                inputs: acts,
+                output,
+                first: false,
+            });
+        }
     }
     crate::ops::gate::resolve_gates(&mut out_nodes);
 
@@ -280,7 +303,14 @@ struct Constants<'a> {
     is_const: &'a dyn Fn(&str) -> bool,
 }
 
-fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants) -> Result<Op> {
+fn convert(
+    n: &NodeProto,
+    name: &str,
+    acts: &[String],
+    opset: i64,
+    output: usize,
+    k: &Constants,
+) -> Result<Op> {
     let op = n.op_type.as_str();
     let is_act = |i: usize| n.input.get(i).is_some_and(|x| acts.contains(x));
     let opt_const = |i: usize| -> Result<Option<ArrayD<f32>>> {
@@ -446,6 +476,10 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants
             Op::Activation(act)
         }
         o if RESHAPE_OPS.contains(&o) => Op::Reshape,
+        o if movement::MOVEMENT_OPS.contains(&o) => {
+            movement::convert(n, acts, opset, &operand, output)
+                .map_err(|e| unsupported(&format!("{e:#}")))?
+        }
         o if structure::STRUCTURE_OPS.contains(&o) => structure::convert(n, acts, opset, &operand)
             .map_err(|e| unsupported(&format!("{e:#}")))?,
         _ => return Err(unsupported("LRP has no rule for it")),

@@ -1,9 +1,12 @@
 //! `Concat` of activations (SqueezeNet Fire modules, Inception blocks,
 //! DenseNet): every output element is a copy of one input element, so each
-//! input gets back its own slice of the relevance (and of the gradient).
+//! input gets back its own slice of the relevance (and of the gradient),
+//! through the copy map of [`super::movement`].
 
 use anyhow::{ensure, Result};
-use ndarray::{ArrayD, Axis, Slice};
+use ndarray::ArrayD;
+
+use super::movement::Movement;
 
 /// The axis `axis` (negative: counted from the end) of a rank-`rank` tensor.
 pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize> {
@@ -20,7 +23,6 @@ pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize> {
 pub fn split(axis: i64, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
     let ax = normalize_axis(axis, r.ndim())?;
     let mut start = 0usize;
-    let mut out = Vec::with_capacity(inputs.len());
     for x in inputs {
         ensure!(
             x.ndim() == r.ndim(),
@@ -36,24 +38,15 @@ pub fn split(axis: i64, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<
                 r.shape()
             );
         }
-        let len = x.shape()[ax];
-        ensure!(
-            start + len <= r.shape()[ax],
-            "Concat inputs are longer than the output {:?} on axis {ax}",
-            r.shape()
-        );
-        out.push(
-            r.slice_axis(Axis(ax), Slice::from(start..start + len))
-                .to_owned(),
-        );
-        start += len;
+        start += x.shape()[ax];
     }
     ensure!(
         start == r.shape()[ax],
         "Concat inputs cover {start} of the {} entries of axis {ax}",
         r.shape()[ax]
     );
-    Ok(out)
+    // each input's slice, through the copy map shared by the copying operators
+    Movement::Concat { axis }.backward(inputs, r)
 }
 
 #[cfg(test)]

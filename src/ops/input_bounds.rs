@@ -149,6 +149,10 @@ pub fn through_normalisation(
                 low = super::pad::forward(spec, &pads, &low, &out_shape).ok()?;
                 high = super::pad::forward(spec, &pads, &high, &out_shape).ok()?;
             }
+            Op::Move(m) => {
+                low = m.forward(&[&low]).ok()?;
+                high = m.forward(&[&high]).ok()?;
+            }
             Op::Activation(Act::Identity) => {}
             _ => return None,
         }

@@ -8,6 +8,7 @@ pub mod dense;
 pub mod dense_kernels;
 pub mod gate;
 pub mod input_bounds;
+pub mod movement;
 pub mod pad;
 pub mod pool;
 pub mod pool_grad;
@@ -72,6 +73,7 @@ pub fn relevance(
         Op::Activation(_) | Op::Arith { .. } => one(structural::pass(x, r)?),
         Op::Reshape => one(structural::reshape(x, r)?),
         Op::Transpose(perm) => one(structural::transpose(perm, x, r)?),
+        Op::Move(m) => m.backward(inputs, r)?,
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("node '{}' was not canonized", node.name));
         }
@@ -171,6 +173,7 @@ pub fn gradient(
         )?),
         Op::Reshape => one(structural::reshape(x, g)?),
         Op::Transpose(perm) => one(structural::transpose(perm, x, g)?),
+        Op::Move(m) => m.backward(inputs, g)?,
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("node '{}' was not canonized", node.name));
         }
