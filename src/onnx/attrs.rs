@@ -73,5 +73,6 @@ pub(super) fn pool(node: &NodeProto, name: &str) -> Result<Pool> {
     Ok(Pool {
         window: window(node, name, kernel)?,
         count_include_pad: attr_i(node, "count_include_pad", 0) != 0,
+        ceil_mode: attr_i(node, "ceil_mode", 0) != 0,
     })
 }
