@@ -421,7 +421,7 @@ fn winograd_conv() -> impl Strategy<Value = ConvCase> {
 }
 
 proptest! {
-    #![proptest_config(config(96))]
+    #![proptest_config(config(256))]
 
     #[test]
     fn conv_general_matches_the_definition(case in general_conv()) {
@@ -435,7 +435,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(config(24))]
+    #![proptest_config(config(64))]
 
     #[test]
     fn conv_tiled_matches_the_definition(case in tiled_conv()) {
