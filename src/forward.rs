@@ -270,15 +270,6 @@ impl NativePlan {
                     .get(node.output.as_str())
                     .ok_or_else(|| anyhow!("node '{}' not found in the model", node.name))
             };
-            if matches!(node.op, Op::MaxPool(_) | Op::AvgPool(_))
-                && attr(proto()?, "ceil_mode").is_some_and(|a| a.i != 0)
-            {
-                bail!(
-                    "{} node '{}' rounds its output size up (ceil_mode)",
-                    node.op_type,
-                    node.name
-                );
-            }
             if matches!(node.op, Op::Reshape) {
                 let proto = proto()?;
                 let rule = reshape_rule(proto, &consts)
@@ -346,7 +337,7 @@ impl NativePlan {
             }
             Op::MaxPool(p) | Op::AvgPool(p) => {
                 ensure!(x.len() == 4, "pooling needs [N, C, H, W], got {x:?}");
-                let [oh, ow] = p.window.output_size(x[2], x[3])?;
+                let [oh, ow] = p.output_size(x[2], x[3])?;
                 vec![x[0], x[1], oh, ow]
             }
             Op::GlobalAvgPool | Op::GlobalMaxPool => {
@@ -542,7 +533,7 @@ fn arith(
 }
 
 /// `MaxPool` (`max`) or `AveragePool` on `[N, C, H, W]`.
-fn pool(p: &Pool, x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
+pub(crate) fn pool(p: &Pool, x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
     ensure!(
         x.ndim() == 4,
         "pooling needs [N, C, H, W], got {:?}",
@@ -550,7 +541,7 @@ fn pool(p: &Pool, x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
     );
     let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
     let wnd = &p.window;
-    let [oh, ow] = wnd.output_size(h, w)?;
+    let [oh, ow] = p.output_size(h, w)?;
     let pads = wnd.pads(h, w);
     let x = x.as_standard_layout();
     let xs = x.as_slice().unwrap_or(&[]);
@@ -702,6 +693,7 @@ mod tests {
             let p = Pool {
                 window: window.clone(),
                 count_include_pad: false,
+                ceil_mode: false,
             };
             let got = pool(&p, &x, true).unwrap();
             assert_eq!(got.shape(), &[1, 2, oh, ow]);

@@ -70,8 +70,69 @@ pub(super) fn pool(node: &NodeProto, name: &str) -> Result<Pool> {
     let k =
         attr_ints(node, "kernel_shape").ok_or_else(|| anyhow!("node '{name}': no kernel_shape"))?;
     let kernel = pair(&k, "kernels", name)?;
+    let window = window(node, name, kernel)?;
+    // as onnxruntime and PyTorch require: a window that could lie wholly in
+    // the padding has no maximum (and no average)
+    if let Padding::Explicit(p) = window.padding {
+        ensure!(
+            p[0] < kernel[0] && p[2] < kernel[0] && p[1] < kernel[1] && p[3] < kernel[1],
+            "node '{name}': pads {p:?} not smaller than the kernel {kernel:?}"
+        );
+    }
     Ok(Pool {
-        window: window(node, name, kernel)?,
+        window,
         count_include_pad: attr_i(node, "count_include_pad", 0) != 0,
+        ceil_mode: attr_i(node, "ceil_mode", 0) != 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(attrs: &[(&str, Vec<i64>)], ints: &[(&str, i64)]) -> NodeProto {
+        let mut n = NodeProto::default();
+        for (k, v) in attrs {
+            n.attribute.push(pb::AttributeProto {
+                name: k.to_string(),
+                ints: v.clone(),
+                ..Default::default()
+            });
+        }
+        for (k, v) in ints {
+            n.attribute.push(pb::AttributeProto {
+                name: k.to_string(),
+                i: *v,
+                ..Default::default()
+            });
+        }
+        n
+    }
+
+    #[test]
+    fn pool_attributes() {
+        // torchvision GoogLeNet's inception pool: MaxPool2d(3, 1, 1, ceil_mode=True)
+        let n = node(
+            &[
+                ("kernel_shape", vec![3, 3]),
+                ("strides", vec![1, 1]),
+                ("pads", vec![1; 4]),
+            ],
+            &[("ceil_mode", 1), ("count_include_pad", 1)],
+        );
+        let p = pool(&n, "inception").unwrap();
+        assert!(p.ceil_mode && p.count_include_pad);
+        assert_eq!(p.window.padding, Padding::Explicit([1; 4]));
+        // absent: floor mode, padding not counted
+        let n = node(&[("kernel_shape", vec![2, 2])], &[]);
+        let p = pool(&n, "plain").unwrap();
+        assert!(!p.ceil_mode && !p.count_include_pad);
+        // a pad as large as the kernel is refused, naming the node
+        let n = node(
+            &[("kernel_shape", vec![2, 3]), ("pads", vec![0, 3, 0, 0])],
+            &[],
+        );
+        let e = pool(&n, "wide").unwrap_err().to_string();
+        assert!(e.contains("'wide'") && e.contains("pads"), "{e}");
+    }
 }

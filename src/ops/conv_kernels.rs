@@ -33,7 +33,10 @@ impl Geo {
     pub(super) fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.s == [1, 1] && self.pads == [0; 4]
     }
-    /// Range of output columns whose input column `ox*s + j*d - pad` lies in the input.
+    /// Range of output columns whose input column `ox*s + j*d - pad` lies in
+    /// the input, within `0..out`. It may be empty (a tap that only ever reads
+    /// padding), and then its bounds are no input position: callers must not
+    /// compute an input index from them.
     pub(super) fn valid(
         &self,
         axis: usize,
@@ -45,7 +48,7 @@ impl Geo {
         let s = self.s[axis];
         let pad = self.pads[axis];
         let lo = if pad > offset {
-            (pad - offset).div_ceil(s)
+            (pad - offset).div_ceil(s).min(out)
         } else {
             0
         };
@@ -134,13 +137,16 @@ pub(super) fn im2col_tile(g: &Geo, x: &[f32], c0: usize, c1: usize, cols: &mut [
             } else {
                 let iy = oy * g.s[0] + i * g.d[0] - g.pads[0];
                 let src = &plane[iy * g.w..(iy + 1) * g.w];
-                let (lo, hi) = (
-                    xlo.clamp(ox0, ox1),
-                    xhi.clamp(ox0, ox1).max(xlo.clamp(ox0, ox1)),
-                );
+                // the valid columns within this row segment, maybe none (the
+                // segment, a tile's part of a row, can lie wholly before or
+                // after them: then no input column may be computed)
+                let lo = xlo.clamp(ox0, ox1);
+                let hi = xhi.clamp(lo, ox1);
                 line[..lo - ox0].fill(0.0);
                 line[hi - ox0..].fill(0.0);
-                if g.s[1] == 1 {
+                if lo == hi {
+                    // nothing of the input in this segment
+                } else if g.s[1] == 1 {
                     let start = lo + x0 - g.pads[1];
                     line[lo - ox0..hi - ox0].copy_from_slice(&src[start..start + (hi - lo)]);
                 } else {
@@ -195,6 +201,9 @@ pub(super) fn depthwise_plane(g: &Geo, x: &[f32], w: &[f32], dst: &mut [f32]) {
         let (ylo, yhi) = g.valid(0, i * g.d[0], g.oh, g.h);
         for j in 0..g.kw {
             let (xlo, xhi) = g.valid(1, j * g.d[1], g.ow, g.w);
+            if xlo == xhi {
+                continue; // this tap reads padding only
+            }
             let wv = w[i * g.kw + j];
             let x0 = j * g.d[1];
             for oy in ylo..yhi {
@@ -222,6 +231,9 @@ pub(super) fn depthwise_plane_transposed(g: &Geo, gr: &[f32], w: &[f32], dst: &m
         let (ylo, yhi) = g.valid(0, i * g.d[0], g.oh, g.h);
         for j in 0..g.kw {
             let (xlo, xhi) = g.valid(1, j * g.d[1], g.ow, g.w);
+            if xlo == xhi {
+                continue; // this tap reads padding only
+            }
             let wv = w[i * g.kw + j];
             let x0 = j * g.d[1];
             for oy in ylo..yhi {

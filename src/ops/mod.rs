@@ -7,6 +7,8 @@ mod conv_kernels;
 pub mod dense;
 pub mod dense_kernels;
 pub mod gate;
+#[cfg(test)]
+mod geometry_tests;
 pub mod input_bounds;
 pub mod movement;
 pub mod pad;

@@ -292,6 +292,7 @@ pub(crate) mod tests {
             let pool = Pool {
                 window: win.clone(),
                 count_include_pad: false,
+                ceil_mode: false,
             };
             let got = max_pool(&pool, &x, &r).unwrap();
             assert_eq!(got, reference(&win, &x, &r), "{win:?}");
