@@ -48,6 +48,31 @@ pub fn input_gradient(
     Ok(g)
 }
 
+/// Near-ties of every `MaxPool` for the gradient of the logit of `class`
+/// ([`ops::pool::max_pool_ties`] with `rel_tol`), by node name, in backward
+/// order. Where a sizeable share of the gradient passes near-tied windows, the
+/// gradient (and every map routed through the same windows: LRP's max pools
+/// are winner-takes-all too) is decided by float rounding: an f32 and an f64
+/// run of the same model, in any framework, disagree there.
+pub fn max_pool_ties(
+    graph: &Graph,
+    fwd: &Forward,
+    class: usize,
+    rel_tol: f32,
+) -> Result<Vec<(String, ops::pool::Ties)>> {
+    let mut ties = Vec::new();
+    crate::explain::walk_back(graph, fwd, class, 1.0, |node, inputs, g| {
+        if let crate::graph::Op::MaxPool(p) = &node.op {
+            ties.push((
+                node.name.clone(),
+                ops::pool::max_pool_ties(p, inputs[0], g, rel_tol)?,
+            ));
+        }
+        ops::gradient_of(node, inputs, g, GradientMode::Plain)
+    })?;
+    Ok(ties)
+}
+
 /// Mean of the gradients at `points`, accumulated in `f64` (so identical
 /// gradients average to exactly themselves).
 fn mean_gradient(

@@ -122,6 +122,67 @@ pub fn max_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32
     Ok(ArrayD::from_shape_vec(x.shape(), out)?)
 }
 
+/// How much of what a `MaxPool` hands back goes through windows whose winner
+/// float rounding decides (see [`max_pool_ties`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Ties {
+    /// Windows that receive a nonzero relevance or gradient.
+    pub windows: usize,
+    /// Of those, windows whose two largest inputs differ, but by at most the
+    /// tolerance: a near-tie.
+    pub near: usize,
+    /// Share of the total `|r|` received by the near-tied windows.
+    pub share: f64,
+}
+
+/// Near-ties of a `MaxPool` at input `x` for the relevance or gradient `r` at
+/// its output: windows whose two largest inputs differ by more than 0 and at
+/// most `rel_tol * max |x|`. Which of the two wins is decided by the rounding
+/// of the layers below (f32 against f64, one convolution algorithm against
+/// another), and so is where the window's relevance goes; exact ties are not
+/// counted (the first maximum wins, as in PyTorch, whatever the rounding).
+pub fn max_pool_ties(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>, rel_tol: f32) -> Result<Ties> {
+    let d = dims(x, r)?;
+    let pads = p.window.pads(d.h, d.w);
+    let (x, r) = (x.as_standard_layout(), r.as_standard_layout());
+    let (xs, rs) = (x.as_slice().unwrap_or(&[]), r.as_slice().unwrap_or(&[]));
+    let tol = rel_tol * xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (mut windows, mut near, mut total, mut tied) = (0usize, 0usize, 0f64, 0f64);
+    let plane = d.h * d.w;
+    for c in 0..d.planes {
+        let xp = &xs[c * plane..(c + 1) * plane];
+        for oy in 0..d.oh {
+            for ox in 0..d.ow {
+                let rv = rs[(c * d.oh + oy) * d.ow + ox];
+                if rv == 0.0 {
+                    continue;
+                }
+                let (mut m1, mut m2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+                for (y, xx) in window(p, pads, &d, oy, ox) {
+                    let v = xp[y * d.w + xx];
+                    if v > m1 {
+                        (m1, m2) = (v, m1);
+                    } else if v > m2 {
+                        m2 = v;
+                    }
+                }
+                windows += 1;
+                total += rv.abs() as f64;
+                let gap = m1 - m2;
+                if gap > 0.0 && gap <= tol {
+                    near += 1;
+                    tied += rv.abs() as f64;
+                }
+            }
+        }
+    }
+    Ok(Ties {
+        windows,
+        near,
+        share: if total > 0.0 { tied / total } else { 0.0 },
+    })
+}
+
 /// Relevance through `AveragePool` with the `Norm` rule.
 pub fn avg_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32>> {
     let d = dims(x, r)?;
@@ -297,5 +358,38 @@ pub(crate) mod tests {
             let got = max_pool(&pool, &x, &r).unwrap();
             assert_eq!(got, reference(&win, &x, &r), "{win:?}");
         }
+    }
+
+    #[test]
+    fn near_ties_are_counted_and_exact_ties_are_not() {
+        // four 2x2 windows (stride 2) on a 4x4 plane whose largest value is 2:
+        // tolerance 1e-6 * 2
+        let pool = Pool {
+            window: Window {
+                kernel: [2, 2],
+                strides: [2, 2],
+                dilations: [1, 1],
+                padding: Padding::Explicit([0; 4]),
+            },
+            count_include_pad: false,
+            ceil_mode: false,
+        };
+        #[rustfmt::skip]
+        let x = ArrayD::from_shape_vec(vec![1, 1, 4, 4], vec![
+            // near-tie (gap 1.2e-7)  | clear winner
+            1.0, 1.0 - 1.2e-7,          2.0, 0.5,
+            0.0, 0.0,                   0.0, 0.0,
+            // exact tie              | near-tie, but no relevance arrives
+            1.0, 1.0,                   1.5, 1.5 - 1.2e-7,
+            0.5, 0.0,                   0.0, 0.0,
+        ]).unwrap();
+        let r = ArrayD::from_shape_vec(vec![1, 1, 2, 2], vec![3.0, 1.0, -4.0, 0.0]).unwrap();
+        let t = max_pool_ties(&pool, &x, &r, 1e-6).unwrap();
+        assert_eq!((t.windows, t.near), (3, 1));
+        // |3| of |3| + |1| + |-4|
+        assert!((t.share - 3.0 / 8.0).abs() < 1e-12, "{t:?}");
+        // a looser tolerance (0.8 * 2) takes in the gap of 1.5 too, a tighter none
+        assert_eq!(max_pool_ties(&pool, &x, &r, 0.8).unwrap().near, 2);
+        assert_eq!(max_pool_ties(&pool, &x, &r, 1e-9).unwrap().near, 0);
     }
 }
