@@ -13,6 +13,7 @@ use tract_onnx::pb::{self, type_proto, NodeProto, TensorProto};
 
 mod attrs;
 mod elementwise;
+pub mod fold;
 mod structure;
 
 use attrs::{attr, attr_f, attr_i, attr_ints, pool, window};
@@ -432,6 +433,12 @@ fn convert(n: &NodeProto, name: &str, acts: &[String], opset: i64, k: &Constants
                 .map(|p| p as usize)
                 .collect(),
         ),
+        // fake quantization of an activation (QDQ models): relevance passes
+        // unchanged, the gradient is straight-through; the forward pass runs
+        // in tract (see `Model`)
+        "QuantizeLinear" | "DequantizeLinear" if is_act(0) && acts.len() == 1 => {
+            Op::Activation(crate::graph::Act::Identity)
+        }
         // only allowed as the last node (checked by the caller), then removed
         "Softmax" | "LogSoftmax" => Op::Activation(crate::graph::Act::Opaque),
         o if ACTIVATION_OPS.contains(&o) => {
