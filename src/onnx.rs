@@ -1,9 +1,10 @@
 //! Builds the relevance [`Graph`] from an ONNX `ModelProto`.
 //!
 //! Every node whose output depends on the image input becomes a graph node;
-//! nodes computed from constants and shapes only (tf2onnx's dynamic flatten,
-//! `Constant`) are left to tract. Weights come from initializers and
-//! `Constant` nodes.
+//! nodes computed from shapes (tf2onnx's dynamic flatten) are left to tract.
+//! Weights come from initializers and `Constant` nodes; nodes computed from
+//! constants only (`Identity` of a shared initializer, `DequantizeLinear` of
+//! int8 weights...) were evaluated before by [`fold::fold_constants`].
 
 use std::collections::{HashMap, HashSet};
 
