@@ -282,7 +282,9 @@ pub fn run(
     progress: bool,
 ) -> Result<Summary> {
     let t0 = Instant::now();
-    let explainer = Explainer::new(cfg)?;
+    let explainer = crate::guard::boundary(&format!("model {}", cfg.model.display()), || {
+        Explainer::new(cfg)
+    })?;
     let names: Vec<&str> = crate::composite::NAMES
         .iter()
         .chain(crate::analyzer::GRADIENT_NAMES)
@@ -313,6 +315,9 @@ pub fn run(
             "note: the model input has symbolic dimensions; using {:?} (--input-size HxW sets height and width)",
             explainer.model.input.shape
         )?;
+    }
+    for note in &explainer.model.notes {
+        writeln!(err, "note: {note}")?;
     }
     let (todo, skipped): (Vec<Job>, Vec<Job>) = jobs
         .into_iter()
@@ -345,7 +350,11 @@ pub fn run(
             use rayon::prelude::*;
             pool.install(|| {
                 todo.par_iter().for_each_with(tx, |tx, job| {
-                    let r = explainer.run_one(job);
+                    // a panic (ours, or in a worker of a parallel kernel)
+                    // fails this image only
+                    let r = crate::guard::boundary(&job.input.display().to_string(), || {
+                        explainer.run_one(job)
+                    });
                     let _ = tx.send((job.input.clone(), r));
                 })
             })

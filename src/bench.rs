@@ -63,7 +63,7 @@ pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
         }
     };
     let t0 = Instant::now();
-    let model = Model::load(&path);
+    let model = crate::guard::boundary(&format!("model {}", path.display()), || Model::load(&path));
     if cfg.model.is_none() {
         let _ = std::fs::remove_file(&path);
         let _ = path.parent().map(std::fs::remove_dir);

@@ -98,7 +98,9 @@ pub fn run_compare(
         .map(|n| Analyzer::from_name(n, &cfg.params))
         .collect::<Result<Vec<_>>>()?;
     anyhow::ensure!(!analyzers.is_empty(), "--rules names no analyzer");
-    let model = Model::load_sized(&cfg.model, cfg.input_size)?;
+    let model = crate::guard::boundary(&format!("model {}", cfg.model.display()), || {
+        Model::load_sized(&cfg.model, cfg.input_size)
+    })?;
     let names = labels::for_classes(model.classes);
     if let ClassChoice::Query(q) = &cfg.class {
         labels::find_class(&names, q)
@@ -129,45 +131,48 @@ pub fn run_compare(
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for job in &jobs {
-        let row = (|| -> Result<Row> {
-            let photo = preprocess::load_image_with(&job.input, &cfg.limits)?;
-            let x = preprocess::to_tensor(
-                &photo,
-                spec.height,
-                spec.width,
-                spec.channels,
-                spec.layout,
-                &cfg.norm,
-            )?;
-            let fwd = model.forward(x)?;
-            let class = match &cfg.class {
-                ClassChoice::Top => fwd.top_k(1)[0].0,
-                ClassChoice::Query(q) => {
-                    labels::find_class(&names, q).map_err(|e| anyhow!("--class {q}: {e}"))?
+        let what = job.input.display().to_string();
+        let row = crate::guard::boundary(&what, || {
+            (|| -> Result<Row> {
+                let photo = preprocess::load_image_with(&job.input, &cfg.limits)?;
+                let x = preprocess::to_tensor(
+                    &photo,
+                    spec.height,
+                    spec.width,
+                    spec.channels,
+                    spec.layout,
+                    &cfg.norm,
+                )?;
+                let fwd = model.forward(x)?;
+                let class = match &cfg.class {
+                    ClassChoice::Top => fwd.top_k(1)[0].0,
+                    ClassChoice::Query(q) => {
+                        labels::find_class(&names, q).map_err(|e| anyhow!("--class {q}: {e}"))?
+                    }
+                };
+                let mut row = Row {
+                    input: job.input.display().to_string(),
+                    photo,
+                    label: format!("{} {}", class, names[class]),
+                    maps: vec![],
+                    logits: vec![],
+                    sums: vec![],
+                };
+                for a in &analyzers {
+                    let e = a
+                        .explain(&model, &fwd, class, &cfg.norm)
+                        .with_context(|| format!("analyzer {}", a.name()))?;
+                    let chw = relevance_chw(&e.relevance, spec.layout)?;
+                    row.maps.push(render::channel_sum(
+                        chw.view().into_dimensionality::<Ix3>()?,
+                    ));
+                    row.logits.push(e.logit);
+                    row.sums.push(e.relevance_sum);
                 }
-            };
-            let mut row = Row {
-                input: job.input.display().to_string(),
-                photo,
-                label: format!("{} {}", class, names[class]),
-                maps: vec![],
-                logits: vec![],
-                sums: vec![],
-            };
-            for a in &analyzers {
-                let e = a
-                    .explain(&model, &fwd, class, &cfg.norm)
-                    .with_context(|| format!("analyzer {}", a.name()))?;
-                let chw = relevance_chw(&e.relevance, spec.layout)?;
-                row.maps.push(render::channel_sum(
-                    chw.view().into_dimensionality::<Ix3>()?,
-                ));
-                row.logits.push(e.logit);
-                row.sums.push(e.relevance_sum);
-            }
-            Ok(row)
-        })()
-        .with_context(|| format!("{}", job.input.display()));
+                Ok(row)
+            })()
+            .with_context(|| format!("{}", job.input.display()))
+        });
         match row {
             Ok(r) => rows.push(r),
             Err(e) => {

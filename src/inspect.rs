@@ -243,7 +243,9 @@ pub fn run_inspect(cfg: &InspectConfig, out: &mut dyn Write) -> Result<bool> {
             missing.join(", ")
         )?;
     }
-    match Model::load_sized(path, cfg.input_size) {
+    match crate::guard::boundary(&format!("model {}", path.display()), || {
+        Model::load_sized(path, cfg.input_size)
+    }) {
         Ok(m) => {
             let layers = m
                 .graph

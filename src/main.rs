@@ -15,15 +15,31 @@ const EXIT_INPUT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
+    // panics under a boundary become errors, printed by us on one line
+    lrp_heatmap::guard::install_hook();
     let args = cli::Args::parse();
     let offline = args.offline();
-    let job = match args.into_job().and_then(|j| resolve_models(j, offline)) {
+    let job = lrp_heatmap::guard::boundary("lrp-heatmap", || {
+        args.into_job().and_then(|j| resolve_models(j, offline))
+    });
+    let job = match job {
         Ok(j) => j,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    // the last resort: each subcommand catches the panics of its images and
+    // models itself; anything left (a bug in the command's own code) still
+    // gives one error line and exit code 2, never 101
+    lrp_heatmap::guard::boundary("lrp-heatmap", || Ok(dispatch(job))).unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// Runs one subcommand.
+fn dispatch(job: cli::Job) -> ExitCode {
     match job {
         cli::Job::Explain(cfg) => explain(cfg),
         cli::Job::Compare(cfg) => compare(cfg),

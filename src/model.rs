@@ -56,6 +56,9 @@ pub struct Model {
     pub classes: usize,
     /// Modified weights of the layers, reused across images.
     pub weights: WeightCache,
+    /// Notes on how the model was read, one line each (printed by the
+    /// command as `note: ...`).
+    pub notes: Vec<String>,
     native: Option<NativePlan>,
     tract_reason: String,
     plan: Option<Arc<TypedRunnableModel>>,
@@ -330,13 +333,15 @@ impl Model {
     }
 
     fn from_proto(
-        proto: tract_onnx::pb::ModelProto,
+        mut proto: tract_onnx::pb::ModelProto,
         path: &Path,
         dir: Option<&str>,
         size: Option<[usize; 2]>,
         engine: Engine,
     ) -> Result<Model> {
         crate::model_check::check_tensors(&proto, dir.map(Path::new))
+            .with_context(|| format!("model {}", path.display()))?;
+        let folded = crate::onnx::fold::fold_constants(&mut proto, dir)
             .with_context(|| format!("model {}", path.display()))?;
         let onnx = tract_onnx::onnx();
         let provider = onnx.provider.clone();
@@ -351,11 +356,29 @@ impl Model {
         };
         let mut graph =
             build_graph(&proto, &load).with_context(|| format!("model {}", path.display()))?;
+        let mut notes = Vec::new();
+        let fake_quantized = crate::onnx::fold::fake_quantized(&graph.nodes);
+        if fake_quantized {
+            notes.push(
+                "the model fake-quantizes its activations (QuantizeLinear -> DequantizeLinear): \
+                 the forward pass runs in tract, relevance and gradients pass them unchanged"
+                    .to_string(),
+            );
+        }
+        if folded.op_types.iter().any(|o| o == "DequantizeLinear") {
+            notes.push(
+                "the model's weights are quantized: the dequantized float weights are explained"
+                    .to_string(),
+            );
+        }
         canonize(&mut graph)?;
         let input =
             input_spec(&graph, size).with_context(|| format!("model {}", path.display()))?;
 
         let native = match engine {
+            Engine::Auto if fake_quantized => Err(anyhow!(
+                "fake-quantized activations (QuantizeLinear/DequantizeLinear)"
+            )),
             Engine::Auto => NativePlan::new(&proto, &graph),
             Engine::Tract => Err(anyhow!("asked for")),
         };
@@ -390,6 +413,7 @@ impl Model {
             input,
             classes: 0,
             weights: WeightCache::new(),
+            notes,
             native,
             tract_reason,
             plan,

@@ -1,9 +1,10 @@
 //! Builds the relevance [`Graph`] from an ONNX `ModelProto`.
 //!
 //! Every node whose output depends on the image input becomes a graph node;
-//! nodes computed from constants and shapes only (tf2onnx's dynamic flatten,
-//! `Constant`) are left to tract. Weights come from initializers and
-//! `Constant` nodes.
+//! nodes computed from shapes (tf2onnx's dynamic flatten) are left to tract.
+//! Weights come from initializers and `Constant` nodes; nodes computed from
+//! constants only (`Identity` of a shared initializer, `DequantizeLinear` of
+//! int8 weights...) were evaluated before by [`fold::fold_constants`].
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,6 +14,7 @@ use tract_onnx::pb::{self, type_proto, NodeProto, TensorProto};
 
 mod attrs;
 mod elementwise;
+pub mod fold;
 mod movement;
 mod structure;
 
@@ -462,6 +464,12 @@ fn convert(
                 .map(|p| p as usize)
                 .collect(),
         ),
+        // fake quantization of an activation (QDQ models): relevance passes
+        // unchanged, the gradient is straight-through; the forward pass runs
+        // in tract (see `Model`)
+        "QuantizeLinear" | "DequantizeLinear" if is_act(0) && acts.len() == 1 => {
+            Op::Activation(crate::graph::Act::Identity)
+        }
         // only allowed as the last node (checked by the caller), then removed
         "Softmax" | "LogSoftmax" => Op::Activation(crate::graph::Act::Opaque),
         o if ACTIVATION_OPS.contains(&o) => {

@@ -1,0 +1,202 @@
+//! Loading what real exporters write: constants behind `Identity` and
+//! `DequantizeLinear` nodes are folded at load, fake-quantized activations
+//! pass, and operators we cannot explain are refused with the operator and
+//! node named (exit 2, one line, no panic).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
+use prost::Message;
+use support::*;
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::TensorProto;
+
+/// `[1,3,8,8]` -> Conv 3x3 (4 channels) -> `middle` (writes `m` from `r`)
+/// -> GlobalAveragePool -> Flatten -> Gemm to 3 classes.
+fn model_with(name: &str, t: &Path, middle: impl Fn(&mut OnnxBuilder)) -> PathBuf {
+    let mut rng = Rng::new(3);
+    let mut b = OnnxBuilder::new(17);
+    b.input("x", &[1, 3, 8, 8]);
+    b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
+    b.node(
+        "Conv",
+        &["x", "w"],
+        &["r"],
+        vec![Attr::Ints("pads", vec![1, 1, 1, 1])],
+    );
+    middle(&mut b);
+    b.node("GlobalAveragePool", &["m"], &["g"], vec![]);
+    b.node("Flatten", &["g"], &["f"], vec![]);
+    b.initializer("wd", &[3, 4], &he_normal(&mut rng, 4, 12));
+    b.node("Gemm", &["f", "wd"], &["y"], vec![Attr::Int("transB", 1)]);
+    b.output("y", &[1, 3]);
+    let p = t.join(name);
+    b.save(&p).unwrap();
+    p
+}
+
+fn model_error(t: &Path, model: &Path, words: &[&str]) {
+    let img = good_png(t, "good.png");
+    let o = run(t, &[img.to_str().unwrap(), "-m", model.to_str().unwrap()]);
+    let err = check_usage_error(&o, model.file_name().unwrap().to_str().unwrap());
+    for w in words {
+        assert!(err.contains(w), "expected '{w}' in: {err}");
+    }
+}
+
+#[test]
+fn operators_we_cannot_explain_are_refused_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    // ConvNeXt's LayerNorm
+    let ln = model_with("layernorm.onnx", t, |b| {
+        b.initializer("ln_s", &[8], &[1.0; 8]);
+        b.initializer("ln_b", &[8], &[0.0; 8]);
+        b.node(
+            "LayerNormalization",
+            &["r", "ln_s", "ln_b"],
+            &["m"],
+            vec![Attr::Int("axis", -1)],
+        );
+    });
+    model_error(t, &ln, &["LayerNormalization", "LayerNormalization_1"]);
+    // attention: a product of two activations
+    let mm = model_with("attention.onnx", t, |b| {
+        b.node(
+            "Transpose",
+            &["r"],
+            &["rt"],
+            vec![Attr::Ints("perm", vec![0, 1, 3, 2])],
+        );
+        b.node("MatMul", &["r", "rt"], &["m"], vec![]);
+    });
+    model_error(t, &mm, &["MatMul", "MatMul_2"]);
+    // a softmax inside the network
+    let sm = model_with("softmax.onnx", t, |b| {
+        b.node("Softmax", &["r"], &["m"], vec![Attr::Int("axis", 1)]);
+    });
+    model_error(t, &sm, &["Softmax", "Softmax_1", "inside the network"]);
+}
+
+fn tensor(name: &str, dims: &[i64], dt: DataType, raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: dt as i32,
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn shared_constants_and_quantized_models_load_and_explain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let img = good_png(t, "good.png");
+    // TorchScript's de-duplicated bias: an Identity of an initializer, read
+    // by two layers; before folding, "parameter 'b2' is not a constant"
+    let shared = model_with("shared.onnx", t, |b| {
+        b.initializer("b", &[4], &[0.0; 4]);
+        b.node("Identity", &["b"], &["b2"], vec![]);
+        b.node("Relu", &["r"], &["r1"], vec![]);
+        b.initializer("w2", &[4, 4, 1, 1], &[0.25; 16]);
+        b.node("Conv", &["r1", "w2", "b2"], &["m"], vec![]);
+    });
+    for rule in ["gradient", "lrp0", "zplus", "epsilon-plus-flat"] {
+        let o = run(
+            t,
+            &[
+                img.to_str().unwrap(),
+                "-m",
+                shared.to_str().unwrap(),
+                "-r",
+                rule,
+                "--json",
+            ],
+        );
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{rule}: {err}");
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(
+            line["relevance_sum"].as_f64().unwrap().is_finite(),
+            "{line}"
+        );
+    }
+    // QDQ: int8 weights behind DequantizeLinear, and the activation after
+    // the first conv fake-quantized (QuantizeLinear -> DequantizeLinear)
+    let path = t.join("qdq.onnx");
+    let mut b = OnnxBuilder::new(13);
+    let mut rng = Rng::new(4);
+    b.input("x", &[1, 3, 8, 8]);
+    b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
+    b.node(
+        "Conv",
+        &["x", "w"],
+        &["c"],
+        vec![Attr::Ints("pads", vec![1, 1, 1, 1])],
+    );
+    b.node("QuantizeLinear", &["c", "as", "az"], &["cq"], vec![]);
+    b.node("DequantizeLinear", &["cq", "as", "az"], &["cd"], vec![]);
+    b.node("Relu", &["cd"], &["r"], vec![]);
+    b.node("GlobalAveragePool", &["r"], &["g"], vec![]);
+    b.node("Flatten", &["g"], &["f"], vec![]);
+    b.node(
+        "DequantizeLinear",
+        &["wq", "ws", "wz"],
+        &["wd"],
+        vec![Attr::Int("axis", 0)],
+    );
+    b.node("Gemm", &["f", "wd"], &["y"], vec![Attr::Int("transB", 1)]);
+    b.output("y", &[1, 3]);
+    let mut p = b.to_model_proto();
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.push(tensor(
+        "as",
+        &[],
+        DataType::Float,
+        0.05f32.to_le_bytes().to_vec(),
+    ));
+    g.initializer
+        .push(tensor("az", &[], DataType::Uint8, vec![128]));
+    let wq: Vec<u8> = (0..12).map(|i| (i * 37 % 255) as u8).collect();
+    g.initializer
+        .push(tensor("wq", &[3, 4], DataType::Int8, wq));
+    let ws: Vec<u8> = [0.01f32, 0.02, 0.03]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    g.initializer.push(tensor("ws", &[3], DataType::Float, ws));
+    g.initializer
+        .push(tensor("wz", &[3], DataType::Int8, vec![0, 1, 255]));
+    std::fs::write(&path, p.encode_to_vec()).unwrap();
+    for rule in ["gradient", "lrp0", "epsilon-plus-flat"] {
+        let o = run(
+            t,
+            &[
+                img.to_str().unwrap(),
+                "-m",
+                path.to_str().unwrap(),
+                "-r",
+                rule,
+                "--json",
+            ],
+        );
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{rule}: {err}");
+        assert!(
+            err.contains("note: the model fake-quantizes its activations"),
+            "{err}"
+        );
+        assert!(
+            err.contains("note: the model's weights are quantized"),
+            "{err}"
+        );
+        let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(
+            line["relevance_sum"].as_f64().unwrap().is_finite(),
+            "{line}"
+        );
+    }
+}
