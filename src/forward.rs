@@ -381,7 +381,7 @@ impl NativePlan {
         out_shape: &[usize],
     ) -> Result<ArrayD<f32>> {
         if let Some(why) = unsupported(node) {
-            bail!("{} node '{}' is {why}", node.op_type, node.name);
+            bail!("{why}");
         }
         let shape = out_shape.iter().map(|&d| d as i64).collect();
         let rule = ReshapeRule::Reshape {
