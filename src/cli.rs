@@ -94,6 +94,11 @@ pub enum Command {
     /// operator; exit code 0 if the model can be explained, 2 if not.
     #[command(long_flag = "list-ops")]
     Inspect(InspectArgs),
+    /// Checks the backward passes against the forward pass on MODEL and an
+    /// image (default: a seeded random input): gradient vs finite
+    /// differences, LRP-0 vs gradient x input, z-plus conservation, each
+    /// operator one by one. Exit code 0 if all agree, 1 if not, 2 for errors.
+    Check(CheckArgs),
     /// The deep Taylor worked example: a tiny ReLU network, one table per layer,
     /// whether relevance is conserved and positive, and what breaks it.
     Demo(DemoArgs),
@@ -130,6 +135,60 @@ pub struct InspectArgs {
     /// Height and width for a model whose input leaves them symbolic [default: 224x224].
     #[arg(long, value_name = "HxW")]
     pub input_size: Option<String>,
+
+    /// Also run `check` on a random input when the model loads (exit code 1 if it fails).
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// Arguments of `check`.
+#[derive(ClapArgs, Debug)]
+pub struct CheckArgs {
+    /// ONNX file path, or a known name (efficientnet-lite0: the bundled model).
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+
+    /// Image to check at [default: a random input in the model's input range].
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+
+    /// Class whose logit is checked (0-based index) [default: top-1].
+    #[arg(long)]
+    pub class: Option<usize>,
+
+    /// Random directions of the gradient check.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub directions: u32,
+
+    /// Seed of the random input and directions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// The figures as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Height and width for a model whose input leaves them symbolic [default: 224x224].
+    #[arg(long, value_name = "HxW")]
+    pub input_size: Option<String>,
+
+    /// Input normalisation mean, R,G,B.
+    #[arg(
+        long,
+        value_name = "R,G,B",
+        default_value = "0.485,0.456,0.406",
+        allow_hyphen_values = true
+    )]
+    pub mean: String,
+
+    /// Input normalisation standard deviation, R,G,B.
+    #[arg(
+        long,
+        value_name = "R,G,B",
+        default_value = "0.229,0.224,0.225",
+        allow_hyphen_values = true
+    )]
+    pub std: String,
 }
 
 /// Arguments of `demo`.
@@ -435,10 +494,13 @@ pub enum Job {
     Models,
     /// Download a file into the cache.
     Fetch(lrp_heatmap::fetch::Target),
-    /// List a model's operators and whether it is supported.
-    Inspect(lrp_heatmap::inspect::InspectConfig),
+    /// List a model's operators and whether it is supported (and, with
+    /// `true`, check its backward passes).
+    Inspect(lrp_heatmap::inspect::InspectConfig, bool),
     /// Print the deep Taylor worked example.
     Demo(lrp_heatmap::deep_taylor::DemoConfig),
+    /// Check the backward passes against the forward pass.
+    Check(lrp_heatmap::selfcheck::CheckConfig),
 }
 
 impl Args {
@@ -461,9 +523,31 @@ impl Args {
             return Ok(Job::Fetch(fetch_target(&f)?));
         }
         if let Some(Command::Inspect(i)) = self.command {
-            return Ok(Job::Inspect(lrp_heatmap::inspect::InspectConfig {
-                model: i.model,
-                input_size: i.input_size.as_deref().map(input_size).transpose()?,
+            return Ok(Job::Inspect(
+                lrp_heatmap::inspect::InspectConfig {
+                    model: i.model,
+                    input_size: i.input_size.as_deref().map(input_size).transpose()?,
+                },
+                i.verify,
+            ));
+        }
+        if let Some(Command::Check(c)) = self.command {
+            let mean = triple(&c.mean, "mean")?;
+            let std = triple(&c.std, "std")?;
+            if std.iter().any(|&s| s <= 0.0) {
+                bail!("--std values must be > 0, got {}", c.std);
+            }
+            return Ok(Job::Check(lrp_heatmap::selfcheck::CheckConfig {
+                model: c.model,
+                image: c.image,
+                input_size: c.input_size.as_deref().map(input_size).transpose()?,
+                options: lrp_heatmap::selfcheck::CheckOptions {
+                    class: c.class,
+                    directions: c.directions as usize,
+                    seed: c.seed,
+                    norm: Normalization { mean, std },
+                },
+                json: c.json,
             }));
         }
         if let Some(Command::Bench(b)) = self.command {

@@ -372,6 +372,30 @@ impl NativePlan {
         })
     }
 
+    /// Runs one node forward natively on its input activations (in the
+    /// order of `node.inputs`), outside any plan: a shape-only node takes
+    /// `out_shape`, its output shape in the forward pass. An error for a node
+    /// without a native forward pass. Used by [`crate::selfcheck`].
+    pub fn run_node(
+        node: &Node,
+        inputs: &[&ArrayD<f32>],
+        out_shape: &[usize],
+    ) -> Result<ArrayD<f32>> {
+        if let Some(why) = unsupported(node) {
+            bail!("{why}");
+        }
+        let shape = out_shape.iter().map(|&d| d as i64).collect();
+        let rule = ReshapeRule::Reshape {
+            shape,
+            allowzero: true,
+        };
+        let plan = NativePlan {
+            reshapes: HashMap::from([(node.output.clone(), rule)]),
+            keep: HashSet::new(),
+        };
+        plan.node(node, inputs)
+    }
+
     /// Runs the forward pass of `graph` on `input`.
     pub fn run(&self, graph: &Graph, input: &ArrayD<f32>) -> Result<NativeOutput> {
         // how many nodes still have to read each tensor

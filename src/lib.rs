@@ -31,5 +31,6 @@ pub mod preprocess;
 pub mod registry;
 pub mod render;
 pub mod rules;
+pub mod selfcheck;
 pub mod synth;
 pub mod weights;

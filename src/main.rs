@@ -61,12 +61,40 @@ fn dispatch(job: cli::Job) -> ExitCode {
         },
         cli::Job::Models => report_usage_error(models()),
         cli::Job::Fetch(target) => report_usage_error(fetch(&target)),
-        cli::Job::Inspect(cfg) => inspect(cfg),
+        cli::Job::Inspect(cfg, verify) => inspect(cfg, verify),
+        cli::Job::Check(cfg) => check(cfg),
     }
 }
 
-fn inspect(cfg: lrp_heatmap::inspect::InspectConfig) -> ExitCode {
+fn check(cfg: lrp_heatmap::selfcheck::CheckConfig) -> ExitCode {
+    match lrp_heatmap::selfcheck::run_check(&cfg, &mut std::io::stdout()) {
+        Ok(true) => ExitCode::from(EXIT_OK),
+        Ok(false) => {
+            eprintln!(
+                "error: model {}: the backward pass disagrees with the forward pass",
+                cfg.model.display()
+            );
+            ExitCode::from(EXIT_INPUT_FAILED)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn inspect(cfg: lrp_heatmap::inspect::InspectConfig, verify: bool) -> ExitCode {
     match lrp_heatmap::inspect::run_inspect(&cfg, &mut std::io::stdout()) {
+        Ok(true) if verify => {
+            println!();
+            check(lrp_heatmap::selfcheck::CheckConfig {
+                model: cfg.model.clone(),
+                image: None,
+                input_size: cfg.input_size,
+                options: Default::default(),
+                json: false,
+            })
+        }
         Ok(true) => ExitCode::from(EXIT_OK),
         Ok(false) => {
             eprintln!("error: model {} cannot be explained", cfg.model.display());

@@ -1,0 +1,210 @@
+//! `lrp-heatmap check` and `inspect --verify` through the binary, in
+//! temporary folders. (That `check` fails and names the operator on a model
+//! whose backward pass is broken on purpose is shown by the unit tests of
+//! `src/selfcheck.rs`, which substitute a wrong gradient for one operator:
+//! the binary has no hook for that.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_no_panic(o: &Output) {
+    let e = text(&o.stderr);
+    assert!(!e.contains("panicked"), "panic: {e}");
+}
+
+/// A small ReLU net: Conv, BatchNormalization, ReLU, MaxPool, residual Add,
+/// AveragePool, GlobalAveragePool, Flatten, Gemm.
+fn relu_net(dir: &Path) -> PathBuf {
+    let mut rng = Rng::new(11);
+    let mut b = OnnxBuilder::new(13);
+    b.input("x", &[1, 3, 10, 10]);
+    let conv = |b: &mut OnnxBuilder, rng: &mut Rng, x: &str, out: &str, cin: usize| {
+        let w = he_normal(rng, cin * 9, 4 * cin * 9);
+        let w = b.initializer(&format!("{out}_w"), &[4, cin, 3, 3], &w);
+        let bias: Vec<f32> = (0..4).map(|_| 0.1 * rng.normal()).collect();
+        let bias = b.initializer(&format!("{out}_b"), &[4], &bias);
+        b.node(
+            "Conv",
+            &[x, &w, &bias],
+            &[out],
+            vec![Attr::Ints("pads", vec![1; 4])],
+        );
+    };
+    conv(&mut b, &mut rng, "x", "c1", 3);
+    let stats: Vec<String> = ["scale", "shift", "mean", "var"]
+        .iter()
+        .map(|s| {
+            let v: Vec<f32> = (0..4)
+                .map(|_| {
+                    rng.normal() * 0.2
+                        + if *s == "scale" || *s == "var" {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                })
+                .map(|v| if *s == "var" { v.abs() } else { v })
+                .collect();
+            b.initializer(&format!("bn_{s}"), &[4], &v)
+        })
+        .collect();
+    let mut bn_in = vec!["c1"];
+    bn_in.extend(stats.iter().map(String::as_str));
+    b.node("BatchNormalization", &bn_in, &["bn"], vec![]);
+    b.node("Relu", &["bn"], &["r1"], vec![]);
+    let k = |k: i64, s: i64, p: i64| {
+        vec![
+            Attr::Ints("kernel_shape", vec![k, k]),
+            Attr::Ints("strides", vec![s, s]),
+            Attr::Ints("pads", vec![p; 4]),
+        ]
+    };
+    b.node("MaxPool", &["r1"], &["mp"], k(3, 2, 1));
+    conv(&mut b, &mut rng, "mp", "c2", 4);
+    b.node("Relu", &["c2"], &["r2"], vec![]);
+    conv(&mut b, &mut rng, "r2", "c3", 4);
+    b.node("Add", &["mp", "c3"], &["sum"], vec![]);
+    b.node("Relu", &["sum"], &["r3"], vec![]);
+    b.node("AveragePool", &["r3"], &["ap"], k(2, 1, 0));
+    b.node("GlobalAveragePool", &["ap"], &["gap"], vec![]);
+    b.node("Flatten", &["gap"], &["flat"], vec![]);
+    let w = he_normal(&mut rng, 4, 3 * 4);
+    let w = b.initializer("fc_w", &[3, 4], &w);
+    b.node(
+        "Gemm",
+        &["flat", &w],
+        &["logits"],
+        vec![Attr::Int("transB", 1)],
+    );
+    b.output("logits", &[]);
+    let path = dir.join("relu-net.onnx");
+    b.save(&path).expect("save model");
+    path
+}
+
+#[test]
+fn check_passes_on_a_relu_net_with_lrp0_equal_to_gradient_x_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = relu_net(dir.path());
+    let o = run(&["check", model.to_str().unwrap()]);
+    assert_no_panic(&o);
+    let out = text(&o.stdout);
+    eprintln!("{out}");
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    for what in [
+        "gradient vs finite differences",
+        "LRP-0 vs gradient x input",
+        "z-plus conservation",
+        "operators checked one by one",
+    ] {
+        let line = out.lines().find(|l| l.contains(what)).expect(what);
+        assert!(line.contains("pass"), "{line}");
+    }
+    assert!(out.contains("check: passed"), "{out}");
+    assert!(!out.contains("first disagreeing operator"), "{out}");
+}
+
+#[test]
+fn check_json_reports_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = relu_net(dir.path());
+    let o = run(&["check", model.to_str().unwrap(), "--json", "--seed", "3"]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_str(text(&o.stdout).trim()).expect("one JSON object");
+    assert_eq!(v["passed"], Value::Bool(true));
+    let figures = v["figures"].as_array().expect("figures");
+    assert_eq!(figures.len(), 4);
+    for f in figures {
+        assert_eq!(f["verdict"], "pass", "{f}");
+        assert!(f["value"].is_number() && f["threshold"].is_number(), "{f}");
+    }
+    assert!(v["first_disagreeing"].is_null());
+    assert!(v["nodes_checked"].as_u64().unwrap() >= 10);
+}
+
+#[test]
+fn check_passes_on_the_bundled_model_at_the_cat_lrp0_not_applicable() {
+    let o = run(&[
+        "check",
+        repo("models/efficientnet-lite0.onnx").to_str().unwrap(),
+        repo("images/cat.jpg").to_str().unwrap(),
+        "--directions",
+        "4",
+    ]);
+    assert_no_panic(&o);
+    let out = text(&o.stdout);
+    eprintln!("{out}");
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    // top-1 at the cat (see tests/cli.rs)
+    assert!(out.contains("class 285"), "{out}");
+    let lrp0 = out.lines().find(|l| l.contains("LRP-0")).unwrap();
+    assert!(
+        lrp0.contains("not applicable") && lrp0.contains("ReLU6 clips at 6"),
+        "{lrp0}"
+    );
+    assert!(out.contains("check: passed"), "{out}");
+}
+
+#[test]
+fn inspect_verify_runs_the_check_after_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = relu_net(dir.path());
+    let o = run(&["inspect", "--verify", model.to_str().unwrap()]);
+    assert_no_panic(&o);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
+    assert!(out.contains("supported: yes"), "{out}");
+    assert!(out.contains("check: passed"), "{out}");
+    // without --verify: no check
+    let o = run(&["inspect", model.to_str().unwrap()]);
+    assert!(!text(&o.stdout).contains("check:"));
+}
+
+#[test]
+fn check_errors_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.onnx");
+    let o = run(&["check", missing.to_str().unwrap()]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2));
+    let e = text(&o.stderr);
+    assert!(
+        e.starts_with("error: ") && e.contains("missing.onnx"),
+        "{e}"
+    );
+    let model = relu_net(dir.path());
+    let o = run(&["check", model.to_str().unwrap(), "--class", "7"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("class 7 out of range"),
+        "{}",
+        text(&o.stderr)
+    );
+    let not_image = dir.path().join("notes.png");
+    std::fs::write(&not_image, b"not a png").unwrap();
+    let o = run(&[
+        "check",
+        model.to_str().unwrap(),
+        not_image.to_str().unwrap(),
+    ]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2));
+}
