@@ -243,7 +243,9 @@ fn unsupported(node: &Node) -> Option<&'static str> {
         | Op::Reshape
         | Op::Transpose(_)
         | Op::Concat { .. }
-        | Op::Move(_) => None,
+        | Op::Move(_)
+        | Op::Gate { .. }
+        | Op::Reduce(_) => None,
         #[allow(unreachable_patterns)]
         _ => Some("an operator without a native forward pass"),
     }
@@ -350,6 +352,13 @@ impl NativePlan {
                 .try_fold(x.to_vec(), |acc, s| broadcast(&acc, s))?,
             Op::Arith { constant, .. } => broadcast(x, constant.shape())?,
             Op::Move(m) => m.output_shape(x)?,
+            Op::Gate { .. } => {
+                let other = ins
+                    .get(1)
+                    .ok_or_else(|| anyhow!("a gate needs two inputs"))?;
+                broadcast(x, other)?
+            }
+            Op::Reduce(spec) => crate::ops::reduce::output_shape(spec, x)?,
             Op::Concat { axis } => {
                 crate::ops::movement::Movement::Concat { axis: *axis }.output_shape_of(ins)?
             }
@@ -473,6 +482,13 @@ impl NativePlan {
                 acc
             }
             Op::Activation(act) => act.apply(x)?,
+            Op::Gate { .. } => {
+                let other = inputs
+                    .get(1)
+                    .ok_or_else(|| anyhow!("a gate needs two inputs"))?;
+                broadcast_with(x, other, |a, b| a * b)?
+            }
+            Op::Reduce(spec) => crate::ops::reduce::forward(spec, x)?,
             Op::Arith {
                 kind,
                 constant,

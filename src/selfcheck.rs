@@ -14,9 +14,13 @@
 //!    ReLU or a max pool crossed on `[x - h v, x + h v]` makes the quotient
 //!    meaningless. So every piecewise operator's piece (each element's side of
 //!    each kink, each max pool's winners) is recorded at `x` and `x +- h v`,
-//!    and the first of the steps [`STEPS`] (times the RMS of the input) with
-//!    no piece changed is used: there the logit is linear (up to smooth
-//!    operators) and the quotient exact up to rounding. A step whose rounding
+//!    and only the steps [`STEPS`] (times the RMS of the input) with no piece
+//!    changed are used: there the logit is linear (up to smooth operators) and
+//!    the quotient exact up to rounding. Of those, the smallest error counts
+//!    (the steps are tried from the largest, stopping at an error below a
+//!    quarter of the threshold): the curvature of smooth operators (SiLU,
+//!    sigmoid gates) adds `h^2 f''' / 6` to the largest steps, while a wrong
+//!    gradient is wrong at every step. A step whose rounding
 //!    bound exceeds half the threshold is never used (a wrong gradient could
 //!    hide in it); a direction without a usable step is drawn again (at most
 //!    4x [`DIRECTIONS`] in all). The figure is the largest error divided by
@@ -60,13 +64,15 @@
 //!    not checked.
 //!
 //! Thresholds from measurement (`cargo test --lib selfcheck -- --nocapture`,
-//! `tests/check.rs`): on correct small ReLU nets the gradient errors are
-//! 1e-4 to 6e-4, LRP-0 has cosine 1.000000 (relative L2 1e-7 to 9e-5),
-//! z-plus errors are below 1.3e-7 and every operator passes; on the bundled
-//! model 94 of 94 nodes pass. A ReLU that passes every gradient gives a
-//! gradient error of 1.7 and a node error of 0.43; a max pool spreading its
-//! gradient like an average pool 6.5 and 2.2; a max pool with `ceil_mode`
-//! run as if floor mode (the GoogLeNet bug) is named by the shape of its
+//! `tests/check.rs`, `tests/exporters.rs`): on correct small ReLU nets the
+//! gradient errors are 1e-4 to 6e-4, on the 28 files of PyTorch's two
+//! exporters (`tests/fixtures/exporters`: SiLU, HardSwish and sigmoid gates
+//! among them) 5e-4 to 1.4e-2 where conclusive; LRP-0 has cosine 1.000000
+//! (relative L2 1e-7 to 9e-5), z-plus errors are below 1.3e-7 and every
+//! operator passes; on the bundled model 94 of 94 nodes pass. A ReLU that
+//! passes every gradient gives a gradient error of 1.7 and a node error of
+//! 0.43; a max pool spreading its gradient like an average pool 6.5 and 2.2;
+//! a `ceil_mode` max pool run in floor mode is named by the shape of its
 //! output.
 //!
 //! [`check_with`] takes the per-node gradient as a parameter, so the tests can
@@ -95,15 +101,25 @@ pub const DIRECTIONS: usize = 8;
 /// Finite-difference steps, relative to the RMS of the perturbed tensor, tried in order.
 pub const STEPS: [f64; 5] = [1e-2, 3e-3, 1e-3, 3e-4, 1e-4];
 /// Largest error of a directional derivative, relative to `|g|`.
-pub const GRADIENT_TOL: f64 = 1e-2;
+pub const GRADIENT_TOL: f64 = 3e-2;
 /// Smallest cosine between LRP-0 and gradient x input.
 pub const LRP0_MIN_COSINE: f64 = 0.999;
 /// Largest z-plus conservation error of a layer, relative to its sum of |R|.
 pub const ZPLUS_TOL: f64 = 1e-3;
 /// Largest error of a node's `<u, J v>`, relative to the std of `<J^T u, v>`.
 pub const NODE_TOL: f64 = 1e-2;
-/// Largest relative L2 difference of a node's native output from the forward pass's.
-pub const FORWARD_TOL: f64 = 1e-3;
+/// Largest relative L2 difference of a node's native output from the forward
+/// pass's. Not smaller: where the forward pass runs in tract, its f32 sigmoid
+/// saturates at |x| = 14.5 (4.8e-7 instead of e^x below), so a SiLU layer
+/// whose inputs reach -100 differs from the exact function by up to 5e-5 per
+/// element (relative L2 1.1e-3 measured on a random-weight EfficientNet-B0 at
+/// a random input); a node computing something else, or on other shapes,
+/// differs by O(1).
+pub const FORWARD_TOL: f64 = 1e-2;
+/// The output RMS below which [`FORWARD_TOL`] is taken as absolute.
+pub const FORWARD_FLOOR: f64 = 1e-4;
+/// Smallest Jacobian scale a node's check measures against.
+pub const JACOBIAN_FLOOR: f64 = 1e-6;
 /// Largest relative L2 error of a node's LRP-0 relevance against `x * J^T u`.
 pub const NODE_LRP0_TOL: f64 = 1e-3;
 
@@ -539,6 +555,10 @@ fn gradient_figure(
             .max(gnorm * (m as f64 / n as f64).sqrt())
             .max(f64::MIN_POSITIVE);
         let d = dot(g, &v);
+        // the smallest error over the usable steps: the curvature of a
+        // smooth operator may spoil the largest steps, a wrong gradient
+        // spoils every one
+        let mut best: Option<f64> = None;
         for rel in STEPS {
             let hf = (rel * scale) as f32;
             let fp = model
@@ -557,9 +577,15 @@ fn gradient_figure(
                 continue; // a kink on the segment: a smaller step
             }
             let fd = (lp - lm) / (2.0 * hf as f64);
-            worst = worst.max((fd - d).abs() / sd);
+            let err = (fd - d).abs() / sd;
+            best = Some(best.map_or(err, |b: f64| b.min(err)));
+            if err <= GRADIENT_TOL / 4.0 {
+                break;
+            }
+        }
+        if let Some(err) = best {
+            worst = worst.max(err);
             conclusive += 1;
-            break;
         }
     }
     let mut f = Figure::measured("gradient vs finite differences", worst, "<=", GRADIENT_TOL);
@@ -742,7 +768,13 @@ fn check_node(
         )));
     }
     if let Some(m) = model_out {
-        let e = rel_l2(&y0, m);
+        // relative to the output's RMS, but at least FORWARD_FLOOR: tract's
+        // f32 sigmoid gives 4.8e-7 for inputs below -14.5, where e^x is 1e-20
+        let floor = FORWARD_FLOOR * (m.len().max(1) as f64).sqrt();
+        let d = Zip::from(&y0)
+            .and(m)
+            .fold(0.0f64, |s, &a, &b| s + (a as f64 - b as f64).powi(2));
+        let e = d.sqrt() / norm2(m).max(floor);
         if e > FORWARD_TOL {
             return Ok(Some(format!(
                 "its forward output differs from the model's forward pass (relative L2 {e:.2e})"
@@ -757,11 +789,17 @@ fn check_node(
     if jt.len() != inputs.len() || jt.iter().zip(inputs).any(|(j, x)| j.shape() != x.shape()) {
         return Ok(Some("its backward pass returned wrong shapes".into()));
     }
-    // directions: N(0, 1) times the input's RMS, zero where not differentiable
+    // directions: N(0, 1) times the input's RMS, zero where not differentiable;
+    // at least 1 for an elementwise activation, whose curvature has the scale
+    // 1 whatever its input's (a sigmoid of inputs of 1e-5 moved by 1e-7 would
+    // change its outputs of 0.5 by less than their f32 rounding)
     let mut dirs = vec![];
-    let (mut an, mut var) = (0.0f64, 0.0f64);
+    let (mut an, mut var, mut scale) = (0.0f64, 0.0f64, 0.0f64);
     for (k, x) in inputs.iter().enumerate() {
-        let s = rms(x) as f32;
+        let s = match node.op {
+            Op::Activation(_) => rms(x).max(1.0) as f32,
+            _ => rms(x) as f32,
+        };
         let mut v = normal(rng, x.shape()) * s;
         let mut sd = ArrayD::from_elem(x.shape(), s);
         if let Some(mask) = differentiable_mask(node, k, x, &v, out_shape) {
@@ -772,9 +810,17 @@ fn check_node(
         var += Zip::from(&jt[k])
             .and(&sd)
             .fold(0.0, |a, &j, &s| a + (j as f64 * s as f64).powi(2));
+        scale = scale.max(s as f64);
         dirs.push(v);
     }
-    let sd = var.sqrt().max(f64::MIN_POSITIVE);
+    // at least the std for a Jacobian of JACOBIAN_FLOOR times the identity:
+    // a node whose derivatives are all smaller (a sigmoid of inputs below
+    // -30, with derivatives of 1e-13 down to f32's denormals) carries no
+    // gradient worth checking, and its f32 quotients no precision
+    let sd = var
+        .sqrt()
+        .max(JACOBIAN_FLOOR * norm2(&u) * scale)
+        .max(f64::MIN_POSITIVE);
     let mut best = f64::INFINITY;
     for rel in STEPS {
         let hf = rel as f32;
@@ -800,15 +846,32 @@ fn check_node(
             }
         }
         let fd = (dot(&u, &yp) - dot(&u, &ym)) / (2.0 * hf as f64);
-        // rounding errors of the elements add up in quadrature
-        let mag = Zip::from(&u)
-            .and(&yp)
-            .and(&ym)
-            .fold(0.0f64, |a, &u, &p, &m| {
-                a + (u as f64 * p.abs().max(m.abs()) as f64).powi(2)
-            });
+        // rounding errors of the elements add up in quadrature; an element
+        // of an elementwise activation whose input does not move (masked at
+        // a kink) is exactly unchanged and adds nothing
+        let term = |u: f32, p: f32, m: f32| (u as f64 * p.abs().max(m.abs()) as f64).powi(2);
+        let mag = match (&node.op, dirs.first()) {
+            (Op::Activation(_), Some(v)) if v.shape() == u.shape() => Zip::from(&u)
+                .and(&yp)
+                .and(&ym)
+                .and(v)
+                .fold(
+                    0.0f64,
+                    |a, &u, &p, &m, &v| {
+                        if v == 0.0 {
+                            a
+                        } else {
+                            a + term(u, p, m)
+                        }
+                    },
+                ),
+            _ => Zip::from(&u)
+                .and(&yp)
+                .and(&ym)
+                .fold(0.0f64, |a, &u, &p, &m| a + term(u, p, m)),
+        };
         let rounding = 8.0 * f32::EPSILON as f64 * mag.sqrt() / hf as f64;
-        if rel != STEPS[0] && rounding / sd > NODE_TOL / 2.0 {
+        if rounding / sd > NODE_TOL / 2.0 {
             // rounding would hide a disagreement: smaller steps say nothing
             break;
         }
@@ -817,7 +880,10 @@ fn check_node(
             break;
         }
     }
-    ensure!(best.is_finite(), "every step crosses a kink");
+    ensure!(
+        best.is_finite(),
+        "no step is free of kinks and large enough against f32 rounding"
+    );
     if best > NODE_TOL {
         return Ok(Some(format!(
             "its gradient disagrees with finite differences of its forward pass: \

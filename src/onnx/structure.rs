@@ -178,7 +178,11 @@ fn reduce(n: &NodeProto, opset: i64, operand: &Operands) -> Result<Op> {
     if empty && attr_i(n, "noop_with_empty_axes", 0) != 0 {
         return Ok(Op::Activation(Act::Identity));
     }
-    Ok(Op::Reduce(ReduceSpec { kind, axes }))
+    Ok(Op::Reduce(ReduceSpec {
+        kind,
+        axes,
+        keepdims: attr_i(n, "keepdims", 1) != 0,
+    }))
 }
 
 /// Inputs of `n` that `op` reads at run time as parameters (pads or scales

@@ -26,6 +26,44 @@ pub struct ReduceSpec {
     pub kind: ReduceKind,
     /// Reduced axes (negative: from the end); `None` reduces every axis.
     pub axes: Option<Vec<i64>>,
+    /// Whether the output keeps the reduced axes (as length 1).
+    pub keepdims: bool,
+}
+
+/// The output shape of `spec` for an input of `shape`.
+pub fn output_shape(spec: &ReduceSpec, shape: &[usize]) -> Result<Vec<usize>> {
+    let ax = axes(spec, shape.len())?;
+    Ok(shape
+        .iter()
+        .enumerate()
+        .filter_map(|(k, &d)| match (ax.contains(&k), spec.keepdims) {
+            (false, _) => Some(d),
+            (true, true) => Some(1),
+            (true, false) => None,
+        })
+        .collect())
+}
+
+/// The forward pass: the mean, sum or maximum over the reduced axes
+/// (accumulated in `f64`).
+pub fn forward(spec: &ReduceSpec, x: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    let ax = axes(spec, x.ndim())?;
+    let mut acc = x.mapv(|v| v as f64);
+    for &a in ax.iter().rev() {
+        ensure!(x.shape()[a] > 0, "reduction over an empty axis {a}");
+        acc = match spec.kind {
+            ReduceKind::Max => acc.fold_axis(Axis(a), f64::NEG_INFINITY, |m, &v| m.max(v)),
+            ReduceKind::Sum | ReduceKind::Mean => acc.sum_axis(Axis(a)),
+        };
+    }
+    let count: usize = ax.iter().map(|&a| x.shape()[a]).product();
+    if spec.kind == ReduceKind::Mean {
+        acc /= count as f64;
+    }
+    let shape = output_shape(spec, x.shape())?;
+    Ok(acc
+        .mapv(|v| v as f32)
+        .into_shape_with_order(IxDyn(&shape))?)
 }
 
 /// The reduced axes for an input of rank `rank`, sorted.
@@ -158,7 +196,13 @@ mod tests {
         let spec = ReduceSpec {
             kind: ReduceKind::Mean,
             axes: Some(vec![1, 2]),
+            keepdims: false,
         };
+        // the forward pass: the two channel means
+        assert_eq!(
+            forward(&spec, &x()).unwrap().as_slice().unwrap(),
+            &[2.5, 4.5]
+        );
         // keepdims 0: output [1, 2]; channel 0 holds 1, 2, 3, 4 (mean 2.5),
         // channel 1 holds 5, 6, 7, 0 (mean 4.5)
         let r = ArrayD::from_shape_vec(vec![1, 2], vec![10.0f32, 9.0]).unwrap();
@@ -180,7 +224,13 @@ mod tests {
         let spec = ReduceSpec {
             kind: ReduceKind::Max,
             axes: Some(vec![-3, -2]),
+            keepdims: true,
         };
+        let y = forward(&spec, &x()).unwrap();
+        assert_eq!(
+            (y.shape(), y.as_slice().unwrap()),
+            (&[1, 1, 1, 2][..], &[4.0, 7.0][..])
+        );
         let r = ArrayD::from_shape_vec(vec![1, 1, 1, 2], vec![10.0f32, 9.0]).unwrap();
         let got = relevance(&spec, &x(), &r).unwrap();
         // channel 0 maximum 4 (last pixel), channel 1 maximum 7 (third pixel)
@@ -189,7 +239,9 @@ mod tests {
         let all = ReduceSpec {
             kind: ReduceKind::Sum,
             axes: None,
+            keepdims: true,
         };
+        assert_eq!(forward(&all, &x()).unwrap().as_slice().unwrap(), &[28.0]);
         let one = ArrayD::from_shape_vec(vec![1, 1, 1, 1], vec![28.0f32]).unwrap();
         let got = relevance(&all, &x(), &one).unwrap();
         for (a, b) in got.iter().zip(x().iter()) {
