@@ -15,7 +15,11 @@
 //!   origin (ReLU, max pool), `lrp0` equals gradient x input (Ancona et al.
 //!   2018; with the biases too, since LRP-0 hands each pre-activation its
 //!   `z_j dF/dz_j`): cosine >= 0.99 against PyTorch's gradient x input;
-//! - `zplus` and `epsilon-plus-flat` maps are finite.
+//! - `zplus` and `epsilon-plus-flat` maps are finite;
+//! - `check` passes at the fixture's input (`selfcheck::check`: gradient
+//!   against finite differences, LRP-0 against gradient x input, z-plus
+//!   conservation, every operator's backward pass against its forward pass)
+//!   and finds no max pool whose gradient follows float rounding.
 //!
 //! Measured figures are printed (`cargo test --test exporters -- --nocapture`).
 
@@ -26,6 +30,7 @@ use lrp_heatmap::gradient::{input_gradient, GradientMode};
 use lrp_heatmap::model::Model;
 use lrp_heatmap::npy::read_npy_f32;
 use lrp_heatmap::preprocess::Normalization;
+use lrp_heatmap::selfcheck::{check, CheckOptions, Verdict};
 use ndarray::{ArrayD, IxDyn};
 
 fn fixtures() -> PathBuf {
@@ -134,6 +139,29 @@ fn check_file(arch: &str, exporter: &str, top: usize, relu_only: bool) -> Vec<St
                 ));
             }
         }
+    }
+    let opts = CheckOptions {
+        class: Some(top),
+        ..CheckOptions::default()
+    };
+    match check(&model, input, &opts) {
+        Ok(report) => {
+            let warned = report.figures.iter().any(|f| f.verdict == Verdict::Warn);
+            line += &format!(
+                "  check {} ({} nodes one by one)",
+                if report.passed() { "passed" } else { "FAILED" },
+                report.nodes_checked
+            );
+            if !report.passed() || warned {
+                let mut text = Vec::new();
+                report.write_text(&mut text).expect("report writes");
+                fails.push(format!(
+                    "{arch}.{exporter}: check:\n{}",
+                    String::from_utf8_lossy(&text)
+                ));
+            }
+        }
+        Err(e) => fails.push(format!("{arch}.{exporter}: check: {e:#}")),
     }
     println!("{line}");
     fails
