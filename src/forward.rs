@@ -3,7 +3,8 @@
 //! For the operators of plain CNNs (convolutions, dense and per-channel
 //! layers, pools, activations, residual sums, arithmetic with constants,
 //! reshapes and transposes of any rank, `Concat` and the copying operators
-//! of [`crate::ops::movement`] with constant parameters) the forward pass
+//! of [`crate::ops::movement`] with constant parameters, gates (a product of
+//! two activations, squeeze-excitation and SiLU) and reductions) the forward pass
 //! runs on the same layers and weights as the backward pass: one copy of the
 //! weights in memory, no conversion between tensor types, and the same tiled
 //! GEMM convolution. A model with any other operator runs its forward pass

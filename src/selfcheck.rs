@@ -1319,6 +1319,7 @@ mod tests {
                 let p = crate::graph::Pool {
                     window: p.window.clone(),
                     count_include_pad: true,
+                    ceil_mode: p.ceil_mode,
                 };
                 return Ok(vec![ops::pool_grad::avg_pool(&p, inputs[0].shape(), g)?]);
             }

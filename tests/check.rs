@@ -112,6 +112,7 @@ fn check_passes_on_a_relu_net_with_lrp0_equal_to_gradient_x_input() {
         "gradient vs finite differences",
         "LRP-0 vs gradient x input",
         "z-plus conservation",
+        "max-pool gradient through near-ties",
         "operators checked one by one",
     ] {
         let line = out.lines().find(|l| l.contains(what)).expect(what);
@@ -131,7 +132,8 @@ fn check_json_reports_every_figure() {
     let v: Value = serde_json::from_str(text(&o.stdout).trim()).expect("one JSON object");
     assert_eq!(v["passed"], Value::Bool(true));
     let figures = v["figures"].as_array().expect("figures");
-    assert_eq!(figures.len(), 4);
+    // gradient, LRP-0, z-plus, max-pool near-ties, operators one by one
+    assert_eq!(figures.len(), 5);
     for f in figures {
         assert_eq!(f["verdict"], "pass", "{f}");
         assert!(f["value"].is_number() && f["threshold"].is_number(), "{f}");

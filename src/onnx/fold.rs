@@ -14,9 +14,9 @@
 //! folded ([`FOLDABLE`]): an `Expand` or `ConstantOfShape` of a constant shape
 //! could ask for any amount of memory and stays with tract as before.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::{self, ModelProto, NodeProto, TensorProto, ValueInfoProto};
 use tract_onnx::prelude::*;
@@ -176,6 +176,99 @@ fn to_proto(name: &str, t: Tensor) -> Result<TensorProto> {
     })
 }
 
+/// Most elements a folded tensor may have (1 GiB of `f32`): the constants
+/// of a hostile file could broadcast to any size (`[N, 1] + [1, N]`).
+pub const MAX_FOLDED_ELEMENTS: u64 = 1 << 28;
+
+/// Elementwise operators whose output has the broadcast shape of their inputs.
+const BROADCASTING: &[&str] = &[
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Min",
+    "Max",
+    "Sum",
+    "Mean",
+    "Identity",
+    "Cast",
+    "CastLike",
+    "Neg",
+    "Abs",
+    "Sqrt",
+    "Reciprocal",
+    "Exp",
+    "Log",
+    "Clip",
+    "Sign",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "QuantizeLinear",
+    "DequantizeLinear",
+];
+
+/// Refuses a fold whose output would exceed [`MAX_FOLDED_ELEMENTS`], before
+/// anything is evaluated: shapes are followed from the initializers through
+/// the elementwise operators (numpy broadcasting); a node whose input shape
+/// is not known that way is not checked here (tract's own evaluation is then
+/// bounded by its inputs, which were).
+fn check_sizes(g: &pb::GraphProto, order: &[usize]) -> Result<()> {
+    let mut shapes: HashMap<&str, Vec<u64>> = g
+        .initializer
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_str(),
+                t.dims.iter().map(|&d| d.max(0) as u64).collect(),
+            )
+        })
+        .collect();
+    for &i in order {
+        let n = &g.node[i];
+        if !BROADCASTING.contains(&n.op_type.as_str()) {
+            continue;
+        }
+        // DequantizeLinear / QuantizeLinear: scale and zero point follow the input
+        let inputs = if n.op_type.ends_with("QuantizeLinear") {
+            &n.input[..n.input.len().min(1)]
+        } else {
+            &n.input[..]
+        };
+        let known: Option<Vec<&Vec<u64>>> = inputs
+            .iter()
+            .filter(|x| !x.is_empty())
+            .map(|x| shapes.get(x.as_str()))
+            .collect();
+        let Some(known) = known else { continue };
+        let rank = known.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut out = vec![1u64; rank];
+        for s in &known {
+            for (k, &d) in s.iter().enumerate() {
+                let o = &mut out[rank - s.len() + k];
+                *o = if *o == 1 { d } else { (*o).max(d) };
+            }
+        }
+        let size = out.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+        if size.is_none_or(|s| s > MAX_FOLDED_ELEMENTS) {
+            bail!(
+                "{} node '{}' computes from constants a tensor of shape {out:?}, more than {} elements",
+                n.op_type,
+                n.name,
+                MAX_FOLDED_ELEMENTS
+            );
+        }
+        for o in &n.output {
+            shapes.insert(o.as_str(), out.clone());
+        }
+    }
+    Ok(())
+}
+
 /// Evaluates the constant-only nodes of `model` and replaces them by
 /// initializers holding their outputs; initializers and `Constant` nodes that
 /// nothing reads any more are dropped. `dir` is where external data files are
@@ -188,6 +281,7 @@ pub fn fold_constants(model: &mut ModelProto, dir: Option<&str>) -> Result<Folde
     if order.is_empty() {
         return Ok(Folded::default());
     }
+    check_sizes(g, &order)?;
     let folded: HashSet<usize> = order.iter().copied().collect();
     // tensors the remaining graph reads: the folded outputs among them are
     // the results of the evaluation
@@ -443,6 +537,27 @@ mod tests {
         for gone in ["wq", "scale", "zp", "m1", "m2", "shape", "two64", "b"] {
             assert!(g.initializer.iter().all(|t| t.name != gone), "{gone}");
         }
+    }
+
+    #[test]
+    fn a_broadcast_bomb_is_refused_before_it_is_evaluated() {
+        // [65536, 1] + [1, 65536] would be 2^32 elements (16 GiB): refused
+        // from the shapes, nothing allocated
+        let n = 1 << 16;
+        let mut b = OnnxBuilder::new(13);
+        b.input("x", &[1, 3, 4, 4]);
+        b.initializer("a", &[n, 1], &vec![1.0; n]);
+        b.initializer("c", &[1, n], &vec![1.0; n]);
+        b.node("Add", &["a", "c"], &["big"], vec![]);
+        b.node("Identity", &["big"], &["big2"], vec![]);
+        b.node("Add", &["x", "big2"], &["y"], vec![]);
+        b.output("y", &[1, 3, 4, 4]);
+        let mut p = b.to_model_proto();
+        let e = fold_constants(&mut p, None).unwrap_err().to_string();
+        assert!(
+            e.contains("Add node") && e.contains("[65536, 65536]"),
+            "{e}"
+        );
     }
 
     #[test]
