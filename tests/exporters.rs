@@ -3,14 +3,17 @@
 //! random weights, BatchNorm statistics that are not the identity), each
 //! exported by PyTorch's TorchScript exporter (opset 13, dynamic batch) and by
 //! its dynamo exporter (opset 18, external weights), with PyTorch's own
-//! logits and autograd input gradient. `scripts/export_zoo.py` made
+//! logits and autograd input gradient, computed in float64 from the float32
+//! weights (PyTorch's float32 gradient carries rounding of its own where many
+//! activations sit near a ReLU kink). `scripts/export_zoo.py` made
 //! `tests/fixtures/exporters/` (see its docstring for the command and
 //! versions); nothing here runs Python.
 //!
 //! For every file:
 //! - the logits equal PyTorch's: max |ours - torch| <= 1e-3 max |torch|;
 //! - `gradient` equals autograd's: cosine >= 0.999 and relative L2 error
-//!   <= 1e-2 (a max pool mapping windows wrongly gave cosine 0.85);
+//!   <= 1e-3 (measured: 2e-7 to 2e-5; an operator with a wrong derivative
+//!   gives errors of order 1);
 //! - on the nets whose nonlinearities are all piecewise linear through the
 //!   origin (ReLU, max pool), `lrp0` equals gradient x input (Ancona et al.
 //!   2018; with the biases too, since LRP-0 hands each pre-activation its
@@ -107,7 +110,7 @@ fn check_file(arch: &str, exporter: &str, top: usize, relu_only: bool) -> Vec<St
         Ok(g) => {
             let (c, r) = (cosine(&g, &want_grad), rel_l2(&g, &want_grad));
             line += &format!("  gradient cos {c:.6} rel {r:.1e}");
-            if !(c >= 0.999 && r <= 1e-2) {
+            if !(c >= 0.999 && r <= 1e-3) {
                 fails.push(format!(
                     "{arch}.{exporter}: gradient cosine {c:.6}, relative L2 {r:.1e} against autograd"
                 ));
