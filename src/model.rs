@@ -209,6 +209,51 @@ fn raw_f32(t: &tract_onnx::pb::TensorProto) -> Option<Result<ArrayD<f32>>> {
     Some(ArrayD::from_shape_vec(dims, data).map_err(Into::into))
 }
 
+/// Replaces, in every shape the file declares (graph outputs and the
+/// `value_info` hints that shape inference tools write), the symbolic
+/// dimensions of the image input (`batch`, `height`...) by the values fixed
+/// for this run: tract would otherwise refuse to unify `batch` with 1.
+fn pin_symbolic_dims(proto: &mut tract_onnx::pb::ModelProto, input: &InputSpec) {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value;
+    let Some(g) = proto.graph.as_mut() else {
+        return;
+    };
+    fn dims_of(
+        v: &mut tract_onnx::pb::ValueInfoProto,
+    ) -> Option<&mut Vec<tract_onnx::pb::tensor_shape_proto::Dimension>> {
+        match v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            Some(tract_onnx::pb::type_proto::Value::TensorType(t)) => {
+                t.shape.as_mut().map(|s| &mut s.dim)
+            }
+            _ => None,
+        }
+    }
+    let mut pinned: HashMap<String, i64> = HashMap::new();
+    if let Some(v) = g.input.iter_mut().find(|v| v.name == input.name) {
+        if let Some(dims) = dims_of(v) {
+            for (d, &n) in dims.iter().zip(&input.shape) {
+                if let Some(Value::DimParam(p)) = &d.value {
+                    pinned.insert(p.clone(), n as i64);
+                }
+            }
+        }
+    }
+    if pinned.is_empty() {
+        return;
+    }
+    for v in g.output.iter_mut().chain(g.value_info.iter_mut()) {
+        for d in dims_of(v).into_iter().flatten() {
+            let fixed = match &d.value {
+                Some(Value::DimParam(p)) => pinned.get(p.as_str()).copied(),
+                _ => None,
+            };
+            if let Some(n) = fixed {
+                d.value = Some(Value::DimValue(n));
+            }
+        }
+    }
+}
+
 /// Decodes the protobuf of an ONNX file.
 fn decode(bytes: &[u8], path: &Path) -> Result<tract_onnx::pb::ModelProto> {
     ensure!(!bytes.is_empty(), "model {} is empty", path.display());
@@ -403,7 +448,10 @@ impl Model {
         outputs.extend(graph.needed_activations());
         let plan = match native {
             Some(_) => None,
-            None => Some(tract_plan(&onnx, &proto, dir, &outputs, &input, path)?),
+            None => {
+                pin_symbolic_dims(&mut proto, &input);
+                Some(tract_plan(&onnx, &proto, dir, &outputs, &input, path)?)
+            }
         };
         drop(proto);
 
@@ -500,5 +548,88 @@ impl Model {
             logits_tensor,
             activations,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::{
+        tensor_shape_proto::{dimension::Value, Dimension},
+        type_proto, GraphProto, ModelProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    };
+
+    fn info(name: &str, dims: &[Value]) -> ValueInfoProto {
+        ValueInfoProto {
+            name: name.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|v| Dimension {
+                                value: Some(v.clone()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn symbolic_dims_of_the_input_are_pinned_in_every_declared_shape() {
+        // as onnxruntime's quant_pre_process writes them: value_info hints
+        // with the input's symbolic batch
+        let sym = |s: &str| Value::DimParam(s.into());
+        let mut proto = ModelProto {
+            graph: Some(GraphProto {
+                input: vec![info(
+                    "x",
+                    &[sym("batch"), Value::DimValue(3), sym("h"), sym("w")],
+                )],
+                output: vec![info("y", &[sym("batch"), Value::DimValue(10)])],
+                value_info: vec![info("t", &[sym("batch"), sym("other"), sym("h")])],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let input = InputSpec {
+            name: "x".into(),
+            shape: vec![1, 3, 32, 48],
+            layout: Layout::Nchw,
+            channels: 3,
+            height: 32,
+            width: 48,
+            fixed_dims: true,
+        };
+        pin_symbolic_dims(&mut proto, &input);
+        let g = proto.graph.unwrap();
+        let dims = |v: &ValueInfoProto| -> Vec<Value> {
+            match v.r#type.as_ref().unwrap().value.as_ref().unwrap() {
+                type_proto::Value::TensorType(t) => t
+                    .shape
+                    .as_ref()
+                    .unwrap()
+                    .dim
+                    .iter()
+                    .map(|d| d.value.clone().unwrap())
+                    .collect(),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(
+            dims(&g.output[0]),
+            [Value::DimValue(1), Value::DimValue(10)]
+        );
+        // a symbol the input does not have stays symbolic
+        assert_eq!(
+            dims(&g.value_info[0]),
+            [Value::DimValue(1), sym("other"), Value::DimValue(32)]
+        );
     }
 }

@@ -387,6 +387,12 @@ fn cosine(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
 
 /// Why LRP-0 through `node` is not `x * gradient`, or `None` if it is.
 pub fn lrp0_breaker(node: &Node) -> Option<String> {
+    if is_fake_quantizer(node) {
+        return Some(format!(
+            "{} node '{}' rounds its input to a grid (fake quantization)",
+            node.op_type, node.name
+        ));
+    }
     let why = match &node.op {
         Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => return None,
         Op::MaxPool(_) | Op::AvgPool(_) | Op::GlobalAvgPool | Op::GlobalMaxPool => return None,
@@ -796,6 +802,12 @@ fn differentiable_mask(
     }))
 }
 
+/// Whether `node` is a `QuantizeLinear` / `DequantizeLinear` of an activation
+/// (an identity in the relevance graph).
+fn is_fake_quantizer(node: &Node) -> bool {
+    matches!(node.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear")
+}
+
 /// Whether `node` takes maxima (its derivative depends on the winners).
 fn is_max(node: &Node) -> bool {
     matches!(node.op, Op::MaxPool(_) | Op::GlobalMaxPool)
@@ -994,7 +1006,21 @@ pub fn check_with(
         None => fwd.top_k(1)[0].0,
     };
     let (g, shapes) = gradient_with(model, &fwd, class, grad)?;
-    let mut figures = vec![gradient_figure(model, &fwd, class, &g, opts, &shapes)?];
+    let mut figures = vec![if crate::onnx::fold::fake_quantized(&model.graph.nodes) {
+        Figure {
+            what: "gradient vs finite differences".into(),
+            value: None,
+            comparison: "<=",
+            threshold: GRADIENT_TOL,
+            verdict: Verdict::NotApplicable,
+            note: "the activations are fake-quantized: the forward pass is a staircase, whose \
+                   gradient is zero almost everywhere; relevance and gradient pass the \
+                   quantizers straight through by convention"
+                .into(),
+        }
+    } else {
+        gradient_figure(model, &fwd, class, &g, opts, &shapes)?
+    }];
     let lrp0 = lrp0_figure(model, &fwd, class, &g, opts, &shapes)?;
     let lrp0_applies = lrp0.verdict != Verdict::NotApplicable;
     figures.push(lrp0);
@@ -1009,6 +1035,13 @@ pub fn check_with(
         let Some(shape) = shapes.get(&node.output) else {
             continue;
         };
+        if is_fake_quantizer(node) {
+            unchecked.push(format!(
+                "{} '{}' (fake quantization: a staircase forward, passed straight through by convention)",
+                node.op_type, node.name
+            ));
+            continue;
+        }
         let inputs = node
             .inputs
             .iter()
