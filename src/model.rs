@@ -610,17 +610,10 @@ mod tests {
         pin_symbolic_dims(&mut proto, &input);
         let g = proto.graph.unwrap();
         let dims = |v: &ValueInfoProto| -> Vec<Value> {
-            match v.r#type.as_ref().unwrap().value.as_ref().unwrap() {
-                type_proto::Value::TensorType(t) => t
-                    .shape
-                    .as_ref()
-                    .unwrap()
-                    .dim
-                    .iter()
-                    .map(|d| d.value.clone().unwrap())
-                    .collect(),
-                _ => unreachable!(),
-            }
+            let type_proto::Value::TensorType(t) =
+                v.r#type.as_ref().unwrap().value.as_ref().unwrap();
+            let shape = t.shape.as_ref().unwrap();
+            shape.dim.iter().map(|d| d.value.clone().unwrap()).collect()
         };
         assert_eq!(
             dims(&g.output[0]),
