@@ -172,23 +172,9 @@ pub struct CheckArgs {
     #[arg(long, value_name = "HxW")]
     pub input_size: Option<String>,
 
-    /// Input normalisation mean, R,G,B.
-    #[arg(
-        long,
-        value_name = "R,G,B",
-        default_value = "0.485,0.456,0.406",
-        allow_hyphen_values = true
-    )]
-    pub mean: String,
-
-    /// Input normalisation standard deviation, R,G,B.
-    #[arg(
-        long,
-        value_name = "R,G,B",
-        default_value = "0.229,0.224,0.225",
-        allow_hyphen_values = true
-    )]
-    pub std: String,
+    /// Input normalisation.
+    #[command(flatten)]
+    pub input_norm: NormArgs,
 }
 
 /// Arguments of `demo`.
@@ -338,23 +324,9 @@ pub struct Common {
     #[arg(long, default_value_t = 1.0)]
     pub level: f32,
 
-    /// Input normalisation mean, R,G,B.
-    #[arg(
-        long,
-        value_name = "R,G,B",
-        default_value = "0.485,0.456,0.406",
-        allow_hyphen_values = true
-    )]
-    pub mean: String,
-
-    /// Input normalisation standard deviation, R,G,B.
-    #[arg(
-        long,
-        value_name = "R,G,B",
-        default_value = "0.229,0.224,0.225",
-        allow_hyphen_values = true
-    )]
-    pub std: String,
+    /// Input normalisation.
+    #[command(flatten)]
+    pub input_norm: NormArgs,
 
     /// Height and width fed to a model whose input leaves them symbolic
     /// (images are resized to it) [default: 224x224].
@@ -426,7 +398,29 @@ fn fetch_target(f: &FetchArgs) -> Result<lrp_heatmap::fetch::Target> {
     lrp_heatmap::registry::target(&f.what)
 }
 
-impl Common {
+/// `--mean` and `--std`, shared by the commands that read images.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct NormArgs {
+    /// Input normalisation mean, R,G,B.
+    #[arg(
+        long,
+        value_name = "R,G,B",
+        default_value = "0.485,0.456,0.406",
+        allow_hyphen_values = true
+    )]
+    pub mean: String,
+
+    /// Input normalisation standard deviation, R,G,B.
+    #[arg(
+        long,
+        value_name = "R,G,B",
+        default_value = "0.229,0.224,0.225",
+        allow_hyphen_values = true
+    )]
+    pub std: String,
+}
+
+impl NormArgs {
     fn norm(&self) -> Result<Normalization> {
         let mean = triple(&self.mean, "mean")?;
         let std = triple(&self.std, "std")?;
@@ -434,6 +428,12 @@ impl Common {
             bail!("--std values must be > 0, got {}", self.std);
         }
         Ok(Normalization { mean, std })
+    }
+}
+
+impl Common {
+    fn norm(&self) -> Result<Normalization> {
+        self.input_norm.norm()
     }
 
     fn params(&self) -> AnalyzerParams {
@@ -532,11 +532,7 @@ impl Args {
             ));
         }
         if let Some(Command::Check(c)) = self.command {
-            let mean = triple(&c.mean, "mean")?;
-            let std = triple(&c.std, "std")?;
-            if std.iter().any(|&s| s <= 0.0) {
-                bail!("--std values must be > 0, got {}", c.std);
-            }
+            let norm = c.input_norm.norm()?;
             return Ok(Job::Check(lrp_heatmap::selfcheck::CheckConfig {
                 model: c.model,
                 image: c.image,
@@ -545,7 +541,7 @@ impl Args {
                     class: c.class,
                     directions: c.directions as usize,
                     seed: c.seed,
-                    norm: Normalization { mean, std },
+                    norm,
                 },
                 json: c.json,
             }));

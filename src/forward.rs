@@ -317,17 +317,7 @@ impl NativePlan {
     }
 
     fn node_shape(&self, node: &Node, x: &[usize], ins: &[Vec<usize>]) -> Result<Vec<usize>> {
-        let broadcast = |a: &[usize], b: &[usize]| -> Result<Vec<usize>> {
-            let rank = a.len().max(b.len());
-            let dim = |s: &[usize], i: usize| (i + s.len()).checked_sub(rank).map_or(1, |j| s[j]);
-            (0..rank)
-                .map(|i| match (dim(a, i), dim(b, i)) {
-                    (p, q) if p == q || q == 1 => Ok(p),
-                    (1, q) => Ok(q),
-                    _ => Err(anyhow!("shapes {a:?} and {b:?} do not broadcast")),
-                })
-                .collect()
-        };
+        let broadcast = crate::ops::movement::broadcast;
         Ok(match &node.op {
             Op::Conv(c) => c.output_shape(x)?,
             Op::Dense(d) => {

@@ -32,9 +32,20 @@ pub fn input_gradient(
     class: usize,
     mode: GradientMode,
 ) -> Result<ArrayD<f32>> {
-    let g = crate::explain::walk_back(graph, fwd, class, 1.0, |node, inputs, g| {
+    input_gradient_with(graph, fwd, class, |node, inputs, g| {
         ops::gradient_of(node, inputs, g, mode)
-    })?;
+    })
+}
+
+/// [`input_gradient`] with `step` as the gradient through each node (the
+/// self-check substitutes a broken one, or records what passes).
+pub fn input_gradient_with(
+    graph: &Graph,
+    fwd: &Forward,
+    class: usize,
+    step: impl FnMut(&crate::graph::Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
+) -> Result<ArrayD<f32>> {
+    let g = crate::explain::walk_back(graph, fwd, class, 1.0, step)?;
     ensure!(
         g.shape() == fwd.input.shape(),
         "input gradient of shape {:?} for an input of shape {:?}",

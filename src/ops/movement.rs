@@ -340,7 +340,7 @@ pub fn split_piece(
 }
 
 /// Numpy broadcasting of two shapes.
-fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+pub(crate) fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let rank = a.len().max(b.len());
     let dim = |s: &[usize], i: usize| (i + s.len()).checked_sub(rank).map_or(1, |j| s[j]);
     (0..rank)
