@@ -93,6 +93,15 @@ pub struct Outcome {
     pub npy: Option<PathBuf>,
     /// Wall time for this input.
     pub seconds: f64,
+    /// Warnings about this explanation (max-pool near-ties).
+    pub warnings: Vec<String>,
+}
+
+/// [`crate::selfcheck::near_tie_warnings`]; a failure to measure is itself
+/// the warning (the explanation goes on).
+fn lrp_heatmap_warnings(model: &Model, fwd: &crate::model::Forward) -> Vec<String> {
+    crate::selfcheck::near_tie_warnings(model, fwd)
+        .unwrap_or_else(|e| vec![format!("near-ties not measured: {e:#}")])
 }
 
 /// The relevance as `[C, H, W]` whatever the model's layout.
@@ -156,6 +165,7 @@ impl Explainer {
             .forward(tensor)
             .with_context(|| format!("{}", input.display()))?;
         let top5 = forward.top_k(5);
+        let warnings = lrp_heatmap_warnings(&self.model, &forward);
         let class = match &self.cfg.class {
             ClassChoice::Top => top5[0].0,
             ClassChoice::Query(q) => {
@@ -201,6 +211,7 @@ impl Explainer {
             png,
             npy,
             seconds: t0.elapsed().as_secs_f64(),
+            warnings,
         })
     }
 
@@ -242,6 +253,7 @@ impl Explainer {
                 "png": o.png.display().to_string(),
                 "npy": o.npy.as_ref().map(|p| p.display().to_string()),
                 "seconds": o.seconds,
+                "warnings": o.warnings,
             })
             .to_string();
         }
@@ -261,6 +273,9 @@ impl Explainer {
             e.logit,
             e.ratio()
         );
+        for w in &o.warnings {
+            s += &format!("  warning: {w}\n");
+        }
         s += &format!("  {} -> {}", self.analyzer.name(), o.png.display());
         if let Some(n) = &o.npy {
             s += &format!(", {}", n.display());

@@ -624,6 +624,53 @@ pub const TIE_TOL: f32 = 1e-5;
 /// the report warns.
 pub const TIE_SHARE: f64 = 1e-2;
 
+/// Share of a max pool's windows that may be near-ties before an
+/// explanation warns ([`near_tie_warnings`]).
+pub const TIE_WINDOWS: f64 = 1e-2;
+
+/// Warnings for the max pools of `model` at the forward pass `fwd` more than
+/// [`TIE_WINDOWS`] of whose windows are near-ties (two largest inputs within
+/// [`TIE_TOL`] of the pool input's largest, winners decided by rounding):
+/// every map routed through them (LRP's max pools are winner-takes-all, as
+/// is the gradient) is then as much a product of float rounding as of the
+/// model. One pass over each max pool's input, no backward pass; `check`
+/// weighs the same windows by the gradient they pass.
+pub fn near_tie_warnings(model: &Model, fwd: &Forward) -> Result<Vec<String>> {
+    let graph = &model.graph;
+    let (mut pools, mut tied, mut worst) = (0, 0, None::<(String, f64)>);
+    for node in &graph.nodes {
+        let Op::MaxPool(p) = &node.op else { continue };
+        let x = fwd.get(graph, &node.inputs[0])?;
+        if x.ndim() != 4 {
+            continue;
+        }
+        let [oh, ow] = p.output_size(x.shape()[2], x.shape()[3])?;
+        let ones = ArrayD::ones(IxDyn(&[x.shape()[0], x.shape()[1], oh, ow]));
+        let t = ops::pool::max_pool_ties(p, x, &ones, TIE_TOL)?;
+        pools += 1;
+        if t.share > TIE_WINDOWS {
+            tied += 1;
+            if worst.as_ref().is_none_or(|(_, w)| t.share > *w) {
+                worst = Some((node.name.clone(), t.share));
+            }
+        }
+    }
+    Ok(worst
+        .map(|(name, share)| {
+            format!(
+                "{tied} of {pools} max pools have more than {:.0}% of their windows with the two \
+                 largest inputs within {TIE_TOL:.0e} of the largest value (MaxPool '{name}': \
+                 {:.1}%): where their relevance goes follows float rounding, and another \
+                 implementation picks other winners; `lrp-heatmap check` measures how much of \
+                 the map it moves",
+                100.0 * TIE_WINDOWS,
+                100.0 * share
+            )
+        })
+        .into_iter()
+        .collect())
+}
+
 /// Figure 5: how much of the gradient passes max-pool windows whose winner
 /// f32 rounding decides. Not a disagreement (the backward pass follows the
 /// forward pass's winners exactly), but where it is large another

@@ -210,3 +210,70 @@ fn check_errors_are_usage_errors() {
     assert_no_panic(&o);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// Conv 1x1 (weight `w`, bias `bias`) -> MaxPool 2x2 -> GlobalAveragePool ->
+/// Gemm. With a tiny weight and a bias of 1 every pooled value is 1 plus a
+/// trace of the image: the windows' two largest values differ by less than
+/// 1e-5 of their size, near-ties that rounding decides.
+fn pooled_net(dir: &Path, w: f32, bias: f32) -> PathBuf {
+    let mut b = OnnxBuilder::new(13);
+    b.input("x", &[1, 3, 8, 8]);
+    let cw = b.initializer("cw", &[2, 3, 1, 1], &[w, -w, w, w, w, -w]);
+    let cb = b.initializer("cb", &[2], &[bias, bias]);
+    b.node("Conv", &["x", &cw, &cb], &["c"], vec![]);
+    b.node(
+        "MaxPool",
+        &["c"],
+        &["mp"],
+        vec![
+            Attr::Ints("kernel_shape", vec![2, 2]),
+            Attr::Ints("strides", vec![2, 2]),
+        ],
+    );
+    b.node("GlobalAveragePool", &["mp"], &["gap"], vec![]);
+    b.node("Flatten", &["gap"], &["flat"], vec![]);
+    let fw = b.initializer("fw", &[2, 2], &[1.0, -1.0, -1.0, 1.0]);
+    b.node(
+        "Gemm",
+        &["flat", &fw],
+        &["logits"],
+        vec![Attr::Int("transB", 1)],
+    );
+    b.output("logits", &[]);
+    let path = dir.join(format!("pooled-{w}.onnx"));
+    b.save(&path).expect("save model");
+    path
+}
+
+#[test]
+fn explaining_warns_where_rounding_picks_the_max_pool_winners() {
+    let dir = tempfile::tempdir().unwrap();
+    // a photo with varied pixels (the bundled cat), resized to 8x8 by the binary
+    let img = repo("images/cat.jpg");
+    let img = img.to_str().unwrap();
+    let out = dir.path().to_str().unwrap();
+    // weights of 1e-6 against a bias of 1: maxima a few 1e-6 apart (tens
+    // of f32 steps at 1, below the 1e-5 tolerance)
+    let tied = pooled_net(dir.path(), 1e-6, 1.0);
+    let o = run(&[img, "-m", tied.to_str().unwrap(), "-o", out, "-q", "--json"]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_str(text(&o.stdout).trim()).expect("one JSON object");
+    let w = v["warnings"].as_array().expect("warnings");
+    assert_eq!(w.len(), 1, "{v}");
+    assert!(w[0].as_str().unwrap().contains("1 of 1 max pools"), "{v}");
+    // the same net with weights of 1 and no bias: clear winners, no warning
+    let clear = pooled_net(dir.path(), 1.0, 0.0);
+    let o = run(&[
+        img,
+        "-m",
+        clear.to_str().unwrap(),
+        "-o",
+        out,
+        "-q",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: Value = serde_json::from_str(text(&o.stdout).trim()).expect("one JSON object");
+    assert_eq!(v["warnings"], Value::Array(vec![]), "{v}");
+}
