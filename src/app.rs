@@ -99,7 +99,7 @@ pub struct Outcome {
 
 /// [`crate::selfcheck::near_tie_warnings`]; a failure to measure is itself
 /// the warning (the explanation goes on).
-fn lrp_heatmap_warnings(model: &Model, fwd: &crate::model::Forward) -> Vec<String> {
+fn explanation_warnings(model: &Model, fwd: &crate::model::Forward) -> Vec<String> {
     crate::selfcheck::near_tie_warnings(model, fwd)
         .unwrap_or_else(|e| vec![format!("near-ties not measured: {e:#}")])
 }
@@ -165,7 +165,7 @@ impl Explainer {
             .forward(tensor)
             .with_context(|| format!("{}", input.display()))?;
         let top5 = forward.top_k(5);
-        let warnings = lrp_heatmap_warnings(&self.model, &forward);
+        let warnings = explanation_warnings(&self.model, &forward);
         let class = match &self.cfg.class {
             ClassChoice::Top => top5[0].0,
             ClassChoice::Query(q) => {

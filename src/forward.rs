@@ -18,7 +18,7 @@ use ndarray::{ArrayD, IxDyn, Zip};
 use rayon::prelude::*;
 use tract_onnx::pb::{self, ModelProto, NodeProto, TensorProto};
 
-use crate::graph::{ArithKind, Graph, Node, Op, Pool};
+use crate::graph::{ArithKind, Graph, Node, Op};
 use crate::rules::{LinearLayer, Modifier};
 
 /// How a shape-only node computes its output shape from its input shape.
@@ -375,7 +375,7 @@ impl NativePlan {
     /// Runs one node forward natively on its input activations (in the
     /// order of `node.inputs`), outside any plan: a shape-only node takes
     /// `out_shape`, its output shape in the forward pass. An error for a node
-    /// without a native forward pass. Used by [`crate::selfcheck`].
+    /// without a native forward pass. Used by the self-check.
     pub fn run_node(
         node: &Node,
         inputs: &[&ArrayD<f32>],
@@ -461,8 +461,8 @@ impl NativePlan {
             Op::Conv(l) => l.forward(x, &l.weight, true)?,
             Op::Dense(l) => l.forward_mod(x, Modifier::Identity, true)?,
             Op::Affine(l) => l.forward(x, &l.weight, true)?,
-            Op::MaxPool(p) => pool(p, x, true)?,
-            Op::AvgPool(p) => pool(p, x, false)?,
+            Op::MaxPool(p) => crate::ops::pool::forward(p, x, true)?,
+            Op::AvgPool(p) => crate::ops::pool::forward(p, x, false)?,
             Op::GlobalAvgPool => global_pool(x, false)?,
             Op::GlobalMaxPool => global_pool(x, true)?,
             Op::Sum => {
@@ -563,100 +563,6 @@ fn arith(
     }
 }
 
-/// `MaxPool` (`max`) or `AveragePool` on `[N, C, H, W]`.
-pub(crate) fn pool(p: &Pool, x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
-    ensure!(
-        x.ndim() == 4,
-        "pooling needs [N, C, H, W], got {:?}",
-        x.shape()
-    );
-    let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
-    let wnd = &p.window;
-    let [oh, ow] = p.output_size(h, w)?;
-    let pads = wnd.pads(h, w);
-    let x = x.as_standard_layout();
-    let xs = x.as_slice().unwrap_or(&[]);
-    let mut out = vec![0.0f32; n * c * oh * ow];
-    // input rows/cols of window position k at output o, if inside the input
-    let at = |o: usize, k: usize, axis: usize, size: usize| -> Option<usize> {
-        let v = (o * wnd.strides[axis] + k * wnd.dilations[axis]) as isize - pads[axis] as isize;
-        (v >= 0 && (v as usize) < size).then_some(v as usize)
-    };
-    // window positions inside the padded input (count_include_pad)
-    let padded = |o: usize, axis: usize, size: usize| {
-        let start = (o * wnd.strides[axis]) as isize - pads[axis] as isize;
-        let end = (size + pads[axis + 2]) as isize;
-        (0..wnd.kernel[axis])
-            .filter(|k| start + ((k * wnd.dilations[axis]) as isize) < end)
-            .count()
-    };
-    // every window inside the input, without holes: no bounds checks
-    let [kh, kw] = wnd.kernel;
-    let [sh, sw] = wnd.strides;
-    if max
-        && pads == [0; 4]
-        && wnd.dilations == [1, 1]
-        && oh > 0
-        && ow > 0
-        && (oh - 1) * sh + kh <= h
-        && (ow - 1) * sw + kw <= w
-    {
-        out.par_chunks_mut(oh * ow)
-            .zip(xs.par_chunks(h * w))
-            .for_each(|(op, xp)| {
-                for (oy, line) in op.chunks_exact_mut(ow).enumerate() {
-                    let rows = &xp[oy * sh * w..(oy * sh + kh) * w];
-                    for (ox, o) in line.iter_mut().enumerate() {
-                        let x0 = ox * sw;
-                        *o = rows
-                            .chunks_exact(w)
-                            .flat_map(|r| &r[x0..x0 + kw])
-                            .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
-                    }
-                }
-            });
-        return Ok(ArrayD::from_shape_vec(vec![n, c, oh, ow], out)?);
-    }
-    out.par_chunks_mut(oh * ow)
-        .zip(xs.par_chunks(h * w))
-        .for_each(|(op, xp)| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
-                    let mut count = 0usize;
-                    for i in 0..wnd.kernel[0] {
-                        let Some(y) = at(oy, i, 0, h) else { continue };
-                        for j in 0..wnd.kernel[1] {
-                            let Some(xx) = at(ox, j, 1, w) else { continue };
-                            let v = xp[y * w + xx];
-                            if max {
-                                acc = acc.max(v);
-                            } else {
-                                acc += v;
-                            }
-                            count += 1;
-                        }
-                    }
-                    op[oy * ow + ox] = if max {
-                        acc
-                    } else {
-                        let d = if p.count_include_pad {
-                            padded(oy, 0, h) * padded(ox, 1, w)
-                        } else {
-                            count
-                        };
-                        if d == 0 {
-                            0.0
-                        } else {
-                            acc / d as f32
-                        }
-                    };
-                }
-            }
-        });
-    Ok(ArrayD::from_shape_vec(vec![n, c, oh, ow], out)?)
-}
-
 /// Whether no element is NaN or infinite (large tensors on all threads).
 fn all_finite(x: &ArrayD<f32>) -> bool {
     match x.as_slice_memory_order() {
@@ -691,54 +597,4 @@ fn global_pool(x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
         .collect();
     shape[2..].iter_mut().for_each(|d| *d = 1);
     Ok(ArrayD::from_shape_vec(shape, out)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ops::conv::{Padding, Window};
-    use crate::ops::pool::tests::brute_window;
-
-    #[test]
-    fn max_pool_is_the_window_maximum() {
-        // the fast path (no padding, no holes) and the general one
-        let cases = [
-            ([2, 2], [2, 2], [1, 1], [0, 0, 0, 0]),
-            ([3, 3], [2, 2], [1, 1], [0, 0, 0, 0]),
-            ([3, 2], [1, 2], [1, 1], [0, 0, 0, 0]),
-            ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
-            ([2, 2], [2, 2], [2, 2], [0, 0, 0, 0]),
-        ];
-        let (h, w) = (9, 8);
-        let x = ArrayD::from_shape_fn(vec![1, 2, h, w], |i| {
-            ((i[1] * 13 + i[2] * 7 + i[3] * 5) % 11) as f32 - 5.0
-        });
-        for (kernel, strides, dilations, pads) in cases {
-            let window = Window {
-                kernel,
-                strides,
-                dilations,
-                padding: Padding::Explicit(pads),
-            };
-            let [oh, ow] = window.output_size(h, w).unwrap();
-            let p = Pool {
-                window: window.clone(),
-                count_include_pad: false,
-                ceil_mode: false,
-            };
-            let got = pool(&p, &x, true).unwrap();
-            assert_eq!(got.shape(), &[1, 2, oh, ow]);
-            for c in 0..2 {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let want = brute_window(&window, h, w, oy, ox)
-                            .into_iter()
-                            .map(|[y, xx]| x[[0, c, y, xx]])
-                            .fold(f32::NEG_INFINITY, f32::max);
-                        assert_eq!(got[[0, c, oy, ox]], want, "{window:?} at {c} {oy} {ox}");
-                    }
-                }
-            }
-        }
-    }
 }

@@ -691,7 +691,7 @@ proptest! {
         // ties in odd cases
         let xv = values(c * hw, case.seed, -1.0, 1.0, case.seed % 2 == 1);
         let x = array(&[1, c, case.h, case.w], xv.clone());
-        let y = crate::forward::pool(&p, &x, true).unwrap();
+        let y = super::pool::forward(&p, &x, true).unwrap();
         prop_assert_eq!(y.shape(), &[1, c, oh, ow]);
         let r = array(&[1, c, oh, ow], values(c * oh * ow, case.seed ^ 3, -1.0, 1.0, false));
         let mut want = vec![0.0f64; c * hw];
@@ -728,7 +728,7 @@ proptest! {
         let (c, hw, ohw) = (case.c, case.h * case.w, oh * ow);
         let xv = values(c * hw, case.seed, 0.05, 1.0, false);
         let x = array(&[1, c, case.h, case.w], xv.clone());
-        let y = crate::forward::pool(&p, &x, false).unwrap();
+        let y = super::pool::forward(&p, &x, false).unwrap();
         prop_assert_eq!(y.shape(), &[1, c, oh, ow]);
         let g = array(&[1, c, oh, ow], values(c * ohw, case.seed ^ 5, -1.0, 1.0, false));
         let gs = g.as_slice().unwrap();

@@ -61,6 +61,100 @@ fn window<'a>(
     })
 }
 
+/// `MaxPool` (`max`) or `AveragePool` on `[N, C, H, W]`.
+pub fn forward(p: &Pool, x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
+    ensure!(
+        x.ndim() == 4,
+        "pooling needs [N, C, H, W], got {:?}",
+        x.shape()
+    );
+    let (n, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let wnd = &p.window;
+    let [oh, ow] = p.output_size(h, w)?;
+    let pads = wnd.pads(h, w);
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().unwrap_or(&[]);
+    let mut out = vec![0.0f32; n * c * oh * ow];
+    // input rows/cols of window position k at output o, if inside the input
+    let at = |o: usize, k: usize, axis: usize, size: usize| -> Option<usize> {
+        let v = (o * wnd.strides[axis] + k * wnd.dilations[axis]) as isize - pads[axis] as isize;
+        (v >= 0 && (v as usize) < size).then_some(v as usize)
+    };
+    // window positions inside the padded input (count_include_pad)
+    let padded = |o: usize, axis: usize, size: usize| {
+        let start = (o * wnd.strides[axis]) as isize - pads[axis] as isize;
+        let end = (size + pads[axis + 2]) as isize;
+        (0..wnd.kernel[axis])
+            .filter(|k| start + ((k * wnd.dilations[axis]) as isize) < end)
+            .count()
+    };
+    // every window inside the input, without holes: no bounds checks
+    let [kh, kw] = wnd.kernel;
+    let [sh, sw] = wnd.strides;
+    if max
+        && pads == [0; 4]
+        && wnd.dilations == [1, 1]
+        && oh > 0
+        && ow > 0
+        && (oh - 1) * sh + kh <= h
+        && (ow - 1) * sw + kw <= w
+    {
+        out.par_chunks_mut(oh * ow)
+            .zip(xs.par_chunks(h * w))
+            .for_each(|(op, xp)| {
+                for (oy, line) in op.chunks_exact_mut(ow).enumerate() {
+                    let rows = &xp[oy * sh * w..(oy * sh + kh) * w];
+                    for (ox, o) in line.iter_mut().enumerate() {
+                        let x0 = ox * sw;
+                        *o = rows
+                            .chunks_exact(w)
+                            .flat_map(|r| &r[x0..x0 + kw])
+                            .fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+                    }
+                }
+            });
+        return Ok(ArrayD::from_shape_vec(vec![n, c, oh, ow], out)?);
+    }
+    out.par_chunks_mut(oh * ow)
+        .zip(xs.par_chunks(h * w))
+        .for_each(|(op, xp)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
+                    let mut count = 0usize;
+                    for i in 0..wnd.kernel[0] {
+                        let Some(y) = at(oy, i, 0, h) else { continue };
+                        for j in 0..wnd.kernel[1] {
+                            let Some(xx) = at(ox, j, 1, w) else { continue };
+                            let v = xp[y * w + xx];
+                            if max {
+                                acc = acc.max(v);
+                            } else {
+                                acc += v;
+                            }
+                            count += 1;
+                        }
+                    }
+                    op[oy * ow + ox] = if max {
+                        acc
+                    } else {
+                        let d = if p.count_include_pad {
+                            padded(oy, 0, h) * padded(ox, 1, w)
+                        } else {
+                            count
+                        };
+                        if d == 0 {
+                            0.0
+                        } else {
+                            acc / d as f32
+                        }
+                    };
+                }
+            }
+        });
+    Ok(ArrayD::from_shape_vec(vec![n, c, oh, ow], out)?)
+}
+
 /// Relevance through `MaxPool`: all of a window's relevance to its arg-max.
 pub fn max_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32>> {
     let d = dims(x, r)?;
@@ -143,39 +237,69 @@ pub struct Ties {
 /// counted (the first maximum wins, as in PyTorch, whatever the rounding).
 pub fn max_pool_ties(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>, rel_tol: f32) -> Result<Ties> {
     let d = dims(x, r)?;
-    let pads = p.window.pads(d.h, d.w);
+    let wnd = &p.window;
+    let pads = wnd.pads(d.h, d.w);
     let (x, r) = (x.as_standard_layout(), r.as_standard_layout());
     let (xs, rs) = (x.as_slice().unwrap_or(&[]), r.as_slice().unwrap_or(&[]));
-    let tol = rel_tol * xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let (mut windows, mut near, mut total, mut tied) = (0usize, 0usize, 0f64, 0f64);
+    let largest = xs
+        .par_iter()
+        .fold(|| 0f32, |m, v| m.max(v.abs()))
+        .reduce(|| 0f32, f32::max);
+    let tol = rel_tol * largest;
+    // the input rows (columns) of each output row (column), shared by the planes
+    let taps = |o: usize, axis: usize, size: usize| -> Vec<usize> {
+        (0..wnd.kernel[axis])
+            .filter_map(|k| {
+                let v = (o * wnd.strides[axis] + k * wnd.dilations[axis]) as isize
+                    - pads[axis] as isize;
+                (v >= 0 && (v as usize) < size).then_some(v as usize)
+            })
+            .collect()
+    };
+    let rows: Vec<Vec<usize>> = (0..d.oh).map(|o| taps(o, 0, d.h)).collect();
+    let cols: Vec<Vec<usize>> = (0..d.ow).map(|o| taps(o, 1, d.w)).collect();
     let plane = d.h * d.w;
-    for c in 0..d.planes {
-        let xp = &xs[c * plane..(c + 1) * plane];
-        for oy in 0..d.oh {
-            for ox in 0..d.ow {
-                let rv = rs[(c * d.oh + oy) * d.ow + ox];
+    if plane == 0 || d.oh * d.ow == 0 {
+        return Ok(Ties::default());
+    }
+    // (windows, near, total |r|, near |r|) of one channel plane
+    let count = |(xp, rp): (&[f32], &[f32])| {
+        let mut acc = (0usize, 0usize, 0f64, 0f64);
+        for (oy, ys) in rows.iter().enumerate() {
+            for (ox, xs) in cols.iter().enumerate() {
+                let rv = rp[oy * d.ow + ox];
                 if rv == 0.0 {
                     continue;
                 }
                 let (mut m1, mut m2) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-                for (y, xx) in window(p, pads, &d, oy, ox) {
-                    let v = xp[y * d.w + xx];
-                    if v > m1 {
-                        (m1, m2) = (v, m1);
-                    } else if v > m2 {
-                        m2 = v;
+                for &y in ys {
+                    for &v in xs.iter().map(|&xx| &xp[y * d.w + xx]) {
+                        if v > m1 {
+                            (m1, m2) = (v, m1);
+                        } else if v > m2 {
+                            m2 = v;
+                        }
                     }
                 }
-                windows += 1;
-                total += rv.abs() as f64;
+                acc.0 += 1;
+                acc.2 += rv.abs() as f64;
                 let gap = m1 - m2;
                 if gap > 0.0 && gap <= tol {
-                    near += 1;
-                    tied += rv.abs() as f64;
+                    acc.1 += 1;
+                    acc.3 += rv.abs() as f64;
                 }
             }
         }
-    }
+        acc
+    };
+    let (windows, near, total, tied) = xs
+        .par_chunks(plane)
+        .zip(rs.par_chunks(d.oh * d.ow))
+        .map(count)
+        .reduce(
+            || (0, 0, 0.0, 0.0),
+            |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2, a.3 + b.3),
+        );
     Ok(Ties {
         windows,
         near,
@@ -391,5 +515,48 @@ pub(crate) mod tests {
         // a looser tolerance (0.8 * 2) takes in the gap of 1.5 too, a tighter none
         assert_eq!(max_pool_ties(&pool, &x, &r, 0.8).unwrap().near, 2);
         assert_eq!(max_pool_ties(&pool, &x, &r, 1e-9).unwrap().near, 0);
+    }
+
+    #[test]
+    fn max_pool_forward_is_the_window_maximum() {
+        // the fast path (no padding, no holes) and the general one
+        let cases = [
+            ([2, 2], [2, 2], [1, 1], [0, 0, 0, 0]),
+            ([3, 3], [2, 2], [1, 1], [0, 0, 0, 0]),
+            ([3, 2], [1, 2], [1, 1], [0, 0, 0, 0]),
+            ([3, 3], [1, 1], [1, 1], [1, 1, 1, 1]),
+            ([2, 2], [2, 2], [2, 2], [0, 0, 0, 0]),
+        ];
+        let (h, w) = (9, 8);
+        let x = ArrayD::from_shape_fn(vec![1, 2, h, w], |i| {
+            ((i[1] * 13 + i[2] * 7 + i[3] * 5) % 11) as f32 - 5.0
+        });
+        for (kernel, strides, dilations, pads) in cases {
+            let window = Window {
+                kernel,
+                strides,
+                dilations,
+                padding: Padding::Explicit(pads),
+            };
+            let [oh, ow] = window.output_size(h, w).unwrap();
+            let p = Pool {
+                window: window.clone(),
+                count_include_pad: false,
+                ceil_mode: false,
+            };
+            let got = forward(&p, &x, true).unwrap();
+            assert_eq!(got.shape(), &[1, 2, oh, ow]);
+            for c in 0..2 {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let want = brute_window(&window, h, w, oy, ox)
+                            .into_iter()
+                            .map(|[y, xx]| x[[0, c, y, xx]])
+                            .fold(f32::NEG_INFINITY, f32::max);
+                        assert_eq!(got[[0, c, oy, ox]], want, "{window:?} at {c} {oy} {ox}");
+                    }
+                }
+            }
+        }
     }
 }
