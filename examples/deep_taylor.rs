@@ -6,8 +6,8 @@
 //! [--hidden N] [--bias B] [--epsilon E]` (the same as `lrp-heatmap demo`).
 
 use anyhow::{bail, Context, Result};
-use lrp_heatmap::deep_taylor::{report, DemoConfig};
-use lrp_heatmap::init::Init;
+use lrp_testkit::deep_taylor::{report, DemoConfig};
+use lrp_testkit::init::Init;
 
 fn main() -> Result<()> {
     let mut cfg = DemoConfig::default();

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use lrp_heatmap::synth::{vgg16, VggSpec, VggStyle};
+use lrp_testkit::synth::{vgg16, VggSpec, VggStyle};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -1,36 +1,16 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
-pub mod analyzer;
-pub mod app;
-pub mod bench;
-pub mod cache;
-pub mod canon;
-pub mod compare;
+// Layers of the library, each importing only the ones above it in this list
+// (scripts/modgraph.py draws the graph; README "Layout"):
+pub mod analyzers;
 pub mod composite;
-pub mod deep_taylor;
-pub mod explain;
-pub mod fetch;
-pub mod forward;
-pub mod gradient;
+pub mod engine;
 pub mod graph;
-pub mod grid;
 pub mod guard;
-pub mod html;
-pub mod init;
-pub mod inputs;
-pub mod inspect;
-pub mod labels;
-pub mod linalg;
+pub(crate) mod kernels;
 pub mod model;
-pub mod model_check;
-pub mod npy;
-pub mod onnx;
 pub mod ops;
-pub mod output;
 pub mod preprocess;
-pub mod registry;
 pub mod render;
+pub mod rng;
 pub mod rules;
-pub mod selfcheck;
-pub mod synth;
-pub mod weights;

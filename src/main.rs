@@ -1,6 +1,8 @@
 //! The `lrp-heatmap` command: parses, runs, reports.
 
-mod cli;
+mod app;
+
+use app::cli;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -43,8 +45,8 @@ fn dispatch(job: cli::Job) -> ExitCode {
     match job {
         cli::Job::Explain(cfg) => explain(cfg),
         cli::Job::Compare(cfg) => compare(cfg),
-        cli::Job::Demo(cfg) => {
-            match lrp_heatmap::deep_taylor::report(&cfg, &mut std::io::stdout().lock()) {
+        cli::Job::Bench(cfg) => {
+            match crate::app::commands::bench::run_bench(&cfg, &mut std::io::stdout()) {
                 Ok(()) => ExitCode::from(EXIT_OK),
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -52,13 +54,6 @@ fn dispatch(job: cli::Job) -> ExitCode {
                 }
             }
         }
-        cli::Job::Bench(cfg) => match lrp_heatmap::bench::run_bench(&cfg, &mut std::io::stdout()) {
-            Ok(()) => ExitCode::from(EXIT_OK),
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(EXIT_USAGE)
-            }
-        },
         cli::Job::Models => report_usage_error(models()),
         cli::Job::Fetch(target) => report_usage_error(fetch(&target)),
         cli::Job::Inspect(cfg, verify) => inspect(cfg, verify),
@@ -66,8 +61,8 @@ fn dispatch(job: cli::Job) -> ExitCode {
     }
 }
 
-fn check(cfg: lrp_heatmap::selfcheck::CheckConfig) -> ExitCode {
-    match lrp_heatmap::selfcheck::run_check(&cfg, &mut std::io::stdout()) {
+fn check(cfg: lrp_heatmap::analyzers::selfcheck::CheckConfig) -> ExitCode {
+    match lrp_heatmap::analyzers::selfcheck::run_check(&cfg, &mut std::io::stdout()) {
         Ok(true) => ExitCode::from(EXIT_OK),
         Ok(false) => {
             eprintln!(
@@ -83,11 +78,11 @@ fn check(cfg: lrp_heatmap::selfcheck::CheckConfig) -> ExitCode {
     }
 }
 
-fn inspect(cfg: lrp_heatmap::inspect::InspectConfig, verify: bool) -> ExitCode {
-    match lrp_heatmap::inspect::run_inspect(&cfg, &mut std::io::stdout()) {
+fn inspect(cfg: crate::app::commands::inspect::InspectConfig, verify: bool) -> ExitCode {
+    match crate::app::commands::inspect::run_inspect(&cfg, &mut std::io::stdout()) {
         Ok(true) if verify => {
             println!();
-            check(lrp_heatmap::selfcheck::CheckConfig {
+            check(lrp_heatmap::analyzers::selfcheck::CheckConfig {
                 model: cfg.model.clone(),
                 image: None,
                 input_size: cfg.input_size,
@@ -121,7 +116,7 @@ fn report_usage_error(r: anyhow::Result<()>) -> ExitCode {
 /// Turns known model names in `--model` into cached files, downloading them
 /// on first use (with a progress bar on a terminal).
 fn resolve_models(job: cli::Job, offline: bool) -> anyhow::Result<cli::Job> {
-    use lrp_heatmap::registry::resolve;
+    use crate::app::registry::resolve;
     let stderr = std::io::stderr();
     let bar = stderr.is_terminal();
     Ok(match job {
@@ -134,9 +129,7 @@ fn resolve_models(job: cli::Job, offline: bool) -> anyhow::Result<cli::Job> {
             cli::Job::Compare(c)
         }
         cli::Job::Bench(mut c) => {
-            if let Some(m) = &c.model {
-                c.model = Some(resolve(m, offline, bar, &mut stderr.lock())?);
-            }
+            c.model = resolve(&c.model, offline, bar, &mut stderr.lock())?;
             cli::Job::Bench(c)
         }
         other => other,
@@ -144,21 +137,21 @@ fn resolve_models(job: cli::Job, offline: bool) -> anyhow::Result<cli::Job> {
 }
 
 fn models() -> anyhow::Result<()> {
-    let dir = lrp_heatmap::cache::cache_dir()?;
-    lrp_heatmap::registry::list(&dir, &mut std::io::stdout().lock())
+    let dir = crate::app::cache::cache_dir()?;
+    crate::app::registry::list(&dir, &mut std::io::stdout().lock())
 }
 
-fn fetch(target: &lrp_heatmap::fetch::Target) -> anyhow::Result<()> {
+fn fetch(target: &crate::app::fetch::Target) -> anyhow::Result<()> {
     let stderr = std::io::stderr();
-    let opts = lrp_heatmap::fetch::Options::from_env(false, stderr.is_terminal())?;
-    let path = lrp_heatmap::fetch::ensure(target, &opts, true, &mut stderr.lock())?;
+    let opts = crate::app::fetch::Options::from_env(false, stderr.is_terminal())?;
+    let path = crate::app::fetch::ensure(target, &opts, true, &mut stderr.lock())?;
     println!("{}", path.display());
     Ok(())
 }
 
-fn compare(cfg: lrp_heatmap::compare::CompareConfig) -> ExitCode {
+fn compare(cfg: crate::app::commands::compare::CompareConfig) -> ExitCode {
     let stderr = std::io::stderr();
-    match lrp_heatmap::compare::run_compare(&cfg, &mut stderr.lock()) {
+    match crate::app::commands::compare::run_compare(&cfg, &mut stderr.lock()) {
         Ok((path, failed)) => {
             println!("{}", path.display());
             if failed.is_empty() {
@@ -175,7 +168,7 @@ fn compare(cfg: lrp_heatmap::compare::CompareConfig) -> ExitCode {
     }
 }
 
-fn explain(cfg: lrp_heatmap::app::Config) -> ExitCode {
+fn explain(cfg: crate::app::commands::explain::Config) -> ExitCode {
     if let Some(dir) = &cfg.out_dir {
         if let Err(e) = std::fs::create_dir_all(dir) {
             eprintln!("error: cannot create output folder {}: {e}", dir.display());
@@ -185,7 +178,8 @@ fn explain(cfg: lrp_heatmap::app::Config) -> ExitCode {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let progress = !cfg.quiet && stderr.is_terminal();
-    match lrp_heatmap::app::run(&cfg, &mut stdout.lock(), &mut stderr.lock(), progress) {
+    match crate::app::commands::explain::run(&cfg, &mut stdout.lock(), &mut stderr.lock(), progress)
+    {
         Ok(summary) => {
             let total = summary.done + summary.skipped + summary.failed.len();
             if !summary.failed.is_empty() || (total > 1 && !cfg.quiet) {

@@ -7,9 +7,9 @@ use anyhow::{bail, ensure, Result};
 use ndarray::ArrayD;
 use rayon::prelude::*;
 
-use super::conv_kernels::{col2im, conv_group, depthwise_plane, depthwise_plane_transposed, Geo};
-use super::winograd;
-use crate::linalg::{matmul, Mat};
+use crate::kernels::conv::{col2im, conv_group, depthwise_plane, depthwise_plane_transposed, Geo};
+use crate::kernels::linalg::{matmul, Mat};
+use crate::kernels::winograd;
 use crate::rules::LinearLayer;
 
 /// How a convolution or pooling window pads its input.

@@ -4,8 +4,8 @@
 use anyhow::{ensure, Result};
 use ndarray::{ArrayD, Axis};
 
-use super::dense_kernels;
-use crate::linalg::{matmul, Mat};
+use crate::kernels::dense as dense_kernels;
+use crate::kernels::linalg::{matmul, Mat};
 use crate::rules::{LinearLayer, Modifier};
 
 /// `z = x W^T + b` on the last axis, weights `[M, K]` (PyTorch's layout).

@@ -18,9 +18,9 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
 use super::conv::{Conv, Padding, Window};
-use super::conv_kernels::{conv_group, im2col_tile, tile_cols, Geo};
-use super::winograd;
 use crate::graph::Pool;
+use crate::kernels::conv::{conv_group, im2col_tile, tile_cols, Geo};
+use crate::kernels::winograd;
 use crate::rules::{LinearLayer, Rule};
 
 /// Cases per property: a few seconds for all of them in the test profile.

@@ -3,13 +3,10 @@
 pub mod activation;
 pub mod concat;
 pub mod conv;
-mod conv_kernels;
 pub mod dense;
-pub mod dense_kernels;
 pub mod gate;
 #[cfg(test)]
 mod geometry_tests;
-pub mod input_bounds;
 pub mod movement;
 pub mod pad;
 pub mod pool;
@@ -17,15 +14,24 @@ pub mod pool_grad;
 pub mod reduce;
 pub mod resize;
 pub mod structural;
-mod winograd;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use ndarray::ArrayD;
 
-use crate::gradient::GradientMode;
 use crate::graph::{Node, Op};
+use crate::rules::cache::{Cached, WeightCache};
 use crate::rules::{Bounds, Rule};
-use crate::weights::{Cached, WeightCache};
+
+/// How rectifiers pass gradients back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GradientMode {
+    /// The exact gradient.
+    #[default]
+    Plain,
+    /// Guided backprop: `Relu` (and `Clip` with lower bound 0, i.e. ReLU6)
+    /// pass only positive gradients, and only where their input was positive.
+    Guided,
+}
 
 /// What the relevance pass of a linear layer may reuse.
 #[derive(Clone, Copy, Debug, Default)]

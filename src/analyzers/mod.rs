@@ -1,0 +1,213 @@
+//! Analyzers: an LRP composite or a method of the gradient family, chosen by
+//! name wherever a rule name is accepted.
+
+pub mod bounds;
+pub mod gradient;
+pub mod lrp;
+pub mod selfcheck;
+
+use anyhow::{bail, ensure, Result};
+use ndarray::{ArrayD, IxDyn};
+
+use crate::analyzers::gradient::{input_gradient, integrated_gradients, smoothgrad, GradientMode};
+use crate::analyzers::lrp::{explain_with, Explanation};
+use crate::composite::{Composite, RuleParams, NAMES};
+use crate::model::{Forward, InputSpec, Model};
+use crate::preprocess::{Layout, Normalization};
+
+/// The gradient-family analyzers with a one-line description.
+pub const GRADIENT_NAMES: &[(&str, &str)] = &[
+    ("gradient", "d logit / d input, shown as |gradient|"),
+    ("gradient-x-input", "input times gradient (signed)"),
+    (
+        "integrated-gradients",
+        "(input - black) times the mean gradient on the straight path from a black image (--steps)",
+    ),
+    (
+        "smoothgrad",
+        "mean gradient over noisy copies of the input, shown as |.| (--samples, --noise, --seed)",
+    ),
+    (
+        "guided-backprop",
+        "gradient passing only positive gradients through ReLU/ReLU6, shown as |.|",
+    ),
+];
+
+/// Parameters of all analyzers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AnalyzerParams {
+    /// Parameters of the LRP rules.
+    pub rule: RuleParams,
+    /// Integrated gradients: number of points on the path (>= 1).
+    pub steps: usize,
+    /// SmoothGrad: number of noisy samples (>= 1).
+    pub samples: usize,
+    /// SmoothGrad: noise standard deviation as a fraction of the input's
+    /// range (max - min), finite and >= 0.
+    pub noise: f32,
+    /// SmoothGrad: seed of the noise.
+    pub seed: u64,
+}
+
+impl Default for AnalyzerParams {
+    fn default() -> Self {
+        AnalyzerParams {
+            rule: RuleParams::default(),
+            steps: 32,
+            samples: 32,
+            noise: 0.1,
+            seed: 0,
+        }
+    }
+}
+
+/// How an explanation is computed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Analyzer {
+    /// Layer-wise relevance propagation with a composite.
+    Lrp(Composite),
+    /// The gradient of the logit with respect to the input.
+    Gradient,
+    /// Input times gradient.
+    GradientXInput,
+    /// Integrated gradients from a black image (in the normalised space).
+    IntegratedGradients {
+        /// Points on the path (right Riemann sum).
+        steps: usize,
+    },
+    /// SmoothGrad: mean gradient over noisy inputs.
+    SmoothGrad {
+        /// Number of noisy samples.
+        samples: usize,
+        /// Noise standard deviation as a fraction of the input range.
+        noise: f32,
+        /// Seed of the noise.
+        seed: u64,
+    },
+    /// Guided backprop.
+    GuidedBackprop,
+}
+
+/// Every analyzer name (rules, composites, gradient family) with its description.
+pub fn all_names() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    NAMES.iter().chain(GRADIENT_NAMES)
+}
+
+impl Analyzer {
+    /// The analyzer called `name` (a rule, a composite or a gradient-family
+    /// name), with parameters `p`.
+    pub fn from_name(name: &str, p: &AnalyzerParams) -> Result<Analyzer> {
+        ensure!(p.steps >= 1, "--steps must be at least 1, got {}", p.steps);
+        ensure!(
+            p.samples >= 1,
+            "--samples must be at least 1, got {}",
+            p.samples
+        );
+        ensure!(
+            p.noise.is_finite() && p.noise >= 0.0,
+            "--noise must be a finite number >= 0, got {}",
+            p.noise
+        );
+        Ok(match name {
+            "gradient" => Analyzer::Gradient,
+            "gradient-x-input" => Analyzer::GradientXInput,
+            "integrated-gradients" => Analyzer::IntegratedGradients { steps: p.steps },
+            "smoothgrad" => Analyzer::SmoothGrad {
+                samples: p.samples,
+                noise: p.noise,
+                seed: p.seed,
+            },
+            "guided-backprop" => Analyzer::GuidedBackprop,
+            n if NAMES.iter().any(|(k, _)| *k == n) => {
+                Analyzer::Lrp(Composite::from_name(n, &p.rule)?)
+            }
+            other => bail!(
+                "unknown rule or analyzer '{other}'; known: {}",
+                all_names().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    /// The name it is known by (used in output file names).
+    pub fn name(&self) -> String {
+        match self {
+            Analyzer::Lrp(c) => c.name.clone(),
+            Analyzer::Gradient => "gradient".into(),
+            Analyzer::GradientXInput => "gradient-x-input".into(),
+            Analyzer::IntegratedGradients { .. } => "integrated-gradients".into(),
+            Analyzer::SmoothGrad { .. } => "smoothgrad".into(),
+            Analyzer::GuidedBackprop => "guided-backprop".into(),
+        }
+    }
+
+    /// Whether the sign of the attribution is meaningful (rendered red/blue);
+    /// `false` for the gradient, SmoothGrad and guided backprop, rendered as |R|.
+    pub fn signed(&self) -> bool {
+        !matches!(
+            self,
+            Analyzer::Gradient | Analyzer::SmoothGrad { .. } | Analyzer::GuidedBackprop
+        )
+    }
+
+    /// Explains the logit of `class` at the forward pass `fwd` of `model`.
+    ///
+    /// The attribution (`relevance`) has the layout of the model input and is
+    /// returned signed for every analyzer (see [`Analyzer::signed`] for how to
+    /// show it). `norm` gives the z^B bounds and the black baseline of
+    /// integrated gradients, `(0 - mean) / std` per channel.
+    pub fn explain(
+        &self,
+        model: &Model,
+        fwd: &Forward,
+        class: usize,
+        norm: &Normalization,
+    ) -> Result<Explanation> {
+        ensure!(
+            class < fwd.logits.len(),
+            "class {class} out of range: the model has {} classes",
+            fwd.logits.len()
+        );
+        let graph = &model.graph;
+        let relevance = match self {
+            Analyzer::Lrp(c) => {
+                let channels = model.input.channels;
+                return explain_with(graph, fwd, class, c, norm, channels, &model.weights);
+            }
+            Analyzer::Gradient => input_gradient(graph, fwd, class, GradientMode::Plain)?,
+            Analyzer::GuidedBackprop => input_gradient(graph, fwd, class, GradientMode::Guided)?,
+            Analyzer::GradientXInput => {
+                input_gradient(graph, fwd, class, GradientMode::Plain)? * &fwd.input
+            }
+            Analyzer::IntegratedGradients { steps } => {
+                let baseline = black(&model.input, fwd.input.shape(), norm);
+                integrated_gradients(model, &fwd.input, &baseline, class, *steps)?
+            }
+            Analyzer::SmoothGrad {
+                samples,
+                noise,
+                seed,
+            } => smoothgrad(model, &fwd.input, class, *samples, *noise, *seed)?,
+        };
+        let relevance_sum = relevance.iter().map(|&v| v as f64).sum::<f64>() as f32;
+        Ok(Explanation {
+            class,
+            logit: fwd.logits[class],
+            relevance,
+            relevance_sum,
+        })
+    }
+}
+
+/// A black image in the normalised space, `(0 - mean[c]) / std[c]` on each
+/// channel (the first one for grey models), of `shape` in the model's layout.
+pub fn black(spec: &InputSpec, shape: &[usize], norm: &Normalization) -> ArrayD<f32> {
+    let low = norm.bounds().0;
+    let axis = match spec.layout {
+        Layout::Nchw => 1,
+        Layout::Nhwc => shape.len().saturating_sub(1),
+    };
+    ArrayD::from_shape_fn(IxDyn(shape), |ix| {
+        let c = if spec.channels == 3 { ix[axis] } else { 0 };
+        low[c.min(2)]
+    })
+}

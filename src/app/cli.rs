@@ -1,0 +1,578 @@
+//! Command-line arguments, turned into plain configurations.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+
+use crate::app::commands::compare::{CompareConfig, Format, DEFAULT_ANALYZERS};
+use crate::app::commands::explain::{ClassChoice, Config};
+use lrp_heatmap::analyzers::{AnalyzerParams, GRADIENT_NAMES};
+use lrp_heatmap::composite::{RuleParams, NAMES};
+use lrp_heatmap::model::BUNDLED_NAME;
+use lrp_heatmap::preprocess::{DecodeLimits, Normalization};
+use lrp_heatmap::render::{Cmap, MapNorm, Style};
+
+fn rules_help() -> String {
+    let mut s = String::from("Rules, composites and analyzers (usable wherever a rule name is):\n");
+    for (name, what) in NAMES.iter().chain(GRADIENT_NAMES) {
+        s += &format!("  {name:<22} {what}\n");
+    }
+    s += "\nExit codes: 0 all good; 1 some input failed (others still processed); 2 usage or model error.";
+    s
+}
+
+/// Explain image classifiers with Layer-wise Relevance Propagation.
+#[derive(Parser, Debug)]
+#[command(
+    name = "lrp-heatmap",
+    version,
+    about,
+    after_help = rules_help(),
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Args {
+    /// Subcommands.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Image files (JPEG, PNG, WebP, BMP, TIFF, GIF) or folders of them (hidden files
+    /// and our own outputs skipped).
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+
+    /// A rule, a composite or a gradient analyzer (see below).
+    #[arg(short, long, default_value = "epsilon-plus-flat")]
+    pub rule: String,
+
+    /// Also write the raw input relevance as <stem>.<rule>.npy ([C, H, W] float32).
+    #[arg(long)]
+    pub raw: bool,
+
+    /// Blend the heatmap over a grey version of the photo.
+    #[arg(long)]
+    pub overlay: bool,
+
+    /// One JSON object per input on stdout (one line each, as they finish).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Images explained in parallel [default: one per core].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+
+    /// No progress bar (it is shown only when stderr is a terminal anyway).
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Skip inputs whose outputs exist already (resume a batch).
+    #[arg(long)]
+    pub skip_existing: bool,
+
+    /// Write outputs into DIR instead of next to each input (folders mirrored below it).
+    #[arg(short, long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Several analyzers side by side: one grid (PNG or HTML) per run.
+    Compare(Box<CompareArgs>),
+    /// Seconds per image of each analyzer and peak memory (default model: a
+    /// generated full-size VGG16 with random weights).
+    Bench(BenchArgs),
+    /// Known models (vgg16, ...) with their cache state.
+    Models,
+    /// Download a known model (or any file, by URL and SHA-256) into the cache, verified.
+    Fetch(FetchArgs),
+    /// The model's input, output, operator counts and how LRP handles each
+    /// operator; exit code 0 if the model can be explained, 2 if not.
+    #[command(long_flag = "list-ops")]
+    Inspect(InspectArgs),
+    /// Checks the backward passes against the forward pass on MODEL and an
+    /// image (default: a seeded random input): gradient vs finite
+    /// differences, LRP-0 vs gradient x input, z-plus conservation, each
+    /// operator one by one. Exit code 0 if all agree, 1 if not, 2 for errors.
+    Check(CheckArgs),
+}
+
+/// Arguments of `fetch`.
+#[derive(ClapArgs, Debug)]
+pub struct FetchArgs {
+    /// A known model name (`lrp-heatmap models` lists them) or an http(s) URL.
+    #[arg(value_name = "NAME|URL")]
+    pub what: String,
+
+    /// SHA-256 of the file at URL (64 hex digits); required with a URL.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+
+    /// File name in the cache for a URL [default: the URL's last path segment];
+    /// `--model NAME` finds it there afterwards.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Expected size in bytes of the file at URL (checked before downloading).
+    #[arg(long, value_name = "BYTES")]
+    pub size: Option<u64>,
+}
+
+/// Arguments of `inspect` (`--list-ops`).
+#[derive(ClapArgs, Debug)]
+pub struct InspectArgs {
+    /// ONNX file path, or a known name (efficientnet-lite0: the bundled model).
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+
+    /// Height and width for a model whose input leaves them symbolic [default: 224x224].
+    #[arg(long, value_name = "HxW")]
+    pub input_size: Option<String>,
+
+    /// Also run `check` on a random input when the model loads (exit code 1 if it fails).
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// Arguments of `check`.
+#[derive(ClapArgs, Debug)]
+pub struct CheckArgs {
+    /// ONNX file path, or a known name (efficientnet-lite0: the bundled model).
+    #[arg(value_name = "MODEL")]
+    pub model: PathBuf,
+
+    /// Image to check at [default: a random input in the model's input range].
+    #[arg(value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+
+    /// Class whose logit is checked (0-based index) [default: top-1].
+    #[arg(long)]
+    pub class: Option<usize>,
+
+    /// Random directions of the gradient check.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub directions: u32,
+
+    /// Seed of the random input and directions.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// The figures as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Height and width for a model whose input leaves them symbolic [default: 224x224].
+    #[arg(long, value_name = "HxW")]
+    pub input_size: Option<String>,
+
+    /// Input normalisation.
+    #[command(flatten)]
+    pub input_norm: NormArgs,
+}
+
+/// Arguments of `bench`.
+#[derive(ClapArgs, Debug)]
+pub struct BenchArgs {
+    /// ONNX model to time (`cargo run --release --example synth_vgg16 -- vgg16.onnx`
+    /// writes the full-size VGG16 with random weights of the README's table).
+    #[arg(short, long)]
+    pub model: PathBuf,
+
+    /// Comma-separated analyzers.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "zplus,epsilon,epsilon-plus-flat"
+    )]
+    pub rules: Vec<String>,
+
+    /// Timed runs per analyzer (after a warm-up run); the median is printed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+}
+
+/// Arguments of `compare`.
+#[derive(ClapArgs, Debug)]
+pub struct CompareArgs {
+    /// Image files or folders.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+
+    /// Comma-separated analyzers, one column each.
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_ANALYZERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    pub rules: Vec<String>,
+
+    /// Output folder of compare.png / compare.html.
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+
+    /// png: one grid image; html: a page with the grid, logits and relevance sums.
+    #[arg(long, value_enum, default_value_t = FormatArg::Png)]
+    pub format: FormatArg,
+
+    /// Side of one tile in pixels.
+    #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(16..=1024))]
+    pub tile: u32,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `--format` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    /// One PNG grid.
+    Png,
+    /// A self-contained HTML page.
+    Html,
+}
+
+/// Options shared by the main command and `compare`.
+#[derive(ClapArgs, Debug)]
+pub struct Common {
+    /// ONNX file path, or a known name (`lrp-heatmap models` lists them):
+    /// efficientnet-lite0 is bundled, vgg16 and vgg16-12 are downloaded on
+    /// first use into the cache.
+    #[arg(short, long, default_value = BUNDLED_NAME)]
+    pub model: PathBuf,
+
+    /// Never touch the network: a known model must be in the cache already
+    /// (also LRP_HEATMAP_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+
+    /// Class to explain: 0-based index or a label substring ("tabby"). Default: top-1.
+    #[arg(long, allow_negative_numbers = true)]
+    pub class: Option<String>,
+
+    /// Descend into sub-folders of folder inputs.
+    #[arg(long)]
+    pub recursive: bool,
+
+    /// Epsilon of the epsilon rule.
+    #[arg(long, default_value_t = 1e-6, allow_negative_numbers = true)]
+    pub epsilon: f32,
+
+    /// Gamma of the gamma rule.
+    #[arg(long, default_value_t = 0.25, allow_negative_numbers = true)]
+    pub gamma: f32,
+
+    /// Alpha of the alpha-beta rule (beta = alpha - 1).
+    #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
+    pub alpha: f32,
+
+    /// Steps of integrated gradients.
+    #[arg(long, default_value_t = 32)]
+    pub steps: usize,
+
+    /// Noisy samples of SmoothGrad.
+    #[arg(long, default_value_t = 32)]
+    pub samples: usize,
+
+    /// SmoothGrad noise, as a fraction of the input's value range.
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    pub noise: f32,
+
+    /// Seed of SmoothGrad's noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Colour map of signed maps (bwr, seismic, coldnhot, colorous diverging schemes)
+    /// or, for unsigned maps, hot, viridis, inferno, greys.
+    #[arg(long, default_value = "bwr")]
+    pub cmap: String,
+
+    /// Normalisation of the maps: symmetric, absolute or unaligned (as Zennit's imgify).
+    #[arg(long, default_value = "symmetric")]
+    pub norm: String,
+
+    /// Saturate earlier: values are multiplied by LEVEL before clipping.
+    #[arg(long, default_value_t = 1.0)]
+    pub level: f32,
+
+    /// Input normalisation.
+    #[command(flatten)]
+    pub input_norm: NormArgs,
+
+    /// Height and width fed to a model whose input leaves them symbolic
+    /// (images are resized to it) [default: 224x224].
+    #[arg(long, value_name = "HxW")]
+    pub input_size: Option<String>,
+
+    /// Refuse images with more pixels than N (read from the header, before
+    /// decoding); decoding may allocate 8 bytes per pixel of it, at least
+    /// 512 MiB. Suffixes k, M, G.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value = "64M",
+        allow_hyphen_values = true
+    )]
+    pub max_pixels: String,
+}
+
+/// `--input-size HxW` (or a single side for a square).
+fn input_size(s: &str) -> Result<[usize; 2]> {
+    let parts: Vec<&str> = s.split(['x', 'X']).map(str::trim).collect();
+    let side = |p: &str| -> Result<usize> {
+        match p.parse::<usize>() {
+            Ok(v) if (1..=8192).contains(&v) => Ok(v),
+            _ => bail!("--input-size: '{p}' is not a side between 1 and 8192"),
+        }
+    };
+    match parts.as_slice() {
+        [h, w] => Ok([side(h)?, side(w)?]),
+        [s] => Ok([side(s)?; 2]),
+        _ => bail!("--input-size needs HxW, e.g. 224x224, got '{s}'"),
+    }
+}
+
+fn triple(s: &str, what: &str) -> Result<[f32; 3]> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    if parts.len() != 3 {
+        bail!("--{what} needs three comma-separated numbers R,G,B, got '{s}'");
+    }
+    let mut out = [0.0f32; 3];
+    for (o, p) in out.iter_mut().zip(parts) {
+        *o = p
+            .parse()
+            .with_context(|| format!("--{what}: '{p}' is not a number"))?;
+        if !o.is_finite() {
+            bail!("--{what}: '{p}' is not a finite number");
+        }
+    }
+    Ok(out)
+}
+
+/// What `fetch` downloads: a registry entry, or a URL with its checksum.
+fn fetch_target(f: &FetchArgs) -> Result<crate::app::fetch::Target> {
+    if f.what.contains("://") {
+        let Some(sha) = &f.sha256 else {
+            bail!(
+                "fetch {}: a URL needs --sha256 HEX (the file's SHA-256) so the download can be verified",
+                f.what
+            );
+        };
+        return crate::app::fetch::Target::from_url(&f.what, sha, f.name.as_deref(), f.size);
+    }
+    if f.sha256.is_some() || f.name.is_some() || f.size.is_some() {
+        bail!(
+            "fetch {}: --sha256, --name and --size go with a URL; a known model has its own",
+            f.what
+        );
+    }
+    crate::app::registry::target(&f.what)
+}
+
+/// `--mean` and `--std`, shared by the commands that read images.
+#[derive(ClapArgs, Debug, Clone)]
+pub struct NormArgs {
+    /// Input normalisation mean, R,G,B.
+    #[arg(
+        long,
+        value_name = "R,G,B",
+        default_value = "0.485,0.456,0.406",
+        allow_hyphen_values = true
+    )]
+    pub mean: String,
+
+    /// Input normalisation standard deviation, R,G,B.
+    #[arg(
+        long,
+        value_name = "R,G,B",
+        default_value = "0.229,0.224,0.225",
+        allow_hyphen_values = true
+    )]
+    pub std: String,
+}
+
+impl NormArgs {
+    fn norm(&self) -> Result<Normalization> {
+        let mean = triple(&self.mean, "mean")?;
+        let std = triple(&self.std, "std")?;
+        if std.iter().any(|&s| s <= 0.0) {
+            bail!("--std values must be > 0, got {}", self.std);
+        }
+        Ok(Normalization { mean, std })
+    }
+}
+
+impl Common {
+    fn norm(&self) -> Result<Normalization> {
+        self.input_norm.norm()
+    }
+
+    fn params(&self) -> AnalyzerParams {
+        AnalyzerParams {
+            rule: RuleParams {
+                epsilon: self.epsilon,
+                gamma: self.gamma,
+                alpha: self.alpha,
+            },
+            steps: self.steps,
+            samples: self.samples,
+            noise: self.noise,
+            seed: self.seed,
+        }
+    }
+
+    fn style(&self) -> Result<Style> {
+        let mut style = Style::default();
+        let cmap = Cmap::parse(&self.cmap).with_context(|| format!("--cmap {}", self.cmap))?;
+        if cmap.is_diverging() {
+            style.cmap = cmap;
+        } else {
+            style.unsigned_cmap = cmap;
+        }
+        style.norm = MapNorm::parse(&self.norm).with_context(|| format!("--norm {}", self.norm))?;
+        if !(self.level.is_finite() && self.level > 0.0) {
+            bail!("--level must be a finite number > 0, got {}", self.level);
+        }
+        style.level = self.level;
+        Ok(style)
+    }
+
+    fn input_size(&self) -> Result<Option<[usize; 2]>> {
+        self.input_size.as_deref().map(input_size).transpose()
+    }
+
+    fn limits(&self) -> Result<DecodeLimits> {
+        let max_pixels = DecodeLimits::parse_pixels(&self.max_pixels).context("--max-pixels")?;
+        Ok(DecodeLimits { max_pixels })
+    }
+
+    fn class(&self) -> ClassChoice {
+        self.class
+            .clone()
+            .map_or(ClassChoice::Top, ClassChoice::Query)
+    }
+}
+
+/// What to run.
+pub enum Job {
+    /// Explain each input with one analyzer.
+    Explain(Config),
+    /// Compare analyzers in a grid.
+    Compare(CompareConfig),
+    /// Time analyzers.
+    Bench(crate::app::commands::bench::BenchConfig),
+    /// List the known models.
+    Models,
+    /// Download a file into the cache.
+    Fetch(crate::app::fetch::Target),
+    /// List a model's operators and whether it is supported (and, with
+    /// `true`, check its backward passes).
+    Inspect(crate::app::commands::inspect::InspectConfig, bool),
+    /// Check the backward passes against the forward pass.
+    Check(lrp_heatmap::analyzers::selfcheck::CheckConfig),
+}
+
+impl Args {
+    /// Whether `--offline` was given (`LRP_HEATMAP_OFFLINE` is read where the
+    /// download would happen).
+    pub fn offline(&self) -> bool {
+        match &self.command {
+            None => self.common.offline,
+            Some(Command::Compare(c)) => c.common.offline,
+            Some(_) => false,
+        }
+    }
+
+    /// The run's configuration, validated.
+    pub fn into_job(self) -> Result<Job> {
+        if let Some(Command::Models) = self.command {
+            return Ok(Job::Models);
+        }
+        if let Some(Command::Fetch(f)) = self.command {
+            return Ok(Job::Fetch(fetch_target(&f)?));
+        }
+        if let Some(Command::Inspect(i)) = self.command {
+            return Ok(Job::Inspect(
+                crate::app::commands::inspect::InspectConfig {
+                    model: i.model,
+                    input_size: i.input_size.as_deref().map(input_size).transpose()?,
+                },
+                i.verify,
+            ));
+        }
+        if let Some(Command::Check(c)) = self.command {
+            let norm = c.input_norm.norm()?;
+            return Ok(Job::Check(lrp_heatmap::analyzers::selfcheck::CheckConfig {
+                model: c.model,
+                image: c.image,
+                input_size: c.input_size.as_deref().map(input_size).transpose()?,
+                options: lrp_heatmap::analyzers::selfcheck::CheckOptions {
+                    class: c.class,
+                    directions: c.directions as usize,
+                    seed: c.seed,
+                    norm,
+                },
+                json: c.json,
+            }));
+        }
+        if let Some(Command::Bench(b)) = self.command {
+            let params = AnalyzerParams::default();
+            for name in &b.rules {
+                lrp_heatmap::analyzers::Analyzer::from_name(name, &params)?;
+            }
+            return Ok(Job::Bench(crate::app::commands::bench::BenchConfig {
+                model: b.model,
+                analyzers: b.rules,
+                runs: b.runs as usize,
+            }));
+        }
+        if let Some(Command::Compare(c)) = self.command {
+            let c = *c;
+            let params = c.common.params();
+            for name in &c.rules {
+                lrp_heatmap::analyzers::Analyzer::from_name(name, &params)?;
+            }
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            return Ok(Job::Compare(CompareConfig {
+                inputs: c.inputs,
+                recursive: c.common.recursive,
+                model: c.common.model.clone(),
+                analyzers: c.rules,
+                params,
+                class: c.common.class(),
+                norm: c.common.norm()?,
+                style: c.common.style()?,
+                tile: c.tile,
+                limits: c.common.limits()?,
+                out_dir: c.out,
+                format: match c.format {
+                    FormatArg::Png => Format::Png,
+                    FormatArg::Html => Format::Html,
+                },
+                command,
+                input_size: c.common.input_size()?,
+            }));
+        }
+        let params = self.common.params();
+        // validates the analyzer name and parameters before any model is loaded
+        lrp_heatmap::analyzers::Analyzer::from_name(&self.rule, &params)?;
+        Ok(Job::Explain(Config {
+            inputs: self.inputs,
+            model: self.common.model.clone(),
+            rule: self.rule,
+            params,
+            class: self.common.class(),
+            out_dir: self.out,
+            raw: self.raw,
+            overlay: self.overlay,
+            norm: self.common.norm()?,
+            style: self.common.style()?,
+            json: self.json,
+            recursive: self.common.recursive,
+            jobs: self.jobs.map(|j| j as usize),
+            quiet: self.quiet,
+            skip_existing: self.skip_existing,
+            input_size: self.common.input_size()?,
+            limits: self.common.limits()?,
+        }))
+    }
+}

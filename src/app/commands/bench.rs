@@ -1,0 +1,96 @@
+//! `lrp-heatmap bench`: seconds per image of each analyzer and peak memory,
+//! on a given model or on a generated full-size VGG16 (random He weights).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use ndarray::ArrayD;
+
+use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
+use lrp_heatmap::model::Model;
+use lrp_heatmap::preprocess::Normalization;
+use lrp_heatmap::rng::Rng;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// Model file.
+    pub model: PathBuf,
+    /// Analyzers to time.
+    pub analyzers: Vec<String>,
+    /// Timed runs per analyzer (after one warm-up run).
+    pub runs: usize,
+}
+
+/// Peak resident memory of this process so far, in bytes (Linux; 0 elsewhere).
+pub fn peak_memory() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs the benchmark, printing a table on `out`.
+pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
+    let path = cfg.model.clone();
+    let t0 = Instant::now();
+    let model =
+        lrp_heatmap::guard::boundary(&format!("model {}", path.display()), || Model::load(&path));
+    let model = model?;
+    writeln!(
+        out,
+        "model loaded in {:.2} s, input {:?}, forward engine: {}",
+        t0.elapsed().as_secs_f64(),
+        model.input.shape,
+        model.engine()
+    )?;
+    let norm = Normalization::default();
+    let mut rng = Rng::new(7);
+    let x = ArrayD::from_shape_simple_fn(model.input.shape.clone(), || rng.normal());
+    let params = AnalyzerParams::default();
+    let mut fwd_times = Vec::new();
+    writeln!(
+        out,
+        "{:<22} {:>12} {:>12} {:>10}",
+        "analyzer", "s/image", "forward s", "peak MB"
+    )?;
+    for name in &cfg.analyzers {
+        let a = Analyzer::from_name(name, &params)?;
+        let mut times = Vec::new();
+        for run in 0..=cfg.runs.max(1) {
+            let t = Instant::now();
+            let fwd = model.forward(x.clone())?;
+            let tf = t.elapsed().as_secs_f64();
+            let class = fwd.top_k(1)[0].0;
+            let e = a.explain(&model, &fwd, class, &norm)?;
+            std::hint::black_box(&e.relevance);
+            if run > 0 {
+                times.push(t.elapsed().as_secs_f64());
+                fwd_times.push(tf);
+            }
+        }
+        let fwd = median(fwd_times.clone());
+        writeln!(
+            out,
+            "{:<22} {:>12.3} {:>12.3} {:>10}",
+            name,
+            median(times),
+            fwd,
+            peak_memory() / (1 << 20)
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,244 @@
+//! `lrp-heatmap compare`: several analyzers side by side, one grid per run.
+//!
+//! Each image is decoded and run forward once; every analyzer explains the
+//! same forward pass (integrated gradients and SmoothGrad run their own extra
+//! passes). The grid has one row per image (the photo, then one tile per
+//! analyzer) under a header naming the analyzers; `--format html` writes the
+//! same grid as a self-contained page with logits and relevance sums.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context, Result};
+use ndarray::Ix3;
+
+use crate::app::commands::explain::{relevance_chw, ClassChoice};
+use crate::app::grid::{grid_image, GridColumn, GridRow};
+use crate::app::html::{encode_png, grid_html, HtmlRow, HtmlTile};
+use crate::app::inputs::collect;
+use crate::app::labels;
+use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
+use lrp_heatmap::model::Model;
+use lrp_heatmap::preprocess::{self, Normalization};
+use lrp_heatmap::render::{self, Style};
+
+/// The analyzers of iNNvestigate's "compare methods" figure, the default.
+pub const DEFAULT_ANALYZERS: &[&str] = &[
+    "gradient",
+    "gradient-x-input",
+    "integrated-gradients",
+    "smoothgrad",
+    "guided-backprop",
+    "epsilon",
+    "zplus",
+    "epsilon-plus-flat",
+    "epsilon-gamma-box",
+    "deep-taylor",
+];
+
+/// Output format of `compare`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One PNG grid.
+    Png,
+    /// A self-contained HTML page.
+    Html,
+}
+
+/// Everything a compare run needs.
+#[derive(Clone, Debug)]
+pub struct CompareConfig {
+    /// Image files or folders.
+    pub inputs: Vec<PathBuf>,
+    /// Walk folders recursively.
+    pub recursive: bool,
+    /// ONNX model file (or the bundled model's name).
+    pub model: PathBuf,
+    /// Analyzer names, in column order.
+    pub analyzers: Vec<String>,
+    /// Their parameters.
+    pub params: AnalyzerParams,
+    /// Class to explain.
+    pub class: ClassChoice,
+    /// Input normalisation.
+    pub norm: Normalization,
+    /// Colours.
+    pub style: Style,
+    /// Side of a tile in pixels.
+    pub tile: u32,
+    /// Bounds on decoding each image.
+    pub limits: preprocess::DecodeLimits,
+    /// Output folder.
+    pub out_dir: PathBuf,
+    /// PNG or HTML.
+    pub format: Format,
+    /// The command line, shown in the HTML page.
+    pub command: String,
+    /// Height and width for a model with symbolic spatial dims (`None`: 224).
+    pub input_size: Option<[usize; 2]>,
+}
+
+struct Row {
+    input: String,
+    photo: image::RgbImage,
+    label: String,
+    maps: Vec<ndarray::Array2<f32>>,
+    logits: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+/// Runs a comparison; returns the written file and the inputs that failed.
+pub fn run_compare(
+    cfg: &CompareConfig,
+    err: &mut dyn Write,
+) -> Result<(PathBuf, Vec<(PathBuf, String)>)> {
+    let analyzers = cfg
+        .analyzers
+        .iter()
+        .map(|n| Analyzer::from_name(n, &cfg.params))
+        .collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(!analyzers.is_empty(), "--rules names no analyzer");
+    let model = lrp_heatmap::guard::boundary(&format!("model {}", cfg.model.display()), || {
+        Model::load_sized(&cfg.model, cfg.input_size)
+    })?;
+    let names = labels::for_classes(model.classes);
+    if let ClassChoice::Query(q) = &cfg.class {
+        labels::find_class(&names, q)
+            .map_err(|e| anyhow!("--class {q}: {e} (model {})", cfg.model.display()))?;
+    }
+    let all: Vec<String> = analyzers.iter().map(Analyzer::name).collect();
+    let skip: Vec<&str> = all.iter().map(String::as_str).collect();
+    let mut jobs = collect(&cfg.inputs, cfg.recursive, None, &skip)?;
+    // the grid this run writes is never one of its inputs (a folder
+    // compared into itself twice)
+    let out_file = cfg.out_dir.join(match cfg.format {
+        Format::Png => "compare.png",
+        Format::Html => "compare.html",
+    });
+    let out_id = crate::app::inputs::identity(&out_file);
+    jobs.retain(|j| {
+        let own = crate::app::inputs::identity(&j.input) == out_id;
+        if own {
+            let _ = writeln!(
+                err,
+                "note: skipping {}, the output of this run",
+                j.input.display()
+            );
+        }
+        !own
+    });
+    let spec = &model.input;
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for job in &jobs {
+        let what = job.input.display().to_string();
+        let row = lrp_heatmap::guard::boundary(&what, || {
+            (|| -> Result<Row> {
+                let photo = preprocess::load_image_with(&job.input, &cfg.limits)?;
+                let x = preprocess::to_tensor(
+                    &photo,
+                    spec.height,
+                    spec.width,
+                    spec.channels,
+                    spec.layout,
+                    &cfg.norm,
+                )?;
+                let fwd = model.forward(x)?;
+                let class = match &cfg.class {
+                    ClassChoice::Top => fwd.top_k(1)[0].0,
+                    ClassChoice::Query(q) => {
+                        labels::find_class(&names, q).map_err(|e| anyhow!("--class {q}: {e}"))?
+                    }
+                };
+                let mut row = Row {
+                    input: job.input.display().to_string(),
+                    photo,
+                    label: format!("{} {}", class, names[class]),
+                    maps: vec![],
+                    logits: vec![],
+                    sums: vec![],
+                };
+                for a in &analyzers {
+                    let e = a
+                        .explain(&model, &fwd, class, &cfg.norm)
+                        .with_context(|| format!("analyzer {}", a.name()))?;
+                    let chw = relevance_chw(&e.relevance, spec.layout)?;
+                    row.maps.push(render::channel_sum(
+                        chw.view().into_dimensionality::<Ix3>()?,
+                    ));
+                    row.logits.push(e.logit);
+                    row.sums.push(e.relevance_sum);
+                }
+                Ok(row)
+            })()
+            .with_context(|| format!("{}", job.input.display()))
+        });
+        match row {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                writeln!(err, "error: {e:#}")?;
+                failed.push((job.input.clone(), format!("{e:#}")));
+            }
+        }
+    }
+    anyhow::ensure!(!rows.is_empty(), "no input could be explained");
+    std::fs::create_dir_all(&cfg.out_dir)
+        .with_context(|| format!("cannot create output folder {}", cfg.out_dir.display()))?;
+    let columns: Vec<GridColumn> = analyzers
+        .iter()
+        .map(|a| GridColumn {
+            name: a.name(),
+            signed: a.signed(),
+        })
+        .collect();
+    let path = match cfg.format {
+        Format::Png => {
+            let grid_rows: Vec<GridRow> = rows
+                .into_iter()
+                .map(|r| GridRow {
+                    photo: r.photo,
+                    label: r.label,
+                    maps: r.maps,
+                })
+                .collect();
+            let img = grid_image(&grid_rows, &columns, &cfg.style, cfg.tile)?;
+            let path = out_file;
+            crate::app::output::save_png(&img, &path)?;
+            path
+        }
+        Format::Html => {
+            let mut html_rows = Vec::new();
+            for r in &rows {
+                let mut tiles = Vec::new();
+                for (i, c) in columns.iter().enumerate() {
+                    let img =
+                        render::render_map(&r.maps[i], cfg.tile, cfg.tile, &cfg.style, c.signed);
+                    tiles.push(HtmlTile {
+                        name: c.name.clone(),
+                        png: encode_png(&img)?,
+                        logit: r.logits[i],
+                        relevance_sum: r.sums[i],
+                    });
+                }
+                let photo = image::imageops::resize(
+                    &r.photo,
+                    cfg.tile,
+                    cfg.tile,
+                    image::imageops::FilterType::Triangle,
+                );
+                html_rows.push(HtmlRow {
+                    input: r.input.clone(),
+                    label: r.label.clone(),
+                    photo_png: encode_png(&photo)?,
+                    tiles,
+                });
+            }
+            let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+            let page = grid_html(&html_rows, &names, &cfg.command);
+            let path = out_file;
+            crate::app::output::write_atomic(&path, |w| Ok(w.write_all(page.as_bytes())?))?;
+            path
+        }
+    };
+    Ok((path, failed))
+}

@@ -1,0 +1,416 @@
+//! The command's job, free of clap: explain each input with a configured
+//! model and rule, write the heatmaps, report.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use ndarray::{ArrayD, Axis};
+use serde_json::json;
+
+use crate::app::inputs::Job;
+use crate::app::labels;
+use lrp_heatmap::analyzers::lrp::Explanation;
+use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
+use lrp_heatmap::model::Model;
+use lrp_heatmap::preprocess::{self, DecodeLimits, Layout, Normalization};
+use lrp_heatmap::render;
+use lrp_heatmap::render::Style;
+
+/// The class to explain.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClassChoice {
+    /// The highest logit.
+    Top,
+    /// A 0-based index or a label substring, resolved per model.
+    Query(String),
+}
+
+/// Everything one run needs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Image files or folders.
+    pub inputs: Vec<PathBuf>,
+    /// ONNX model file.
+    pub model: PathBuf,
+    /// Rule, composite or gradient analyzer name.
+    pub rule: String,
+    /// Analyzer parameters.
+    pub params: AnalyzerParams,
+    /// Class to explain.
+    pub class: ClassChoice,
+    /// Output folder (`None`: next to each input).
+    pub out_dir: Option<PathBuf>,
+    /// Also write the raw relevance as `.npy`.
+    pub raw: bool,
+    /// Blend the heatmap over a grey version of the photo.
+    pub overlay: bool,
+    /// Input normalisation.
+    pub norm: Normalization,
+    /// Colours of the heatmaps.
+    pub style: Style,
+    /// One JSON object per input instead of text.
+    pub json: bool,
+    /// Walk folders recursively.
+    pub recursive: bool,
+    /// Images explained at once (`None`: one per core).
+    pub jobs: Option<usize>,
+    /// No progress bar.
+    pub quiet: bool,
+    /// Skip inputs whose outputs exist already.
+    pub skip_existing: bool,
+    /// Height and width for a model with symbolic spatial dims (`None`: 224).
+    pub input_size: Option<[usize; 2]>,
+    /// Bounds on decoding each image.
+    pub limits: DecodeLimits,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Inputs explained.
+    pub done: usize,
+    /// Inputs skipped because their outputs existed.
+    pub skipped: usize,
+    /// Inputs that failed, with their error.
+    pub failed: Vec<(PathBuf, String)>,
+    /// Wall time of the whole run.
+    pub seconds: f64,
+}
+
+/// One explained input.
+pub struct Outcome {
+    /// The input image.
+    pub input: PathBuf,
+    /// The five highest classes with their probabilities.
+    pub top5: Vec<(usize, f32)>,
+    /// The explanation (its relevance array is dropped once written).
+    pub explanation: Explanation,
+    /// Written heatmap.
+    pub png: PathBuf,
+    /// Written raw relevance, if asked for.
+    pub npy: Option<PathBuf>,
+    /// Wall time for this input.
+    pub seconds: f64,
+    /// Warnings about this explanation (max-pool near-ties).
+    pub warnings: Vec<String>,
+}
+
+/// [`lrp_heatmap::analyzers::selfcheck::near_tie_warnings`]; a failure to measure is itself
+/// the warning (the explanation goes on).
+fn explanation_warnings(model: &Model, fwd: &lrp_heatmap::model::Forward) -> Vec<String> {
+    lrp_heatmap::analyzers::selfcheck::near_tie_warnings(model, fwd)
+        .unwrap_or_else(|e| vec![format!("near-ties not measured: {e:#}")])
+}
+
+/// The relevance as `[C, H, W]` whatever the model's layout.
+pub fn relevance_chw(rel: &ArrayD<f32>, layout: Layout) -> Result<ArrayD<f32>> {
+    let r = rel.index_axis(Axis(0), 0).to_owned();
+    Ok(match layout {
+        Layout::Nchw => r,
+        Layout::Nhwc => r
+            .permuted_axes(vec![2, 0, 1])
+            .as_standard_layout()
+            .into_owned(),
+    })
+}
+
+/// A loaded model with the run's rule, ready to explain images.
+pub struct Explainer {
+    /// The model.
+    pub model: Model,
+    /// The analyzer.
+    pub analyzer: Analyzer,
+    /// Class labels.
+    pub labels: Vec<String>,
+    cfg: Config,
+}
+
+impl Explainer {
+    /// Loads the model and checks the rule and class choice.
+    pub fn new(cfg: &Config) -> Result<Explainer> {
+        let analyzer = Analyzer::from_name(&cfg.rule, &cfg.params)?;
+        let model = Model::load_sized(&cfg.model, cfg.input_size)?;
+        let labels = labels::for_classes(model.classes);
+        if let ClassChoice::Query(q) = &cfg.class {
+            labels::find_class(&labels, q)
+                .map_err(|e| anyhow!("--class {q}: {e} (model {})", cfg.model.display()))?;
+        }
+        Ok(Explainer {
+            model,
+            analyzer,
+            labels,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Explains one image and writes its outputs.
+    pub fn run_one(&self, job: &Job) -> Result<Outcome> {
+        let t0 = Instant::now();
+        let input = job.input.as_path();
+        let spec = &self.model.input;
+        let img = preprocess::load_image_with(input, &self.cfg.limits)?;
+        let tensor = preprocess::to_tensor(
+            &img,
+            spec.height,
+            spec.width,
+            spec.channels,
+            spec.layout,
+            &self.cfg.norm,
+        )
+        .with_context(|| format!("cannot prepare {}", input.display()))?;
+        let forward = self
+            .model
+            .forward(tensor)
+            .with_context(|| format!("{}", input.display()))?;
+        let top5 = forward.top_k(5);
+        let warnings = explanation_warnings(&self.model, &forward);
+        let class = match &self.cfg.class {
+            ClassChoice::Top => top5[0].0,
+            ClassChoice::Query(q) => {
+                labels::find_class(&self.labels, q).map_err(|e| anyhow!("--class {q}: {e}"))?
+            }
+        };
+        let mut explanation = self
+            .analyzer
+            .explain(&self.model, &forward, class, &self.cfg.norm)
+            .with_context(|| format!("cannot explain {}", input.display()))?;
+        drop(forward);
+        let chw = relevance_chw(&explanation.relevance, spec.layout)?;
+        explanation.relevance = ArrayD::zeros(vec![0]);
+        let view = chw.view().into_dimensionality::<ndarray::Ix3>()?;
+        let photo = self.cfg.overlay.then_some(&img);
+        let signed = self.analyzer.signed();
+        let heat = render::heatmap_image_styled(
+            view,
+            img.width(),
+            img.height(),
+            photo,
+            &self.cfg.style,
+            signed,
+        );
+        std::fs::create_dir_all(&job.out_dir)
+            .with_context(|| format!("cannot create output folder {}", job.out_dir.display()))
+            .with_context(|| format!("{}", input.display()))?;
+        let png = job.output(&self.analyzer.name(), "png");
+        crate::app::output::save_png(&heat, &png)
+            .with_context(|| format!("{}", input.display()))?;
+        let npy = if self.cfg.raw {
+            let path = job.output(&self.analyzer.name(), "npy");
+            crate::app::output::save_npy(&chw, &path)
+                .with_context(|| format!("{}", input.display()))?;
+            Some(path)
+        } else {
+            None
+        };
+        Ok(Outcome {
+            input: input.to_path_buf(),
+            top5,
+            explanation,
+            png,
+            npy,
+            seconds: t0.elapsed().as_secs_f64(),
+            warnings,
+        })
+    }
+
+    /// The files `job` writes.
+    pub fn outputs(&self, job: &Job) -> Vec<PathBuf> {
+        let mut v = vec![job.output(&self.analyzer.name(), "png")];
+        if self.cfg.raw {
+            v.push(job.output(&self.analyzer.name(), "npy"));
+        }
+        v
+    }
+
+    /// Whether every output of `job` exists already.
+    pub fn outputs_exist(&self, job: &Job) -> bool {
+        job.output(&self.analyzer.name(), "png").exists()
+            && (!self.cfg.raw || job.output(&self.analyzer.name(), "npy").exists())
+    }
+
+    /// The report of one outcome: text lines or a JSON object.
+    pub fn report(&self, o: &Outcome) -> String {
+        let e = &o.explanation;
+        let label = |i: usize| self.labels.get(i).cloned().unwrap_or_default();
+        let top5 = &o.top5;
+        if self.cfg.json {
+            let top: Vec<_> = top5
+                .iter()
+                .map(|&(i, p)| json!({"index": i, "label": label(i), "probability": p}))
+                .collect();
+            return json!({
+                "input": o.input.display().to_string(),
+                "model": self.model.path.display().to_string(),
+                "rule": self.analyzer.name(),
+                "class": e.class,
+                "label": label(e.class),
+                "logit": e.logit,
+                "top5": top,
+                "relevance_sum": e.relevance_sum,
+                "ratio": e.ratio(),
+                "png": o.png.display().to_string(),
+                "npy": o.npy.as_ref().map(|p| p.display().to_string()),
+                "seconds": o.seconds,
+                "warnings": o.warnings,
+            })
+            .to_string();
+        }
+        let mut s = format!("{}\n", o.input.display());
+        for (rank, (i, p)) in top5.iter().enumerate() {
+            s += &format!("  {}. {:>4} {:<40} p = {:.4}\n", rank + 1, i, label(*i), p);
+        }
+        s += &format!(
+            "  explained class {} \"{}\", logit {:.4}\n",
+            e.class,
+            label(e.class),
+            e.logit
+        );
+        s += &format!(
+            "  relevance sum = {:.4} (logit = {:.4}, ratio = {:.4})\n",
+            e.relevance_sum,
+            e.logit,
+            e.ratio()
+        );
+        for w in &o.warnings {
+            s += &format!("  warning: {w}\n");
+        }
+        s += &format!("  {} -> {}", self.analyzer.name(), o.png.display());
+        if let Some(n) = &o.npy {
+            s += &format!(", {}", n.display());
+        }
+        s
+    }
+}
+
+/// Runs the whole job; per-input failures are reported on `err` and counted.
+/// An error return means nothing could be done (model or usage error).
+///
+/// Images are explained in parallel (`cfg.jobs`, default one per core) with at
+/// most that many in memory at once; results are reported as they finish, with
+/// a progress bar on `progress` when it is given (a terminal, not `--quiet`).
+pub fn run(
+    cfg: &Config,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    progress: bool,
+) -> Result<Summary> {
+    let t0 = Instant::now();
+    let explainer =
+        lrp_heatmap::guard::boundary(&format!("model {}", cfg.model.display()), || {
+            Explainer::new(cfg)
+        })?;
+    let names: Vec<&str> = lrp_heatmap::composite::NAMES
+        .iter()
+        .chain(lrp_heatmap::analyzers::GRADIENT_NAMES)
+        .map(|(n, _)| *n)
+        .collect();
+    let jobs =
+        crate::app::inputs::collect(&cfg.inputs, cfg.recursive, cfg.out_dir.as_deref(), &names)?;
+    let mut summary = Summary::default();
+    // never overwrite an input, nor write one file for two inputs
+    let refused = crate::app::inputs::output_conflicts(&jobs, &|j| explainer.outputs(j));
+    let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+    for (i, why) in refused {
+        let input = jobs[i].take().map(|j| j.input).unwrap_or_default();
+        let msg = format!("{}: {why}", input.display());
+        if cfg.json {
+            writeln!(
+                out,
+                "{}",
+                json!({"input": input.display().to_string(), "error": msg})
+            )?;
+        }
+        writeln!(err, "error: {msg}")?;
+        summary.failed.push((input, msg));
+    }
+    let jobs: Vec<Job> = jobs.into_iter().flatten().collect();
+    if explainer.model.input.fixed_dims {
+        writeln!(
+            err,
+            "note: the model input has symbolic dimensions; using {:?} (--input-size HxW sets height and width)",
+            explainer.model.input.shape
+        )?;
+    }
+    for note in &explainer.model.notes {
+        writeln!(err, "note: {note}")?;
+    }
+    let (todo, skipped): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|j| !(cfg.skip_existing && explainer.outputs_exist(j)));
+    summary.skipped = skipped.len();
+    let threads = cfg
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .context("cannot start worker threads")?;
+    let bar = progress.then(|| {
+        let b = indicatif::ProgressBar::new(todo.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
+            )
+            .expect("valid template"),
+        );
+        b
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Result<Outcome>)>();
+    std::thread::scope(|scope| -> Result<()> {
+        let explainer = &explainer;
+        let todo = &todo;
+        let pool = &pool;
+        scope.spawn(move || {
+            use rayon::prelude::*;
+            pool.install(|| {
+                todo.par_iter().for_each_with(tx, |tx, job| {
+                    // a panic (ours, or in a worker of a parallel kernel)
+                    // fails this image only
+                    let r = lrp_heatmap::guard::boundary(&job.input.display().to_string(), || {
+                        explainer.run_one(job)
+                    });
+                    let _ = tx.send((job.input.clone(), r));
+                })
+            })
+        });
+        for (input, r) in rx {
+            match r {
+                Ok(o) => {
+                    let line = explainer.report(&o);
+                    match &bar {
+                        Some(b) if !cfg.json => b.suspend(|| writeln!(out, "{line}"))?,
+                        _ => writeln!(out, "{line}")?,
+                    }
+                    summary.done += 1;
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    if cfg.json {
+                        writeln!(
+                            out,
+                            "{}",
+                            json!({"input": input.display().to_string(), "error": msg})
+                        )?;
+                    }
+                    match &bar {
+                        Some(b) => b.suspend(|| writeln!(err, "error: {msg}"))?,
+                        None => writeln!(err, "error: {msg}")?,
+                    }
+                    summary.failed.push((input, msg));
+                }
+            }
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+        }
+        Ok(())
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}

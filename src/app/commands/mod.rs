@@ -1,0 +1,7 @@
+//! The subcommands: each takes a plain configuration built by
+//! [`crate::app::cli`] and reports on the writer or streams it is given.
+
+pub mod bench;
+pub mod compare;
+pub mod explain;
+pub mod inspect;

@@ -1,0 +1,101 @@
+//! ImageNet-1k class names, compiled into the binary.
+
+use std::sync::OnceLock;
+
+const SYNSET: &str = include_str!("../../models/imagenet_synset.txt");
+
+/// The 1000 ImageNet class names in model output order ("tabby, tabby cat").
+pub fn imagenet() -> &'static [String] {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    LABELS.get_or_init(|| {
+        SYNSET
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                l.split_once(' ')
+                    .map_or(l, |(_, names)| names)
+                    .trim()
+                    .to_string()
+            })
+            .collect()
+    })
+}
+
+/// Labels for a model with `classes` outputs: ImageNet's for 1000 classes,
+/// `class N` otherwise.
+pub fn for_classes(classes: usize) -> Vec<String> {
+    if classes == imagenet().len() {
+        imagenet().to_vec()
+    } else {
+        (0..classes).map(|i| format!("class {i}")).collect()
+    }
+}
+
+/// Finds a class by 0-based index or by a case-insensitive label substring.
+///
+/// A query matching one of the comma-separated names exactly wins; otherwise
+/// the substring must match exactly one label.
+pub fn find_class(labels: &[String], query: &str) -> Result<usize, String> {
+    let q = query.trim();
+    if let Ok(i) = q.parse::<usize>() {
+        return if i < labels.len() {
+            Ok(i)
+        } else {
+            Err(format!(
+                "class {i} out of range: the model has {} classes (0..{})",
+                labels.len(),
+                labels.len() - 1
+            ))
+        };
+    }
+    let ql = q.to_lowercase();
+    if ql.is_empty() {
+        return Err("empty class name".into());
+    }
+    let exact: Vec<usize> = (0..labels.len())
+        .filter(|&i| labels[i].split(',').any(|n| n.trim().to_lowercase() == ql))
+        .collect();
+    if exact.len() == 1 {
+        return Ok(exact[0]);
+    }
+    let hits: Vec<usize> = (0..labels.len())
+        .filter(|&i| labels[i].to_lowercase().contains(&ql))
+        .collect();
+    match hits.len() {
+        0 => Err(format!("no class label contains '{q}'")),
+        1 => Ok(hits[0]),
+        n => Err(format!(
+            "'{q}' matches {n} classes: {}{}",
+            hits.iter()
+                .take(5)
+                .map(|&i| format!("{i} ({})", labels[i]))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if n > 5 { ", ..." } else { "" }
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imagenet_has_1000_labels_in_order() {
+        let l = imagenet();
+        assert_eq!(l.len(), 1000);
+        assert_eq!(l[0], "tench, Tinca tinca");
+        assert_eq!(l[285], "Egyptian cat");
+    }
+
+    #[test]
+    fn finds_by_index_exact_name_and_substring() {
+        let l = imagenet();
+        assert_eq!(find_class(l, "285"), Ok(285));
+        assert_eq!(find_class(l, "tabby"), Ok(281));
+        assert_eq!(find_class(l, "egyptian"), Ok(285));
+        assert!(find_class(l, "1000").unwrap_err().contains("out of range"));
+        assert!(find_class(l, "cat").unwrap_err().contains("matches"));
+        assert!(find_class(l, "no such thing").is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! Atomic file output.
+//!
+//! Every file the tool produces (heatmap PNGs, `.npy` relevance dumps, ...) is
+//! written through [`write_atomic`], so a crash, a full disk or an encoder
+//! error never leaves a truncated file at the destination path: readers see
+//! either the old file or the complete new one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{anyhow, Context};
+
+/// Counter that makes temporary names unique within this process.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Removes the temporary file on drop unless [`TempGuard::disarm`] was called
+/// (covers early returns on error and panics inside the writer closure).
+struct TempGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            // Best effort: nothing sensible can be done if this fails.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Atomically writes a file.
+///
+/// The closure `write` receives a buffered writer backed by a temporary file
+/// created in the same directory as `path` (hidden name
+/// `.<filename>.<pid>.<counter>.tmp`, created exclusively). When the closure
+/// succeeds the data is flushed and fsynced and the temporary file is renamed
+/// over `path` (replacing an existing file). On any error (from the closure,
+/// while flushing, syncing or renaming) the temporary file is removed and
+/// `path` is left untouched; the error message names `path`.
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("cannot write {}: not a file path", path.display()))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+
+    // Find a fresh temporary name; `create_new` guarantees we never clobber
+    // somebody else's file.
+    let (tmp_path, file) = {
+        let mut attempt = 0u32;
+        loop {
+            let counter = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let mut name = std::ffi::OsString::from(".");
+            name.push(file_name);
+            name.push(format!(".{}.{}.tmp", std::process::id(), counter));
+            let candidate = dir.join(name);
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&candidate)
+            {
+                Ok(f) => break (candidate, f),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "cannot write {}: cannot create temporary file {}",
+                            path.display(),
+                            candidate.display()
+                        )
+                    })
+                }
+            }
+        }
+    };
+    let mut guard = TempGuard {
+        path: tmp_path.clone(),
+        armed: true,
+    };
+
+    let mut writer = BufWriter::new(file);
+    write(&mut writer).with_context(|| format!("cannot write {}", path.display()))?;
+    let file: File = writer
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write {}: flush failed", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("cannot write {}: fsync failed", path.display()))?;
+    drop(file);
+
+    fs::rename(&tmp_path, path).with_context(|| {
+        format!(
+            "cannot write {}: cannot rename temporary file {} into place",
+            path.display(),
+            tmp_path.display()
+        )
+    })?;
+    guard.disarm();
+
+    // Make the rename itself durable (best effort; not supported everywhere).
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Saves `img` as a PNG file at `path`, atomically (via [`write_atomic`]).
+/// Errors name `path`.
+pub fn save_png(img: &image::RgbImage, path: &Path) -> anyhow::Result<()> {
+    write_atomic(path, |w| {
+        img.write_with_encoder(image::codecs::png::PngEncoder::new(w))
+            .context("PNG encoding failed")
+    })
+    .with_context(|| format!("cannot save heat map {}", path.display()))
+}
+
+/// Saves `array` as a little-endian `f32` `.npy` file at `path` (loads with
+/// `numpy.load`), atomically. Errors name `path`.
+pub fn save_npy<D: ndarray::Dimension>(
+    array: &ndarray::Array<f32, D>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use ndarray_npy::WriteNpyExt;
+    write_atomic(path, |w| {
+        array
+            .as_standard_layout()
+            .write_npy(w)
+            .context("NPY encoding failed")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn writes_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.bin");
+        write_atomic(&p, |w| {
+            w.write_all(b"hello")?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"hello");
+        assert_eq!(dir_entries(dir.path()), vec!["out.bin".to_string()]);
+    }
+
+    #[test]
+    fn replaces_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.bin");
+        fs::write(&p, b"old contents that are longer").unwrap();
+        write_atomic(&p, |w| {
+            w.write_all(b"new")?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+        assert_eq!(dir_entries(dir.path()), vec!["out.bin".to_string()]);
+    }
+
+    #[test]
+    fn error_keeps_old_file_and_removes_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keep.txt");
+        fs::write(&p, b"original").unwrap();
+        let err = write_atomic(&p, |w| {
+            w.write_all(b"partial")?;
+            Err(anyhow!("encoder exploded"))
+        })
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("keep.txt"), "{msg}");
+        assert!(msg.contains("encoder exploded"), "{msg}");
+        assert_eq!(fs::read(&p).unwrap(), b"original");
+        assert_eq!(dir_entries(dir.path()), vec!["keep.txt".to_string()]);
+    }
+
+    #[test]
+    fn error_on_new_path_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("never.txt");
+        assert!(write_atomic(&p, |_| Err(anyhow!("nope"))).is_err());
+        assert!(dir_entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn panic_in_writer_removes_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("panic.txt");
+        let r = std::panic::catch_unwind(|| {
+            let _ = write_atomic(&p, |w| {
+                w.write_all(b"x").unwrap();
+                panic!("boom");
+            });
+        });
+        assert!(r.is_err());
+        assert!(dir_entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn missing_directory_error_names_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("no_such_dir").join("x.png");
+        let err = write_atomic(&p, |_| Ok(())).unwrap_err();
+        assert!(format!("{err:#}").contains("x.png"));
+    }
+
+    #[test]
+    fn target_is_directory_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("inner"), b"x").unwrap();
+        let err = write_atomic(&sub, |w| {
+            w.write_all(b"data")?;
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("sub"));
+        assert_eq!(dir_entries(dir.path()), vec!["sub".to_string()]);
+    }
+
+    #[test]
+    fn no_file_name_is_error() {
+        assert!(write_atomic(Path::new("/"), |_| Ok(())).is_err());
+        assert!(write_atomic(Path::new(".."), |_| Ok(())).is_err());
+    }
+}

@@ -1,0 +1,57 @@
+//! The one backward walk: from a value put on one logit, through the graph in
+//! reverse topological order, to the model input. LRP, gradients, the
+//! self-check and the near-tie scan all walk with it, each with its own step
+//! per node.
+
+use std::collections::HashMap;
+
+use anyhow::{ensure, Result};
+use ndarray::ArrayD;
+
+use crate::engine::Forward;
+use crate::graph::{Graph, Node};
+
+/// Walks `graph` backwards from `value` put on the logit of `class` (zero
+/// elsewhere), summing what `step` returns for each node's inputs where a
+/// tensor feeds several nodes; returns what reaches the model input (zeros if
+/// nothing does). Shared by relevance and gradients.
+pub fn walk_back(
+    graph: &Graph,
+    fwd: &Forward,
+    class: usize,
+    value: f32,
+    mut step: impl FnMut(&Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
+) -> Result<ArrayD<f32>> {
+    ensure!(
+        class < fwd.logits.len(),
+        "class {class} out of range: the model has {} classes",
+        fwd.logits.len()
+    );
+    let mut start = ArrayD::<f32>::zeros(fwd.logits_tensor.shape());
+    if let Some(v) = start.iter_mut().nth(class) {
+        *v = value;
+    }
+    let mut acc: HashMap<&str, ArrayD<f32>> = HashMap::new();
+    acc.insert(graph.logits.as_str(), start);
+    for node in graph.nodes.iter().rev() {
+        let Some(r) = acc.remove(node.output.as_str()) else {
+            continue;
+        };
+        let inputs = node
+            .inputs
+            .iter()
+            .map(|n| fwd.get(graph, n))
+            .collect::<Result<Vec<_>>>()?;
+        for (name, ri) in node.inputs.iter().zip(step(node, &inputs, &r)?) {
+            match acc.get_mut(name.as_str()) {
+                Some(a) => *a += &ri,
+                None => {
+                    acc.insert(name.as_str(), ri);
+                }
+            }
+        }
+    }
+    Ok(acc
+        .remove(graph.input.as_str())
+        .unwrap_or_else(|| ArrayD::zeros(fwd.input.shape())))
+}

@@ -1,0 +1,350 @@
+//! Loading an ONNX classifier: tract for the forward pass (keeping the
+//! activations the backward pass needs), the relevance graph for the rest.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use ndarray::ArrayD;
+
+use crate::engine::native::NativePlan;
+use crate::engine::tract::{pin_symbolic_dims, TractPlan};
+use crate::engine::{Backend, MAX_FORWARD_BYTES};
+use crate::graph::Graph;
+use crate::preprocess::Layout;
+use crate::rules::cache::WeightCache;
+use canon::canonize;
+use onnx::build_graph;
+
+pub use crate::engine::{softmax, Engine, Forward};
+
+pub mod canon;
+pub mod limits;
+pub mod onnx;
+
+/// Name of the bundled model (EfficientNet-Lite0, ImageNet), the default.
+pub const BUNDLED_NAME: &str = "efficientnet-lite0";
+
+/// The bundled model's ONNX file, compiled into the binary.
+pub static BUNDLED_MODEL: &[u8] = include_bytes!("../../models/efficientnet-lite0.onnx");
+
+/// Spatial size used where the model leaves it symbolic.
+pub const DEFAULT_SIZE: usize = 224;
+
+/// What the model expects as input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputSpec {
+    /// Tensor name.
+    pub name: String,
+    /// Concrete shape fed to the model (batch 1).
+    pub shape: Vec<usize>,
+    /// NCHW or NHWC.
+    pub layout: Layout,
+    /// Colour channels (1 or 3).
+    pub channels: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Width in pixels.
+    pub width: usize,
+    /// Whether a dimension was symbolic and fixed by us.
+    pub fixed_dims: bool,
+}
+
+/// A loaded ONNX image classifier.
+pub struct Model {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// The relevance graph (canonized).
+    pub graph: Graph,
+    /// The input it expects.
+    pub input: InputSpec,
+    /// Number of classes.
+    pub classes: usize,
+    /// Modified weights of the layers, reused across images.
+    pub weights: WeightCache,
+    /// Notes on how the model was read, one line each (printed by the
+    /// command as `note: ...`).
+    pub notes: Vec<String>,
+    backend: Backend,
+}
+
+/// Dims as `[1, 3, ?, ?]` (`?` where symbolic).
+fn show_dims(d: &[Option<usize>]) -> String {
+    let parts: Vec<String> = d
+        .iter()
+        .map(|v| v.map_or("?".to_string(), |n| n.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}
+
+fn input_spec(graph: &Graph, size: Option<[usize; 2]>) -> Result<InputSpec> {
+    let d = &graph.input_dims;
+    ensure!(
+        d.len() == 4,
+        "not an image classifier: input '{}' has rank {} (expected 4: [N,C,H,W] or [N,H,W,C])",
+        graph.input,
+        d.len()
+    );
+    let is_ch = |v: Option<usize>| matches!(v, Some(1) | Some(3));
+    let (layout, channels, h, w) = if is_ch(d[1]) || (d[1].is_none() && !is_ch(d[3])) {
+        (Layout::Nchw, d[1].unwrap_or(3), d[2], d[3])
+    } else if is_ch(d[3]) {
+        (Layout::Nhwc, d[3].unwrap_or(3), d[1], d[2])
+    } else {
+        bail!(
+            "not an image classifier: input '{}' has shape {}, with neither 1 nor 3 channels",
+            graph.input,
+            show_dims(d)
+        );
+    };
+    ensure!(
+        d[0].is_none_or(|n| n == 1),
+        "input '{}' has a fixed batch of {}; only 1 is supported",
+        graph.input,
+        d[0].unwrap_or_default()
+    );
+    let [sh, sw] = size.unwrap_or([DEFAULT_SIZE; 2]);
+    if let (Some([want_h, want_w]), Some(fh), Some(fw)) = (size, h, w) {
+        ensure!(
+            [want_h, want_w] == [fh, fw],
+            "input size {want_h}x{want_w} asked for, but input '{}' is fixed to {fh}x{fw}",
+            graph.input
+        );
+    }
+    let (height, width) = (h.unwrap_or(sh), w.unwrap_or(sw));
+    let shape = match layout {
+        Layout::Nchw => vec![1, channels, height, width],
+        Layout::Nhwc => vec![1, height, width, channels],
+    };
+    Ok(InputSpec {
+        name: graph.input.clone(),
+        shape,
+        layout,
+        channels,
+        height,
+        width,
+        fixed_dims: d.iter().any(|v| v.is_none()),
+    })
+}
+
+/// A float tensor stored inline as raw little-endian bytes, read with a
+/// single copy (tract's loader makes three of a 400 MB dense layer); `None`
+/// for every other storage, which tract's loader handles.
+fn raw_f32(t: &tract_onnx::pb::TensorProto) -> Option<Result<ArrayD<f32>>> {
+    use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
+    let inline =
+        t.data_location != Some(DataLocation::External as i32) && t.external_data.is_empty();
+    if t.data_type != DataType::Float as i32 || !inline || t.raw_data.is_empty() {
+        return None;
+    }
+    let dims: Option<Vec<usize>> = t.dims.iter().map(|&d| usize::try_from(d).ok()).collect();
+    let Some(dims) = dims else {
+        return Some(Err(anyhow!("tensor '{}' has a negative dimension", t.name)));
+    };
+    let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if count.and_then(|c| c.checked_mul(4)) != Some(t.raw_data.len()) {
+        return Some(Err(anyhow!(
+            "tensor '{}' of shape {dims:?} has {} bytes of data",
+            t.name,
+            t.raw_data.len()
+        )));
+    }
+    let data: Vec<f32> = t
+        .raw_data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Some(ArrayD::from_shape_vec(dims, data).map_err(Into::into))
+}
+
+/// Decodes the protobuf of an ONNX file.
+fn decode(bytes: &[u8], path: &Path) -> Result<tract_onnx::pb::ModelProto> {
+    ensure!(!bytes.is_empty(), "model {} is empty", path.display());
+    // prost straight from the bytes: tract's reader would copy them first
+    <tract_onnx::pb::ModelProto as prost::Message>::decode(bytes)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("{} is not a valid ONNX model", path.display()))
+}
+
+impl Model {
+    /// Loads and prepares an ONNX model file, or the bundled model when `path`
+    /// is [`BUNDLED_NAME`] and no such file exists.
+    pub fn load(path: &Path) -> Result<Model> {
+        Model::load_with(path, None, Engine::Auto)
+    }
+
+    /// [`Model::load`] with symbolic height and width fixed to `size`
+    /// (`[H, W]`; [`DEFAULT_SIZE`] when `None`).
+    pub fn load_sized(path: &Path, size: Option<[usize; 2]>) -> Result<Model> {
+        Model::load_with(path, size, Engine::Auto)
+    }
+
+    /// [`Model::load_sized`] with a choice of forward engine.
+    pub fn load_with(path: &Path, size: Option<[usize; 2]>, engine: Engine) -> Result<Model> {
+        if path == Path::new(BUNDLED_NAME) && !path.exists() {
+            return Model::from_bytes_with(BUNDLED_MODEL, path, None, size, engine);
+        }
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+        let dir = path
+            .parent()
+            .and_then(|p| p.to_str())
+            .map(|s| if s.is_empty() { "." } else { s });
+        let proto = decode(&bytes, path)?;
+        // the file's bytes are not needed once decoded: one copy of the weights less
+        drop(bytes);
+        Model::from_proto(proto, path, dir, size, engine)
+    }
+
+    /// Prepares a model from the bytes of an ONNX file; `path` names it in
+    /// messages, `dir` is where external data files are looked up.
+    pub fn from_bytes(bytes: &[u8], path: &Path, dir: Option<&str>) -> Result<Model> {
+        Model::from_bytes_with(bytes, path, dir, None, Engine::Auto)
+    }
+
+    /// [`Model::from_bytes`] with symbolic height and width fixed to `size`.
+    pub fn from_bytes_sized(
+        bytes: &[u8],
+        path: &Path,
+        dir: Option<&str>,
+        size: Option<[usize; 2]>,
+    ) -> Result<Model> {
+        Model::from_bytes_with(bytes, path, dir, size, Engine::Auto)
+    }
+
+    /// [`Model::from_bytes_sized`] with a choice of forward engine.
+    pub fn from_bytes_with(
+        bytes: &[u8],
+        path: &Path,
+        dir: Option<&str>,
+        size: Option<[usize; 2]>,
+        engine: Engine,
+    ) -> Result<Model> {
+        let proto = decode(bytes, path)?;
+        Model::from_proto(proto, path, dir, size, engine)
+    }
+
+    /// Which engine runs the forward pass: `native`, or `tract` with the reason.
+    pub fn engine(&self) -> String {
+        self.backend.describe()
+    }
+
+    fn from_proto(
+        mut proto: tract_onnx::pb::ModelProto,
+        path: &Path,
+        dir: Option<&str>,
+        size: Option<[usize; 2]>,
+        engine: Engine,
+    ) -> Result<Model> {
+        limits::check_tensors(&proto, dir.map(Path::new))
+            .with_context(|| format!("model {}", path.display()))?;
+        let folded = onnx::fold::fold_constants(&mut proto, dir)
+            .with_context(|| format!("model {}", path.display()))?;
+        let onnx = tract_onnx::onnx();
+        let provider = onnx.provider.clone();
+        let load = |t: &tract_onnx::pb::TensorProto| -> Result<ArrayD<f32>> {
+            if let Some(a) = raw_f32(t) {
+                return a;
+            }
+            let t = tract_onnx::tensor::load_tensor(&*provider, t, dir)
+                .map_err(|e| anyhow!("{e:#}"))?;
+            let t = t.cast_to::<f32>().map_err(|e| anyhow!("{e}"))?.into_owned();
+            t.into_plain_array::<f32>().map_err(|e| anyhow!("{e}"))
+        };
+        let mut graph =
+            build_graph(&proto, &load).with_context(|| format!("model {}", path.display()))?;
+        let mut notes = Vec::new();
+        let fake_quantized = onnx::fold::fake_quantized(&graph.nodes);
+        if fake_quantized {
+            notes.push(
+                "the model fake-quantizes its activations (QuantizeLinear -> DequantizeLinear): \
+                 the forward pass runs in tract, relevance and gradients pass them unchanged"
+                    .to_string(),
+            );
+        }
+        if folded.op_types.iter().any(|o| o == "DequantizeLinear") {
+            notes.push(
+                "the model's weights are quantized: the dequantized float weights are explained"
+                    .to_string(),
+            );
+        }
+        canonize(&mut graph)?;
+        let input =
+            input_spec(&graph, size).with_context(|| format!("model {}", path.display()))?;
+
+        let native = match engine {
+            Engine::Auto if fake_quantized => Err(anyhow!(
+                "fake-quantized activations (QuantizeLinear/DequantizeLinear)"
+            )),
+            Engine::Auto => NativePlan::new(&proto, &graph),
+            Engine::Tract => Err(anyhow!("asked for")),
+        };
+        let backend = match native {
+            Ok(plan) => {
+                let bytes = plan
+                    .forward_bytes(&graph, &input.shape)
+                    .with_context(|| format!("model {}", path.display()))?;
+                ensure!(
+                    bytes <= MAX_FORWARD_BYTES,
+                    "model {}: one forward pass at input {:?} needs about {:.0} GB for its tensors, more than the {:.0} GB allowed",
+                    path.display(),
+                    input.shape,
+                    bytes as f64 / 1e9,
+                    MAX_FORWARD_BYTES as f64 / 1e9
+                );
+                Backend::Native(plan)
+            }
+            Err(e) => {
+                let mut outputs = vec![graph.logits.clone()];
+                outputs.extend(graph.needed_activations());
+                pin_symbolic_dims(&mut proto, &input.name, &input.shape);
+                let plan = TractPlan::new(&onnx, &proto, dir, outputs, &input.shape, path)?;
+                Backend::Tract {
+                    plan,
+                    reason: format!("{e:#}"),
+                }
+            }
+        };
+        drop(proto);
+
+        // one run on zeros: the number of classes, and a model that fails
+        // fails here, at load time
+        let probe = backend
+            .run(&graph, ArrayD::zeros(input.shape.clone()))
+            .with_context(|| format!("model {}", path.display()))?;
+        let classes = probe.logits.len();
+        ensure!(
+            classes >= 2
+                && probe
+                    .logits_tensor
+                    .shape()
+                    .iter()
+                    .filter(|&&d| d > 1)
+                    .count()
+                    == 1,
+            "model {}: output '{}' of shape {:?} is not a vector of class scores",
+            path.display(),
+            graph.logits,
+            probe.logits_tensor.shape()
+        );
+        Ok(Model {
+            path: path.to_path_buf(),
+            graph,
+            input,
+            classes,
+            weights: WeightCache::new(),
+            notes,
+            backend,
+        })
+    }
+
+    /// Runs the model on `input` (of shape `self.input.shape`), keeping the activations.
+    pub fn forward(&self, input: ArrayD<f32>) -> Result<Forward> {
+        ensure!(
+            input.shape() == self.input.shape,
+            "input of shape {:?}, the model expects {:?}",
+            input.shape(),
+            self.input.shape
+        );
+        self.backend.run(&self.graph, input)
+    }
+}

@@ -1,0 +1,435 @@
+//! LRP rules: the math on one linear layer.
+//!
+//! A rule knows nothing about graphs, operators or tract. It sees a
+//! [`LinearLayer`] (something that maps `x -> W x + b` and can apply `W^T`),
+//! modifies its weights and inputs, runs the modified forward passes,
+//! stabilises, divides the incoming relevance by them and multiplies back with
+//! the transposed passes. The definitions follow Zennit's `BasicHook` rules,
+//! with `zero_params='bias'` for every rule except epsilon.
+
+pub mod cache;
+
+use std::borrow::Cow;
+
+use anyhow::{bail, Result};
+use ndarray::{ArrayD, Zip};
+
+/// The stabiliser Zennit adds to every denominator (`stabilize(..., 1e-6)`).
+pub const STABILIZER: f32 = 1e-6;
+
+/// An elementwise change of a layer's weights, as the rules use them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Modifier {
+    /// The weights as they are.
+    Identity,
+    /// `max(w, 0)`.
+    Pos,
+    /// `min(w, 0)`.
+    Neg,
+    /// `w^2`.
+    Square,
+    /// `1` (the flat rule).
+    One,
+    /// `w + gamma max(w, 0)`.
+    GammaPos(f32),
+    /// `w + gamma min(w, 0)`.
+    GammaNeg(f32),
+}
+
+impl Modifier {
+    /// The modified value of one weight.
+    #[inline]
+    pub fn apply(self, w: f32) -> f32 {
+        match self {
+            Modifier::Identity => w,
+            Modifier::Pos => w.max(0.0),
+            Modifier::Neg => w.min(0.0),
+            Modifier::Square => w * w,
+            Modifier::One => 1.0,
+            Modifier::GammaPos(g) => w + g * w.max(0.0),
+            Modifier::GammaNeg(g) => w + g * w.min(0.0),
+        }
+    }
+
+    /// A key that tells modifiers apart exactly (usable in hash maps).
+    pub fn key(self) -> (u8, u32) {
+        match self {
+            Modifier::Identity => (0, 0),
+            Modifier::Pos => (1, 0),
+            Modifier::Neg => (2, 0),
+            Modifier::Square => (3, 0),
+            Modifier::One => (4, 0),
+            Modifier::GammaPos(g) => (5, g.to_bits()),
+            Modifier::GammaNeg(g) => (6, g.to_bits()),
+        }
+    }
+
+    /// `w` with the modifier applied to every element (a copy).
+    pub fn modify(self, w: &ArrayD<f32>) -> ArrayD<f32> {
+        w.mapv(|v| self.apply(v))
+    }
+}
+
+/// A layer that is linear in its input: `z = W x + b`.
+///
+/// Implemented by convolutions, dense layers and per-channel affine layers.
+/// The weight array may have any layout; rules only modify it elementwise,
+/// through [`Modifier`]s, so that a layer (or a cache wrapped around it) can
+/// apply them on the fly or reuse modified weights across images.
+pub trait LinearLayer: Send + Sync {
+    /// The layer's weights.
+    fn weight(&self) -> &ArrayD<f32>;
+    /// `W' x (+ b)` for weights `w` of the same shape as [`LinearLayer::weight`].
+    fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>>;
+    /// The transposed pass `W'^T g`, returning an array of `input_shape`.
+    fn backward(
+        &self,
+        g: &ArrayD<f32>,
+        w: &ArrayD<f32>,
+        input_shape: &[usize],
+    ) -> Result<ArrayD<f32>>;
+    /// `m(W) x (+ b)`: the forward pass with modified weights.
+    fn forward_mod(&self, x: &ArrayD<f32>, m: Modifier, with_bias: bool) -> Result<ArrayD<f32>> {
+        match m {
+            Modifier::Identity => self.forward(x, self.weight(), with_bias),
+            m => self.forward(x, &m.modify(self.weight()), with_bias),
+        }
+    }
+    /// `m(W)^T g`: the transposed pass with modified weights.
+    fn backward_mod(
+        &self,
+        g: &ArrayD<f32>,
+        m: Modifier,
+        input_shape: &[usize],
+    ) -> Result<ArrayD<f32>> {
+        match m {
+            Modifier::Identity => self.backward(g, self.weight(), input_shape),
+            m => self.backward(g, &m.modify(self.weight()), input_shape),
+        }
+    }
+    /// Whether [`LinearLayer::forward_mod`] and [`LinearLayer::backward_mod`]
+    /// apply modifiers on the fly without copying the weights (then caching
+    /// modified weights would only cost memory).
+    fn modifies_on_the_fly(&self) -> bool {
+        false
+    }
+}
+
+/// An LRP rule for linear layers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rule {
+    /// `R_i = x_i sum_j w_ij R_j / (z_j + eps sign(z_j))`, bias included.
+    /// `epsilon = 0` is LRP-0 (a zero denominator gives zero relevance).
+    Epsilon {
+        /// The stabiliser added to each output.
+        epsilon: f32,
+    },
+    /// z+ rule (alpha 1, beta 0), valid for inputs of any sign, bias excluded.
+    ZPlus,
+    /// alpha-beta rule, `alpha - beta = 1`, bias excluded.
+    AlphaBeta {
+        /// Weight of the positive contributions.
+        alpha: f32,
+        /// Weight of the negative contributions.
+        beta: f32,
+    },
+    /// Zennit's generalised gamma rule, bias excluded.
+    Gamma {
+        /// How much the weights of the output's own sign are amplified.
+        gamma: f32,
+    },
+    /// `R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j`.
+    WSquare,
+    /// `WSquare` with all weights equal to one.
+    Flat,
+    /// z^B rule for inputs bounded by `low <= x <= high`.
+    ZBox,
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::Epsilon { epsilon } if *epsilon == 0.0 => write!(f, "lrp0"),
+            Rule::Epsilon { epsilon } => write!(f, "epsilon({epsilon})"),
+            Rule::ZPlus => write!(f, "zplus"),
+            Rule::AlphaBeta { alpha, beta } => write!(f, "alpha{alpha}-beta{beta}"),
+            Rule::Gamma { gamma } => write!(f, "gamma({gamma})"),
+            Rule::WSquare => write!(f, "wsquare"),
+            Rule::Flat => write!(f, "flat"),
+            Rule::ZBox => write!(f, "zbox"),
+        }
+    }
+}
+
+/// Lowest and highest possible input of a layer, broadcast to its input shape.
+#[derive(Clone, Debug)]
+pub struct Bounds {
+    /// Lowest value of each input element.
+    pub low: ArrayD<f32>,
+    /// Highest value of each input element.
+    pub high: ArrayD<f32>,
+}
+
+/// Zennit's `stabilize`: `z + eps` where `z >= 0`, `z - eps` where `z < 0`.
+#[inline]
+pub fn stabilize(z: f32, eps: f32) -> f32 {
+    if z >= 0.0 {
+        z + eps
+    } else {
+        z - eps
+    }
+}
+
+/// `r / stabilize(z, eps)`; with `eps = 0` a zero `z` gives zero.
+pub fn divide(r: &ArrayD<f32>, z: &ArrayD<f32>, eps: f32) -> ArrayD<f32> {
+    Zip::from(r).and(z).map_collect(|&r, &z| {
+        let d = stabilize(z, eps);
+        if d == 0.0 {
+            0.0
+        } else {
+            r / d
+        }
+    })
+}
+
+fn pos(a: &ArrayD<f32>) -> ArrayD<f32> {
+    a.mapv(|v| v.max(0.0))
+}
+
+fn neg(a: &ArrayD<f32>) -> ArrayD<f32> {
+    a.mapv(|v| v.min(0.0))
+}
+
+/// `sum_k inputs_k * backward(s, m_k)`, the reducer of most rules.
+fn reduce(
+    layer: &dyn LinearLayer,
+    s: &ArrayD<f32>,
+    terms: &[(&ArrayD<f32>, Modifier)],
+    shape: &[usize],
+) -> Result<ArrayD<f32>> {
+    let mut out: Option<ArrayD<f32>> = None;
+    for &(x, m) in terms {
+        let mut c = layer.backward_mod(s, m, shape)?;
+        match out.as_mut() {
+            None => {
+                Zip::from(&mut c).and(x).par_for_each(|c, &x| *c *= x);
+                out = Some(c);
+            }
+            Some(o) => Zip::from(o)
+                .and(x)
+                .and(&c)
+                .par_for_each(|o, &x, &c| *o += x * c),
+        }
+    }
+    Ok(out.unwrap_or_else(|| ArrayD::zeros(shape)))
+}
+
+/// The parts of an input: positive and negative, each `None` when all zero.
+/// A part equal to the whole input is borrowed, not copied.
+struct Split<'a> {
+    pos: Option<Cow<'a, ArrayD<f32>>>,
+    neg: Option<Cow<'a, ArrayD<f32>>>,
+}
+
+fn split(x: &ArrayD<f32>) -> Split<'_> {
+    // over the memory slice when there is one (iterating an n-d array by
+    // index is several times slower)
+    let any = |f: fn(f32) -> bool| match x.as_slice_memory_order() {
+        Some(s) => s.iter().any(|&v| f(v)),
+        None => x.iter().any(|&v| f(v)),
+    };
+    let (has_pos, has_neg) = (any(|v| v > 0.0), any(|v| v < 0.0));
+    let part = |wanted: bool, other: bool, f: fn(&ArrayD<f32>) -> ArrayD<f32>| match (wanted, other)
+    {
+        (false, _) => None,
+        (true, false) => Some(Cow::Borrowed(x)),
+        (true, true) => Some(Cow::Owned(f(x))),
+    };
+    Split {
+        pos: part(has_pos, has_neg, pos),
+        neg: part(has_neg, has_pos, neg),
+    }
+}
+
+/// `sum_k fwd(x_k, m_k)` over the terms whose input is present (a term with
+/// an all-zero input would add exact zeros); `None` when no term is.
+fn forward_sum(
+    layer: &dyn LinearLayer,
+    terms: &[(Option<&ArrayD<f32>>, Modifier)],
+) -> Result<Option<ArrayD<f32>>> {
+    let mut acc: Option<ArrayD<f32>> = None;
+    for &(x, m) in terms {
+        if let Some(x) = x {
+            let z = layer.forward_mod(x, m, false)?;
+            acc = Some(match acc {
+                None => z,
+                Some(mut a) => {
+                    a += &z;
+                    a
+                }
+            });
+        }
+    }
+    Ok(acc)
+}
+
+/// The present terms of `terms`, for [`reduce`].
+fn present<'a>(terms: &[(Option<&'a ArrayD<f32>>, Modifier)]) -> Vec<(&'a ArrayD<f32>, Modifier)> {
+    terms
+        .iter()
+        .filter_map(|&(x, m)| x.map(|x| (x, m)))
+        .collect()
+}
+
+impl Rule {
+    /// Propagates the relevance `r` at the layer's output to its input `x`.
+    ///
+    /// `bounds` is needed by [`Rule::ZBox`] only.
+    pub fn propagate(
+        &self,
+        layer: &dyn LinearLayer,
+        x: &ArrayD<f32>,
+        r: &ArrayD<f32>,
+        bounds: Option<&Bounds>,
+    ) -> Result<ArrayD<f32>> {
+        self.propagate_with(layer, x, None, r, bounds)
+    }
+
+    /// [`Rule::propagate`], given the layer's output `z = W x + b` when the
+    /// forward pass kept it (the epsilon and gamma rules then skip a pass).
+    pub fn propagate_with(
+        &self,
+        layer: &dyn LinearLayer,
+        x: &ArrayD<f32>,
+        z: Option<&ArrayD<f32>>,
+        r: &ArrayD<f32>,
+        bounds: Option<&Bounds>,
+    ) -> Result<ArrayD<f32>> {
+        let shape = x.shape().to_vec();
+        let output = || -> Result<Cow<'_, ArrayD<f32>>> {
+            match z {
+                Some(z) if z.shape() == r.shape() => Ok(Cow::Borrowed(z)),
+                _ => Ok(Cow::Owned(layer.forward_mod(
+                    x,
+                    Modifier::Identity,
+                    true,
+                )?)),
+            }
+        };
+        match *self {
+            Rule::Epsilon { epsilon } => {
+                let z = output()?;
+                let s = divide(r, &z, epsilon);
+                reduce(layer, &s, &[(x, Modifier::Identity)], &shape)
+            }
+            Rule::ZPlus => self.alpha_beta(layer, x, r, 1.0, 0.0),
+            Rule::AlphaBeta { alpha, beta } => self.alpha_beta(layer, x, r, alpha, beta),
+            Rule::Gamma { gamma } => {
+                let z = output()?;
+                let (wp, wn) = (Modifier::GammaPos(gamma), Modifier::GammaNeg(gamma));
+                let xs = split(x);
+                let (xp, xn) = (xs.pos.as_deref(), xs.neg.as_deref());
+                let zeros = || ArrayD::<f32>::zeros(z.shape());
+                // outputs with z > 0: x+ (w + g w+) + x- (w + g w-)
+                let up_terms = [(xp, wp), (xn, wn)];
+                let up = forward_sum(layer, &up_terms)?.unwrap_or_else(zeros);
+                // outputs with z < 0: x+ (w + g w-) + x- (w + g w+)
+                let down_terms = [(xp, wn), (xn, wp)];
+                let down = forward_sum(layer, &down_terms)?.unwrap_or_else(zeros);
+                let s_up = Zip::from(r).and(&*z).and(&up).map_collect(|&r, &z, &d| {
+                    if z > 0.0 {
+                        r / stabilize(d, STABILIZER)
+                    } else {
+                        0.0
+                    }
+                });
+                let s_down = Zip::from(r).and(&*z).and(&down).map_collect(|&r, &z, &d| {
+                    if z < 0.0 {
+                        r / stabilize(d, STABILIZER)
+                    } else {
+                        0.0
+                    }
+                });
+                let mut out = reduce(layer, &s_up, &present(&up_terms), &shape)?;
+                out += &reduce(layer, &s_down, &present(&down_terms), &shape)?;
+                Ok(out)
+            }
+            Rule::WSquare | Rule::Flat => {
+                let m = if *self == Rule::WSquare {
+                    Modifier::Square
+                } else {
+                    Modifier::One
+                };
+                let ones = ArrayD::<f32>::ones(shape.clone());
+                let z = layer.forward_mod(&ones, m, false)?;
+                let s = divide(r, &z, STABILIZER);
+                layer.backward_mod(&s, m, &shape)
+            }
+            Rule::ZBox => {
+                let Some(b) = bounds else {
+                    bail!("the zbox rule needs input bounds (low, high)");
+                };
+                if b.low.shape() != x.shape() || b.high.shape() != x.shape() {
+                    bail!(
+                        "zbox bounds of shape {:?} do not match the layer input {:?}",
+                        b.low.shape(),
+                        x.shape()
+                    );
+                }
+                let mut z = layer.forward_mod(x, Modifier::Identity, false)?;
+                z -= &layer.forward_mod(&b.low, Modifier::Pos, false)?;
+                z -= &layer.forward_mod(&b.high, Modifier::Neg, false)?;
+                let s = divide(r, &z, STABILIZER);
+                let mut out = layer.backward_mod(&s, Modifier::Identity, &shape)?;
+                out *= x;
+                let cl = layer.backward_mod(&s, Modifier::Pos, &shape)?;
+                let ch = layer.backward_mod(&s, Modifier::Neg, &shape)?;
+                Zip::from(&mut out)
+                    .and(&b.low)
+                    .and(&cl)
+                    .and(&b.high)
+                    .and(&ch)
+                    .for_each(|o, &l, &cl, &h, &ch| *o -= l * cl + h * ch);
+                Ok(out)
+            }
+        }
+    }
+
+    fn alpha_beta(
+        &self,
+        layer: &dyn LinearLayer,
+        x: &ArrayD<f32>,
+        r: &ArrayD<f32>,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<ArrayD<f32>> {
+        let shape = x.shape().to_vec();
+        let xs = split(x);
+        let (xp, xn) = (xs.pos.as_deref(), xs.neg.as_deref());
+        let mut out: Option<ArrayD<f32>> = None;
+        // positive contributions: x+ w+ + x- w-; negative ones: x+ w- + x- w+
+        let parts = [
+            (alpha, [(xp, Modifier::Pos), (xn, Modifier::Neg)]),
+            (-beta, [(xp, Modifier::Neg), (xn, Modifier::Pos)]),
+        ];
+        for (factor, terms) in parts {
+            if factor == 0.0 {
+                continue;
+            }
+            if let Some(z) = forward_sum(layer, &terms)? {
+                let s = divide(r, &z, STABILIZER);
+                let mut c = reduce(layer, &s, &present(&terms), &shape)?;
+                match out.as_mut() {
+                    None => {
+                        if factor != 1.0 {
+                            c.mapv_inplace(|v| v * factor);
+                        }
+                        out = Some(c);
+                    }
+                    Some(o) => o.scaled_add(factor, &c),
+                }
+            }
+        }
+        Ok(out.unwrap_or_else(|| ArrayD::zeros(shape)))
+    }
+}
