@@ -107,7 +107,7 @@ fn main() -> Result<()> {
                 high: fill(hi),
             }
         });
-        let out = ops::relevance_of(node, inputs, r, rule, bounds.as_ref(), Default::default())?;
+        let out = node.relevance(inputs, r, rule, bounds.as_ref(), Default::default())?;
         let is_add = node.op_type == "Add" && node.inputs.len() == 2;
         if linear.is_some() || is_add {
             let (r_in, r_out) = (sum(r), out.iter().map(sum).sum::<f64>());

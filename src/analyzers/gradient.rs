@@ -24,7 +24,7 @@ pub fn input_gradient(
     mode: GradientMode,
 ) -> Result<ArrayD<f32>> {
     input_gradient_with(graph, fwd, class, |node, inputs, g| {
-        ops::gradient_of(node, inputs, g, mode)
+        node.gradient(inputs, g, mode)
     })
 }
 
@@ -70,7 +70,7 @@ pub fn max_pool_ties(
                 ops::pool::max_pool_ties(p, inputs[0], g, rel_tol)?,
             ));
         }
-        ops::gradient_of(node, inputs, g, GradientMode::Plain)
+        node.gradient(inputs, g, GradientMode::Plain)
     })?;
     Ok(ties)
 }

@@ -126,7 +126,7 @@ pub fn explain_with(
             cache: Some(cache),
             output: fwd.activations.get(&node.output),
         };
-        ops::relevance_of(node, inputs, r, rule, bounds.as_ref(), reuse)
+        node.relevance(inputs, r, rule, bounds.as_ref(), reuse)
     })?;
     ensure!(
         relevance.shape() == fwd.input.shape(),

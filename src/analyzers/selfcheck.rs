@@ -139,13 +139,13 @@ pub const NODE_LRP0_TOL: f64 = 1e-3;
 pub type NodeGradient<'a> =
     dyn Fn(&Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> + 'a;
 
-/// The library's exact gradient through one node ([`ops::gradient_of`]).
+/// The library's exact gradient through one node ([`Node::gradient`](crate::graph::Node::gradient)).
 pub fn exact_gradient(
     node: &Node,
     inputs: &[&ArrayD<f32>],
     g: &ArrayD<f32>,
 ) -> Result<Vec<ArrayD<f32>>> {
-    ops::gradient_of(node, inputs, g, GradientMode::Plain)
+    node.gradient(inputs, g, GradientMode::Plain)
 }
 
 /// Outcome of one figure.
@@ -517,7 +517,7 @@ fn signature(model: &Model, fwd: &Forward, shapes: &Shapes) -> Result<Vec<u8>> {
 fn winners(node: &Node, inputs: &[&ArrayD<f32>], out: &[usize]) -> Result<ArrayD<f32>> {
     let ones = ArrayD::ones(IxDyn(out));
     let rule = Rule::Epsilon { epsilon: 0.0 };
-    let mut r = ops::relevance_of(node, inputs, &ones, rule, None, ops::Reuse::default())?;
+    let mut r = node.relevance(inputs, &ones, rule, None, ops::Reuse::default())?;
     Ok(r.swap_remove(0))
 }
 
@@ -758,7 +758,7 @@ fn zplus_figure(model: &Model, fwd: &Forward, class: usize) -> Result<Figure> {
     let mut layers = 0;
     let logit = fwd.logits[class];
     crate::engine::walk::walk_back(graph, fwd, class, logit, |node, inputs, r| {
-        let out = ops::relevance_of(node, inputs, r, Rule::ZPlus, None, ops::Reuse::default())?;
+        let out = node.relevance(inputs, r, Rule::ZPlus, None, ops::Reuse::default())?;
         if let Some(layer) = node.op.linear() {
             let x = inputs[0];
             let s = layer.forward_mod(&x.mapv(|v| v.max(0.0)), Modifier::Pos, false)?
@@ -1004,7 +1004,7 @@ fn check_node(
         let z = model_out.unwrap_or(&y0);
         let r = z * &u;
         let rule = Rule::Epsilon { epsilon: 0.0 };
-        let rel = ops::relevance_of(node, inputs, &r, rule, None, ops::Reuse::default())?;
+        let rel = node.relevance(inputs, &r, rule, None, ops::Reuse::default())?;
         for (k, x) in inputs.iter().enumerate() {
             let want = *x * &jt[k];
             let e = rel_l2(&rel[k], &want);

@@ -1,7 +1,7 @@
 //! Numerical kernels behind the operators: matrix products, im2col and
 //! direct convolutions, Winograd, depthwise and dense layers. Crate-private:
 //! their functions trust the shapes and strides they are given, which the
-//! operators in [`crate::ops`] check first.
+//! operators check first.
 
 pub(crate) mod conv;
 pub(crate) mod dense;

@@ -15,6 +15,7 @@ use tract_onnx::pb::{self, type_proto, NodeProto, TensorProto};
 mod attrs;
 mod elementwise;
 pub mod fold;
+mod gates;
 mod movement;
 mod structure;
 
@@ -203,7 +204,7 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
             });
         }
     }
-    crate::ops::gate::resolve_gates(&mut out_nodes);
+    gates::resolve_gates(&mut out_nodes);
 
     // logits: the declared output, or the input of a trailing softmax
     let mut logits = g.output[0].name.clone();

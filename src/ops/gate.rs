@@ -9,56 +9,6 @@ use anyhow::{bail, Result};
 use ndarray::{ArrayD, Zip};
 
 use super::structural::unbroadcast;
-use crate::graph::{Node, Op};
-
-/// Operators whose output is a gate (values in [0, 1]).
-const GATE_OPS: &[&str] = &["Sigmoid", "HardSigmoid"];
-
-/// Nodes that only move or copy values: a gate stays a gate through them.
-fn is_shape_only(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Reshape | Op::Transpose(_) | Op::Activation(crate::graph::Act::Identity)
-    )
-}
-
-/// Whether the tensor `name` is the output of a gate operator, possibly
-/// reshaped, among `nodes`.
-fn is_gate(nodes: &[Node], name: &str) -> bool {
-    let mut name = name;
-    while let Some(p) = nodes.iter().find(|n| n.output == name) {
-        if GATE_OPS.contains(&p.op_type.as_str()) {
-            return true;
-        }
-        if !is_shape_only(&p.op) || p.inputs.is_empty() {
-            return false;
-        }
-        name = &p.inputs[0];
-    }
-    false
-}
-
-/// Decides which input of every [`Op::Gate`] node is the gate: the one that
-/// comes from a `Sigmoid` / `HardSigmoid`; with none or both, the decision is
-/// left to run time (the input broadcast to the output is the gate).
-pub fn resolve_gates(nodes: &mut [Node]) {
-    for k in 0..nodes.len() {
-        if !matches!(nodes[k].op, Op::Gate { .. }) {
-            continue;
-        }
-        let flags: Vec<bool> = nodes[k]
-            .inputs
-            .iter()
-            .map(|i| is_gate(&nodes[..k], i))
-            .collect();
-        let gate = match flags.as_slice() {
-            [true, false] => Some(0),
-            [false, true] => Some(1),
-            _ => None,
-        };
-        nodes[k].op = Op::Gate { gate };
-    }
-}
 
 /// The index of the gate among `inputs` for the output of shape `out`.
 fn which(gate: Option<usize>, inputs: &[&ArrayD<f32>], out: &[usize]) -> Result<usize> {
@@ -120,38 +70,6 @@ pub fn gradient(inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(op_type: &str, op: Op, inputs: &[&str], output: &str) -> Node {
-        Node {
-            name: format!("{op_type}_{output}"),
-            op_type: op_type.into(),
-            op,
-            inputs: inputs.iter().map(|s| s.to_string()).collect(),
-            output: output.into(),
-            first: false,
-        }
-    }
-
-    #[test]
-    fn the_sigmoid_input_is_the_gate_even_through_a_reshape() {
-        let act = |a| Op::Activation(a);
-        let mut nodes = vec![
-            node("Relu", act(crate::graph::Act::Relu), &["in"], "x"),
-            node("GlobalAveragePool", Op::GlobalAvgPool, &["x"], "p"),
-            node("Sigmoid", act(crate::graph::Act::Sigmoid), &["p"], "s"),
-            node("Reshape", Op::Reshape, &["s"], "s2"),
-            node("Mul", Op::Gate { gate: None }, &["s2", "x"], "y"),
-            // swish: x * sigmoid(x), same shapes
-            node("Sigmoid", act(crate::graph::Act::Sigmoid), &["y"], "t"),
-            node("Mul", Op::Gate { gate: None }, &["y", "t"], "z"),
-            // two plain activations: undecided until run time
-            node("Mul", Op::Gate { gate: None }, &["x", "y"], "w"),
-        ];
-        resolve_gates(&mut nodes);
-        assert!(matches!(nodes[4].op, Op::Gate { gate: Some(0) }));
-        assert!(matches!(nodes[6].op, Op::Gate { gate: Some(1) }));
-        assert!(matches!(nodes[7].op, Op::Gate { gate: None }));
-    }
 
     #[test]
     fn relevance_goes_to_the_signal_and_the_gradient_is_the_product_rule() {

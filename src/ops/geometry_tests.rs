@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
 use super::conv::{Conv, Padding, Window};
-use crate::graph::Pool;
+use super::Pool;
 use crate::kernels::conv::{conv_group, im2col_tile, tile_cols, Geo};
 use crate::kernels::winograd;
 use crate::rules::{LinearLayer, Rule};

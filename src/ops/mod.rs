@@ -15,12 +15,14 @@ pub mod reduce;
 pub mod resize;
 pub mod structural;
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Result};
 use ndarray::ArrayD;
 
-use crate::graph::{Node, Op};
 use crate::rules::cache::{Cached, WeightCache};
-use crate::rules::{Bounds, Rule};
+use crate::rules::{Bounds, LinearLayer, Rule};
+use activation::Act;
+use conv::{Conv, Window};
+use dense::{Affine, Dense};
 
 /// How rectifiers pass gradients back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +35,160 @@ pub enum GradientMode {
     Guided,
 }
 
+/// Geometry of a pooling node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    /// Window geometry.
+    pub window: Window,
+    /// `AveragePool`: divide by the window clipped to the padded input
+    /// (padding included), not by the number of input elements in it.
+    pub count_include_pad: bool,
+    /// `ceil_mode`: the output size rounds up, so a last window may hang over
+    /// the end of the padded input (the overhang counts for nothing, not even
+    /// for `count_include_pad`).
+    pub ceil_mode: bool,
+}
+
+impl Pool {
+    /// Output height and width for an input of `h x w`, as ONNX and PyTorch
+    /// define them: `(padded - k_eff) / stride + 1` rounded down, or up in
+    /// `ceil_mode`, where a last window that would start past the input and
+    /// its leading padding is dropped.
+    pub fn output_size(&self, h: usize, w: usize) -> Result<[usize; 2]> {
+        let wnd = &self.window;
+        let p = wnd.pads(h, w);
+        let mut out = [0; 2];
+        for (axis, size) in [h, w].into_iter().enumerate() {
+            let k = wnd.dilations[axis] * (wnd.kernel[axis].max(1) - 1) + 1;
+            let s = wnd.strides[axis].max(1);
+            let padded = size + p[axis] + p[axis + 2];
+            ensure!(padded >= k, "kernel {k} larger than padded input {padded}");
+            let span = padded - k;
+            let mut o = if self.ceil_mode {
+                span.div_ceil(s) + 1
+            } else {
+                span / s + 1
+            };
+            if self.ceil_mode && (o - 1) * s >= size + p[axis] {
+                o -= 1;
+            }
+            out[axis] = o;
+        }
+        Ok(out)
+    }
+}
+
+/// Elementwise arithmetic of an activation with a constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArithKind {
+    /// `x + c`.
+    Add,
+    /// `x - c` (or `c - x`).
+    Sub,
+    /// `x * c`.
+    Mul,
+    /// `x / c` (or `c / x`).
+    Div,
+}
+
+/// What a node does, as far as relevance and gradients are concerned.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Convolution (a linear layer).
+    Conv(Conv),
+    /// Dense layer (`Gemm`, `MatMul` [+ `Add`]).
+    Dense(Dense),
+    /// Per-channel affine layer (unfolded `BatchNormalization`).
+    Affine(Affine),
+    /// `MaxPool`: winner takes all.
+    MaxPool(Pool),
+    /// `AveragePool`: proportional to contribution.
+    AvgPool(Pool),
+    /// `GlobalAveragePool`: proportional to contribution.
+    GlobalAvgPool,
+    /// `GlobalMaxPool`: winner takes all.
+    GlobalMaxPool,
+    /// Elementwise sum of activations (residual `Add`): proportional split.
+    Sum,
+    /// Elementwise activation (also `Dropout`, `Identity`, `Cast`): relevance
+    /// passes unchanged, the gradient is multiplied by the derivative.
+    Activation(Act),
+    /// Elementwise arithmetic of the activation with a constant (numpy
+    /// broadcasting): relevance passes unchanged, the gradient is that of the
+    /// operation. `Add` comes from canonization ([`Op::unmerged`]).
+    Arith {
+        /// The operation.
+        kind: ArithKind,
+        /// The constant operand.
+        constant: ArrayD<f32>,
+        /// Whether the constant is the first operand (`c - x`, `c / x`).
+        constant_first: bool,
+    },
+    /// Shape-only nodes (`Flatten`, `Reshape`, `Squeeze`, `Unsqueeze`).
+    Reshape,
+    /// `Transpose` with this permutation.
+    Transpose(Vec<usize>),
+    /// `BatchNormalization` before canonization: `y = x * scale + shift` per channel.
+    BatchNorm {
+        /// Per-channel scale `gamma / sqrt(var + eps)`.
+        scale: Vec<f32>,
+        /// Per-channel shift `beta - mean * scale`.
+        shift: Vec<f32>,
+    },
+    /// `Add` of a constant before canonization (a bias, usually after `MatMul`).
+    AddConst(ArrayD<f32>),
+    /// `Concat` of activations along `axis` (negative: from the end): each
+    /// input gets its slice of the relevance.
+    Concat {
+        /// The concatenation axis as written in the model.
+        axis: i64,
+    },
+    /// `Pad`: relevance cropped back (constant mode) or summed onto the
+    /// copied elements (edge, reflect, wrap).
+    Pad(pad::PadSpec),
+    /// `Resize` (nearest): each input element gets the sum over its copies.
+    Resize(resize::ResizeSpec),
+    /// `Mul` of an activation by a gate (squeeze-excitation, swish): all
+    /// relevance to the gated activation, none to the gate.
+    Gate {
+        /// Which input is the gate (`None`: the one broadcast to the output).
+        gate: Option<usize>,
+    },
+    /// `ReduceMean` / `ReduceSum` (proportional) and `ReduceMax` (winner takes all).
+    Reduce(reduce::ReduceSpec),
+    /// An operator that only copies elements (`Slice`, one output of `Split`,
+    /// `Gather`, `GatherElements`, `Expand`, `Tile`, `DepthToSpace`,
+    /// `SpaceToDepth`): relevance and gradient go back along its copy map,
+    /// each input element receiving the sum over its copies.
+    Move(movement::Movement),
+}
+
+impl Op {
+    /// The node as a linear layer, if it is one.
+    pub fn linear(&self) -> Option<&dyn LinearLayer> {
+        match self {
+            Op::Conv(c) => Some(c),
+            Op::Dense(d) => Some(d),
+            Op::Affine(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// What an [`Op::AddConst`] that canonization could not merge into a
+    /// layer's bias becomes: an [`Op::Arith`] addition. Other ops are returned
+    /// unchanged.
+    pub fn unmerged(self) -> Op {
+        match self {
+            Op::AddConst(constant) => Op::Arith {
+                kind: ArithKind::Add,
+                constant,
+                constant_first: false,
+            },
+            op => op,
+        }
+    }
+}
+
 /// What the relevance pass of a linear layer may reuse.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Reuse<'a> {
@@ -42,31 +198,30 @@ pub struct Reuse<'a> {
     pub output: Option<&'a ArrayD<f32>>,
 }
 
-/// Propagates the relevance `r` at `node`'s output to each of its inputs.
+/// Propagates the relevance `r` at the output of `op` to each of its inputs
+/// (`Node::relevance` of the graph module names the node in errors).
 ///
-/// `inputs` are the node's input activations, in the order of `node.inputs`;
-/// `rule` is the rule for linear layers (with the input bounds for z^B).
+/// `inputs` are the input activations; `rule` is the rule for linear layers
+/// (with the input bounds for z^B); `output` names the output tensor (the key
+/// of the layer's cached modified weights).
 pub fn relevance(
-    node: &Node,
+    op: &Op,
+    output: &str,
     inputs: &[&ArrayD<f32>],
     r: &ArrayD<f32>,
     rule: Rule,
     bounds: Option<&Bounds>,
     reuse: Reuse,
 ) -> Result<Vec<ArrayD<f32>>> {
-    ensure!(
-        inputs.len() == node.inputs.len(),
-        "node '{}': activations missing",
-        node.name
-    );
+    ensure!(!inputs.is_empty(), "no input activation");
     let x = inputs[0];
     let one = |a: ArrayD<f32>| vec![a];
-    let out = match &node.op {
+    let out = match op {
         Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => {
-            let layer = node.op.linear().expect("linear op");
+            let layer = op.linear().expect("linear op");
             one(match reuse.cache {
                 Some(cache) => {
-                    let name = &node.output;
+                    let name = output;
                     let cached = Cached { layer, cache, name };
                     rule.propagate_with(&cached, x, reuse.output, r, bounds)?
                 }
@@ -83,10 +238,10 @@ pub fn relevance(
         Op::Transpose(perm) => one(structural::transpose(perm, x, r)?),
         Op::Move(m) => m.backward(inputs, r)?,
         Op::BatchNorm { .. } | Op::AddConst(_) => {
-            return Err(anyhow!("node '{}' was not canonized", node.name));
+            return Err(anyhow!("the node was not canonized"));
         }
         Op::Concat { .. } | Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } | Op::Reduce(_) => {
-            copies(node, inputs, r, false)?
+            copies(op, inputs, r, false)?
         }
     };
     Ok(out)
@@ -96,7 +251,7 @@ pub fn relevance(
 /// gate, reductions): relevance (`gradient == false`) or gradient. Inputs
 /// read at run time as parameters (computed pads or scales) get zeros.
 fn copies(
-    node: &Node,
+    op: &Op,
     inputs: &[&ArrayD<f32>],
     r: &ArrayD<f32>,
     gradient: bool,
@@ -107,7 +262,7 @@ fn copies(
         v.extend(inputs[1..].iter().map(|p| ArrayD::zeros(p.shape())));
         v
     };
-    Ok(match &node.op {
+    Ok(match op {
         Op::Concat { axis } => concat::split(*axis, inputs, r)?,
         Op::Pad(spec) => {
             let pads = match (&spec.pads, inputs.get(1)) {
@@ -126,39 +281,21 @@ fn copies(
     })
 }
 
-/// [`relevance`] with the node named in errors.
-pub fn relevance_of(
-    node: &Node,
-    inputs: &[&ArrayD<f32>],
-    r: &ArrayD<f32>,
-    rule: Rule,
-    bounds: Option<&Bounds>,
-    reuse: Reuse,
-) -> Result<Vec<ArrayD<f32>>> {
-    relevance(node, inputs, r, rule, bounds, reuse)
-        .with_context(|| format!("relevance through {} node '{}'", node.op_type, node.name))
-}
-
-/// The gradient at each of `node`'s inputs for the gradient `g` at its output
-/// (the chain rule through one node, exact).
-///
-/// `inputs` are the node's input activations, in the order of `node.inputs`.
+/// The gradient at each input of `op` for the gradient `g` at its output
+/// (the chain rule through one node, exact; see
+/// `Node::gradient` of the graph module names the node in errors).
 pub fn gradient(
-    node: &Node,
+    op: &Op,
     inputs: &[&ArrayD<f32>],
     g: &ArrayD<f32>,
     mode: GradientMode,
 ) -> Result<Vec<ArrayD<f32>>> {
-    ensure!(
-        inputs.len() == node.inputs.len(),
-        "node '{}': activations missing",
-        node.name
-    );
+    ensure!(!inputs.is_empty(), "no input activation");
     let x = inputs[0];
     let one = |a: ArrayD<f32>| vec![a];
-    let out = match &node.op {
+    let out = match op {
         Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => {
-            let layer = node.op.linear().expect("linear op");
+            let layer = op.linear().expect("linear op");
             one(layer.backward(g, layer.weight(), x.shape())?)
         }
         // the max pools' relevance rule is their gradient
@@ -183,22 +320,11 @@ pub fn gradient(
         Op::Transpose(perm) => one(structural::transpose(perm, x, g)?),
         Op::Move(m) => m.backward(inputs, g)?,
         Op::BatchNorm { .. } | Op::AddConst(_) => {
-            return Err(anyhow!("node '{}' was not canonized", node.name));
+            return Err(anyhow!("the node was not canonized"));
         }
         Op::Concat { .. } | Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } | Op::Reduce(_) => {
-            copies(node, inputs, g, true)?
+            copies(op, inputs, g, true)?
         }
     };
     Ok(out)
-}
-
-/// [`gradient`] with the operator and node named in errors.
-pub fn gradient_of(
-    node: &Node,
-    inputs: &[&ArrayD<f32>],
-    g: &ArrayD<f32>,
-    mode: GradientMode,
-) -> Result<Vec<ArrayD<f32>>> {
-    gradient(node, inputs, g, mode)
-        .with_context(|| format!("gradient through {} node '{}'", node.op_type, node.name))
 }

@@ -7,7 +7,7 @@ use anyhow::{ensure, Result};
 use ndarray::ArrayD;
 use rayon::prelude::*;
 
-use crate::graph::Pool;
+use super::Pool;
 use crate::rules::{stabilize, STABILIZER};
 
 struct Dims {

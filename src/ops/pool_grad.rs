@@ -8,7 +8,7 @@
 use anyhow::{ensure, Result};
 use ndarray::ArrayD;
 
-use crate::graph::Pool;
+use super::Pool;
 
 /// Gradient through `AveragePool`: each window's gradient, divided by its
 /// divisor, to every input position in it.

@@ -7,7 +7,7 @@
 use anyhow::{ensure, Result};
 use ndarray::{ArrayD, Axis, Zip};
 
-use crate::graph::ArithKind;
+use super::ArithKind;
 use crate::rules::{stabilize, STABILIZER};
 
 /// Elementwise nodes (activations, dropout, identity, arithmetic with

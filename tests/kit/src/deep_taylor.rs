@@ -11,7 +11,7 @@
 //! [`TinyNet`] builds that network as a [`Graph`] (a dense layer, a ReLU and
 //! the sum pooling as a dense layer with weights 1 and no bias) and
 //! [`TinyNet::explain`] walks it back with [`lrp_heatmap::engine::walk::walk_back`] and
-//! [`lrp_heatmap::ops::relevance_of`], the rule of each layer chosen by a
+//! [`lrp_heatmap::graph::Node::relevance`], the rule of each layer chosen by a
 //! [`Composite`], exactly as for an ONNX model, keeping every layer's
 //! relevance. [`report`] prints the example (`lrp-heatmap demo`,
 //! `cargo run --example deep_taylor`).
@@ -26,7 +26,7 @@ use lrp_heatmap::engine::walk::walk_back;
 use lrp_heatmap::graph::{Act, Graph, Node, Op};
 use crate::init::Init;
 use lrp_heatmap::engine::Forward;
-use lrp_heatmap::ops::{self, dense::Dense};
+use lrp_heatmap::ops::dense::Dense;
 use lrp_heatmap::rules::{Bounds, LinearLayer, Rule};
 use lrp_heatmap::rng::Rng;
 
@@ -290,7 +290,7 @@ impl TinyNet {
                 high: ArrayD::ones(inputs[0].shape()),
             });
             let out =
-                ops::relevance_of(node, inputs, r, rule, bounds.as_ref(), Default::default())?;
+                node.relevance(inputs, r, rule, bounds.as_ref(), Default::default())?;
             for (name, ri) in node.inputs.iter().zip(&out) {
                 at.insert(name.clone(), ri.clone());
             }
