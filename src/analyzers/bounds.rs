@@ -136,7 +136,7 @@ pub fn through_normalisation(
                     .into_owned();
                 high = high.permuted_axes(perm).as_standard_layout().into_owned();
             }
-            Op::Reshape => {
+            Op::Reshape(_) => {
                 low = low.into_shape_with_order(IxDyn(&out_shape)).ok()?;
                 high = high.into_shape_with_order(IxDyn(&out_shape)).ok()?;
             }

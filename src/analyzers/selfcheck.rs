@@ -396,7 +396,7 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
     let why = match &node.op {
         Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => return None,
         Op::MaxPool(_) | Op::AvgPool(_) | Op::GlobalAvgPool | Op::GlobalMaxPool => return None,
-        Op::Sum | Op::Reshape | Op::Transpose(_) | Op::Concat { .. } | Op::Resize(_) => {
+        Op::Sum | Op::Reshape(_) | Op::Transpose(_) | Op::Concat { .. } | Op::Resize(_) => {
             return None
         }
         Op::Reduce(_) => return None,
@@ -432,6 +432,10 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
             _ => "adds a constant that is not a layer's bias".to_string(),
         },
         Op::Gate { .. } => "multiplies two activations (a gate)".to_string(),
+        Op::Registered(o) => match o.lrp0_breaker() {
+            None => return None,
+            Some(why) => why,
+        },
         Op::BatchNorm { .. } | Op::AddConst(_) => "was not canonized".to_string(),
         #[allow(unreachable_patterns)]
         _ => "has no proof that LRP-0 equals gradient x input through it".to_string(),

@@ -16,120 +16,14 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use ndarray::{ArrayD, IxDyn, Zip};
 use rayon::prelude::*;
-use tract_onnx::pb::{self, ModelProto, NodeProto, TensorProto};
 
 use crate::graph::{ArithKind, Graph, Node, Op};
 use crate::rules::{LinearLayer, Modifier};
-
-/// How a shape-only node computes its output shape from its input shape.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ReshapeRule {
-    /// `Flatten(axis)`: `[prod(d[..axis]), prod(d[axis..])]`.
-    Flatten(i64),
-    /// `Squeeze(axes)` (all axes of size 1 when `None`).
-    Squeeze(Option<Vec<i64>>),
-    /// `Unsqueeze(axes)`.
-    Unsqueeze(Vec<i64>),
-    /// `Reshape(shape)` with ONNX's `0` (copy, unless `allowzero`) and `-1`.
-    Reshape {
-        /// The target shape.
-        shape: Vec<i64>,
-        /// `allowzero = 1`: a 0 is a zero-sized dimension.
-        allowzero: bool,
-    },
-}
-
-impl ReshapeRule {
-    /// The output shape for an input of shape `d`.
-    pub fn apply(&self, d: &[usize]) -> Result<Vec<usize>> {
-        let axis = |a: i64, rank: usize| -> Result<usize> {
-            let r = rank as i64;
-            ensure!(a >= -r && a < r, "axis {a} out of range for rank {rank}");
-            Ok(if a < 0 { (a + r) as usize } else { a as usize })
-        };
-        let size: usize = d.iter().product();
-        let out = match self {
-            ReshapeRule::Flatten(a) => {
-                let a = if *a == d.len() as i64 {
-                    d.len()
-                } else {
-                    axis(*a, d.len())?
-                };
-                vec![d[..a].iter().product(), d[a..].iter().product()]
-            }
-            ReshapeRule::Squeeze(None) => d.iter().copied().filter(|&v| v != 1).collect(),
-            ReshapeRule::Squeeze(Some(axes)) => {
-                let axes = axes
-                    .iter()
-                    .map(|&a| axis(a, d.len()))
-                    .collect::<Result<HashSet<_>>>()?;
-                for &a in &axes {
-                    ensure!(d[a] == 1, "Squeeze of axis {a} of size {}", d[a]);
-                }
-                (0..d.len())
-                    .filter(|i| !axes.contains(i))
-                    .map(|i| d[i])
-                    .collect()
-            }
-            ReshapeRule::Unsqueeze(axes) => {
-                let rank = d.len() + axes.len();
-                let axes = axes
-                    .iter()
-                    .map(|&a| axis(a, rank))
-                    .collect::<Result<HashSet<_>>>()?;
-                let mut src = d.iter();
-                (0..rank)
-                    .map(|i| {
-                        if axes.contains(&i) {
-                            1
-                        } else {
-                            src.next().copied().unwrap_or(1)
-                        }
-                    })
-                    .collect()
-            }
-            ReshapeRule::Reshape { shape, allowzero } => {
-                let mut out = Vec::with_capacity(shape.len());
-                let mut infer = None;
-                for (i, &s) in shape.iter().enumerate() {
-                    match s {
-                        -1 => {
-                            ensure!(infer.is_none(), "Reshape with two -1 dimensions");
-                            infer = Some(i);
-                            out.push(1);
-                        }
-                        0 if !allowzero => out.push(
-                            *d.get(i)
-                                .ok_or_else(|| anyhow!("Reshape copies a missing axis {i}"))?,
-                        ),
-                        s if s >= 0 => out.push(s as usize),
-                        s => bail!("Reshape to a dimension of {s}"),
-                    }
-                }
-                if let Some(i) = infer {
-                    let known: usize = out.iter().product();
-                    ensure!(
-                        known > 0 && size.is_multiple_of(known),
-                        "Reshape of {d:?} to {shape:?}"
-                    );
-                    out[i] = size / known;
-                }
-                out
-            }
-        };
-        ensure!(
-            out.iter().product::<usize>() == size,
-            "cannot reshape {d:?} to {out:?}"
-        );
-        Ok(out)
-    }
-}
 
 /// What the graph-native forward pass needs beyond the graph.
 #[derive(Clone, Debug)]
 pub struct NativePlan {
     /// Output shape rules of the shape-only nodes, by output name.
-    reshapes: HashMap<String, ReshapeRule>,
     /// Tensors kept for the backward pass.
     keep: HashSet<String>,
 }
@@ -142,85 +36,6 @@ pub struct NativeOutput {
     pub activations: HashMap<String, ArrayD<f32>>,
 }
 
-fn int_tensor(t: &TensorProto) -> Option<Vec<i64>> {
-    use pb::tensor_proto::DataType;
-    let ty = t.data_type;
-    if ty == DataType::Int64 as i32 {
-        if !t.raw_data.is_empty() {
-            return Some(
-                t.raw_data
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect(),
-            );
-        }
-        return Some(t.int64_data.clone());
-    }
-    if ty == DataType::Int32 as i32 {
-        if !t.raw_data.is_empty() {
-            return Some(
-                t.raw_data
-                    .chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
-                    .collect(),
-            );
-        }
-        return Some(t.int32_data.iter().map(|&v| v as i64).collect());
-    }
-    None
-}
-
-fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a pb::AttributeProto> {
-    n.attribute.iter().find(|a| a.name == name)
-}
-
-/// Integer constants of a model: initializers and `Constant` nodes.
-fn int_constants(model: &ModelProto) -> HashMap<&str, Vec<i64>> {
-    let mut out = HashMap::new();
-    let Some(g) = model.graph.as_ref() else {
-        return out;
-    };
-    for t in &g.initializer {
-        if let Some(v) = int_tensor(t) {
-            out.insert(t.name.as_str(), v);
-        }
-    }
-    for n in &g.node {
-        if n.op_type == "Constant" {
-            if let (Some(out_name), Some(t)) = (n.output.first(), attr(n, "value")) {
-                if let Some(v) = t.t.as_ref().and_then(int_tensor) {
-                    out.insert(out_name.as_str(), v);
-                }
-            }
-        }
-    }
-    out
-}
-
-fn reshape_rule(n: &NodeProto, consts: &HashMap<&str, Vec<i64>>) -> Result<ReshapeRule> {
-    let input = |i: usize| {
-        n.input
-            .get(i)
-            .filter(|s| !s.is_empty())
-            .and_then(|s| consts.get(s.as_str()).cloned())
-    };
-    let ints = |name: &str| attr(n, name).map(|a| a.ints.clone());
-    Ok(match n.op_type.as_str() {
-        "Flatten" => ReshapeRule::Flatten(attr(n, "axis").map_or(1, |a| a.i)),
-        "Squeeze" => ReshapeRule::Squeeze(ints("axes").or_else(|| input(1))),
-        "Unsqueeze" => ReshapeRule::Unsqueeze(
-            ints("axes")
-                .or_else(|| input(1))
-                .ok_or_else(|| anyhow!("Unsqueeze axes computed at run time"))?,
-        ),
-        "Reshape" => ReshapeRule::Reshape {
-            shape: input(1).ok_or_else(|| anyhow!("Reshape to a shape computed at run time"))?,
-            allowzero: attr(n, "allowzero").is_some_and(|a| a.i != 0),
-        },
-        o => bail!("shape-only operator {o}"),
-    })
-}
-
 /// Why a node cannot run natively, or `None` if it can.
 fn unsupported(node: &Node) -> Option<&'static str> {
     match &node.op {
@@ -228,6 +43,7 @@ fn unsupported(node: &Node) -> Option<&'static str> {
             Some("an elementwise operator without a formula")
         }
         Op::BatchNorm { .. } | Op::AddConst(_) => Some("a node left by canonization"),
+        Op::Reshape(None) => Some("a reshape to a shape computed at run time"),
         Op::Move(m) if !m.runtime_inputs().is_empty() => {
             Some("a copying operator with parameters computed at run time")
         }
@@ -241,12 +57,13 @@ fn unsupported(node: &Node) -> Option<&'static str> {
         | Op::Sum
         | Op::Activation(_)
         | Op::Arith { .. }
-        | Op::Reshape
+        | Op::Reshape(_)
         | Op::Transpose(_)
         | Op::Concat { .. }
         | Op::Move(_)
         | Op::Gate { .. }
-        | Op::Reduce(_) => None,
+        | Op::Reduce(_)
+        | Op::Registered(_) => None,
         #[allow(unreachable_patterns)]
         _ => Some("an operator without a native forward pass"),
     }
@@ -255,33 +72,14 @@ fn unsupported(node: &Node) -> Option<&'static str> {
 impl NativePlan {
     /// A plan for `graph` (built from `model`), or why its forward pass must
     /// run in tract.
-    pub fn new(model: &ModelProto, graph: &Graph) -> Result<NativePlan> {
-        let consts = int_constants(model);
-        let by_output: HashMap<&str, &NodeProto> = model
-            .graph
-            .iter()
-            .flat_map(|g| &g.node)
-            .filter_map(|n| n.output.first().map(|o| (o.as_str(), n)))
-            .collect();
-        let mut reshapes = HashMap::new();
+    pub fn new(graph: &Graph) -> Result<NativePlan> {
         for node in &graph.nodes {
             if let Some(why) = unsupported(node) {
                 bail!("{} node '{}' is {why}", node.op_type, node.name);
             }
-            let proto = || {
-                by_output
-                    .get(node.output.as_str())
-                    .ok_or_else(|| anyhow!("node '{}' not found in the model", node.name))
-            };
-            if matches!(node.op, Op::Reshape) {
-                let proto = proto()?;
-                let rule = reshape_rule(proto, &consts)
-                    .with_context(|| format!("{} node '{}'", node.op_type, node.name))?;
-                reshapes.insert(node.output.clone(), rule);
-            }
         }
         let keep = graph.needed_activations().into_iter().collect();
-        Ok(NativePlan { reshapes, keep })
+        Ok(NativePlan { keep })
     }
 
     /// Bytes of all tensors one forward pass on an input of `input_shape`
@@ -343,6 +141,10 @@ impl NativePlan {
                 .try_fold(x.to_vec(), |acc, s| broadcast(&acc, s))?,
             Op::Arith { constant, .. } => broadcast(x, constant.shape())?,
             Op::Move(m) => m.output_shape(x)?,
+            Op::Registered(o) => {
+                let shapes: Vec<&[usize]> = ins.iter().map(Vec::as_slice).collect();
+                o.output_shape(&shapes)?
+            }
             Op::Gate { .. } => {
                 let other = ins
                     .get(1)
@@ -353,10 +155,9 @@ impl NativePlan {
             Op::Concat { axis } => {
                 crate::ops::movement::Movement::Concat { axis: *axis }.output_shape_of(ins)?
             }
-            Op::Reshape => self
-                .reshapes
-                .get(&node.output)
-                .ok_or_else(|| anyhow!("no output shape"))?
+            Op::Reshape(rule) => rule
+                .as_ref()
+                .ok_or_else(|| anyhow!("a reshape to a shape computed at run time"))?
                 .apply(x)?,
             Op::Transpose(perm) => {
                 if perm.is_empty() {
@@ -384,15 +185,17 @@ impl NativePlan {
         if let Some(why) = unsupported(node) {
             bail!("{why}");
         }
-        let shape = out_shape.iter().map(|&d| d as i64).collect();
-        let rule = ReshapeRule::Reshape {
-            shape,
-            allowzero: true,
-        };
         let plan = NativePlan {
-            reshapes: HashMap::from([(node.output.clone(), rule)]),
             keep: HashSet::new(),
         };
+        if let Op::Reshape(_) = node.op {
+            // the shape the forward pass produced, whatever the rule
+            let x = *inputs.first().ok_or_else(|| anyhow!("no input"))?;
+            return Ok(x
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(out_shape))?);
+        }
         plan.node(node, inputs)
     }
 
@@ -485,11 +288,10 @@ impl NativePlan {
                 constant,
                 constant_first,
             } => arith(*kind, x, constant, *constant_first)?,
-            Op::Reshape => {
-                let rule = self
-                    .reshapes
-                    .get(&node.output)
-                    .ok_or_else(|| anyhow!("no output shape"))?;
+            Op::Reshape(rule) => {
+                let rule = rule
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("a reshape to a shape computed at run time"))?;
                 let shape = rule.apply(x.shape())?;
                 x.as_standard_layout()
                     .into_owned()
@@ -512,6 +314,7 @@ impl NativePlan {
                     .into_owned()
             }
             Op::Move(m) => m.forward(inputs)?,
+            Op::Registered(o) => o.forward(inputs)?,
             Op::Concat { axis } => {
                 crate::ops::movement::Movement::Concat { axis: *axis }.forward(inputs)?
             }

@@ -275,7 +275,7 @@ impl Model {
             Engine::Auto if fake_quantized => Err(anyhow!(
                 "fake-quantized activations (QuantizeLinear/DequantizeLinear)"
             )),
-            Engine::Auto => NativePlan::new(&proto, &graph),
+            Engine::Auto => NativePlan::new(&graph),
             Engine::Tract => Err(anyhow!("asked for")),
         };
         let backend = match native {

@@ -25,6 +25,7 @@ use elementwise::{Operand, ACTIVATION_OPS};
 use crate::graph::{Graph, Node, Op};
 use crate::ops::conv::Conv;
 use crate::ops::dense::Dense;
+use crate::ops::structural::ReshapeRule;
 
 /// Loads a tensor (raw, typed or external data) as `f32`.
 pub type TensorLoader<'a> = dyn Fn(&TensorProto) -> Result<ArrayD<f32>> + 'a;
@@ -35,8 +36,10 @@ const RESHAPE_OPS: &[&str] = &["Flatten", "Reshape", "Squeeze", "Unsqueeze"];
 /// Operators whose output never depends on the values of their input.
 const SHAPE_OF: &[&str] = &["Shape", "Size"];
 
-/// Every operator type the relevance pass handles (for `inspect`-style listings).
-pub fn supported_ops() -> Vec<&'static str> {
+/// Every operator type this importer converts itself (checked against the
+/// operator registry by a test).
+#[cfg(test)]
+fn imported_ops() -> Vec<&'static str> {
     let mut v = vec![
         "Conv",
         "Gemm",
@@ -51,8 +54,8 @@ pub fn supported_ops() -> Vec<&'static str> {
         "GlobalAveragePool",
         "GlobalMaxPool",
         "Transpose",
-        "Softmax (trailing)",
-        "LogSoftmax (trailing)",
+        "Softmax",
+        "LogSoftmax",
     ];
     v.extend_from_slice(ACTIVATION_OPS);
     v.extend_from_slice(RESHAPE_OPS);
@@ -331,6 +334,23 @@ fn convert(
         })
     };
     let unsupported = |why: &str| anyhow!("unsupported operator '{op}' (node '{name}'): {why}");
+    if let Some(import) = crate::ops::registry::importer(op) {
+        let constant = |i: usize| -> Result<Option<ArrayD<f32>>> {
+            if is_act(i) {
+                return Ok(None);
+            }
+            opt_const(i)
+        };
+        let node = crate::ops::registry::OnnxNode {
+            node: n,
+            is_activation: (0..n.input.len()).map(is_act).collect(),
+            constant: &constant,
+            opset,
+        };
+        return import(&node)
+            .map(Op::Registered)
+            .map_err(|e| unsupported(&format!("{e:#}")));
+    }
     Ok(match op {
         "Conv" => {
             ensure!(
@@ -484,7 +504,33 @@ fn convert(
             };
             Op::Activation(act)
         }
-        o if RESHAPE_OPS.contains(&o) => Op::Reshape,
+        o if RESHAPE_OPS.contains(&o) => {
+            // the target shape when the file fixes it (an attribute or a
+            // constant input); `None` leaves the forward pass to tract
+            let ints = |i: usize| -> Option<Vec<i64>> {
+                if is_act(i) {
+                    return None;
+                }
+                let c = opt_const(i).ok()??;
+                Some(c.iter().map(|&v| v as i64).collect())
+            };
+            let attr_ints = |a: &str| attr(n, a).map(|a| a.ints.clone());
+            Op::Reshape(match o {
+                "Flatten" => Some(ReshapeRule::Flatten(attr(n, "axis").map_or(1, |a| a.i))),
+                "Squeeze" => match (attr_ints("axes"), n.input.get(1).filter(|s| !s.is_empty())) {
+                    (Some(axes), _) => Some(ReshapeRule::Squeeze(Some(axes))),
+                    (None, None) => Some(ReshapeRule::Squeeze(None)),
+                    (None, Some(_)) => ints(1).map(|axes| ReshapeRule::Squeeze(Some(axes))),
+                },
+                "Unsqueeze" => attr_ints("axes")
+                    .or_else(|| ints(1))
+                    .map(ReshapeRule::Unsqueeze),
+                _ => ints(1).map(|shape| ReshapeRule::Reshape {
+                    shape,
+                    allowzero: attr(n, "allowzero").is_some_and(|a| a.i != 0),
+                }),
+            })
+        }
         o if movement::MOVEMENT_OPS.contains(&o) => {
             movement::convert(n, acts, opset, &operand, output)
                 .map_err(|e| unsupported(&format!("{e:#}")))?
@@ -493,4 +539,25 @@ fn convert(
             .map_err(|e| unsupported(&format!("{e:#}")))?,
         _ => return Err(unsupported("LRP has no rule for it")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::registry;
+
+    #[test]
+    fn the_registry_describes_exactly_the_operators_that_are_imported() {
+        let imported = imported_ops();
+        for o in &imported {
+            assert!(registry::handling(o).is_some(), "{o} has no registry entry");
+        }
+        for (o, _) in registry::operators() {
+            let by_family = registry::importer(o).is_some();
+            assert!(
+                by_family || imported.contains(&o),
+                "{o} is in the registry but nothing imports it"
+            );
+        }
+    }
 }

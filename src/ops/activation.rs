@@ -308,6 +308,38 @@ fn map(x: &ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync + Send) -> ArrayD<f32> {
     }
 }
 
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "activation",
+    onnx: &[
+        ("Relu", "activation: relevance passes"),
+        ("Clip", "activation: relevance passes (ReLU6)"),
+        ("LeakyRelu", "activation: relevance passes"),
+        ("PRelu", "activation: relevance passes"),
+        (
+            "Sigmoid",
+            "activation: relevance passes (as a gate: gets none)",
+        ),
+        (
+            "HardSigmoid",
+            "activation: relevance passes (as a gate: gets none)",
+        ),
+        ("Tanh", "activation: relevance passes"),
+        ("HardSwish", "activation: relevance passes"),
+        ("Elu", "activation: relevance passes"),
+        ("Selu", "activation: relevance passes"),
+        ("Celu", "activation: relevance passes"),
+        ("Softplus", "activation: relevance passes"),
+        ("Gelu", "activation: relevance passes"),
+        ("Mish", "activation: relevance passes"),
+        ("Dropout", "identity (inference)"),
+        ("Identity", "identity"),
+        ("Cast", "identity"),
+    ],
+    import: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

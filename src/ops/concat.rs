@@ -49,6 +49,14 @@ pub fn split(axis: i64, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<
     Movement::Concat { axis }.backward(inputs, r)
 }
 
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "concat",
+    onnx: &[("Concat", "each input gets its slice back")],
+    import: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -333,6 +333,16 @@ impl LinearLayer for Conv {
     }
 }
 
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "conv",
+    onnx: &[
+        ("Conv", "linear layer, composite rule (first / conv); 2-D, any stride, padding, dilation, group (depthwise)"),
+    ],
+    import: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

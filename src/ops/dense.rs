@@ -216,3 +216,24 @@ impl LinearLayer for Affine {
         self.per_channel(g, w, None)
     }
 }
+
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "dense",
+    onnx: &[
+        (
+            "Gemm",
+            "linear layer, dense rule (alpha, beta, transB; transA = 0)",
+        ),
+        (
+            "MatMul",
+            "linear layer, dense rule (activation x constant); a following Add is its bias",
+        ),
+        (
+            "BatchNormalization",
+            "folded into the Conv / Gemm before it; else a per-channel linear layer (conv rule)",
+        ),
+    ],
+    import: None,
+};

@@ -67,6 +67,16 @@ pub fn gradient(inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f
     Ok(out)
 }
 
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "gate",
+    onnx: &[
+        ("Mul", "by a constant: as Sub; two activations: a gate, all relevance to the gated one, none to the gate"),
+    ],
+    import: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

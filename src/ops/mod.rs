@@ -7,11 +7,13 @@ pub mod dense;
 pub mod gate;
 #[cfg(test)]
 mod geometry_tests;
+pub mod mean;
 pub mod movement;
 pub mod pad;
 pub mod pool;
 pub mod pool_grad;
 pub mod reduce;
+pub mod registry;
 pub mod resize;
 pub mod structural;
 
@@ -124,8 +126,10 @@ pub enum Op {
         /// Whether the constant is the first operand (`c - x`, `c / x`).
         constant_first: bool,
     },
-    /// Shape-only nodes (`Flatten`, `Reshape`, `Squeeze`, `Unsqueeze`).
-    Reshape,
+    /// Shape-only nodes (`Flatten`, `Reshape`, `Squeeze`, `Unsqueeze`) and
+    /// how they compute their output shape (`None`: from a shape computed at
+    /// run time, which only the tract engine runs).
+    Reshape(Option<structural::ReshapeRule>),
     /// `Transpose` with this permutation.
     Transpose(Vec<usize>),
     /// `BatchNormalization` before canonization: `y = x * scale + shift` per channel.
@@ -161,6 +165,29 @@ pub enum Op {
     /// `SpaceToDepth`): relevance and gradient go back along its copy map,
     /// each input element receiving the sum over its copies.
     Move(movement::Movement),
+    /// An operator family written as an [`Operator`] and built through the
+    /// [`registry`] (`Mean`).
+    Registered(std::sync::Arc<dyn Operator>),
+}
+
+/// An operator family in one file: its shape, forward pass, relevance and
+/// gradient (the import from ONNX is the [`registry::Family::import`] of the
+/// same file). Inputs are the node's activations, in order.
+pub trait Operator: std::fmt::Debug + Send + Sync {
+    /// The output shape for inputs of these shapes.
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>>;
+    /// The forward pass (the native engine's).
+    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>>;
+    /// The relevance `r` at the output, handed to each input.
+    fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>;
+    /// The gradient `g` at the output, at each input (the chain rule, exact).
+    fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>;
+    /// Why LRP-0 may differ from gradient x input through this operator
+    /// (`None`: it is positively homogeneous and relevance follows the
+    /// gradient, as for a sum); read by the self-check.
+    fn lrp0_breaker(&self) -> Option<String> {
+        Some("has no proof that LRP-0 equals gradient x input through it".to_string())
+    }
 }
 
 impl Op {
@@ -234,9 +261,10 @@ pub fn relevance(
         Op::GlobalMaxPool => one(pool::global_pool(x, r, true)?),
         Op::Sum => structural::sum(inputs, r)?,
         Op::Activation(_) | Op::Arith { .. } => one(structural::pass(x, r)?),
-        Op::Reshape => one(structural::reshape(x, r)?),
+        Op::Reshape(_) => one(structural::reshape(x, r)?),
         Op::Transpose(perm) => one(structural::transpose(perm, x, r)?),
         Op::Move(m) => m.backward(inputs, r)?,
+        Op::Registered(o) => o.relevance(inputs, r)?,
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("the node was not canonized"));
         }
@@ -316,9 +344,10 @@ pub fn gradient(
             x,
             g,
         )?),
-        Op::Reshape => one(structural::reshape(x, g)?),
+        Op::Reshape(_) => one(structural::reshape(x, g)?),
         Op::Transpose(perm) => one(structural::transpose(perm, x, g)?),
         Op::Move(m) => m.backward(inputs, g)?,
+        Op::Registered(o) => o.gradient(inputs, g)?,
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("the node was not canonized"));
         }

@@ -699,6 +699,23 @@ impl Movement {
     }
 }
 
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "movement",
+    onnx: &[
+        ("Slice", "copies: each input element gets the sum over its copies (any axes, steps; bounds constant or computed)"),
+        ("Split", "copies: one node per output, each gets its piece back"),
+        ("Gather", "copies (constant indices): each input element gets the sum over its copies"),
+        ("GatherElements", "copies (constant indices): each input element gets the sum over its copies"),
+        ("Expand", "copies: each input element gets the sum over its copies"),
+        ("Tile", "copies: each input element gets the sum over its copies"),
+        ("DepthToSpace", "copies (DCR and CRD): relevance moved back"),
+        ("SpaceToDepth", "copies: relevance moved back"),
+    ],
+    import: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,6 +176,17 @@ pub fn runtime_pads(t: &ArrayD<f32>) -> Result<Vec<i64>> {
         .collect()
 }
 
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "pad",
+    onnx: &[(
+        "Pad",
+        "constant: cropped back; edge / reflect / wrap: copies summed back",
+    )],
+    import: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -560,3 +560,16 @@ pub(crate) mod tests {
         }
     }
 }
+
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "pool",
+    onnx: &[
+        ("MaxPool", "winner takes all (first maximum)"),
+        ("GlobalMaxPool", "winner takes all"),
+        ("AveragePool", "proportional (Norm rule)"),
+        ("GlobalAveragePool", "proportional (Norm rule)"),
+    ],
+    import: None,
+};

@@ -182,6 +182,18 @@ pub fn gradient(spec: &ReduceSpec, x: &ArrayD<f32>, g: &ArrayD<f32>) -> Result<A
     }
 }
 
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "reduce",
+    onnx: &[
+        ("ReduceMean", "proportional (Norm rule)"),
+        ("ReduceSum", "proportional (Norm rule)"),
+        ("ReduceMax", "winner takes all"),
+    ],
+    import: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

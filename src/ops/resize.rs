@@ -208,6 +208,17 @@ pub fn back(
     Ok(out)
 }
 
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "resize",
+    onnx: &[(
+        "Resize",
+        "nearest mode: each input gets the sum over its copies",
+    )],
+    import: None,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,9 @@
 //! arithmetic with constants. (Reshape and transpose move gradients exactly as
 //! they move relevance.)
 
-use anyhow::{ensure, Result};
+use std::collections::HashSet;
+
+use anyhow::{anyhow, bail, ensure, Result};
 use ndarray::{ArrayD, Axis, Zip};
 
 use super::ArithKind;
@@ -154,3 +156,127 @@ pub fn arith_gradient(
     };
     unbroadcast(local, x.shape())
 }
+
+/// How a shape-only node computes its output shape from its input shape.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReshapeRule {
+    /// `Flatten(axis)`: `[prod(d[..axis]), prod(d[axis..])]`.
+    Flatten(i64),
+    /// `Squeeze(axes)` (all axes of size 1 when `None`).
+    Squeeze(Option<Vec<i64>>),
+    /// `Unsqueeze(axes)`.
+    Unsqueeze(Vec<i64>),
+    /// `Reshape(shape)` with ONNX's `0` (copy, unless `allowzero`) and `-1`.
+    Reshape {
+        /// The target shape.
+        shape: Vec<i64>,
+        /// `allowzero = 1`: a 0 is a zero-sized dimension.
+        allowzero: bool,
+    },
+}
+
+impl ReshapeRule {
+    /// The output shape for an input of shape `d`.
+    pub fn apply(&self, d: &[usize]) -> Result<Vec<usize>> {
+        let axis = |a: i64, rank: usize| -> Result<usize> {
+            let r = rank as i64;
+            ensure!(a >= -r && a < r, "axis {a} out of range for rank {rank}");
+            Ok(if a < 0 { (a + r) as usize } else { a as usize })
+        };
+        let size: usize = d.iter().product();
+        let out = match self {
+            ReshapeRule::Flatten(a) => {
+                let a = if *a == d.len() as i64 {
+                    d.len()
+                } else {
+                    axis(*a, d.len())?
+                };
+                vec![d[..a].iter().product(), d[a..].iter().product()]
+            }
+            ReshapeRule::Squeeze(None) => d.iter().copied().filter(|&v| v != 1).collect(),
+            ReshapeRule::Squeeze(Some(axes)) => {
+                let axes = axes
+                    .iter()
+                    .map(|&a| axis(a, d.len()))
+                    .collect::<Result<HashSet<_>>>()?;
+                for &a in &axes {
+                    ensure!(d[a] == 1, "Squeeze of axis {a} of size {}", d[a]);
+                }
+                (0..d.len())
+                    .filter(|i| !axes.contains(i))
+                    .map(|i| d[i])
+                    .collect()
+            }
+            ReshapeRule::Unsqueeze(axes) => {
+                let rank = d.len() + axes.len();
+                let axes = axes
+                    .iter()
+                    .map(|&a| axis(a, rank))
+                    .collect::<Result<HashSet<_>>>()?;
+                let mut src = d.iter();
+                (0..rank)
+                    .map(|i| {
+                        if axes.contains(&i) {
+                            1
+                        } else {
+                            src.next().copied().unwrap_or(1)
+                        }
+                    })
+                    .collect()
+            }
+            ReshapeRule::Reshape { shape, allowzero } => {
+                let mut out = Vec::with_capacity(shape.len());
+                let mut infer = None;
+                for (i, &s) in shape.iter().enumerate() {
+                    match s {
+                        -1 => {
+                            ensure!(infer.is_none(), "Reshape with two -1 dimensions");
+                            infer = Some(i);
+                            out.push(1);
+                        }
+                        0 if !allowzero => out.push(
+                            *d.get(i)
+                                .ok_or_else(|| anyhow!("Reshape copies a missing axis {i}"))?,
+                        ),
+                        s if s >= 0 => out.push(s as usize),
+                        s => bail!("Reshape to a dimension of {s}"),
+                    }
+                }
+                if let Some(i) = infer {
+                    let known: usize = out.iter().product();
+                    ensure!(
+                        known > 0 && size.is_multiple_of(known),
+                        "Reshape of {d:?} to {shape:?}"
+                    );
+                    out[i] = size / known;
+                }
+                out
+            }
+        };
+        ensure!(
+            out.iter().product::<usize>() == size,
+            "cannot reshape {d:?} to {out:?}"
+        );
+        Ok(out)
+    }
+}
+
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "structural",
+    onnx: &[
+        ("Add", "two activations: proportional split (residual); a constant: folded bias, else passes"),
+        ("Sum", "proportional split between the activations"),
+        ("Sub", "by a constant: folded into the layer before, else passes (normalisation: z^B bounds mapped)"),
+        ("Div", "by a constant: as Sub"),
+        ("Transpose", "shape only (any rank)"),
+        ("Flatten", "shape only"),
+        ("Reshape", "shape only (also with a shape computed at run time)"),
+        ("Squeeze", "shape only"),
+        ("Unsqueeze", "shape only"),
+        ("Softmax", "only as the last node: skipped, its input (the logits) is explained"),
+        ("LogSoftmax", "only as the last node: skipped, its input (the logits) is explained"),
+    ],
+    import: None,
+};

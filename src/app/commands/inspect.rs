@@ -21,69 +21,6 @@ pub struct InspectConfig {
     pub input_size: Option<[usize; 2]>,
 }
 
-/// Every operator with an LRP handling, and how it is handled.
-pub const OPERATORS: &[(&str, &str)] = &[
-    ("Conv", "linear layer, composite rule (first / conv); 2-D, any stride, padding, dilation, group (depthwise)"),
-    ("Gemm", "linear layer, dense rule (alpha, beta, transB; transA = 0)"),
-    ("MatMul", "linear layer, dense rule (activation x constant); a following Add is its bias"),
-    ("BatchNormalization", "folded into the Conv / Gemm before it; else a per-channel linear layer (conv rule)"),
-    ("Add", "two activations: proportional split (residual); a constant: folded bias, else passes"),
-    ("Sum", "proportional split between the activations"),
-    ("Sub", "by a constant: folded into the layer before, else passes (normalisation: z^B bounds mapped)"),
-    ("Mul", "by a constant: as Sub; two activations: a gate, all relevance to the gated one, none to the gate"),
-    ("Div", "by a constant: as Sub"),
-    ("MaxPool", "winner takes all (first maximum)"),
-    ("GlobalMaxPool", "winner takes all"),
-    ("AveragePool", "proportional (Norm rule)"),
-    ("GlobalAveragePool", "proportional (Norm rule)"),
-    ("ReduceMean", "proportional (Norm rule)"),
-    ("ReduceSum", "proportional (Norm rule)"),
-    ("ReduceMax", "winner takes all"),
-    ("Concat", "each input gets its slice back"),
-    ("Pad", "constant: cropped back; edge / reflect / wrap: copies summed back"),
-    ("Resize", "nearest mode: each input gets the sum over its copies"),
-    ("Slice", "copies: each input element gets the sum over its copies (any axes, steps; bounds constant or computed)"),
-    ("Split", "copies: one node per output, each gets its piece back"),
-    ("Gather", "copies (constant indices): each input element gets the sum over its copies"),
-    ("GatherElements", "copies (constant indices): each input element gets the sum over its copies"),
-    ("Expand", "copies: each input element gets the sum over its copies"),
-    ("Tile", "copies: each input element gets the sum over its copies"),
-    ("DepthToSpace", "copies (DCR and CRD): relevance moved back"),
-    ("SpaceToDepth", "copies: relevance moved back"),
-    ("Transpose", "shape only (any rank)"),
-    ("Flatten", "shape only"),
-    ("Reshape", "shape only (also with a shape computed at run time)"),
-    ("Squeeze", "shape only"),
-    ("Unsqueeze", "shape only"),
-    ("Relu", "activation: relevance passes"),
-    ("Clip", "activation: relevance passes (ReLU6)"),
-    ("LeakyRelu", "activation: relevance passes"),
-    ("PRelu", "activation: relevance passes"),
-    ("Sigmoid", "activation: relevance passes (as a gate: gets none)"),
-    ("HardSigmoid", "activation: relevance passes (as a gate: gets none)"),
-    ("Tanh", "activation: relevance passes"),
-    ("HardSwish", "activation: relevance passes"),
-    ("Elu", "activation: relevance passes"),
-    ("Selu", "activation: relevance passes"),
-    ("Celu", "activation: relevance passes"),
-    ("Softplus", "activation: relevance passes"),
-    ("Gelu", "activation: relevance passes"),
-    ("Mish", "activation: relevance passes"),
-    ("Dropout", "identity (inference)"),
-    ("Identity", "identity"),
-    ("Cast", "identity"),
-    ("Softmax", "only as the last node: skipped, its input (the logits) is explained"),
-    ("LogSoftmax", "only as the last node: skipped, its input (the logits) is explained"),
-];
-
-/// How `op_type` is handled on the path from the image to the logits.
-pub fn handling(op_type: &str) -> Option<&'static str> {
-    OPERATORS
-        .iter()
-        .find(|(o, _)| *o == op_type)
-        .map(|(_, h)| *h)
-}
-
 /// Dims of a value, symbols by name (`?` when unknown).
 fn dims(v: &pb::ValueInfoProto) -> String {
     use pb::tensor_shape_proto::dimension::Value;
@@ -213,7 +150,7 @@ pub fn run_inspect(cfg: &InspectConfig, out: &mut dyn Write) -> Result<bool> {
     writeln!(out, "\noperators on the image path:")?;
     let mut missing = vec![];
     for (op, nodes) in &c.active {
-        let how = match handling(op) {
+        let how = match lrp_heatmap::ops::registry::handling(op) {
             Some(h) => h.to_string(),
             None => {
                 missing.push(op.clone());
@@ -306,23 +243,4 @@ fn normalises_itself(m: &Model) -> bool {
         raw.insert(n.output.as_str());
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_supported_operator_has_a_description_and_back() {
-        let supported: Vec<String> = lrp_heatmap::model::onnx::supported_ops()
-            .iter()
-            .map(|o| o.split(' ').next().unwrap_or(o).to_string())
-            .collect();
-        for s in &supported {
-            assert!(handling(s).is_some(), "{s} has no description");
-        }
-        for (o, _) in OPERATORS {
-            assert!(supported.iter().any(|s| s == o), "{o} is not supported");
-        }
-    }
 }

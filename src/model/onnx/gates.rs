@@ -12,7 +12,7 @@ const GATE_OPS: &[&str] = &["Sigmoid", "HardSigmoid"];
 fn is_shape_only(op: &Op) -> bool {
     matches!(
         op,
-        Op::Reshape | Op::Transpose(_) | Op::Activation(Act::Identity)
+        Op::Reshape(_) | Op::Transpose(_) | Op::Activation(Act::Identity)
     )
 }
 
@@ -76,7 +76,7 @@ mod tests {
             node("Relu", act(Act::Relu), &["in"], "x"),
             node("GlobalAveragePool", Op::GlobalAvgPool, &["x"], "p"),
             node("Sigmoid", act(Act::Sigmoid), &["p"], "s"),
-            node("Reshape", Op::Reshape, &["s"], "s2"),
+            node("Reshape", Op::Reshape(None), &["s"], "s2"),
             node("Mul", Op::Gate { gate: None }, &["s2", "x"], "y"),
             // swish: x * sigmoid(x), same shapes
             node("Sigmoid", act(Act::Sigmoid), &["y"], "t"),

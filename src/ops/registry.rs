@@ -1,0 +1,96 @@
+//! The operator registry: every operator family and the ONNX operators it
+//! reads, listed once. `inspect`, the README's operator table and the ONNX
+//! importer all read this table.
+//!
+//! A family added as an [`Operator`] (one file under `ops/` holding its
+//! import, shape, forward, relevance and gradient) needs only its line in
+//! [`FAMILIES`]: the importer builds it through [`Family::import`], the
+//! native engine runs its forward pass, and the backward walk calls its
+//! relevance and gradient. The older families are variants of
+//! [`super::Op`] whose import lives in `model/onnx` and whose forward pass
+//! lives in `engine/native.rs`; they are listed here for their descriptions.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use ndarray::ArrayD;
+use tract_onnx::pb::NodeProto;
+
+use super::Operator;
+
+/// What an [`Operator`]'s import sees of its ONNX node.
+pub struct OnnxNode<'a> {
+    /// The node as written in the file.
+    pub node: &'a NodeProto,
+    /// Which inputs are activations (`true`) rather than constants.
+    pub is_activation: Vec<bool>,
+    /// The value of a constant input (`None` for activations and absent inputs).
+    pub constant: &'a dyn Fn(usize) -> Result<Option<ArrayD<f32>>>,
+    /// The model's ONNX opset.
+    pub opset: i64,
+}
+
+/// Builds an operator from its ONNX node.
+pub type Import = fn(&OnnxNode) -> Result<Arc<dyn Operator>>;
+
+/// One operator family.
+pub struct Family {
+    /// Name of the family (the file under `ops/`).
+    pub name: &'static str,
+    /// The ONNX operators it reads, each with how relevance goes through it.
+    pub onnx: &'static [(&'static str, &'static str)],
+    /// The importer of an [`Operator`] family (`None`: built in `model/onnx`).
+    pub import: Option<Import>,
+}
+
+/// Every operator family, in the order of the README's table.
+pub const FAMILIES: &[&Family] = &[
+    &super::conv::FAMILY,
+    &super::dense::FAMILY,
+    &super::structural::FAMILY,
+    &super::mean::FAMILY,
+    &super::gate::FAMILY,
+    &super::pool::FAMILY,
+    &super::reduce::FAMILY,
+    &super::concat::FAMILY,
+    &super::pad::FAMILY,
+    &super::resize::FAMILY,
+    &super::movement::FAMILY,
+    &super::activation::FAMILY,
+];
+
+/// How relevance goes through the ONNX operator `op_type` (`None`: no family reads it).
+pub fn handling(op_type: &str) -> Option<&'static str> {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.onnx.iter())
+        .find(|(o, _)| *o == op_type)
+        .map(|(_, h)| *h)
+}
+
+/// Every ONNX operator some family reads, with its handling, in table order.
+pub fn operators() -> impl Iterator<Item = (&'static str, &'static str)> {
+    FAMILIES.iter().flat_map(|f| f.onnx.iter().copied())
+}
+
+/// The importer of the [`Operator`] family reading `op_type`, if one does.
+pub fn importer(op_type: &str) -> Option<Import> {
+    FAMILIES
+        .iter()
+        .find(|f| f.onnx.iter().any(|(o, _)| *o == op_type))
+        .and_then(|f| f.import)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_onnx_operator_is_read_by_one_family() {
+        let all: Vec<&str> = operators().map(|(o, _)| o).collect();
+        for (k, o) in all.iter().enumerate() {
+            assert!(!all[k + 1..].contains(o), "{o} is listed twice");
+        }
+        assert!(handling("Conv").is_some() && handling("LSTM").is_none());
+    }
+}
