@@ -432,10 +432,7 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
             _ => "adds a constant that is not a layer's bias".to_string(),
         },
         Op::Gate { .. } => "multiplies two activations (a gate)".to_string(),
-        Op::Registered(o) => match o.lrp0_breaker() {
-            None => return None,
-            Some(why) => why,
-        },
+        Op::Registered(o) => o.lrp0_breaker()?,
         Op::BatchNorm { .. } | Op::AddConst(_) => "was not canonized".to_string(),
         #[allow(unreachable_patterns)]
         _ => "has no proof that LRP-0 equals gradient x input through it".to_string(),
