@@ -1206,7 +1206,7 @@ pub fn run_check_on(model: &Model, cfg: &CheckConfig, out: &mut dyn Write) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lrp_testkit::synth::{he_normal, Attr, OnnxBuilder};
+    use lrp_testkit::synth::{he_normal, Attr, OnnxBuilder, Rng};
     use std::path::Path;
 
     /// A small ONNX model under construction.

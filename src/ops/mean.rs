@@ -4,7 +4,7 @@
 //! summed over the axes it was broadcast along.
 //!
 //! The first operator family written as an [`Operator`]: this file and its
-//! line in [`super::registry::FAMILIES`] are all there is to it.
+//! name in the `families!` line of `ops/mod.rs` are all there is to it.
 
 use std::sync::Arc;
 

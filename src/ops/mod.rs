@@ -1,21 +1,24 @@
-//! Relevance propagation and exact gradients through each operator family.
+//! Relevance propagation and exact gradients through each operator family,
+//! one file per family, registered once in [`families!`] below.
 
-pub mod activation;
-pub mod concat;
-pub mod conv;
-pub mod dense;
-pub mod gate;
 #[cfg(test)]
 mod geometry_tests;
-pub mod mean;
-pub mod movement;
-pub mod pad;
-pub mod pool;
 pub mod pool_grad;
-pub mod reduce;
 pub mod registry;
-pub mod resize;
-pub mod structural;
+
+/// Declares each operator family's module and lists its `FAMILY` in
+/// [`FAMILIES`]: adding a family is one file and one name here.
+macro_rules! families {
+    ($($family:ident),* $(,)?) => {
+        $(pub mod $family;)*
+        /// Every operator family, in the order of the README's table.
+        pub const FAMILIES: &[&registry::Family] = &[$(&$family::FAMILY),*];
+    };
+}
+
+families!(
+    conv, dense, structural, mean, gate, pool, reduce, concat, pad, resize, movement, activation,
+);
 
 use anyhow::{anyhow, ensure, Result};
 use ndarray::ArrayD;

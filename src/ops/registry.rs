@@ -3,10 +3,10 @@
 //! importer all read this table.
 //!
 //! A family added as an [`Operator`] (one file under `ops/` holding its
-//! import, shape, forward, relevance and gradient) needs only its line in
-//! [`FAMILIES`]: the importer builds it through [`Family::import`], the
-//! native engine runs its forward pass, and the backward walk calls its
-//! relevance and gradient. The older families are variants of
+//! import, shape, forward, relevance and gradient) needs only its name in
+//! the `families!` line of `ops/mod.rs`, which lists it in [`FAMILIES`]:
+//! the importer builds it through [`Family::import`], the native engine runs
+//! its forward pass, and the backward walk calls its relevance and gradient. The older families are variants of
 //! [`super::Op`] whose import lives in `model/onnx` and whose forward pass
 //! lives in `engine/native.rs`; they are listed here for their descriptions.
 
@@ -16,7 +16,7 @@ use anyhow::Result;
 use ndarray::ArrayD;
 use tract_onnx::pb::NodeProto;
 
-use super::Operator;
+use super::{Operator, FAMILIES};
 
 /// What an [`Operator`]'s import sees of its ONNX node.
 pub struct OnnxNode<'a> {
@@ -42,22 +42,6 @@ pub struct Family {
     /// The importer of an [`Operator`] family (`None`: built in `model/onnx`).
     pub import: Option<Import>,
 }
-
-/// Every operator family, in the order of the README's table.
-pub const FAMILIES: &[&Family] = &[
-    &super::conv::FAMILY,
-    &super::dense::FAMILY,
-    &super::structural::FAMILY,
-    &super::mean::FAMILY,
-    &super::gate::FAMILY,
-    &super::pool::FAMILY,
-    &super::reduce::FAMILY,
-    &super::concat::FAMILY,
-    &super::pad::FAMILY,
-    &super::resize::FAMILY,
-    &super::movement::FAMILY,
-    &super::activation::FAMILY,
-];
 
 /// How relevance goes through the ONNX operator `op_type` (`None`: no family reads it).
 pub fn handling(op_type: &str) -> Option<&'static str> {
@@ -92,5 +76,21 @@ mod tests {
             assert!(!all[k + 1..].contains(o), "{o} is listed twice");
         }
         assert!(handling("Conv").is_some() && handling("LSTM").is_none());
+    }
+
+    #[test]
+    fn the_readme_table_names_every_registered_operator() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("| operator | LRP (relevance) | gradient |")
+            .expect("table");
+        let end = start + readme[start..].find("\n\n").expect("table end");
+        let table = &readme[start..end];
+        for (o, _) in operators() {
+            let named = table
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|word| word == o);
+            assert!(named, "README's operator table does not name {o}");
+        }
     }
 }
