@@ -22,20 +22,14 @@ fn non_empty(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.trim().is_empty())
 }
 
-/// The platform's cache folder of this tool (without `LRP_HEATMAP_CACHE`).
+/// The platform's cache folder of this tool (without `LRP_HEATMAP_CACHE`):
+/// [`dirs::cache_dir`] (an absolute `XDG_CACHE_HOME`, else `$HOME/.cache`,
+/// on Linux) joined with `lrp-heatmap`. A relative result (a relative `HOME`)
+/// counts as none.
 pub fn platform_cache_dir() -> Option<PathBuf> {
-    let abs = |v: String| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
-    let home = || non_empty("HOME").and_then(abs);
-    let base = if cfg!(windows) {
-        non_empty("LOCALAPPDATA").and_then(abs)
-    } else if cfg!(target_os = "macos") {
-        home().map(|h| h.join("Library").join("Caches"))
-    } else {
-        non_empty("XDG_CACHE_HOME")
-            .and_then(abs)
-            .or_else(|| home().map(|h| h.join(".cache")))
-    };
-    base.map(|b| b.join("lrp-heatmap"))
+    dirs::cache_dir()
+        .filter(|p| p.is_absolute())
+        .map(|b| b.join("lrp-heatmap"))
 }
 
 /// The cache folder: `$LRP_HEATMAP_CACHE`, else [`platform_cache_dir`].
@@ -46,7 +40,7 @@ pub fn cache_dir() -> Result<PathBuf> {
     }
     match platform_cache_dir() {
         Some(dir) => Ok(dir),
-        None => bail!("no cache folder: set {CACHE_ENV} (HOME is not set)"),
+        None => bail!("no cache folder: set {CACHE_ENV} (no home folder found)"),
     }
 }
 

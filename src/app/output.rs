@@ -5,47 +5,24 @@
 //! error never leaves a truncated file at the destination path: readers see
 //! either the old file or the complete new one.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use anyhow::{anyhow, Context};
-
-/// Counter that makes temporary names unique within this process.
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Removes the temporary file on drop unless [`TempGuard::disarm`] was called
-/// (covers early returns on error and panics inside the writer closure).
-struct TempGuard {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl TempGuard {
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            // Best effort: nothing sensible can be done if this fails.
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
 
 /// Atomically writes a file.
 ///
 /// The closure `write` receives a buffered writer backed by a temporary file
-/// created in the same directory as `path` (hidden name
-/// `.<filename>.<pid>.<counter>.tmp`, created exclusively). When the closure
-/// succeeds the data is flushed and fsynced and the temporary file is renamed
-/// over `path` (replacing an existing file). On any error (from the closure,
-/// while flushing, syncing or renaming) the temporary file is removed and
-/// `path` is left untouched; the error message names `path`.
+/// ([`tempfile::NamedTempFile`]) created exclusively in the same directory as
+/// `path`, with the hidden name `.<filename>.XXXXXX.tmp` (six random
+/// characters) and, on Unix, the permissions a plain `File::create` would give
+/// (0o666 less the umask). When the closure succeeds the data is flushed and
+/// fsynced and the temporary file is persisted (renamed) over `path`
+/// (replacing an existing file). On any error (from the closure, while
+/// flushing, syncing or renaming) or a panic inside the closure, the temporary
+/// file is removed and `path` is left untouched; the error message names
+/// `path`.
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>,
@@ -58,64 +35,46 @@ pub fn write_atomic(
         _ => Path::new("."),
     };
 
-    // Find a fresh temporary name; `create_new` guarantees we never clobber
-    // somebody else's file.
-    let (tmp_path, file) = {
-        let mut attempt = 0u32;
-        loop {
-            let counter = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let mut name = std::ffi::OsString::from(".");
-            name.push(file_name);
-            name.push(format!(".{}.{}.tmp", std::process::id(), counter));
-            let candidate = dir.join(name);
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&candidate)
-            {
-                Ok(f) => break (candidate, f),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "cannot write {}: cannot create temporary file {}",
-                            path.display(),
-                            candidate.display()
-                        )
-                    })
-                }
-            }
-        }
-    };
-    let mut guard = TempGuard {
-        path: tmp_path.clone(),
-        armed: true,
-    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(file_name);
+    prefix.push(".");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // tempfile's default is 0o600; outputs get the usual 0o666 & !umask.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    // Dropping the NamedTempFile (early return, panic) deletes the file.
+    let tmp = builder.tempfile_in(dir).with_context(|| {
+        format!(
+            "cannot write {}: cannot create a temporary file in {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
 
-    let mut writer = BufWriter::new(file);
+    let mut writer = BufWriter::new(tmp);
     write(&mut writer).with_context(|| format!("cannot write {}", path.display()))?;
-    let file: File = writer
+    let tmp = writer
         .into_inner()
         .map_err(|e| e.into_error())
         .with_context(|| format!("cannot write {}: flush failed", path.display()))?;
-    file.sync_all()
+    tmp.as_file()
+        .sync_all()
         .with_context(|| format!("cannot write {}: fsync failed", path.display()))?;
-    drop(file);
 
-    fs::rename(&tmp_path, path).with_context(|| {
+    let tmp_path = tmp.path().to_path_buf();
+    // `e.error` only: the PersistError's file is dropped here, which deletes it.
+    tmp.persist(path).map_err(|e| e.error).with_context(|| {
         format!(
             "cannot write {}: cannot rename temporary file {} into place",
             path.display(),
             tmp_path.display()
         )
     })?;
-    guard.disarm();
 
     // Make the rename itself durable (best effort; not supported everywhere).
     #[cfg(unix)]
-    if let Ok(d) = File::open(dir) {
+    if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
@@ -246,6 +205,42 @@ mod tests {
         .unwrap_err();
         assert!(format!("{err:#}").contains("sub"));
         assert_eq!(dir_entries(dir.path()), vec!["sub".to_string()]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn output_has_the_permissions_of_a_created_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.bin");
+        fs::File::create(&plain).unwrap();
+        let p = dir.path().join("atomic.bin");
+        write_atomic(&p, |w| {
+            w.write_all(b"x")?;
+            Ok(())
+        })
+        .unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&p), mode(&plain));
+    }
+
+    #[test]
+    fn temp_file_is_hidden_next_to_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.png");
+        let mut seen = Vec::new();
+        write_atomic(&p, |w| {
+            w.write_all(b"x")?;
+            seen = dir_entries(dir.path());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].starts_with(".out.png.") && seen[0].ends_with(".tmp"),
+            "{seen:?}"
+        );
+        assert_eq!(dir_entries(dir.path()), vec!["out.png".to_string()]);
     }
 
     #[test]
