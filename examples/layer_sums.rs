@@ -17,7 +17,6 @@ use anyhow::{bail, Context, Result};
 use lrp_heatmap::composite::{Composite, RuleParams};
 use lrp_heatmap::engine::walk::walk_back;
 use lrp_heatmap::model::Model;
-use lrp_heatmap::ops;
 use lrp_heatmap::preprocess::{load_image, to_tensor, Layout, Normalization};
 use lrp_heatmap::rules::{Bounds, LinearLayer, Rule};
 use ndarray::{ArrayD, IxDyn};

@@ -12,7 +12,10 @@ use crate::rules::Modifier;
 
 /// `out[r, j] = sum_k m(w[j, k]) x[r, k]` for `w` `[m_out, k]`, `x` `[rows, k]`.
 pub fn forward(w: &[f32], m_out: usize, k: usize, x: &[f32], rows: usize, m: Modifier) -> Vec<f32> {
-    debug_assert!(w.len() >= m_out * k && x.len() >= rows * k);
+    assert!(
+        w.len() >= m_out * k && x.len() >= rows * k,
+        "dense kernel slices too short"
+    );
     let mut out = vec![0.0f32; rows * m_out];
     // one task per block of weight rows; each weight row is read once for all input rows
     let block = (m_out / (4 * rayon::current_num_threads().max(1))).clamp(1, 256);
@@ -49,7 +52,10 @@ pub fn transposed(
     rows: usize,
     m: Modifier,
 ) -> Vec<f32> {
-    debug_assert!(w.len() >= m_out * k && g.len() >= rows * m_out);
+    assert!(
+        w.len() >= m_out * k && g.len() >= rows * m_out,
+        "dense kernel slices too short"
+    );
     // rows of w that matter for any input row
     let live: Vec<usize> = (0..m_out)
         .filter(|&j| (0..rows).any(|r| g[r * m_out + j] != 0.0))

@@ -5,22 +5,40 @@ use gemm::Parallelism;
 /// Products smaller than this many multiply-adds run on one thread.
 const PARALLEL_THRESHOLD: usize = 1 << 18;
 
-/// A strided, row-major-by-default view of a matrix stored in a slice.
+/// A strided, row-major-by-default view of a matrix stored in a slice. The
+/// fields are private: the constructors check that every element
+/// `i * rs + j * cs` lies inside `data`, which is what makes [`matmul`] safe.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat<'a> {
-    /// The elements.
-    pub data: &'a [f32],
-    /// Number of rows.
-    pub rows: usize,
-    /// Number of columns.
-    pub cols: usize,
-    /// Distance between two rows.
-    pub rs: isize,
-    /// Distance between two columns.
-    pub cs: isize,
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: isize,
+    cs: isize,
 }
 
 impl<'a> Mat<'a> {
+    /// A `rows x cols` matrix whose element `(i, j)` is `data[i * rs + j * cs]`
+    /// (non-negative strides). Panics if an element lies outside `data`.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        if rows > 0 && cols > 0 {
+            let last = (rows - 1)
+                .checked_mul(rs)
+                .and_then(|a| (cols - 1).checked_mul(cs).and_then(|b| a.checked_add(b)));
+            assert!(
+                last.is_some_and(|l| l < data.len()) && rs <= isize::MAX as usize,
+                "strided matrix outside its slice"
+            );
+        }
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: rs as isize,
+            cs: cs as isize,
+        }
+    }
+
     /// A contiguous row-major `rows x cols` matrix.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(data.len() >= rows * cols, "matrix slice too short");

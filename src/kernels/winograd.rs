@@ -198,13 +198,7 @@ fn convolve_whole(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
 
 /// `P_xi (M x tiles) = U_xi (M x C) * V_xi (C x tiles)` on the calling thread.
 fn product(g: &Geo, u: &[f32], v: &[f32], pb: &mut [f32], tiles: usize, xi: usize) {
-    let a = Mat {
-        data: &u[xi * g.c..],
-        rows: g.m,
-        cols: g.c,
-        rs: (16 * g.c) as isize,
-        cs: 1,
-    };
+    let a = Mat::strided(&u[xi * g.c..], g.m, g.c, 16 * g.c, 1);
     let vb = &v[xi * g.c * tiles..(xi + 1) * g.c * tiles];
     assert!(pb.len() >= g.m * tiles, "product buffer too short");
     // SAFETY: `pb` holds the `m x tiles` floats written.
