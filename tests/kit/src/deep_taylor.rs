@@ -21,14 +21,14 @@ use std::collections::HashMap;
 use anyhow::{ensure, Context, Result};
 use ndarray::{ArrayD, IxDyn};
 
+use crate::init::Init;
 use lrp_heatmap::composite::Composite;
 use lrp_heatmap::engine::walk::walk_back;
-use lrp_heatmap::graph::{Act, Graph, Node, Op};
-use crate::init::Init;
 use lrp_heatmap::engine::Forward;
+use lrp_heatmap::graph::{Act, Graph, Node, Op};
 use lrp_heatmap::ops::dense::Dense;
-use lrp_heatmap::rules::{Bounds, LinearLayer, Rule};
 use lrp_heatmap::rng::Rng;
+use lrp_heatmap::rules::{Bounds, LinearLayer, Rule};
 
 pub mod report;
 
@@ -289,8 +289,7 @@ impl TinyNet {
                 low: ArrayD::zeros(inputs[0].shape()),
                 high: ArrayD::ones(inputs[0].shape()),
             });
-            let out =
-                node.relevance(inputs, r, rule, bounds.as_ref(), Default::default())?;
+            let out = node.relevance(inputs, r, rule, bounds.as_ref(), Default::default())?;
             for (name, ri) in node.inputs.iter().zip(&out) {
                 at.insert(name.clone(), ri.clone());
             }

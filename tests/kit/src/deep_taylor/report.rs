@@ -5,8 +5,8 @@ use std::io::Write;
 use anyhow::{ensure, Result};
 
 use super::{sample, sum, tolerance, Layers, TinyNet};
-use lrp_heatmap::composite::{Composite, RuleParams};
 use crate::init::Init;
+use lrp_heatmap::composite::{Composite, RuleParams};
 
 /// What the worked example draws.
 #[derive(Clone, Debug, PartialEq)]
