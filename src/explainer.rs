@@ -286,3 +286,51 @@ impl Explainer<'_> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_checked_before_the_input() {
+        let model = Model::load(crate::model::BUNDLED_NAME).expect("bundled");
+        let tiny = RgbImage::new(4, 4);
+        let err = |e: Explainer| e.explain(&tiny).expect_err("refused");
+        assert!(matches!(
+            err(model.explainer("nonsense")),
+            Error::UnknownAnalyzer { name, known } if name == "nonsense" && known.contains(&"zplus")
+        ));
+        assert!(matches!(
+            err(model.explainer("zplus").class(1000)),
+            Error::ClassOutOfRange {
+                class: 1000,
+                classes: 1000
+            }
+        ));
+        assert!(matches!(
+            err(model.explainer("alpha-beta").beta(-0.5)),
+            Error::InvalidParameter { name: "alpha", .. }
+        ));
+        let e = err(model
+            .explainer("zplus")
+            .normalization([0.0; 3], [1.0, 0.0, 1.0]));
+        assert_eq!(
+            e.to_string(),
+            "std must be finite and non-zero, got [1.0, 0.0, 1.0]"
+        );
+        let wrong = ArrayD::<f32>::zeros(vec![3, 8, 8]);
+        assert!(matches!(
+            model.explain(&wrong, "zplus"),
+            Err(Error::InvalidParameter { name: "input", .. })
+        ));
+        let missing = model.explain(Path::new("no-such.png"), "zplus");
+        assert!(matches!(missing, Err(Error::Image { .. })), "{missing:?}");
+        // a tensor without the batch axis is the same input as with it
+        let x = model.tensor(&tiny, &Normalization::default()).unwrap();
+        let a = model.explainer("gradient").class(3).explain(&x).unwrap();
+        let b = (model.explainer("gradient").class(3))
+            .explain(&x.index_axis(Axis(0), 0).to_owned())
+            .unwrap();
+        assert_eq!(a.relevance, b.relevance);
+    }
+}

@@ -626,3 +626,37 @@ impl Args {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_become_flags() {
+        assert_eq!(flag("max_pixels"), "--max-pixels");
+        assert_eq!(
+            flags_in("noisy copies (samples, noise, seed)"),
+            "noisy copies (--samples, --noise, --seed)"
+        );
+        assert_eq!(flags_in("LRP-0 (epsilon = 0)"), "LRP-0 (epsilon = 0)");
+        assert_eq!(
+            flags_in("alpha-beta (alpha, beta = alpha - 1)"),
+            "alpha-beta (--alpha, beta = alpha - 1)"
+        );
+        let bad = AnalyzerParams {
+            steps: 0,
+            ..AnalyzerParams::default()
+        };
+        let e = analyzer("integrated-gradients", &bad).unwrap_err();
+        assert_eq!(format!("{e:#}"), "--steps must be at least 1, got 0");
+        let limit = anyhow::Error::new(lrp_heatmap::Error::LimitExceeded {
+            name: "max_pixels",
+            message: "too many".into(),
+        })
+        .context("cannot decode x.png");
+        assert_eq!(
+            format!("{:#}", in_flags(limit)),
+            "cannot decode x.png: too many (raise it with --max-pixels)"
+        );
+    }
+}

@@ -394,3 +394,40 @@ impl Model {
         self.backend.run(&self.graph, input)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_operator_is_named_in_the_error() {
+        let e = anyhow!("unsupported operator 'LSTM' (node 'rnn/1'): inside the network")
+            .context("model m.onnx");
+        match load_error(Path::new("m.onnx"), e) {
+            crate::Error::Unsupported {
+                op_type,
+                node,
+                message,
+            } => {
+                assert_eq!((op_type.as_str(), node.as_str()), ("LSTM", "rnn/1"));
+                assert!(
+                    message.starts_with("model m.onnx: unsupported"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = anyhow!("not a valid ONNX model");
+        assert!(matches!(
+            load_error(Path::new("m.onnx"), e),
+            crate::Error::Model { path, .. } if path == Path::new("m.onnx")
+        ));
+    }
+
+    #[test]
+    fn a_missing_file_is_a_model_error_naming_it() {
+        let e = Model::load("no-such-model.onnx").err().expect("refused");
+        assert!(matches!(e, crate::Error::Model { .. }), "{e:?}");
+        assert!(e.to_string().contains("no-such-model.onnx"), "{e}");
+    }
+}
