@@ -74,11 +74,7 @@ fn main() -> Result<()> {
         bail!("usage: layer_sums IMAGE [RULE] [MODEL]");
     };
     let rule_name = args.get(1).map_or("epsilon-plus-flat", String::as_str);
-    let model = Model::load(
-        args.get(2)
-            .map_or("efficientnet-lite0", String::as_str)
-            .as_ref(),
-    )?;
+    let model = Model::load(args.get(2).map_or("efficientnet-lite0", String::as_str))?;
     let composite = Composite::from_name(rule_name, &RuleParams::default())?;
     let (spec, norm) = (&model.input, Normalization::default());
     if spec.layout != Layout::Nchw || spec.channels != 3 {

@@ -5,7 +5,7 @@
 //! Activations always pass relevance on, average pools use the `Norm` rule and
 //! max pools the gradient: those are fixed and not part of a composite.
 
-use anyhow::{bail, ensure, Result};
+use crate::error::{Error, Result};
 
 use crate::graph::{Node, Op};
 use crate::rules::Rule;
@@ -19,6 +19,23 @@ pub struct RuleParams {
     pub gamma: f32,
     /// Alpha of the alpha-beta rule (beta = alpha - 1).
     pub alpha: f32,
+}
+
+impl RuleParams {
+    /// [`Error::InvalidParameter`] for an epsilon that is not finite and
+    /// positive, a gamma that is not finite and >= 0 or an alpha below 1.
+    pub fn validate(&self) -> Result<()> {
+        let (e, g, a) = (self.epsilon, self.gamma, self.alpha);
+        Error::check(e.is_finite() && e > 0.0, "epsilon", || {
+            format!("must be a finite number > 0, got {e}")
+        })?;
+        Error::check(g.is_finite() && g >= 0.0, "gamma", || {
+            format!("must be a finite number >= 0, got {g}")
+        })?;
+        Error::check(a.is_finite() && a >= 1.0, "alpha", || {
+            format!("must be a finite number >= 1 (beta = alpha - 1 >= 0), got {a}")
+        })
+    }
 }
 
 impl Default for RuleParams {
@@ -44,81 +61,122 @@ pub struct Composite {
     pub dense: Rule,
 }
 
-/// Every rule and composite name with a one-line description.
-pub const NAMES: &[(&str, &str)] = &[
-    ("lrp0", "LRP-0 (epsilon = 0) on every layer"),
-    ("epsilon", "epsilon rule on every layer (--epsilon)"),
-    ("zplus", "z+ (alpha 1, beta 0) on every layer"),
+/// The rules a composite gives the first layer (`None`: the rule of its own
+/// class), convolutions and dense layers.
+type Rules = (Option<Rule>, Rule, Rule);
+
+/// The rules of a composite from the parameters.
+type MakeRules = fn(&RuleParams) -> Rules;
+
+/// The same rule on every layer.
+const fn all(r: Rule) -> Rules {
+    (None, r, r)
+}
+
+fn eps(p: &RuleParams) -> Rule {
+    Rule::Epsilon { epsilon: p.epsilon }
+}
+
+/// The z^B first layer, z+ above.
+const BOUNDED_ZPLUS: Rules = (Some(Rule::ZBox), Rule::ZPlus, Rule::ZPlus);
+
+/// Every rule and composite: name, one-line description (naming the
+/// parameters it reads in parentheses), rules.
+const TABLE: &[(&str, &str, MakeRules)] = &[
+    ("lrp0", "LRP-0 (epsilon = 0) on every layer", |_| {
+        all(Rule::Epsilon { epsilon: 0.0 })
+    }),
+    ("epsilon", "epsilon rule on every layer (epsilon)", |p| {
+        all(eps(p))
+    }),
+    ("zplus", "z+ (alpha 1, beta 0) on every layer", |_| {
+        all(Rule::ZPlus)
+    }),
     (
         "alpha-beta",
-        "alpha-beta on every layer (--alpha, beta = alpha - 1)",
+        "alpha-beta on every layer (alpha, beta = alpha - 1)",
+        |p| {
+            all(Rule::AlphaBeta {
+                alpha: p.alpha,
+                beta: p.alpha - 1.0,
+            })
+        },
     ),
-    ("gamma", "generalised gamma on every layer (--gamma)"),
-    ("wsquare", "w^2 rule on every layer"),
-    ("flat", "flat rule on every layer"),
+    ("gamma", "generalised gamma on every layer (gamma)", |p| {
+        all(Rule::Gamma { gamma: p.gamma })
+    }),
+    ("wsquare", "w^2 rule on every layer", |_| all(Rule::WSquare)),
+    ("flat", "flat rule on every layer", |_| all(Rule::Flat)),
     (
         "zbox",
         "z^B on the first layer, z+ above (z^B needs known input bounds)",
+        |_| BOUNDED_ZPLUS,
     ),
-    ("epsilon-plus", "conv z+, dense epsilon"),
-    ("epsilon-plus-flat", "first flat, conv z+, dense epsilon"),
-    ("epsilon-gamma-box", "first z^B, conv gamma, dense epsilon"),
-    ("epsilon-alpha2-beta1", "conv alpha 2 beta 1, dense epsilon"),
-    ("deep-taylor", "first w^2, every other layer z+"),
-    ("deep-taylor-bounded", "first z^B, every other layer z+"),
+    ("epsilon-plus", "conv z+, dense epsilon", |p| {
+        (None, Rule::ZPlus, eps(p))
+    }),
+    (
+        "epsilon-plus-flat",
+        "first flat, conv z+, dense epsilon",
+        |p| (Some(Rule::Flat), Rule::ZPlus, eps(p)),
+    ),
+    (
+        "epsilon-gamma-box",
+        "first z^B, conv gamma, dense epsilon",
+        |p| (Some(Rule::ZBox), Rule::Gamma { gamma: p.gamma }, eps(p)),
+    ),
+    (
+        "epsilon-alpha2-beta1",
+        "conv alpha 2 beta 1, dense epsilon",
+        |p| {
+            let ab = Rule::AlphaBeta {
+                alpha: 2.0,
+                beta: 1.0,
+            };
+            (None, ab, eps(p))
+        },
+    ),
+    ("deep-taylor", "first w^2, every other layer z+", |_| {
+        (Some(Rule::WSquare), Rule::ZPlus, Rule::ZPlus)
+    }),
+    (
+        "deep-taylor-bounded",
+        "first z^B, every other layer z+",
+        |_| BOUNDED_ZPLUS,
+    ),
 ];
+
+/// Every rule and composite name with a one-line description (from the one
+/// table that [`Composite::from_name`] reads).
+pub const NAMES: [(&str, &str); TABLE.len()] = {
+    let mut names = [("", ""); TABLE.len()];
+    let mut i = 0;
+    while i < TABLE.len() {
+        names[i] = (TABLE[i].0, TABLE[i].1);
+        i += 1;
+    }
+    names
+};
 
 impl Composite {
     /// The composite called `name`, with parameters `p`.
+    ///
+    /// ```
+    /// use lrp_heatmap::{Composite, Rule, composite::RuleParams};
+    ///
+    /// let c = Composite::from_name("epsilon-plus-flat", &RuleParams::default())?;
+    /// assert_eq!((c.first, c.conv), (Some(Rule::Flat), Rule::ZPlus));
+    /// # Ok::<(), lrp_heatmap::Error>(())
+    /// ```
     pub fn from_name(name: &str, p: &RuleParams) -> Result<Composite> {
-        ensure!(
-            p.epsilon.is_finite() && p.epsilon > 0.0,
-            "--epsilon must be a finite number > 0, got {}",
-            p.epsilon
-        );
-        ensure!(
-            p.gamma.is_finite() && p.gamma >= 0.0,
-            "--gamma must be a finite number >= 0, got {}",
-            p.gamma
-        );
-        ensure!(
-            p.alpha.is_finite() && p.alpha >= 1.0,
-            "--alpha must be a finite number >= 1 (beta = alpha - 1 >= 0), got {}",
-            p.alpha
-        );
-        let eps = Rule::Epsilon { epsilon: p.epsilon };
-        let gamma = Rule::Gamma { gamma: p.gamma };
-        let ab = Rule::AlphaBeta {
-            alpha: p.alpha,
-            beta: p.alpha - 1.0,
+        p.validate()?;
+        let Some((_, _, rules)) = TABLE.iter().find(|(n, _, _)| *n == name) else {
+            return Err(Error::UnknownAnalyzer {
+                name: name.to_string(),
+                known: NAMES.iter().map(|(n, _)| *n).collect(),
+            });
         };
-        let all = |r: Rule| (None, r, r);
-        let (first, conv, dense) = match name {
-            "lrp0" => all(Rule::Epsilon { epsilon: 0.0 }),
-            "epsilon" => all(eps),
-            "zplus" => all(Rule::ZPlus),
-            "alpha-beta" => all(ab),
-            "gamma" => all(gamma),
-            "wsquare" => all(Rule::WSquare),
-            "flat" => all(Rule::Flat),
-            "zbox" | "deep-taylor-bounded" => (Some(Rule::ZBox), Rule::ZPlus, Rule::ZPlus),
-            "epsilon-plus" => (None, Rule::ZPlus, eps),
-            "epsilon-plus-flat" => (Some(Rule::Flat), Rule::ZPlus, eps),
-            "epsilon-gamma-box" => (Some(Rule::ZBox), gamma, eps),
-            "epsilon-alpha2-beta1" => (
-                None,
-                Rule::AlphaBeta {
-                    alpha: 2.0,
-                    beta: 1.0,
-                },
-                eps,
-            ),
-            "deep-taylor" => (Some(Rule::WSquare), Rule::ZPlus, Rule::ZPlus),
-            other => bail!(
-                "unknown rule '{other}'; known: {}",
-                NAMES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-            ),
-        };
+        let (first, conv, dense) = rules(p);
         Ok(Composite {
             name: name.to_string(),
             first,

@@ -5,6 +5,8 @@
 pub mod analyzers;
 pub mod composite;
 pub mod engine;
+pub mod error;
+pub mod explainer;
 pub mod graph;
 pub mod guard;
 pub(crate) mod kernels;
@@ -14,3 +16,12 @@ pub mod preprocess;
 pub mod render;
 pub mod rng;
 pub mod rules;
+
+// The public API in a handful of types: load a model, explain an image.
+pub use analyzers::lrp::Explanation;
+pub use analyzers::Analyzer;
+pub use composite::Composite;
+pub use error::{Error, Result};
+pub use explainer::{Explainer, Input};
+pub use model::Model;
+pub use rules::Rule;

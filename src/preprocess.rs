@@ -69,7 +69,7 @@ pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
 /// `image`'s default allocation limit, the least [`DecodeLimits`] allows.
 const MIN_ALLOC: u64 = 512 * 1024 * 1024;
 
-/// Bounds on decoding one image (the command's `--max-pixels`).
+/// Bounds on decoding one image.
 ///
 /// An image is refused, from its header and before any pixel is decoded,
 /// when it has more than `max_pixels` pixels. The decoder's allocations
@@ -122,6 +122,15 @@ impl DecodeLimits {
     }
 }
 
+/// An image refused by [`DecodeLimits::max_pixels`] (or the decoding memory
+/// limit that follows from it).
+fn too_large(message: String) -> crate::Error {
+    crate::Error::LimitExceeded {
+        name: "max_pixels",
+        message,
+    }
+}
+
 /// Megabytes (10^6) of a byte count, for messages.
 fn mb(bytes: u64) -> String {
     format!("{:.0} MB", bytes as f64 / 1e6)
@@ -158,12 +167,12 @@ fn read_image_file(path: &Path, limits: &DecodeLimits) -> anyhow::Result<Vec<u8>
     }
     let max = limits.max_alloc();
     if meta.len() > max {
-        bail!(
-            "cannot decode {}: the file is {}, more than the {} decoding memory limit (raise it with --max-pixels)",
+        bail!(too_large(format!(
+            "cannot decode {}: the file is {}, more than the {} decoding memory limit (8 bytes per pixel of max_pixels)",
             path.display(),
             mb(meta.len()),
             mb(max)
-        );
+        )));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     std::fs::File::open(path)
@@ -209,7 +218,8 @@ pub fn load_image(path: &Path) -> anyhow::Result<RgbImage> {
 /// * The format is detected from the file content, not the extension.
 /// * Decoding is bounded by `limits` (images with too many pixels are refused
 ///   from their header; the decoder's allocations are bounded by `image`'s
-///   [`Limits`]); the error says so and names `--max-pixels`.
+///   [`Limits`]); the error is a [`crate::Error::LimitExceeded`] naming
+///   `max_pixels` (under the file's name).
 /// * Only regular files are read (not FIFOs, sockets or devices).
 /// * The EXIF orientation (JPEG, WebP, TIFF) is applied, so the result is the
 ///   image as a viewer displays it.
@@ -231,11 +241,11 @@ pub fn load_image_with(path: &Path, limits: &DecodeLimits) -> anyhow::Result<Rgb
 /// An `image` error as a message, limit errors explained.
 fn image_error(e: image::ImageError, limits: &DecodeLimits) -> anyhow::Error {
     match e {
-        image::ImageError::Limits(l) => anyhow!(
-            "{l}: decoding would need more than the {} memory limit (raise it with --max-pixels, now {})",
+        image::ImageError::Limits(l) => anyhow!(too_large(format!(
+            "{l}: decoding would need more than the {} memory limit (8 bytes per pixel of max_pixels = {})",
             mb(limits.max_alloc()),
             limits.max_pixels
-        ),
+        ))),
         e => anyhow!("{e}"),
     }
 }
@@ -265,11 +275,11 @@ fn decode_with(
     let (w, h) = decoder.dimensions();
     let pixels = w as u64 * h as u64;
     if pixels > limits.max_pixels {
-        bail!(
-            "the image is {w}x{h} ({}), more than the limit of {} (raise it with --max-pixels)",
+        bail!(too_large(format!(
+            "the image is {w}x{h} ({}), more than the max_pixels limit of {}",
             megapixels(pixels),
             megapixels(limits.max_pixels)
-        );
+        )));
     }
     // A broken orientation tag should not make an otherwise fine image
     // unusable: fall back to "as stored".
@@ -774,7 +784,7 @@ mod tests {
         let small = DecodeLimits { max_pixels: 5_999 };
         let msg = format!("{:#}", decode_bytes(&png, &small).unwrap_err());
         assert!(
-            msg.contains("100x60") && msg.contains("--max-pixels"),
+            msg.contains("100x60") && msg.contains("max_pixels limit"),
             "{msg}"
         );
         let exact = DecodeLimits { max_pixels: 6_000 };

@@ -13,6 +13,15 @@ use crate::rules::cache::WeightCache;
 use crate::rules::{Bounds, Rule};
 
 /// The relevance of every input element for one class.
+///
+/// ```
+/// let model = lrp_heatmap::Model::load("efficientnet-lite0")?;
+/// let image = image::open("images/cat.jpg").expect("the photo");
+/// let e: lrp_heatmap::Explanation = model.explain(&image, "lrp0")?;
+/// assert_eq!(e.relevance.shape(), model.input.shape.as_slice());
+/// println!("{} of logit {} reached the pixels (ratio {})", e.relevance_sum, e.logit, e.ratio());
+/// # Ok::<(), lrp_heatmap::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Explanation {
     /// The explained class.
@@ -110,11 +119,10 @@ pub fn explain_with(
     channels: usize,
     cache: &WeightCache,
 ) -> Result<Explanation> {
-    ensure!(
-        class < fwd.logits.len(),
-        "class {class} out of range: the model has {} classes",
-        fwd.logits.len()
-    );
+    let classes = fwd.logits.len();
+    if class >= classes {
+        return Err(crate::Error::ClassOutOfRange { class, classes }.into());
+    }
     let logit = fwd.logits[class];
     let relevance = walk_back(graph, fwd, class, logit, |node, inputs, r| {
         let rule = composite.rule_for(node);

@@ -6,12 +6,13 @@ pub mod gradient;
 pub mod lrp;
 pub mod selfcheck;
 
-use anyhow::{bail, ensure, Result};
+use anyhow::Result;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::analyzers::gradient::{input_gradient, integrated_gradients, smoothgrad, GradientMode};
 use crate::analyzers::lrp::{explain_with, Explanation};
 use crate::composite::{Composite, RuleParams, NAMES};
+use crate::error::Error;
 use crate::model::{Forward, InputSpec, Model};
 use crate::preprocess::{Layout, Normalization};
 
@@ -21,11 +22,11 @@ pub const GRADIENT_NAMES: &[(&str, &str)] = &[
     ("gradient-x-input", "input times gradient (signed)"),
     (
         "integrated-gradients",
-        "(input - black) times the mean gradient on the straight path from a black image (--steps)",
+        "(input - black) times the mean gradient on the straight path from a black image (steps)",
     ),
     (
         "smoothgrad",
-        "mean gradient over noisy copies of the input, shown as |.| (--samples, --noise, --seed)",
+        "mean gradient over noisy copies of the input, shown as |.| (samples, noise, seed)",
     ),
     (
         "guided-backprop",
@@ -49,6 +50,24 @@ pub struct AnalyzerParams {
     pub seed: u64,
 }
 
+impl AnalyzerParams {
+    /// [`Error::InvalidParameter`] for no steps or samples, or a negative
+    /// noise (the rule parameters are checked by the composites that read
+    /// them, [`RuleParams::validate`]).
+    pub fn validate(&self) -> crate::Result<()> {
+        let (steps, samples, noise) = (self.steps, self.samples, self.noise);
+        Error::check(steps >= 1, "steps", || {
+            format!("must be at least 1, got {steps}")
+        })?;
+        Error::check(samples >= 1, "samples", || {
+            format!("must be at least 1, got {samples}")
+        })?;
+        Error::check(noise.is_finite() && noise >= 0.0, "noise", || {
+            format!("must be a finite number >= 0, got {noise}")
+        })
+    }
+}
+
 impl Default for AnalyzerParams {
     fn default() -> Self {
         AnalyzerParams {
@@ -61,7 +80,26 @@ impl Default for AnalyzerParams {
     }
 }
 
-/// How an explanation is computed.
+/// How an explanation is computed: parsed from a name once
+/// ([`Analyzer::from_name`]), then run on forward passes
+/// ([`Analyzer::explain`]).
+///
+/// ```
+/// use lrp_heatmap::{analyzers::AnalyzerParams, Analyzer, Model};
+///
+/// let params = AnalyzerParams { samples: 8, ..Default::default() };
+/// let a = Analyzer::from_name("smoothgrad", &params)?;
+/// assert_eq!(a, Analyzer::SmoothGrad { samples: 8, noise: 0.1, seed: 0 });
+/// assert!(!a.signed()); // shown as |R|
+///
+/// let model = Model::load("efficientnet-lite0")?;
+/// let image = image::open("images/cat.jpg").expect("the photo").to_rgb8();
+/// let norm = Default::default();
+/// let forward = model.forward(model.tensor(&image, &norm)?)?;
+/// let e = Analyzer::from_name("gradient", &params)?.explain(&model, &forward, 285, &norm)?;
+/// assert_eq!(e.relevance.shape(), model.input.shape.as_slice());
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum Analyzer {
     /// Layer-wise relevance propagation with a composite.
@@ -96,18 +134,8 @@ pub fn all_names() -> impl Iterator<Item = &'static (&'static str, &'static str)
 impl Analyzer {
     /// The analyzer called `name` (a rule, a composite or a gradient-family
     /// name), with parameters `p`.
-    pub fn from_name(name: &str, p: &AnalyzerParams) -> Result<Analyzer> {
-        ensure!(p.steps >= 1, "--steps must be at least 1, got {}", p.steps);
-        ensure!(
-            p.samples >= 1,
-            "--samples must be at least 1, got {}",
-            p.samples
-        );
-        ensure!(
-            p.noise.is_finite() && p.noise >= 0.0,
-            "--noise must be a finite number >= 0, got {}",
-            p.noise
-        );
+    pub fn from_name(name: &str, p: &AnalyzerParams) -> crate::Result<Analyzer> {
+        p.validate()?;
         Ok(match name {
             "gradient" => Analyzer::Gradient,
             "gradient-x-input" => Analyzer::GradientXInput,
@@ -121,10 +149,12 @@ impl Analyzer {
             n if NAMES.iter().any(|(k, _)| *k == n) => {
                 Analyzer::Lrp(Composite::from_name(n, &p.rule)?)
             }
-            other => bail!(
-                "unknown rule or analyzer '{other}'; known: {}",
-                all_names().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-            ),
+            other => {
+                return Err(Error::UnknownAnalyzer {
+                    name: other.to_string(),
+                    known: all_names().map(|(n, _)| *n).collect(),
+                })
+            }
         })
     }
 
@@ -162,11 +192,10 @@ impl Analyzer {
         class: usize,
         norm: &Normalization,
     ) -> Result<Explanation> {
-        ensure!(
-            class < fwd.logits.len(),
-            "class {class} out of range: the model has {} classes",
-            fwd.logits.len()
-        );
+        let classes = fwd.logits.len();
+        if class >= classes {
+            return Err(Error::ClassOutOfRange { class, classes }.into());
+        }
         let graph = &model.graph;
         let relevance = match self {
             Analyzer::Lrp(c) => {

@@ -2,20 +2,69 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 use crate::app::commands::compare::{CompareConfig, Format, DEFAULT_ANALYZERS};
 use crate::app::commands::explain::{ClassChoice, Config};
-use lrp_heatmap::analyzers::{AnalyzerParams, GRADIENT_NAMES};
-use lrp_heatmap::composite::{RuleParams, NAMES};
+use lrp_heatmap::analyzers::{all_names, Analyzer, AnalyzerParams};
+use lrp_heatmap::composite::RuleParams;
 use lrp_heatmap::model::BUNDLED_NAME;
 use lrp_heatmap::preprocess::{DecodeLimits, Normalization};
 use lrp_heatmap::render::{Cmap, MapNorm, Style};
 
+/// The flag of the library parameter `name` (`max_pixels`: `--max-pixels`).
+fn flag(name: &str) -> String {
+    format!("--{}", name.replace('_', "-"))
+}
+
+/// The analyzer parameters that are flags of the same name.
+const PARAMETER_FLAGS: &[&str] = &[
+    "epsilon", "gamma", "alpha", "steps", "samples", "noise", "seed",
+];
+
+/// A library description with the parameters it lists in parentheses as
+/// flags: "(samples, noise, seed)" becomes "(--samples, --noise, --seed)".
+fn flags_in(what: &str) -> String {
+    let mut s = what.to_string();
+    for p in PARAMETER_FLAGS {
+        for (open, close) in [("(", ")"), ("(", ","), (", ", ")"), (", ", ",")] {
+            let f = flag(p);
+            s = s.replace(&format!("{open}{p}{close}"), &format!("{open}{f}{close}"));
+        }
+    }
+    s
+}
+
+/// A library error in the command's words: an invalid parameter named by
+/// its flag ("--epsilon must be ..."), an exceeded limit with the flag that
+/// raises it.
+pub fn in_flags(e: anyhow::Error) -> anyhow::Error {
+    use lrp_heatmap::Error;
+    match Error::find(&e) {
+        Some(Error::InvalidParameter { name, message }) => {
+            let (lib, cli) = (
+                format!("{name} {message}"),
+                format!("{} {message}", flag(name)),
+            );
+            anyhow!("{}", format!("{e:#}").replacen(&lib, &cli, 1))
+        }
+        Some(Error::LimitExceeded { name, .. }) => {
+            anyhow!("{e:#} (raise it with {})", flag(name))
+        }
+        _ => e,
+    }
+}
+
+/// The analyzer called `name`, errors in terms of flags.
+fn analyzer(name: &str, params: &AnalyzerParams) -> Result<Analyzer> {
+    Analyzer::from_name(name, params).map_err(|e| in_flags(e.into()))
+}
+
 fn rules_help() -> String {
     let mut s = String::from("Rules, composites and analyzers (usable wherever a rule name is):\n");
-    for (name, what) in NAMES.iter().chain(GRADIENT_NAMES) {
+    for (name, what) in all_names() {
+        let what = flags_in(what);
         s += &format!("  {name:<22} {what}\n");
     }
     s += "\nExit codes: 0 all good; 1 some input failed (others still processed); 2 usage or model error.";
@@ -516,28 +565,31 @@ impl Args {
         }
         if let Some(Command::Bench(b)) = self.command {
             let params = AnalyzerParams::default();
-            for name in &b.rules {
-                lrp_heatmap::analyzers::Analyzer::from_name(name, &params)?;
-            }
+            let analyzers = b
+                .rules
+                .iter()
+                .map(|name| analyzer(name, &params))
+                .collect::<Result<_>>()?;
             return Ok(Job::Bench(crate::app::commands::bench::BenchConfig {
                 model: b.model,
-                analyzers: b.rules,
+                analyzers,
                 runs: b.runs as usize,
             }));
         }
         if let Some(Command::Compare(c)) = self.command {
             let c = *c;
             let params = c.common.params();
-            for name in &c.rules {
-                lrp_heatmap::analyzers::Analyzer::from_name(name, &params)?;
-            }
+            let analyzers = c
+                .rules
+                .iter()
+                .map(|name| analyzer(name, &params))
+                .collect::<Result<_>>()?;
             let command = std::env::args().collect::<Vec<_>>().join(" ");
             return Ok(Job::Compare(CompareConfig {
                 inputs: c.inputs,
                 recursive: c.common.recursive,
                 model: c.common.model.clone(),
-                analyzers: c.rules,
-                params,
+                analyzers,
                 class: c.common.class(),
                 norm: c.common.norm()?,
                 style: c.common.style()?,
@@ -552,14 +604,12 @@ impl Args {
                 input_size: c.common.input_size()?,
             }));
         }
-        let params = self.common.params();
-        // validates the analyzer name and parameters before any model is loaded
-        lrp_heatmap::analyzers::Analyzer::from_name(&self.rule, &params)?;
+        // the analyzer name and parameters are checked before any model is loaded
+        let analyzer = analyzer(&self.rule, &self.common.params())?;
         Ok(Job::Explain(Config {
             inputs: self.inputs,
             model: self.common.model.clone(),
-            rule: self.rule,
-            params,
+            analyzer,
             class: self.common.class(),
             out_dir: self.out,
             raw: self.raw,
@@ -574,5 +624,39 @@ impl Args {
             input_size: self.common.input_size()?,
             limits: self.common.limits()?,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_become_flags() {
+        assert_eq!(flag("max_pixels"), "--max-pixels");
+        assert_eq!(
+            flags_in("noisy copies (samples, noise, seed)"),
+            "noisy copies (--samples, --noise, --seed)"
+        );
+        assert_eq!(flags_in("LRP-0 (epsilon = 0)"), "LRP-0 (epsilon = 0)");
+        assert_eq!(
+            flags_in("alpha-beta (alpha, beta = alpha - 1)"),
+            "alpha-beta (--alpha, beta = alpha - 1)"
+        );
+        let bad = AnalyzerParams {
+            steps: 0,
+            ..AnalyzerParams::default()
+        };
+        let e = analyzer("integrated-gradients", &bad).unwrap_err();
+        assert_eq!(format!("{e:#}"), "--steps must be at least 1, got 0");
+        let limit = anyhow::Error::new(lrp_heatmap::Error::LimitExceeded {
+            name: "max_pixels",
+            message: "too many".into(),
+        })
+        .context("cannot decode x.png");
+        assert_eq!(
+            format!("{:#}", in_flags(limit)),
+            "cannot decode x.png: too many (raise it with --max-pixels)"
+        );
     }
 }

@@ -10,9 +10,10 @@ use crate::engine::native::NativePlan;
 use crate::engine::tract::{pin_symbolic_dims, TractPlan};
 use crate::engine::{Backend, MAX_FORWARD_BYTES};
 use crate::graph::Graph;
-use crate::preprocess::Layout;
+use crate::preprocess::{to_tensor, Layout, Normalization};
 use crate::rules::cache::WeightCache;
 use canon::canonize;
+use image::RgbImage;
 use onnx::build_graph;
 
 pub use crate::engine::{softmax, Engine, Forward};
@@ -165,11 +166,49 @@ fn decode(bytes: &[u8], path: &Path) -> Result<tract_onnx::pb::ModelProto> {
         .with_context(|| format!("{} is not a valid ONNX model", path.display()))
 }
 
+/// A failure to load the model at `path` as the library's error: the
+/// operator and node of an unsupported operator (from the importer's message
+/// "unsupported operator 'OP' (node 'NAME')"), else the whole chain.
+fn load_error(path: &Path, e: anyhow::Error) -> crate::Error {
+    let message = format!("{e:#}");
+    let unsupported = e.chain().find_map(|c| {
+        let text = c.to_string();
+        let rest = text.strip_prefix("unsupported operator '")?;
+        let (op_type, rest) = rest.split_once("' (node '")?;
+        let (node, _) = rest.split_once("')")?;
+        Some((op_type.to_string(), node.to_string()))
+    });
+    match unsupported {
+        Some((op_type, node)) => crate::Error::Unsupported {
+            op_type,
+            node,
+            message,
+        },
+        None => crate::Error::Model {
+            path: path.to_path_buf(),
+            message,
+        },
+    }
+}
+
 impl Model {
     /// Loads and prepares an ONNX model file, or the bundled model when `path`
     /// is [`BUNDLED_NAME`] and no such file exists.
-    pub fn load(path: &Path) -> Result<Model> {
-        Model::load_with(path, None, Engine::Auto)
+    ///
+    /// Symbolic input height and width become [`DEFAULT_SIZE`]
+    /// ([`Model::load_sized`] chooses them); the forward engine is chosen
+    /// automatically ([`Model::load_with`]). A file that cannot be read or
+    /// prepared is [`crate::Error::Model`], one with an operator the
+    /// relevance graph does not handle [`crate::Error::Unsupported`].
+    ///
+    /// ```
+    /// let model = lrp_heatmap::Model::load("efficientnet-lite0")?; // bundled
+    /// assert_eq!((model.classes, model.input.shape.as_slice()), (1000, &[1, 3, 224, 224][..]));
+    /// # Ok::<(), lrp_heatmap::Error>(())
+    /// ```
+    pub fn load(path: impl AsRef<Path>) -> crate::Result<Model> {
+        let path = path.as_ref();
+        Model::load_with(path, None, Engine::Auto).map_err(|e| load_error(path, e))
     }
 
     /// [`Model::load`] with symbolic height and width fixed to `size`
@@ -337,6 +376,13 @@ impl Model {
         })
     }
 
+    /// The input tensor of `img`: resized to the model's input size, in its
+    /// layout and channels, normalised with `norm` ([`to_tensor`]).
+    pub fn tensor(&self, img: &RgbImage, norm: &Normalization) -> Result<ArrayD<f32>> {
+        let s = &self.input;
+        to_tensor(img, s.height, s.width, s.channels, s.layout, norm)
+    }
+
     /// Runs the model on `input` (of shape `self.input.shape`), keeping the activations.
     pub fn forward(&self, input: ArrayD<f32>) -> Result<Forward> {
         ensure!(
@@ -346,5 +392,42 @@ impl Model {
             self.input.shape
         );
         self.backend.run(&self.graph, input)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unsupported_operator_is_named_in_the_error() {
+        let e = anyhow!("unsupported operator 'LSTM' (node 'rnn/1'): inside the network")
+            .context("model m.onnx");
+        match load_error(Path::new("m.onnx"), e) {
+            crate::Error::Unsupported {
+                op_type,
+                node,
+                message,
+            } => {
+                assert_eq!((op_type.as_str(), node.as_str()), ("LSTM", "rnn/1"));
+                assert!(
+                    message.starts_with("model m.onnx: unsupported"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = anyhow!("not a valid ONNX model");
+        assert!(matches!(
+            load_error(Path::new("m.onnx"), e),
+            crate::Error::Model { path, .. } if path == Path::new("m.onnx")
+        ));
+    }
+
+    #[test]
+    fn a_missing_file_is_a_model_error_naming_it() {
+        let e = Model::load("no-such-model.onnx").err().expect("refused");
+        assert!(matches!(e, crate::Error::Model { .. }), "{e:?}");
+        assert!(e.to_string().contains("no-such-model.onnx"), "{e}");
     }
 }

@@ -116,6 +116,17 @@ pub trait LinearLayer: Send + Sync {
 }
 
 /// An LRP rule for linear layers.
+///
+/// A [`crate::Composite`] picks one per layer class; [`Rule::propagate`]
+/// (on a [`LinearLayer`]) is the rule itself.
+///
+/// ```
+/// use lrp_heatmap::{composite::RuleParams, Composite, Rule};
+///
+/// let c = Composite::from_name("epsilon", &RuleParams { epsilon: 0.1, ..Default::default() })?;
+/// assert_eq!(c.dense, Rule::Epsilon { epsilon: 0.1 });
+/// # Ok::<(), lrp_heatmap::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Rule {
     /// `R_i = x_i sum_j w_ij R_j / (z_j + eps sign(z_j))`, bias included.

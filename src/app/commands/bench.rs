@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use ndarray::ArrayD;
 
-use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
+use lrp_heatmap::analyzers::Analyzer;
 use lrp_heatmap::model::Model;
 use lrp_heatmap::preprocess::Normalization;
 use lrp_heatmap::rng::Rng;
@@ -19,7 +19,7 @@ pub struct BenchConfig {
     /// Model file.
     pub model: PathBuf,
     /// Analyzers to time.
-    pub analyzers: Vec<String>,
+    pub analyzers: Vec<Analyzer>,
     /// Timed runs per analyzer (after one warm-up run).
     pub runs: usize,
 }
@@ -47,8 +47,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
     let path = cfg.model.clone();
     let t0 = Instant::now();
-    let model =
-        lrp_heatmap::guard::boundary(&format!("model {}", path.display()), || Model::load(&path));
+    let model = lrp_heatmap::guard::boundary(&format!("model {}", path.display()), || {
+        Ok(Model::load(&path)?)
+    });
     let model = model?;
     writeln!(
         out,
@@ -60,15 +61,13 @@ pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
     let norm = Normalization::default();
     let mut rng = Rng::new(7);
     let x = ArrayD::from_shape_simple_fn(model.input.shape.clone(), || rng.normal());
-    let params = AnalyzerParams::default();
     let mut fwd_times = Vec::new();
     writeln!(
         out,
         "{:<22} {:>12} {:>12} {:>10}",
         "analyzer", "s/image", "forward s", "peak MB"
     )?;
-    for name in &cfg.analyzers {
-        let a = Analyzer::from_name(name, &params)?;
+    for a in &cfg.analyzers {
         let mut times = Vec::new();
         for run in 0..=cfg.runs.max(1) {
             let t = Instant::now();
@@ -86,7 +85,7 @@ pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
         writeln!(
             out,
             "{:<22} {:>12.3} {:>12.3} {:>10}",
-            name,
+            a.name(),
             median(times),
             fwd,
             peak_memory() / (1 << 20)

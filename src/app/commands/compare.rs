@@ -17,7 +17,7 @@ use crate::app::grid::{grid_image, GridColumn, GridRow};
 use crate::app::html::{encode_png, grid_html, HtmlRow, HtmlTile};
 use crate::app::inputs::collect;
 use crate::app::labels;
-use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
+use lrp_heatmap::analyzers::Analyzer;
 use lrp_heatmap::model::Model;
 use lrp_heatmap::preprocess::{self, Normalization};
 use lrp_heatmap::render::{self, Style};
@@ -54,10 +54,8 @@ pub struct CompareConfig {
     pub recursive: bool,
     /// ONNX model file (or the bundled model's name).
     pub model: PathBuf,
-    /// Analyzer names, in column order.
-    pub analyzers: Vec<String>,
-    /// Their parameters.
-    pub params: AnalyzerParams,
+    /// The analyzers, in column order.
+    pub analyzers: Vec<Analyzer>,
     /// Class to explain.
     pub class: ClassChoice,
     /// Input normalisation.
@@ -92,11 +90,7 @@ pub fn run_compare(
     cfg: &CompareConfig,
     err: &mut dyn Write,
 ) -> Result<(PathBuf, Vec<(PathBuf, String)>)> {
-    let analyzers = cfg
-        .analyzers
-        .iter()
-        .map(|n| Analyzer::from_name(n, &cfg.params))
-        .collect::<Result<Vec<_>>>()?;
+    let analyzers = &cfg.analyzers;
     anyhow::ensure!(!analyzers.is_empty(), "--rules names no analyzer");
     let model = lrp_heatmap::guard::boundary(&format!("model {}", cfg.model.display()), || {
         Model::load_sized(&cfg.model, cfg.input_size)
@@ -135,14 +129,7 @@ pub fn run_compare(
         let row = lrp_heatmap::guard::boundary(&what, || {
             (|| -> Result<Row> {
                 let photo = preprocess::load_image_with(&job.input, &cfg.limits)?;
-                let x = preprocess::to_tensor(
-                    &photo,
-                    spec.height,
-                    spec.width,
-                    spec.channels,
-                    spec.layout,
-                    &cfg.norm,
-                )?;
+                let x = model.tensor(&photo, &cfg.norm)?;
                 let fwd = model.forward(x)?;
                 let class = match &cfg.class {
                     ClassChoice::Top => fwd.top_k(1)[0].0,
@@ -158,7 +145,7 @@ pub fn run_compare(
                     logits: vec![],
                     sums: vec![],
                 };
-                for a in &analyzers {
+                for a in analyzers {
                     let e = a
                         .explain(&model, &fwd, class, &cfg.norm)
                         .with_context(|| format!("analyzer {}", a.name()))?;
@@ -176,6 +163,7 @@ pub fn run_compare(
         match row {
             Ok(r) => rows.push(r),
             Err(e) => {
+                let e = crate::app::cli::in_flags(e);
                 writeln!(err, "error: {e:#}")?;
                 failed.push((job.input.clone(), format!("{e:#}")));
             }

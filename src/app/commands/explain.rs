@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::app::inputs::Job;
 use crate::app::labels;
 use lrp_heatmap::analyzers::lrp::Explanation;
-use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
+use lrp_heatmap::analyzers::Analyzer;
 use lrp_heatmap::model::Model;
 use lrp_heatmap::preprocess::{self, DecodeLimits, Layout, Normalization};
 use lrp_heatmap::render;
@@ -34,10 +34,8 @@ pub struct Config {
     pub inputs: Vec<PathBuf>,
     /// ONNX model file.
     pub model: PathBuf,
-    /// Rule, composite or gradient analyzer name.
-    pub rule: String,
-    /// Analyzer parameters.
-    pub params: AnalyzerParams,
+    /// The analyzer (a rule, a composite or a gradient method with its parameters).
+    pub analyzer: Analyzer,
     /// Class to explain.
     pub class: ClassChoice,
     /// Output folder (`None`: next to each input).
@@ -128,9 +126,9 @@ pub struct Explainer {
 }
 
 impl Explainer {
-    /// Loads the model and checks the rule and class choice.
+    /// Loads the model and checks the class choice.
     pub fn new(cfg: &Config) -> Result<Explainer> {
-        let analyzer = Analyzer::from_name(&cfg.rule, &cfg.params)?;
+        let analyzer = cfg.analyzer.clone();
         let model = Model::load_sized(&cfg.model, cfg.input_size)?;
         let labels = labels::for_classes(model.classes);
         if let ClassChoice::Query(q) = &cfg.class {
@@ -151,15 +149,9 @@ impl Explainer {
         let input = job.input.as_path();
         let spec = &self.model.input;
         let img = preprocess::load_image_with(input, &self.cfg.limits)?;
-        let tensor = preprocess::to_tensor(
-            &img,
-            spec.height,
-            spec.width,
-            spec.channels,
-            spec.layout,
-            &self.cfg.norm,
-        )
-        .with_context(|| format!("cannot prepare {}", input.display()))?;
+        let tensor = (self.model)
+            .tensor(&img, &self.cfg.norm)
+            .with_context(|| format!("cannot prepare {}", input.display()))?;
         let forward = self
             .model
             .forward(tensor)
@@ -301,9 +293,7 @@ pub fn run(
         lrp_heatmap::guard::boundary(&format!("model {}", cfg.model.display()), || {
             Explainer::new(cfg)
         })?;
-    let names: Vec<&str> = lrp_heatmap::composite::NAMES
-        .iter()
-        .chain(lrp_heatmap::analyzers::GRADIENT_NAMES)
+    let names: Vec<&str> = lrp_heatmap::analyzers::all_names()
         .map(|(n, _)| *n)
         .collect();
     let jobs =
@@ -387,7 +377,7 @@ pub fn run(
                     summary.done += 1;
                 }
                 Err(e) => {
-                    let msg = format!("{e:#}");
+                    let msg = format!("{:#}", crate::app::cli::in_flags(e));
                     if cfg.json {
                         writeln!(
                             out,

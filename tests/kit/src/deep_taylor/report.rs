@@ -42,13 +42,11 @@ impl Default for DemoConfig {
 const EPSILONS: [f32; 6] = [1e-6, 1e-3, 1e-2, 0.1, 1.0, 10.0];
 
 fn composite(name: &str, epsilon: f32) -> Result<Composite> {
-    Composite::from_name(
-        name,
-        &RuleParams {
-            epsilon,
-            ..RuleParams::default()
-        },
-    )
+    let params = RuleParams {
+        epsilon,
+        ..RuleParams::default()
+    };
+    Ok(Composite::from_name(name, &params)?)
 }
 
 fn table(out: &mut dyn Write, l: &Layers) -> Result<()> {
