@@ -1,7 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
-// Layers of the library, each importing only the ones above it in this list
-// (scripts/modgraph.py draws the graph; README "Layout"):
+// The modules import each other in layers, without cycles:
+// `python3 scripts/modgraph.py` prints them (README, "Layout").
 pub mod analyzers;
 pub mod composite;
 pub mod engine;

@@ -167,24 +167,17 @@ fn decode(bytes: &[u8], path: &Path) -> Result<tract_onnx::pb::ModelProto> {
 }
 
 /// A failure to load the model at `path` as the library's error: the
-/// operator and node of an unsupported operator (from the importer's message
-/// "unsupported operator 'OP' (node 'NAME')"), else the whole chain.
+/// importer's [`crate::Error::Unsupported`] (operator and node) with the
+/// whole chain as its message, else [`crate::Error::Model`].
 fn load_error(path: &Path, e: anyhow::Error) -> crate::Error {
     let message = format!("{e:#}");
-    let unsupported = e.chain().find_map(|c| {
-        let text = c.to_string();
-        let rest = text.strip_prefix("unsupported operator '")?;
-        let (op_type, rest) = rest.split_once("' (node '")?;
-        let (node, _) = rest.split_once("')")?;
-        Some((op_type.to_string(), node.to_string()))
-    });
-    match unsupported {
-        Some((op_type, node)) => crate::Error::Unsupported {
-            op_type,
-            node,
+    match crate::Error::find(&e) {
+        Some(crate::Error::Unsupported { op_type, node, .. }) => crate::Error::Unsupported {
+            op_type: op_type.clone(),
+            node: node.clone(),
             message,
         },
-        None => crate::Error::Model {
+        _ => crate::Error::Model {
             path: path.to_path_buf(),
             message,
         },
@@ -401,8 +394,12 @@ mod tests {
 
     #[test]
     fn an_unsupported_operator_is_named_in_the_error() {
-        let e = anyhow!("unsupported operator 'LSTM' (node 'rnn/1'): inside the network")
-            .context("model m.onnx");
+        let e = anyhow::Error::new(crate::Error::Unsupported {
+            op_type: "LSTM".into(),
+            node: "rnn/1".into(),
+            message: "unsupported operator 'LSTM' (node 'rnn/1'): inside the network".into(),
+        })
+        .context("model m.onnx");
         match load_error(Path::new("m.onnx"), e) {
             crate::Error::Unsupported {
                 op_type,

@@ -231,11 +231,15 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
     };
     for n in &graph.nodes {
         if matches!(n.op_type.as_str(), "Softmax" | "LogSoftmax") {
-            bail!(
-                "unsupported operator '{}' (node '{}') inside the network",
-                n.op_type,
-                n.name
-            );
+            return Err(crate::Error::Unsupported {
+                op_type: n.op_type.clone(),
+                node: n.name.clone(),
+                message: format!(
+                    "unsupported operator '{}' (node '{}') inside the network",
+                    n.op_type, n.name
+                ),
+            }
+            .into());
         }
     }
     Ok(graph)
@@ -333,7 +337,14 @@ fn convert(
             None => Operand::Absent,
         })
     };
-    let unsupported = |why: &str| anyhow!("unsupported operator '{op}' (node '{name}'): {why}");
+    // typed, so that `Model::load` can return `Error::Unsupported`
+    let unsupported = |why: &str| {
+        anyhow::Error::new(crate::Error::Unsupported {
+            op_type: op.to_string(),
+            node: name.to_string(),
+            message: format!("unsupported operator '{op}' (node '{name}'): {why}"),
+        })
+    };
     if let Some(import) = crate::ops::registry::importer(op) {
         let constant = |i: usize| -> Result<Option<ArrayD<f32>>> {
             if is_act(i) {
