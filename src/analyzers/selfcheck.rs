@@ -1155,7 +1155,11 @@ pub struct CheckConfig {
 /// Loads the model and the input, runs [`check`] and prints the report;
 /// returns whether the check passed. Errors are model or input errors.
 pub fn run_check(cfg: &CheckConfig, out: &mut dyn Write) -> Result<bool> {
-    let model = Model::load_sized(&cfg.model, cfg.input_size)?;
+    let model = crate::model::LoadOptions {
+        size: cfg.input_size,
+        ..Default::default()
+    }
+    .load(&cfg.model)?;
     run_check_on(&model, cfg, out)
 }
 
@@ -1274,7 +1278,9 @@ mod tests {
         fn model(mut self, out: &str) -> Model {
             self.b.output(out, &[]);
             let bytes = self.b.to_bytes();
-            Model::from_bytes(&bytes, Path::new("test.onnx"), None).expect("model loads")
+            Model::options()
+                .from_bytes(&bytes, Path::new("test.onnx"), None)
+                .expect("model loads")
         }
     }
 

@@ -184,6 +184,46 @@ fn load_error(path: &Path, e: anyhow::Error) -> crate::Error {
     }
 }
 
+/// How [`Model::options`] loads a model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Height and width for symbolic input dims (`None`: [`DEFAULT_SIZE`]);
+    /// a model with fixed dims must be asked for those.
+    pub size: Option<[usize; 2]>,
+    /// Which engine runs the forward pass.
+    pub engine: Engine,
+}
+
+impl LoadOptions {
+    /// Symbolic input height and width become `[height, width]`.
+    pub fn input_size(mut self, hw: [usize; 2]) -> Self {
+        self.size = Some(hw);
+        self
+    }
+
+    /// The forward engine ([`Engine::Auto`]: native where it can).
+    pub fn engine(mut self, engine: Engine) -> Self {
+        self.engine = engine;
+        self
+    }
+
+    /// Loads and prepares the ONNX file at `path` (or the bundled model, see
+    /// [`Model::load`]).
+    pub fn load(&self, path: impl AsRef<Path>) -> crate::Result<Model> {
+        let path = path.as_ref();
+        Model::load_file(path, self).map_err(|e| load_error(path, e))
+    }
+
+    /// Prepares a model from the bytes of an ONNX file; `path` names it in
+    /// messages, `dir` is where external data files are looked up (`None`:
+    /// nowhere).
+    pub fn from_bytes(&self, bytes: &[u8], path: &Path, dir: Option<&str>) -> crate::Result<Model> {
+        decode(bytes, path)
+            .and_then(|proto| Model::from_proto(proto, path, dir, self))
+            .map_err(|e| load_error(path, e))
+    }
+}
+
 impl Model {
     /// Loads and prepares an ONNX model file, or the bundled model when `path`
     /// is [`BUNDLED_NAME`] and no such file exists.
@@ -200,20 +240,25 @@ impl Model {
     /// # Ok::<(), lrp_heatmap::Error>(())
     /// ```
     pub fn load(path: impl AsRef<Path>) -> crate::Result<Model> {
-        let path = path.as_ref();
-        Model::load_with(path, None, Engine::Auto).map_err(|e| load_error(path, e))
+        LoadOptions::default().load(path)
     }
 
-    /// [`Model::load`] with symbolic height and width fixed to `size`
-    /// (`[H, W]`; [`DEFAULT_SIZE`] when `None`).
-    pub fn load_sized(path: &Path, size: Option<[usize; 2]>) -> Result<Model> {
-        Model::load_with(path, size, Engine::Auto)
+    /// How to load: input size for symbolic dims, forward engine.
+    ///
+    /// ```
+    /// use lrp_heatmap::model::{Engine, Model};
+    /// let model = Model::options().input_size([160, 128]).engine(Engine::Tract).load("efficientnet-lite0")?;
+    /// assert_eq!(model.engine(), "tract (asked for)");
+    /// # Ok::<(), lrp_heatmap::Error>(())
+    /// ```
+    pub fn options() -> LoadOptions {
+        LoadOptions::default()
     }
 
-    /// [`Model::load_sized`] with a choice of forward engine.
-    pub fn load_with(path: &Path, size: Option<[usize; 2]>, engine: Engine) -> Result<Model> {
+    fn load_file(path: &Path, opts: &LoadOptions) -> Result<Model> {
         if path == Path::new(BUNDLED_NAME) && !path.exists() {
-            return Model::from_bytes_with(BUNDLED_MODEL, path, None, size, engine);
+            let proto = decode(BUNDLED_MODEL, path)?;
+            return Model::from_proto(proto, path, None, opts);
         }
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
@@ -224,35 +269,7 @@ impl Model {
         let proto = decode(&bytes, path)?;
         // the file's bytes are not needed once decoded: one copy of the weights less
         drop(bytes);
-        Model::from_proto(proto, path, dir, size, engine)
-    }
-
-    /// Prepares a model from the bytes of an ONNX file; `path` names it in
-    /// messages, `dir` is where external data files are looked up.
-    pub fn from_bytes(bytes: &[u8], path: &Path, dir: Option<&str>) -> Result<Model> {
-        Model::from_bytes_with(bytes, path, dir, None, Engine::Auto)
-    }
-
-    /// [`Model::from_bytes`] with symbolic height and width fixed to `size`.
-    pub fn from_bytes_sized(
-        bytes: &[u8],
-        path: &Path,
-        dir: Option<&str>,
-        size: Option<[usize; 2]>,
-    ) -> Result<Model> {
-        Model::from_bytes_with(bytes, path, dir, size, Engine::Auto)
-    }
-
-    /// [`Model::from_bytes_sized`] with a choice of forward engine.
-    pub fn from_bytes_with(
-        bytes: &[u8],
-        path: &Path,
-        dir: Option<&str>,
-        size: Option<[usize; 2]>,
-        engine: Engine,
-    ) -> Result<Model> {
-        let proto = decode(bytes, path)?;
-        Model::from_proto(proto, path, dir, size, engine)
+        Model::from_proto(proto, path, dir, opts)
     }
 
     /// Which engine runs the forward pass: `native`, or `tract` with the reason.
@@ -264,9 +281,9 @@ impl Model {
         mut proto: tract_onnx::pb::ModelProto,
         path: &Path,
         dir: Option<&str>,
-        size: Option<[usize; 2]>,
-        engine: Engine,
+        opts: &LoadOptions,
     ) -> Result<Model> {
+        let (size, engine) = (opts.size, opts.engine);
         limits::check_tensors(&proto, dir.map(Path::new))
             .with_context(|| format!("model {}", path.display()))?;
         let folded = onnx::fold::fold_constants(&mut proto, dir)

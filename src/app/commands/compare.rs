@@ -18,7 +18,6 @@ use crate::app::html::{encode_png, grid_html, HtmlRow, HtmlTile};
 use crate::app::inputs::collect;
 use crate::app::labels;
 use lrp_heatmap::analyzers::Analyzer;
-use lrp_heatmap::model::Model;
 use lrp_heatmap::preprocess::{self, Normalization};
 use lrp_heatmap::render::{self, Style};
 
@@ -93,7 +92,12 @@ pub fn run_compare(
     let analyzers = &cfg.analyzers;
     anyhow::ensure!(!analyzers.is_empty(), "--rules names no analyzer");
     let model = lrp_heatmap::guard::boundary(&format!("model {}", cfg.model.display()), || {
-        Model::load_sized(&cfg.model, cfg.input_size)
+        lrp_heatmap::model::LoadOptions {
+            size: cfg.input_size,
+            ..Default::default()
+        }
+        .load(&cfg.model)
+        .map_err(Into::into)
     })?;
     let names = labels::for_classes(model.classes);
     if let ClassChoice::Query(q) = &cfg.class {

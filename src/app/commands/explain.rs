@@ -129,7 +129,11 @@ impl Explainer {
     /// Loads the model and checks the class choice.
     pub fn new(cfg: &Config) -> Result<Explainer> {
         let analyzer = cfg.analyzer.clone();
-        let model = Model::load_sized(&cfg.model, cfg.input_size)?;
+        let model = lrp_heatmap::model::LoadOptions {
+            size: cfg.input_size,
+            ..Default::default()
+        }
+        .load(&cfg.model)?;
         let labels = labels::for_classes(model.classes);
         if let ClassChoice::Query(q) = &cfg.class {
             labels::find_class(&labels, q)

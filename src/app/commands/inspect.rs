@@ -181,7 +181,12 @@ pub fn run_inspect(cfg: &InspectConfig, out: &mut dyn Write) -> Result<bool> {
         )?;
     }
     match lrp_heatmap::guard::boundary(&format!("model {}", path.display()), || {
-        Model::load_sized(path, cfg.input_size)
+        lrp_heatmap::model::LoadOptions {
+            size: cfg.input_size,
+            ..Default::default()
+        }
+        .load(path)
+        .map_err(Into::into)
     }) {
         Ok(m) => {
             let layers = m

@@ -576,7 +576,8 @@ mod tests {
     #[test]
     fn the_folded_model_computes_the_naive_logits() {
         let bytes = model().encode_to_vec();
-        let m = crate::model::Model::from_bytes(&bytes, std::path::Path::new("fold.onnx"), None)
+        let m = crate::model::Model::options()
+            .from_bytes(&bytes, std::path::Path::new("fold.onnx"), None)
             .unwrap();
         assert_eq!(m.engine(), "native");
         let x = ndarray::ArrayD::from_shape_fn(vec![1, 3, 4, 4], |i| {
