@@ -24,7 +24,7 @@
 //!   conservation, every operator's backward pass against its forward pass)
 //!   and finds no max pool whose gradient follows float rounding.
 //!
-//! Measured figures are printed (`cargo test --test exporters -- --nocapture`).
+//! Measured figures are printed (`cargo test --test it -- exporters:: --nocapture`).
 
 use std::path::{Path, PathBuf};
 

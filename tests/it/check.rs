@@ -155,7 +155,7 @@ fn check_passes_on_the_bundled_model_at_the_cat_lrp0_not_applicable() {
     let out = text(&o.stdout);
     eprintln!("{out}");
     assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
-    // top-1 at the cat (see tests/cli.rs)
+    // top-1 at the cat (see cli.rs)
     assert!(out.contains("class 285"), "{out}");
     let lrp0 = out.lines().find(|l| l.contains("LRP-0")).unwrap();
     assert!(

@@ -3,14 +3,13 @@
 //! error line per bad file naming it, no panic, and that the good files of
 //! the same batch still came out. Models: see `hostile_models.rs`.
 
-mod support;
-
 use std::path::Path;
 
 use image::{ImageFormat, Luma, LumaA, Rgb, RgbImage, Rgba, RgbaImage};
 use lrp_heatmap::npy::read_npy_f32;
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 fn out_name(stem: &str) -> String {
     format!("{stem}.{RULE}.png")

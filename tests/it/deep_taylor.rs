@@ -52,7 +52,7 @@ fn naive_z(net: &TinyNet, x: &[f32]) -> Vec<f64> {
         .collect()
 }
 
-/// f32 against f64: 1e-4 of the largest value, as in tests/naive_reference.rs. The LRP-0
+/// f32 against f64: 1e-4 of the largest value, as in naive_reference.rs. The LRP-0
 /// cases divide by `z_j`, which can be small against the terms summed into it, so a few
 /// ulps of `z_j` (the library sums in another order than a plain loop) become ~3e-5 here.
 fn tol(reference: &[f64]) -> f64 {

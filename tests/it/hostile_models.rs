@@ -3,12 +3,11 @@
 //! and nothing is written. Models are written at test time with
 //! `synth::OnnxBuilder`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
-use support::*;
+
+use crate::support::*;
 
 /// Runs the tiny model file `model` on one good image and expects a model
 /// error naming `model`'s file name and containing every one of `words`.
@@ -216,7 +215,7 @@ fn initializers_that_lie_about_their_size() {
     model_error(t, &p, &["wd"]);
 }
 
-/// Found by tests/fuzz.rs: a pooling node whose input has another rank
+/// Found by fuzz.rs: a pooling node whose input has another rank
 /// than its kernel (here after an `Unsqueeze`) made tract panic with an
 /// index out of bounds while preparing the model. It is now an error.
 #[test]
@@ -272,7 +271,7 @@ fn a_model_on_which_tract_panics_is_an_error() {
     );
 }
 
-/// Found by tests/fuzz.rs: a conv bias with another number of values than
+/// Found by fuzz.rs: a conv bias with another number of values than
 /// output channels, or a batch norm whose parameters differ in length,
 /// panicked while the batch norm was folded into the conv (before tract ever
 /// saw the model).
@@ -328,7 +327,7 @@ fn parameters_of_the_wrong_length_are_an_error() {
     );
 }
 
-/// Found by tests/fuzz.rs: a `Transpose` whose `perm` is not a permutation
+/// Found by fuzz.rs: a `Transpose` whose `perm` is not a permutation
 /// (one flipped bit in the file) made tract loop and allocate until the
 /// memory ran out while importing the model.
 #[test]

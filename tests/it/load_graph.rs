@@ -3,15 +3,14 @@
 //! pass, and operators we cannot explain are refused with the operator and
 //! node named (exit 2, one line, no panic).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
 use prost::Message;
-use support::*;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::TensorProto;
+
+use crate::support::*;
 
 /// `[1,3,8,8]` -> Conv 3x3 (4 channels) -> `middle` (writes `m` from `r`)
 /// -> GlobalAveragePool -> Flatten -> Gemm to 3 classes.
