@@ -15,13 +15,6 @@ fn out_name(stem: &str) -> String {
     format!("{stem}.{RULE}.png")
 }
 
-fn json_lines(o: &std::process::Output) -> Vec<Value> {
-    text(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .collect()
-}
-
 /// The JSON report of the input whose file name is `name`.
 fn report<'a>(lines: &'a [Value], name: &str) -> &'a Value {
     lines

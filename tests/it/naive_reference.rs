@@ -57,6 +57,8 @@ use lrp_heatmap::rules::{Bounds, LinearLayer, Rule, STABILIZER};
 use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
 use ndarray::{ArrayD, IxDyn};
 
+use crate::support::{lrp, random_rgb};
+
 // ---------------------------------------------------------------------------
 // The naive reference
 // ---------------------------------------------------------------------------
@@ -3279,8 +3281,6 @@ fn exporter_style_networks_match_the_reference_for_every_composite() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
-
 /// Runs the command with z+ on a random PNG of `net`'s input size and checks
 /// its logits against tract's plain forward of the same file, the
 /// conservation of relevance and the written relevance against the
@@ -3294,10 +3294,7 @@ fn check_cli(what: &str, net: &BuiltNet, dir: &Path, seed: u64) -> Vec<String> {
     } else {
         (s[1], s[2])
     };
-    let mut rng = Rng::new(seed);
-    let img = image::RgbImage::from_fn(w as u32, h as u32, |_, _| {
-        image::Rgb([0, 1, 2].map(|_| (rng.uniform() * 256.0) as u8))
-    });
+    let img = random_rgb(w as u32, h as u32, seed);
     let stem = net.path.file_stem().unwrap().to_string_lossy().into_owned();
     let png = dir.join(format!("{stem}.png"));
     img.save(&png).expect("save png");
@@ -3328,10 +3325,7 @@ fn check_cli(what: &str, net: &BuiltNet, dir: &Path, seed: u64) -> Vec<String> {
     if let Some([sh, sw]) = f.size {
         args.extend(["--input-size".into(), format!("{sh}x{sw}")]);
     }
-    let o = std::process::Command::new(BIN)
-        .args(&args)
-        .output()
-        .expect("binary runs");
+    let o = lrp(&args);
     let stderr = String::from_utf8_lossy(&o.stderr);
     if o.status.code() != Some(0) {
         return vec![format!("{what}: exit {:?}: {stderr}", o.status.code())];
