@@ -1519,7 +1519,7 @@ impl NetBuilder {
 
     /// Conv `k x k`, stride 1, pads `pad`, He-normal weights, bias in +-[0.02, 0.1].
     fn conv(&mut self, x: usize, cout: usize, k: usize, pad: usize) -> usize {
-        let [c, h, w] = self.chw(x);
+        let c = self.chw(x)[0];
         self.convs += 1;
         let dead = self.opts.dead_second_conv && self.convs == 2;
         let fan_in = c * k * k;
@@ -1540,11 +1540,28 @@ impl NetBuilder {
                 })
                 .collect()
         });
+        self.conv_node(x, wv, bv, [cout, c, k, k], 1, pad, 1)
+    }
+
+    /// A `Conv` node with weight `wv` of shape `wshape` and bias `bv`, and
+    /// its reference layer.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_node(
+        &mut self,
+        x: usize,
+        wv: Vec<f32>,
+        bv: Option<Vec<f32>>,
+        wshape: [usize; 4],
+        stride: usize,
+        pad: usize,
+        group: usize,
+    ) -> usize {
+        let [c, h, w] = self.chw(x);
+        let [cout, _, k, _] = wshape;
         let id = self.shapes.len();
         let mut inputs = vec![
             Self::name(x),
-            self.onnx
-                .initializer(&format!("w{id}"), &[cout, c, k, k], &wv),
+            self.onnx.initializer(&format!("w{id}"), &wshape, &wv),
         ];
         if let Some(b) = &bv {
             inputs.push(self.onnx.initializer(&format!("b{id}"), &[cout], b));
@@ -1552,22 +1569,21 @@ impl NetBuilder {
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let attrs = vec![
             Attr::Ints("dilations", vec![1, 1]),
-            Attr::Int("group", 1),
+            Attr::Int("group", group as i64),
             Attr::Ints("kernel_shape", vec![k as i64, k as i64]),
             Attr::Ints("pads", vec![pad as i64; 4]),
-            Attr::Ints("strides", vec![1, 1]),
+            Attr::Ints("strides", vec![stride as i64; 2]),
         ];
         self.onnx.node("Conv", &inputs, &[&Self::name(id)], attrs);
-        let weight = arr(&[cout, c, k, k], wv);
         let bias = bv.map(|b| arr(&[cout], b));
         let (layer, out) = conv_ref(
-            &weight,
+            &arr(&wshape, wv),
             bias.as_ref(),
             [c, h, w],
-            [1, 1],
+            [stride; 2],
             [1, 1],
             [pad; 4],
-            1,
+            group,
         );
         let op = RefOp::Linear {
             layer,
@@ -2510,7 +2526,7 @@ impl NetBuilder {
         pad: usize,
         group: usize,
     ) -> usize {
-        let [c, h, w] = self.chw(x);
+        let c = self.chw(x)[0];
         let cg = c / group;
         let fan_in = cg * k * k;
         let mut wv = he_normal(&mut self.rng, fan_in, cout * fan_in);
@@ -2530,39 +2546,7 @@ impl NetBuilder {
                 })
                 .collect()
         });
-        let id = self.shapes.len();
-        let mut inputs = vec![
-            Self::name(x),
-            self.onnx
-                .initializer(&format!("w{id}"), &[cout, cg, k, k], &wv),
-        ];
-        if let Some(b) = &bv {
-            inputs.push(self.onnx.initializer(&format!("b{id}"), &[cout], b));
-        }
-        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let attrs = vec![
-            Attr::Ints("dilations", vec![1, 1]),
-            Attr::Int("group", group as i64),
-            Attr::Ints("kernel_shape", vec![k as i64, k as i64]),
-            Attr::Ints("pads", vec![pad as i64; 4]),
-            Attr::Ints("strides", vec![stride as i64; 2]),
-        ];
-        self.onnx.node("Conv", &inputs, &[&Self::name(id)], attrs);
-        let bias = bv.map(|b| arr(&[cout], b));
-        let (layer, out) = conv_ref(
-            &arr(&[cout, cg, k, k], wv),
-            bias.as_ref(),
-            [c, h, w],
-            [stride; 2],
-            [1, 1],
-            [pad; 4],
-            group,
-        );
-        let op = RefOp::Linear {
-            layer,
-            dense: false,
-        };
-        self.push(op.clone(), op, vec![x], out.to_vec())
+        self.conv_node(x, wv, bv, [cout, cg, k, k], stride, pad, group)
     }
 
     /// An elementwise activation `op_type` with `attrs` and scalar constant inputs `extra`.
