@@ -49,7 +49,7 @@ pub fn wait_or_kill(child: &mut Child, what: &str, poll: Duration) -> ExitStatus
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} did not finish within 120 s");
+            panic!("{what} did not finish within 120 s (a hang?)");
         }
         std::thread::sleep(poll);
     }
@@ -78,7 +78,7 @@ pub fn run_in(dir: &Path, args: &[&OsStr]) -> Output {
         let _ = se.read_to_end(&mut v);
         v
     });
-    let what = format!("lrp-heatmap {args:?} (a hang)");
+    let what = format!("lrp-heatmap {args:?}");
     let status = wait_or_kill(&mut child, &what, Duration::from_millis(20));
     Output {
         status,
