@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,8 @@ use std::time::Duration;
 use lrp_heatmap::fetch::{self, Options, Target};
 use lrp_heatmap::synth::{vgg16, VggSpec, VggStyle};
 use sha2::{Digest, Sha256};
+
+use crate::support::{repo, text, BIN};
 
 /// How the server answers one path.
 #[derive(Clone)]
@@ -242,14 +244,14 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// A tiny zoo-style VGG16 (input 32x32, 10 classes) as ONNX bytes.
-fn tiny_model() -> Arc<Vec<u8>> {
+fn tiny_vgg_bytes() -> Arc<Vec<u8>> {
     Arc::new(vgg16(&VggSpec::tiny(VggStyle::Zoo)).to_bytes())
 }
 
 /// The binary with the cache in `cache` and no mirror, offline or proxy
 /// settings from the outside.
-fn lrp(cache: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lrp-heatmap"));
+fn lrp_cached(cache: &Path) -> Command {
+    let mut c = Command::new(BIN);
     c.env("LRP_HEATMAP_CACHE", cache);
     for v in [
         "LRP_HEATMAP_MIRROR",
@@ -272,11 +274,7 @@ fn run(c: &mut Command) -> (i32, String, String) {
         stdout,
         stderr,
     } = c.output().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    (status.code().unwrap_or(-1), text(&stdout), text(&stderr))
 }
 
 /// Names in the cache folder, sorted (none if it does not exist).
@@ -290,20 +288,16 @@ fn cache_files(dir: &Path) -> Vec<String> {
     v
 }
 
-fn cat_jpg() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("images/cat.jpg")
-}
-
 #[test]
 fn fetch_by_url_verifies_caches_once_and_the_model_runs_from_the_cache() {
-    let model = tiny_model();
+    let model = tiny_vgg_bytes();
     let sha = sha256_hex(&model);
     let server = Server::start(vec![("/zoo/tiny.onnx", Route::File(model.clone()))]);
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let url = server.url("/zoo/tiny.onnx");
 
-    let (code, out, err) = run(lrp(&cache).args(["fetch", &url, "--sha256", &sha]));
+    let (code, out, err) = run(lrp_cached(&cache).args(["fetch", &url, "--sha256", &sha]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), cache.join("tiny.onnx").display().to_string());
     assert!(
@@ -315,19 +309,19 @@ fn fetch_by_url_verifies_caches_once_and_the_model_runs_from_the_cache() {
     assert_eq!(server.seen(), [("/zoo/tiny.onnx".to_string(), None)]);
 
     // again: verified from the cache, no request
-    let (code, out2, err) = run(lrp(&cache).args(["fetch", &url, "--sha256", &sha]));
+    let (code, out2, err) = run(lrp_cached(&cache).args(["fetch", &url, "--sha256", &sha]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(out2, out);
     assert!(err.contains("is cached and verified"), "{err}");
     assert_eq!(server.count("/zoo/tiny.onnx"), 1);
 
     // `models` lists it; `--model tiny.onnx` runs it from the cache, offline
-    let (code, out, _) = run(lrp(&cache).arg("models"));
+    let (code, out, _) = run(lrp_cached(&cache).arg("models"));
     assert_eq!(code, 0);
     assert!(out.contains("also cached: tiny.onnx"), "{out}");
     let outdir = dir.path().join("out");
-    let (code, out, err) = run(lrp(&cache)
-        .arg(cat_jpg())
+    let (code, out, err) = run(lrp_cached(&cache)
+        .arg(repo("images/cat.jpg"))
         .args(["--model", "tiny.onnx", "--rule", "zplus", "--offline", "-o"])
         .arg(&outdir));
     assert_eq!(code, 0, "{err}");
@@ -338,13 +332,13 @@ fn fetch_by_url_verifies_caches_once_and_the_model_runs_from_the_cache() {
 
 #[test]
 fn a_wrong_checksum_fails_and_leaves_nothing() {
-    let model = tiny_model();
+    let model = tiny_vgg_bytes();
     let mut other = (*model).clone();
     other[1000] ^= 1; // same size, different content
     let server = Server::start(vec![("/bad.onnx", Route::File(Arc::new(other)))]);
     let dir = tempfile::tempdir().unwrap();
     let sha = sha256_hex(&model);
-    let (code, out, err) = run(lrp(dir.path()).args([
+    let (code, out, err) = run(lrp_cached(dir.path()).args([
         "fetch",
         &server.url("/bad.onnx"),
         "--sha256",
@@ -372,7 +366,7 @@ fn a_wrong_checksum_fails_and_leaves_nothing() {
 
 #[test]
 fn a_dropped_connection_is_resumed_with_a_range_request() {
-    let model = tiny_model();
+    let model = tiny_vgg_bytes();
     let half = model.len() / 2;
     let server = Server::start(vec![(
         "/m.onnx",
@@ -383,7 +377,7 @@ fn a_dropped_connection_is_resumed_with_a_range_request() {
         },
     )]);
     let dir = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(lrp(dir.path()).args([
+    let (code, _, err) = run(lrp_cached(dir.path()).args([
         "fetch",
         &server.url("/m.onnx"),
         "--sha256",
@@ -408,7 +402,7 @@ fn a_dropped_connection_is_resumed_with_a_range_request() {
 
 #[test]
 fn an_interrupted_download_is_kept_and_the_next_run_resumes_it() {
-    let model = tiny_model();
+    let model = tiny_vgg_bytes();
     // every attempt of the first run (3) loses the connection after 1000 bytes
     let server = Server::start(vec![(
         "/m.onnx",
@@ -421,7 +415,7 @@ fn an_interrupted_download_is_kept_and_the_next_run_resumes_it() {
     let dir = tempfile::tempdir().unwrap();
     let sha = sha256_hex(&model);
     let url = server.url("/m.onnx");
-    let (code, _, err) = run(lrp(dir.path()).args(["fetch", &url, "--sha256", &sha]));
+    let (code, _, err) = run(lrp_cached(dir.path()).args(["fetch", &url, "--sha256", &sha]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("3000 bytes are kept in"), "{err}");
     assert!(
@@ -434,7 +428,7 @@ fn an_interrupted_download_is_kept_and_the_next_run_resumes_it() {
         model[..3000]
     );
 
-    let (code, _, err) = run(lrp(dir.path()).args(["fetch", &url, "--sha256", &sha]));
+    let (code, _, err) = run(lrp_cached(dir.path()).args(["fetch", &url, "--sha256", &sha]));
     assert_eq!(code, 0, "{err}");
     let ranges: Vec<Option<String>> = server.seen().into_iter().map(|(_, r)| r).collect();
     assert_eq!(
@@ -455,7 +449,8 @@ fn not_found_fails_clearly_and_leaves_nothing() {
     let server = Server::start(vec![]);
     let dir = tempfile::tempdir().unwrap();
     let url = server.url("/missing.onnx");
-    let (code, _, err) = run(lrp(dir.path()).args(["fetch", &url, "--sha256", &"a".repeat(64)]));
+    let (code, _, err) =
+        run(lrp_cached(dir.path()).args(["fetch", &url, "--sha256", &"a".repeat(64)]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains(&format!("{url}: HTTP 404 Not Found")), "{err}");
     assert!(err.contains("missing file missing.onnx"), "{err}");
@@ -470,13 +465,13 @@ fn not_found_fails_clearly_and_leaves_nothing() {
 
 #[test]
 fn redirects_are_followed() {
-    let model = tiny_model();
+    let model = tiny_vgg_bytes();
     let server = Server::start(vec![
         ("/old/tiny.onnx", Route::Redirect("/new/tiny.onnx".into())),
         ("/new/tiny.onnx", Route::File(model.clone())),
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let (code, _, err) = run(lrp(dir.path()).args([
+    let (code, _, err) = run(lrp_cached(dir.path()).args([
         "fetch",
         &server.url("/old/tiny.onnx"),
         "--sha256",
@@ -493,12 +488,15 @@ fn redirects_are_followed() {
 fn registry_names_download_from_the_mirror_on_first_use_and_check_the_size() {
     // The mirror serves a file that is not the 553437328-byte vgg16-7.onnx:
     // refused from its Content-Length before any byte is stored.
-    let server = Server::start(vec![("/mirror/vgg16-7.onnx", Route::File(tiny_model()))]);
+    let server = Server::start(vec![(
+        "/mirror/vgg16-7.onnx",
+        Route::File(tiny_vgg_bytes()),
+    )]);
     let dir = tempfile::tempdir().unwrap();
     let mirror = server.url("/mirror/");
-    let (code, _, err) = run(lrp(dir.path())
+    let (code, _, err) = run(lrp_cached(dir.path())
         .env("LRP_HEATMAP_MIRROR", &mirror)
-        .arg(cat_jpg())
+        .arg(repo("images/cat.jpg"))
         .args(["--model", "vgg16", "--rule", "zplus"]));
     assert_eq!(code, 2, "{err}");
     assert!(
@@ -513,7 +511,7 @@ fn registry_names_download_from_the_mirror_on_first_use_and_check_the_size() {
         cache_files(dir.path())
     );
 
-    let (code, _, err) = run(lrp(dir.path())
+    let (code, _, err) = run(lrp_cached(dir.path())
         .env("LRP_HEATMAP_MIRROR", &mirror)
         .args(["fetch", "vgg16-12"]));
     assert_eq!(code, 2, "{err}");
@@ -524,10 +522,10 @@ fn registry_names_download_from_the_mirror_on_first_use_and_check_the_size() {
 
 #[test]
 fn offline_never_touches_the_network_and_says_what_to_fetch() {
-    let server = Server::start(vec![("/vgg16-7.onnx", Route::File(tiny_model()))]);
+    let server = Server::start(vec![("/vgg16-7.onnx", Route::File(tiny_vgg_bytes()))]);
     let dir = tempfile::tempdir().unwrap();
     let mirror = server.url("");
-    let cat = cat_jpg();
+    let cat = repo("images/cat.jpg");
     let cat = cat.to_str().unwrap();
     let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
         (
@@ -552,7 +550,7 @@ fn offline_never_touches_the_network_and_says_what_to_fetch() {
         ),
     ];
     for (args, env, why) in cases {
-        let mut c = lrp(dir.path());
+        let mut c = lrp_cached(dir.path());
         c.env("LRP_HEATMAP_MIRROR", &mirror).args(&args);
         if let Some(v) = env {
             c.env("LRP_HEATMAP_OFFLINE", v);
@@ -581,7 +579,7 @@ fn models_lists_the_registry_with_cache_states() {
     // an interrupted vgg16-12 download of 1/4 of its 553437752 bytes
     let part = std::fs::File::create(dir.path().join("vgg16-12.onnx.part")).unwrap();
     part.set_len(553437752 / 4).unwrap();
-    let (code, out, err) = run(lrp(dir.path()).arg("models"));
+    let (code, out, err) = run(lrp_cached(dir.path()).arg("models"));
     assert_eq!(code, 0, "{err}");
     let line = |name: &str| {
         out.lines()
@@ -613,7 +611,7 @@ fn models_lists_the_registry_with_cache_states() {
 
 #[test]
 fn two_processes_fetching_the_same_file_download_it_once() {
-    let model = tiny_model();
+    let model = tiny_vgg_bytes();
     // about 2 s per download, so that the two runs overlap
     let server = Server::start(vec![(
         "/slow.onnx",
@@ -626,7 +624,7 @@ fn two_processes_fetching_the_same_file_download_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let (url, sha) = (server.url("/slow.onnx"), sha256_hex(&model));
     let spawn = || {
-        lrp(dir.path())
+        lrp_cached(dir.path())
             .args(["fetch", &url, "--sha256", &sha])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -635,7 +633,7 @@ fn two_processes_fetching_the_same_file_download_it_once() {
     };
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    let err = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let err = |o: &Output| text(&o.stderr);
     assert!(a.status.success(), "{}", err(&a));
     assert!(b.status.success(), "{}", err(&b));
     assert_eq!(a.stdout, b.stdout);
@@ -664,7 +662,7 @@ fn options(cache: &Path) -> Options {
 
 #[test]
 fn library_ensure_times_out_a_stalled_server_resumes_and_then_uses_the_cache() {
-    let model = tiny_model();
+    let model = tiny_vgg_bytes();
     let server = Server::start(vec![(
         "/stall.onnx",
         Route::Stalling {

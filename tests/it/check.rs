@@ -5,29 +5,11 @@
 //! the binary has no hook for that.)
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
-
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn assert_no_panic(o: &Output) {
-    let e = text(&o.stderr);
-    assert!(!e.contains("panicked"), "panic: {e}");
-}
+use crate::support::{assert_no_panic, lrp, repo, save_model, text};
 
 /// A small ReLU net: Conv, BatchNormalization, ReLU, MaxPool, residual Add,
 /// AveragePool, GlobalAveragePool, Flatten, Gemm.
@@ -94,16 +76,14 @@ fn relu_net(dir: &Path) -> PathBuf {
         vec![Attr::Int("transB", 1)],
     );
     b.output("logits", &[]);
-    let path = dir.join("relu-net.onnx");
-    b.save(&path).expect("save model");
-    path
+    save_model(dir, "relu-net.onnx", &b)
 }
 
 #[test]
 fn check_passes_on_a_relu_net_with_lrp0_equal_to_gradient_x_input() {
     let dir = tempfile::tempdir().unwrap();
     let model = relu_net(dir.path());
-    let o = run(&["check", model.to_str().unwrap()]);
+    let o = lrp(&["check", model.to_str().unwrap()]);
     assert_no_panic(&o);
     let out = text(&o.stdout);
     eprintln!("{out}");
@@ -126,7 +106,7 @@ fn check_passes_on_a_relu_net_with_lrp0_equal_to_gradient_x_input() {
 fn check_json_reports_every_figure() {
     let dir = tempfile::tempdir().unwrap();
     let model = relu_net(dir.path());
-    let o = run(&["check", model.to_str().unwrap(), "--json", "--seed", "3"]);
+    let o = lrp(&["check", model.to_str().unwrap(), "--json", "--seed", "3"]);
     assert_no_panic(&o);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let v: Value = serde_json::from_str(text(&o.stdout).trim()).expect("one JSON object");
@@ -144,7 +124,7 @@ fn check_json_reports_every_figure() {
 
 #[test]
 fn check_passes_on_the_bundled_model_at_the_cat_lrp0_not_applicable() {
-    let o = run(&[
+    let o = lrp(&[
         "check",
         repo("models/efficientnet-lite0.onnx").to_str().unwrap(),
         repo("images/cat.jpg").to_str().unwrap(),
@@ -155,7 +135,7 @@ fn check_passes_on_the_bundled_model_at_the_cat_lrp0_not_applicable() {
     let out = text(&o.stdout);
     eprintln!("{out}");
     assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
-    // top-1 at the cat (see tests/cli.rs)
+    // top-1 at the cat (see cli.rs)
     assert!(out.contains("class 285"), "{out}");
     let lrp0 = out.lines().find(|l| l.contains("LRP-0")).unwrap();
     assert!(
@@ -169,14 +149,14 @@ fn check_passes_on_the_bundled_model_at_the_cat_lrp0_not_applicable() {
 fn inspect_verify_runs_the_check_after_the_report() {
     let dir = tempfile::tempdir().unwrap();
     let model = relu_net(dir.path());
-    let o = run(&["inspect", "--verify", model.to_str().unwrap()]);
+    let o = lrp(&["inspect", "--verify", model.to_str().unwrap()]);
     assert_no_panic(&o);
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
     assert!(out.contains("supported: yes"), "{out}");
     assert!(out.contains("check: passed"), "{out}");
     // without --verify: no check
-    let o = run(&["inspect", model.to_str().unwrap()]);
+    let o = lrp(&["inspect", model.to_str().unwrap()]);
     assert!(!text(&o.stdout).contains("check:"));
 }
 
@@ -184,7 +164,7 @@ fn inspect_verify_runs_the_check_after_the_report() {
 fn check_errors_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.onnx");
-    let o = run(&["check", missing.to_str().unwrap()]);
+    let o = lrp(&["check", missing.to_str().unwrap()]);
     assert_no_panic(&o);
     assert_eq!(o.status.code(), Some(2));
     let e = text(&o.stderr);
@@ -193,7 +173,7 @@ fn check_errors_are_usage_errors() {
         "{e}"
     );
     let model = relu_net(dir.path());
-    let o = run(&["check", model.to_str().unwrap(), "--class", "7"]);
+    let o = lrp(&["check", model.to_str().unwrap(), "--class", "7"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         text(&o.stderr).contains("class 7 out of range"),
@@ -202,7 +182,7 @@ fn check_errors_are_usage_errors() {
     );
     let not_image = dir.path().join("notes.png");
     std::fs::write(&not_image, b"not a png").unwrap();
-    let o = run(&[
+    let o = lrp(&[
         "check",
         model.to_str().unwrap(),
         not_image.to_str().unwrap(),
@@ -240,9 +220,7 @@ fn pooled_net(dir: &Path, w: f32, bias: f32) -> PathBuf {
         vec![Attr::Int("transB", 1)],
     );
     b.output("logits", &[]);
-    let path = dir.join(format!("pooled-{w}.onnx"));
-    b.save(&path).expect("save model");
-    path
+    save_model(dir, &format!("pooled-{w}.onnx"), &b)
 }
 
 #[test]
@@ -255,7 +233,7 @@ fn explaining_warns_where_rounding_picks_the_max_pool_winners() {
     // weights of 1e-6 against a bias of 1: maxima a few 1e-6 apart (tens
     // of f32 steps at 1, below the 1e-5 tolerance)
     let tied = pooled_net(dir.path(), 1e-6, 1.0);
-    let o = run(&[img, "-m", tied.to_str().unwrap(), "-o", out, "-q", "--json"]);
+    let o = lrp(&[img, "-m", tied.to_str().unwrap(), "-o", out, "-q", "--json"]);
     assert_no_panic(&o);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let v: Value = serde_json::from_str(text(&o.stdout).trim()).expect("one JSON object");
@@ -264,7 +242,7 @@ fn explaining_warns_where_rounding_picks_the_max_pool_winners() {
     assert!(w[0].as_str().unwrap().contains("1 of 1 max pools"), "{v}");
     // the same net with weights of 1 and no bias: clear winners, no warning
     let clear = pooled_net(dir.path(), 1.0, 0.0);
-    let o = run(&[
+    let o = lrp(&[
         img,
         "-m",
         clear.to_str().unwrap(),

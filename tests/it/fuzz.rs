@@ -13,14 +13,17 @@
 //! tract and the relevance pass.
 //!
 //! `cargo test` runs a fixed-seed handful of cases ([`DEFAULT_CASES`]). A
-//! longer run: `LRP_FUZZ_CASES=20000 cargo test --test fuzz`
+//! longer run: `LRP_FUZZ_CASES=20000 cargo test --test it -- fuzz::`
 //! (random seed unless `LRP_FUZZ_SEED` is set; each case then runs in a
 //! forked process with a timeout, so a crash or hang is reported with its
 //! input rather than ending the run).
-
-mod support;
+//!
+//! Each fuzz target runs in a child process of the test binary, the only
+//! process with the memory limit ([`under_memory_limit`]): the other tests
+//! share the test binary's process.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -31,10 +34,11 @@ use lrp_heatmap::preprocess::{decode_bytes, DecodeLimits, Normalization};
 use lrp_heatmap::synth::{he_normal, vgg16, Attr, OnnxBuilder, Rng, VggSpec, VggStyle};
 use ndarray::ArrayD;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed};
+use proptest::test_runner::{contextualize_config, Config, RngSeed, TestCaseResult, TestRunner};
 use prost::Message;
-use support::*;
 use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto, ModelProto};
+
+use crate::support::*;
 
 /// Cases per target in a plain `cargo test`.
 const DEFAULT_CASES: u32 = 64;
@@ -45,6 +49,9 @@ const MAX_PIXELS: u64 = 4_000_000;
 /// Address-space limit of the fuzzing process: a mutated model that gets an
 /// allocation past it aborts the process, which is a finding.
 const MEMORY_LIMIT: u64 = 6 << 30;
+/// Set, to the test's name, in the child process that runs a fuzz target
+/// under the memory limit (and so in the processes proptest forks from it).
+const CHILD: &str = "LRP_FUZZ_CHILD";
 
 fn config() -> Config {
     let cases = std::env::var("LRP_FUZZ_CASES")
@@ -54,7 +61,6 @@ fn config() -> Config {
         .ok()
         .and_then(|v| v.parse().ok());
     let long = cases.is_some();
-    limit_memory();
     Config {
         cases: cases.unwrap_or(DEFAULT_CASES),
         rng_seed: match seed {
@@ -86,6 +92,58 @@ fn limit_memory() {
 
 #[cfg(not(unix))]
 fn limit_memory() {}
+
+/// Runs `target`, the work of the test `name` (its path, crate first), under
+/// [`MEMORY_LIMIT`]: in a child process of the test binary that runs this
+/// test alone. The limit holds for a whole process and all it starts, so set
+/// in the test binary's own process it would also bind the tests running
+/// beside the target (and the binaries they run), and an abort there would
+/// end them all; in the child it fails this test only, with the child's
+/// output.
+fn under_memory_limit(name: &str, target: impl FnOnce()) {
+    let test = name.split_once("::").map_or(name, |(_, t)| t);
+    if std::env::var_os(CHILD).is_some_and(|v| v == test) {
+        limit_memory();
+        return target();
+    }
+    let exe = std::env::current_exe().expect("path of the test binary");
+    // `--nocapture` last: the forks of a long run get these arguments again
+    // through rusty-fork, which takes the word after `--nocapture` for its value
+    let o = Command::new(exe)
+        .args([test, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, test)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the test binary runs");
+    let (out, err) = (text(&o.stdout), text(&o.stderr));
+    print!("{out}");
+    eprint!("{err}");
+    assert!(
+        o.status.success(),
+        "{test} failed in its child process: {}",
+        o.status
+    );
+    assert!(
+        out.contains("test result: ok. 1 passed"),
+        "the child process ran no test {test}"
+    );
+}
+
+/// Runs the property `test` on values of `strategy` as `proptest!` does, with
+/// [`config`], in a child process under the memory limit
+/// ([`under_memory_limit`]). `name` is the path of the test function that
+/// calls it: a long run's forks run that test.
+fn fuzz<S: Strategy>(name: &'static str, strategy: S, test: impl Fn(S::Value) -> TestCaseResult) {
+    under_memory_limit(name, || {
+        let mut config = contextualize_config(config());
+        config.source_file = Some(file!());
+        config.test_name = Some(name);
+        let mut runner = TestRunner::new(config);
+        if let Err(e) = runner.run(&strategy, test) {
+            panic!("{e}\n{runner}");
+        }
+    });
+}
 
 // ---------------------------------------------------------------- seeds
 
@@ -584,43 +642,61 @@ fn timed(what: &str, f: impl FnOnce()) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(config())]
-
-    #[test]
-    fn mutated_images_decode_or_fail_cleanly(
-        seed in any::<prop::sample::Index>(),
-        edits in proptest::collection::vec(byte_edit(), 1..6),
-    ) {
+#[test]
+fn mutated_images_decode_or_fail_cleanly() {
+    let strategy = (
+        any::<prop::sample::Index>(),
+        proptest::collection::vec(byte_edit(), 1..6),
+    );
+    let name = concat!(module_path!(), "::mutated_images_decode_or_fail_cleanly");
+    fuzz(name, strategy, |(seed, edits)| {
         let seeds = image_seeds();
         let bytes = apply_bytes(&seeds[seed.index(seeds.len())], &edits);
-        let limits = DecodeLimits { max_pixels: MAX_PIXELS };
+        let limits = DecodeLimits {
+            max_pixels: MAX_PIXELS,
+        };
         let mut out = None;
         timed("decoding", || out = Some(decode_bytes(&bytes, &limits)))?;
         if let Some(Ok(img)) = out {
             prop_assert!(img.width() as u64 * img.height() as u64 <= MAX_PIXELS);
         }
-    }
+        Ok(())
+    });
+}
 
-    #[test]
-    fn mutated_model_bytes_load_or_fail_cleanly(
-        seed in any::<prop::sample::Index>(),
-        edits in proptest::collection::vec(byte_edit(), 1..5),
-    ) {
+#[test]
+fn mutated_model_bytes_load_or_fail_cleanly() {
+    let strategy = (
+        any::<prop::sample::Index>(),
+        proptest::collection::vec(byte_edit(), 1..5),
+    );
+    let name = concat!(module_path!(), "::mutated_model_bytes_load_or_fail_cleanly");
+    fuzz(name, strategy, |(seed, edits)| {
         let seeds = model_seeds();
         let bytes = apply_bytes(&seeds[seed.index(seeds.len())], &edits);
-        timed("loading", || { exercise_model(&bytes); })?;
-    }
+        timed("loading", || {
+            exercise_model(&bytes);
+        })
+    });
+}
 
-    #[test]
-    fn mutated_model_graphs_load_or_fail_cleanly(
-        seed in any::<prop::sample::Index>(),
-        edits in proptest::collection::vec(model_edit(), 1..4),
-    ) {
+#[test]
+fn mutated_model_graphs_load_or_fail_cleanly() {
+    let strategy = (
+        any::<prop::sample::Index>(),
+        proptest::collection::vec(model_edit(), 1..4),
+    );
+    let name = concat!(
+        module_path!(),
+        "::mutated_model_graphs_load_or_fail_cleanly"
+    );
+    fuzz(name, strategy, |(seed, edits)| {
         let seeds = model_seeds();
         let bytes = apply_model(&seeds[seed.index(seeds.len())], &edits);
-        timed("loading", || { exercise_model(&bytes); })?;
-    }
+        timed("loading", || {
+            exercise_model(&bytes);
+        })
+    });
 }
 
 /// The seeds themselves are valid: every image decodes and every model
@@ -638,9 +714,10 @@ fn seeds_are_valid() {
     }
 }
 
-/// How deep the model mutations get (`cargo test --test fuzz -- --ignored
-/// --nocapture`): of 2000 mutated models per kind, how many load, run and
-/// are explained. A fuzzer whose inputs all fail at the parser tests little.
+/// How deep the model mutations get (`cargo test --test it --
+/// fuzz::model_mutation_depth --ignored --nocapture`): of 2000 mutated
+/// models per kind, how many load, run and are explained. A fuzzer whose
+/// inputs all fail at the parser tests little.
 #[test]
 #[ignore]
 fn model_mutation_depth() {

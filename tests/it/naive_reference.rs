@@ -57,6 +57,8 @@ use lrp_heatmap::rules::{Bounds, LinearLayer, Rule, STABILIZER};
 use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
 use ndarray::{ArrayD, IxDyn};
 
+use crate::support::{lrp, random_rgb};
+
 // ---------------------------------------------------------------------------
 // The naive reference
 // ---------------------------------------------------------------------------
@@ -1517,7 +1519,7 @@ impl NetBuilder {
 
     /// Conv `k x k`, stride 1, pads `pad`, He-normal weights, bias in +-[0.02, 0.1].
     fn conv(&mut self, x: usize, cout: usize, k: usize, pad: usize) -> usize {
-        let [c, h, w] = self.chw(x);
+        let c = self.chw(x)[0];
         self.convs += 1;
         let dead = self.opts.dead_second_conv && self.convs == 2;
         let fan_in = c * k * k;
@@ -1538,11 +1540,28 @@ impl NetBuilder {
                 })
                 .collect()
         });
+        self.conv_node(x, wv, bv, [cout, c, k, k], 1, pad, 1)
+    }
+
+    /// A `Conv` node with weight `wv` of shape `wshape` and bias `bv`, and
+    /// its reference layer.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_node(
+        &mut self,
+        x: usize,
+        wv: Vec<f32>,
+        bv: Option<Vec<f32>>,
+        wshape: [usize; 4],
+        stride: usize,
+        pad: usize,
+        group: usize,
+    ) -> usize {
+        let [c, h, w] = self.chw(x);
+        let [cout, _, k, _] = wshape;
         let id = self.shapes.len();
         let mut inputs = vec![
             Self::name(x),
-            self.onnx
-                .initializer(&format!("w{id}"), &[cout, c, k, k], &wv),
+            self.onnx.initializer(&format!("w{id}"), &wshape, &wv),
         ];
         if let Some(b) = &bv {
             inputs.push(self.onnx.initializer(&format!("b{id}"), &[cout], b));
@@ -1550,22 +1569,21 @@ impl NetBuilder {
         let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let attrs = vec![
             Attr::Ints("dilations", vec![1, 1]),
-            Attr::Int("group", 1),
+            Attr::Int("group", group as i64),
             Attr::Ints("kernel_shape", vec![k as i64, k as i64]),
             Attr::Ints("pads", vec![pad as i64; 4]),
-            Attr::Ints("strides", vec![1, 1]),
+            Attr::Ints("strides", vec![stride as i64; 2]),
         ];
         self.onnx.node("Conv", &inputs, &[&Self::name(id)], attrs);
-        let weight = arr(&[cout, c, k, k], wv);
         let bias = bv.map(|b| arr(&[cout], b));
         let (layer, out) = conv_ref(
-            &weight,
+            &arr(&wshape, wv),
             bias.as_ref(),
             [c, h, w],
-            [1, 1],
+            [stride; 2],
             [1, 1],
             [pad; 4],
-            1,
+            group,
         );
         let op = RefOp::Linear {
             layer,
@@ -2508,7 +2526,7 @@ impl NetBuilder {
         pad: usize,
         group: usize,
     ) -> usize {
-        let [c, h, w] = self.chw(x);
+        let c = self.chw(x)[0];
         let cg = c / group;
         let fan_in = cg * k * k;
         let mut wv = he_normal(&mut self.rng, fan_in, cout * fan_in);
@@ -2528,39 +2546,7 @@ impl NetBuilder {
                 })
                 .collect()
         });
-        let id = self.shapes.len();
-        let mut inputs = vec![
-            Self::name(x),
-            self.onnx
-                .initializer(&format!("w{id}"), &[cout, cg, k, k], &wv),
-        ];
-        if let Some(b) = &bv {
-            inputs.push(self.onnx.initializer(&format!("b{id}"), &[cout], b));
-        }
-        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let attrs = vec![
-            Attr::Ints("dilations", vec![1, 1]),
-            Attr::Int("group", group as i64),
-            Attr::Ints("kernel_shape", vec![k as i64, k as i64]),
-            Attr::Ints("pads", vec![pad as i64; 4]),
-            Attr::Ints("strides", vec![stride as i64; 2]),
-        ];
-        self.onnx.node("Conv", &inputs, &[&Self::name(id)], attrs);
-        let bias = bv.map(|b| arr(&[cout], b));
-        let (layer, out) = conv_ref(
-            &arr(&[cout, cg, k, k], wv),
-            bias.as_ref(),
-            [c, h, w],
-            [stride; 2],
-            [1, 1],
-            [pad; 4],
-            group,
-        );
-        let op = RefOp::Linear {
-            layer,
-            dense: false,
-        };
-        self.push(op.clone(), op, vec![x], out.to_vec())
+        self.conv_node(x, wv, bv, [cout, cg, k, k], stride, pad, group)
     }
 
     /// An elementwise activation `op_type` with `attrs` and scalar constant inputs `extra`.
@@ -3279,8 +3265,6 @@ fn exporter_style_networks_match_the_reference_for_every_composite() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
-
 /// Runs the command with z+ on a random PNG of `net`'s input size and checks
 /// its logits against tract's plain forward of the same file, the
 /// conservation of relevance and the written relevance against the
@@ -3294,10 +3278,7 @@ fn check_cli(what: &str, net: &BuiltNet, dir: &Path, seed: u64) -> Vec<String> {
     } else {
         (s[1], s[2])
     };
-    let mut rng = Rng::new(seed);
-    let img = image::RgbImage::from_fn(w as u32, h as u32, |_, _| {
-        image::Rgb([0, 1, 2].map(|_| (rng.uniform() * 256.0) as u8))
-    });
+    let img = random_rgb(w as u32, h as u32, seed);
     let stem = net.path.file_stem().unwrap().to_string_lossy().into_owned();
     let png = dir.join(format!("{stem}.png"));
     img.save(&png).expect("save png");
@@ -3328,10 +3309,7 @@ fn check_cli(what: &str, net: &BuiltNet, dir: &Path, seed: u64) -> Vec<String> {
     if let Some([sh, sw]) = f.size {
         args.extend(["--input-size".into(), format!("{sh}x{sw}")]);
     }
-    let o = std::process::Command::new(BIN)
-        .args(&args)
-        .output()
-        .expect("binary runs");
+    let o = lrp(&args);
     let stderr = String::from_utf8_lossy(&o.stderr);
     if o.status.code() != Some(0) {
         return vec![format!("{what}: exit {:?}: {stderr}", o.status.code())];

@@ -1,40 +1,28 @@
 //! `lrp-heatmap compare`: one grid per run, rows x (1 + analyzers) tiles.
 
-use std::path::Path;
-use std::process::Command;
-
 use lrp_heatmap::grid::grid_layout;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::support::{lrp, repo, text};
 
 #[test]
 fn compare_grid_has_a_row_per_image_and_a_tile_per_analyzer() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
+    let images = repo("images");
     let bad = tmp.path().join("bad.png");
     std::fs::write(&bad, b"not a png").unwrap();
     let out = tmp.path().join("grid");
-    let o = Command::new(BIN)
-        .args([
-            "compare",
-            repo.join("cat.jpg").to_str().unwrap(),
-            repo.join("coffee.jpg").to_str().unwrap(),
-        ])
-        .arg(bad.to_str().unwrap())
-        .args([
-            "--rules",
-            "epsilon,zplus,gradient",
-            "--tile",
-            "64",
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = lrp(&[
+        "compare",
+        images.join("cat.jpg").to_str().unwrap(),
+        images.join("coffee.jpg").to_str().unwrap(),
+        bad.to_str().unwrap(),
+        "--rules",
+        "epsilon,zplus,gradient",
+        "--tile",
+        "64",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     let err = text(&o.stderr);
     assert!(!err.contains("panicked"), "{err}");
     // the bad file is reported and left out; the grid is still written
@@ -56,28 +44,23 @@ fn compare_grid_has_a_row_per_image_and_a_tile_per_analyzer() {
 #[test]
 fn compare_html_page_lists_every_analyzer() {
     let tmp = tempfile::tempdir().unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
     let out = tmp.path().join("page");
-    let o = Command::new(BIN)
-        .args([
-            "compare",
-            repo.join("cat.jpg").to_str().unwrap(),
-            "--format",
-            "html",
-            "--tile",
-            "48",
-        ])
-        .args([
-            "--rules",
-            "epsilon-plus-flat,smoothgrad,integrated-gradients",
-            "--samples",
-            "4",
-            "--steps",
-            "4",
-        ])
-        .args(["-o", out.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = lrp(&[
+        "compare",
+        repo("images/cat.jpg").to_str().unwrap(),
+        "--format",
+        "html",
+        "--tile",
+        "48",
+        "--rules",
+        "epsilon-plus-flat,smoothgrad,integrated-gradients",
+        "--samples",
+        "4",
+        "--steps",
+        "4",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let page = std::fs::read_to_string(out.join("compare.html")).unwrap();
     for name in [
@@ -95,10 +78,7 @@ fn compare_html_page_lists_every_analyzer() {
 
 #[test]
 fn unknown_analyzer_is_a_usage_error() {
-    let o = Command::new(BIN)
-        .args(["compare", "x.jpg", "--rules", "epsilon,nonsense"])
-        .output()
-        .unwrap();
+    let o = lrp(&["compare", "x.jpg", "--rules", "epsilon,nonsense"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("nonsense"));
 }

@@ -2,19 +2,8 @@
 //! with `--out`, `--skip-existing` resumes, JSON lines as images finish.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::support::{files_below, json_lines, lrp, repo, text};
 
 /// A folder with two photos (one in a sub-folder), a corrupt JPEG, a truncated
 /// JPEG, a text file named like an image, a text file, a hidden image and an
@@ -22,34 +11,17 @@ fn text(b: &[u8]) -> String {
 fn messy_folder(root: &Path) -> PathBuf {
     let dir = root.join("photos");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
-    std::fs::copy(repo.join("cat.jpg"), dir.join("cat.jpg")).unwrap();
-    std::fs::copy(repo.join("coffee.jpg"), dir.join("sub/coffee.JPG")).unwrap();
-    std::fs::copy(repo.join("cat.jpg"), dir.join(".hidden.jpg")).unwrap();
-    std::fs::copy(repo.join("cat.jpg"), dir.join("old.zplus.png")).unwrap();
+    let images = repo("images");
+    std::fs::copy(images.join("cat.jpg"), dir.join("cat.jpg")).unwrap();
+    std::fs::copy(images.join("coffee.jpg"), dir.join("sub/coffee.JPG")).unwrap();
+    std::fs::copy(images.join("cat.jpg"), dir.join(".hidden.jpg")).unwrap();
+    std::fs::copy(images.join("cat.jpg"), dir.join("old.zplus.png")).unwrap();
     std::fs::write(dir.join("corrupt.jpg"), [0xFFu8, 0xD8, 0xFF, 0xE0, 1, 2, 3]).unwrap();
-    let cat = std::fs::read(repo.join("cat.jpg")).unwrap();
+    let cat = std::fs::read(images.join("cat.jpg")).unwrap();
     std::fs::write(dir.join("truncated.jpg"), &cat[..cat.len() / 2]).unwrap();
     std::fs::write(dir.join("letter.png"), b"Dear reader, this is not a PNG.").unwrap();
     std::fs::write(dir.join("notes.txt"), b"not an image").unwrap();
     dir
-}
-
-fn files_below(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().filter_map(|e| e.ok()) {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 #[test]
@@ -57,7 +29,7 @@ fn a_folder_with_bad_files_goes_on_and_mirrors_below_out() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = messy_folder(tmp.path());
     let out = tmp.path().join("out");
-    let o = run(&[
+    let o = lrp(&[
         dir.to_str().unwrap(),
         "--recursive",
         "-r",
@@ -88,10 +60,7 @@ fn a_folder_with_bad_files_goes_on_and_mirrors_below_out() {
         vec!["photos/cat.zplus.png", "photos/sub/coffee.zplus.png"]
     );
     // one JSON object per line, errors included
-    let lines: Vec<Value> = text(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let lines = json_lines(&o);
     assert_eq!(lines.len(), 5);
     assert_eq!(lines.iter().filter(|v| v.get("error").is_some()).count(), 3);
     let cat = lines
@@ -101,7 +70,7 @@ fn a_folder_with_bad_files_goes_on_and_mirrors_below_out() {
     assert_eq!(cat["class"], 285);
     // without --recursive the sub-folder is left alone
     let flat_out = tmp.path().join("flat");
-    let o = run(&[
+    let o = lrp(&[
         dir.to_str().unwrap(),
         "-r",
         "zplus",
@@ -118,17 +87,16 @@ fn skip_existing_resumes_a_batch() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("in");
     std::fs::create_dir_all(&dir).unwrap();
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("images");
     for f in ["cat.jpg", "coffee.jpg"] {
-        std::fs::copy(repo.join(f), dir.join(f)).unwrap();
+        std::fs::copy(repo(&format!("images/{f}")), dir.join(f)).unwrap();
     }
-    let o = run(&[dir.join("cat.jpg").to_str().unwrap(), "-r", "epsilon-plus"]);
+    let o = lrp(&[dir.join("cat.jpg").to_str().unwrap(), "-r", "epsilon-plus"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let before = std::fs::metadata(dir.join("cat.epsilon-plus.png"))
         .unwrap()
         .modified()
         .unwrap();
-    let o = run(&[
+    let o = lrp(&[
         dir.to_str().unwrap(),
         "-r",
         "epsilon-plus",
@@ -141,10 +109,7 @@ fn skip_existing_resumes_a_batch() {
         "{}",
         text(&o.stderr)
     );
-    let lines: Vec<Value> = text(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&o);
     assert_eq!(lines.len(), 1);
     assert!(lines[0]["input"].as_str().unwrap().ends_with("coffee.jpg"));
     let after = std::fs::metadata(dir.join("cat.epsilon-plus.png"))

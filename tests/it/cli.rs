@@ -1,32 +1,11 @@
 //! End-to-end tests of the `lrp-heatmap` binary, run in temporary folders.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use lrp_heatmap::npy::read_npy_f32;
 use lrp_heatmap::synth::{vgg16, VggSpec, VggStyle};
-use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
-
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn json_lines(o: &Output) -> Vec<Value> {
-    text(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .collect()
-}
+use crate::support::{assert_no_panic, json_lines, lrp, repo, save_model, text};
 
 /// Copies a photo of the repository into `dir`.
 fn photo(dir: &Path, name: &str) -> PathBuf {
@@ -37,23 +16,15 @@ fn photo(dir: &Path, name: &str) -> PathBuf {
 
 /// Writes a reduced-width VGG16 (13 conv, 5 max-pool, 3 dense, 32x32 input, 10 classes).
 fn tiny_vgg(dir: &Path, style: VggStyle) -> PathBuf {
-    let path = dir.join(format!("vgg16-tiny-{style:?}.onnx"));
-    vgg16(&VggSpec::tiny(style))
-        .save(&path)
-        .expect("save model");
-    path
-}
-
-fn assert_no_panic(o: &Output) {
-    let e = text(&o.stderr);
-    assert!(!e.contains("panicked"), "panic: {e}");
+    let name = format!("vgg16-tiny-{style:?}.onnx");
+    save_model(dir, &name, &vgg16(&VggSpec::tiny(style)))
 }
 
 #[test]
 fn bundled_model_explains_the_cat_as_egyptian_cat() {
     let dir = tempfile::tempdir().unwrap();
     let cat = photo(dir.path(), "cat.jpg");
-    let o = run(&[cat.to_str().unwrap()]);
+    let o = lrp(&[cat.to_str().unwrap()]);
     assert_no_panic(&o);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let out = text(&o.stdout);
@@ -75,7 +46,7 @@ fn json_report_has_every_field_and_raw_relevance_matches_it() {
     let dir = tempfile::tempdir().unwrap();
     let cat = photo(dir.path(), "cat.jpg");
     let out = dir.path().join("out");
-    let o = run(&[
+    let o = lrp(&[
         cat.to_str().unwrap(),
         "--json",
         "--raw",
@@ -128,7 +99,7 @@ fn json_report_has_every_field_and_raw_relevance_matches_it() {
 fn class_by_label_substring() {
     let dir = tempfile::tempdir().unwrap();
     let cat = photo(dir.path(), "cat.jpg");
-    let o = run(&[cat.to_str().unwrap(), "--json", "--class", "tabby"]);
+    let o = lrp(&[cat.to_str().unwrap(), "--json", "--class", "tabby"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(json_lines(&o)[0]["class"], 281);
 }
@@ -141,7 +112,7 @@ fn every_rule_runs_on_vgg16_shaped_models_of_both_exporters() {
         let model = tiny_vgg(dir.path(), style);
         for (rule, _) in lrp_heatmap::composite::NAMES {
             let out = dir.path().join(format!("{style:?}"));
-            let o = run(&[
+            let o = lrp(&[
                 cat.to_str().unwrap(),
                 "-m",
                 model.to_str().unwrap(),
@@ -177,7 +148,7 @@ fn zplus_conserves_relevance_on_a_vgg16_shaped_model() {
     let dir = tempfile::tempdir().unwrap();
     let cat = photo(dir.path(), "cat.jpg");
     let model = tiny_vgg(dir.path(), VggStyle::Torchvision);
-    let o = run(&[
+    let o = lrp(&[
         cat.to_str().unwrap(),
         "-m",
         model.to_str().unwrap(),
@@ -204,7 +175,7 @@ fn a_bad_input_fails_alone_and_the_others_are_written() {
     let bad = dir.path().join("broken.jpg");
     std::fs::write(&bad, b"this is not a jpeg").unwrap();
     let missing = dir.path().join("missing.png");
-    let o = run(&[
+    let o = lrp(&[
         bad.to_str().unwrap(),
         missing.to_str().unwrap(),
         cat.to_str().unwrap(),
@@ -248,7 +219,7 @@ fn usage_and_model_errors_exit_2_with_one_line() {
         (vec![c, "-m", empty.to_str().unwrap()], "empty.onnx"),
     ];
     for (args, needle) in cases {
-        let o = run(&args);
+        let o = lrp(&args);
         assert_no_panic(&o);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
         let err = text(&o.stderr);

@@ -3,33 +3,20 @@
 //! and nothing is written. Models are written at test time with
 //! `synth::OnnxBuilder`.
 
-mod support;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
-use support::*;
 
-/// Runs the tiny model file `model` on one good image and expects a model
-/// error naming `model`'s file name and containing every one of `words`.
+use crate::support::{self, *};
+
+/// [`support::model_error`] (a model error naming `model` and every one of
+/// `words`), and nothing was written.
 fn model_error(t: &Path, model: &Path, words: &[&str]) -> String {
-    let img = good_png(t, "good.png");
+    good_png(t, "good.png");
     let before = files_below(t);
-    let o = run(t, &[img.to_str().unwrap(), "-m", model.to_str().unwrap()]);
-    let name = model.file_name().unwrap().to_str().unwrap();
-    let err = check_usage_error(&o, name);
-    println!("{err}");
-    for w in words {
-        assert!(err.contains(w), "expected '{w}' in: {err}");
-    }
+    let err = support::model_error(t, model, words);
     assert_eq!(files_below(t), before, "something was written: {err}");
     err
-}
-
-fn save(t: &Path, name: &str, b: &OnnxBuilder) -> PathBuf {
-    let p = t.join(name);
-    b.save(&p).unwrap();
-    p
 }
 
 #[test]
@@ -70,7 +57,7 @@ fn an_operator_without_an_lrp_rule_is_named_with_its_node() {
     b.initializer("wd", &[4, 3], &he_normal(&mut rng, 4, 12));
     b.node("MatMul", &["f", "wd"], &["y"], vec![]);
     b.output("y", &[1, 3]);
-    let p = save(t, "lrn.onnx", &b);
+    let p = save_model(t, "lrn.onnx", &b);
     model_error(t, &p, &["'LRN'", "'LRN_2'"]);
 }
 
@@ -85,21 +72,21 @@ fn models_that_are_not_image_classifiers() {
     b.initializer("w", &[12, 3], &he_normal(&mut rng, 12, 36));
     b.node("MatMul", &["x", "w"], &["y"], vec![]);
     b.output("y", &[1, 3]);
-    model_error(t, &save(t, "rank2.onnx", &b), &["rank 2"]);
+    model_error(t, &save_model(t, "rank2.onnx", &b), &["rank 2"]);
     // 5 channels
     let mut b = OnnxBuilder::new(13);
     b.input("x", &[1, 5, 8, 8]);
     b.node("GlobalAveragePool", &["x"], &["g"], vec![]);
     b.node("Flatten", &["g"], &["y"], vec![]);
     b.output("y", &[1, 5]);
-    model_error(t, &save(t, "five.onnx", &b), &["channels"]);
+    model_error(t, &save_model(t, "five.onnx", &b), &["channels"]);
     // a batch of 4
     let mut b = OnnxBuilder::new(13);
     b.input("x", &[4, 3, 8, 8]);
     b.node("GlobalAveragePool", &["x"], &["g"], vec![]);
     b.node("Flatten", &["g"], &["y"], vec![]);
     b.output("y", &[4, 3]);
-    model_error(t, &save(t, "batch4.onnx", &b), &["batch"]);
+    model_error(t, &save_model(t, "batch4.onnx", &b), &["batch"]);
     // an absurd input size: refused before anything is allocated for it
     // (tract's optimisation of the conv alone would allocate 80 GB: a fuzz
     // finding)
@@ -110,7 +97,7 @@ fn models_that_are_not_image_classifiers() {
     b.node("GlobalAveragePool", &["c"], &["g"], vec![]);
     b.node("Flatten", &["g"], &["y"], vec![]);
     b.output("y", &[1, 3]);
-    model_error(t, &save(t, "vast.onnx", &b), &["100000", "GB"]);
+    model_error(t, &save_model(t, "vast.onnx", &b), &["100000", "GB"]);
     // a segmentation-like output (a map, not a vector of scores)
     let mut b = OnnxBuilder::new(13);
     b.input("x", &[1, 3, 8, 8]);
@@ -119,7 +106,7 @@ fn models_that_are_not_image_classifiers() {
     b.output("y", &[1, 4, 6, 6]);
     model_error(
         t,
-        &save(t, "map.onnx", &b),
+        &save_model(t, "map.onnx", &b),
         &["not a vector of class scores"],
     );
     // a single score
@@ -132,7 +119,7 @@ fn models_that_are_not_image_classifiers() {
     b.output("y", &[1, 1]);
     model_error(
         t,
-        &save(t, "one-score.onnx", &b),
+        &save_model(t, "one-score.onnx", &b),
         &["not a vector of class scores"],
     );
     // an output that does not depend on the image
@@ -141,31 +128,19 @@ fn models_that_are_not_image_classifiers() {
     b.initializer("k", &[1, 3], &[1.0, 2.0, 3.0]);
     b.node("Identity", &["k"], &["y"], vec![]);
     b.output("y", &[1, 3]);
-    model_error(t, &save(t, "constant.onnx", &b), &["does not depend"]);
+    model_error(t, &save_model(t, "constant.onnx", &b), &["does not depend"]);
 }
 
-/// The tiny classifier with its dense weight `wd` ([3, 4]) in `weights.bin`
-/// at `location`; returns the builder and the weight file's content.
+/// The tiny classifier of [`conv_classifier`] (seed 7, opset 13, a ReLU in
+/// the middle) with its dense weight `wd` ([3, 4]) in `weights.bin` at
+/// `location`; returns the builder and the weight file's content.
 fn external_model(location: &str, offset: usize) -> (OnnxBuilder, Vec<u8>) {
-    let mut rng = Rng::new(7);
-    let mut b = OnnxBuilder::new(13);
-    b.input("x", &[1, 3, 8, 8]);
-    b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
-    b.node(
-        "Conv",
-        &["x", "w"],
-        &["c"],
-        vec![Attr::Ints("pads", vec![1, 1, 1, 1])],
-    );
-    b.node("Relu", &["c"], &["r"], vec![]);
-    b.node("GlobalAveragePool", &["r"], &["g"], vec![]);
-    b.node("Flatten", &["g"], &["f"], vec![]);
-    let wd = he_normal(&mut rng, 4, 12);
-    b.initializer_external("wd", &[3, 4], location, offset, 48);
-    b.node("Gemm", &["f", "wd"], &["y"], vec![Attr::Int("transB", 1)]);
-    b.output("y", &[1, 3]);
     let mut data = vec![0u8; offset];
-    data.extend(OnnxBuilder::external_bytes(&wd));
+    let relu = |b: &mut OnnxBuilder| b.node("Relu", &["r"], &["m"], vec![]);
+    let b = conv_classifier(7, 13, relu, |b, wd| {
+        b.initializer_external("wd", &[3, 4], location, offset, 48);
+        data.extend(OnnxBuilder::external_bytes(&wd));
+    });
     (b, data)
 }
 
@@ -175,7 +150,7 @@ fn external_data_is_read_next_to_the_model_and_its_absence_is_named() {
     let t = tmp.path();
     // present: the model works
     let (b, data) = external_model("weights.bin", 16);
-    let model = save(t, "ext.onnx", &b);
+    let model = save_model(t, "ext.onnx", &b);
     std::fs::write(t.join("weights.bin"), &data).unwrap();
     let img = good_png(t, "good.png");
     let o = run(t, &[img.to_str().unwrap(), "-m", "ext.onnx", "-q"]);
@@ -192,7 +167,7 @@ fn external_data_is_read_next_to_the_model_and_its_absence_is_named() {
     std::fs::write(t.join("outside.bin"), &data).unwrap();
     std::fs::create_dir(t.join("sub")).unwrap();
     let (b, _) = external_model("../outside.bin", 16);
-    let model = save(&t.join("sub"), "escape.onnx", &b);
+    let model = save_model(&t.join("sub"), "escape.onnx", &b);
     model_error(t, &model, &["outside.bin"]);
 }
 
@@ -216,7 +191,7 @@ fn initializers_that_lie_about_their_size() {
     model_error(t, &p, &["wd"]);
 }
 
-/// Found by tests/fuzz.rs: a pooling node whose input has another rank
+/// Found by fuzz.rs: a pooling node whose input has another rank
 /// than its kernel (here after an `Unsqueeze`) made tract panic with an
 /// index out of bounds while preparing the model. It is now an error.
 #[test]
@@ -261,18 +236,18 @@ fn a_model_on_which_tract_panics_is_an_error() {
     // tract panics; the guard turns the panic into an error
     model_error(
         t,
-        &save(t, "unsqueezed.onnx", &unsqueezed(true)),
+        &save_model(t, "unsqueezed.onnx", &unsqueezed(true)),
         &["internal error in tract", "padding.rs"],
     );
     // the graph-native forward's shape pass refuses it before tract
     model_error(
         t,
-        &save(t, "unsqueezed-native.onnx", &unsqueezed(false)),
+        &save_model(t, "unsqueezed-native.onnx", &unsqueezed(false)),
         &["MaxPool", "pooling needs [N, C, H, W]"],
     );
 }
 
-/// Found by tests/fuzz.rs: a conv bias with another number of values than
+/// Found by fuzz.rs: a conv bias with another number of values than
 /// output channels, or a batch norm whose parameters differ in length,
 /// panicked while the batch norm was folded into the conv (before tract ever
 /// saw the model).
@@ -317,18 +292,18 @@ fn parameters_of_the_wrong_length_are_an_error() {
     };
     model_error(
         t,
-        &save(t, "bias.onnx", &conv_bn(Some(3), 4)),
+        &save_model(t, "bias.onnx", &conv_bn(Some(3), 4)),
         &["'Conv_0'", "bias of 3 values"],
     );
     // the batch norm's shift shorter than its scale
     model_error(
         t,
-        &save(t, "bn.onnx", &conv_bn(None, 2)),
+        &save_model(t, "bn.onnx", &conv_bn(None, 2)),
         &["'BatchNormalization_1'", "[4, 2, 4, 4]"],
     );
 }
 
-/// Found by tests/fuzz.rs: a `Transpose` whose `perm` is not a permutation
+/// Found by fuzz.rs: a `Transpose` whose `perm` is not a permutation
 /// (one flipped bit in the file) made tract loop and allocate until the
 /// memory ran out while importing the model.
 #[test]
@@ -344,7 +319,7 @@ fn a_transpose_that_is_not_a_permutation_is_an_error() {
     );
     model_error(
         t,
-        &save(t, "perm.onnx", &b),
+        &save_model(t, "perm.onnx", &b),
         &["'Transpose_5'", "not a permutation"],
     );
 }

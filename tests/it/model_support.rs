@@ -3,20 +3,11 @@
 //! symbolic input dimensions fixed by the command.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use lrp_heatmap::npy::read_npy_f32;
 use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::support::{lrp, random_rgb, save_model, text};
 
 fn conv(b: &mut OnnxBuilder, rng: &mut Rng, x: &str, cin: usize, cout: usize, out: &str) {
     let w = he_normal(rng, cin * 9, cout * cin * 9);
@@ -76,9 +67,7 @@ fn symbolic_model(dir: &Path) -> PathBuf {
         vec![Attr::Int("axis", 1)],
     );
     b.output("probs", &[]);
-    let path = dir.join("symbolic.onnx");
-    b.save(&path).unwrap();
-    path
+    save_model(dir, "symbolic.onnx", &b)
 }
 
 /// Input `x` [1, 3, 8, 8] -> Conv + Relu [-> LRN] -> GlobalAveragePool -> Flatten -> Gemm.
@@ -95,18 +84,12 @@ fn fixed_model(dir: &Path, lrn: bool) -> PathBuf {
     }
     head(&mut b, &mut rng, "n", 2, "y");
     b.output("y", &[]);
-    let path = dir.join(format!("fixed_{lrn}.onnx"));
-    b.save(&path).unwrap();
-    path
+    save_model(dir, &format!("fixed_{lrn}.onnx"), &b)
 }
 
 fn png(dir: &Path, w: u32, h: u32) -> PathBuf {
-    let mut rng = Rng::new(7);
-    let img = image::RgbImage::from_fn(w, h, |_, _| {
-        image::Rgb([0, 1, 2].map(|_| (rng.uniform() * 256.0) as u8))
-    });
     let p = dir.join("photo.png");
-    img.save(&p).unwrap();
+    random_rgb(w, h, 7).save(&p).unwrap();
     p
 }
 
@@ -114,7 +97,7 @@ fn png(dir: &Path, w: u32, h: u32) -> PathBuf {
 fn inspect_lists_input_output_operators_and_support() {
     let dir = tempfile::tempdir().unwrap();
     let model = symbolic_model(dir.path());
-    let o = run(&["inspect", model.to_str().unwrap()]);
+    let o = lrp(&["inspect", model.to_str().unwrap()]);
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}{}", text(&o.stderr));
     assert!(out.contains("input:    input [N, 3, H, W]"), "{out}");
@@ -145,7 +128,7 @@ fn inspect_lists_input_output_operators_and_support() {
     );
     assert!(out.contains("trailing softmax skipped"), "{out}");
     // --list-ops is the same command, and --input-size fixes H and W
-    let o2 = run(&[
+    let o2 = lrp(&[
         "--list-ops",
         model.to_str().unwrap(),
         "--input-size",
@@ -163,7 +146,7 @@ fn inspect_lists_input_output_operators_and_support() {
 fn unsupported_operators_are_named_with_their_node() {
     let dir = tempfile::tempdir().unwrap();
     let model = fixed_model(dir.path(), true);
-    let o = run(&["inspect", model.to_str().unwrap()]);
+    let o = lrp(&["inspect", model.to_str().unwrap()]);
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(2), "{out}");
     assert!(
@@ -180,7 +163,7 @@ fn unsupported_operators_are_named_with_their_node() {
     );
     // running it fails before any image, exit code 2, one line naming the node
     let photo = png(dir.path(), 8, 8);
-    let o = run(&[photo.to_str().unwrap(), "-m", model.to_str().unwrap()]);
+    let o = lrp(&[photo.to_str().unwrap(), "-m", model.to_str().unwrap()]);
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -222,7 +205,7 @@ fn symbolic_spatial_dims_default_to_224_or_the_input_size_and_the_command_says_s
     ] {
         let a = args(&extra);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
-        let o = run(&a);
+        let o = lrp(&a);
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(0), "{err}");
         let note = format!(
@@ -244,13 +227,13 @@ fn symbolic_spatial_dims_default_to_224_or_the_input_size_and_the_command_says_s
     }
     // a fixed input cannot be resized
     let fixed = fixed_model(dir.path(), false);
-    let o = run(&["inspect", fixed.to_str().unwrap(), "--input-size", "16x20"]);
+    let o = lrp(&["inspect", fixed.to_str().unwrap(), "--input-size", "16x20"]);
     assert!(
         text(&o.stdout).contains("is fixed to 8x8"),
         "{}",
         text(&o.stdout)
     );
-    let o = run(&[photo.to_str().unwrap(), "--input-size", "0x3"]);
+    let o = lrp(&[photo.to_str().unwrap(), "--input-size", "0x3"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         text(&o.stderr).contains("--input-size"),

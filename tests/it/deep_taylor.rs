@@ -25,6 +25,8 @@ use lrp_heatmap::composite::{Composite, RuleParams};
 use lrp_heatmap::deep_taylor::{sample, sum, Layers, TinyNet};
 use lrp_heatmap::init::Init;
 
+use crate::support::lrp;
+
 const SEEDS: u64 = 200;
 const INPUTS: usize = 6;
 const HIDDEN: usize = 4;
@@ -52,7 +54,7 @@ fn naive_z(net: &TinyNet, x: &[f32]) -> Vec<f64> {
         .collect()
 }
 
-/// f32 against f64: 1e-4 of the largest value, as in tests/naive_reference.rs. The LRP-0
+/// f32 against f64: 1e-4 of the largest value, as in naive_reference.rs. The LRP-0
 /// cases divide by `z_j`, which can be small against the terms summed into it, so a few
 /// ulps of `z_j` (the library sums in another order than a plain loop) become ~3e-5 here.
 fn tol(reference: &[f64]) -> f64 {
@@ -273,10 +275,7 @@ fn a_large_epsilon_absorbs_relevance_in_every_layer() {
 /// `lrp-heatmap demo` prints the tables and verdicts for the drawn network.
 #[test]
 fn demo_subcommand_prints_the_worked_example() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lrp-heatmap"))
-        .args(["demo", "--init", "lecun", "--seed", "3", "--bias", "0.25"])
-        .output()
-        .expect("binary runs");
+    let out = lrp(&["demo", "--init", "lecun", "--seed", "3", "--bias", "0.25"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -310,10 +309,7 @@ fn demo_subcommand_prints_the_worked_example() {
     assert_eq!(verdicts(summary[3])[1], "yes", "{}", summary[3]);
     assert_eq!(verdicts(summary[4])[1], "no", "{}", summary[4]);
 
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_lrp-heatmap"))
-        .args(["demo", "--init", "orthogonal"])
-        .output()
-        .expect("binary runs");
+    let bad = lrp(&["demo", "--init", "orthogonal"]);
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");

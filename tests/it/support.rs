@@ -1,15 +1,20 @@
-//! Fixtures for the hostile-input tests: tiny models and image files written
-//! at test time (nothing is downloaded, nothing binary is committed), and the
-//! checks every hostile case makes on a run of the binary.
-#![allow(dead_code)]
+//! What several test modules use: running the binary and checking its
+//! output, paths of the repository, tiny models and image files written at
+//! test time (nothing is downloaded, nothing binary is committed), a builder
+//! of small networks, and numeric helpers.
 
+use std::ffi::OsStr;
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use image::{ImageFormat, Rgb, RgbImage, RgbaImage};
 use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
+use ndarray::{ArrayD, IxDyn};
+use serde_json::Value;
+
+// ------------------------------------------------------------- the binary
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
 
@@ -17,12 +22,41 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_lrp-heatmap");
 /// `<stem>.epsilon-plus-flat.png`).
 pub const RULE: &str = "epsilon-plus-flat";
 
+/// `p` in the repository (`images/cat.jpg`, `models/...`).
+pub fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Runs the binary with a deadline: a hang is a failure, not a stuck suite.
-pub fn run_in(dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
+/// Runs the binary with `args` in the test's own current folder (the
+/// package's root) and waits for it, however long it takes.
+pub fn lrp<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    Command::new(BIN).args(args).output().expect("binary runs")
+}
+
+/// Waits for `child`, looking every `poll`; kills it and fails the test if
+/// it has not finished within 120 s (a hang is a failure, not a stuck
+/// suite). `what` names it in the failure.
+pub fn wait_or_kill(child: &mut Child, what: &str, poll: Duration) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within 120 s (a hang?)");
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+/// Runs the binary in `dir` with a deadline ([`wait_or_kill`]).
+pub fn run_in(dir: &Path, args: &[&OsStr]) -> Output {
     let mut child = Command::new(BIN)
         .args(args)
         .current_dir(dir)
@@ -44,18 +78,8 @@ pub fn run_in(dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
         let _ = se.read_to_end(&mut v);
         v
     });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("lrp-heatmap {args:?} did not finish within 120 s (hang)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let what = format!("lrp-heatmap {args:?}");
+    let status = wait_or_kill(&mut child, &what, Duration::from_millis(20));
     Output {
         status,
         stdout: t_out.join().unwrap(),
@@ -65,8 +89,22 @@ pub fn run_in(dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
 
 /// [`run_in`] with string arguments.
 pub fn run(dir: &Path, args: &[&str]) -> Output {
-    let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
     run_in(dir, &a)
+}
+
+/// No panic message on the binary's stderr.
+pub fn assert_no_panic(o: &Output) {
+    let e = text(&o.stderr);
+    assert!(!e.contains("panicked"), "panic: {e}");
+}
+
+/// The binary's stdout as JSON lines (`--json`), one object a line.
+pub fn json_lines(o: &Output) -> Vec<Value> {
+    text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
 }
 
 /// The checks of every failing case: the exit code, no panic, every stderr
@@ -137,6 +175,30 @@ pub fn heatmap_size(path: &Path) -> (u32, u32) {
     (img.width(), img.height())
 }
 
+/// Runs the binary on one good image with the model file `model` (in `t`)
+/// and expects a model error naming the model's file name and containing
+/// every one of `words`. Returns stderr.
+pub fn model_error(t: &Path, model: &Path, words: &[&str]) -> String {
+    let img = good_png(t, "good.png");
+    let o = run(t, &[img.to_str().unwrap(), "-m", model.to_str().unwrap()]);
+    let name = model.file_name().unwrap().to_str().unwrap();
+    let err = check_usage_error(&o, name);
+    println!("{err}");
+    for w in words {
+        assert!(err.contains(w), "expected '{w}' in: {err}");
+    }
+    err
+}
+
+// ----------------------------------------------------------------- models
+
+/// Writes the model of `b` as `dir/name`.
+pub fn save_model(dir: &Path, name: &str, b: &OnnxBuilder) -> PathBuf {
+    let p = dir.join(name);
+    b.save(&p).expect("save model");
+    p
+}
+
 /// A tiny classifier: `[1,3,8,8]` -> 3x3 conv (4 channels) -> ReLU -> global
 /// average pool -> flatten -> dense to 3 classes. Random (seeded) weights.
 pub fn tiny_model_builder() -> OnnxBuilder {
@@ -171,10 +233,81 @@ pub fn tiny_model_builder() -> OnnxBuilder {
 
 /// Writes [`tiny_model_builder`] as `dir/tiny.onnx`.
 pub fn tiny_model(dir: &Path) -> PathBuf {
-    let p = dir.join("tiny.onnx");
-    tiny_model_builder().save(&p).unwrap();
-    p
+    save_model(dir, "tiny.onnx", &tiny_model_builder())
 }
+
+/// `[1, 3, 8, 8]` -> Conv 3x3 (4 channels, padded, He-normal weights from
+/// `Rng::new(seed)`, no bias) writing `r` -> `middle` (reads `r`, writes
+/// `m`) -> GlobalAveragePool -> Flatten -> Gemm to 3 classes without bias,
+/// whose weight `wd` ([3, 4]) `dense` declares, given its values.
+pub fn conv_classifier(
+    seed: u64,
+    opset: i64,
+    middle: impl FnOnce(&mut OnnxBuilder),
+    dense: impl FnOnce(&mut OnnxBuilder, Vec<f32>),
+) -> OnnxBuilder {
+    let mut rng = Rng::new(seed);
+    let mut b = OnnxBuilder::new(opset);
+    b.input("x", &[1, 3, 8, 8]);
+    b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
+    b.node(
+        "Conv",
+        &["x", "w"],
+        &["r"],
+        vec![Attr::Ints("pads", vec![1, 1, 1, 1])],
+    );
+    middle(&mut b);
+    b.node("GlobalAveragePool", &["m"], &["g"], vec![]);
+    b.node("Flatten", &["g"], &["f"], vec![]);
+    dense(&mut b, he_normal(&mut rng, 4, 12));
+    b.node("Gemm", &["f", "wd"], &["y"], vec![Attr::Int("transB", 1)]);
+    b.output("y", &[1, 3]);
+    b
+}
+
+/// A model under construction: builder, weight generator, fresh names.
+pub struct Net {
+    pub b: OnnxBuilder,
+    pub rng: Rng,
+    n: usize,
+}
+
+impl Net {
+    /// Opset `opset`, input `x` of shape `input`, weights from
+    /// `Rng::new(seed)`.
+    pub fn new(opset: i64, seed: u64, input: &[i64]) -> Net {
+        let mut b = OnnxBuilder::new(opset);
+        b.input("x", input);
+        Net {
+            b,
+            rng: Rng::new(seed),
+            n: 0,
+        }
+    }
+
+    /// A fresh name: `what` and a number.
+    pub fn name(&mut self, what: &str) -> String {
+        self.n += 1;
+        format!("{what}{}", self.n)
+    }
+
+    /// Adds an `op` node on `inputs`; returns its output.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<Attr>) -> String {
+        let out = self.name("t");
+        self.b.node(op, inputs, &[&out], attrs);
+        out
+    }
+
+    /// Declares `out` the output and writes the model as `dir/file`.
+    pub fn save(mut self, dir: &Path, file: &str, out: &str) -> PathBuf {
+        self.b.output(out, &[]);
+        let path = dir.join(file);
+        self.b.save(&path).expect("save");
+        path
+    }
+}
+
+// ----------------------------------------------------------------- images
 
 /// An image with a different colour in each quadrant (so rotations and
 /// flips change it).
@@ -197,6 +330,14 @@ where
     let mut out = Cursor::new(Vec::new());
     img.write_to(&mut out, fmt).unwrap();
     out.into_inner()
+}
+
+/// An image of uniformly random pixels from `Rng::new(seed)`.
+pub fn random_rgb(w: u32, h: u32, seed: u64) -> RgbImage {
+    let mut rng = Rng::new(seed);
+    RgbImage::from_fn(w, h, |_, _| {
+        Rgb([0, 1, 2].map(|_| (rng.uniform() * 256.0) as u8))
+    })
 }
 
 /// A good photo-like PNG.
@@ -475,4 +616,20 @@ pub fn animated_gif(frames: &[RgbaImage]) -> Vec<u8> {
         enc.encode_frames(frames).unwrap();
     }
     bytes
+}
+
+// ---------------------------------------------------------------- numbers
+
+/// An array of standard normal values from `rng`.
+pub fn normal(rng: &mut Rng, shape: &[usize]) -> ArrayD<f32> {
+    ArrayD::from_shape_fn(IxDyn(shape), |_| rng.normal())
+}
+
+pub fn max_abs(a: &ArrayD<f32>) -> f32 {
+    a.iter().fold(0.0, |m, v| m.max(v.abs()))
+}
+
+/// The dot product, summed in `f64`.
+pub fn dot(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }

@@ -22,41 +22,15 @@ use lrp_heatmap::explain::explain;
 use lrp_heatmap::gradient::{input_gradient, GradientMode};
 use lrp_heatmap::model::{Engine, Model};
 use lrp_heatmap::preprocess::Normalization;
-use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
-use ndarray::{ArrayD, IxDyn};
+use lrp_heatmap::synth::{he_normal, Attr, Rng};
 
-/// A model under construction: builder, weight generator, fresh names.
-struct Net {
-    b: OnnxBuilder,
-    rng: Rng,
-    n: usize,
-}
+use crate::support::{dot, max_abs, normal, Net};
 
+/// Makers of layers for the networks below.
 impl Net {
-    fn new(opset: i64, seed: u64, input: &[i64]) -> Net {
-        let mut b = OnnxBuilder::new(opset);
-        b.input("x", input);
-        Net {
-            b,
-            rng: Rng::new(seed),
-            n: 0,
-        }
-    }
-
-    fn name(&mut self, what: &str) -> String {
-        self.n += 1;
-        format!("{what}{}", self.n)
-    }
-
     fn ints(&mut self, v: &[i64]) -> String {
         let name = self.name("i");
         self.b.initializer_i64(&name, &[v.len()], v)
-    }
-
-    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<Attr>) -> String {
-        let out = self.name("t");
-        self.b.node(op, inputs, &[&out], attrs);
-        out
     }
 
     fn outputs(&mut self, op: &str, inputs: &[&str], k: usize, attrs: Vec<Attr>) -> Vec<String> {
@@ -106,13 +80,6 @@ impl Net {
         );
         let s4 = self.ints(&[1, c, h, w]);
         self.op("Reshape", &[&t, &s4], vec![])
-    }
-
-    fn save(mut self, dir: &Path, file: &str, out: &str) -> std::path::PathBuf {
-        self.b.output(out, &[]);
-        let path = dir.join(file);
-        self.b.save(&path).expect("save");
-        path
     }
 }
 
@@ -247,18 +214,6 @@ fn net_runtime(dir: &Path) -> std::path::PathBuf {
     let r2 = n.conv_relu(&sh, 8, 4, 3, 2);
     let logits = n.head(&r2, 4 * 3 * 3, 3);
     n.save(dir, "move-runtime.onnx", &logits)
-}
-
-fn normal(rng: &mut Rng, shape: &[usize]) -> ArrayD<f32> {
-    ArrayD::from_shape_fn(IxDyn(shape), |_| rng.normal())
-}
-
-fn max_abs(a: &ArrayD<f32>) -> f32 {
-    a.iter().fold(0.0, |m, v| m.max(v.abs()))
-}
-
-fn dot(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
 }
 
 /// The checks of the top of the file on the model at `path`.

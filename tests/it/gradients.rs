@@ -37,32 +37,13 @@ use lrp_heatmap::graph::{Act, Op};
 use lrp_heatmap::model::Model;
 use lrp_heatmap::ops::pool;
 use lrp_heatmap::preprocess::Normalization;
-use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
-use ndarray::{ArrayD, IxDyn};
+use lrp_heatmap::synth::{he_normal, Attr, Rng};
+use ndarray::ArrayD;
 
-/// A model under construction: builder, weight generator, fresh names.
-struct Net {
-    b: OnnxBuilder,
-    rng: Rng,
-    n: usize,
-}
+use crate::support::{max_abs, normal, Net};
 
+/// Makers of weights and layers, and loading, for the networks below.
 impl Net {
-    fn new(opset: i64, seed: u64, input: &[i64]) -> Net {
-        let mut b = OnnxBuilder::new(opset);
-        b.input("x", input);
-        Net {
-            b,
-            rng: Rng::new(seed),
-            n: 0,
-        }
-    }
-
-    fn name(&mut self, what: &str) -> String {
-        self.n += 1;
-        format!("{what}{}", self.n)
-    }
-
     /// A constant of normal values times `scale`.
     fn param(&mut self, dims: &[usize], scale: f32) -> String {
         let n = dims.iter().product();
@@ -74,12 +55,6 @@ impl Net {
     fn constant(&mut self, dims: &[usize], v: &[f32]) -> String {
         let name = self.name("c");
         self.b.initializer(&name, dims, v)
-    }
-
-    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<Attr>) -> String {
-        let out = self.name("t");
-        self.b.node(op, inputs, &[&out], attrs);
-        out
     }
 
     /// He-initialised `Conv` with bias.
@@ -108,10 +83,8 @@ impl Net {
     }
 
     /// Declares `out` the output, writes the file and loads it.
-    fn load(mut self, dir: &Path, file: &str, out: &str) -> Model {
-        self.b.output(out, &[]);
-        let path = dir.join(file);
-        self.b.save(&path).expect("save");
+    fn load(self, dir: &Path, file: &str, out: &str) -> Model {
+        let path = self.save(dir, file, out);
         Model::load(&path).unwrap_or_else(|e| panic!("{file}: {e:#}"))
     }
 }
@@ -320,20 +293,12 @@ fn rectified_input_net(dir: &Path, seed: u64, act: &str) -> Model {
 /// Finite-difference steps, tried in order (see the top of the file).
 const STEPS: [f32; 3] = [1e-2, 2.5e-3, 6.25e-4];
 
-fn normal(rng: &mut Rng, shape: &[usize]) -> ArrayD<f32> {
-    ArrayD::from_shape_fn(IxDyn(shape), |_| rng.normal())
-}
-
 fn input(model: &Model, seed: u64) -> ArrayD<f32> {
     normal(&mut Rng::new(seed), &model.input.shape)
 }
 
 fn logit(model: &Model, x: &ArrayD<f32>, class: usize) -> f32 {
     model.forward(x.clone()).expect("forward").logits[class]
-}
-
-fn max_abs(a: &ArrayD<f32>) -> f32 {
-    a.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
 /// The logit of `class` at `x`, and which linear piece every piecewise

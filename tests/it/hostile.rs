@@ -3,24 +3,51 @@
 //! error line per bad file naming it, no panic, and that the good files of
 //! the same batch still came out. Models: see `hostile_models.rs`.
 
-mod support;
-
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use image::{ImageFormat, Luma, LumaA, Rgb, RgbImage, Rgba, RgbaImage};
 use lrp_heatmap::npy::read_npy_f32;
 use serde_json::Value;
-use support::*;
+
+use crate::support::*;
 
 fn out_name(stem: &str) -> String {
     format!("{stem}.{RULE}.png")
 }
 
-fn json_lines(o: &std::process::Output) -> Vec<Value> {
-    text(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .collect()
+/// A temporary folder with the tiny model in it and an empty input folder
+/// `in`, where most cases start.
+struct Scratch {
+    tmp: tempfile::TempDir,
+    model: PathBuf,
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tiny_model(tmp.path());
+        let dir = tmp.path().join("in");
+        std::fs::create_dir(&dir).unwrap();
+        Scratch { tmp, model, dir }
+    }
+
+    /// The temporary folder (the binary's current folder).
+    fn t(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Runs the binary on the input folder with the tiny model and `args`.
+    fn run_dir(&self, args: &[&str]) -> Output {
+        let mut all = vec![
+            self.dir.to_str().unwrap(),
+            "-m",
+            self.model.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        run(self.t(), &all)
+    }
 }
 
 /// The JSON report of the input whose file name is `name`.
@@ -46,12 +73,9 @@ fn probabilities(v: &Value) -> Vec<f64> {
 
 #[test]
 fn broken_image_files_fail_alone_and_the_good_ones_come_out() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
-    good_png(&dir, "good.png");
+    let s = Scratch::new();
+    let dir = &s.dir;
+    good_png(dir, "good.png");
     let png = encode(&quadrants(24, 16), ImageFormat::Png);
     let jpeg = encode(&quadrants(24, 16), ImageFormat::Jpeg);
     let bmp = encode(&quadrants(24, 16), ImageFormat::Bmp);
@@ -70,10 +94,7 @@ fn broken_image_files_fail_alone_and_the_good_ones_come_out() {
     std::fs::write(dir.join("png-named.jpg"), &png).unwrap();
     std::fs::write(dir.join("jpeg-named.png"), &jpeg).unwrap();
     std::fs::write(dir.join("bmp-named.webp"), &bmp).unwrap();
-    let o = run(
-        t,
-        &[dir.to_str().unwrap(), "-m", model.to_str().unwrap(), "-q"],
-    );
+    let o = s.run_dir(&["-q"]);
     let bad = [
         "empty.png",
         "truncated.png",
@@ -100,17 +121,14 @@ fn broken_image_files_fail_alone_and_the_good_ones_come_out() {
     );
     expected.sort();
     // outputs of the good files only, no partial or temporary files
-    assert_eq!(files_below(&dir), expected);
+    assert_eq!(files_below(dir), expected);
     assert_eq!(heatmap_size(&dir.join(out_name("jpeg-named"))), (24, 16));
 }
 
 #[test]
 fn unusual_but_valid_images_are_explained_at_their_own_size() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
+    let s = Scratch::new();
+    let dir = &s.dir;
     let w = |name: &str, bytes: Vec<u8>| std::fs::write(dir.join(name), bytes).unwrap();
     w(
         "cmyk.jpg",
@@ -180,16 +198,7 @@ fn unusual_but_valid_images_are_explained_at_their_own_size() {
     w("one-b.bmp", encode(&quadrants(1, 1), ImageFormat::Bmp));
     w("tall.tif", encode(&quadrants(2, 40), ImageFormat::Tiff));
     w("wide.webp", encode(&quadrants(40, 1), ImageFormat::WebP));
-    let o = run(
-        t,
-        &[
-            dir.to_str().unwrap(),
-            "-m",
-            model.to_str().unwrap(),
-            "--json",
-            "-q",
-        ],
-    );
+    let o = s.run_dir(&["--json", "-q"]);
     check_errors(&o, 0, &[]);
     let lines = json_lines(&o);
     assert_eq!(lines.len(), 13);
@@ -231,11 +240,8 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn exif_rotated_jpegs_are_explained_as_displayed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
+    let s = Scratch::new();
+    let dir = &s.dir;
     // The image as displayed: 32 wide, 64 high, four 16x32 quadrants, so
     // every 16x16 JPEG block is one colour (no chroma bleeding: stored and
     // rotated encodings decode to the same colours).
@@ -265,16 +271,7 @@ fn exif_rotated_jpegs_are_explained_as_displayed() {
     .unwrap();
     // control: the stored pixels of o6 without the tag
     std::fs::write(dir.join("stored.jpg"), jpeg(&stored6)).unwrap();
-    let o = run(
-        t,
-        &[
-            dir.to_str().unwrap(),
-            "-m",
-            model.to_str().unwrap(),
-            "--raw",
-            "-q",
-        ],
-    );
+    let o = s.run_dir(&["--raw", "-q"]);
     check_errors(&o, 0, &[]);
     for stem in ["upright", "o6", "o8", "o3"] {
         assert_eq!(heatmap_size(&dir.join(out_name(stem))), (32, 64), "{stem}");
@@ -282,24 +279,21 @@ fn exif_rotated_jpegs_are_explained_as_displayed() {
     assert_eq!(heatmap_size(&dir.join(out_name("stored"))), (64, 32));
     // The relevance of each rotated file is that of the upright image (up to
     // JPEG rounding); the untagged control differs at the scale of the map.
-    let reference = raw(&dir, "upright");
+    let reference = raw(dir, "upright");
     let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.0);
     for stem in ["o6", "o8", "o3"] {
-        let d = max_abs_diff(&raw(&dir, stem), &reference);
+        let d = max_abs_diff(&raw(dir, stem), &reference);
         assert!(d < 0.05 * scale, "{stem}: differs by {d} (scale {scale})");
     }
-    let d = max_abs_diff(&raw(&dir, "stored"), &reference);
+    let d = max_abs_diff(&raw(dir, "stored"), &reference);
     assert!(d > 0.2 * scale, "control too close: {d} (scale {scale})");
 }
 
 #[test]
 fn animated_gif_and_webp_are_explained_by_their_first_frame() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
+    let s = Scratch::new();
+    let dir = &s.dir;
     let red = RgbaImage::from_pixel(8, 8, Rgba([255, 0, 0, 255]));
     let blue = RgbaImage::from_pixel(8, 8, Rgba([0, 0, 255, 255]));
     std::fs::write(dir.join("red.png"), encode(&red, ImageFormat::Png)).unwrap();
@@ -307,16 +301,7 @@ fn animated_gif_and_webp_are_explained_by_their_first_frame() {
     let frames = [red.clone(), blue.clone(), blue.clone()];
     std::fs::write(dir.join("anim.gif"), animated_gif(&frames)).unwrap();
     std::fs::write(dir.join("anim-w.webp"), animated_webp(&frames)).unwrap();
-    let o = run(
-        t,
-        &[
-            dir.to_str().unwrap(),
-            "-m",
-            model.to_str().unwrap(),
-            "--json",
-            "-q",
-        ],
-    );
+    let o = s.run_dir(&["--json", "-q"]);
     check_errors(&o, 0, &[]);
     let lines = json_lines(&o);
     let p_red = probabilities(report(&lines, "red.png"));
@@ -340,12 +325,9 @@ fn animated_gif_and_webp_are_explained_by_their_first_frame() {
 
 #[test]
 fn huge_dimensions_are_refused_before_decoding() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
-    good_png(&dir, "good.png");
+    let s = Scratch::new();
+    let dir = &s.dir;
+    good_png(dir, "good.png");
     let small = quadrants(8, 8);
     // PNG header claiming 100000 x 100000 (10^10 pixels)
     let png = encode(&small, ImageFormat::Png);
@@ -372,10 +354,7 @@ fn huge_dimensions_are_refused_before_decoding() {
     );
     gif[6..10].copy_from_slice(&[0xFF; 4]);
     std::fs::write(dir.join("huge-gif.gif"), gif).unwrap();
-    let o = run(
-        t,
-        &[dir.to_str().unwrap(), "-m", model.to_str().unwrap(), "-q"],
-    );
+    let o = s.run_dir(&["-q"]);
     let bad = [
         "huge-png.png",
         "huge-bmp.bmp",
@@ -390,17 +369,14 @@ fn huge_dimensions_are_refused_before_decoding() {
         );
     }
     assert!(dir.join(out_name("good")).exists());
-    assert_no_temp_files(&dir);
+    assert_no_temp_files(dir);
 }
 
 #[test]
 fn decompression_bombs_are_bounded_by_max_pixels() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
-    good_png(&dir, "good.png");
+    let s = Scratch::new();
+    let (t, model, dir) = (s.t(), &s.model, &s.dir);
+    good_png(dir, "good.png");
     // 2048 x 2048 grey zeros: 4 megapixels in a few kilobytes
     let bomb = encode(
         &image::ImageBuffer::<Luma<u8>, _>::new(2048, 2048),
@@ -409,17 +385,7 @@ fn decompression_bombs_are_bounded_by_max_pixels() {
     assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
     std::fs::write(dir.join("bomb.png"), &bomb).unwrap();
     let m = model.to_str().unwrap();
-    let o = run(
-        t,
-        &[
-            dir.to_str().unwrap(),
-            "-m",
-            m,
-            "-q",
-            "--max-pixels",
-            "1000000",
-        ],
-    );
+    let o = s.run_dir(&["-q", "--max-pixels", "1000000"]);
     let err = check_errors(&o, 1, &["bomb.png"]);
     assert!(
         err.contains("--max-pixels") && err.contains("2048x2048"),
@@ -510,20 +476,14 @@ fn an_out_folder_that_cannot_be_created_is_a_usage_error() {
 
 #[test]
 fn an_output_that_cannot_be_written_fails_that_input_only() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
-    good_png(&dir, "a.png");
-    good_png(&dir, "b.png");
+    let s = Scratch::new();
+    let dir = &s.dir;
+    good_png(dir, "a.png");
+    good_png(dir, "b.png");
     // a folder (with a file in it) where b's heatmap should go
     std::fs::create_dir(dir.join(out_name("b"))).unwrap();
     std::fs::write(dir.join(out_name("b")).join("keep"), b"k").unwrap();
-    let o = run(
-        t,
-        &[dir.to_str().unwrap(), "-m", model.to_str().unwrap(), "-q"],
-    );
+    let o = s.run_dir(&["-q"]);
     let err = check_errors(&o, 1, &["b.png"]);
     assert!(err.contains(&out_name("b")), "{err}");
     assert!(dir.join(out_name("a")).is_file());
@@ -531,19 +491,16 @@ fn an_output_that_cannot_be_written_fails_that_input_only() {
         std::fs::read(dir.join(out_name("b")).join("keep")).unwrap(),
         b"k"
     );
-    assert_no_temp_files(&dir);
+    assert_no_temp_files(dir);
 }
 
 #[cfg(unix)]
 #[test]
 fn sockets_fifos_devices_and_dangling_links_are_refused_without_hanging() {
     use std::os::unix::fs::symlink;
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
-    good_png(&dir, "good.png");
+    let s = Scratch::new();
+    let (t, model, dir) = (s.t(), &s.model, &s.dir);
+    good_png(dir, "good.png");
     let _sock = std::os::unix::net::UnixListener::bind(dir.join("socket.png")).unwrap();
     let status = std::process::Command::new("mkfifo")
         .arg(dir.join("fifo.jpg"))
@@ -556,7 +513,7 @@ fn sockets_fifos_devices_and_dangling_links_are_refused_without_hanging() {
     let m = model.to_str().unwrap();
     let bad = ["socket.png", "fifo.jpg", "zero.png", "dangling.png"];
     // found in a folder
-    let o = run(t, &[dir.to_str().unwrap(), "-m", m, "-q"]);
+    let o = s.run_dir(&["-q"]);
     check_errors(&o, 1, &bad);
     assert!(dir.join(out_name("good")).is_file());
     // given one by one
@@ -578,14 +535,11 @@ fn sockets_fifos_devices_and_dangling_links_are_refused_without_hanging() {
 fn non_utf8_file_names_keep_their_bytes() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
+    let s = Scratch::new();
+    let (t, model, dir) = (s.t(), &s.model, &s.dir);
     let name = |b: &[u8]| OsStr::from_bytes(b).to_os_string();
     // Latin-1 names that differ only in their non-UTF-8 byte
-    good_png(&dir, "caf\u{e9}-utf8.png");
+    good_png(dir, "caf\u{e9}-utf8.png");
     let e9 = dir.join(name(b"caf\xe9.png"));
     let e8 = dir.join(name(b"caf\xe8.png"));
     std::fs::copy(dir.join("caf\u{e9}-utf8.png"), &e9).unwrap();
@@ -623,12 +577,9 @@ fn non_utf8_file_names_keep_their_bytes() {
 
 #[test]
 fn an_input_given_twice_is_explained_once() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
-    good_png(&dir, "cat.png");
+    let s = Scratch::new();
+    let (t, model, dir) = (s.t(), &s.model, &s.dir);
+    good_png(dir, "cat.png");
     let o = run(
         t,
         &[
@@ -646,7 +597,7 @@ fn an_input_given_twice_is_explained_once() {
     let lines = json_lines(&o);
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(
-        files_below(&dir),
+        files_below(dir),
         vec![out_name("cat"), "cat.png".to_string()]
     );
 }
@@ -684,13 +635,10 @@ fn two_inputs_with_one_output_name_are_not_both_written() {
 
 #[test]
 fn outputs_never_overwrite_an_input() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let m = model.to_str().unwrap();
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
-    good_png(&dir, "cat.png");
+    let s = Scratch::new();
+    let (t, dir) = (s.t(), &s.dir);
+    let m = s.model.to_str().unwrap();
+    good_png(dir, "cat.png");
     // a photo whose name is cat.png's output name
     let photo = encode(&quadrants(12, 12), ImageFormat::Png);
     std::fs::write(dir.join(out_name("cat")), &photo).unwrap();
@@ -730,7 +678,7 @@ fn outputs_never_overwrite_an_input() {
     assert_eq!(std::fs::read(dir.join(out_name("cat"))).unwrap(), photo);
     // and with --raw: an input named like the .npy output
     std::fs::write(dir.join(format!("dog.{RULE}.npy")), b"not yours").unwrap();
-    good_png(&dir, "dog.png");
+    good_png(dir, "dog.png");
     let o = run(
         t,
         &[
@@ -759,12 +707,9 @@ fn outputs_never_overwrite_an_input() {
 #[cfg(unix)]
 #[test]
 fn an_existing_output_is_replaced_atomically() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
-    good_png(&dir, "cat.png");
+    let s = Scratch::new();
+    let (t, model, dir) = (s.t(), &s.model, &s.dir);
+    good_png(dir, "cat.png");
     // the old output, hard-linked: writing in place would change the link too
     std::fs::write(dir.join(out_name("cat")), b"old heatmap").unwrap();
     std::fs::hard_link(dir.join(out_name("cat")), t.join("old-link")).unwrap();
@@ -773,26 +718,20 @@ fn an_existing_output_is_replaced_atomically() {
     assert_eq!(heatmap_size(&dir.join(out_name("cat"))), (24, 16));
     assert_eq!(std::fs::read(t.join("old-link")).unwrap(), b"old heatmap");
     assert_eq!(
-        files_below(&dir),
+        files_below(dir),
         vec![out_name("cat"), "cat.png".to_string()]
     );
 }
 
 #[test]
 fn a_file_larger_than_the_decoding_limit_is_not_read() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
-    good_png(&dir, "good.png");
+    let s = Scratch::new();
+    let dir = &s.dir;
+    good_png(dir, "good.png");
     // 600 MB (sparse: takes no disk space), over the 512 MiB default
     let f = std::fs::File::create(dir.join("big.tif")).unwrap();
     f.set_len(600_000_000).unwrap();
-    let o = run(
-        t,
-        &[dir.to_str().unwrap(), "-m", model.to_str().unwrap(), "-q"],
-    );
+    let o = s.run_dir(&["-q"]);
     let err = check_errors(&o, 1, &["big.tif"]);
     assert!(
         err.contains("600 MB") && err.contains("--max-pixels"),
@@ -803,12 +742,9 @@ fn a_file_larger_than_the_decoding_limit_is_not_read() {
 
 #[test]
 fn compare_never_reads_its_own_grid_and_goes_on_past_bad_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
-    let model = tiny_model(t);
-    let dir = t.join("in");
-    std::fs::create_dir(&dir).unwrap();
-    good_png(&dir, "good.png");
+    let s = Scratch::new();
+    let (t, model, dir) = (s.t(), &s.model, &s.dir);
+    good_png(dir, "good.png");
     std::fs::write(dir.join("bad.jpg"), junk(500, 9)).unwrap();
     let args = [
         "compare",

@@ -24,9 +24,9 @@
 //!   conservation, every operator's backward pass against its forward pass)
 //!   and finds no max pool whose gradient follows float rounding.
 //!
-//! Measured figures are printed (`cargo test --test exporters -- --nocapture`).
+//! Measured figures are printed (`cargo test --test it -- exporters:: --nocapture`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use lrp_heatmap::analyzer::{Analyzer, AnalyzerParams};
 use lrp_heatmap::gradient::{input_gradient, GradientMode};
@@ -36,8 +36,10 @@ use lrp_heatmap::preprocess::Normalization;
 use lrp_heatmap::selfcheck::{check, CheckOptions, Verdict};
 use ndarray::{ArrayD, IxDyn};
 
+use crate::support::{dot, repo};
+
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exporters")
+    repo("tests/fixtures/exporters")
 }
 
 fn npy(name: &str) -> ArrayD<f32> {
@@ -63,10 +65,6 @@ fn manifest() -> Vec<(String, usize, bool)> {
         .collect();
     assert_eq!(out.len(), 14, "the manifest lists the 14 architectures");
     out
-}
-
-fn dot(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
 fn cosine(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {

@@ -3,47 +3,22 @@
 //! pass, and operators we cannot explain are refused with the operator and
 //! node named (exit 2, one line, no panic).
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
 use prost::Message;
-use support::*;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::TensorProto;
 
-/// `[1,3,8,8]` -> Conv 3x3 (4 channels) -> `middle` (writes `m` from `r`)
-/// -> GlobalAveragePool -> Flatten -> Gemm to 3 classes.
-fn model_with(name: &str, t: &Path, middle: impl Fn(&mut OnnxBuilder)) -> PathBuf {
-    let mut rng = Rng::new(3);
-    let mut b = OnnxBuilder::new(17);
-    b.input("x", &[1, 3, 8, 8]);
-    b.initializer("w", &[4, 3, 3, 3], &he_normal(&mut rng, 27, 108));
-    b.node(
-        "Conv",
-        &["x", "w"],
-        &["r"],
-        vec![Attr::Ints("pads", vec![1, 1, 1, 1])],
-    );
-    middle(&mut b);
-    b.node("GlobalAveragePool", &["m"], &["g"], vec![]);
-    b.node("Flatten", &["g"], &["f"], vec![]);
-    b.initializer("wd", &[3, 4], &he_normal(&mut rng, 4, 12));
-    b.node("Gemm", &["f", "wd"], &["y"], vec![Attr::Int("transB", 1)]);
-    b.output("y", &[1, 3]);
-    let p = t.join(name);
-    b.save(&p).unwrap();
-    p
-}
+use crate::support::*;
 
-fn model_error(t: &Path, model: &Path, words: &[&str]) {
-    let img = good_png(t, "good.png");
-    let o = run(t, &[img.to_str().unwrap(), "-m", model.to_str().unwrap()]);
-    let err = check_usage_error(&o, model.file_name().unwrap().to_str().unwrap());
-    for w in words {
-        assert!(err.contains(w), "expected '{w}' in: {err}");
-    }
+/// [`conv_classifier`] (seed 3, opset 17) with `middle` (writes `m` from
+/// `r`), written as `t/name`.
+fn model_with(name: &str, t: &Path, middle: impl FnOnce(&mut OnnxBuilder)) -> PathBuf {
+    let b = conv_classifier(3, 17, middle, |b, wd| {
+        b.initializer("wd", &[3, 4], &wd);
+    });
+    save_model(t, name, &b)
 }
 
 #[test]

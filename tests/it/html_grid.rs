@@ -5,12 +5,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use image::{Rgb, RgbImage};
 use lrp_heatmap::html::{encode_png, grid_html, HtmlRow, HtmlTile};
 use lrp_heatmap::render::{render_map, Style};
 use ndarray::Array2;
+
+use crate::support::wait_or_kill;
 
 const BROWSERS: &[&str] = &["chromium", "chromium-browser", "google-chrome"];
 
@@ -51,18 +53,8 @@ fn dump_dom(browser: &Path, page: &Path, work: &Path) -> String {
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .expect("cannot start the browser");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{} did not finish within 120 s", browser.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let what = browser.display().to_string();
+    let status = wait_or_kill(&mut child, &what, Duration::from_millis(50));
     let dom = std::fs::read_to_string(&out_path).unwrap();
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(status.success(), "{status}: {err}");

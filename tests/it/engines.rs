@@ -2,7 +2,7 @@
 //! and the relevance computed from each pass (tract's activations feed the same
 //! backward code, so any difference comes from the forward pass).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lrp_heatmap::composite::Composite;
 use lrp_heatmap::explain::explain;
@@ -11,13 +11,11 @@ use lrp_heatmap::preprocess::Normalization;
 use lrp_heatmap::synth::{he_normal, vgg16, Attr, OnnxBuilder, Rng, VggSpec, VggStyle};
 use ndarray::{ArrayD, IxDyn};
 
+use crate::support::{max_abs, save_model};
+
 fn image(shape: &[usize], seed: u64) -> ArrayD<f32> {
     let mut rng = Rng::new(seed);
     ArrayD::from_shape_fn(IxDyn(shape), |_| rng.uniform_range(-2.0, 2.5))
-}
-
-fn max_abs(a: &ArrayD<f32>) -> f32 {
-    a.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
 /// Loads `path` with both engines and compares logits and relevance.
@@ -62,12 +60,6 @@ fn check(path: &Path, rules: &[&str]) {
     }
 }
 
-fn save(b: &OnnxBuilder, dir: &Path, name: &str) -> PathBuf {
-    let p = dir.join(name);
-    b.save(&p).unwrap();
-    p
-}
-
 #[test]
 fn bundled_efficientnet_same_in_both_engines() {
     check(Path::new(BUNDLED_NAME), &["zplus", "epsilon-plus-flat"]);
@@ -82,7 +74,7 @@ fn vgg_styles_same_in_both_engines() {
     {
         let mut spec = VggSpec::tiny(style);
         spec.batchnorm = i == 0;
-        let p = save(&vgg16(&spec), dir.path(), &format!("vgg{i}.onnx"));
+        let p = save_model(dir.path(), &format!("vgg{i}.onnx"), &vgg16(&spec));
         check(&p, &["zplus", "epsilon"]);
     }
 }
@@ -188,6 +180,6 @@ fn every_native_operator_same_in_both_engines() {
     b.node("Add", &["mm", &bm], &["logits"], vec![]);
     b.output("logits", &[1, 5]);
     let dir = tempfile::tempdir().unwrap();
-    let p = save(&b, dir.path(), "ops.onnx");
+    let p = save_model(dir.path(), "ops.onnx", &b);
     check(&p, &["epsilon", "zplus"]);
 }
