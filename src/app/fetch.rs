@@ -761,4 +761,83 @@ mod tests {
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("items 1-2/3"), None);
     }
+
+    /// A tiny zoo-style VGG16 (input 32x32, 10 classes) as ONNX bytes.
+    fn tiny_vgg_bytes() -> std::sync::Arc<Vec<u8>> {
+        use lrp_testkit::synth::{vgg16, VggSpec, VggStyle};
+        std::sync::Arc::new(vgg16(&VggSpec::tiny(VggStyle::Zoo)).to_bytes())
+    }
+
+    /// Names in the cache folder, sorted.
+    fn cache_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    use lrp_testkit::http::{Route, Server};
+
+    // the download itself, against a local server that stalls (the binary's
+    // downloads are tested end to end in tests/it/fetch.rs)
+    fn options(cache: &Path) -> Options {
+        Options {
+            cache_dir: cache.to_path_buf(),
+            offline: None,
+            progress: false,
+            attempts: 2,
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_millis(300),
+        }
+    }
+
+    #[test]
+    fn ensure_times_out_a_stalled_server_resumes_and_then_uses_the_cache() {
+        let model = tiny_vgg_bytes();
+        let server = Server::start(vec![(
+            "/stall.onnx",
+            Route::Stalling {
+                data: model.clone(),
+                cut: 5000,
+                stall: Duration::from_secs(3),
+            },
+        )]);
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target {
+            name: "stall".into(),
+            file: "stall.onnx".into(),
+            urls: vec![server.url("/stall.onnx")],
+            size: Some(model.len() as u64),
+            sha256: hex(&Sha256::digest(&model[..])),
+            fetch_command: "lrp-heatmap fetch stall".into(),
+        };
+        let opts = options(dir.path());
+        let mut log = Vec::new();
+        let t0 = std::time::Instant::now();
+        let path = ensure(&target, &opts, false, &mut log).unwrap();
+        let log = String::from_utf8(log).unwrap();
+        // the 300 ms read timeout, not the 3 s stall, ended the first attempt
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        assert!(log.contains("resuming stall.onnx at byte 5000"), "{log}");
+        assert_eq!(path, dir.path().join("stall.onnx"));
+        assert_eq!(std::fs::read(&path).unwrap(), *model);
+        assert_eq!(
+            cache_state(&target, dir.path()),
+            CacheState::Cached(path.clone())
+        );
+        // cached: no request, also offline
+        let offline = Options {
+            offline: Some("--offline".into()),
+            ..options(dir.path())
+        };
+        assert_eq!(
+            ensure(&target, &offline, true, &mut Vec::new()).unwrap(),
+            path
+        );
+        assert_eq!(server.count("/stall.onnx"), 2);
+        assert_eq!(cache_files(dir.path()), ["stall.onnx"]);
+    }
 }

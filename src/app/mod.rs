@@ -9,6 +9,8 @@ pub mod commands;
 pub mod fetch;
 pub mod grid;
 pub mod html;
+#[cfg(test)]
+mod html_browser_tests;
 pub mod inputs;
 pub mod labels;
 pub mod output;

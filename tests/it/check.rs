@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
+use lrp_testkit::synth::{he_normal, Attr, OnnxBuilder, Rng};
 use serde_json::Value;
 
 use crate::support::{assert_no_panic, lrp, repo, save_model, text};

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use lrp_heatmap::npy::read_npy_f32;
-use lrp_heatmap::synth::{vgg16, VggSpec, VggStyle};
+use lrp_testkit::npy::read_npy_f32;
+use lrp_testkit::synth::{vgg16, VggSpec, VggStyle};
 
 use crate::support::{assert_no_panic, json_lines, lrp, repo, save_model, text};
 

@@ -1,7 +1,5 @@
 //! `lrp-heatmap compare`: one grid per run, rows x (1 + analyzers) tiles.
 
-use lrp_heatmap::grid::grid_layout;
-
 use crate::support::{lrp, repo, text};
 
 #[test]
@@ -31,12 +29,14 @@ fn compare_grid_has_a_row_per_image_and_a_tile_per_analyzer() {
     let img = image::open(out.join("compare.png"))
         .expect("grid written")
         .to_rgb8();
-    // 2 rows (cat, coffee), 1 photo + 3 analyzer columns of 64 px tiles
-    let layout = grid_layout(2, 3, 64);
-    assert_eq!((img.width(), img.height()), (layout.width, layout.height));
-    assert!(layout.width >= 4 * 64 && layout.height >= 2 * 64);
+    // 2 rows (cat, coffee), 1 photo + 3 analyzer columns of 64 px tiles:
+    // src/app/grid.rs puts 4 px gaps left of, between and right of the
+    // columns (one more gap on the right), a 48 px header above the rows and
+    // a 24 px label band under each row
+    let (width, height) = (4 * 64 + 5 * 4, 48 + 2 * (64 + 24));
+    assert_eq!((img.width(), img.height()), (width, height));
     // the photo tile of the first row is the cat, not background
-    let (x, y) = (layout.tile_x(0) + 32, layout.tile_y(0) + 32);
+    let (x, y) = (4 + 32, 48 + 32);
     let p = img.get_pixel(x, y);
     assert!(p.0 != [255, 255, 255], "photo tile drawn at ({x}, {y})");
 }

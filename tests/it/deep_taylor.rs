@@ -22,10 +22,8 @@
 //! to its denominators, so values agree to `1e-5 (1 + max |R|)`.
 
 use lrp_heatmap::composite::{Composite, RuleParams};
-use lrp_heatmap::deep_taylor::{sample, sum, Layers, TinyNet};
-use lrp_heatmap::init::Init;
-
-use crate::support::lrp;
+use lrp_testkit::deep_taylor::{report, sample, sum, DemoConfig, Layers, TinyNet};
+use lrp_testkit::init::Init;
 
 const SEEDS: u64 = 200;
 const INPUTS: usize = 6;
@@ -272,16 +270,19 @@ fn a_large_epsilon_absorbs_relevance_in_every_layer() {
     });
 }
 
-/// `lrp-heatmap demo` prints the tables and verdicts for the drawn network.
+/// The worked example (`cargo run --example deep_taylor`) prints the tables
+/// and verdicts for the drawn network.
 #[test]
-fn demo_subcommand_prints_the_worked_example() {
-    let out = lrp(&["demo", "--init", "lecun", "--seed", "3", "--bias", "0.25"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn the_worked_example_prints_tables_and_verdicts() {
+    let cfg = DemoConfig {
+        init: Init::parse("lecun").unwrap(),
+        seed: 3,
+        bias: 0.25,
+        ..DemoConfig::default()
+    };
+    let mut out = Vec::new();
+    report(&cfg, &mut out).expect("the example runs");
+    let text = String::from_utf8_lossy(&out);
     // f(x) from the naive forward pass of the same draw
     let (net, x) = sample(Init::LecunNormal, 3, INPUTS, HIDDEN).unwrap();
     let f: f64 = naive_z(&net, &x).iter().map(|v| v.max(0.0)).sum();
@@ -309,11 +310,8 @@ fn demo_subcommand_prints_the_worked_example() {
     assert_eq!(verdicts(summary[3])[1], "yes", "{}", summary[3]);
     assert_eq!(verdicts(summary[4])[1], "no", "{}", summary[4]);
 
-    let bad = lrp(&["demo", "--init", "orthogonal"]);
-    assert_eq!(bad.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("unknown initialiser 'orthogonal'"), "{err}");
+    let bad = Init::parse("orthogonal").unwrap_err().to_string();
+    assert!(bad.contains("unknown initialiser 'orthogonal'"), "{bad}");
 }
 
 #[test]

@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
+use lrp_heatmap::analyzers::lrp::explain;
 use lrp_heatmap::composite::Composite;
-use lrp_heatmap::explain::explain;
 use lrp_heatmap::model::{Engine, Model, BUNDLED_NAME};
 use lrp_heatmap::preprocess::Normalization;
-use lrp_heatmap::synth::{he_normal, vgg16, Attr, OnnxBuilder, Rng, VggSpec, VggStyle};
+use lrp_testkit::synth::{he_normal, vgg16, Attr, OnnxBuilder, Rng, VggSpec, VggStyle};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::support::{max_abs, save_model};
@@ -20,9 +20,12 @@ fn image(shape: &[usize], seed: u64) -> ArrayD<f32> {
 
 /// Loads `path` with both engines and compares logits and relevance.
 fn check(path: &Path, rules: &[&str]) {
-    let native = Model::load_with(path, None, Engine::Auto).expect("native load");
+    let native = Model::load(path).expect("native load");
     assert_eq!(native.engine(), "native", "{}", path.display());
-    let tract = Model::load_with(path, None, Engine::Tract).expect("tract load");
+    let tract = Model::options()
+        .engine(Engine::Tract)
+        .load(path)
+        .expect("tract load");
     assert!(tract.engine().starts_with("tract"));
     for seed in 0..2 {
         let x = image(&native.input.shape, seed);

@@ -28,12 +28,12 @@
 
 use std::path::PathBuf;
 
-use lrp_heatmap::analyzer::{Analyzer, AnalyzerParams};
-use lrp_heatmap::gradient::{input_gradient, GradientMode};
+use lrp_heatmap::analyzers::gradient::{input_gradient, GradientMode};
+use lrp_heatmap::analyzers::selfcheck::{check, CheckOptions, Verdict};
+use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
 use lrp_heatmap::model::Model;
-use lrp_heatmap::npy::read_npy_f32;
 use lrp_heatmap::preprocess::Normalization;
-use lrp_heatmap::selfcheck::{check, CheckOptions, Verdict};
+use lrp_testkit::npy::read_npy_f32;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::support::{dot, repo};

@@ -2,7 +2,7 @@
 //!
 //! Small valid seeds (images in every supported format, tiny ONNX models
 //! covering the supported operators) are mutated and fed to
-//! `preprocess::decode_bytes`, and to `Model::from_bytes` followed by a
+//! `preprocess::decode_bytes`, and to `Model::options().from_bytes` followed by a
 //! forward pass and an explanation when the model loads. Any outcome is fine
 //! but a panic, an abort (a huge allocation fails under the memory limit set
 //! below), a hang (more than [`SLOW`]) or an image over the pixel limit.
@@ -28,10 +28,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use image::{ImageFormat, Luma, Rgb, Rgba, RgbaImage};
-use lrp_heatmap::analyzer::{Analyzer, AnalyzerParams};
+use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
 use lrp_heatmap::model::Model;
 use lrp_heatmap::preprocess::{decode_bytes, DecodeLimits, Normalization};
-use lrp_heatmap::synth::{he_normal, vgg16, Attr, OnnxBuilder, Rng, VggSpec, VggStyle};
+use lrp_testkit::synth::{he_normal, vgg16, Attr, OnnxBuilder, Rng, VggSpec, VggStyle};
 use ndarray::ArrayD;
 use proptest::prelude::*;
 use proptest::test_runner::{contextualize_config, Config, RngSeed, TestCaseResult, TestRunner};
@@ -611,7 +611,7 @@ fn apply_model(seed: &[u8], edits: &[ModelEdit]) -> Vec<u8> {
 /// How far a mutated model got: 0 refused at load, 1 loaded, 2 ran
 /// forward, 3 explained by at least one analyzer.
 fn exercise_model(bytes: &[u8]) -> usize {
-    let Ok(model) = Model::from_bytes(bytes, Path::new("fuzz.onnx"), None) else {
+    let Ok(model) = Model::options().from_bytes(bytes, Path::new("fuzz.onnx"), None) else {
         return 0;
     };
     let mut i = 0usize;
@@ -708,7 +708,8 @@ fn seeds_are_valid() {
         decode_bytes(s, &limits).unwrap_or_else(|e| panic!("image seed {i}: {e:#}"));
     }
     for (i, s) in model_seeds().iter().enumerate() {
-        let m = Model::from_bytes(s, Path::new("seed.onnx"), None)
+        let m = Model::options()
+            .from_bytes(s, Path::new("seed.onnx"), None)
             .unwrap_or_else(|e| panic!("model seed {i}: {e:#}"));
         assert!(m.classes >= 2, "model seed {i}");
     }

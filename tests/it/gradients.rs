@@ -30,14 +30,16 @@
 
 use std::path::Path;
 
-use lrp_heatmap::analyzer::{all_names, black, Analyzer, AnalyzerParams, GRADIENT_NAMES};
+use lrp_heatmap::analyzers::gradient::{
+    input_gradient, integrated_gradients, smoothgrad, GradientMode,
+};
+use lrp_heatmap::analyzers::{all_names, black, Analyzer, AnalyzerParams, GRADIENT_NAMES};
 use lrp_heatmap::composite::NAMES;
-use lrp_heatmap::gradient::{input_gradient, integrated_gradients, smoothgrad, GradientMode};
 use lrp_heatmap::graph::{Act, Op};
 use lrp_heatmap::model::Model;
 use lrp_heatmap::ops::pool;
 use lrp_heatmap::preprocess::Normalization;
-use lrp_heatmap::synth::{he_normal, Attr, Rng};
+use lrp_testkit::synth::{he_normal, Attr, Rng};
 use ndarray::ArrayD;
 
 use crate::support::{max_abs, normal, Net};

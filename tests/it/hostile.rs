@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use image::{ImageFormat, Luma, LumaA, Rgb, RgbImage, Rgba, RgbaImage};
-use lrp_heatmap::npy::read_npy_f32;
+use lrp_testkit::npy::read_npy_f32;
 use serde_json::Value;
 
 use crate::support::*;

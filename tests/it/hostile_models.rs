@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
+use lrp_testkit::synth::{he_normal, Attr, OnnxBuilder, Rng};
 
 use crate::support::{self, *};
 

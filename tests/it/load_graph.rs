@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
+use lrp_testkit::synth::{he_normal, Attr, OnnxBuilder, Rng};
 use prost::Message;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::TensorProto;

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use lrp_heatmap::npy::read_npy_f32;
-use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
+use lrp_testkit::npy::read_npy_f32;
+use lrp_testkit::synth::{he_normal, Attr, OnnxBuilder, Rng};
 
 use crate::support::{lrp, random_rgb, save_model, text};
 

@@ -17,12 +17,12 @@
 
 use std::path::Path;
 
+use lrp_heatmap::analyzers::gradient::{input_gradient, GradientMode};
+use lrp_heatmap::analyzers::lrp::explain;
 use lrp_heatmap::composite::Composite;
-use lrp_heatmap::explain::explain;
-use lrp_heatmap::gradient::{input_gradient, GradientMode};
 use lrp_heatmap::model::{Engine, Model};
 use lrp_heatmap::preprocess::Normalization;
-use lrp_heatmap::synth::{he_normal, Attr, Rng};
+use lrp_testkit::synth::{he_normal, Attr, Rng};
 
 use crate::support::{dot, max_abs, normal, Net};
 
@@ -219,15 +219,14 @@ fn net_runtime(dir: &Path) -> std::path::PathBuf {
 /// The checks of the top of the file on the model at `path`.
 fn check(path: &Path, native: bool) {
     let what = path.file_name().unwrap().to_string_lossy().into_owned();
-    let auto =
-        Model::load_with(path, None, Engine::Auto).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    let auto = Model::load(path).unwrap_or_else(|e| panic!("{what}: {e:#}"));
     assert_eq!(
         auto.engine() == "native",
         native,
         "{what}: {}",
         auto.engine()
     );
-    let tract = Model::load_with(path, None, Engine::Tract).unwrap();
+    let tract = Model::options().engine(Engine::Tract).load(path).unwrap();
     let mut rng = Rng::new(5);
     for _ in 0..2 {
         let x = normal(&mut rng, &tract.input.shape);

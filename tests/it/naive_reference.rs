@@ -47,14 +47,14 @@
 
 use std::path::{Path, PathBuf};
 
+use lrp_heatmap::analyzers::lrp::explain;
 use lrp_heatmap::composite::{Composite, RuleParams, NAMES};
-use lrp_heatmap::explain::explain;
-use lrp_heatmap::model::Model;
+use lrp_heatmap::model::{LoadOptions, Model};
 use lrp_heatmap::ops::conv::{Conv, Padding, Window};
 use lrp_heatmap::ops::dense::{Affine, Dense};
 use lrp_heatmap::preprocess::Normalization;
 use lrp_heatmap::rules::{Bounds, LinearLayer, Rule, STABILIZER};
-use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
+use lrp_testkit::synth::{he_normal, Attr, OnnxBuilder, Rng};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::support::{lrp, random_rgb};
@@ -2131,8 +2131,12 @@ fn argmax(v: &[f32]) -> usize {
 /// and compares logits and relevance with the reference. Returns failures.
 fn check_network(what: &str, net: &BuiltNet, input: &ArrayD<f32>) -> Vec<String> {
     let mut failures = vec![];
-    let model = Model::load_sized(&net.path, net.feed.size)
-        .unwrap_or_else(|e| panic!("{what}: cannot load: {e:#}"));
+    let model = LoadOptions {
+        size: net.feed.size,
+        ..Default::default()
+    }
+    .load(&net.path)
+    .unwrap_or_else(|e| panic!("{what}: cannot load: {e:#}"));
     let fwd = model
         .forward(input.clone())
         .unwrap_or_else(|e| panic!("{what}: forward: {e:#}"));
@@ -3382,7 +3386,7 @@ fn check_cli(what: &str, net: &BuiltNet, dir: &Path, seed: u64) -> Vec<String> {
     // pads, concats, resizes, gates, sums and average pools pass all of it on;
     // only the 1e-6 stabiliser and f32 rounding remain), so sum R = logit
     let npy = PathBuf::from(v["npy"].as_str().expect("npy"));
-    let (rshape, rel) = lrp_heatmap::npy::read_npy_f32(&npy).expect("npy");
+    let (rshape, rel) = lrp_testkit::npy::read_npy_f32(&npy).expect("npy");
     let sum: f64 = rel.iter().map(|&r| r as f64).sum();
     if (sum - logit).abs() > 1e-3 * logit.abs() {
         failures.push(format!("{what}: sum R = {sum} vs logit {logit}"));

@@ -6,11 +6,11 @@
 use std::ffi::OsStr;
 use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use image::{ImageFormat, Rgb, RgbImage, RgbaImage};
-use lrp_heatmap::synth::{he_normal, Attr, OnnxBuilder, Rng};
+use lrp_testkit::synth::{he_normal, Attr, OnnxBuilder, Rng};
 use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
 
@@ -37,23 +37,7 @@ pub fn lrp<S: AsRef<OsStr>>(args: &[S]) -> Output {
     Command::new(BIN).args(args).output().expect("binary runs")
 }
 
-/// Waits for `child`, looking every `poll`; kills it and fails the test if
-/// it has not finished within 120 s (a hang is a failure, not a stuck
-/// suite). `what` names it in the failure.
-pub fn wait_or_kill(child: &mut Child, what: &str, poll: Duration) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not finish within 120 s (a hang?)");
-        }
-        std::thread::sleep(poll);
-    }
-}
+pub use lrp_testkit::process::wait_or_kill;
 
 /// Runs the binary in `dir` with a deadline ([`wait_or_kill`]).
 pub fn run_in(dir: &Path, args: &[&OsStr]) -> Output {

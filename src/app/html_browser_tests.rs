@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::app::html::{encode_png, grid_html, HtmlRow, HtmlTile};
 use image::{Rgb, RgbImage};
-use lrp_heatmap::html::{encode_png, grid_html, HtmlRow, HtmlTile};
 use lrp_heatmap::render::{render_map, Style};
 use ndarray::Array2;
 
-use crate::support::wait_or_kill;
+use lrp_testkit::process::wait_or_kill;
 
 const BROWSERS: &[&str] = &["chromium", "chromium-browser", "google-chrome"];
 
