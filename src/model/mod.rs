@@ -247,8 +247,11 @@ impl Model {
     ///
     /// ```
     /// use lrp_heatmap::model::{Engine, Model};
-    /// let model = Model::options().input_size([160, 128]).engine(Engine::Tract).load("efficientnet-lite0")?;
+    /// let model = Model::options().engine(Engine::Tract).load("efficientnet-lite0")?;
     /// assert_eq!(model.engine(), "tract (asked for)");
+    /// // the bundled model's input is fixed: another size is refused
+    /// let e = Model::options().input_size([160, 128]).load("efficientnet-lite0").err().unwrap();
+    /// assert!(e.to_string().contains("fixed to 224x224"), "{e}");
     /// # Ok::<(), lrp_heatmap::Error>(())
     /// ```
     pub fn options() -> LoadOptions {
