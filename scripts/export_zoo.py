@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Small versions of common CNN architectures, exported by PyTorch's two ONNX
-exporters, with PyTorch's own numbers: the fixtures of tests/exporters.rs.
+exporters, with PyTorch's own numbers: the fixtures of tests/it/exporters.rs.
 
 Each architecture is built with its real torchvision / timm constructor, then
 shrunk in place: every Conv2d, BatchNorm2d and Linear keeps its class (timm's

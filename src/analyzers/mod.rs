@@ -1,7 +1,7 @@
 //! Analyzers: an LRP composite or a method of the gradient family, chosen by
 //! name wherever a rule name is accepted.
 
-pub mod bounds;
+pub(crate) mod bounds;
 pub mod gradient;
 pub mod lrp;
 pub mod selfcheck;

@@ -46,7 +46,7 @@
 //!    the largest `|sum R_in - that| / sum |R_out|` over the layers, **at most
 //!    [`ZPLUS_TOL`]**.
 //! 4. **per-operator check**, walking back from the output: every node is run
-//!    forward alone ([`crate::engine::native::NativePlan::run_node`]) on its input
+//!    forward alone (the native engine's `NativePlan::run_node`) on its input
 //!    activations; its output must equal the forward pass's (the same shape,
 //!    relative L2 at most [`FORWARD_TOL`]), and for random `u`, `v` its
 //!    backward pass must satisfy `<u, J v> = <J^T u, v>` with `J v` from
@@ -75,7 +75,7 @@
 //!    cosine 0.66, ours and PyTorch's f32 one 0.75 to 0.87.
 //!
 //! Thresholds from measurement (`cargo test --lib selfcheck -- --nocapture`,
-//! `tests/check.rs`, `tests/exporters.rs`): on correct small ReLU nets the
+//! `tests/it/check.rs`, `tests/it/exporters.rs`): on correct small ReLU nets the
 //! gradient errors are 1e-4 to 6e-4, on the 28 files of PyTorch's two
 //! exporters (`tests/fixtures/exporters`: SiLU, HardSwish and sigmoid gates
 //! among them) 5e-4 to 1.4e-2 where conclusive; LRP-0 has cosine 1.000000

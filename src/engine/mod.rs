@@ -2,8 +2,8 @@
 //! native engine does not cover) behind one [`Backend`], and the one backward
 //! walk every analyzer uses ([`walk`]).
 
-pub mod native;
-pub mod tract;
+pub(crate) mod native;
+pub(crate) mod tract;
 pub mod walk;
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ type Activations = HashMap<String, ArrayD<f32>>;
 /// Which engine runs the forward pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Engine {
-    /// The graph-native pass ([`native`]) where every operator has
+    /// The graph-native pass (`engine/native.rs`) where every operator has
     /// one, tract otherwise.
     #[default]
     Auto,
@@ -34,7 +34,7 @@ pub enum Engine {
 
 /// The engine a model runs on, with what it needs.
 pub enum Backend {
-    /// The graph-native pass ([`native`]).
+    /// The graph-native pass (`engine/native.rs`).
     Native(native::NativePlan),
     /// tract, and why the native pass could not be used.
     Tract {

@@ -18,9 +18,9 @@ use onnx::build_graph;
 
 pub use crate::engine::{softmax, Engine, Forward};
 
-pub mod canon;
-pub mod limits;
-pub mod onnx;
+pub(crate) mod canon;
+pub(crate) mod limits;
+pub(crate) mod onnx;
 
 /// Name of the bundled model (EfficientNet-Lite0, ImageNet), the default.
 pub const BUNDLED_NAME: &str = "efficientnet-lite0";
@@ -229,8 +229,8 @@ impl Model {
     /// is [`BUNDLED_NAME`] and no such file exists.
     ///
     /// Symbolic input height and width become [`DEFAULT_SIZE`]
-    /// ([`Model::load_sized`] chooses them); the forward engine is chosen
-    /// automatically ([`Model::load_with`]). A file that cannot be read or
+    /// ([`Model::options`] chooses them, and the forward engine, which is
+    /// chosen automatically by default). A file that cannot be read or
     /// prepared is [`crate::Error::Model`], one with an operator the
     /// relevance graph does not handle [`crate::Error::Unsupported`].
     ///

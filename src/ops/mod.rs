@@ -1,9 +1,9 @@
 //! Relevance propagation and exact gradients through each operator family,
-//! one file per family, registered once in [`families!`] below.
+//! one file per family, registered once by the `families!` line below.
 
 #[cfg(test)]
 mod geometry_tests;
-pub mod pool_grad;
+pub(crate) mod pool_grad;
 pub mod registry;
 
 /// Declares each operator family's module and lists its `FAMILY` in

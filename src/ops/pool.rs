@@ -393,6 +393,19 @@ pub fn global_pool(x: &ArrayD<f32>, r: &ArrayD<f32>, max: bool) -> Result<ArrayD
     Ok(ArrayD::from_shape_vec(x.shape(), out)?)
 }
 
+/// The registry's entry: the ONNX operators this family reads (imported in
+/// `model/onnx`, run natively in `engine/native.rs`).
+pub const FAMILY: super::registry::Family = super::registry::Family {
+    name: "pool",
+    onnx: &[
+        ("MaxPool", "winner takes all (first maximum)"),
+        ("GlobalMaxPool", "winner takes all"),
+        ("AveragePool", "proportional (Norm rule)"),
+        ("GlobalAveragePool", "proportional (Norm rule)"),
+    ],
+    import: None,
+};
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -560,16 +573,3 @@ pub(crate) mod tests {
         }
     }
 }
-
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
-pub const FAMILY: super::registry::Family = super::registry::Family {
-    name: "pool",
-    onnx: &[
-        ("MaxPool", "winner takes all (first maximum)"),
-        ("GlobalMaxPool", "winner takes all"),
-        ("AveragePool", "proportional (Norm rule)"),
-        ("GlobalAveragePool", "proportional (Norm rule)"),
-    ],
-    import: None,
-};

@@ -13,8 +13,8 @@
 //! [`TinyNet::explain`] walks it back with [`lrp_heatmap::engine::walk::walk_back`] and
 //! [`lrp_heatmap::graph::Node::relevance`], the rule of each layer chosen by a
 //! [`Composite`], exactly as for an ONNX model, keeping every layer's
-//! relevance. [`report`] prints the example (`lrp-heatmap demo`,
-//! `cargo run --example deep_taylor`).
+//! relevance. [`report()`] prints the example
+//! (`cargo run --example deep_taylor`).
 
 use std::collections::HashMap;
 
