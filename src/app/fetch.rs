@@ -762,24 +762,7 @@ mod tests {
         assert_eq!(parse_content_range("items 1-2/3"), None);
     }
 
-    /// A tiny zoo-style VGG16 (input 32x32, 10 classes) as ONNX bytes.
-    fn tiny_vgg_bytes() -> std::sync::Arc<Vec<u8>> {
-        use lrp_testkit::synth::{vgg16, VggSpec, VggStyle};
-        std::sync::Arc::new(vgg16(&VggSpec::tiny(VggStyle::Zoo)).to_bytes())
-    }
-
-    /// Names in the cache folder, sorted.
-    fn cache_files(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-
-    use lrp_testkit::http::{Route, Server};
+    use lrp_testkit::http::{file_names, tiny_model, Route, Server};
 
     // the download itself, against a local server that stalls (the binary's
     // downloads are tested end to end in tests/it/fetch.rs)
@@ -796,7 +779,7 @@ mod tests {
 
     #[test]
     fn ensure_times_out_a_stalled_server_resumes_and_then_uses_the_cache() {
-        let model = tiny_vgg_bytes();
+        let model = tiny_model();
         let server = Server::start(vec![(
             "/stall.onnx",
             Route::Stalling {
@@ -838,6 +821,6 @@ mod tests {
             path
         );
         assert_eq!(server.count("/stall.onnx"), 2);
-        assert_eq!(cache_files(dir.path()), ["stall.onnx"]);
+        assert_eq!(file_names(dir.path()), ["stall.onnx"]);
     }
 }

@@ -33,7 +33,7 @@ pub enum Engine {
 }
 
 /// The engine a model runs on, with what it needs.
-pub enum Backend {
+pub(crate) enum Backend {
     /// The graph-native pass (`engine/native.rs`).
     Native(native::NativePlan),
     /// tract, and why the native pass could not be used.
@@ -123,7 +123,7 @@ pub fn softmax(x: &[f32]) -> Vec<f32> {
 /// Checks that the tensors of one forward pass of `model` (every node
 /// output, with the shapes tract inferred) take at most
 /// [`MAX_FORWARD_BYTES`].
-pub fn check_forward_memory(model: &TypedModel, input: &[usize]) -> Result<()> {
+pub(crate) fn check_forward_memory(model: &TypedModel, input: &[usize]) -> Result<()> {
     let mut total: u64 = 0;
     for node in model.nodes() {
         for o in &node.outputs {

@@ -9,8 +9,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lrp_testkit::http::{Route, Server};
-use lrp_testkit::synth::{vgg16, VggSpec, VggStyle};
+use lrp_testkit::http::{file_names, tiny_model, Route, Server};
 use sha2::{Digest, Sha256};
 
 use crate::support::{repo, text, BIN};
@@ -20,11 +19,6 @@ fn sha256_hex(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-/// A tiny zoo-style VGG16 (input 32x32, 10 classes) as ONNX bytes.
-fn tiny_vgg_bytes() -> Arc<Vec<u8>> {
-    Arc::new(vgg16(&VggSpec::tiny(VggStyle::Zoo)).to_bytes())
 }
 
 /// The binary with the cache in `cache` and no mirror, offline or proxy
@@ -56,20 +50,9 @@ fn run(c: &mut Command) -> (i32, String, String) {
     (status.code().unwrap_or(-1), text(&stdout), text(&stderr))
 }
 
-/// Names in the cache folder, sorted (none if it does not exist).
-fn cache_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn fetch_by_url_verifies_caches_once_and_the_model_runs_from_the_cache() {
-    let model = tiny_vgg_bytes();
+    let model = tiny_model();
     let sha = sha256_hex(&model);
     let server = Server::start(vec![("/zoo/tiny.onnx", Route::File(model.clone()))]);
     let dir = tempfile::tempdir().unwrap();
@@ -83,7 +66,7 @@ fn fetch_by_url_verifies_caches_once_and_the_model_runs_from_the_cache() {
         err.contains(&format!("verified tiny.onnx (sha256 {sha})")),
         "{err}"
     );
-    assert_eq!(cache_files(&cache), ["tiny.onnx"]);
+    assert_eq!(file_names(&cache), ["tiny.onnx"]);
     assert_eq!(std::fs::read(cache.join("tiny.onnx")).unwrap(), *model);
     assert_eq!(server.seen(), [("/zoo/tiny.onnx".to_string(), None)]);
 
@@ -111,7 +94,7 @@ fn fetch_by_url_verifies_caches_once_and_the_model_runs_from_the_cache() {
 
 #[test]
 fn a_wrong_checksum_fails_and_leaves_nothing() {
-    let model = tiny_vgg_bytes();
+    let model = tiny_model();
     let mut other = (*model).clone();
     other[1000] ^= 1; // same size, different content
     let server = Server::start(vec![("/bad.onnx", Route::File(Arc::new(other)))]);
@@ -137,15 +120,15 @@ fn a_wrong_checksum_fails_and_leaves_nothing() {
         1
     );
     assert!(
-        cache_files(dir.path()).is_empty(),
+        file_names(dir.path()).is_empty(),
         "{:?}",
-        cache_files(dir.path())
+        file_names(dir.path())
     );
 }
 
 #[test]
 fn a_dropped_connection_is_resumed_with_a_range_request() {
-    let model = tiny_vgg_bytes();
+    let model = tiny_model();
     let half = model.len() / 2;
     let server = Server::start(vec![(
         "/m.onnx",
@@ -175,13 +158,13 @@ fn a_dropped_connection_is_resumed_with_a_range_request() {
             ("/m.onnx".to_string(), Some(format!("bytes={half}-")))
         ]
     );
-    assert_eq!(cache_files(dir.path()), ["m.onnx"]);
+    assert_eq!(file_names(dir.path()), ["m.onnx"]);
     assert_eq!(std::fs::read(dir.path().join("m.onnx")).unwrap(), *model);
 }
 
 #[test]
 fn an_interrupted_download_is_kept_and_the_next_run_resumes_it() {
-    let model = tiny_vgg_bytes();
+    let model = tiny_model();
     // every attempt of the first run (3) loses the connection after 1000 bytes
     let server = Server::start(vec![(
         "/m.onnx",
@@ -201,7 +184,7 @@ fn an_interrupted_download_is_kept_and_the_next_run_resumes_it() {
         err.contains(&format!("lrp-heatmap fetch {url} --sha256 {sha}")),
         "{err}"
     );
-    assert_eq!(cache_files(dir.path()), ["m.onnx.part"]);
+    assert_eq!(file_names(dir.path()), ["m.onnx.part"]);
     assert_eq!(
         std::fs::read(dir.path().join("m.onnx.part")).unwrap(),
         model[..3000]
@@ -219,7 +202,7 @@ fn an_interrupted_download_is_kept_and_the_next_run_resumes_it() {
             Some("bytes=3000-".into())
         ]
     );
-    assert_eq!(cache_files(dir.path()), ["m.onnx"]);
+    assert_eq!(file_names(dir.path()), ["m.onnx"]);
     assert_eq!(std::fs::read(dir.path().join("m.onnx")).unwrap(), *model);
 }
 
@@ -236,15 +219,15 @@ fn not_found_fails_clearly_and_leaves_nothing() {
     // a 404 is not retried
     assert_eq!(server.count("/missing.onnx"), 1);
     assert!(
-        cache_files(dir.path()).is_empty(),
+        file_names(dir.path()).is_empty(),
         "{:?}",
-        cache_files(dir.path())
+        file_names(dir.path())
     );
 }
 
 #[test]
 fn redirects_are_followed() {
-    let model = tiny_vgg_bytes();
+    let model = tiny_model();
     let server = Server::start(vec![
         ("/old/tiny.onnx", Route::Redirect("/new/tiny.onnx".into())),
         ("/new/tiny.onnx", Route::File(model.clone())),
@@ -260,17 +243,14 @@ fn redirects_are_followed() {
     ]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(server.count("/new/tiny.onnx"), 1);
-    assert_eq!(cache_files(dir.path()), ["renamed.onnx"]);
+    assert_eq!(file_names(dir.path()), ["renamed.onnx"]);
 }
 
 #[test]
 fn registry_names_download_from_the_mirror_on_first_use_and_check_the_size() {
     // The mirror serves a file that is not the 553437328-byte vgg16-7.onnx:
     // refused from its Content-Length before any byte is stored.
-    let server = Server::start(vec![(
-        "/mirror/vgg16-7.onnx",
-        Route::File(tiny_vgg_bytes()),
-    )]);
+    let server = Server::start(vec![("/mirror/vgg16-7.onnx", Route::File(tiny_model()))]);
     let dir = tempfile::tempdir().unwrap();
     let mirror = server.url("/mirror/");
     let (code, _, err) = run(lrp_cached(dir.path())
@@ -285,9 +265,9 @@ fn registry_names_download_from_the_mirror_on_first_use_and_check_the_size() {
     assert!(err.contains("`lrp-heatmap fetch vgg16`"), "{err}");
     assert_eq!(server.seen(), [("/mirror/vgg16-7.onnx".to_string(), None)]);
     assert!(
-        cache_files(dir.path()).is_empty(),
+        file_names(dir.path()).is_empty(),
         "{:?}",
-        cache_files(dir.path())
+        file_names(dir.path())
     );
 
     let (code, _, err) = run(lrp_cached(dir.path())
@@ -296,12 +276,12 @@ fn registry_names_download_from_the_mirror_on_first_use_and_check_the_size() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("HTTP 404"), "{err}");
     assert_eq!(server.count("/mirror/vgg16-12.onnx"), 1);
-    assert!(cache_files(dir.path()).is_empty());
+    assert!(file_names(dir.path()).is_empty());
 }
 
 #[test]
 fn offline_never_touches_the_network_and_says_what_to_fetch() {
-    let server = Server::start(vec![("/vgg16-7.onnx", Route::File(tiny_vgg_bytes()))]);
+    let server = Server::start(vec![("/vgg16-7.onnx", Route::File(tiny_model()))]);
     let dir = tempfile::tempdir().unwrap();
     let mirror = server.url("");
     let cat = repo("images/cat.jpg");
@@ -349,7 +329,7 @@ fn offline_never_touches_the_network_and_says_what_to_fetch() {
         }
     }
     assert!(server.seen().is_empty(), "{:?}", server.seen());
-    assert!(cache_files(dir.path()).is_empty());
+    assert!(file_names(dir.path()).is_empty());
 }
 
 #[test]
@@ -390,7 +370,7 @@ fn models_lists_the_registry_with_cache_states() {
 
 #[test]
 fn two_processes_fetching_the_same_file_download_it_once() {
-    let model = tiny_vgg_bytes();
+    let model = tiny_model();
     // about 2 s per download, so that the two runs overlap
     let server = Server::start(vec![(
         "/slow.onnx",
@@ -424,6 +404,6 @@ fn two_processes_fetching_the_same_file_download_it_once() {
         })
         .count();
     assert_eq!(waited, 1, "{} / {}", err(&a), err(&b));
-    assert_eq!(cache_files(dir.path()), ["slow.onnx"]);
+    assert_eq!(file_names(dir.path()), ["slow.onnx"]);
     assert_eq!(std::fs::read(dir.path().join("slow.onnx")).unwrap(), *model);
 }

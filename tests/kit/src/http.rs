@@ -232,3 +232,21 @@ fn serve(
     }
     Ok(())
 }
+
+/// A tiny zoo-style VGG16 (input 32x32, 10 classes) as ONNX bytes, to serve.
+pub fn tiny_model() -> Arc<Vec<u8>> {
+    use crate::synth::{vgg16, VggSpec, VggStyle};
+    Arc::new(vgg16(&VggSpec::tiny(VggStyle::Zoo)).to_bytes())
+}
+
+/// The names in folder `dir`, sorted (none if it does not exist): what a
+/// download left in the cache.
+pub fn file_names(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
