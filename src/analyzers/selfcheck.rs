@@ -395,7 +395,7 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
     }
     let why = match &node.op {
         Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => return None,
-        Op::MaxPool(_) | Op::AvgPool(_) | Op::GlobalAvgPool | Op::GlobalMaxPool => return None,
+        Op::MaxPool(_) | Op::AvgPool(_) => return None,
         Op::Sum | Op::Reshape(_) | Op::Transpose(_) | Op::Concat { .. } | Op::Resize(_) => {
             return None
         }
@@ -501,10 +501,7 @@ fn signature(model: &Model, fwd: &Forward, shapes: &Shapes) -> Result<Vec<u8>> {
                     );
                 }
             }
-            Op::MaxPool(_) | Op::GlobalMaxPool => {
-                sig.extend(winners(node, &[x], out)?.iter().map(|&w| w as u8));
-            }
-            Op::Reduce(s) if s.kind == ops::reduce::ReduceKind::Max => {
+            op if op.takes_maxima() => {
                 sig.extend(winners(node, &[x], out)?.iter().map(|&w| w as u8));
             }
             _ => {}
@@ -853,8 +850,7 @@ fn is_fake_quantizer(node: &Node) -> bool {
 
 /// Whether `node` takes maxima (its derivative depends on the winners).
 fn is_max(node: &Node) -> bool {
-    matches!(node.op, Op::MaxPool(_) | Op::GlobalMaxPool)
-        || matches!(&node.op, Op::Reduce(s) if s.kind == ops::reduce::ReduceKind::Max)
+    node.op.takes_maxima()
 }
 
 /// Checks one node: forward against the model's, `<u, J v>` against

@@ -52,8 +52,6 @@ fn unsupported(node: &Node) -> Option<&'static str> {
         | Op::Affine(_)
         | Op::MaxPool(_)
         | Op::AvgPool(_)
-        | Op::GlobalAvgPool
-        | Op::GlobalMaxPool
         | Op::Sum
         | Op::Activation(_)
         | Op::Arith { .. }
@@ -130,11 +128,6 @@ impl NativePlan {
                 ensure!(x.len() == 4, "pooling needs [N, C, H, W], got {x:?}");
                 let [oh, ow] = p.output_size(x[2], x[3])?;
                 vec![x[0], x[1], oh, ow]
-            }
-            Op::GlobalAvgPool | Op::GlobalMaxPool => {
-                let mut s = x.to_vec();
-                s.iter_mut().skip(2).for_each(|d| *d = 1);
-                s
             }
             Op::Sum => ins[1..]
                 .iter()
@@ -266,8 +259,6 @@ impl NativePlan {
             Op::Affine(l) => l.forward(x, &l.weight, true)?,
             Op::MaxPool(p) => crate::ops::pool::forward(p, x, true)?,
             Op::AvgPool(p) => crate::ops::pool::forward(p, x, false)?,
-            Op::GlobalAvgPool => global_pool(x, false)?,
-            Op::GlobalMaxPool => global_pool(x, true)?,
             Op::Sum => {
                 let mut acc = x.clone();
                 for other in &inputs[1..] {
@@ -374,30 +365,4 @@ fn all_finite(x: &ArrayD<f32>) -> bool {
             .all(|c| c.iter().all(|v| v.is_finite())),
         _ => x.iter().all(|v| v.is_finite()),
     }
-}
-
-/// `GlobalMaxPool` / `GlobalAveragePool`: `[N, C, ...]` to `[N, C, 1, ...]`.
-fn global_pool(x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
-    ensure!(
-        x.ndim() >= 3,
-        "global pooling needs [N, C, ...], got {:?}",
-        x.shape()
-    );
-    let mut shape = x.shape().to_vec();
-    let planes = shape[0] * shape[1];
-    let x = x.as_standard_layout();
-    let xs = x.as_slice().unwrap_or(&[]);
-    let size = xs.len() / planes.max(1);
-    let out: Vec<f32> = (0..planes)
-        .map(|c| {
-            let p = &xs[c * size..(c + 1) * size];
-            if max {
-                p.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-            } else {
-                p.iter().sum::<f32>() / size.max(1) as f32
-            }
-        })
-        .collect();
-    shape[2..].iter_mut().for_each(|d| *d = 1);
-    Ok(ArrayD::from_shape_vec(shape, out)?)
 }

@@ -51,8 +51,6 @@ fn imported_ops() -> Vec<&'static str> {
         "BatchNormalization",
         "MaxPool",
         "AveragePool",
-        "GlobalAveragePool",
-        "GlobalMaxPool",
         "Transpose",
         "Softmax",
         "LogSoftmax",
@@ -487,8 +485,6 @@ fn convert(
             Op::MaxPool(pool(n, name)?)
         }
         "AveragePool" => Op::AvgPool(pool(n, name)?),
-        "GlobalAveragePool" => Op::GlobalAvgPool,
-        "GlobalMaxPool" => Op::GlobalMaxPool,
         "Transpose" => Op::Transpose(
             attr_ints(n, "perm")
                 .unwrap_or_default()

@@ -17,7 +17,19 @@ macro_rules! families {
 }
 
 families!(
-    conv, dense, structural, mean, gate, pool, reduce, concat, pad, resize, movement, activation,
+    conv,
+    dense,
+    structural,
+    mean,
+    gate,
+    pool,
+    global_pool,
+    reduce,
+    concat,
+    pad,
+    resize,
+    movement,
+    activation,
 );
 
 use anyhow::{anyhow, ensure, Result};
@@ -109,10 +121,6 @@ pub enum Op {
     MaxPool(Pool),
     /// `AveragePool`: proportional to contribution.
     AvgPool(Pool),
-    /// `GlobalAveragePool`: proportional to contribution.
-    GlobalAvgPool,
-    /// `GlobalMaxPool`: winner takes all.
-    GlobalMaxPool,
     /// Elementwise sum of activations (residual `Add`): proportional split.
     Sum,
     /// Elementwise activation (also `Dropout`, `Identity`, `Cast`): relevance
@@ -191,9 +199,25 @@ pub trait Operator: std::fmt::Debug + Send + Sync {
     fn lrp0_breaker(&self) -> Option<String> {
         Some("has no proof that LRP-0 equals gradient x input through it".to_string())
     }
+    /// Whether its derivative depends on which inputs are the largest (a
+    /// maximum: the self-check looks for near-ties there).
+    fn takes_maxima(&self) -> bool {
+        false
+    }
 }
 
 impl Op {
+    /// Whether its derivative depends on which inputs are the largest
+    /// (max pools, `ReduceMax`, registered operators that say so).
+    pub fn takes_maxima(&self) -> bool {
+        match self {
+            Op::MaxPool(_) => true,
+            Op::Reduce(s) => s.kind == reduce::ReduceKind::Max,
+            Op::Registered(o) => o.takes_maxima(),
+            _ => false,
+        }
+    }
+
     /// The node as a linear layer, if it is one.
     pub fn linear(&self) -> Option<&dyn LinearLayer> {
         match self {
@@ -260,8 +284,6 @@ pub fn relevance(
         }
         Op::MaxPool(p) => one(pool::max_pool(p, x, r)?),
         Op::AvgPool(p) => one(pool::avg_pool(p, x, r)?),
-        Op::GlobalAvgPool => one(pool::global_pool(x, r, false)?),
-        Op::GlobalMaxPool => one(pool::global_pool(x, r, true)?),
         Op::Sum => structural::sum(inputs, r)?,
         Op::Activation(_) | Op::Arith { .. } => one(structural::pass(x, r)?),
         Op::Reshape(_) => one(structural::reshape(x, r)?),
@@ -331,9 +353,7 @@ pub fn gradient(
         }
         // the max pools' relevance rule is their gradient
         Op::MaxPool(p) => one(pool::max_pool(p, x, g)?),
-        Op::GlobalMaxPool => one(pool::global_pool(x, g, true)?),
         Op::AvgPool(p) => one(pool_grad::avg_pool(p, x.shape(), g)?),
-        Op::GlobalAvgPool => one(pool_grad::global_avg_pool(x.shape(), g)?),
         Op::Sum => structural::sum_gradient(inputs, g)?,
         Op::Activation(act) => one(act.gradient(x, g, mode == GradientMode::Guided)?),
         Op::Arith {

@@ -1,6 +1,6 @@
-//! Pooling: `MaxPool` / `GlobalMaxPool` give each window's relevance to its
+//! Pooling: `MaxPool` gives each window's relevance to its
 //! arg-max (the plain gradient, first maximum on ties as in PyTorch);
-//! `AveragePool` / `GlobalAveragePool` use Zennit's `Norm` rule (each input gets
+//! `AveragePool` uses Zennit's `Norm` rule (each input gets
 //! its share of the window sum, stabilised by 1e-6).
 
 use anyhow::{ensure, Result};
@@ -351,47 +351,6 @@ pub fn avg_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32
     Ok(ArrayD::from_shape_vec(x.shape(), out)?)
 }
 
-/// Relevance through `GlobalAveragePool` (`Norm` rule) or `GlobalMaxPool` (arg-max).
-pub fn global_pool(x: &ArrayD<f32>, r: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
-    ensure!(
-        x.ndim() >= 3,
-        "global pooling needs [N, C, ...], got {:?}",
-        x.shape()
-    );
-    let planes = x.shape()[0] * x.shape()[1];
-    ensure!(
-        r.len() == planes,
-        "global pooling output {:?} for input {:?}",
-        r.shape(),
-        x.shape()
-    );
-    let x = x.as_standard_layout();
-    let r = r.as_standard_layout();
-    let (xs, rs) = (x.as_slice().unwrap_or(&[]), r.as_slice().unwrap_or(&[]));
-    let size = xs.len() / planes.max(1);
-    let mut out = vec![0.0f32; xs.len()];
-    for c in 0..planes {
-        let xp = &xs[c * size..(c + 1) * size];
-        let op = &mut out[c * size..(c + 1) * size];
-        if max {
-            let mut best = 0;
-            for (i, &v) in xp.iter().enumerate() {
-                if v > xp[best] {
-                    best = i;
-                }
-            }
-            if size > 0 {
-                op[best] = rs[c];
-            }
-        } else {
-            let inv = 1.0 / size as f32;
-            let z = xp.iter().sum::<f32>() * inv;
-            let s = rs[c] / stabilize(z, STABILIZER) * inv;
-            op.iter_mut().zip(xp).for_each(|(o, &v)| *o = v * s);
-        }
-    }
-    Ok(ArrayD::from_shape_vec(x.shape(), out)?)
-}
 
 /// The registry's entry: the ONNX operators this family reads (imported in
 /// `model/onnx`, run natively in `engine/native.rs`).
@@ -399,9 +358,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "pool",
     onnx: &[
         ("MaxPool", "winner takes all (first maximum)"),
-        ("GlobalMaxPool", "winner takes all"),
         ("AveragePool", "proportional (Norm rule)"),
-        ("GlobalAveragePool", "proportional (Norm rule)"),
     ],
     import: None,
 };

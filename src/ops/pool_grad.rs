@@ -1,5 +1,5 @@
 //! Exact gradients of the average pools (the max pools' gradient is their
-//! relevance rule, [`super::pool::max_pool`] and [`super::pool::global_pool`]).
+//! relevance rule, [`super::pool::max_pool`] and `GlobalMaxPool` in [`super::global_pool`]).
 //!
 //! The window and divisor semantics are those of [`super::pool::avg_pool`]:
 //! `count_include_pad` divides by the window clipped to the padded input,
@@ -65,27 +65,6 @@ pub fn avg_pool(p: &Pool, x_shape: &[usize], g: &ArrayD<f32>) -> Result<ArrayD<f
                 }
             }
         }
-    }
-    Ok(ArrayD::from_shape_vec(x_shape.to_vec(), out)?)
-}
-
-/// Gradient through `GlobalAveragePool`: `g / (H W)` to every position.
-pub fn global_avg_pool(x_shape: &[usize], g: &ArrayD<f32>) -> Result<ArrayD<f32>> {
-    ensure!(
-        x_shape.len() >= 3,
-        "global pooling needs [N, C, ...], got {x_shape:?}"
-    );
-    let planes = x_shape[0] * x_shape[1];
-    ensure!(
-        g.len() == planes,
-        "global pooling output {:?} for input {x_shape:?}",
-        g.shape()
-    );
-    let size: usize = x_shape[2..].iter().product();
-    let inv = 1.0 / size.max(1) as f32;
-    let mut out = Vec::with_capacity(planes * size);
-    for &v in g.as_standard_layout().iter() {
-        out.extend(std::iter::repeat_n(v * inv, size));
     }
     Ok(ArrayD::from_shape_vec(x_shape.to_vec(), out)?)
 }

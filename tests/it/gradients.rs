@@ -39,6 +39,7 @@ use lrp_heatmap::graph::{Act, Op};
 use lrp_heatmap::model::Model;
 use lrp_heatmap::ops::pool;
 use lrp_heatmap::preprocess::Normalization;
+use lrp_heatmap::rules::Rule;
 use lrp_testkit::synth::{he_normal, Attr, Rng};
 use ndarray::ArrayD;
 
@@ -318,7 +319,12 @@ fn eval(model: &Model, x: &ArrayD<f32>, class: usize) -> (f32, Vec<u8>) {
         };
         let wins = match &node.op {
             Op::MaxPool(p) => pool::max_pool(p, a, &out()).unwrap(),
-            Op::GlobalMaxPool => pool::global_pool(a, &out(), true).unwrap(),
+            // GlobalMaxPool, ReduceMax: their relevance is the winners' mask
+            op if op.takes_maxima() => {
+                let eps0 = Rule::Epsilon { epsilon: 0.0 };
+                let r = node.relevance(&[a], &out(), eps0, None, Default::default());
+                r.unwrap().swap_remove(0)
+            }
             _ => ArrayD::zeros(vec![0]),
         };
         pieces.extend(wins.iter().map(|&w| w as u8));

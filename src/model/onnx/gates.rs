@@ -57,6 +57,7 @@ pub fn resolve_gates(nodes: &mut [Node]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::global_pool::GlobalPool;
 
     fn node(op_type: &str, op: Op, inputs: &[&str], output: &str) -> Node {
         Node {
@@ -74,7 +75,12 @@ mod tests {
         let act = |a| Op::Activation(a);
         let mut nodes = vec![
             node("Relu", act(Act::Relu), &["in"], "x"),
-            node("GlobalAveragePool", Op::GlobalAvgPool, &["x"], "p"),
+            node(
+                "GlobalAveragePool",
+                Op::Registered(std::sync::Arc::new(GlobalPool { max: false })),
+                &["x"],
+                "p",
+            ),
             node("Sigmoid", act(Act::Sigmoid), &["p"], "s"),
             node("Reshape", Op::Reshape(None), &["s"], "s2"),
             node("Mul", Op::Gate { gate: None }, &["s2", "x"], "y"),
