@@ -57,7 +57,6 @@ fn unsupported(node: &Node) -> Option<&'static str> {
         | Op::Arith { .. }
         | Op::Reshape(_)
         | Op::Transpose(_)
-        | Op::Concat { .. }
         | Op::Move(_)
         | Op::Gate { .. }
         | Op::Reduce(_)
@@ -145,9 +144,6 @@ impl NativePlan {
                 broadcast(x, other)?
             }
             Op::Reduce(spec) => crate::ops::reduce::output_shape(spec, x)?,
-            Op::Concat { axis } => {
-                crate::ops::movement::Movement::Concat { axis: *axis }.output_shape_of(ins)?
-            }
             Op::Reshape(rule) => rule
                 .as_ref()
                 .ok_or_else(|| anyhow!("a reshape to a shape computed at run time"))?
@@ -306,9 +302,6 @@ impl NativePlan {
             }
             Op::Move(m) => m.forward(inputs)?,
             Op::Registered(o) => o.forward(inputs)?,
-            Op::Concat { axis } => {
-                crate::ops::movement::Movement::Concat { axis: *axis }.forward(inputs)?
-            }
             Op::BatchNorm { .. } | Op::AddConst(_) => bail!("node was not canonized"),
             #[allow(unreachable_patterns)]
             _ => bail!("no native forward pass"),

@@ -1,12 +1,65 @@
 //! `Concat` of activations (SqueezeNet Fire modules, Inception blocks,
 //! DenseNet): every output element is a copy of one input element, so each
 //! input gets back its own slice of the relevance (and of the gradient),
-//! through the copy map of [`super::movement`].
+//! through the copy map of [`super::movement`]. An [`Operator`]: import,
+//! shape, forward, relevance and gradient are all in this file.
+
+use std::sync::Arc;
 
 use anyhow::{ensure, Result};
 use ndarray::ArrayD;
 
 use super::movement::Movement;
+use super::registry::{Family, OnnxNode};
+use super::Operator;
+
+/// The registry's entry.
+pub const FAMILY: Family = Family {
+    name: "concat",
+    onnx: &[("Concat", "each input gets its slice back")],
+    import: Some(import),
+};
+
+/// `Concat` along `axis` (negative: from the end).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Concat {
+    /// The concatenation axis as written in the model.
+    pub axis: i64,
+}
+
+fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
+    ensure!(
+        n.all_activations(),
+        "only a concatenation of activations is supported (an input is a constant)"
+    );
+    Ok(Arc::new(Concat {
+        axis: n.attr_int("axis", 1),
+    }))
+}
+
+impl Operator for Concat {
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|s| s.to_vec()).collect();
+        Movement::Concat { axis: self.axis }.output_shape_of(&shapes)
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
+        Movement::Concat { axis: self.axis }.forward(inputs)
+    }
+
+    fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        split(self.axis, inputs, r)
+    }
+
+    fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        split(self.axis, inputs, g)
+    }
+
+    /// Each output element is a copy of one input element.
+    fn lrp0_breaker(&self) -> Option<String> {
+        None
+    }
+}
 
 /// The axis `axis` (negative: counted from the end) of a rank-`rank` tensor.
 pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize> {
@@ -49,13 +102,6 @@ pub fn split(axis: i64, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<
     Movement::Concat { axis }.backward(inputs, r)
 }
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
-pub const FAMILY: super::registry::Family = super::registry::Family {
-    name: "concat",
-    onnx: &[("Concat", "each input gets its slice back")],
-    import: None,
-};
 
 #[cfg(test)]
 mod tests {

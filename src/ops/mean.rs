@@ -32,7 +32,7 @@ pub struct Mean;
 
 fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
     ensure!(
-        !n.is_activation.is_empty() && n.is_activation.iter().all(|&a| a),
+        n.all_activations(),
         "only a mean of activations is supported (no constant operand)"
     );
     Ok(Arc::new(Mean))

@@ -152,12 +152,6 @@ pub enum Op {
     },
     /// `Add` of a constant before canonization (a bias, usually after `MatMul`).
     AddConst(ArrayD<f32>),
-    /// `Concat` of activations along `axis` (negative: from the end): each
-    /// input gets its slice of the relevance.
-    Concat {
-        /// The concatenation axis as written in the model.
-        axis: i64,
-    },
     /// `Pad`: relevance cropped back (constant mode) or summed onto the
     /// copied elements (edge, reflect, wrap).
     Pad(pad::PadSpec),
@@ -293,14 +287,14 @@ pub fn relevance(
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("the node was not canonized"));
         }
-        Op::Concat { .. } | Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } | Op::Reduce(_) => {
+        Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } | Op::Reduce(_) => {
             copies(op, inputs, r, false)?
         }
     };
     Ok(out)
 }
 
-/// The operators that copy, select or gate values (concat, pad, resize,
+/// The operators that copy, select or gate values (pad, resize,
 /// gate, reductions): relevance (`gradient == false`) or gradient. Inputs
 /// read at run time as parameters (computed pads or scales) get zeros.
 fn copies(
@@ -316,7 +310,6 @@ fn copies(
         v
     };
     Ok(match op {
-        Op::Concat { axis } => concat::split(*axis, inputs, r)?,
         Op::Pad(spec) => {
             let pads = match (&spec.pads, inputs.get(1)) {
                 (Some(p), _) => p.clone(),
@@ -374,7 +367,7 @@ pub fn gradient(
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("the node was not canonized"));
         }
-        Op::Concat { .. } | Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } | Op::Reduce(_) => {
+        Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } | Op::Reduce(_) => {
             copies(op, inputs, g, true)?
         }
     };

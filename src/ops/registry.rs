@@ -30,6 +30,22 @@ pub struct OnnxNode<'a> {
     pub opset: i64,
 }
 
+impl OnnxNode<'_> {
+    /// The integer attribute `name`, or `default`.
+    pub fn attr_int(&self, name: &str, default: i64) -> i64 {
+        self.node
+            .attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map_or(default, |a| a.i)
+    }
+
+    /// Whether every input is an activation (none a constant).
+    pub fn all_activations(&self) -> bool {
+        !self.is_activation.is_empty() && self.is_activation.iter().all(|&a| a)
+    }
+}
+
 /// Builds an operator from its ONNX node.
 pub type Import = fn(&OnnxNode) -> Result<Arc<dyn Operator>>;
 

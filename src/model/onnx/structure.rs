@@ -1,6 +1,7 @@
-//! Converting the operators that copy, select, gate or reduce activations:
-//! `Concat`, `Sum`, `Pad`, `Resize`, `Mul` of two activations (a gate) and
-//! `ReduceMean` / `ReduceSum` / `ReduceMax`.
+//! Converting the operators that sum, copy, gate or reduce activations:
+//! `Sum`, `Pad`, `Resize`, `Mul` of two activations (a gate) and
+//! `ReduceMean` / `ReduceSum` / `ReduceMax` (`Concat` is an [`crate::ops::Operator`]:
+//! `ops/concat.rs`).
 
 use anyhow::{bail, ensure, Result};
 use tract_onnx::pb::NodeProto;
@@ -14,7 +15,6 @@ use crate::ops::resize::{CoordMode, NearestMode, ResizeSpec, Scales};
 
 /// Operators converted here.
 pub(super) const STRUCTURE_OPS: &[&str] = &[
-    "Concat",
     "Sum",
     "Pad",
     "Resize",
@@ -48,15 +48,6 @@ pub(super) fn convert(
 ) -> Result<Op> {
     let all_active = n.input.iter().all(|i| acts.contains(i));
     Ok(match n.op_type.as_str() {
-        "Concat" => {
-            ensure!(
-                all_active,
-                "only a concatenation of activations is supported (an input is a constant)"
-            );
-            Op::Concat {
-                axis: attr_i(n, "axis", 1),
-            }
-        }
         "Sum" => {
             ensure!(
                 all_active,
