@@ -17,8 +17,9 @@ pub const MIRROR_ENV: &str = "LRP_HEATMAP_MIRROR";
 /// Environment variable that, set to 1 (or true, yes, on), forbids downloads.
 pub const OFFLINE_ENV: &str = "LRP_HEATMAP_OFFLINE";
 
-/// The value of `var` unless unset or empty.
-fn non_empty(var: &str) -> Option<String> {
+/// The value of `var` unless unset or blank (`models` also reads it to say
+/// where the cache folder came from).
+pub fn non_empty(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.trim().is_empty())
 }
 

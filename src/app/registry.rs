@@ -298,7 +298,7 @@ pub fn list(cache_dir: &Path, out: &mut dyn Write) -> Result<()> {
             describe_size(len)
         )?;
     }
-    let from = if std::env::var_os(cache::CACHE_ENV).is_some_and(|v| !v.is_empty()) {
+    let from = if cache::non_empty(cache::CACHE_ENV).is_some() {
         format!(" (from {})", cache::CACHE_ENV)
     } else {
         String::new()
