@@ -183,7 +183,13 @@ impl ReshapeRule {
             ensure!(a >= -r && a < r, "axis {a} out of range for rank {rank}");
             Ok(if a < 0 { (a + r) as usize } else { a as usize })
         };
-        let size: usize = d.iter().product();
+        // sizes from a hostile file may overflow: checked products
+        let product = |v: &[usize]| -> Result<usize> {
+            v.iter()
+                .try_fold(1usize, |a, &b| a.checked_mul(b))
+                .ok_or_else(|| anyhow!("a tensor of shape {v:?} has more elements than fit in memory"))
+        };
+        let size = product(d)?;
         let out = match self {
             ReshapeRule::Flatten(a) => {
                 let a = if *a == d.len() as i64 {
@@ -191,7 +197,7 @@ impl ReshapeRule {
                 } else {
                     axis(*a, d.len())?
                 };
-                vec![d[..a].iter().product(), d[a..].iter().product()]
+                vec![product(&d[..a])?, product(&d[a..])?]
             }
             ReshapeRule::Squeeze(None) => d.iter().copied().filter(|&v| v != 1).collect(),
             ReshapeRule::Squeeze(Some(axes)) => {
@@ -243,7 +249,7 @@ impl ReshapeRule {
                     }
                 }
                 if let Some(i) = infer {
-                    let known: usize = out.iter().product();
+                    let known = product(&out)?;
                     ensure!(
                         known > 0 && size.is_multiple_of(known),
                         "Reshape of {d:?} to {shape:?}"
@@ -254,7 +260,7 @@ impl ReshapeRule {
             }
         };
         ensure!(
-            out.iter().product::<usize>() == size,
+            product(&out)? == size,
             "cannot reshape {d:?} to {out:?}"
         );
         Ok(out)
@@ -280,3 +286,25 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
     ],
     import: None,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshape_rules_compute_shapes_and_refuse_overflowing_sizes() {
+        let flat = ReshapeRule::Flatten(1);
+        assert_eq!(flat.apply(&[2, 3, 4]).unwrap(), [2, 12]);
+        let reshape = ReshapeRule::Reshape {
+            shape: vec![0, -1],
+            allowzero: false,
+        };
+        assert_eq!(reshape.apply(&[2, 3, 4]).unwrap(), [2, 12]);
+        // dims from a hostile file: an error, not an overflow
+        let huge = [usize::MAX / 2, 3, 1];
+        for rule in [flat, reshape, ReshapeRule::Squeeze(None)] {
+            let e = rule.apply(&huge).unwrap_err().to_string();
+            assert!(e.contains("more elements than fit"), "{e}");
+        }
+    }
+}
