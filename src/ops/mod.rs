@@ -38,8 +38,9 @@ use ndarray::ArrayD;
 use crate::rules::cache::{Cached, WeightCache};
 use crate::rules::{Bounds, LinearLayer, Rule};
 use activation::Act;
-use conv::{Conv, Window};
+use conv::Conv;
 use dense::{Affine, Dense};
+pub use pool::Pool;
 
 /// How rectifiers pass gradients back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -50,49 +51,6 @@ pub enum GradientMode {
     /// Guided backprop: `Relu` (and `Clip` with lower bound 0, i.e. ReLU6)
     /// pass only positive gradients, and only where their input was positive.
     Guided,
-}
-
-/// Geometry of a pooling node.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Pool {
-    /// Window geometry.
-    pub window: Window,
-    /// `AveragePool`: divide by the window clipped to the padded input
-    /// (padding included), not by the number of input elements in it.
-    pub count_include_pad: bool,
-    /// `ceil_mode`: the output size rounds up, so a last window may hang over
-    /// the end of the padded input (the overhang counts for nothing, not even
-    /// for `count_include_pad`).
-    pub ceil_mode: bool,
-}
-
-impl Pool {
-    /// Output height and width for an input of `h x w`, as ONNX and PyTorch
-    /// define them: `(padded - k_eff) / stride + 1` rounded down, or up in
-    /// `ceil_mode`, where a last window that would start past the input and
-    /// its leading padding is dropped.
-    pub fn output_size(&self, h: usize, w: usize) -> Result<[usize; 2]> {
-        let wnd = &self.window;
-        let p = wnd.pads(h, w);
-        let mut out = [0; 2];
-        for (axis, size) in [h, w].into_iter().enumerate() {
-            let k = wnd.dilations[axis] * (wnd.kernel[axis].max(1) - 1) + 1;
-            let s = wnd.strides[axis].max(1);
-            let padded = size + p[axis] + p[axis + 2];
-            ensure!(padded >= k, "kernel {k} larger than padded input {padded}");
-            let span = padded - k;
-            let mut o = if self.ceil_mode {
-                span.div_ceil(s) + 1
-            } else {
-                span / s + 1
-            };
-            if self.ceil_mode && (o - 1) * s >= size + p[axis] {
-                o -= 1;
-            }
-            out[axis] = o;
-        }
-        Ok(out)
-    }
 }
 
 /// Elementwise arithmetic of an activation with a constant.
