@@ -1,14 +1,17 @@
 //! The operator registry: every operator family and the ONNX operators it
-//! reads, listed once. `inspect`, the README's operator table and the ONNX
-//! importer all read this table.
+//! reads, listed once. `inspect` prints it, the importer builds operators
+//! through it, and tests check it against the importer and the README's
+//! operator table.
 //!
-//! A family added as an [`Operator`] (one file under `ops/` holding its
+//! A family written as an [`Operator`] (one file under `ops/` holding its
 //! import, shape, forward, relevance and gradient) needs only its name in
 //! the `families!` line of `ops/mod.rs`, which lists it in [`FAMILIES`]:
-//! the importer builds it through [`Family::import`], the native engine runs
-//! its forward pass, and the backward walk calls its relevance and gradient. The older families are variants of
-//! [`super::Op`] whose import lives in `model/onnx` and whose forward pass
-//! lives in `engine/native.rs`; they are listed here for their descriptions.
+//! the importer builds it through [`Family::import`], the native engine
+//! runs its forward pass, and the backward walk calls its relevance and
+//! gradient (`mean.rs`, `global_pool.rs`, `concat.rs`). The older families
+//! are variants of [`super::Op`] whose import lives in `model/onnx` and
+//! whose forward pass lives in `engine/native.rs`; they are listed here for
+//! their descriptions.
 
 use std::sync::Arc;
 
