@@ -1,5 +1,5 @@
 //! Running a model: the forward engines (native, or tract for graphs the
-//! native engine does not cover) behind one [`Backend`], and the one backward
+//! native engine does not cover) behind one `Backend` enum, and the one backward
 //! walk every analyzer uses ([`walk`]).
 
 pub(crate) mod native;
