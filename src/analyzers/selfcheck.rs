@@ -397,7 +397,6 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
         Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => return None,
         Op::MaxPool(_) | Op::AvgPool(_) => return None,
         Op::Sum | Op::Reshape(_) | Op::Transpose(_) | Op::Resize(_) => return None,
-        Op::Reduce(_) => return None,
         Op::Pad(spec) => {
             if spec.mode != ops::pad::PadMode::Constant || spec.value == 0.0 {
                 return None;

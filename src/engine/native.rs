@@ -59,7 +59,6 @@ fn unsupported(node: &Node) -> Option<&'static str> {
         | Op::Transpose(_)
         | Op::Move(_)
         | Op::Gate { .. }
-        | Op::Reduce(_)
         | Op::Registered(_) => None,
         #[allow(unreachable_patterns)]
         _ => Some("an operator without a native forward pass"),
@@ -143,7 +142,6 @@ impl NativePlan {
                     .ok_or_else(|| anyhow!("a gate needs two inputs"))?;
                 broadcast(x, other)?
             }
-            Op::Reduce(spec) => crate::ops::reduce::output_shape(spec, x)?,
             Op::Reshape(rule) => rule
                 .as_ref()
                 .ok_or_else(|| anyhow!("a reshape to a shape computed at run time"))?
@@ -269,7 +267,6 @@ impl NativePlan {
                     .ok_or_else(|| anyhow!("a gate needs two inputs"))?;
                 broadcast_with(x, other, |a, b| a * b)?
             }
-            Op::Reduce(spec) => crate::ops::reduce::forward(spec, x)?,
             Op::Arith {
                 kind,
                 constant,

@@ -121,8 +121,6 @@ pub enum Op {
         /// Which input is the gate (`None`: the one broadcast to the output).
         gate: Option<usize>,
     },
-    /// `ReduceMean` / `ReduceSum` (proportional) and `ReduceMax` (winner takes all).
-    Reduce(reduce::ReduceSpec),
     /// An operator that only copies elements (`Slice`, one output of `Split`,
     /// `Gather`, `GatherElements`, `Expand`, `Tile`, `DepthToSpace`,
     /// `SpaceToDepth`): relevance and gradient go back along its copy map,
@@ -160,11 +158,11 @@ pub trait Operator: std::fmt::Debug + Send + Sync {
 
 impl Op {
     /// Whether its derivative depends on which inputs are the largest
-    /// (max pools, `ReduceMax`, registered operators that say so).
+    /// (max pools, and registered operators that say so: `GlobalMaxPool`,
+    /// `ReduceMax`).
     pub fn takes_maxima(&self) -> bool {
         match self {
             Op::MaxPool(_) => true,
-            Op::Reduce(s) => s.kind == reduce::ReduceKind::Max,
             Op::Registered(o) => o.takes_maxima(),
             _ => false,
         }
@@ -245,15 +243,13 @@ pub fn relevance(
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("the node was not canonized"));
         }
-        Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } | Op::Reduce(_) => {
-            copies(op, inputs, r, false)?
-        }
+        Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } => copies(op, inputs, r, false)?,
     };
     Ok(out)
 }
 
 /// The operators that copy, select or gate values (pad, resize,
-/// gate, reductions): relevance (`gradient == false`) or gradient. Inputs
+/// gate): relevance (`gradient == false`) or gradient. Inputs
 /// read at run time as parameters (computed pads or scales) get zeros.
 fn copies(
     op: &Op,
@@ -279,8 +275,6 @@ fn copies(
         Op::Resize(spec) => with_param(resize::back(spec, inputs.get(1).copied(), x, r)?),
         Op::Gate { .. } if gradient => gate::gradient(inputs, r)?,
         Op::Gate { gate } => gate::relevance(*gate, inputs, r)?,
-        Op::Reduce(spec) if gradient => vec![reduce::gradient(spec, x, r)?],
-        Op::Reduce(spec) => vec![reduce::relevance(spec, x, r)?],
         _ => return Err(anyhow!("not a copying operator")),
     })
 }
@@ -325,9 +319,7 @@ pub fn gradient(
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("the node was not canonized"));
         }
-        Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } | Op::Reduce(_) => {
-            copies(op, inputs, g, true)?
-        }
+        Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } => copies(op, inputs, g, true)?,
     };
     Ok(out)
 }

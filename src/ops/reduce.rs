@@ -3,10 +3,114 @@
 //! the `Norm` rule of the average pools (each input its share of the sum,
 //! stabilised by 1e-6), and `ReduceMax` with winner takes all (first maximum).
 
+use std::sync::Arc;
+
 use anyhow::{ensure, Result};
 use ndarray::{ArrayD, Axis, Dimension, IxDyn};
 
+use super::registry::{Family, OnnxNode};
+use super::Operator;
 use crate::rules::{stabilize, STABILIZER};
+
+/// The registry's entry.
+pub const FAMILY: Family = Family {
+    name: "reduce",
+    onnx: &[
+        ("ReduceMean", "proportional (Norm rule)"),
+        ("ReduceSum", "proportional (Norm rule)"),
+        ("ReduceMax", "winner takes all"),
+    ],
+    import: Some(import),
+};
+
+fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
+    let kind = match n.node.op_type.as_str() {
+        "ReduceMean" => ReduceKind::Mean,
+        "ReduceSum" => ReduceKind::Sum,
+        _ => ReduceKind::Max,
+    };
+    // axes became an input: ReduceSum at opset 13, the others at 18
+    let as_input = if kind == ReduceKind::Sum {
+        n.opset >= 13
+    } else {
+        n.opset >= 18
+    };
+    let axes = if as_input && n.has_input(1) {
+        ensure!(
+            !n.is_activation.get(1).copied().unwrap_or(false),
+            "axes computed at run time are not supported"
+        );
+        let c = (n.constant)(1)?.ok_or_else(|| anyhow::anyhow!("the axes are missing"))?;
+        Some(c.iter().map(|&v| v as i64).collect())
+    } else if as_input {
+        None
+    } else {
+        n.attr_ints("axes")
+    };
+    let empty = axes.as_ref().is_none_or(|a: &Vec<i64>| a.is_empty());
+    if empty && n.attr_int("noop_with_empty_axes", 0) != 0 {
+        return Ok(Arc::new(NoOp));
+    }
+    Ok(Arc::new(ReduceSpec {
+        kind,
+        axes,
+        keepdims: n.attr_int("keepdims", 1) != 0,
+    }))
+}
+
+impl Operator for ReduceSpec {
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        output_shape(self, inputs[0])
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
+        forward(self, inputs[0])
+    }
+
+    fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![relevance(self, inputs[0], r)?])
+    }
+
+    fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![gradient(self, inputs[0], g)?])
+    }
+
+    /// Sums and means are linear; a maximum hands relevance along its
+    /// gradient (the winner).
+    fn lrp0_breaker(&self) -> Option<String> {
+        None
+    }
+
+    fn takes_maxima(&self) -> bool {
+        self.kind == ReduceKind::Max
+    }
+}
+
+/// A reduction with no axes and `noop_with_empty_axes = 1`: the identity.
+#[derive(Clone, Debug)]
+pub struct NoOp;
+
+impl Operator for NoOp {
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        Ok(inputs[0].to_vec())
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
+        Ok(inputs[0].clone())
+    }
+
+    fn relevance(&self, _: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![r.clone()])
+    }
+
+    fn gradient(&self, _: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![g.clone()])
+    }
+
+    fn lrp0_breaker(&self) -> Option<String> {
+        None
+    }
+}
 
 /// The reduction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,21 +286,79 @@ pub fn gradient(spec: &ReduceSpec, x: &ArrayD<f32>, g: &ArrayD<f32>) -> Result<A
     }
 }
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
-pub const FAMILY: super::registry::Family = super::registry::Family {
-    name: "reduce",
-    onnx: &[
-        ("ReduceMean", "proportional (Norm rule)"),
-        ("ReduceSum", "proportional (Norm rule)"),
-        ("ReduceMax", "winner takes all"),
-    ],
-    import: None,
-};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Imports a node `op_type(x[, axes])` at `opset` with integer attributes.
+    fn imported(
+        op_type: &str,
+        opset: i64,
+        attrs: &[(&str, i64)],
+        axes_input: Option<Option<Vec<f32>>>,
+    ) -> Result<Arc<dyn Operator>> {
+        use tract_onnx::pb::{AttributeProto, NodeProto};
+        let mut inputs = vec!["x".to_string()];
+        if axes_input.is_some() {
+            inputs.push("axes".into());
+        }
+        let node = NodeProto {
+            op_type: op_type.into(),
+            input: inputs,
+            attribute: attrs
+                .iter()
+                .map(|(n, v)| AttributeProto {
+                    name: n.to_string(),
+                    i: *v,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        // Some(None): the axes are computed at run time (an activation)
+        let computed = matches!(axes_input, Some(None));
+        let axes = axes_input.clone().flatten();
+        let constant = move |i: usize| -> Result<Option<ArrayD<f32>>> {
+            Ok((i == 1).then(|| axes.clone()).flatten().map(|v| {
+                let n = v.len();
+                ArrayD::from_shape_vec(IxDyn(&[n]), v).unwrap()
+            }))
+        };
+        let mut is_activation = vec![true];
+        if axes_input.is_some() {
+            is_activation.push(computed);
+        }
+        import(&OnnxNode {
+            node: &node,
+            is_activation,
+            constant: &constant,
+            opset,
+        })
+    }
+
+    #[test]
+    fn import_reads_axes_from_attributes_or_inputs_and_noop_is_the_identity() {
+        let x = ArrayD::from_shape_vec(IxDyn(&[1, 2, 2]), vec![1.0f32, 2., 3., 4.]).unwrap();
+        // opset 13 ReduceMean without axes: every axis, keepdims 0: a scalar
+        let op = imported("ReduceMean", 13, &[("keepdims", 0)], None).unwrap();
+        assert!(op.output_shape(&[&[1, 2, 2]]).unwrap().is_empty());
+        let m = op.forward(&[&x]).unwrap();
+        assert_eq!(m.len(), 1);
+        assert!((m.iter().next().unwrap() - 2.5).abs() < 1e-6);
+        // opset 13 ReduceSum: axes as a constant input
+        let op = imported("ReduceSum", 13, &[], Some(Some(vec![2.0]))).unwrap();
+        assert_eq!(op.forward(&[&x]).unwrap().into_raw_vec_and_offset().0, [3.0, 7.0]);
+        // axes computed at run time are refused
+        let e = imported("ReduceSum", 13, &[], Some(None)).err().unwrap();
+        assert!(e.to_string().contains("run time"), "{e}");
+        // no axes with noop_with_empty_axes = 1: the identity
+        let op = imported("ReduceMax", 18, &[("noop_with_empty_axes", 1)], None).unwrap();
+        assert_eq!(op.forward(&[&x]).unwrap(), x);
+        assert!(!op.takes_maxima());
+        let op = imported("ReduceMax", 18, &[], None).unwrap();
+        assert!(op.takes_maxima());
+    }
 
     fn x() -> ArrayD<f32> {
         // [1, 2, 2, 2] NHWC: h, w spatial, 2 channels

@@ -8,7 +8,7 @@
 //! the `families!` line of `ops/mod.rs`, which lists it in [`FAMILIES`]:
 //! the importer builds it through [`Family::import`], the native engine
 //! runs its forward pass, and the backward walk calls its relevance and
-//! gradient (`mean.rs`, `global_pool.rs`, `concat.rs`). The older families
+//! gradient (`mean.rs`, `global_pool.rs`, `concat.rs`, `reduce.rs`). The older families
 //! are variants of [`super::Op`] whose import lives in `model/onnx` and
 //! whose forward pass lives in `engine/native.rs`; they are listed here for
 //! their descriptions.
@@ -41,6 +41,20 @@ impl OnnxNode<'_> {
             .iter()
             .find(|a| a.name == name)
             .map_or(default, |a| a.i)
+    }
+
+    /// The integer-list attribute `name`, if present.
+    pub fn attr_ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.node
+            .attribute
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.ints.clone())
+    }
+
+    /// Whether input `i` is present (not missing, not the empty name).
+    pub fn has_input(&self, i: usize) -> bool {
+        self.node.input.get(i).is_some_and(|s| !s.is_empty())
     }
 
     /// Whether every input is an activation (none a constant).

@@ -1,7 +1,7 @@
-//! Converting the operators that sum, copy, gate or reduce activations:
-//! `Sum`, `Pad`, `Resize`, `Mul` of two activations (a gate) and
-//! `ReduceMean` / `ReduceSum` / `ReduceMax` (`Concat` is an [`crate::ops::Operator`]:
-//! `ops/concat.rs`).
+//! Converting the operators that sum, copy or gate activations: `Sum`,
+//! `Pad`, `Resize` and `Mul` of two activations (a gate). (`Concat` and the
+//! reductions are [`crate::ops::Operator`]s: `ops/concat.rs`,
+//! `ops/reduce.rs`.)
 
 use anyhow::{bail, ensure, Result};
 use tract_onnx::pb::NodeProto;
@@ -10,19 +10,10 @@ use super::attrs::{attr_f, attr_i, attr_ints, attr_s};
 use super::elementwise::{Operand, Operands};
 use crate::graph::{Act, Op};
 use crate::ops::pad::{PadMode, PadSpec};
-use crate::ops::reduce::{ReduceKind, ReduceSpec};
 use crate::ops::resize::{CoordMode, NearestMode, ResizeSpec, Scales};
 
 /// Operators converted here.
-pub(super) const STRUCTURE_OPS: &[&str] = &[
-    "Sum",
-    "Pad",
-    "Resize",
-    "Upsample",
-    "ReduceMean",
-    "ReduceSum",
-    "ReduceMax",
-];
+pub(super) const STRUCTURE_OPS: &[&str] = &["Sum", "Pad", "Resize", "Upsample"];
 
 /// Integers of a constant operand (pads, axes).
 fn ints(c: &ndarray::ArrayD<f32>) -> Vec<i64> {
@@ -68,7 +59,6 @@ pub(super) fn convert(
         "Upsample" => bail!(
             "Upsample (opset 7-9) is not supported by the tract runtime; export with opset >= 10 (Resize)"
         ),
-        "ReduceMean" | "ReduceSum" | "ReduceMax" => reduce(n, opset, operand)?,
         other => bail!("'{other}' is not a structural operator"),
     })
 }
@@ -141,38 +131,6 @@ fn resize(n: &NodeProto, opset: i64, operand: &Operands) -> Result<Op> {
         nearest,
         scales,
         axes: attr_ints(n, "axes"),
-    }))
-}
-
-fn reduce(n: &NodeProto, opset: i64, operand: &Operands) -> Result<Op> {
-    let kind = match n.op_type.as_str() {
-        "ReduceMean" => ReduceKind::Mean,
-        "ReduceSum" => ReduceKind::Sum,
-        _ => ReduceKind::Max,
-    };
-    // axes became an input: ReduceSum at opset 13, the others at 18
-    let as_input = if kind == ReduceKind::Sum {
-        opset >= 13
-    } else {
-        opset >= 18
-    };
-    let axes = if as_input {
-        match operand(1)? {
-            Operand::Const(c) => Some(ints(&c)),
-            Operand::Absent => None,
-            Operand::Computed => bail!("axes computed at run time are not supported"),
-        }
-    } else {
-        attr_ints(n, "axes")
-    };
-    let empty = axes.as_ref().is_none_or(|a| a.is_empty());
-    if empty && attr_i(n, "noop_with_empty_axes", 0) != 0 {
-        return Ok(Op::Activation(Act::Identity));
-    }
-    Ok(Op::Reduce(ReduceSpec {
-        kind,
-        axes,
-        keepdims: attr_i(n, "keepdims", 1) != 0,
     }))
 }
 
