@@ -388,6 +388,7 @@ pub fn to_tensor(
 mod tests {
     use super::*;
     use image::{ImageBuffer, ImageFormat, Luma, LumaA, Rgb, Rgba};
+    use lrp_testkit::images::encode;
 
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() < 1e-5
@@ -555,17 +556,6 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, bytes).unwrap();
         p
-    }
-
-    fn encode<P, C>(img: &ImageBuffer<P, C>, fmt: ImageFormat) -> Vec<u8>
-    where
-        P: image::Pixel + image::PixelWithColorType,
-        [P::Subpixel]: image::EncodableLayout,
-        C: std::ops::Deref<Target = [P::Subpixel]>,
-    {
-        let mut out = Cursor::new(Vec::new());
-        img.write_to(&mut out, fmt).unwrap();
-        out.into_inner()
     }
 
     #[test]

@@ -50,7 +50,10 @@ impl Operator for Mean {
         let shape = self.output_shape(&shapes)?;
         let mut acc = ArrayD::<f32>::zeros(shape.clone());
         for x in inputs {
-            acc += &x.broadcast(shape.clone()).expect("broadcast shape");
+            let b = x.broadcast(shape.clone()).ok_or_else(|| {
+                anyhow::anyhow!("Mean input {:?} does not broadcast to {shape:?}", x.shape())
+            })?;
+            acc += &b;
         }
         let n = inputs.len() as f32;
         Ok(acc.mapv_into(|v| v / n))

@@ -4,7 +4,7 @@
 //! of small networks, and numeric helpers.
 
 use std::ffi::OsStr;
-use std::io::{Cursor, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -304,17 +304,7 @@ pub fn quadrants(w: u32, h: u32) -> RgbImage {
     })
 }
 
-/// Encodes any image buffer in `fmt`.
-pub fn encode<P, C>(img: &image::ImageBuffer<P, C>, fmt: ImageFormat) -> Vec<u8>
-where
-    P: image::Pixel + image::PixelWithColorType,
-    [P::Subpixel]: image::EncodableLayout,
-    C: std::ops::Deref<Target = [P::Subpixel]>,
-{
-    let mut out = Cursor::new(Vec::new());
-    img.write_to(&mut out, fmt).unwrap();
-    out.into_inner()
-}
+pub use lrp_testkit::images::encode;
 
 /// An image of uniformly random pixels from `Rng::new(seed)`.
 pub fn random_rgb(w: u32, h: u32, seed: u64) -> RgbImage {

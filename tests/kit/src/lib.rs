@@ -6,12 +6,14 @@
 //! - [`deep_taylor`]: the deep Taylor decomposition's worked example, run on
 //!   the library's graph walk and rules (`cargo run --example deep_taylor`);
 //! - [`npy`]: reading `.npy` outputs and fixtures;
+//! - [`images`]: encoding test images;
 //! - [`http`]: a local HTTP server for the download tests;
 //! - [`process`]: waiting for a child process with a deadline.
 #![warn(missing_docs)]
 
 pub mod deep_taylor;
 pub mod http;
+pub mod images;
 pub mod init;
 pub mod npy;
 pub mod process;
