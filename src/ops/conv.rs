@@ -250,6 +250,12 @@ impl LinearLayer for Conv {
         &self.weight
     }
 
+    fn bias_at(&self, out_shape: &[usize]) -> Result<Option<ArrayD<f32>>> {
+        (self.bias.as_ref())
+            .map(|b| crate::rules::broadcast_bias(b, out_shape, 1))
+            .transpose()
+    }
+
     fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {
         let g = self.geometry(x.shape(), w)?;
         let x = x.as_standard_layout();

@@ -61,6 +61,13 @@ impl LinearLayer for Dense {
         &self.weight
     }
 
+    fn bias_at(&self, out_shape: &[usize]) -> Result<Option<ArrayD<f32>>> {
+        let last = out_shape.len().saturating_sub(1);
+        (self.bias.as_ref())
+            .map(|b| crate::rules::broadcast_bias(b, out_shape, last))
+            .transpose()
+    }
+
     fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {
         let (m, k) = self.dims(w)?;
         let shape = x.shape();
@@ -196,6 +203,10 @@ impl Affine {
 impl LinearLayer for Affine {
     fn weight(&self) -> &ArrayD<f32> {
         &self.weight
+    }
+
+    fn bias_at(&self, out_shape: &[usize]) -> Result<Option<ArrayD<f32>>> {
+        crate::rules::broadcast_bias(&self.bias, out_shape, 1).map(Some)
     }
 
     fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {

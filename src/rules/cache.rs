@@ -83,6 +83,10 @@ impl LinearLayer for Cached<'_> {
         self.layer.forward(x, w, with_bias)
     }
 
+    fn bias_at(&self, out_shape: &[usize]) -> Result<Option<ArrayD<f32>>> {
+        self.layer.bias_at(out_shape)
+    }
+
     fn backward(
         &self,
         g: &ArrayD<f32>,

@@ -5,7 +5,13 @@
 //! modifies its weights and inputs, runs the modified forward passes,
 //! stabilises, divides the incoming relevance by them and multiplies back with
 //! the transposed passes. The definitions follow Zennit's `BasicHook` rules,
-//! with `zero_params='bias'` for every rule except epsilon.
+//! with `zero_params='bias'` for the rules that exclude the bias (z-plus,
+//! alpha-beta, w^2, flat, z^B); epsilon and gamma include it (Montavon et al.
+//! 2019, Zennit's `Gamma()` default).
+//!
+//! Each propagation also returns an [`Account`]: where the relevance that is
+//! not passed on went (the bias, the stabiliser, outputs the rule has no
+//! denominator for, signs), for the relevance ledger.
 
 pub mod cache;
 
@@ -107,12 +113,29 @@ pub trait LinearLayer: Send + Sync {
             m => self.backward(g, &m.modify(self.weight()), input_shape),
         }
     }
+    /// The bias broadcast to an output of shape `out_shape` (`None`: the
+    /// layer has no bias).
+    fn bias_at(&self, out_shape: &[usize]) -> Result<Option<ArrayD<f32>>>;
     /// Whether [`LinearLayer::forward_mod`] and [`LinearLayer::backward_mod`]
     /// apply modifiers on the fly without copying the weights (then caching
     /// modified weights would only cost memory).
     fn modifies_on_the_fly(&self) -> bool {
         false
     }
+}
+
+/// A per-output bias `b` (one value per index of `axis`) broadcast to an
+/// output of shape `out_shape`.
+pub fn broadcast_bias(b: &ArrayD<f32>, out_shape: &[usize], axis: usize) -> Result<ArrayD<f32>> {
+    let n = out_shape.get(axis).copied().unwrap_or(0);
+    if b.len() != n {
+        bail!(
+            "a bias of {} values for {n} outputs (output shape {out_shape:?})",
+            b.len()
+        );
+    }
+    let b: Vec<f32> = b.iter().copied().collect();
+    Ok(ArrayD::from_shape_fn(out_shape, |ix| b[ix[axis]]))
 }
 
 /// An LRP rule for linear layers.
@@ -144,7 +167,11 @@ pub enum Rule {
         /// Weight of the negative contributions.
         beta: f32,
     },
-    /// Zennit's generalised gamma rule, bias excluded.
+    /// The gamma rule, bias included (Montavon et al. 2019; Zennit's
+    /// `Gamma()`, iNNvestigate's `GammaRule(bias=True)`): where `z_j > 0`
+    /// the contributions of `z_j`'s sign are amplified by `1 + gamma`, bias
+    /// too, so the denominator is at least `z_j`; where `z_j < 0` the other
+    /// way round; nothing where `z_j = 0`.
     Gamma {
         /// How much the weights of the output's own sign are amplified.
         gamma: f32,
@@ -179,6 +206,73 @@ pub struct Bounds {
     pub low: ArrayD<f32>,
     /// Highest value of each input element.
     pub high: ArrayD<f32>,
+}
+
+/// Where the relevance a rule did not pass on went, summed over a layer's
+/// outputs: `sum R_out - sum R_in = bias + stabilizer + dropped - sign` (up to
+/// rounding), where `R_out` is the relevance at the layer's output and `R_in`
+/// what the rule hands to its input.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Account {
+    /// Absorbed by the bias: the bias's share `b_j / d_j R_j` (epsilon, gamma).
+    pub bias: f64,
+    /// Absorbed by the stabiliser: `(d_j - z_j) / d_j R_j` where `d_j` is the
+    /// stabilised denominator (epsilon's `eps`, the `1e-6` of the others).
+    pub stabilizer: f64,
+    /// Relevance of outputs the rule has no denominator for (z-plus outputs
+    /// without a positive contribution, `z_j = 0` for LRP-0 and gamma, ...).
+    pub dropped: f64,
+    /// Relevance created (positive) or destroyed (negative) by signs:
+    /// alpha-beta's `alpha - beta != 1` where only one part is present,
+    /// relevance turned negative by the beta part.
+    pub sign: f64,
+}
+
+impl Account {
+    /// What the four causes add up to: `bias + stabilizer + dropped - sign`.
+    pub fn lost(&self) -> f64 {
+        self.bias + self.stabilizer + self.dropped - self.sign
+    }
+}
+
+impl std::ops::AddAssign for Account {
+    fn add_assign(&mut self, o: Account) {
+        self.bias += o.bias;
+        self.stabilizer += o.stabilizer;
+        self.dropped += o.dropped;
+        self.sign += o.sign;
+    }
+}
+
+/// The account of a rule with one denominator `den_j` per output:
+/// `R_in = sum_j (den_j - bias_j) / stab(den_j) R_j` where `stab` adds `eps`
+/// away from zero; outputs where `live` is false or `stab(den) = 0` drop
+/// their relevance.
+fn denominator_account(
+    r: &ArrayD<f32>,
+    den: &ArrayD<f32>,
+    bias: Option<&ArrayD<f32>>,
+    eps: f32,
+    live: impl Fn(usize) -> bool,
+) -> Account {
+    let mut a = Account::default();
+    let (r, den) = (r.as_standard_layout(), den.as_standard_layout());
+    let bias = bias.map(|b| b.as_standard_layout());
+    let (rs, ds) = (r.as_slice().unwrap_or(&[]), den.as_slice().unwrap_or(&[]));
+    let bs = bias.as_ref().and_then(|b| b.as_slice());
+    for (j, (&r, &d)) in rs.iter().zip(ds).enumerate() {
+        let sd = stabilize(d, eps);
+        if !live(j) || sd == 0.0 {
+            a.dropped += r as f64;
+            continue;
+        }
+        let share = r as f64 / sd as f64;
+        a.stabilizer += (sd as f64 - d as f64) * share;
+        if let Some(b) = bs {
+            a.bias += b[j] as f64 * share;
+        }
+    }
+    a
 }
 
 /// Zennit's `stabilize`: `z + eps` where `z >= 0`, `z - eps` where `z < 0`.
@@ -316,6 +410,19 @@ impl Rule {
         r: &ArrayD<f32>,
         bounds: Option<&Bounds>,
     ) -> Result<ArrayD<f32>> {
+        Ok(self.propagate_accounted(layer, x, z, r, bounds)?.0)
+    }
+
+    /// [`Rule::propagate_with`], with the [`Account`] of the relevance not
+    /// passed on.
+    pub fn propagate_accounted(
+        &self,
+        layer: &dyn LinearLayer,
+        x: &ArrayD<f32>,
+        z: Option<&ArrayD<f32>>,
+        r: &ArrayD<f32>,
+        bounds: Option<&Bounds>,
+    ) -> Result<(ArrayD<f32>, Account)> {
         let shape = x.shape().to_vec();
         let output = || -> Result<Cow<'_, ArrayD<f32>>> {
             match z {
@@ -331,40 +438,14 @@ impl Rule {
             Rule::Epsilon { epsilon } => {
                 let z = output()?;
                 let s = divide(r, &z, epsilon);
-                reduce(layer, &s, &[(x, Modifier::Identity)], &shape)
+                let bias = layer.bias_at(z.shape())?;
+                let account = denominator_account(r, &z, bias.as_ref(), epsilon, |_| true);
+                let out = reduce(layer, &s, &[(x, Modifier::Identity)], &shape)?;
+                Ok((out, account))
             }
             Rule::ZPlus => self.alpha_beta(layer, x, r, 1.0, 0.0),
             Rule::AlphaBeta { alpha, beta } => self.alpha_beta(layer, x, r, alpha, beta),
-            Rule::Gamma { gamma } => {
-                let z = output()?;
-                let (wp, wn) = (Modifier::GammaPos(gamma), Modifier::GammaNeg(gamma));
-                let xs = split(x);
-                let (xp, xn) = (xs.pos.as_deref(), xs.neg.as_deref());
-                let zeros = || ArrayD::<f32>::zeros(z.shape());
-                // outputs with z > 0: x+ (w + g w+) + x- (w + g w-)
-                let up_terms = [(xp, wp), (xn, wn)];
-                let up = forward_sum(layer, &up_terms)?.unwrap_or_else(zeros);
-                // outputs with z < 0: x+ (w + g w-) + x- (w + g w+)
-                let down_terms = [(xp, wn), (xn, wp)];
-                let down = forward_sum(layer, &down_terms)?.unwrap_or_else(zeros);
-                let s_up = Zip::from(r).and(&*z).and(&up).map_collect(|&r, &z, &d| {
-                    if z > 0.0 {
-                        r / stabilize(d, STABILIZER)
-                    } else {
-                        0.0
-                    }
-                });
-                let s_down = Zip::from(r).and(&*z).and(&down).map_collect(|&r, &z, &d| {
-                    if z < 0.0 {
-                        r / stabilize(d, STABILIZER)
-                    } else {
-                        0.0
-                    }
-                });
-                let mut out = reduce(layer, &s_up, &present(&up_terms), &shape)?;
-                out += &reduce(layer, &s_down, &present(&down_terms), &shape)?;
-                Ok(out)
-            }
+            Rule::Gamma { gamma } => self.gamma(layer, x, &*output()?, r, gamma),
             Rule::WSquare | Rule::Flat => {
                 let m = if *self == Rule::WSquare {
                     Modifier::Square
@@ -374,7 +455,10 @@ impl Rule {
                 let ones = ArrayD::<f32>::ones(shape.clone());
                 let z = layer.forward_mod(&ones, m, false)?;
                 let s = divide(r, &z, STABILIZER);
-                layer.backward_mod(&s, m, &shape)
+                let zs = z.as_standard_layout();
+                let zs = zs.as_slice().unwrap_or(&[]);
+                let account = denominator_account(r, &z, None, STABILIZER, |j| zs[j] != 0.0);
+                Ok((layer.backward_mod(&s, m, &shape)?, account))
             }
             Rule::ZBox => {
                 let Some(b) = bounds else {
@@ -391,6 +475,9 @@ impl Rule {
                 z -= &layer.forward_mod(&b.low, Modifier::Pos, false)?;
                 z -= &layer.forward_mod(&b.high, Modifier::Neg, false)?;
                 let s = divide(r, &z, STABILIZER);
+                let zs = z.as_standard_layout();
+                let zs = zs.as_slice().unwrap_or(&[]);
+                let account = denominator_account(r, &z, None, STABILIZER, |j| zs[j] != 0.0);
                 let mut out = layer.backward_mod(&s, Modifier::Identity, &shape)?;
                 out *= x;
                 let cl = layer.backward_mod(&s, Modifier::Pos, &shape)?;
@@ -401,9 +488,71 @@ impl Rule {
                     .and(&b.high)
                     .and(&ch)
                     .for_each(|o, &l, &cl, &h, &ch| *o -= l * cl + h * ch);
-                Ok(out)
+                Ok((out, account))
             }
         }
+    }
+
+    /// The gamma rule with the bias (see [`Rule::Gamma`]); `z` is the layer's
+    /// output with the bias.
+    fn gamma(
+        &self,
+        layer: &dyn LinearLayer,
+        x: &ArrayD<f32>,
+        z: &ArrayD<f32>,
+        r: &ArrayD<f32>,
+        gamma: f32,
+    ) -> Result<(ArrayD<f32>, Account)> {
+        let shape = x.shape().to_vec();
+        let (wp, wn) = (Modifier::GammaPos(gamma), Modifier::GammaNeg(gamma));
+        let xs = split(x);
+        let (xp, xn) = (xs.pos.as_deref(), xs.neg.as_deref());
+        let zeros = || ArrayD::<f32>::zeros(z.shape());
+        let bias = layer.bias_at(z.shape())?;
+        // the bias's part of each denominator: b + g b+ (z > 0), b + g b- (z < 0)
+        let bias_part = |m: Modifier| bias.as_ref().map(|b| b.mapv(|v| m.apply(v)));
+        let (b_up, b_down) = (bias_part(wp), bias_part(wn));
+        let with_bias = |d: Option<ArrayD<f32>>, b: &Option<ArrayD<f32>>| {
+            let mut d = d.unwrap_or_else(zeros);
+            if let Some(b) = b {
+                d += b;
+            }
+            d
+        };
+        // outputs with z > 0: x+ (w + g w+) + x- (w + g w-) + b + g b+
+        let up_terms = [(xp, wp), (xn, wn)];
+        let up = with_bias(forward_sum(layer, &up_terms)?, &b_up);
+        // outputs with z < 0: x+ (w + g w-) + x- (w + g w+) + b + g b-
+        let down_terms = [(xp, wn), (xn, wp)];
+        let down = with_bias(forward_sum(layer, &down_terms)?, &b_down);
+        let share = |den: &ArrayD<f32>, keep: fn(f32) -> bool| {
+            Zip::from(r).and(z).and(den).map_collect(|&r, &z, &d| {
+                if keep(z) {
+                    r / stabilize(d, STABILIZER)
+                } else {
+                    0.0
+                }
+            })
+        };
+        let s_up = share(&up, |z| z > 0.0);
+        let s_down = share(&down, |z| z < 0.0);
+        // the account: each output has the denominator of its sign
+        let den = Zip::from(z)
+            .and(&up)
+            .and(&down)
+            .map_collect(|&z, &u, &d| if z > 0.0 { u } else { d });
+        let b_den = b_up.as_ref().zip(b_down.as_ref()).map(|(bu, bd)| {
+            Zip::from(z)
+                .and(bu)
+                .and(bd)
+                .map_collect(|&z, &u, &d| if z > 0.0 { u } else { d })
+        });
+        let zs = z.as_standard_layout();
+        let zs = zs.as_slice().unwrap_or(&[]);
+        let account = denominator_account(r, &den, b_den.as_ref(), STABILIZER, |j| zs[j] != 0.0);
+        let mut out = reduce(layer, &s_up, &present(&up_terms), &shape)?;
+        out += &reduce(layer, &s_down, &present(&down_terms), &shape)?;
+        Ok((out, account))
     }
 
     fn alpha_beta(
@@ -413,7 +562,7 @@ impl Rule {
         r: &ArrayD<f32>,
         alpha: f32,
         beta: f32,
-    ) -> Result<ArrayD<f32>> {
+    ) -> Result<(ArrayD<f32>, Account)> {
         let shape = x.shape().to_vec();
         let xs = split(x);
         let (xp, xn) = (xs.pos.as_deref(), xs.neg.as_deref());
@@ -423,6 +572,8 @@ impl Rule {
             (alpha, [(xp, Modifier::Pos), (xn, Modifier::Neg)]),
             (-beta, [(xp, Modifier::Neg), (xn, Modifier::Pos)]),
         ];
+        // the denominators of the parts used (for the account)
+        let mut dens: Vec<(f32, ArrayD<f32>)> = Vec::new();
         for (factor, terms) in parts {
             if factor == 0.0 {
                 continue;
@@ -439,8 +590,46 @@ impl Rule {
                     }
                     Some(o) => o.scaled_add(factor, &c),
                 }
+                dens.push((factor, z.as_standard_layout().into_owned()));
             }
         }
-        Ok(out.unwrap_or_else(|| ArrayD::zeros(shape)))
+        Ok((
+            out.unwrap_or_else(|| ArrayD::zeros(shape)),
+            alpha_beta_account(r, &dens),
+        ))
     }
+}
+
+/// The account of alpha-beta: output `j` passes `sum_k f_k z_kj / stab(z_kj)
+/// R_j` over its parts `k` (factor `f_k`: `alpha`, `-beta`); a part with
+/// `z_kj != 0` ideally passes `f_k R_j`. Where no part is present the
+/// relevance is dropped; else `(sum f_k - 1) R_j` is created by signs and the
+/// rest is the stabiliser's.
+fn alpha_beta_account(r: &ArrayD<f32>, dens: &[(f32, ArrayD<f32>)]) -> Account {
+    let mut a = Account::default();
+    let r = r.as_standard_layout();
+    let rs = r.as_slice().unwrap_or(&[]);
+    let zs: Vec<(f64, &[f32])> = dens
+        .iter()
+        .map(|(f, z)| (*f as f64, z.as_slice().unwrap_or(&[])))
+        .collect();
+    for (j, &rj) in rs.iter().enumerate() {
+        let rj = rj as f64;
+        let (mut ideal, mut stab) = (0.0, 0.0);
+        for &(f, z) in &zs {
+            let z = z[j];
+            if z != 0.0 {
+                ideal += f;
+                let d = stabilize(z, STABILIZER) as f64;
+                stab += f * (1.0 - z as f64 / d);
+            }
+        }
+        if ideal == 0.0 {
+            a.dropped += rj;
+        } else {
+            a.sign += (ideal - 1.0) * rj;
+            a.stabilizer += stab * rj;
+        }
+    }
+    a
 }

@@ -4,7 +4,8 @@
 //! dense `f64` matrix `W` (input x output, over the row-major flattened
 //! tensors) by an explicit loop over the definition of the operator, and each
 //! rule is applied with explicit loops straight from its formula (Zennit 1.0
-//! semantics, `zero_params='bias'` for every rule but epsilon). No library rule,
+//! semantics, `zero_params='bias'` for every rule but epsilon and gamma, which
+//! include the bias as Montavon et al. 2019 define them). No library rule,
 //! layer or pooling code is used by the reference: the library only provides
 //! the layers under test, the ONNX writer (`synth`), the seeded RNG and the
 //! model loader/explainer under test.
@@ -246,19 +247,42 @@ fn ref_rule(
             }
         }
         RefRule::Gamma(g) => {
-            // The sign of the plain output (bias included) picks the weights;
-            // outputs with z_j = 0 give nothing. Bias excluded in the sums.
+            // Montavon et al. 2019 (Zennit's Gamma(), bias included): the sign of
+            // the plain output z_j (bias included) picks the weights,
+            //   z_j > 0: rho(w) = w + g w+ for x_i > 0, w + g w- for x_i < 0, bias b + g b+
+            //   z_j < 0: rho(w) = w + g w- for x_i > 0, w + g w+ for x_i < 0, bias b + g b-
+            //   R_i = sum_j x_i rho(w_ij) / stab(sum_i' x_i' rho(w_i'j) + rho(b_j)) R_j,
+            // and outputs with z_j = 0 give nothing.
             let z = l.forward(x);
-            normalised(l, r, |i, j| {
+            let rho = |i: usize, j: usize| -> f64 {
                 let w = l.w(i, j);
-                if z[j] > 0.0 {
-                    pos(x[i]) * (w + g * pos(w)) + neg(x[i]) * (w + g * neg(w))
-                } else if z[j] < 0.0 {
-                    pos(x[i]) * (w + g * neg(w)) + neg(x[i]) * (w + g * pos(w))
-                } else {
-                    0.0
+                let (up, down) = (w + g * pos(w), w + g * neg(w));
+                match (z[j] > 0.0, x[i] > 0.0) {
+                    (true, true) | (false, false) => up,
+                    (true, false) | (false, true) => down,
                 }
-            })
+            };
+            let mut out = vec![0.0; l.n_in];
+            let mut bound = vec![0.0; l.n_in];
+            for j in 0..l.n_out {
+                if z[j] == 0.0 {
+                    continue;
+                }
+                let b = l.b[j];
+                let rho_b = if z[j] > 0.0 { b + g * pos(b) } else { b + g * neg(b) };
+                let (mut den, mut abs) = (rho_b, rho_b.abs());
+                for i in 0..l.n_in {
+                    den += x[i] * rho(i, j);
+                    abs += (x[i] * rho(i, j)).abs();
+                }
+                let d = stab(den);
+                for i in 0..l.n_in {
+                    let c = x[i] * rho(i, j) / d * r[j];
+                    out[i] += c;
+                    bound[i] += c.abs() * (1.0 + abs / d.abs());
+                }
+            }
+            RefOut { r: out, bound }
         }
         RefRule::WSquare => normalised(l, r, |i, j| l.w(i, j) * l.w(i, j)),
         RefRule::Flat => normalised(l, r, |i, j| l.conn[i * l.n_out + j]),
