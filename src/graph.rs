@@ -5,7 +5,7 @@ use anyhow::{ensure, Context, Result};
 use ndarray::ArrayD;
 
 use crate::ops::{GradientMode, Reuse};
-use crate::rules::{Bounds, Rule};
+use crate::rules::{Account, Bounds, Rule};
 
 pub use crate::ops::activation::Act;
 pub use crate::ops::{ArithKind, Op, Pool};
@@ -43,9 +43,23 @@ impl Node {
         bounds: Option<&Bounds>,
         reuse: Reuse,
     ) -> Result<Vec<ArrayD<f32>>> {
+        Ok(self.relevance_accounted(inputs, r, rule, bounds, reuse)?.0)
+    }
+
+    /// [`Node::relevance`], with the rule's account for a linear layer
+    /// ([`crate::ops::relevance_accounted`]).
+    pub fn relevance_accounted(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        rule: Rule,
+        bounds: Option<&Bounds>,
+        reuse: Reuse,
+    ) -> Result<(Vec<ArrayD<f32>>, Option<Account>)> {
         self.activations_given(inputs)
             .and_then(|()| {
-                crate::ops::relevance(&self.op, &self.output, inputs, r, rule, bounds, reuse)
+                let op = &self.op;
+                crate::ops::relevance_accounted(op, &self.output, inputs, r, rule, bounds, reuse)
             })
             .with_context(|| format!("relevance through {} node '{}'", self.op_type, self.name))
     }
@@ -61,6 +75,15 @@ impl Node {
         self.activations_given(inputs)
             .and_then(|()| crate::ops::gradient(&self.op, inputs, g, mode))
             .with_context(|| format!("gradient through {} node '{}'", self.op_type, self.name))
+    }
+
+    /// What kind of node it is, in words ("depthwise convolution"; the ONNX
+    /// operator type for operators without a word of their own).
+    pub fn kind(&self) -> String {
+        match self.op.kind() {
+            "operator" => self.op_type.clone(),
+            k => k.to_string(),
+        }
     }
 
     fn activations_given(&self, inputs: &[&ArrayD<f32>]) -> Result<()> {
@@ -111,6 +134,22 @@ impl Graph {
                 raw.insert(node.output.clone());
             }
         }
+    }
+
+    /// The tensor a user means by `name`: the output of the node of that
+    /// name, else the tensor of that name (the model input or a node's
+    /// output).
+    pub fn resolve(&self, name: &str) -> Option<&str> {
+        if let Some(n) = self.nodes.iter().find(|n| n.name == name) {
+            return Some(&n.output);
+        }
+        if name == self.input {
+            return Some(&self.input);
+        }
+        self.nodes
+            .iter()
+            .find(|n| n.output == name)
+            .map(|n| n.output.as_str())
     }
 
     /// Names of all tensors the backward pass reads (node inputs), the model input excluded.

@@ -1,13 +1,15 @@
 //! The backward pass: relevance from the explained logit to the input.
 
 use anyhow::{ensure, Result};
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Axis, IxDyn};
 
+use crate::analyzers::ledger::{self, Entry, Ledger};
 use crate::composite::Composite;
-use crate::engine::walk::walk_back;
-use crate::graph::Graph;
+use crate::engine::walk::walk_from;
+use crate::error::Error;
+use crate::graph::{Graph, Node};
 use crate::model::Forward;
-use crate::ops;
+use crate::ops::{self, Flow, Op};
 use crate::preprocess::Normalization;
 use crate::rules::cache::WeightCache;
 use crate::rules::{Bounds, Rule};
@@ -26,12 +28,115 @@ use crate::rules::{Bounds, Rule};
 pub struct Explanation {
     /// The explained class.
     pub class: usize,
-    /// Its logit (the relevance put on the output).
+    /// Its logit: the relevance put on the output (with a start inside the
+    /// graph, [`Probes::start`], the sum of the start activations).
     pub logit: f32,
     /// Relevance of each element of the (normalised) input tensor, in the model's layout.
     pub relevance: ArrayD<f32>,
     /// Sum of `relevance`.
     pub relevance_sum: f32,
+    /// The relevance at the layers asked for ([`Probes::layers`]).
+    pub layers: Vec<LayerRelevance>,
+    /// Where the relevance went, node by node (LRP only).
+    pub ledger: Option<Ledger>,
+    /// What the guard rails found: non-finite values (set to 0 in
+    /// `relevance`), a relevance sum beyond 10x the logit, nodes passing on
+    /// more than 10x what they received ([`Ledger::warnings`]).
+    pub warnings: Vec<String>,
+}
+
+/// The relevance at one layer (a tensor inside the graph).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerRelevance {
+    /// The layer as asked for (a node or tensor name).
+    pub layer: String,
+    /// The tensor it names.
+    pub tensor: String,
+    /// The relevance at that tensor, batch axis removed (`[C, H, W]`, `[C]`).
+    pub relevance: ArrayD<f32>,
+}
+
+impl LayerRelevance {
+    /// The relevance of each channel (axis 0 of `relevance`), summed over its
+    /// positions, highest first: the concept relevance of CRP (Achtibat et
+    /// al. 2023).
+    pub fn channel_sums(&self) -> Vec<(usize, f64)> {
+        if self.relevance.ndim() == 0 {
+            return vec![(0, self.relevance.iter().map(|&v| v as f64).sum())];
+        }
+        let mut v: Vec<(usize, f64)> = self
+            .relevance
+            .axis_iter(Axis(0))
+            .map(|c| c.iter().map(|&v| v as f64).sum())
+            .enumerate()
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+}
+
+/// Channels of a layer: `NODE:K[,K...]` (a node or tensor name, channels on
+/// axis 1 of the tensor, 0-based).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Channels {
+    /// A node or tensor name.
+    pub layer: String,
+    /// The channels.
+    pub channels: Vec<usize>,
+}
+
+impl std::str::FromStr for Channels {
+    type Err = String;
+
+    /// `NODE:K[,K...]`; the node name may itself contain `:`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (layer, ks) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("expected NODE:K[,K...], got '{s}'"))?;
+        if layer.is_empty() {
+            return Err(format!("no node name in '{s}'"));
+        }
+        let channels = ks
+            .split(',')
+            .map(|k| {
+                k.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("'{k}' is not a channel number (in '{s}')"))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(Channels {
+            layer: layer.to_string(),
+            channels,
+        })
+    }
+}
+
+/// What to look at inside the graph during one backward pass.
+///
+/// ```
+/// use lrp_heatmap::analyzers::lrp::Probes;
+///
+/// let model = lrp_heatmap::Model::load("efficientnet-lite0")?;
+/// let probes = Probes {
+///     layers: vec!["/_swish_1/Clip".into()],
+///     concept: Some("/_swish_1/Clip:1156".parse().unwrap()),
+///     ..Default::default()
+/// };
+/// probes.check(&model)?;
+/// let bad = Probes { layers: vec!["nope".into()], ..Default::default() };
+/// assert!(bad.check(&model).is_err());
+/// # Ok::<(), lrp_heatmap::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Probes {
+    /// Layers whose relevance to keep ([`Explanation::layers`]).
+    pub layers: Vec<String>,
+    /// At this layer only the relevance of these channels is passed on (the
+    /// conditional heatmap of Concept Relevance Propagation).
+    pub concept: Option<Channels>,
+    /// Start at the activations of these channels of this layer instead of
+    /// the logit (what the channels detect in this input).
+    pub start: Option<Channels>,
 }
 
 impl Explanation {
@@ -84,6 +189,55 @@ fn bounds_for(shape: &[usize], input: &[usize], norm: &Normalization, channels: 
     Bounds { low, high }
 }
 
+impl Probes {
+    /// Whether nothing is asked for.
+    pub fn is_empty(&self) -> bool {
+        *self == Probes::default()
+    }
+
+    /// Checks the names and channels against `model` (with a forward pass
+    /// on a zero input, for the shapes), before any image is explained.
+    pub fn check(&self, model: &crate::Model) -> crate::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let fwd = model.forward(ArrayD::zeros(model.input.shape.clone()))?;
+        let graph = &model.graph;
+        let run = || -> Result<()> {
+            for l in &self.layers {
+                tensor_of(graph, &fwd, "layer", l)?;
+            }
+            if let Some(c) = &self.concept {
+                checked_channels(graph, &fwd, "concept", c)?;
+            }
+            if let Some(c) = &self.start {
+                start_tensor(graph, &fwd, c)?;
+            }
+            Ok(())
+        };
+        run().map_err(|e| match e.downcast::<Error>() {
+            Ok(e) => e,
+            Err(e) => Error::InvalidParameter {
+                name: "layer",
+                message: format!("{e:#}"),
+            },
+        })
+    }
+}
+
+/// The tensor of a start inside the graph, checked.
+fn start_tensor<'g>(graph: &'g Graph, fwd: &Forward, c: &Channels) -> Result<&'g str> {
+    let tensor = checked_channels(graph, fwd, "start", c)?;
+    if tensor == graph.input {
+        return Err(Error::InvalidParameter {
+            name: "start",
+            message: "must be a layer inside the graph, not the model input".into(),
+        }
+        .into());
+    }
+    Ok(tensor)
+}
+
 /// Propagates the logit of `class` back to the input with `composite`.
 ///
 /// `norm` gives the input bounds for the z^B rule; `channels` is the number
@@ -104,12 +258,116 @@ pub fn explain(
         norm,
         channels,
         &WeightCache::new(),
+        &Probes::default(),
     )
+}
+
+/// The tensor `layer` names, with its shape, or an error naming the
+/// parameter.
+fn tensor_of<'g>(
+    graph: &'g Graph,
+    fwd: &Forward,
+    param: &'static str,
+    layer: &str,
+) -> Result<(&'g str, Vec<usize>)> {
+    let tensor = graph
+        .resolve(layer)
+        .ok_or_else(|| Error::InvalidParameter {
+            name: param,
+            message: format!(
+            "'{layer}' names no node or tensor of the graph (`inspect MODEL --layers` lists them)"
+        ),
+        })?;
+    let shape = if tensor == graph.logits {
+        fwd.logits_tensor.shape().to_vec()
+    } else {
+        fwd.get(graph, tensor)?.shape().to_vec()
+    };
+    Ok((tensor, shape))
+}
+
+/// Checks `c`'s channels against the tensor's shape (channels on axis 1).
+fn checked_channels<'g>(
+    graph: &'g Graph,
+    fwd: &Forward,
+    param: &'static str,
+    c: &Channels,
+) -> Result<&'g str> {
+    let (tensor, shape) = tensor_of(graph, fwd, param, &c.layer)?;
+    let n = match shape.len() {
+        0 | 1 => {
+            return Err(Error::InvalidParameter {
+                name: param,
+                message: format!("'{}' of shape {shape:?} has no channel axis", c.layer),
+            }
+            .into())
+        }
+        _ => shape[1],
+    };
+    if let Some(&k) = c.channels.iter().find(|&&k| k >= n) {
+        return Err(Error::InvalidParameter {
+            name: param,
+            message: format!("channel {k} out of range: '{}' has {n} channels", c.layer),
+        }
+        .into());
+    }
+    if c.channels.is_empty() {
+        return Err(Error::InvalidParameter {
+            name: param,
+            message: format!("no channel given for '{}'", c.layer),
+        }
+        .into());
+    }
+    Ok(tensor)
+}
+
+/// `a` with zeros outside `channels` (axis 1).
+fn keep_channels(a: &mut ArrayD<f32>, channels: &[usize]) {
+    for (k, mut lane) in a.axis_iter_mut(Axis(1)).enumerate() {
+        if !channels.contains(&k) {
+            lane.fill(0.0);
+        }
+    }
+}
+
+/// The output of a node from the forward pass, or computed again for the
+/// proportional operators whose output was not kept.
+fn node_output<'f>(
+    graph: &Graph,
+    fwd: &'f Forward,
+    node: &Node,
+    inputs: &[&ArrayD<f32>],
+) -> Option<std::borrow::Cow<'f, ArrayD<f32>>> {
+    use std::borrow::Cow;
+    if node.output == graph.logits {
+        return Some(Cow::Borrowed(&fwd.logits_tensor));
+    }
+    if let Some(z) = fwd.activations.get(&node.output) {
+        return Some(Cow::Borrowed(z));
+    }
+    let z = match &node.op {
+        Op::Sum => {
+            let mut z = inputs.first()?.to_owned().to_owned();
+            for x in &inputs[1..] {
+                if x.shape() != z.shape() {
+                    return None;
+                }
+                z += *x;
+            }
+            z
+        }
+        Op::AvgPool(p) => ops::pool::forward(p, inputs.first()?, false).ok()?,
+        Op::Registered(o) => o.forward(inputs).ok()?,
+        _ => return None,
+    };
+    Some(Cow::Owned(z))
 }
 
 /// [`explain`] keeping the modified weights of the layers in `cache`, to be
 /// reused by later calls on the same graph; layers whose output `z = W x + b`
-/// the forward pass kept reuse it instead of recomputing it.
+/// the forward pass kept reuse it instead of recomputing it. `probes` asks
+/// for the relevance at inner layers, a concept, or a start inside the graph.
+#[allow(clippy::too_many_arguments)]
 pub fn explain_with(
     graph: &Graph,
     fwd: &Forward,
@@ -118,15 +376,79 @@ pub fn explain_with(
     norm: &Normalization,
     channels: usize,
     cache: &WeightCache,
+    probes: &Probes,
 ) -> Result<Explanation> {
     let classes = fwd.logits.len();
     if class >= classes {
         return Err(crate::Error::ClassOutOfRange { class, classes }.into());
     }
-    let logit = fwd.logits[class];
-    let relevance = walk_back(graph, fwd, class, logit, |node, inputs, r| {
+    // every name is checked before the backward pass
+    let layers = (probes.layers.iter())
+        .map(|l| Ok((l.clone(), tensor_of(graph, fwd, "layer", l)?.0)))
+        .collect::<Result<Vec<_>>>()?;
+    let concept = (probes.concept.as_ref())
+        .map(|c| Ok::<_, anyhow::Error>((checked_channels(graph, fwd, "concept", c)?, c)))
+        .transpose()?;
+    let (tensor, start) = match &probes.start {
+        None => {
+            let mut start = ArrayD::<f32>::zeros(fwd.logits_tensor.shape());
+            if let Some(v) = start.iter_mut().nth(class) {
+                *v = fwd.logits[class];
+            }
+            (graph.logits.as_str(), start)
+        }
+        Some(c) => {
+            let tensor = start_tensor(graph, fwd, c)?;
+            let mut a = if tensor == graph.logits {
+                fwd.logits_tensor.clone()
+            } else {
+                fwd.get(graph, tensor)?.clone()
+            };
+            keep_channels(&mut a, &c.channels);
+            (tensor, a)
+        }
+    };
+    let logit = ledger::sums(&start).0;
+    let mut kept: Vec<LayerRelevance> = Vec::new();
+    let entries: std::cell::RefCell<Vec<Entry>> = Default::default();
+    let at = |t: &str, r: &mut ArrayD<f32>| -> Result<()> {
+        for (layer, tensor) in &layers {
+            if *tensor == t {
+                let rel = if r.ndim() > 1 && r.shape()[0] == 1 {
+                    r.index_axis(Axis(0), 0).to_owned()
+                } else {
+                    r.clone()
+                };
+                kept.push(LayerRelevance {
+                    layer: layer.clone(),
+                    tensor: t.to_string(),
+                    relevance: rel,
+                });
+            }
+        }
+        if let Some((ct, c)) = concept {
+            if ct == t {
+                let before = r.clone();
+                keep_channels(r, &c.channels);
+                let mut e = ledger::entry(
+                    t,
+                    "concept",
+                    "concept mask".into(),
+                    "mask".into(),
+                    &before,
+                    std::slice::from_ref(r),
+                );
+                e.dropped = e.r_in - e.out;
+                e.dropped_because = "channels outside the concept";
+                entries.borrow_mut().push(e);
+            }
+        }
+        Ok(())
+    };
+    let step = |node: &Node, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>| {
         let rule = composite.rule_for(node);
-        let bounds = (node.op.linear().is_some() && rule == Rule::ZBox).then(|| {
+        let linear = node.op.linear().is_some();
+        let bounds = (linear && rule == Rule::ZBox).then(|| {
             crate::analyzers::bounds::through_normalisation(graph, node, fwd, norm, channels)
                 .unwrap_or_else(|| bounds_for(inputs[0].shape(), fwd.input.shape(), norm, channels))
         });
@@ -134,20 +456,54 @@ pub fn explain_with(
             cache: Some(cache),
             output: fwd.activations.get(&node.output),
         };
-        node.relevance(inputs, r, rule, bounds.as_ref(), reuse)
-    })?;
+        let (out, account) = node.relevance_accounted(inputs, r, rule, bounds.as_ref(), reuse)?;
+        let flow = node.op.flow();
+        let rule_name = if linear {
+            rule.to_string()
+        } else {
+            String::new()
+        };
+        let mut e = ledger::entry(&node.name, &node.op_type, node.kind(), rule_name, r, &out);
+        if linear {
+            e.dropped_because = ledger::dropped_because(&rule);
+        }
+        let z = match flow {
+            Flow::Proportional { .. } => node_output(graph, fwd, node, inputs),
+            _ => None,
+        };
+        ledger::account(&mut e, flow, account, r, z.as_deref(), inputs.len());
+        entries.borrow_mut().push(e);
+        Ok(out)
+    };
+    let mut relevance = walk_from(graph, fwd, tensor, start, at, step)?;
     ensure!(
         relevance.shape() == fwd.input.shape(),
         "input relevance of shape {:?}",
         relevance.shape()
     );
-    let finite = relevance.iter().all(|v| v.is_finite());
-    ensure!(finite, "relevance contains NaN or Inf");
-    let relevance_sum = relevance.iter().map(|&v| v as f64).sum::<f64>() as f32;
+    let mut non_finite = 0;
+    relevance.mapv_inplace(|v| {
+        if v.is_finite() {
+            v
+        } else {
+            non_finite += 1;
+            0.0
+        }
+    });
+    let (input_sum, _) = ledger::sums(&relevance);
+    let ledger = Ledger {
+        logit,
+        input_sum,
+        nodes: entries.into_inner(),
+    };
+    let warnings = ledger.warnings(non_finite);
     Ok(Explanation {
         class,
-        logit,
+        logit: logit as f32,
         relevance,
-        relevance_sum,
+        relevance_sum: input_sum as f32,
+        layers: kept,
+        ledger: Some(ledger),
+        warnings,
     })
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod bounds;
 pub mod gradient;
+pub mod ledger;
 pub mod lrp;
 pub mod selfcheck;
 
@@ -10,7 +11,7 @@ use anyhow::Result;
 use ndarray::{ArrayD, IxDyn};
 
 use crate::analyzers::gradient::{input_gradient, integrated_gradients, smoothgrad, GradientMode};
-use crate::analyzers::lrp::{explain_with, Explanation};
+use crate::analyzers::lrp::{explain_with, Explanation, Probes};
 use crate::composite::{Composite, RuleParams, NAMES};
 use crate::error::Error;
 use crate::model::{Forward, InputSpec, Model};
@@ -192,6 +193,19 @@ impl Analyzer {
         class: usize,
         norm: &Normalization,
     ) -> Result<Explanation> {
+        self.explain_probed(model, fwd, class, norm, &Probes::default())
+    }
+
+    /// [`Analyzer::explain`] with `probes`: the relevance at inner layers, a
+    /// concept, a start inside the graph (LRP analyzers only).
+    pub fn explain_probed(
+        &self,
+        model: &Model,
+        fwd: &Forward,
+        class: usize,
+        norm: &Normalization,
+        probes: &Probes,
+    ) -> Result<Explanation> {
         let classes = fwd.logits.len();
         if class >= classes {
             return Err(Error::ClassOutOfRange { class, classes }.into());
@@ -200,7 +214,25 @@ impl Analyzer {
         let relevance = match self {
             Analyzer::Lrp(c) => {
                 let channels = model.input.channels;
-                return explain_with(graph, fwd, class, c, norm, channels, &model.weights);
+                let cache = &model.weights;
+                return explain_with(graph, fwd, class, c, norm, channels, cache, probes);
+            }
+            _ if *probes != Probes::default() => {
+                let name = match probes {
+                    Probes { start: Some(_), .. } => "start",
+                    Probes {
+                        concept: Some(_), ..
+                    } => "concept",
+                    _ => "layer",
+                };
+                return Err(Error::InvalidParameter {
+                    name,
+                    message: format!(
+                        "works with LRP rules and composites, not with {}",
+                        self.name()
+                    ),
+                }
+                .into());
             }
             Analyzer::Gradient => input_gradient(graph, fwd, class, GradientMode::Plain)?,
             Analyzer::GuidedBackprop => input_gradient(graph, fwd, class, GradientMode::Guided)?,
@@ -217,12 +249,31 @@ impl Analyzer {
                 seed,
             } => smoothgrad(model, &fwd.input, class, *samples, *noise, *seed)?,
         };
+        let mut relevance = relevance;
+        let mut non_finite = 0;
+        relevance.mapv_inplace(|v| {
+            if v.is_finite() {
+                v
+            } else {
+                non_finite += 1;
+                0.0
+            }
+        });
         let relevance_sum = relevance.iter().map(|&v| v as f64).sum::<f64>() as f32;
+        let warnings = (non_finite > 0)
+            .then(|| {
+                format!("non-finite values (NaN or Inf) in the {}: {non_finite} values of the map set to 0", self.name())
+            })
+            .into_iter()
+            .collect();
         Ok(Explanation {
             class,
             logit: fwd.logits[class],
             relevance,
             relevance_sum,
+            layers: Vec::new(),
+            ledger: None,
+            warnings,
         })
     }
 }

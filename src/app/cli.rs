@@ -7,6 +7,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 use crate::app::commands::compare::{CompareConfig, Format, DEFAULT_ANALYZERS};
 use crate::app::commands::explain::{ClassChoice, Config};
+use lrp_heatmap::analyzers::lrp::{Channels, Probes};
 use lrp_heatmap::analyzers::{all_names, Analyzer, AnalyzerParams};
 use lrp_heatmap::composite::RuleParams;
 use lrp_heatmap::model::BUNDLED_NAME;
@@ -107,6 +108,26 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
+    /// Write where the relevance went, node by node, to <stem>.<rule>.ledger.json
+    /// (LRP rules and composites).
+    #[arg(long)]
+    pub ledger: bool,
+
+    /// Also write the relevance at this layer (a node or tensor name, `inspect` lists
+    /// them) as <stem>.<rule>.<layer>.npy, with its channels ranked in --json; repeatable.
+    #[arg(long, value_name = "NODE")]
+    pub layer: Vec<String>,
+
+    /// Explain one concept: at layer NODE pass on only the relevance of channels K
+    /// (the heatmap shows where the concept sits in the image).
+    #[arg(long, value_name = "NODE:K[,K...]")]
+    pub concept: Option<Channels>,
+
+    /// Start at the activations of channels K of layer NODE instead of the logit
+    /// (what the channel detects in this image).
+    #[arg(long, value_name = "NODE:K[,K...]")]
+    pub start: Option<Channels>,
+
     /// Images explained in parallel [default: one per core].
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
@@ -185,6 +206,11 @@ pub struct InspectArgs {
     /// Also run `check` on a random input when the model loads (exit code 1 if it fails).
     #[arg(long)]
     pub verify: bool,
+
+    /// List the relevance nodes with their output tensors and shapes (the names
+    /// --layer, --concept and --start take).
+    #[arg(long)]
+    pub layers: bool,
 }
 
 /// Arguments of `check`.
@@ -544,6 +570,7 @@ impl Args {
                 crate::app::commands::inspect::InspectConfig {
                     model: i.model,
                     input_size: i.input_size.as_deref().map(input_size).transpose()?,
+                    layers: i.layers,
                 },
                 i.verify,
             ));
@@ -617,6 +644,12 @@ impl Args {
             norm: self.common.norm()?,
             style: self.common.style()?,
             json: self.json,
+            ledger: self.ledger,
+            probes: Probes {
+                layers: self.layer,
+                concept: self.concept,
+                start: self.start,
+            },
             recursive: self.common.recursive,
             jobs: self.jobs.map(|j| j as usize),
             quiet: self.quiet,

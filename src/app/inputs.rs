@@ -47,11 +47,11 @@ pub fn is_candidate(p: &Path, analyzers: &[&str]) -> bool {
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_lowercase();
+    // <stem>.<analyzer>.png, <stem>.<analyzer>.concept-<layer>-<k>.png, ...
     let own_output = p
         .file_stem()
-        .and_then(|s| Path::new(s).extension())
-        .and_then(|e| e.to_str())
-        .is_some_and(|a| analyzers.contains(&a));
+        .and_then(|s| s.to_str())
+        .is_some_and(|s| s.split('.').skip(1).any(|a| analyzers.contains(&a)));
     !hidden(p) && IMAGE_EXTENSIONS.contains(&ext.as_str()) && !own_output
 }
 

@@ -20,7 +20,7 @@ pub fn walk_back(
     fwd: &Forward,
     class: usize,
     value: f32,
-    mut step: impl FnMut(&Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
+    step: impl FnMut(&Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
 ) -> Result<ArrayD<f32>> {
     ensure!(
         class < fwd.logits.len(),
@@ -31,12 +31,29 @@ pub fn walk_back(
     if let Some(v) = start.iter_mut().nth(class) {
         *v = value;
     }
+    walk_from(graph, fwd, &graph.logits, start, |_, _| Ok(()), step)
+}
+
+/// Walks `graph` backwards from `start` put on `tensor` (the logits, or any
+/// tensor inside the graph). Before the node writing a tensor is stepped
+/// through (and at the end for the model input), `at` sees the complete
+/// value arrived at that tensor and may change it (keep it, mask channels).
+/// Returns what reaches the model input (zeros if nothing does).
+pub fn walk_from(
+    graph: &Graph,
+    fwd: &Forward,
+    tensor: &str,
+    start: ArrayD<f32>,
+    mut at: impl FnMut(&str, &mut ArrayD<f32>) -> Result<()>,
+    mut step: impl FnMut(&Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
+) -> Result<ArrayD<f32>> {
     let mut acc: HashMap<&str, ArrayD<f32>> = HashMap::new();
-    acc.insert(graph.logits.as_str(), start);
+    acc.insert(tensor, start);
     for node in graph.nodes.iter().rev() {
-        let Some(r) = acc.remove(node.output.as_str()) else {
+        let Some(mut r) = acc.remove(node.output.as_str()) else {
             continue;
         };
+        at(&node.output, &mut r)?;
         let inputs = node
             .inputs
             .iter()
@@ -51,7 +68,9 @@ pub fn walk_back(
             }
         }
     }
-    Ok(acc
+    let mut input = acc
         .remove(graph.input.as_str())
-        .unwrap_or_else(|| ArrayD::zeros(fwd.input.shape())))
+        .unwrap_or_else(|| ArrayD::zeros(fwd.input.shape()));
+    at(&graph.input, &mut input)?;
+    Ok(input)
 }

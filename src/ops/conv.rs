@@ -136,6 +136,13 @@ impl Conv {
 }
 
 impl Conv {
+    /// Whether it is a depthwise convolution: one input channel per group
+    /// and one output channel per group.
+    pub fn is_depthwise(&self) -> bool {
+        let ws = self.weight.shape();
+        self.group > 1 && ws.len() == 4 && ws[1] == 1 && ws[0] == self.group
+    }
+
     /// Whether each output channel reads exactly one input channel.
     fn depthwise(g: &Geo) -> bool {
         g.cg == 1 && g.mg == 1

@@ -55,6 +55,16 @@ impl Operator for GlobalPool {
         Ok(vec![relevance(inputs[0], r, self.max)?])
     }
 
+    /// The average hands relevance in proportion over the mean; the
+    /// maximum all to the winner.
+    fn flow(&self) -> super::Flow {
+        if self.max {
+            super::Flow::Conserving
+        } else {
+            super::Flow::Proportional { per_input: false }
+        }
+    }
+
     fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         let x = inputs[0];
         Ok(vec![if self.max {

@@ -63,6 +63,11 @@ impl Operator for Mean {
         sum(inputs, r)
     }
 
+    /// Proportional to the inputs over their sum, `n` times the output.
+    fn flow(&self) -> super::Flow {
+        super::Flow::Proportional { per_input: true }
+    }
+
     fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         let n = inputs.len() as f32;
         sum_gradient(inputs, &g.mapv(|v| v / n))

@@ -36,7 +36,7 @@ use anyhow::{anyhow, ensure, Result};
 use ndarray::ArrayD;
 
 use crate::rules::cache::{Cached, WeightCache};
-use crate::rules::{Bounds, LinearLayer, Rule};
+use crate::rules::{Account, Bounds, LinearLayer, Rule};
 use activation::Act;
 use conv::Conv;
 use dense::{Affine, Dense};
@@ -131,6 +131,28 @@ pub enum Op {
     Registered(std::sync::Arc<dyn Operator>),
 }
 
+/// How relevance flows through an operator, for the relevance ledger.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Flow {
+    /// A linear layer: the rule's [`crate::rules::Account`] says where the
+    /// relevance it does not pass on goes.
+    Linear,
+    /// Each output `j` hands `R_j` to its inputs in proportion to their
+    /// contributions, over the stabilised denominator `stab(z_j)` (`z_j` the
+    /// output, times the number of inputs when `per_input`: a mean divided
+    /// by the sum): what is not passed on is the stabiliser's, all of `R_j`
+    /// where `z_j = 0`.
+    Proportional {
+        /// Whether the denominator is the output times the number of inputs.
+        per_input: bool,
+    },
+    /// All relevance is passed on (copies, selections, maxima, activations).
+    Conserving,
+    /// Relevance on elements the operator added (constant padding) is
+    /// dropped; the rest is passed on.
+    Crops,
+}
+
 /// An operator family in one file: its shape, forward pass, relevance and
 /// gradient (the import from ONNX is the [`registry::Family::import`] of the
 /// same file). Inputs are the node's activations, in order.
@@ -154,6 +176,11 @@ pub trait Operator: std::fmt::Debug + Send + Sync {
     fn takes_maxima(&self) -> bool {
         false
     }
+    /// How relevance flows through it (the ledger checks that nothing else
+    /// is lost).
+    fn flow(&self) -> Flow {
+        Flow::Conserving
+    }
 }
 
 impl Op {
@@ -165,6 +192,32 @@ impl Op {
             Op::MaxPool(_) => true,
             Op::Registered(o) => o.takes_maxima(),
             _ => false,
+        }
+    }
+
+    /// How relevance flows through it.
+    pub fn flow(&self) -> Flow {
+        match self {
+            Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => Flow::Linear,
+            Op::Sum | Op::AvgPool(_) => Flow::Proportional { per_input: false },
+            Op::Pad(_) => Flow::Crops,
+            Op::Registered(o) => o.flow(),
+            _ => Flow::Conserving,
+        }
+    }
+
+    /// What kind of node it is, in words (for the ledger's summary);
+    /// `operator` for the others.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv(c) if c.is_depthwise() => "depthwise convolution",
+            Op::Conv(_) => "convolution",
+            Op::Dense(_) => "dense layer",
+            Op::Affine(_) => "per-channel affine layer",
+            Op::MaxPool(_) => "max pool",
+            Op::AvgPool(_) => "average pool",
+            Op::Sum => "residual Add",
+            _ => "operator",
         }
     }
 
@@ -217,20 +270,34 @@ pub fn relevance(
     bounds: Option<&Bounds>,
     reuse: Reuse,
 ) -> Result<Vec<ArrayD<f32>>> {
+    Ok(relevance_accounted(op, output, inputs, r, rule, bounds, reuse)?.0)
+}
+
+/// [`relevance`], with the rule's [`Account`] for a linear layer.
+pub fn relevance_accounted(
+    op: &Op,
+    output: &str,
+    inputs: &[&ArrayD<f32>],
+    r: &ArrayD<f32>,
+    rule: Rule,
+    bounds: Option<&Bounds>,
+    reuse: Reuse,
+) -> Result<(Vec<ArrayD<f32>>, Option<Account>)> {
     ensure!(!inputs.is_empty(), "no input activation");
     let x = inputs[0];
     let one = |a: ArrayD<f32>| vec![a];
     let out = match op {
         Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => {
             let layer = op.linear().expect("linear op");
-            one(match reuse.cache {
+            let (out, account) = match reuse.cache {
                 Some(cache) => {
                     let name = output;
                     let cached = Cached { layer, cache, name };
-                    rule.propagate_with(&cached, x, reuse.output, r, bounds)?
+                    rule.propagate_accounted(&cached, x, reuse.output, r, bounds)?
                 }
-                None => rule.propagate_with(layer, x, reuse.output, r, bounds)?,
-            })
+                None => rule.propagate_accounted(layer, x, reuse.output, r, bounds)?,
+            };
+            return Ok((one(out), Some(account)));
         }
         Op::MaxPool(p) => one(pool::max_pool(p, x, r)?),
         Op::AvgPool(p) => one(pool::avg_pool(p, x, r)?),
@@ -245,7 +312,7 @@ pub fn relevance(
         }
         Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } => copies(op, inputs, r, false)?,
     };
-    Ok(out)
+    Ok((out, None))
 }
 
 /// The operators that copy, select or gate values (pad, resize,

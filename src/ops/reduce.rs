@@ -71,6 +71,16 @@ impl Operator for ReduceSpec {
         Ok(vec![relevance(self, inputs[0], r)?])
     }
 
+    /// Sums and means in proportion over the output; a maximum all to the
+    /// winner.
+    fn flow(&self) -> super::Flow {
+        if self.kind == ReduceKind::Max {
+            super::Flow::Conserving
+        } else {
+            super::Flow::Proportional { per_input: false }
+        }
+    }
+
     fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         Ok(vec![gradient(self, inputs[0], g)?])
     }

@@ -269,7 +269,11 @@ fn ref_rule(
                     continue;
                 }
                 let b = l.b[j];
-                let rho_b = if z[j] > 0.0 { b + g * pos(b) } else { b + g * neg(b) };
+                let rho_b = if z[j] > 0.0 {
+                    b + g * pos(b)
+                } else {
+                    b + g * neg(b)
+                };
                 let (mut den, mut abs) = (rho_b, rho_b.abs());
                 for i in 0..l.n_in {
                     den += x[i] * rho(i, j);

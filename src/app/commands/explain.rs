@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::app::inputs::Job;
 use crate::app::labels;
-use lrp_heatmap::analyzers::lrp::Explanation;
+use lrp_heatmap::analyzers::lrp::{Channels, Explanation, Probes};
 use lrp_heatmap::analyzers::Analyzer;
 use lrp_heatmap::model::Model;
 use lrp_heatmap::preprocess::{self, DecodeLimits, Layout, Normalization};
@@ -50,6 +50,10 @@ pub struct Config {
     pub style: Style,
     /// One JSON object per input instead of text.
     pub json: bool,
+    /// Write the relevance ledger as `<stem>.<rule>.ledger.json`.
+    pub ledger: bool,
+    /// Inner layers, a concept, a start inside the graph.
+    pub probes: Probes,
     /// Walk folders recursively.
     pub recursive: bool,
     /// Images explained at once (`None`: one per core).
@@ -89,9 +93,13 @@ pub struct Outcome {
     pub png: PathBuf,
     /// Written raw relevance, if asked for.
     pub npy: Option<PathBuf>,
+    /// Written relevance of each layer asked for.
+    pub layer_npys: Vec<PathBuf>,
+    /// Written ledger, if asked for.
+    pub ledger: Option<PathBuf>,
     /// Wall time for this input.
     pub seconds: f64,
-    /// Warnings about this explanation (max-pool near-ties).
+    /// Warnings about this explanation (max-pool near-ties, the guard rails).
     pub warnings: Vec<String>,
 }
 
@@ -114,6 +122,34 @@ pub fn relevance_chw(rel: &ArrayD<f32>, layout: Layout) -> Result<ArrayD<f32>> {
     })
 }
 
+/// A layer name as a file name part: characters other than ASCII letters,
+/// digits, `-` and `_` become `_`, leading and trailing ones dropped
+/// (`/_swish_1/Clip` -> `_swish_1_Clip`).
+pub fn file_part(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    let s = s.trim().replace(' ', "_");
+    if s.is_empty() {
+        "layer".to_string()
+    } else {
+        s
+    }
+}
+
+/// `concept-<layer>-<k>_<k>` for channels of a layer.
+fn channels_part(what: &str, c: &Channels) -> String {
+    let ks: Vec<String> = c.channels.iter().map(|k| k.to_string()).collect();
+    format!("{what}-{}-{}", file_part(&c.layer), ks.join("_"))
+}
+
 /// A loaded model with the run's rule, ready to explain images.
 pub struct Explainer {
     /// The model.
@@ -134,6 +170,28 @@ impl Explainer {
             ..Default::default()
         }
         .load(&cfg.model)?;
+        if cfg.ledger && !matches!(analyzer, Analyzer::Lrp(_)) {
+            return Err(anyhow!(
+                "--ledger works with LRP rules and composites, not with {}",
+                analyzer.name()
+            ));
+        }
+        if !cfg.probes.is_empty() && !matches!(analyzer, Analyzer::Lrp(_)) {
+            let flag = match &cfg.probes {
+                Probes { start: Some(_), .. } => "--start",
+                Probes {
+                    concept: Some(_), ..
+                } => "--concept",
+                _ => "--layer",
+            };
+            return Err(anyhow!(
+                "{flag} works with LRP rules and composites, not with {}",
+                analyzer.name()
+            ));
+        }
+        (cfg.probes.check(&model))
+            .map_err(|e| crate::app::cli::in_flags(e.into()))
+            .with_context(|| format!("model {}", cfg.model.display()))?;
         let labels = labels::for_classes(model.classes);
         if let ClassChoice::Query(q) = &cfg.class {
             labels::find_class(&labels, q)
@@ -145,6 +203,24 @@ impl Explainer {
             labels,
             cfg: cfg.clone(),
         })
+    }
+
+    /// The analyzer part of output names: the analyzer, then the concept or
+    /// start if any (`zplus.concept-<layer>-<k>`).
+    fn tag(&self) -> String {
+        let mut t = self.analyzer.name();
+        if let Some(c) = &self.cfg.probes.concept {
+            t += &format!(".{}", channels_part("concept", c));
+        }
+        if let Some(c) = &self.cfg.probes.start {
+            t += &format!(".{}", channels_part("start", c));
+        }
+        t
+    }
+
+    /// Output of the relevance at `layer`.
+    fn layer_output(&self, job: &Job, layer: &str) -> PathBuf {
+        job.output(&format!("{}.{}", self.tag(), file_part(layer)), "npy")
     }
 
     /// Explains one image and writes its outputs.
@@ -170,8 +246,17 @@ impl Explainer {
         };
         let mut explanation = self
             .analyzer
-            .explain(&self.model, &forward, class, &self.cfg.norm)
+            .explain_probed(
+                &self.model,
+                &forward,
+                class,
+                &self.cfg.norm,
+                &self.cfg.probes,
+            )
+            .map_err(|e| crate::app::cli::in_flags(e))
             .with_context(|| format!("cannot explain {}", input.display()))?;
+        let mut warnings = warnings;
+        warnings.extend(explanation.warnings.iter().cloned());
         drop(forward);
         let chw = relevance_chw(&explanation.relevance, spec.layout)?;
         explanation.relevance = ArrayD::zeros(vec![0]);
@@ -189,16 +274,39 @@ impl Explainer {
         std::fs::create_dir_all(&job.out_dir)
             .with_context(|| format!("cannot create output folder {}", job.out_dir.display()))
             .with_context(|| format!("{}", input.display()))?;
-        let png = job.output(&self.analyzer.name(), "png");
+        let png = job.output(&self.tag(), "png");
         crate::app::output::save_png(&heat, &png)
             .with_context(|| format!("{}", input.display()))?;
         let npy = if self.cfg.raw {
-            let path = job.output(&self.analyzer.name(), "npy");
+            let path = job.output(&self.tag(), "npy");
             crate::app::output::save_npy(&chw, &path)
                 .with_context(|| format!("{}", input.display()))?;
             Some(path)
         } else {
             None
+        };
+        let mut layer_npys = Vec::new();
+        for l in &mut explanation.layers {
+            let path = self.layer_output(job, &l.layer);
+            crate::app::output::save_npy(&l.relevance, &path)
+                .with_context(|| format!("{}", input.display()))?;
+            layer_npys.push(path);
+        }
+        let ledger = match (&explanation.ledger, self.cfg.ledger) {
+            (Some(l), true) => {
+                let path = job.output(&self.tag(), "ledger.json");
+                let mut v = serde_json::to_value(l)?;
+                v["input"] = json!(input.display().to_string());
+                v["rule"] = json!(self.analyzer.name());
+                v["class"] = json!(explanation.class);
+                v["ratio"] = json!(l.ratio());
+                v["summary"] = json!(l.summary());
+                let text = serde_json::to_string_pretty(&v)? + "\n";
+                crate::app::output::write_atomic(&path, |w| Ok(w.write_all(text.as_bytes())?))
+                    .with_context(|| format!("{}", input.display()))?;
+                Some(path)
+            }
+            _ => None,
         };
         Ok(Outcome {
             input: input.to_path_buf(),
@@ -206,6 +314,8 @@ impl Explainer {
             explanation,
             png,
             npy,
+            layer_npys,
+            ledger,
             seconds: t0.elapsed().as_secs_f64(),
             warnings,
         })
@@ -213,17 +323,23 @@ impl Explainer {
 
     /// The files `job` writes.
     pub fn outputs(&self, job: &Job) -> Vec<PathBuf> {
-        let mut v = vec![job.output(&self.analyzer.name(), "png")];
+        let tag = self.tag();
+        let mut v = vec![job.output(&tag, "png")];
         if self.cfg.raw {
-            v.push(job.output(&self.analyzer.name(), "npy"));
+            v.push(job.output(&tag, "npy"));
+        }
+        if self.cfg.ledger {
+            v.push(job.output(&tag, "ledger.json"));
+        }
+        for l in &self.cfg.probes.layers {
+            v.push(self.layer_output(job, l));
         }
         v
     }
 
     /// Whether every output of `job` exists already.
     pub fn outputs_exist(&self, job: &Job) -> bool {
-        job.output(&self.analyzer.name(), "png").exists()
-            && (!self.cfg.raw || job.output(&self.analyzer.name(), "npy").exists())
+        self.outputs(job).iter().all(|p| p.exists())
     }
 
     /// The report of one outcome: text lines or a JSON object.
@@ -250,6 +366,30 @@ impl Explainer {
                 "npy": o.npy.as_ref().map(|p| p.display().to_string()),
                 "seconds": o.seconds,
                 "warnings": o.warnings,
+                "concept": self.cfg.probes.concept.as_ref().map(|c| json!({"layer": c.layer, "channels": c.channels})),
+                "start": self.cfg.probes.start.as_ref().map(|c| json!({"layer": c.layer, "channels": c.channels})),
+                "ledger": e.ledger.as_ref().map(|l| json!({
+                    "logit": l.logit,
+                    "input_sum": l.input_sum,
+                    "ratio": l.ratio(),
+                    "bias": l.nodes.iter().map(|n| n.bias).sum::<f64>(),
+                    "stabilizer": l.nodes.iter().map(|n| n.stabilizer).sum::<f64>(),
+                    "dropped": l.nodes.iter().map(|n| n.dropped).sum::<f64>(),
+                    "sign": l.nodes.iter().map(|n| n.sign).sum::<f64>(),
+                    "summary": l.summary(),
+                    "file": o.ledger.as_ref().map(|p| p.display().to_string()),
+                })),
+                "layers": e.layers.iter().zip(&o.layer_npys).map(|(l, p)| {
+                    let ch = l.channel_sums();
+                    json!({
+                        "layer": l.layer,
+                        "tensor": l.tensor,
+                        "shape": l.relevance.shape(),
+                        "sum": ch.iter().map(|c| c.1).sum::<f64>(),
+                        "npy": p.display().to_string(),
+                        "channels": ch.iter().map(|&(k, r)| json!({"channel": k, "relevance": r})).collect::<Vec<_>>(),
+                    })
+                }).collect::<Vec<_>>(),
             })
             .to_string();
         }
@@ -257,23 +397,54 @@ impl Explainer {
         for (rank, (i, p)) in top5.iter().enumerate() {
             s += &format!("  {}. {:>4} {:<40} p = {:.4}\n", rank + 1, i, label(*i), p);
         }
-        s += &format!(
-            "  explained class {} \"{}\", logit {:.4}\n",
-            e.class,
-            label(e.class),
-            e.logit
-        );
+        match &self.cfg.probes.start {
+            Some(c) => {
+                s += &format!(
+                    "  started at channels {:?} of {}: activation sum {:.4}\n",
+                    c.channels, c.layer, e.logit
+                )
+            }
+            None => {
+                s += &format!(
+                    "  explained class {} \"{}\", logit {:.4}\n",
+                    e.class,
+                    label(e.class),
+                    e.logit
+                )
+            }
+        }
+        if let Some(c) = &self.cfg.probes.concept {
+            s += &format!(
+                "  concept: channels {:?} of {} (their share of the relevance only)\n",
+                c.channels, c.layer
+            );
+        }
         s += &format!(
             "  relevance sum = {:.4} (logit = {:.4}, ratio = {:.4})\n",
             e.relevance_sum,
             e.logit,
             e.ratio()
         );
-        for w in &o.warnings {
-            s += &format!("  warning: {w}\n");
+        if let Some(line) = e.ledger.as_ref().and_then(|l| l.summary()) {
+            s += &format!("  {line}\n");
         }
-        s += &format!("  {} -> {}", self.analyzer.name(), o.png.display());
+        for (l, path) in e.layers.iter().zip(&o.layer_npys) {
+            let top: Vec<String> = (l.channel_sums().iter().take(5))
+                .map(|(k, r)| format!("{k} ({r:.4})"))
+                .collect();
+            s += &format!(
+                "  layer {} {:?}: top channels {} -> {}\n",
+                l.layer,
+                l.relevance.shape(),
+                top.join(", "),
+                path.display()
+            );
+        }
+        s += &format!("  {} -> {}", self.tag(), o.png.display());
         if let Some(n) = &o.npy {
+            s += &format!(", {}", n.display());
+        }
+        if let Some(n) = &o.ledger {
             s += &format!(", {}", n.display());
         }
         s
@@ -377,6 +548,13 @@ pub fn run(
                     match &bar {
                         Some(b) if !cfg.json => b.suspend(|| writeln!(out, "{line}"))?,
                         _ => writeln!(out, "{line}")?,
+                    }
+                    for w in &o.warnings {
+                        let w = format!("warning: {}: {w}", o.input.display());
+                        match &bar {
+                            Some(b) => b.suspend(|| writeln!(err, "{w}"))?,
+                            None => writeln!(err, "{w}")?,
+                        }
                     }
                     summary.done += 1;
                 }

@@ -19,6 +19,37 @@ pub struct InspectConfig {
     pub model: PathBuf,
     /// Height and width for symbolic spatial dims (`None`: 224).
     pub input_size: Option<[usize; 2]>,
+    /// List the relevance nodes with their output tensors and shapes.
+    pub layers: bool,
+}
+
+/// The relevance nodes in order: name, operator, output tensor and its
+/// shape (from a forward pass on a zero input).
+fn list_layers(m: &Model, out: &mut dyn Write) -> Result<()> {
+    let fwd = m.forward(ndarray::ArrayD::zeros(m.input.shape.clone()))?;
+    writeln!(
+        out,
+        "\nlayers (node, operator, output tensor, shape; channels on axis 1):"
+    )?;
+    writeln!(
+        out,
+        "  {:<40} {:<18} {} {:?}",
+        m.graph.input, "(input)", m.graph.input, m.input.shape
+    )?;
+    for n in &m.graph.nodes {
+        let shape = if n.output == m.graph.logits {
+            Some(fwd.logits_tensor.shape().to_vec())
+        } else {
+            fwd.activations.get(&n.output).map(|a| a.shape().to_vec())
+        };
+        let shape = shape.map_or("?".to_string(), |s| format!("{s:?}"));
+        writeln!(
+            out,
+            "  {:<40} {:<18} {} {shape}",
+            n.name, n.op_type, n.output
+        )?;
+    }
+    Ok(())
 }
 
 /// Dims of a value, symbols by name (`?` when unknown).
@@ -218,6 +249,9 @@ pub fn run_inspect(cfg: &InspectConfig, out: &mut dyn Write) -> Result<bool> {
                     ""
                 }
             )?;
+            if cfg.layers {
+                list_layers(&m, out)?;
+            }
             if normalises_itself(&m) {
                 writeln!(
                     out,
