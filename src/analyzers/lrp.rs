@@ -321,6 +321,15 @@ fn checked_channels<'g>(
     Ok(tensor)
 }
 
+/// `a` without its batch axis of 1.
+fn unbatched(a: ArrayD<f32>) -> ArrayD<f32> {
+    if a.ndim() > 1 && a.shape()[0] == 1 {
+        a.index_axis_move(Axis(0), 0)
+    } else {
+        a
+    }
+}
+
 /// `a` with zeros outside `channels` (axis 1).
 fn keep_channels(a: &mut ArrayD<f32>, channels: &[usize]) {
     for (k, mut lane) in a.axis_iter_mut(Axis(1)).enumerate() {
@@ -384,7 +393,10 @@ pub fn explain_with(
     }
     // every name is checked before the backward pass
     let layers = (probes.layers.iter())
-        .map(|l| Ok((l.clone(), tensor_of(graph, fwd, "layer", l)?.0)))
+        .map(|l| {
+            let (t, shape) = tensor_of(graph, fwd, "layer", l)?;
+            Ok((l.clone(), t, shape))
+        })
         .collect::<Result<Vec<_>>>()?;
     let concept = (probes.concept.as_ref())
         .map(|c| Ok::<_, anyhow::Error>((checked_channels(graph, fwd, "concept", c)?, c)))
@@ -412,19 +424,12 @@ pub fn explain_with(
     let mut kept: Vec<LayerRelevance> = Vec::new();
     let entries: std::cell::RefCell<Vec<Entry>> = Default::default();
     let at = |t: &str, r: &mut ArrayD<f32>| -> Result<()> {
-        for (layer, tensor) in &layers {
-            if *tensor == t {
-                let rel = if r.ndim() > 1 && r.shape()[0] == 1 {
-                    r.index_axis(Axis(0), 0).to_owned()
-                } else {
-                    r.clone()
-                };
-                kept.push(LayerRelevance {
-                    layer: layer.clone(),
-                    tensor: t.to_string(),
-                    relevance: rel,
-                });
-            }
+        if layers.iter().any(|l| l.1 == t) {
+            kept.push(LayerRelevance {
+                layer: String::new(),
+                tensor: t.to_string(),
+                relevance: unbatched(r.clone()),
+            });
         }
         if let Some((ct, c)) = concept {
             if ct == t {
@@ -476,6 +481,21 @@ pub fn explain_with(
         Ok(out)
     };
     let mut relevance = walk_from(graph, fwd, tensor, start, at, step)?;
+    // in the order asked for; zeros where no relevance arrived
+    let kept = layers
+        .iter()
+        .map(|(layer, t, shape)| {
+            let relevance = match kept.iter().find(|k| k.tensor == *t) {
+                Some(k) => k.relevance.clone(),
+                None => unbatched(ArrayD::zeros(shape.clone())),
+            };
+            LayerRelevance {
+                layer: layer.clone(),
+                tensor: t.to_string(),
+                relevance,
+            }
+        })
+        .collect();
     ensure!(
         relevance.shape() == fwd.input.shape(),
         "input relevance of shape {:?}",

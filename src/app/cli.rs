@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
-use crate::app::commands::compare::{CompareConfig, Format, DEFAULT_ANALYZERS};
+use crate::app::commands::compare::{CompareConfig, ConceptColumns, Format, DEFAULT_ANALYZERS};
 use crate::app::commands::explain::{ClassChoice, Config};
 use lrp_heatmap::analyzers::lrp::{Channels, Probes};
 use lrp_heatmap::analyzers::{all_names, Analyzer, AnalyzerParams};
@@ -280,6 +280,12 @@ pub struct CompareArgs {
     /// Comma-separated analyzers, one column each.
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_ANALYZERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub rules: Vec<String>,
+
+    /// After each LRP analyzer, the maps of concepts of layer NODE (CRP's
+    /// conditional heatmaps): NODE:topN for its N most relevant channels in each
+    /// image, or NODE:K[,K...] for these channels.
+    #[arg(long, value_name = "NODE:topN")]
+    pub concepts: Option<ConceptColumns>,
 
     /// Output folder of compare.png / compare.html.
     #[arg(short, long, value_name = "DIR", default_value = ".")]
@@ -629,6 +635,7 @@ impl Args {
                 },
                 command,
                 input_size: c.common.input_size()?,
+                concepts: c.concepts,
             }));
         }
         // the analyzer name and parameters are checked before any model is loaded

@@ -69,6 +69,9 @@ pub struct GridRow {
     /// One `[H, W]` map per column (channel-summed relevance at model
     /// resolution), in column order.
     pub maps: Vec<Array2<f32>>,
+    /// A caption per column drawn in the tile's top-left corner (missing or
+    /// empty: none).
+    pub captions: Vec<String>,
 }
 
 /// Pixel geometry of a grid (see [`grid_layout`]).
@@ -228,6 +231,20 @@ pub fn grid_image(
         for (c, (map, col)) in row.maps.iter().zip(columns).enumerate() {
             let heat = render_map(map, tile, tile, style, col.signed);
             paste(&mut img, &heat, lay.tile_x(c + 1), y);
+            if let Some(caption) = row.captions.get(c).filter(|s| !s.is_empty()) {
+                let caption = ellipsize(caption, (tile.saturating_sub(4) / 8) as usize);
+                let w = 8 * caption.chars().count() as u32 + 4;
+                let bg = RgbImage::from_pixel(w.min(tile), 12.min(tile), BACKGROUND);
+                paste(&mut img, &bg, lay.tile_x(c + 1), y);
+                draw_text(
+                    &mut img,
+                    lay.tile_x(c + 1) as i32 + 2,
+                    y as i32 + 2,
+                    &caption,
+                    1,
+                    TEXT,
+                );
+            }
         }
         let room = (lay.width - 2 * GAP) / 16;
         let label = ellipsize(&row.label, room as usize);
@@ -260,6 +277,7 @@ mod tests {
             .map(|r| GridRow {
                 photo: RgbImage::from_pixel(30, 20, Rgb([10 + 100 * r as u8, 200, 40])),
                 label: format!("{r} some label"),
+                captions: vec![],
                 maps: (0..3)
                     .map(|c| {
                         Array2::from_shape_fn((7, 7), |(y, x)| {
@@ -366,6 +384,7 @@ mod tests {
             photo: RgbImage::new(1, 1),
             label: String::new(),
             maps: vec![Array2::zeros((1, 1)); 9],
+            captions: vec![],
         };
         let msg = format!(
             "{:#}",

@@ -48,7 +48,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lrp_heatmap::analyzers::lrp::explain;
+use lrp_heatmap::analyzers::lrp::{explain, Channels, Probes};
 use lrp_heatmap::composite::{Composite, RuleParams, NAMES};
 use lrp_heatmap::model::{LoadOptions, Model};
 use lrp_heatmap::ops::conv::{Conv, Padding, Window};
@@ -1298,6 +1298,39 @@ fn ref_lrp(
     input_bounds: &(Vec<f64>, Vec<f64>),
 ) -> Vec<f64> {
     let out = acts.len() - 1;
+    let mut start = vec![0.0; acts[out].len()];
+    start[class] = acts[out][class];
+    let mut all = ref_lrp_all(nodes, acts, shapes, (out, start), None, comp, input_bounds);
+    all.swap_remove(0)
+}
+
+/// Where a reference backward pass starts: a value index and the relevance
+/// put on it.
+type RefStart = (usize, Vec<f64>);
+
+/// `v` with zeros outside `channels` (axis 0 of a value of `shape`, i.e. the
+/// model's axis 1: channels of `[C, H, W]`, neurons of `[C]`).
+fn ref_mask(v: &mut [f64], shape: &[usize], channels: &[usize]) {
+    let plane: usize = shape[1..].iter().product();
+    for (k, e) in v.iter_mut().enumerate() {
+        if !channels.contains(&(k / plane.max(1))) {
+            *e = 0.0;
+        }
+    }
+}
+
+/// Reference LRP from `start`, with the relevance at every value (index 0
+/// the input); with `concept = (value, channels)` only those channels'
+/// relevance is passed on at that value (CRP's conditional relevance).
+fn ref_lrp_all(
+    nodes: &[RefNode],
+    acts: &[Vec<f64>],
+    shapes: &[Vec<usize>],
+    start: RefStart,
+    concept: Option<(usize, &[usize])>,
+    comp: &RefComposite,
+    input_bounds: &(Vec<f64>, Vec<f64>),
+) -> Vec<Vec<f64>> {
     // z^B bounds of the values reached from the input through copies and
     // arithmetic with constants (in-model normalisation, transposes): each
     // node maps the interval of each element; elsewhere the image bounds.
@@ -1331,7 +1364,7 @@ fn ref_lrp(
         bounds.push(b);
     }
     let mut rel: Vec<Vec<f64>> = acts.iter().map(|a| vec![0.0; a.len()]).collect();
-    rel[out][class] = acts[out][class];
+    rel[start.0] = start.1;
     // First layers: linear layers reading the input with no linear layer in between.
     let mut raw = vec![false; acts.len()];
     raw[0] = true;
@@ -1345,6 +1378,11 @@ fn ref_lrp(
     }
     for k in (0..nodes.len()).rev() {
         let n = &nodes[k];
+        if let Some((v, channels)) = concept {
+            if v == k + 1 {
+                ref_mask(&mut rel[v], &shapes[v], channels);
+            }
+        }
         let r = rel[k + 1].clone();
         let i0 = n.inputs[0];
         let x = &acts[i0];
@@ -1425,7 +1463,7 @@ fn ref_lrp(
             }
         }
     }
-    rel.swap_remove(0)
+    rel
 }
 
 /// A pooling node: `k x k` window, stride `s`, pads `[top, left, bottom, right]`.
@@ -2227,6 +2265,22 @@ fn check_network(what: &str, net: &BuiltNet, input: &ArrayD<f32>) -> Vec<String>
         let scale = max_abs(&want).max(1e-3 * logits[class].abs());
         let tol = 1e-4 * scale;
         report.push(format!("{name}: {:.1e}", d / scale.max(f64::MIN_POSITIVE)));
+        // the ledger balances, per node and over the graph
+        match e.ledger.as_ref().map(|l| l.check(1e-4)) {
+            Some(Ok(())) => {}
+            Some(Err(m)) => failures.push(format!("{what} / {name}: {m}")),
+            None => failures.push(format!("{what} / {name}: no ledger")),
+        }
+        failures.extend(check_probes(
+            &format!("{what} / {name}"),
+            net,
+            &model,
+            &fwd,
+            &acts,
+            class,
+            &comp,
+            &e,
+        ));
         if d.is_nan() || d > tol {
             failures.push(format!(
                 "{what} / {name}: max |diff| {d:.3e} > tol {tol:.3e} at input {k}: lib {} vs ref {} (max |R_ref| {:.3e}, sum lib {:.6}, sum ref {:.6}, logit {})",
@@ -2244,6 +2298,204 @@ fn check_network(what: &str, net: &BuiltNet, input: &ArrayD<f32>) -> Vec<String>
         fwd.logits[class],
         report.join(", ")
     );
+    failures
+}
+
+/// `a` (any shape) against the reference values `want` with the network
+/// tolerance (top of the file), `None` when they agree.
+fn network_diff(what: &str, a: &ArrayD<f32>, want: &[f64], logit: f32) -> Option<String> {
+    let lib: Vec<f32> = a.iter().copied().collect();
+    if lib.len() != want.len() {
+        return Some(format!(
+            "{what}: {} values vs {} in the reference",
+            lib.len(),
+            want.len()
+        ));
+    }
+    let (d, k) = max_diff(&lib, want);
+    let scale = max_abs(want).max(1e-3 * logit.abs() as f64);
+    let tol = 1e-4 * scale;
+    (d.is_nan() || d > tol).then(|| {
+        format!(
+            "{what}: max |diff| {d:.3e} > tol {tol:.3e} at {k}: lib {} vs ref {}",
+            lib[k], want[k]
+        )
+    })
+}
+
+/// The relevance at every inner layer, a concept and a start inside the
+/// graph against the reference: `--layer` equals the reference's relevance
+/// at that value; the conditional heatmaps of all channels of a layer every
+/// path goes through sum to the unconditional one, and one of them equals the
+/// reference's; a start at a neuron equals the reference started there. The
+/// ledgers of these explanations balance too.
+#[allow(clippy::too_many_arguments)]
+fn check_probes(
+    what: &str,
+    net: &BuiltNet,
+    model: &Model,
+    fwd: &lrp_heatmap::model::Forward,
+    acts: &[Vec<f64>],
+    class: usize,
+    comp: &Composite,
+    plain: &lrp_heatmap::Explanation,
+) -> Vec<String> {
+    let mut failures = vec![];
+    let name = NetBuilder::name;
+    let graph = &model.graph;
+    let cache = lrp_heatmap::rules::cache::WeightCache::new();
+    let run = |probes: &Probes| {
+        lrp_heatmap::analyzers::lrp::explain_with(
+            graph,
+            fwd,
+            class,
+            comp,
+            &net.norm(),
+            model.input.channels,
+            &cache,
+            probes,
+        )
+    };
+    let rc = ref_composite(&comp.name);
+    let out = acts.len() - 1;
+    let mut start = vec![0.0; acts[out].len()];
+    start[class] = acts[out][class];
+    let reference = |start: RefStart, concept: Option<(usize, &[usize])>| {
+        ref_lrp_all(
+            &net.folded,
+            acts,
+            &net.shapes,
+            start,
+            concept,
+            &rc,
+            &net.input_bounds,
+        )
+    };
+    let all = reference((out, start.clone()), None);
+    let logit = plain.logit;
+    let mut ledger_ok = |e: &lrp_heatmap::Explanation, how: &str| {
+        if let Some(Err(m)) = e.ledger.as_ref().map(|l| l.check(1e-4)) {
+            failures.push(format!("{what} {how}: {m}"));
+        }
+    };
+    // every inner value the library's graph still has, in one pass
+    let values: Vec<usize> = (1..out)
+        .filter(|&v| graph.resolve(&name(v)).is_some())
+        .collect();
+    let probes = Probes {
+        layers: values.iter().map(|&v| name(v)).collect(),
+        ..Default::default()
+    };
+    let e = run(&probes).expect("explain with layers");
+    ledger_ok(&e, "with layers");
+    let mut out_failures = vec![];
+    if values.is_empty() {
+        out_failures.push(format!("{what}: no inner layer to compare"));
+    }
+    if e.relevance != plain.relevance {
+        out_failures.push(format!("{what}: asking for layers changed the map"));
+    }
+    for (l, &v) in e.layers.iter().zip(&values) {
+        if let Some(f) = network_diff(
+            &format!("{what}: layer {}", l.layer),
+            &l.relevance,
+            &all[v],
+            logit,
+        ) {
+            out_failures.push(f);
+        }
+    }
+    // a layer every path from the input to the output goes through
+    let cut = |v: usize| {
+        net.folded[v..]
+            .iter()
+            .all(|n| n.inputs.iter().all(|&i| i >= v))
+    };
+    // a feature map (else a dense layer)
+    let candidates = |rank: usize| {
+        (values.iter().rev().copied())
+            .find(|&v| cut(v) && net.shapes[v].len() == rank && net.shapes[v][0] >= 2)
+    };
+    let concept_value = candidates(3).or_else(|| candidates(1));
+    if let Some(v) = concept_value {
+        let channels = net.shapes[v][0];
+        let mut sum = ArrayD::<f32>::zeros(plain.relevance.raw_dim());
+        for c in 0..channels {
+            let probes = Probes {
+                concept: Some(Channels {
+                    layer: name(v),
+                    channels: vec![c],
+                }),
+                ..Default::default()
+            };
+            let e = run(&probes).expect("explain a concept");
+            ledger_ok(&e, &format!("concept {}:{c}", name(v)));
+            sum += &e.relevance;
+            if c == channels - 1 {
+                let want = reference((out, start.clone()), Some((v, &[c])));
+                if let Some(f) = network_diff(
+                    &format!("{what}: concept {}:{c}", name(v)),
+                    &e.relevance,
+                    &want[0],
+                    logit,
+                ) {
+                    out_failures.push(f);
+                }
+            }
+        }
+        let unconditional: Vec<f64> = plain.relevance.iter().map(|&v| v as f64).collect();
+        eprintln!(
+            "{what}: {} layers, {channels} concepts of {}",
+            values.len(),
+            name(v)
+        );
+        if let Some(f) = network_diff(
+            &format!("{what}: sum of the {channels} concepts of {}", name(v)),
+            &sum,
+            &unconditional,
+            logit,
+        ) {
+            out_failures.push(f);
+        }
+    }
+    if concept_value.is_none() {
+        out_failures.push(format!("{what}: no layer for concepts"));
+    }
+    // a start at the most active neuron of the last hidden dense layer (else
+    // channel 0 of the last inner layer)
+    let dense = values
+        .iter()
+        .rev()
+        .copied()
+        .find(|&v| net.shapes[v].len() == 1);
+    if let Some(v) = dense.or(values.last().copied()) {
+        let k = if net.shapes[v].len() == 1 {
+            argmax(&acts[v].iter().map(|&a| a as f32).collect::<Vec<_>>())
+        } else {
+            0
+        };
+        let probes = Probes {
+            start: Some(Channels {
+                layer: name(v),
+                channels: vec![k],
+            }),
+            ..Default::default()
+        };
+        let e = run(&probes).expect("explain from a start");
+        ledger_ok(&e, &format!("start {}:{k}", name(v)));
+        let mut s = acts[v].clone();
+        ref_mask(&mut s, &net.shapes[v], &[k]);
+        let want = reference((v, s), None);
+        if let Some(f) = network_diff(
+            &format!("{what}: start {}:{k}", name(v)),
+            &e.relevance,
+            &want[0],
+            e.logit,
+        ) {
+            out_failures.push(f);
+        }
+    }
+    failures.extend(out_failures);
     failures
 }
 

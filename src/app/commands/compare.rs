@@ -17,6 +17,7 @@ use crate::app::grid::{grid_image, GridColumn, GridRow};
 use crate::app::html::{encode_png, grid_html, HtmlRow, HtmlTile};
 use crate::app::inputs::collect;
 use crate::app::labels;
+use lrp_heatmap::analyzers::lrp::{Channels, Probes};
 use lrp_heatmap::analyzers::Analyzer;
 use lrp_heatmap::preprocess::{self, Normalization};
 use lrp_heatmap::render::{self, Style};
@@ -34,6 +35,61 @@ pub const DEFAULT_ANALYZERS: &[&str] = &[
     "epsilon-gamma-box",
     "deep-taylor",
 ];
+
+/// The concept columns of `compare --concepts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConceptColumns {
+    /// The `n` most relevant channels of `layer` in each image.
+    Top {
+        /// A node or tensor name.
+        layer: String,
+        /// How many.
+        n: usize,
+    },
+    /// These channels.
+    Channels(Channels),
+}
+
+impl ConceptColumns {
+    fn layer(&self) -> &str {
+        match self {
+            ConceptColumns::Top { layer, .. } => layer,
+            ConceptColumns::Channels(c) => &c.layer,
+        }
+    }
+
+    fn count(&self) -> usize {
+        match self {
+            ConceptColumns::Top { n, .. } => *n,
+            ConceptColumns::Channels(c) => c.channels.len(),
+        }
+    }
+}
+
+impl std::str::FromStr for ConceptColumns {
+    type Err = String;
+
+    /// `NODE:topN` (N in 1..=32) or `NODE:K[,K...]`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Some((layer, top)) = s.rsplit_once(':') {
+            if let Some(n) = top.strip_prefix("top") {
+                let n: usize = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=32).contains(n))
+                    .ok_or_else(|| format!("'{top}': expected top1 to top32"))?;
+                if layer.is_empty() {
+                    return Err(format!("no node name in '{s}'"));
+                }
+                return Ok(ConceptColumns::Top {
+                    layer: layer.to_string(),
+                    n,
+                });
+            }
+        }
+        s.parse().map(ConceptColumns::Channels)
+    }
+}
 
 /// Output format of `compare`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +129,8 @@ pub struct CompareConfig {
     pub command: String,
     /// Height and width for a model with symbolic spatial dims (`None`: 224).
     pub input_size: Option<[usize; 2]>,
+    /// Concept columns after each LRP analyzer.
+    pub concepts: Option<ConceptColumns>,
 }
 
 struct Row {
@@ -82,6 +140,56 @@ struct Row {
     maps: Vec<ndarray::Array2<f32>>,
     logits: Vec<f32>,
     sums: Vec<f32>,
+    captions: Vec<String>,
+}
+
+/// The concept maps of `a` for one image: the relevance at the layer, then
+/// one conditional explanation per channel; each with its caption
+/// (`ch K  P%`: the channel's share of the layer's relevance).
+fn concept_maps(
+    model: &lrp_heatmap::Model,
+    fwd: &lrp_heatmap::model::Forward,
+    a: &Analyzer,
+    class: usize,
+    norm: &Normalization,
+    spec: &ConceptColumns,
+) -> Result<Vec<(lrp_heatmap::Explanation, String)>> {
+    let layer = spec.layer().to_string();
+    let probes = Probes {
+        layers: vec![layer.clone()],
+        ..Default::default()
+    };
+    let e = a.explain_probed(model, fwd, class, norm, &probes)?;
+    let sums = e
+        .layers
+        .first()
+        .map(|l| l.channel_sums())
+        .unwrap_or_default();
+    let total: f64 = sums.iter().map(|c| c.1).sum();
+    let channels: Vec<usize> = match spec {
+        ConceptColumns::Top { n, .. } => sums.iter().take(*n).map(|c| c.0).collect(),
+        ConceptColumns::Channels(c) => c.channels.clone(),
+    };
+    channels
+        .into_iter()
+        .map(|k| {
+            let probes = Probes {
+                concept: Some(Channels {
+                    layer: layer.clone(),
+                    channels: vec![k],
+                }),
+                ..Default::default()
+            };
+            let e = a.explain_probed(model, fwd, class, norm, &probes)?;
+            let share = sums.iter().find(|c| c.0 == k).map_or(0.0, |c| c.1);
+            let pct = if total != 0.0 {
+                100.0 * share / total
+            } else {
+                0.0
+            };
+            Ok((e, format!("ch {k} {pct:.0}%")))
+        })
+        .collect()
 }
 
 /// Runs a comparison; returns the written file and the inputs that failed.
@@ -99,6 +207,33 @@ pub fn run_compare(
         .load(&cfg.model)
         .map_err(Into::into)
     })?;
+    if let Some(spec) = &cfg.concepts {
+        anyhow::ensure!(
+            analyzers.iter().any(|a| matches!(a, Analyzer::Lrp(_))),
+            "--concepts needs an LRP rule or composite in --rules"
+        );
+        let probes = match spec {
+            ConceptColumns::Top { layer, .. } => Probes {
+                layers: vec![layer.clone()],
+                ..Default::default()
+            },
+            ConceptColumns::Channels(c) => Probes {
+                concept: Some(c.clone()),
+                ..Default::default()
+            },
+        };
+        (probes.check(&model))
+            .map_err(|e| crate::app::cli::in_flags(e.into()))
+            .map_err(|e| {
+                anyhow!(
+                    "{}",
+                    format!("{e:#}")
+                        .replacen("--layer ", "--concepts ", 1)
+                        .replacen("--concept ", "--concepts ", 1)
+                )
+            })
+            .with_context(|| format!("model {}", cfg.model.display()))?;
+    }
     let names = labels::for_classes(model.classes);
     if let ClassChoice::Query(q) = &cfg.class {
         labels::find_class(&names, q)
@@ -148,17 +283,35 @@ pub fn run_compare(
                     maps: vec![],
                     logits: vec![],
                     sums: vec![],
+                    captions: vec![],
                 };
-                for a in analyzers {
-                    let e = a
-                        .explain(&model, &fwd, class, &cfg.norm)
-                        .with_context(|| format!("analyzer {}", a.name()))?;
+                let mut push = |e: &lrp_heatmap::Explanation, caption: String| -> Result<()> {
                     let chw = relevance_chw(&e.relevance, spec.layout)?;
                     row.maps.push(render::channel_sum(
                         chw.view().into_dimensionality::<Ix3>()?,
                     ));
                     row.logits.push(e.logit);
                     row.sums.push(e.relevance_sum);
+                    row.captions.push(caption);
+                    Ok(())
+                };
+                for a in analyzers {
+                    let e = a
+                        .explain(&model, &fwd, class, &cfg.norm)
+                        .with_context(|| format!("analyzer {}", a.name()))?;
+                    push(&e, String::new())?;
+                    if let (Some(spec), Analyzer::Lrp(_)) = (&cfg.concepts, a) {
+                        let maps = concept_maps(&model, &fwd, a, class, &cfg.norm, spec)
+                            .map_err(crate::app::cli::in_flags)
+                            .with_context(|| format!("concepts of {}", a.name()))?;
+                        for (e, caption) in &maps {
+                            push(e, caption.clone())?;
+                        }
+                        // too few channels: empty columns
+                        for _ in maps.len()..spec.count() {
+                            push(&e.clone(), "-".into())?;
+                        }
+                    }
                 }
                 Ok(row)
             })()
@@ -176,13 +329,22 @@ pub fn run_compare(
     anyhow::ensure!(!rows.is_empty(), "no input could be explained");
     std::fs::create_dir_all(&cfg.out_dir)
         .with_context(|| format!("cannot create output folder {}", cfg.out_dir.display()))?;
-    let columns: Vec<GridColumn> = analyzers
-        .iter()
-        .map(|a| GridColumn {
+    let mut columns: Vec<GridColumn> = Vec::new();
+    for a in analyzers {
+        columns.push(GridColumn {
             name: a.name(),
             signed: a.signed(),
-        })
-        .collect();
+        });
+        if let (Some(spec), Analyzer::Lrp(_)) = (&cfg.concepts, a) {
+            for k in 0..spec.count() {
+                let name = match spec {
+                    ConceptColumns::Top { .. } => format!("{} #{}", a.name(), k + 1),
+                    ConceptColumns::Channels(c) => format!("{} ch {}", a.name(), c.channels[k]),
+                };
+                columns.push(GridColumn { name, signed: true });
+            }
+        }
+    }
     let path = match cfg.format {
         Format::Png => {
             let grid_rows: Vec<GridRow> = rows
@@ -191,6 +353,7 @@ pub fn run_compare(
                     photo: r.photo,
                     label: r.label,
                     maps: r.maps,
+                    captions: r.captions,
                 })
                 .collect();
             let img = grid_image(&grid_rows, &columns, &cfg.style, cfg.tile)?;
@@ -205,8 +368,12 @@ pub fn run_compare(
                 for (i, c) in columns.iter().enumerate() {
                     let img =
                         render::render_map(&r.maps[i], cfg.tile, cfg.tile, &cfg.style, c.signed);
+                    let name = match r.captions[i].as_str() {
+                        "" => c.name.clone(),
+                        caption => format!("{} ({caption})", c.name),
+                    };
                     tiles.push(HtmlTile {
-                        name: c.name.clone(),
+                        name,
                         png: encode_png(&img)?,
                         logit: r.logits[i],
                         relevance_sum: r.sums[i],
