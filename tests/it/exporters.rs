@@ -19,6 +19,8 @@
 //!   2018; with the biases too, since LRP-0 hands each pre-activation its
 //!   `z_j dF/dz_j`): cosine >= 0.99 against PyTorch's gradient x input;
 //! - `zplus` and `epsilon-plus-flat` maps are finite;
+//! - every rule and composite gives a finite map whose relevance ledger
+//!   balances to 1e-4 relative, per node and over the graph;
 //! - `check` passes at the fixture's input (`selfcheck::check`: gradient
 //!   against finite differences, LRP-0 against gradient x input, z-plus
 //!   conservation, every operator's backward pass against its forward pass)
@@ -141,6 +143,28 @@ fn check_file(arch: &str, exporter: &str, top: usize, relu_only: bool) -> Vec<St
             }
         }
     }
+    // every rule and composite: a finite map and a ledger that balances
+    let mut worst = (0.0f64, String::new());
+    for (name, _) in lrp_heatmap::composite::NAMES {
+        let analyzer = Analyzer::from_name(name, &params).expect("known composite");
+        match analyzer.explain(&model, &fwd, top, &norm) {
+            Ok(e) => {
+                let ledger = e.ledger.expect("LRP has a ledger");
+                let (m, at) = ledger.worst_mismatch();
+                if m > worst.0 {
+                    worst = (m, format!("{name} at {at}"));
+                }
+                if let Err(m) = ledger.check(1e-4) {
+                    fails.push(format!("{arch}.{exporter}: {name}: {m}"));
+                }
+                if !e.relevance.iter().all(|v| v.is_finite()) {
+                    fails.push(format!("{arch}.{exporter}: {name} map is not finite"));
+                }
+            }
+            Err(e) => fails.push(format!("{arch}.{exporter}: {name}: {e:#}")),
+        }
+    }
+    line += &format!("  ledgers within {:.0e} ({})", worst.0, worst.1);
     let opts = CheckOptions {
         class: Some(top),
         ..CheckOptions::default()

@@ -23,6 +23,7 @@ mod fuzz;
 mod gradients;
 mod hostile;
 mod hostile_models;
+mod ledger;
 mod load_graph;
 mod model_support;
 mod movement;
