@@ -423,6 +423,12 @@ pub fn explain_with(
     let logit = ledger::sums(&start).0;
     let mut kept: Vec<LayerRelevance> = Vec::new();
     let entries: std::cell::RefCell<Vec<Entry>> = Default::default();
+    // sum and sum of |.| of the relevance arrived at each tensor so far
+    let arrived: std::cell::RefCell<std::collections::HashMap<String, (f64, f64)>> =
+        Default::default();
+    arrived
+        .borrow_mut()
+        .insert(tensor.to_string(), ledger::sums(&start));
     let at = |t: &str, r: &mut ArrayD<f32>| -> Result<()> {
         if layers.iter().any(|l| l.1 == t) {
             kept.push(LayerRelevance {
@@ -433,15 +439,20 @@ pub fn explain_with(
         }
         if let Some((ct, c)) = concept {
             if ct == t {
-                let before = r.clone();
+                let before = arrived
+                    .borrow_mut()
+                    .remove(t)
+                    .unwrap_or_else(|| ledger::sums(r));
                 keep_channels(r, &c.channels);
+                let after = ledger::sums(r);
+                arrived.borrow_mut().insert(t.to_string(), after);
                 let mut e = ledger::entry(
                     t,
                     "concept",
                     "concept mask".into(),
                     "mask".into(),
-                    &before,
-                    std::slice::from_ref(r),
+                    before,
+                    after.0,
                 );
                 e.dropped = e.r_in - e.out;
                 e.dropped_because = "channels outside the concept";
@@ -468,7 +479,34 @@ pub fn explain_with(
         } else {
             String::new()
         };
-        let mut e = ledger::entry(&node.name, &node.op_type, node.kind(), rule_name, r, &out);
+        // what arrived at the output: the sums of the parts handed to it
+        let got = arrived.borrow_mut().remove(node.output.as_str());
+        let got = got.unwrap_or_else(|| ledger::sums(r));
+        // operators that hand on their output's relevance as it is need no sum
+        let same = out.len() == 1
+            && matches!(
+                node.op,
+                Op::Activation(_) | Op::Arith { .. } | Op::Reshape(_) | Op::Transpose(_)
+            );
+        let mut out_sum = 0.0;
+        {
+            let mut arrived = arrived.borrow_mut();
+            for (name, a) in node.inputs.iter().zip(&out) {
+                let s = if same { got } else { ledger::sums(a) };
+                out_sum += s.0;
+                let slot = arrived.entry(name.clone()).or_insert((0.0, 0.0));
+                slot.0 += s.0;
+                slot.1 += s.1;
+            }
+        }
+        let mut e = ledger::entry(
+            &node.name,
+            &node.op_type,
+            node.kind(),
+            rule_name,
+            got,
+            out_sum,
+        );
         if linear {
             e.dropped_because = ledger::dropped_because(&rule);
         }

@@ -257,10 +257,8 @@ impl LinearLayer for Conv {
         &self.weight
     }
 
-    fn bias_at(&self, out_shape: &[usize]) -> Result<Option<ArrayD<f32>>> {
-        (self.bias.as_ref())
-            .map(|b| crate::rules::broadcast_bias(b, out_shape, 1))
-            .transpose()
+    fn bias(&self, _: usize) -> Option<(&ArrayD<f32>, usize)> {
+        self.bias.as_ref().map(|b| (b, 1))
     }
 
     fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {

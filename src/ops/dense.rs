@@ -61,11 +61,8 @@ impl LinearLayer for Dense {
         &self.weight
     }
 
-    fn bias_at(&self, out_shape: &[usize]) -> Result<Option<ArrayD<f32>>> {
-        let last = out_shape.len().saturating_sub(1);
-        (self.bias.as_ref())
-            .map(|b| crate::rules::broadcast_bias(b, out_shape, last))
-            .transpose()
+    fn bias(&self, out_ndim: usize) -> Option<(&ArrayD<f32>, usize)> {
+        (self.bias.as_ref()).map(|b| (b, out_ndim.saturating_sub(1)))
     }
 
     fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {
@@ -205,8 +202,8 @@ impl LinearLayer for Affine {
         &self.weight
     }
 
-    fn bias_at(&self, out_shape: &[usize]) -> Result<Option<ArrayD<f32>>> {
-        crate::rules::broadcast_bias(&self.bias, out_shape, 1).map(Some)
+    fn bias(&self, _: usize) -> Option<(&ArrayD<f32>, usize)> {
+        Some((&self.bias, 1))
     }
 
     fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {

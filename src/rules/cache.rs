@@ -83,8 +83,8 @@ impl LinearLayer for Cached<'_> {
         self.layer.forward(x, w, with_bias)
     }
 
-    fn bias_at(&self, out_shape: &[usize]) -> Result<Option<ArrayD<f32>>> {
-        self.layer.bias_at(out_shape)
+    fn bias(&self, out_ndim: usize) -> Option<(&ArrayD<f32>, usize)> {
+        self.layer.bias(out_ndim)
     }
 
     fn backward(

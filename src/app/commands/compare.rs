@@ -338,8 +338,8 @@ pub fn run_compare(
         if let (Some(spec), Analyzer::Lrp(_)) = (&cfg.concepts, a) {
             for k in 0..spec.count() {
                 let name = match spec {
-                    ConceptColumns::Top { .. } => format!("{} #{}", a.name(), k + 1),
-                    ConceptColumns::Channels(c) => format!("{} ch {}", a.name(), c.channels[k]),
+                    ConceptColumns::Top { .. } => format!("concept #{}", k + 1),
+                    ConceptColumns::Channels(c) => format!("channel {}", c.channels[k]),
                 };
                 columns.push(GridColumn { name, signed: true });
             }

@@ -253,7 +253,7 @@ impl Explainer {
                 &self.cfg.norm,
                 &self.cfg.probes,
             )
-            .map_err(|e| crate::app::cli::in_flags(e))
+            .map_err(crate::app::cli::in_flags)
             .with_context(|| format!("cannot explain {}", input.display()))?;
         let mut warnings = warnings;
         warnings.extend(explanation.warnings.iter().cloned());
