@@ -52,7 +52,13 @@ pub struct Entry {
 impl Entry {
     /// `in - out - (bias + stabilizer + dropped - sign)`: zero up to rounding.
     pub fn residual(&self) -> f64 {
-        (self.r_in - self.out) - (self.bias + self.stabilizer + self.dropped - self.sign)
+        let causes = crate::rules::Account {
+            bias: self.bias,
+            stabilizer: self.stabilizer,
+            dropped: self.dropped,
+            sign: self.sign,
+        };
+        (self.r_in - self.out) - causes.lost()
     }
 
     /// Whether nothing finite came in or went out.

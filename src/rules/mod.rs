@@ -265,15 +265,6 @@ impl Account {
     }
 }
 
-impl std::ops::AddAssign for Account {
-    fn add_assign(&mut self, o: Account) {
-        self.bias += o.bias;
-        self.stabilizer += o.stabilizer;
-        self.dropped += o.dropped;
-        self.sign += o.sign;
-    }
-}
-
 /// `sum_i f(cols[0][i], .., cols[N-1][i])` of `K` values at once over the
 /// length of the shortest column, returned in f64. The terms are added in
 /// f32 within blocks of 256 (eight lanes per value, additions the compiler
@@ -695,7 +686,7 @@ impl Rule {
         let s_up = share(&up, |z| z > 0.0);
         let s_down = share(&down, |z| z < 0.0);
         // the account: the denominator of an output with z > 0 is >= z > 0,
-        // of one with z < 0 <= z < 0, so z has the denominator's sign
+        // that of one with z < 0 is <= z < 0, so z has the denominator's sign
         let account = share_account(
             r,
             (&s_up, Some(&s_down)),
