@@ -195,18 +195,28 @@ impl Probes {
         *self == Probes::default()
     }
 
-    /// Checks the names and channels against `model` (with a forward pass
-    /// on a zero input, for the shapes), before any image is explained.
+    /// Checks the names and channels against `model` before any image is
+    /// explained: the names against the graph, the channels of a concept or
+    /// a start against the tensors' shapes (from a forward pass on a zero
+    /// input, only then).
     pub fn check(&self, model: &crate::Model) -> crate::Result<()> {
-        if self.is_empty() {
+        let graph = &model.graph;
+        let names = self
+            .layers
+            .iter()
+            .map(|l| ("layer", l))
+            .chain(self.concept.iter().map(|c| ("concept", &c.layer)))
+            .chain(self.start.iter().map(|c| ("start", &c.layer)));
+        for (param, name) in names {
+            if graph.resolve(name).is_none() {
+                return Err(unknown_layer(param, name));
+            }
+        }
+        if self.concept.is_none() && self.start.is_none() {
             return Ok(());
         }
         let fwd = model.forward(ArrayD::zeros(model.input.shape.clone()))?;
-        let graph = &model.graph;
         let run = || -> Result<()> {
-            for l in &self.layers {
-                tensor_of(graph, &fwd, "layer", l)?;
-            }
             if let Some(c) = &self.concept {
                 checked_channels(graph, &fwd, "concept", c)?;
             }
@@ -222,6 +232,16 @@ impl Probes {
                 message: format!("{e:#}"),
             },
         })
+    }
+}
+
+/// The error for a name that is no node or tensor of the graph.
+fn unknown_layer(param: &'static str, layer: &str) -> Error {
+    Error::InvalidParameter {
+        name: param,
+        message: format!(
+            "'{layer}' names no node or tensor of the graph (`inspect MODEL --layers` lists them)"
+        ),
     }
 }
 
@@ -272,12 +292,7 @@ fn tensor_of<'g>(
 ) -> Result<(&'g str, Vec<usize>)> {
     let tensor = graph
         .resolve(layer)
-        .ok_or_else(|| Error::InvalidParameter {
-            name: param,
-            message: format!(
-            "'{layer}' names no node or tensor of the graph (`inspect MODEL --layers` lists them)"
-        ),
-        })?;
+        .ok_or_else(|| unknown_layer(param, layer))?;
     let shape = if tensor == graph.logits {
         fwd.logits_tensor.shape().to_vec()
     } else {
