@@ -473,3 +473,78 @@ fn compare_draws_the_top_concepts_of_a_layer() {
     );
     check_usage_error(&o, "--concepts 'nope' names no node or tensor");
 }
+
+/// `[1, 3, 2, 2]` -> Flatten -> Gemm to 2 classes, class 0 reading only the
+/// first red pixel with weight 1e37: a red pixel of 20 (in the normalised
+/// space) gives the logit 2e38, finite; alpha-beta (alpha 2) hands on twice
+/// the relevance of an output with only positive contributions: 4e38,
+/// beyond f32. (Its beta part, without negative contributions, divides by
+/// the stabiliser alone: `2e38 / 1e-6` overflows too, and the zero weights
+/// times that infinity make every input NaN.)
+fn overflowing_model(dir: &std::path::Path) -> PathBuf {
+    use lrp_testkit::synth::{Attr, OnnxBuilder};
+    let mut b = OnnxBuilder::new(13);
+    b.input("x", &[1, 3, 2, 2]);
+    b.node("Flatten", &["x"], &["f"], vec![]);
+    let mut w = vec![0f32; 24];
+    w[0] = 1e37;
+    w[12 + 1] = 1.0;
+    b.initializer("w", &[2, 12], &w);
+    b.node("Gemm", &["f", "w"], &["y"], vec![Attr::Int("transB", 1)]);
+    b.output("y", &[1, 2]);
+    crate::support::save_model(dir, "overflow.onnx", &b)
+}
+
+#[test]
+fn non_finite_relevance_is_warned_about_and_the_map_still_written() {
+    let t = tempfile::tempdir().unwrap();
+    let model_path = overflowing_model(t.path());
+    // through the library: the tensor as it is
+    let model = Model::load(&model_path).unwrap();
+    let mut x = ArrayD::<f32>::zeros(vec![1, 3, 2, 2]);
+    x[[0, 0, 0, 0]] = 20.0;
+    let e = model.explainer("alpha-beta").class(0).explain(&x).unwrap();
+    assert_eq!(e.logit, 2e38);
+    assert!(
+        e.relevance.iter().all(|v| v.is_finite()),
+        "{:?}",
+        e.relevance
+    );
+    assert_eq!(e.warnings.len(), 1, "{:?}", e.warnings);
+    assert!(
+        e.warnings[0].starts_with("non-finite relevance (NaN or Inf), first at Gemm node")
+            && e.warnings[0].ends_with("(alpha2-beta1): 12 values of the map set to 0"),
+        "{}",
+        e.warnings[0]
+    );
+    // through the command: a 2x2 photo whose first pixel is red, normalised
+    // with std 0.05 (1 / 0.05 = 20)
+    let png = t.path().join("red.png");
+    let mut img = image::RgbImage::new(2, 2);
+    img.put_pixel(0, 0, image::Rgb([255, 0, 0]));
+    img.save(&png).unwrap();
+    let o = run(
+        t.path(),
+        &[
+            png.to_str().unwrap(),
+            "-m",
+            model_path.to_str().unwrap(),
+            "-r",
+            "alpha-beta",
+            "--mean",
+            "0,0,0",
+            "--std",
+            "0.05,0.05,0.05",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("warning: ") && l.contains("red.png: non-finite relevance")),
+        "{err}"
+    );
+    assert_eq!(json_lines(&o)[0]["warnings"].as_array().unwrap().len(), 1);
+    assert!(t.path().join("red.alpha-beta.png").exists());
+}
