@@ -129,6 +129,21 @@ pub(crate) fn sums(a: &ArrayD<f32>) -> (f64, f64) {
     }
 }
 
+/// Sets the NaN and infinite values of `a` to 0; returns how many there were
+/// (the guard rails warn about them, the map is still drawn).
+pub(crate) fn zero_non_finite(a: &mut ArrayD<f32>) -> usize {
+    let mut n = 0;
+    a.mapv_inplace(|v| {
+        if v.is_finite() {
+            v
+        } else {
+            n += 1;
+            0.0
+        }
+    });
+    n
+}
+
 /// A ledger entry for a node that received relevance summing to `arrived`
 /// (sum, sum of |.|) at its output and handed relevance summing to `out` to
 /// its inputs.

@@ -554,15 +554,7 @@ pub fn explain_with(
         "input relevance of shape {:?}",
         relevance.shape()
     );
-    let mut non_finite = 0;
-    relevance.mapv_inplace(|v| {
-        if v.is_finite() {
-            v
-        } else {
-            non_finite += 1;
-            0.0
-        }
-    });
+    let non_finite = ledger::zero_non_finite(&mut relevance);
     let (input_sum, _) = ledger::sums(&relevance);
     let ledger = Ledger {
         logit,

@@ -250,15 +250,7 @@ impl Analyzer {
             } => smoothgrad(model, &fwd.input, class, *samples, *noise, *seed)?,
         };
         let mut relevance = relevance;
-        let mut non_finite = 0;
-        relevance.mapv_inplace(|v| {
-            if v.is_finite() {
-                v
-            } else {
-                non_finite += 1;
-                0.0
-            }
-        });
+        let non_finite = ledger::zero_non_finite(&mut relevance);
         let relevance_sum = relevance.iter().map(|&v| v as f64).sum::<f64>() as f32;
         let warnings = (non_finite > 0)
             .then(|| {
