@@ -45,6 +45,7 @@ fn dispatch(job: cli::Job) -> ExitCode {
     match job {
         cli::Job::Explain(cfg) => explain(cfg),
         cli::Job::Compare(cfg) => compare(cfg),
+        cli::Job::Evaluate(cfg) => evaluate(cfg),
         cli::Job::Bench(cfg) => {
             match crate::app::commands::bench::run_bench(&cfg, &mut std::io::stdout()) {
                 Ok(()) => ExitCode::from(EXIT_OK),
@@ -128,6 +129,10 @@ fn resolve_models(job: cli::Job, offline: bool) -> anyhow::Result<cli::Job> {
             c.model = resolve(&c.model, offline, bar, &mut stderr.lock())?;
             cli::Job::Compare(c)
         }
+        cli::Job::Evaluate(mut c) => {
+            c.model = resolve(&c.model, offline, bar, &mut stderr.lock())?;
+            cli::Job::Evaluate(c)
+        }
         cli::Job::Bench(mut c) => {
             c.model = resolve(&c.model, offline, bar, &mut stderr.lock())?;
             cli::Job::Bench(c)
@@ -152,6 +157,32 @@ fn fetch(target: &crate::app::fetch::Target) -> anyhow::Result<()> {
 fn compare(cfg: crate::app::commands::compare::CompareConfig) -> ExitCode {
     let stderr = std::io::stderr();
     match crate::app::commands::compare::run_compare(&cfg, &mut stderr.lock()) {
+        Ok((path, failed)) => {
+            println!("{}", path.display());
+            if failed.is_empty() {
+                ExitCode::from(EXIT_OK)
+            } else {
+                eprintln!("{} inputs failed", failed.len());
+                ExitCode::from(EXIT_INPUT_FAILED)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn evaluate(cfg: crate::app::commands::evaluate::EvaluateConfig) -> ExitCode {
+    let stderr = std::io::stderr();
+    let progress = stderr.is_terminal();
+    let run = crate::app::commands::evaluate::run_evaluate(
+        &cfg,
+        &mut std::io::stdout().lock(),
+        &mut stderr.lock(),
+        progress,
+    );
+    match run {
         Ok((path, failed)) => {
             println!("{}", path.display());
             if failed.is_empty() {

@@ -2,6 +2,7 @@
 //! name wherever a rule name is accepted.
 
 pub(crate) mod bounds;
+pub mod evaluate;
 pub mod gradient;
 pub mod ledger;
 pub mod lrp;

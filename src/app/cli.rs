@@ -6,7 +6,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
 use crate::app::commands::compare::{CompareConfig, ConceptColumns, Format, DEFAULT_ANALYZERS};
+use crate::app::commands::evaluate::{EvaluateConfig, DEFAULT_ANALYZERS as EVALUATE_ANALYZERS};
 use crate::app::commands::explain::{ClassChoice, Config};
+use lrp_heatmap::analyzers::evaluate::{Perturb, Perturbation};
 use lrp_heatmap::analyzers::lrp::{Channels, Probes};
 use lrp_heatmap::analyzers::{all_names, Analyzer, AnalyzerParams};
 use lrp_heatmap::composite::RuleParams;
@@ -108,6 +110,10 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
+    /// Steps of integrated gradients.
+    #[arg(long, default_value_t = 32)]
+    pub steps: usize,
+
     /// Write where the relevance went, node by node, to <stem>.<rule>.ledger.json
     /// (LRP rules and composites).
     #[arg(long)]
@@ -153,6 +159,9 @@ pub struct Args {
 pub enum Command {
     /// Several analyzers side by side: one grid (PNG or HTML) per run.
     Compare(Box<CompareArgs>),
+    /// Which analyzer to trust: region perturbation (AOPC, most and least
+    /// relevant first, a random baseline) and the randomisation check.
+    Evaluate(Box<EvaluateArgs>),
     /// Seconds per image of each analyzer and peak memory (default model: a
     /// generated full-size VGG16 with random weights).
     Bench(BenchArgs),
@@ -299,6 +308,50 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(16..=1024))]
     pub tile: u32,
 
+    /// Steps of integrated gradients.
+    #[arg(long, default_value_t = 32)]
+    pub steps: usize,
+
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Arguments of `evaluate`.
+#[derive(ClapArgs, Debug)]
+pub struct EvaluateArgs {
+    /// Image files or folders.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+
+    /// Comma-separated analyzers to evaluate.
+    #[arg(long, value_delimiter = ',', default_values_t = EVALUATE_ANALYZERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    pub rules: Vec<String>,
+
+    /// Side of the square patches perturbed, in pixels of the model input.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub patch: u32,
+
+    /// Patches perturbed, one more per step.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub steps: u32,
+
+    /// What replaces a patch: noise (uniform in the valid range), mean (the
+    /// dataset mean) or blur (a Gaussian-blurred copy, sigma = patch / 2).
+    #[arg(long, default_value = "noise")]
+    pub perturb: Perturb,
+
+    /// Also run the cascading model randomisation check.
+    #[arg(long)]
+    pub randomize: bool,
+
+    /// Steps of integrated gradients (`--steps` is the perturbation's here).
+    #[arg(long, default_value_t = 32)]
+    pub ig_steps: usize,
+
+    /// Output folder of evaluate.json.
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+
     #[command(flatten)]
     pub common: Common,
 }
@@ -345,10 +398,6 @@ pub struct Common {
     /// Alpha of the alpha-beta rule (beta = alpha - 1).
     #[arg(long, default_value_t = 2.0, allow_negative_numbers = true)]
     pub alpha: f32,
-
-    /// Steps of integrated gradients.
-    #[arg(long, default_value_t = 32)]
-    pub steps: usize,
 
     /// Noisy samples of SmoothGrad.
     #[arg(long, default_value_t = 32)]
@@ -487,14 +536,15 @@ impl Common {
         self.input_norm.norm()
     }
 
-    fn params(&self) -> AnalyzerParams {
+    /// The analyzer parameters, integrated gradients with `steps` points.
+    fn params(&self, steps: usize) -> AnalyzerParams {
         AnalyzerParams {
             rule: RuleParams {
                 epsilon: self.epsilon,
                 gamma: self.gamma,
                 alpha: self.alpha,
             },
-            steps: self.steps,
+            steps,
             samples: self.samples,
             noise: self.noise,
             seed: self.seed,
@@ -539,6 +589,8 @@ pub enum Job {
     Explain(Config),
     /// Compare analyzers in a grid.
     Compare(CompareConfig),
+    /// Evaluate analyzers by region perturbation.
+    Evaluate(EvaluateConfig),
     /// Time analyzers.
     Bench(crate::app::commands::bench::BenchConfig),
     /// List the known models.
@@ -559,6 +611,7 @@ impl Args {
         match &self.command {
             None => self.common.offline,
             Some(Command::Compare(c)) => c.common.offline,
+            Some(Command::Evaluate(c)) => c.common.offline,
             Some(_) => false,
         }
     }
@@ -609,9 +662,38 @@ impl Args {
                 runs: b.runs as usize,
             }));
         }
+        if let Some(Command::Evaluate(c)) = self.command {
+            let c = *c;
+            let params = c.common.params(c.ig_steps);
+            let analyzers = c
+                .rules
+                .iter()
+                .map(|name| analyzer(name, &params))
+                .collect::<Result<_>>()?;
+            return Ok(Job::Evaluate(EvaluateConfig {
+                inputs: c.inputs,
+                recursive: c.common.recursive,
+                model: c.common.model.clone(),
+                analyzers,
+                class: c.common.class(),
+                norm: c.common.norm()?,
+                limits: c.common.limits()?,
+                out_dir: c.out,
+                spec: Perturbation {
+                    patch: c.patch as usize,
+                    steps: c.steps as usize,
+                    mode: c.perturb,
+                    // one seed: SmoothGrad's noise, the perturbation's, the
+                    // random order and the random weights
+                    seed: c.common.seed,
+                },
+                randomize: c.randomize,
+                input_size: c.common.input_size()?,
+            }));
+        }
         if let Some(Command::Compare(c)) = self.command {
             let c = *c;
-            let params = c.common.params();
+            let params = c.common.params(c.steps);
             let analyzers = c
                 .rules
                 .iter()
@@ -639,7 +721,7 @@ impl Args {
             }));
         }
         // the analyzer name and parameters are checked before any model is loaded
-        let analyzer = analyzer(&self.rule, &self.common.params())?;
+        let analyzer = analyzer(&self.rule, &self.common.params(self.steps))?;
         Ok(Job::Explain(Config {
             inputs: self.inputs,
             model: self.common.model.clone(),

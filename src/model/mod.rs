@@ -396,6 +396,33 @@ impl Model {
         to_tensor(img, s.height, s.width, s.channels, s.layout, norm)
     }
 
+    /// The same model with another relevance graph of the same structure
+    /// (the randomisation check replaces weights): native engine only, as
+    /// tract's plan holds the file's weights.
+    pub fn with_graph(&self, graph: Graph) -> crate::Result<Model> {
+        let model_error = |message: String| crate::Error::Model {
+            path: self.path.clone(),
+            message,
+        };
+        if !matches!(self.backend, Backend::Native(_)) {
+            return Err(model_error(format!(
+                "model {}: changing its weights needs the native engine, and it runs on {}",
+                self.path.display(),
+                self.backend.describe()
+            )));
+        }
+        let plan = NativePlan::new(&graph).map_err(|e| model_error(format!("{e:#}")))?;
+        Ok(Model {
+            path: self.path.clone(),
+            graph,
+            input: self.input.clone(),
+            classes: self.classes,
+            weights: WeightCache::new(),
+            notes: self.notes.clone(),
+            backend: Backend::Native(plan),
+        })
+    }
+
     /// Runs the model on `input` (of shape `self.input.shape`), keeping the activations.
     pub fn forward(&self, input: ArrayD<f32>) -> Result<Forward> {
         ensure!(

@@ -17,6 +17,7 @@ mod cli;
 mod compare;
 mod deep_taylor;
 mod engines;
+mod evaluate;
 mod exporters;
 mod fetch;
 mod fuzz;

@@ -3,5 +3,6 @@
 
 pub mod bench;
 pub mod compare;
+pub mod evaluate;
 pub mod explain;
 pub mod inspect;

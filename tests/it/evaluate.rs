@@ -1,0 +1,226 @@
+//! `evaluate`: region perturbation against definitions computed here.
+//!
+//! - A linear model `f(x) = w . x` (Flatten + Gemm, no bias), where
+//!   gradient x input is each input's exact contribution: with `--perturb
+//!   mean` (replace by 0) removing a patch lowers the logit by exactly its
+//!   score, so the MoRF curve is `f(x_0)` minus the running sum of the
+//!   largest scores and its AOPC has a closed form (checked to 1e-5); the
+//!   random order is worse and the least-relevant-first order worst.
+//! - On the bundled model, an independent loop written here (its own patch
+//!   scores, order, replacement and forward passes) gives the command's
+//!   curves to 1e-3 relative, and a second run gives the same numbers.
+
+use lrp_heatmap::analyzers::evaluate::{
+    aopc, random_curve, region_perturbation, Perturb, Perturbation,
+};
+use lrp_heatmap::model::Model;
+use lrp_heatmap::preprocess::Normalization;
+use lrp_testkit::synth::{Attr, OnnxBuilder, Rng};
+use ndarray::{ArrayD, IxDyn};
+use serde_json::Value;
+
+use crate::support::{repo, run, save_model, text};
+
+/// `[1, 3, 8, 8]` -> Flatten -> Gemm to 2 classes, no bias; class 0 has
+/// weights uniform in [-1, 1), class 1 zeros.
+fn linear_model(dir: &std::path::Path) -> (std::path::PathBuf, Vec<f32>) {
+    let mut rng = Rng::new(11);
+    let w0: Vec<f32> = (0..192).map(|_| rng.uniform_range(-1.0, 1.0)).collect();
+    let mut w = w0.clone();
+    w.extend(std::iter::repeat_n(0.0, 192));
+    let mut b = OnnxBuilder::new(13);
+    b.input("x", &[1, 3, 8, 8]);
+    b.node("Flatten", &["x"], &["f"], vec![]);
+    b.initializer("w", &[2, 192], &w);
+    b.node("Gemm", &["f", "w"], &["y"], vec![Attr::Int("transB", 1)]);
+    b.output("y", &[1, 2]);
+    (save_model(dir, "linear.onnx", &b), w0)
+}
+
+#[test]
+fn on_a_linear_model_gradient_x_input_gives_the_closed_form_and_the_steepest_curve() {
+    let t = tempfile::tempdir().unwrap();
+    let (path, w) = linear_model(t.path());
+    let model = Model::load(&path).unwrap();
+    let mut rng = Rng::new(5);
+    let x = ArrayD::from_shape_fn(IxDyn(&[1, 3, 8, 8]), |_| rng.uniform_range(-2.0, 2.0));
+    let norm = Normalization::default();
+    let e = model
+        .explainer("gradient-x-input")
+        .class(0)
+        .explain(&x)
+        .unwrap();
+    // patches of 2: 16 patches, all removed
+    let spec = Perturbation {
+        patch: 2,
+        steps: 16,
+        mode: Perturb::Mean,
+        seed: 1,
+    };
+    let c = region_perturbation(&model, &x, 0, &e.relevance, &norm, &spec).unwrap();
+    // the closed form: contribution of each patch = sum of w_i x_i over it
+    let mut contrib = vec![0f64; 16];
+    for ch in 0..3 {
+        for y in 0..8 {
+            for xx in 0..8 {
+                let i = (ch * 8 + y) * 8 + xx;
+                contrib[(y / 2) * 4 + xx / 2] += w[i] as f64 * x[[0, ch, y, xx]] as f64;
+            }
+        }
+    }
+    let f0: f64 = contrib.iter().sum();
+    let mut sorted = contrib.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let mut expect = vec![f0];
+    let mut f = f0;
+    for s in &sorted {
+        f -= s;
+        expect.push(f);
+    }
+    let scale = contrib.iter().map(|v| v.abs()).sum::<f64>();
+    for (k, (got, want)) in c.morf.iter().zip(&expect).enumerate() {
+        assert!(
+            (*got as f64 - want).abs() <= 1e-5 * scale,
+            "step {k}: {got} vs {want}"
+        );
+    }
+    let closed: f64 = expect.iter().map(|fk| f0 - fk).sum::<f64>() / expect.len() as f64;
+    assert!(
+        (aopc(&c.morf) - closed).abs() <= 1e-5 * scale,
+        "{} vs {closed}",
+        aopc(&c.morf)
+    );
+    // the steepest: no order does better; random is worse, the reverse worst
+    let random = random_curve(&model, &x, 0, &norm, &spec).unwrap();
+    let (m, r, l) = (aopc(&c.morf), aopc(&random), aopc(&c.lerf));
+    assert!(m > r && r > l, "MoRF {m}, random {r}, LeRF {l}");
+}
+
+fn json(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn curve(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_command_matches_an_independent_loop_and_is_reproducible() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().to_str().unwrap();
+    let cat = repo("images/cat.jpg");
+    let args = [
+        "evaluate",
+        cat.to_str().unwrap(),
+        "--rules",
+        "zplus",
+        "--steps",
+        "6",
+        "--patch",
+        "16",
+        "--perturb",
+        "mean",
+        "-o",
+        out,
+    ];
+    let o = run(t.path(), &args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("AOPC MoRF") && stdout.contains("zplus"),
+        "{stdout}"
+    );
+    let doc = json(&t.path().join("evaluate.json"));
+    let a = &doc["images"][0]["analyzers"][0];
+    for k in ["aopc_morf", "aopc_lerf"] {
+        assert!(a[k].is_f64(), "{k}");
+    }
+    let (morf, lerf) = (curve(&a["curves"]["morf"]), curve(&a["curves"]["lerf"]));
+    assert_eq!((morf.len(), lerf.len()), (7, 7));
+    assert_eq!(curve(&a["curves"]["random"]).len(), 7);
+    // the independent loop: the map from the library, everything else here
+    let model = Model::load("efficientnet-lite0").unwrap();
+    let img = image::open(&cat).unwrap().to_rgb8();
+    let x = model.tensor(&img, &Normalization::default()).unwrap();
+    let class = doc["images"][0]["class"].as_u64().unwrap() as usize;
+    let e = model.explainer("zplus").class(class).explain(&x).unwrap();
+    // 224 / 16 = 14 patches a side
+    let mut score = vec![0f64; 14 * 14];
+    for ((_, _, y, xx), &v) in e
+        .relevance
+        .view()
+        .into_dimensionality::<ndarray::Ix4>()
+        .unwrap()
+        .indexed_iter()
+    {
+        score[(y / 16) * 14 + xx / 16] += v as f64;
+    }
+    for (most_first, got) in [(true, &morf), (false, &lerf)] {
+        let mut idx: Vec<usize> = (0..score.len()).collect();
+        idx.sort_by(|&a, &b| {
+            let c = if most_first {
+                score[b].total_cmp(&score[a])
+            } else {
+                score[a].total_cmp(&score[b])
+            };
+            c.then(a.cmp(&b))
+        });
+        let mut xk = x.clone();
+        let mut mine = vec![model.forward(xk.clone()).unwrap().logits[class] as f64];
+        for &p in idx.iter().take(6) {
+            let (py, px) = (p / 14 * 16, p % 14 * 16);
+            for c in 0..3 {
+                for y in py..py + 16 {
+                    for xx in px..px + 16 {
+                        xk[[0, c, y, xx]] = 0.0;
+                    }
+                }
+            }
+            mine.push(model.forward(xk.clone()).unwrap().logits[class] as f64);
+        }
+        for (k, (a, b)) in got.iter().zip(&mine).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-3 * b.abs().max(1.0),
+                "most first {most_first}, step {k}: command {a} vs loop {b}"
+            );
+        }
+    }
+    // same seed, same numbers
+    let o = run(t.path(), &args);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        json(&t.path().join("evaluate.json"))["images"],
+        doc["images"]
+    );
+}
+
+#[test]
+fn bad_evaluate_arguments_are_usage_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let cat = repo("images/cat.jpg");
+    let o = run(
+        t.path(),
+        &[
+            "evaluate",
+            cat.to_str().unwrap(),
+            "--steps",
+            "1000",
+            "--patch",
+            "16",
+        ],
+    );
+    crate::support::check_usage_error(
+        &o,
+        "--steps must be between 1 and the number of patches (196",
+    );
+    let o = run(
+        t.path(),
+        &["evaluate", cat.to_str().unwrap(), "--perturb", "salt"],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("expected noise, mean or blur"));
+}
