@@ -245,15 +245,24 @@ pub fn curve(
     for (k, &p) in order.iter().take(steps).enumerate() {
         when[p] = k + 1;
     }
+    // the step of each element, in the standard layout of `x`
+    let x = x.as_standard_layout().into_owned();
+    let with = with.as_standard_layout().into_owned();
+    let step_of: Vec<usize> = x
+        .indexed_iter()
+        .map(|(ix, _)| when[patches.of(ix[ha], ix[wa])])
+        .collect();
+    let (xs, ws) = (
+        x.as_slice().expect("standard layout"),
+        with.as_slice().expect("standard layout"),
+    );
     (0..=steps)
         .into_par_iter()
         .map(|k| {
-            let mut xk = x.clone();
-            for ((ix, v), &r) in xk.indexed_iter_mut().zip(with.iter()) {
-                if when[patches.of(ix[ha], ix[wa])] <= k {
-                    *v = r;
-                }
-            }
+            let v: Vec<f32> = (xs.iter().zip(ws).zip(&step_of))
+                .map(|((&x, &w), &s)| if s <= k { w } else { x })
+                .collect();
+            let xk = ArrayD::from_shape_vec(x.raw_dim(), v)?;
             Ok(model.forward(xk)?.logits[class])
         })
         .collect()

@@ -176,8 +176,13 @@ pub fn run_evaluate(
                     let e = a
                         .explain(&model, &fwd, class, &cfg.norm)
                         .with_context(|| format!("analyzer {}", a.name()))?;
-                    let c =
-                        region_perturbation(&model, &x, class, &e.relevance, &cfg.norm, &cfg.spec)?;
+                    // the map as it is shown: |R| for the unsigned analyzers
+                    let map = if a.signed() {
+                        e.relevance.clone()
+                    } else {
+                        e.relevance.mapv(f32::abs)
+                    };
+                    let c = region_perturbation(&model, &x, class, &map, &cfg.norm, &cfg.spec)?;
                     let randomized = if cfg.randomize {
                         Some(randomization(
                             &model,
