@@ -420,6 +420,11 @@ pub struct Common {
     #[arg(long, default_value = "symmetric")]
     pub norm: String,
 
+    /// Scale each map by this percentile of |R|: values beyond it saturate (100: the
+    /// maximum, as Zennit; 99.5 keeps a few extreme pixels from paling the rest).
+    #[arg(long, value_name = "Q", default_value_t = lrp_heatmap::render::DEFAULT_CLIP)]
+    pub clip: f32,
+
     /// Saturate earlier: values are multiplied by LEVEL before clipping.
     #[arg(long, default_value_t = 1.0)]
     pub level: f32,
@@ -564,6 +569,10 @@ impl Common {
             bail!("--level must be a finite number > 0, got {}", self.level);
         }
         style.level = self.level;
+        if !(self.clip.is_finite() && self.clip > 0.0 && self.clip <= 100.0) {
+            bail!("--clip must be a percentile in (0, 100], got {}", self.clip);
+        }
+        style.clip = self.clip;
         Ok(style)
     }
 

@@ -140,15 +140,30 @@ fn draw_fitted(img: &mut RgbImage, x: u32, y: u32, width: u32, text: &str) {
     draw_text(img, left as i32, (y + dy) as i32, &fitted, scale, TEXT);
 }
 
-/// End labels under a colour bar of `width` at `(x, y)`.
-fn draw_bar_labels(img: &mut RgbImage, x: u32, y: u32, width: u32, norm: MapNorm) {
-    let (long, short): ([&str; 3], [&str; 3]) = match norm {
-        MapNorm::Symmetric => (["-max", "0", "+max"], ["-", "0", "+"]),
-        MapNorm::Absolute => (["0", "", "max|R|"], ["0", "", "+"]),
-        MapNorm::Unaligned => (["min", "", "max"], ["-", "", "+"]),
+/// End labels under a colour bar of `width` at `(x, y)`: the values that
+/// saturate, `max` or the percentile `pQ` of `|R|` (`clip` below 100).
+fn draw_bar_labels(img: &mut RgbImage, x: u32, y: u32, width: u32, norm: MapNorm, clip: f32) {
+    let (top, bottom) = if clip >= 100.0 {
+        ("max".to_string(), "min".to_string())
+    } else {
+        (format!("p{clip}"), format!("p{}", 100.0 - clip))
+    };
+    let long: [String; 3] = match norm {
+        MapNorm::Symmetric => [format!("-{top}"), "0".into(), format!("+{top}")],
+        MapNorm::Absolute => ["0".into(), String::new(), format!("{top}|R|")],
+        MapNorm::Unaligned => [bottom, String::new(), top],
+    };
+    let short: [&str; 3] = match norm {
+        MapNorm::Symmetric => ["-", "0", "+"],
+        MapNorm::Absolute => ["0", "", "+"],
+        MapNorm::Unaligned => ["-", "", "+"],
     };
     let fits = long.iter().map(|s| text_width(s, 1)).sum::<u32>() + 16 <= width;
-    let [left, mid, right] = if fits { long } else { short };
+    let [left, mid, right] = if fits {
+        [long[0].as_str(), long[1].as_str(), long[2].as_str()]
+    } else {
+        short
+    };
     if text_width(left, 1) + text_width(right, 1) > width {
         return;
     }
@@ -219,7 +234,7 @@ pub fn grid_image(
             BAR_Y,
         );
         let norm = style.pick(col.signed).1;
-        draw_bar_labels(&mut img, x, BAR_LABEL_Y, tile, norm);
+        draw_bar_labels(&mut img, x, BAR_LABEL_Y, tile, norm, style.clip);
     }
 
     for (r, row) in rows.iter().enumerate() {

@@ -15,8 +15,8 @@ mod norm;
 mod style;
 
 pub use colormap::{Cmap, SIGNED_CMAPS, UNSIGNED_CMAPS};
-pub use norm::{apply_level, normalize_map, MapNorm};
-pub use style::{colour_bar, heatmap_image_styled, render_map, Style};
+pub use norm::{apply_level, normalize_map, normalize_scaled, percentile, MapNorm, Scale};
+pub use style::{colour_bar, heatmap_image_styled, render_map, Style, DEFAULT_CLIP};
 
 use image::imageops::FilterType;
 use image::{Rgb, RgbImage};
@@ -221,6 +221,37 @@ pub fn overlay(heat: &RgbImage, photo: &RgbImage, alpha: f32) -> RgbImage {
 
 /// Renders a `[C, H, W]` relevance array as a `width x height` heat map:
 /// [`channel_sum`] → [`resize_map`] → [`symmetric_normalize`] →
+/// `heat` over the grey `photo` (resized to it) with a per-pixel opacity
+/// `alpha[[y, x]]` in `[0, 1]` (0: the photo only).
+pub fn overlay_weighted(
+    heat: &RgbImage,
+    photo: &RgbImage,
+    alpha: &ndarray::Array2<f32>,
+) -> RgbImage {
+    let resized;
+    let photo = if photo.dimensions() == heat.dimensions() {
+        photo
+    } else {
+        resized = image::imageops::resize(photo, heat.width(), heat.height(), FilterType::Triangle);
+        &resized
+    };
+    let mut out = RgbImage::new(heat.width(), heat.height());
+    for (x, y, o) in out.enumerate_pixels_mut() {
+        let a = alpha
+            .get([y as usize, x as usize])
+            .copied()
+            .filter(|a| a.is_finite())
+            .unwrap_or(0.0)
+            .clamp(0.0, 1.0);
+        let (h, g) = (heat.get_pixel(x, y), luma(photo.get_pixel(x, y)));
+        for c in 0..3 {
+            let v = a * h[c] as f32 + (1.0 - a) * g;
+            o[c] = v.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
 /// [`colorize`] → [`overlay`] on `photo` (with [`DEFAULT_ALPHA`]) when given.
 pub fn heatmap_image(
     rel_chw: ArrayView3<f32>,

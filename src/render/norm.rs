@@ -65,29 +65,83 @@ pub fn apply_level(u: f32, norm: MapNorm, level: f32) -> f32 {
     t.clamp(0.0, 1.0)
 }
 
+/// The values a map is scaled by: `amax` (the `|R|` that saturates, for
+/// [`MapNorm::Symmetric`] and [`MapNorm::Absolute`]) and `lo`, `hi` (for
+/// [`MapNorm::Unaligned`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scale {
+    /// `|R|` at and beyond which the colour saturates.
+    pub amax: f64,
+    /// Lowest value of the unaligned range.
+    pub lo: f64,
+    /// Highest value of the unaligned range.
+    pub hi: f64,
+}
+
+/// The `q`-th percentile (`0..=100`, linear interpolation between ranks) of
+/// `v`, sorted in place; 0 for no values.
+pub fn percentile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let pos = (q.clamp(0.0, 100.0) / 100.0) * (v.len() - 1) as f64;
+    let (i, f) = (pos.floor() as usize, pos.fract());
+    if i + 1 < v.len() {
+        v[i] + f * (v[i + 1] - v[i])
+    } else {
+        v[i]
+    }
+}
+
+impl Scale {
+    /// The scale of `map` clipped at the `clip`-th percentile (`100`: the
+    /// maximum, as Zennit; 99.5 by default, as Captum clips outliers):
+    /// `amax` the `clip`-th percentile of `|R|`, `lo` and `hi` the `100 -
+    /// clip`-th and `clip`-th percentiles of `R`. NaN and +-Inf count as 0.
+    pub fn of(map: &Array2<f32>, clip: f32) -> Scale {
+        let clip = if clip.is_finite() {
+            clip.clamp(0.0, 100.0) as f64
+        } else {
+            100.0
+        };
+        let clean: Vec<f64> = map
+            .iter()
+            .map(|&v| if v.is_finite() { f64::from(v) } else { 0.0 })
+            .collect();
+        let mut abs: Vec<f64> = clean.iter().map(|v| v.abs()).collect();
+        let amax = percentile(&mut abs, clip);
+        let mut sorted = clean;
+        let hi = percentile(&mut sorted, clip);
+        let lo = percentile(&mut sorted, 100.0 - clip);
+        Scale { amax, lo, hi }
+    }
+}
+
 /// Colour-map positions (`[0, 1]`) of a map under `norm` and `level`
-/// (see [`MapNorm`], [`apply_level`]).
+/// (see [`MapNorm`], [`apply_level`]), scaled by the map's maximum.
 ///
 /// NaN and ±Inf count as 0 and never propagate. A map without spread (all
 /// zero, or all equal for `Unaligned`) gives the "no relevance" position
 /// before `level`: 0.5 for `Symmetric` and `Unaligned`, 0 for `Absolute`.
 pub fn normalize_map(map: &Array2<f32>, norm: MapNorm, level: f32) -> Array2<f32> {
+    normalize_scaled(map, norm, level, &Scale::of(map, 100.0))
+}
+
+/// [`normalize_map`] with a given [`Scale`]: values beyond it saturate.
+pub fn normalize_scaled(map: &Array2<f32>, norm: MapNorm, level: f32, sc: &Scale) -> Array2<f32> {
     let clean = |v: f32| if v.is_finite() { f64::from(v) } else { 0.0 };
-    let amax = map.iter().fold(0.0f64, |m, &v| m.max(clean(v).abs()));
-    let (lo, hi) = map
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(clean(v)), b.max(clean(v)))
-        });
+    let (amax, lo, hi) = (sc.amax, sc.lo, sc.hi);
     let u = |v: f64| -> f64 {
-        match norm {
+        let u = match norm {
             MapNorm::Symmetric if amax > 0.0 => 0.5 + 0.5 * (v / amax),
             MapNorm::Symmetric => 0.5,
             MapNorm::Absolute if amax > 0.0 => v.abs() / amax,
             MapNorm::Absolute => 0.0,
             MapNorm::Unaligned if hi > lo => (v - lo) / (hi - lo),
             MapNorm::Unaligned => 0.5,
-        }
+        };
+        u.clamp(0.0, 1.0)
     };
     map.mapv(|v| apply_level(u(clean(v)) as f32, norm, level))
 }
@@ -104,6 +158,28 @@ mod tests {
             assert_eq!(MapNorm::parse(n).unwrap().name(), *n);
         }
         assert!(MapNorm::parse("max").is_err());
+    }
+
+    #[test]
+    fn percentiles_and_clipped_scales() {
+        // 0..=100: the q-th percentile is q, between ranks interpolated
+        let mut v: Vec<f64> = (0..=100).map(f64::from).collect();
+        assert_eq!(percentile(&mut v, 99.5), 99.5);
+        assert_eq!(percentile(&mut v, 100.0), 100.0);
+        assert_eq!(percentile(&mut [3.0, 1.0, 2.0], 50.0), 2.0);
+        assert_eq!(percentile(&mut [], 50.0), 0.0);
+        // one outlier among 400 values of 1: clipped at 99.5 (between the
+        // ranks 397 and 398 of 0..=399, both 1) it no longer sets the scale,
+        // and it saturates
+        let mut m = Array2::from_elem((20, 20), 1.0f32);
+        m[[0, 0]] = 1000.0;
+        let sc = Scale::of(&m, 99.5);
+        assert_eq!(sc.amax, 1.0);
+        let t = normalize_scaled(&m, MapNorm::Symmetric, 1.0, &sc);
+        assert_eq!((t[[0, 0]], t[[5, 5]]), (1.0, 1.0));
+        // at 100 it is today's max scaling: 1 becomes a faint 0.5005
+        let t = normalize_scaled(&m, MapNorm::Symmetric, 1.0, &Scale::of(&m, 100.0));
+        assert!((t[[5, 5]] - 0.5005).abs() < 1e-6);
     }
 
     #[test]

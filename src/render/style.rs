@@ -3,10 +3,15 @@
 use image::RgbImage;
 use ndarray::{Array2, ArrayView3};
 
-use super::{apply_level, normalize_map, Cmap, MapNorm};
-use super::{channel_sum, overlay, resize_map, DEFAULT_ALPHA};
+use super::norm::{normalize_scaled, Scale};
+use super::{apply_level, Cmap, MapNorm};
+use super::{channel_sum, overlay_weighted, resize_map, DEFAULT_ALPHA};
 
-/// How [`render_map`] draws a map: colour maps, normalisation and `level`.
+/// The default percentile of `|R|` that saturates.
+pub const DEFAULT_CLIP: f32 = 99.5;
+
+/// How [`render_map`] draws a map: colour maps, normalisation, `level` and
+/// the percentile that saturates.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Style {
     /// Colour map for signed maps (default [`Cmap::Bwr`]).
@@ -18,6 +23,9 @@ pub struct Style {
     pub norm: MapNorm,
     /// Zennit's `level` (default 1.0), see [`apply_level`].
     pub level: f32,
+    /// The percentile of `|R|` that saturates (default 99.5, as Captum
+    /// clips outliers; 100: the maximum, as Zennit), see [`Scale::of`].
+    pub clip: f32,
 }
 
 impl Default for Style {
@@ -27,6 +35,7 @@ impl Default for Style {
             unsigned_cmap: Cmap::Hot,
             norm: MapNorm::Symmetric,
             level: 1.0,
+            clip: DEFAULT_CLIP,
         }
     }
 }
@@ -58,12 +67,15 @@ pub fn render_map(
     signed: bool,
 ) -> RgbImage {
     let (cmap, norm) = style.pick(signed);
-    let resized = if signed {
-        resize_map(map, width, height)
+    let map = if signed {
+        map.clone()
     } else {
-        resize_map(&map.mapv(f32::abs), width, height)
+        map.mapv(f32::abs)
     };
-    let t = normalize_map(&resized, norm, style.level);
+    // scaled as drawn (at 100 exactly today's max scaling)
+    let resized = resize_map(&map, width, height);
+    let scale = Scale::of(&resized, style.clip);
+    let t = normalize_scaled(&resized, norm, style.level, &scale);
     let mut img = RgbImage::new(width, height);
     for ((y, x), v) in t.indexed_iter() {
         img.put_pixel(x as u32, y as u32, cmap.eval(*v));
@@ -103,9 +115,16 @@ pub fn heatmap_image_styled(
     style: &Style,
     signed: bool,
 ) -> RgbImage {
-    let heat = render_map(&channel_sum(rel_chw), width, height, style, signed);
+    let map = channel_sum(rel_chw);
+    let heat = render_map(&map, width, height, style, signed);
     match photo {
-        Some(p) => overlay(&heat, p, DEFAULT_ALPHA),
+        Some(p) => {
+            // opacity grows with |R| up to DEFAULT_ALPHA where it
+            // saturates: the photo shows where nothing happens
+            let abs = resize_map(&map.mapv(f32::abs), width, height);
+            let t = normalize_scaled(&abs, MapNorm::Absolute, 1.0, &Scale::of(&abs, style.clip));
+            overlay_weighted(&heat, p, &t.mapv(|v| v * DEFAULT_ALPHA))
+        }
         None => heat,
     }
 }
@@ -154,16 +173,36 @@ mod tests {
         });
         let old = Style {
             cmap: Cmap::RdBuWhite,
+            clip: 100.0,
             ..style
         };
-        let photo = RgbImage::from_pixel(9, 9, Rgb([30, 90, 200]));
-        for ph in [None, Some(&photo)] {
-            let a = heatmap_image(rel.view(), 23, 17, ph);
-            let b = heatmap_image_styled(rel.view(), 23, 17, ph, &old, true);
-            for (p, q) in a.pixels().zip(b.pixels()) {
-                assert!(p.0.iter().zip(q.0).all(|(x, y)| x.abs_diff(y) <= 1));
-            }
+        let a = heatmap_image(rel.view(), 23, 17, None);
+        let b = heatmap_image_styled(rel.view(), 23, 17, None, &old, true);
+        for (p, q) in a.pixels().zip(b.pixels()) {
+            assert!(p.0.iter().zip(q.0).all(|(x, y)| x.abs_diff(y) <= 1));
         }
+    }
+
+    #[test]
+    fn the_overlay_is_transparent_where_nothing_happens() {
+        // one channel: left half zero, right column saturating
+        let mut rel = Array3::<f32>::zeros((1, 4, 4));
+        for y in 0..4 {
+            rel[[0, y, 3]] = 5.0;
+            rel[[0, y, 2]] = 1.0;
+        }
+        let photo = RgbImage::from_pixel(4, 4, Rgb([30, 90, 200]));
+        let grey = super::super::luma(&Rgb([30, 90, 200])).round() as u8;
+        let img = heatmap_image_styled(rel.view(), 4, 4, Some(&photo), &Style::default(), true);
+        // a zero pixel: the grey photo, alpha 0
+        assert_eq!(img.get_pixel(0, 0).0, [grey; 3]);
+        // a saturating pixel: DEFAULT_ALPHA of full red over the grey
+        let red = |g: u8| (DEFAULT_ALPHA * 255.0 + (1.0 - DEFAULT_ALPHA) * g as f32).round() as u8;
+        let p = img.get_pixel(3, 0).0;
+        assert_eq!(p[0], red(grey));
+        // in between: less opaque than where it saturates
+        let q = img.get_pixel(2, 0).0;
+        assert!(q[0] > grey && q[0] < p[0], "{q:?} {p:?}");
     }
 
     #[test]

@@ -224,3 +224,49 @@ fn bad_evaluate_arguments_are_usage_errors() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("expected noise, mean or blur"));
 }
+
+#[test]
+fn the_randomisation_check_replaces_one_more_layer_per_step_and_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let model = crate::support::tiny_model(t.path());
+    let cat = repo("images/cat.jpg");
+    let o = run(
+        t.path(),
+        &[
+            "evaluate",
+            cat.to_str().unwrap(),
+            "-m",
+            model.to_str().unwrap(),
+            "--rules",
+            "zplus,gradient",
+            "--patch",
+            "2",
+            "--steps",
+            "4",
+            "--randomize",
+            "-o",
+            t.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let doc = json(&t.path().join("evaluate.json"));
+    for a in doc["images"][0]["analyzers"].as_array().unwrap() {
+        // two linear layers (the Gemm, then the Conv; generated node
+        // names), from the output down
+        let r = a["randomization"].as_array().unwrap();
+        assert_eq!(r.len(), 2, "{a}");
+        assert!(r[0]["layer"].as_str().unwrap().starts_with("Gemm"), "{a}");
+        assert!(r[1]["layer"].as_str().unwrap().starts_with("Conv"), "{a}");
+        assert!(r
+            .iter()
+            .all(|s| s["spearman"].as_f64().unwrap().abs() <= 1.0));
+    }
+    let stdout = text(&o.stdout);
+    for name in ["zplus", "gradient"] {
+        assert!(
+            stdout.contains(&format!("{name}: passes the randomisation check"))
+                || stdout.contains(&format!("{name}: fails the randomisation check")),
+            "{stdout}"
+        );
+    }
+}
