@@ -1,7 +1,8 @@
 //! The comparison page in a real browser: headless Chromium loads the page
 //! written by `grid_html` and we check the DOM it builds (table, header
 //! names, one `<img>` per photo and tile) and that every embedded PNG
-//! decodes to its size. Skipped (passing) when no Chromium is on PATH.
+//! decodes to its size. Skipped (passing) when no Chromium is on PATH, except
+//! with `CI=true`, where `.ci/run` has installed it and its absence fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -120,6 +121,12 @@ fn page_in_headless_chromium() {
     std::fs::write(&probe_path, &probe).unwrap();
 
     let Some(browser) = find_browser() else {
+        // on CI (`.ci/run` installs Chromium) a missing browser is a failure,
+        // not a skip: a test that cannot fail there tests nothing
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but no Chromium on PATH ({BROWSERS:?}): .ci/run installs it"
+        );
         println!("skipped: no Chromium found");
         return;
     };
