@@ -290,6 +290,12 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_ANALYZERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     pub rules: Vec<String>,
 
+    /// Also evaluate each analyzer's map by region perturbation (patches of 8 px,
+    /// up to 100 steps, noise, --seed): its AOPC (most relevant first) on the tile,
+    /// and its curves on the HTML page.
+    #[arg(long)]
+    pub evaluate: bool,
+
     /// After each LRP analyzer, the maps of concepts of layer NODE (CRP's
     /// conditional heatmaps): NODE:topN for its N most relevant channels in each
     /// image, or NODE:K[,K...] for these channels.
@@ -727,6 +733,10 @@ impl Args {
                 command,
                 input_size: c.common.input_size()?,
                 concepts: c.concepts,
+                evaluate: c.evaluate.then_some(Perturbation {
+                    seed: c.common.seed,
+                    ..Perturbation::default()
+                }),
             }));
         }
         // the analyzer name and parameters are checked before any model is loaded

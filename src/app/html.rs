@@ -25,6 +25,58 @@ pub struct HtmlTile {
     pub logit: f32,
     /// Sum of the input relevance.
     pub relevance_sum: f32,
+    /// Region perturbation of the tile's map (`compare --evaluate`).
+    pub evaluation: Option<TileEvaluation>,
+}
+
+/// A tile's region perturbation: the AOPC of its most-relevant-first curve
+/// and its curves, drawn under the tile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TileEvaluation {
+    /// AOPC, most relevant first.
+    pub aopc_morf: f64,
+    /// The logit after each step, most relevant first.
+    pub morf: Vec<f32>,
+    /// The logit after each step, least relevant first.
+    pub lerf: Vec<f32>,
+}
+
+/// An inline SVG of the MoRF (red) and LeRF (blue) curves, scaled to their
+/// common range.
+fn curves_svg(e: &TileEvaluation) -> String {
+    let all = e
+        .morf
+        .iter()
+        .chain(&e.lerf)
+        .copied()
+        .filter(|v| v.is_finite());
+    let (lo, hi) = all.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let line = |c: &[f32], colour: &str, class: &str| {
+        let n = c.len().saturating_sub(1).max(1) as f32;
+        let pts: Vec<String> = (c.iter().enumerate())
+            .filter(|(_, v)| v.is_finite())
+            .map(|(k, v)| {
+                format!(
+                    "{:.2},{:.2}",
+                    100.0 * k as f32 / n,
+                    38.0 - 36.0 * (v - lo) / span
+                )
+            })
+            .collect();
+        format!(
+            "<polyline class=\"{class}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1\" points=\"{}\"/>",
+            pts.join(" ")
+        )
+    };
+    format!(
+        "<svg class=\"curves\" viewBox=\"0 0 100 40\" width=\"100%\" role=\"img\" \
+         aria-label=\"logit after each perturbation step: most relevant first (red), least (blue)\">{}{}</svg>",
+        line(&e.morf, "#c00", "morf"),
+        line(&e.lerf, "#00c", "lerf")
+    )
 }
 
 /// One input image.
@@ -159,9 +211,16 @@ pub fn grid_html(rows: &[HtmlRow], columns: &[String], command: &str) -> String 
                 continue;
             };
             let alt = format!("{}: {}", row.input, t.name);
+            let evaluation = t.evaluation.as_ref().map_or(String::new(), |e| {
+                format!(
+                    "<br><span class=\"aopc\">AOPC MoRF {}</span>{}",
+                    escape(&num(e.aopc_morf as f32)),
+                    curves_svg(e)
+                )
+            });
             let _ = writeln!(
                 h,
-                "<td><figure>{}<figcaption>logit {}<br>relevance sum {}</figcaption>\
+                "<td><figure>{}<figcaption>logit {}<br>relevance sum {}{evaluation}</figcaption>\
                  </figure></td>",
                 img_tag(&t.png, "tile", &alt),
                 escape(&num(t.logit)),
@@ -220,6 +279,7 @@ mod tests {
             png: png.clone(),
             logit: 11.119,
             relevance_sum: f32::NAN,
+            evaluation: None,
         };
         let rows = vec![HtmlRow {
             input: "images/<script>alert(1)</script>.jpg".into(),

@@ -87,6 +87,12 @@ fn sample() -> (Vec<HtmlRow>, Vec<String>) {
                         png: encode_png(&img).unwrap(),
                         logit: 10.0 + r as f32,
                         relevance_sum: 0.5 * c as f32,
+                        // the first column evaluated, as `compare --evaluate`
+                        evaluation: (c == 0).then(|| crate::app::html::TileEvaluation {
+                            aopc_morf: 1.5 + r as f64,
+                            morf: vec![10.0, 8.0, 5.0, 4.0],
+                            lerf: vec![10.0, 9.9, 9.7, 9.0],
+                        }),
                     }
                 })
                 .collect();
@@ -115,7 +121,10 @@ fn page_in_headless_chromium() {
         "</body>",
         "<script>window.addEventListener('load', () => { document.body.setAttribute(\
          'data-decoded', Array.from(document.images).map(i => i.complete + ':' + \
-         i.naturalWidth + 'x' + i.naturalHeight).join(',')); });</script>\n</body>",
+         i.naturalWidth + 'x' + i.naturalHeight).join(',')); \
+         document.body.setAttribute('data-curves', Array.from(document.querySelectorAll(\
+         'svg.curves polyline')).map(p => p.getTotalLength() > 0 && \
+         p.getBoundingClientRect().width > 0).join(',')); });</script>\n</body>",
     );
     let probe_path = dir.path().join("probe.html");
     std::fs::write(&probe_path, &probe).unwrap();
@@ -146,6 +155,9 @@ fn page_in_headless_chromium() {
         "images/img0's &lt;photo&gt;.jpg",
         "281 label 1",
         "logit 11.0000<br>relevance sum 1.0000",
+        // every evaluated tile shows its AOPC
+        "<span class=\"aopc\">AOPC MoRF 1.5000</span>",
+        "<span class=\"aopc\">AOPC MoRF 2.5000</span>",
         "lrp-heatmap compare --rule 'a&lt;b' \"x&amp;y\"",
     ] {
         assert!(dom.contains(text), "{text} not in {dom}");
@@ -161,5 +173,11 @@ fn page_in_headless_chromium() {
         .flat_map(|_| std::iter::once("true:48x32").chain(["true:40x40"; 3]))
         .collect();
     assert_eq!(decoded, want);
+    // every evaluated tile's curves are drawn (MoRF and LeRF, a row each)
+    let start = dom.find("data-curves=\"").expect("probe did not run") + 13;
+    let curves: Vec<&str> = dom[start..dom[start..].find('"').unwrap() + start]
+        .split(',')
+        .collect();
+    assert_eq!(curves, vec!["true"; 2 * rows.len()]);
     println!("checked with {}", browser.display());
 }

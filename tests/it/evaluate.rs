@@ -270,3 +270,49 @@ fn the_randomisation_check_replaces_one_more_layer_per_step_and_says_so() {
         );
     }
 }
+
+#[test]
+fn compare_evaluate_puts_each_tiles_aopc_on_the_grid_and_the_page() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().to_str().unwrap();
+    let cat = repo("images/cat.jpg");
+    let o = run(
+        t.path(),
+        &[
+            "compare",
+            cat.to_str().unwrap(),
+            "--rules",
+            "zplus,gradient",
+            "--evaluate",
+            "--format",
+            "html",
+            "-o",
+            out,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let page = std::fs::read_to_string(t.path().join("compare.html")).unwrap();
+    // one AOPC and two curves per tile, equal to what `evaluate` computes
+    assert_eq!(page.matches("<span class=\"aopc\">AOPC MoRF ").count(), 2);
+    assert_eq!(page.matches("<polyline ").count(), 4);
+    let o = run(
+        t.path(),
+        &[
+            "evaluate",
+            cat.to_str().unwrap(),
+            "--rules",
+            "zplus",
+            "-o",
+            out,
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let doc = json(&t.path().join("evaluate.json"));
+    let want = doc["images"][0]["analyzers"][0]["aopc_morf"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        page.contains(&format!("AOPC MoRF {want:.4}")),
+        "{want} not on the page"
+    );
+}

@@ -14,9 +14,10 @@ use ndarray::Ix3;
 
 use crate::app::commands::explain::{relevance_chw, ClassChoice};
 use crate::app::grid::{grid_image, GridColumn, GridRow};
-use crate::app::html::{encode_png, grid_html, HtmlRow, HtmlTile};
+use crate::app::html::{encode_png, grid_html, HtmlRow, HtmlTile, TileEvaluation};
 use crate::app::inputs::collect;
 use crate::app::labels;
+use lrp_heatmap::analyzers::evaluate::{aopc, patches, region_perturbation, Perturbation};
 use lrp_heatmap::analyzers::lrp::{Channels, Probes};
 use lrp_heatmap::analyzers::Analyzer;
 use lrp_heatmap::preprocess::{self, Normalization};
@@ -131,6 +132,9 @@ pub struct CompareConfig {
     pub input_size: Option<[usize; 2]>,
     /// Concept columns after each LRP analyzer.
     pub concepts: Option<ConceptColumns>,
+    /// Evaluate each analyzer's map by region perturbation (the steps capped
+    /// at the number of patches).
+    pub evaluate: Option<Perturbation>,
 }
 
 struct Row {
@@ -141,6 +145,7 @@ struct Row {
     logits: Vec<f32>,
     sums: Vec<f32>,
     captions: Vec<String>,
+    evaluations: Vec<Option<TileEvaluation>>,
 }
 
 /// The concept maps of `a` for one image: the relevance at the layer, then
@@ -284,8 +289,12 @@ pub fn run_compare(
                     logits: vec![],
                     sums: vec![],
                     captions: vec![],
+                    evaluations: vec![],
                 };
-                let mut push = |e: &lrp_heatmap::Explanation, caption: String| -> Result<()> {
+                let mut push = |e: &lrp_heatmap::Explanation,
+                                caption: String,
+                                evaluation: Option<TileEvaluation>|
+                 -> Result<()> {
                     let chw = relevance_chw(&e.relevance, spec.layout)?;
                     row.maps.push(render::channel_sum(
                         chw.view().into_dimensionality::<Ix3>()?,
@@ -293,23 +302,54 @@ pub fn run_compare(
                     row.logits.push(e.logit);
                     row.sums.push(e.relevance_sum);
                     row.captions.push(caption);
+                    row.evaluations.push(evaluation);
                     Ok(())
                 };
                 for a in analyzers {
                     let e = a
                         .explain(&model, &fwd, class, &cfg.norm)
                         .with_context(|| format!("analyzer {}", a.name()))?;
-                    push(&e, String::new())?;
+                    let evaluation = match &cfg.evaluate {
+                        Some(spec) => {
+                            // the map as it is shown: |R| for unsigned analyzers
+                            let map = if a.signed() {
+                                e.relevance.clone()
+                            } else {
+                                e.relevance.mapv(f32::abs)
+                            };
+                            // at most as many steps as patches
+                            let n =
+                                patches(fwd.input.shape(), model.input.layout, spec.patch)?.len();
+                            let spec = Perturbation {
+                                steps: spec.steps.min(n),
+                                ..*spec
+                            };
+                            let c = region_perturbation(
+                                &model, &fwd.input, class, &map, &cfg.norm, &spec,
+                            )
+                            .with_context(|| format!("evaluating {}", a.name()))?;
+                            Some(TileEvaluation {
+                                aopc_morf: aopc(&c.morf),
+                                morf: c.morf,
+                                lerf: c.lerf,
+                            })
+                        }
+                        None => None,
+                    };
+                    let caption = evaluation
+                        .as_ref()
+                        .map_or(String::new(), |t| format!("AOPC {:.2}", t.aopc_morf));
+                    push(&e, caption, evaluation)?;
                     if let (Some(spec), Analyzer::Lrp(_)) = (&cfg.concepts, a) {
                         let maps = concept_maps(&model, &fwd, a, class, &cfg.norm, spec)
                             .map_err(crate::app::cli::in_flags)
                             .with_context(|| format!("concepts of {}", a.name()))?;
                         for (e, caption) in &maps {
-                            push(e, caption.clone())?;
+                            push(e, caption.clone(), None)?;
                         }
                         // too few channels: empty columns
                         for _ in maps.len()..spec.count() {
-                            push(&e.clone(), "-".into())?;
+                            push(&e.clone(), "-".into(), None)?;
                         }
                     }
                 }
@@ -373,6 +413,7 @@ pub fn run_compare(
                         caption => format!("{} ({caption})", c.name),
                     };
                     tiles.push(HtmlTile {
+                        evaluation: r.evaluations[i].clone(),
                         name,
                         png: encode_png(&img)?,
                         logit: r.logits[i],
