@@ -154,9 +154,12 @@ fn fetch(target: &crate::app::fetch::Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn compare(cfg: crate::app::commands::compare::CompareConfig) -> ExitCode {
-    let stderr = std::io::stderr();
-    match crate::app::commands::compare::run_compare(&cfg, &mut stderr.lock()) {
+/// The end of a run that writes one file (`compare`, `evaluate`): its path
+/// on stdout, exit 0; 1 when some inputs failed; 2 when nothing could be done.
+fn report_file_run(
+    run: anyhow::Result<(std::path::PathBuf, Vec<(std::path::PathBuf, String)>)>,
+) -> ExitCode {
+    match run {
         Ok((path, failed)) => {
             println!("{}", path.display());
             if failed.is_empty() {
@@ -173,30 +176,23 @@ fn compare(cfg: crate::app::commands::compare::CompareConfig) -> ExitCode {
     }
 }
 
+fn compare(cfg: crate::app::commands::compare::CompareConfig) -> ExitCode {
+    let stderr = std::io::stderr();
+    report_file_run(crate::app::commands::compare::run_compare(
+        &cfg,
+        &mut stderr.lock(),
+    ))
+}
+
 fn evaluate(cfg: crate::app::commands::evaluate::EvaluateConfig) -> ExitCode {
     let stderr = std::io::stderr();
     let progress = stderr.is_terminal();
-    let run = crate::app::commands::evaluate::run_evaluate(
+    report_file_run(crate::app::commands::evaluate::run_evaluate(
         &cfg,
         &mut std::io::stdout().lock(),
         &mut stderr.lock(),
         progress,
-    );
-    match run {
-        Ok((path, failed)) => {
-            println!("{}", path.display());
-            if failed.is_empty() {
-                ExitCode::from(EXIT_OK)
-            } else {
-                eprintln!("{} inputs failed", failed.len());
-                ExitCode::from(EXIT_INPUT_FAILED)
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
-    }
+    ))
 }
 
 fn explain(cfg: crate::app::commands::explain::Config) -> ExitCode {
