@@ -350,6 +350,11 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub randomize: bool,
 
+    /// Perturbed copies run through one forward pass (1: one at a time); the numbers
+    /// do not depend on it.
+    #[arg(long, default_value_t = lrp_heatmap::analyzers::evaluate::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub batch: u32,
+
     /// Steps of integrated gradients (`--steps` is the perturbation's here).
     #[arg(long, default_value_t = 32)]
     pub ig_steps: usize,
@@ -701,6 +706,7 @@ impl Args {
                     // one seed: SmoothGrad's noise, the perturbation's, the
                     // random order and the random weights
                     seed: c.common.seed,
+                    batch: c.batch as usize,
                 },
                 randomize: c.randomize,
                 input_size: c.common.input_size()?,

@@ -164,6 +164,16 @@ impl NativePlan {
     /// order of `node.inputs`), outside any plan: a shape-only node takes
     /// `out_shape`, its output shape in the forward pass. An error for a node
     /// without a native forward pass. Used by the self-check.
+    /// The logits of a batch of inputs stacked on axis 0 (`[N, ...]`), in one
+    /// pass that keeps no activation; rows in order. Errors where an
+    /// operator cannot take a batch (the caller then runs them one by one).
+    pub fn logits_batch(graph: &Graph, input: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let plan = NativePlan {
+            keep: HashSet::new(),
+        };
+        Ok(plan.run(graph, input)?.logits)
+    }
+
     pub fn run_node(
         node: &Node,
         inputs: &[&ArrayD<f32>],
@@ -276,7 +286,23 @@ impl NativePlan {
                 let rule = rule
                     .as_ref()
                     .ok_or_else(|| anyhow!("a reshape to a shape computed at run time"))?;
-                let shape = rule.apply(x.shape())?;
+                let shape = match x.shape().first() {
+                    // a batch of N: the rule of one sample, then N in front
+                    // (a target that does not start with the batch axis
+                    // cannot be batched)
+                    Some(&n) if n > 1 => {
+                        let mut one = x.shape().to_vec();
+                        one[0] = 1;
+                        let mut s = rule.apply(&one)?;
+                        ensure!(
+                            s.first() == Some(&1),
+                            "a reshape to {s:?} cannot take a batch of {n}"
+                        );
+                        s[0] = n;
+                        s
+                    }
+                    _ => rule.apply(x.shape())?,
+                };
                 x.as_standard_layout()
                     .into_owned()
                     .into_shape_with_order(IxDyn(&shape))?

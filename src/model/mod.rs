@@ -423,6 +423,50 @@ impl Model {
         })
     }
 
+    /// The logits of each input (each of shape `self.input.shape`): on the
+    /// native engine in batches of `batch` stacked inputs, one pass each (no
+    /// activation kept); else, or where an operator cannot take a batch, one
+    /// forward pass per input. The numbers are those of [`Model::forward`]
+    /// up to float rounding (tested).
+    pub fn logits_of(&self, inputs: &[ArrayD<f32>], batch: usize) -> Result<Vec<Vec<f32>>> {
+        use rayon::prelude::*;
+        let one = |x: &ArrayD<f32>| -> Result<Vec<f32>> { Ok(self.forward(x.clone())?.logits) };
+        let Backend::Native(_) = &self.backend else {
+            return inputs.par_iter().map(one).collect();
+        };
+        if let Some(x) = inputs.iter().find(|x| x.shape() != self.input.shape) {
+            anyhow::bail!(
+                "input of shape {:?}, the model expects {:?}",
+                x.shape(),
+                self.input.shape
+            );
+        }
+        let batch = batch.max(1);
+        if batch == 1 {
+            return inputs.par_iter().map(one).collect();
+        }
+        let rows = |chunk: &[ArrayD<f32>]| -> Result<Vec<Vec<f32>>> {
+            let views: Vec<_> = chunk.iter().map(|x| x.view()).collect();
+            let stacked = ndarray::concatenate(ndarray::Axis(0), &views)?;
+            match NativePlan::logits_batch(&self.graph, &stacked) {
+                Ok(l) if l.shape().first() == Some(&chunk.len()) => {
+                    let l = l.into_shape_with_order((chunk.len(), self.classes))?;
+                    let rows: Vec<Vec<f32>> = l.outer_iter().map(|r| r.to_vec()).collect();
+                    ensure!(
+                        rows.iter().flatten().all(|v| v.is_finite()),
+                        "the model produced non-finite logits"
+                    );
+                    Ok(rows)
+                }
+                // not batchable: one by one
+                _ => chunk.iter().map(one).collect(),
+            }
+        };
+        let parts: Vec<Vec<Vec<f32>>> =
+            inputs.par_chunks(batch).map(rows).collect::<Result<_>>()?;
+        Ok(parts.into_iter().flatten().collect())
+    }
+
     /// Runs the model on `input` (of shape `self.input.shape`), keeping the activations.
     pub fn forward(&self, input: ArrayD<f32>) -> Result<Forward> {
         ensure!(

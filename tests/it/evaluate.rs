@@ -56,6 +56,7 @@ fn on_a_linear_model_gradient_x_input_gives_the_closed_form_and_the_steepest_cur
         steps: 16,
         mode: Perturb::Mean,
         seed: 1,
+        batch: 4,
     };
     let c = region_perturbation(&model, &x, 0, &e.relevance, &norm, &spec).unwrap();
     // the closed form: contribution of each patch = sum of w_i x_i over it
@@ -315,4 +316,49 @@ fn compare_evaluate_puts_each_tiles_aopc_on_the_grid_and_the_page() {
         page.contains(&format!("AOPC MoRF {want:.4}")),
         "{want} not on the page"
     );
+}
+
+#[test]
+fn batched_logits_equal_one_by_one_and_the_curves_do_not_depend_on_the_batch() {
+    let model = Model::load("efficientnet-lite0").unwrap();
+    let mut rng = Rng::new(9);
+    let copies: Vec<ArrayD<f32>> = (0..5)
+        .map(|_| ArrayD::from_shape_fn(IxDyn(&model.input.shape), |_| rng.uniform_range(-2.0, 2.0)))
+        .collect();
+    let one = model.logits_of(&copies, 1).unwrap();
+    for batch in [2, 4, 8] {
+        let b = model.logits_of(&copies, batch).unwrap();
+        assert_eq!(b.len(), 5);
+        for (x, y) in one.iter().zip(&b) {
+            let d = x.iter().zip(y).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let scale = x.iter().fold(1f32, |m, a| m.max(a.abs()));
+            // the same kernels on the same rows: equal up to rounding
+            assert!(d <= 1e-5 * scale, "batch {batch}: {d}");
+        }
+    }
+    // and through the command: the same curves at --batch 1 and 3
+    let t = tempfile::tempdir().unwrap();
+    let cat = repo("images/cat.jpg");
+    let mut docs = Vec::new();
+    for batch in ["1", "3"] {
+        let out = t.path().join(batch);
+        let o = run(
+            t.path(),
+            &[
+                "evaluate",
+                cat.to_str().unwrap(),
+                "--rules",
+                "zplus",
+                "--steps",
+                "7",
+                "--batch",
+                batch,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        docs.push(json(&out.join("evaluate.json"))["images"].clone());
+    }
+    assert_eq!(docs[0], docs[1]);
 }
