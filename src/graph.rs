@@ -80,10 +80,9 @@ impl Node {
     /// What kind of node it is, in words ("depthwise convolution"; the ONNX
     /// operator type for operators without a word of their own).
     pub fn kind(&self) -> String {
-        match self.op.kind() {
-            "operator" => self.op_type.clone(),
-            k => k.to_string(),
-        }
+        self.op
+            .kind()
+            .map_or_else(|| self.op_type.clone(), str::to_string)
     }
 
     fn activations_given(&self, inputs: &[&ArrayD<f32>]) -> Result<()> {

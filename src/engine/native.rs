@@ -23,9 +23,11 @@ use crate::rules::{LinearLayer, Modifier};
 /// What the graph-native forward pass needs beyond the graph.
 #[derive(Clone, Debug)]
 pub struct NativePlan {
-    /// Output shape rules of the shape-only nodes, by output name.
     /// Tensors kept for the backward pass.
     keep: HashSet<String>,
+    /// Inputs stacked on axis 0 (1: the model's own input): reshapes then
+    /// apply their rule to one sample and put the batch in front.
+    batch: usize,
 }
 
 /// The result of [`NativePlan::run`].
@@ -75,7 +77,7 @@ impl NativePlan {
             }
         }
         let keep = graph.needed_activations().into_iter().collect();
-        Ok(NativePlan { keep })
+        Ok(NativePlan { keep, batch: 1 })
     }
 
     /// Bytes of all tensors one forward pass on an input of `input_shape`
@@ -170,6 +172,7 @@ impl NativePlan {
     pub fn logits_batch(graph: &Graph, input: &ArrayD<f32>) -> Result<ArrayD<f32>> {
         let plan = NativePlan {
             keep: HashSet::new(),
+            batch: input.shape().first().copied().unwrap_or(1),
         };
         Ok(plan.run(graph, input)?.logits)
     }
@@ -184,6 +187,7 @@ impl NativePlan {
         }
         let plan = NativePlan {
             keep: HashSet::new(),
+            batch: 1,
         };
         if let Op::Reshape(_) = node.op {
             // the shape the forward pass produced, whatever the rule
@@ -286,22 +290,22 @@ impl NativePlan {
                 let rule = rule
                     .as_ref()
                     .ok_or_else(|| anyhow!("a reshape to a shape computed at run time"))?;
-                let shape = match x.shape().first() {
+                let n = self.batch;
+                let shape = if n > 1 && x.shape().first() == Some(&n) {
                     // a batch of N: the rule of one sample, then N in front
                     // (a target that does not start with the batch axis
                     // cannot be batched)
-                    Some(&n) if n > 1 => {
-                        let mut one = x.shape().to_vec();
-                        one[0] = 1;
-                        let mut s = rule.apply(&one)?;
-                        ensure!(
-                            s.first() == Some(&1),
-                            "a reshape to {s:?} cannot take a batch of {n}"
-                        );
-                        s[0] = n;
-                        s
-                    }
-                    _ => rule.apply(x.shape())?,
+                    let mut one = x.shape().to_vec();
+                    one[0] = 1;
+                    let mut s = rule.apply(&one)?;
+                    ensure!(
+                        s.first() == Some(&1),
+                        "a reshape to {s:?} cannot take a batch of {n}"
+                    );
+                    s[0] = n;
+                    s
+                } else {
+                    rule.apply(x.shape())?
                 };
                 x.as_standard_layout()
                     .into_owned()

@@ -207,9 +207,9 @@ impl Op {
     }
 
     /// What kind of node it is, in words (for the ledger's summary);
-    /// `operator` for the others.
-    pub fn kind(&self) -> &'static str {
-        match self {
+    /// `None` for the others (named by their ONNX operator type).
+    pub fn kind(&self) -> Option<&'static str> {
+        Some(match self {
             Op::Conv(c) if c.is_depthwise() => "depthwise convolution",
             Op::Conv(_) => "convolution",
             Op::Dense(_) => "dense layer",
@@ -217,8 +217,8 @@ impl Op {
             Op::MaxPool(_) => "max pool",
             Op::AvgPool(_) => "average pool",
             Op::Sum => "residual Add",
-            _ => "operator",
-        }
+            _ => return None,
+        })
     }
 
     /// The node as a linear layer, if it is one.

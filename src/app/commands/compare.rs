@@ -227,15 +227,13 @@ pub fn run_compare(
                 ..Default::default()
             },
         };
+        // the parameter the library names (layer, concept) is this flag
         (probes.check(&model))
-            .map_err(|e| crate::app::cli::in_flags(e.into()))
-            .map_err(|e| {
-                anyhow!(
-                    "{}",
-                    format!("{e:#}")
-                        .replacen("--layer ", "--concepts ", 1)
-                        .replacen("--concept ", "--concepts ", 1)
-                )
+            .map_err(|e| match e {
+                lrp_heatmap::Error::InvalidParameter { message, .. } => {
+                    anyhow!("--concepts {message}")
+                }
+                e => e.into(),
             })
             .with_context(|| format!("model {}", cfg.model.display()))?;
     }
