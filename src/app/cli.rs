@@ -277,6 +277,11 @@ pub struct BenchArgs {
     /// Timed runs per analyzer (after a warm-up run); the median is printed.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,
+
+    /// Also print where the time goes: each node's mean time in the forward pass
+    /// and in each analyzer's backward walk, slowest first, with its share.
+    #[arg(long)]
+    pub layers: bool,
 }
 
 /// Arguments of `compare`.
@@ -680,6 +685,7 @@ impl Args {
                 model: b.model,
                 analyzers,
                 runs: b.runs as usize,
+                layers: b.layers,
             }));
         }
         if let Some(Command::Evaluate(c)) = self.command {

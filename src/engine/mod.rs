@@ -3,6 +3,7 @@
 //! walk every analyzer uses ([`walk`]).
 
 pub(crate) mod native;
+pub mod profile;
 pub(crate) mod tract;
 pub mod walk;
 

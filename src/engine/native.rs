@@ -17,6 +17,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use ndarray::{ArrayD, IxDyn, Zip};
 use rayon::prelude::*;
 
+use crate::engine::profile::{self, Phase};
 use crate::graph::{ArithKind, Graph, Node, Op};
 use crate::rules::{LinearLayer, Modifier};
 
@@ -212,6 +213,35 @@ impl NativePlan {
         let mut values: HashMap<&str, ArrayD<f32>> = HashMap::new();
         let mut activations: HashMap<String, ArrayD<f32>> = HashMap::new();
         for node in &graph.nodes {
+            // an activation whose input nothing else reads or keeps: in place
+            if let (Op::Activation(act), [name]) = (&node.op, node.inputs.as_slice()) {
+                let dead = *name != graph.input
+                    && *name != graph.logits
+                    && readers.get(name.as_str()) == Some(&1)
+                    && !self.keep.contains(name);
+                if let Some(mut x) = dead.then(|| values.remove(name.as_str())).flatten() {
+                    let done = profile::timed(Phase::Forward, &node.op_type, &node.name, || {
+                        act.apply_in_place(&mut x)
+                    });
+                    if !done {
+                        values.insert(name.as_str(), x);
+                    } else {
+                        ensure!(
+                            node.output == graph.logits || all_finite(&x),
+                            "{} node '{}' produced NaN or Inf",
+                            node.op_type,
+                            node.name
+                        );
+                        readers.insert(name.as_str(), 0);
+                        if self.keep.contains(&node.output) {
+                            activations.insert(node.output.clone(), x);
+                        } else {
+                            values.insert(node.output.as_str(), x);
+                        }
+                        continue;
+                    }
+                }
+            }
             let inputs = node
                 .inputs
                 .iter()
@@ -226,9 +256,10 @@ impl NativePlan {
                     }
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let out = self.node(node, &inputs).with_context(|| {
-                format!("forward through {} node '{}'", node.op_type, node.name)
-            })?;
+            let out = profile::timed(Phase::Forward, &node.op_type, &node.name, || {
+                self.node(node, &inputs)
+            })
+            .with_context(|| format!("forward through {} node '{}'", node.op_type, node.name))?;
             ensure!(
                 node.output == graph.logits || all_finite(&out),
                 "{} node '{}' produced NaN or Inf",
@@ -380,9 +411,49 @@ fn arith(
 /// Whether no element is NaN or infinite (large tensors on all threads).
 fn all_finite(x: &ArrayD<f32>) -> bool {
     match x.as_slice_memory_order() {
-        Some(s) if s.len() >= 1 << 15 => s
-            .par_chunks(1 << 14)
-            .all(|c| c.iter().all(|v| v.is_finite())),
-        _ => x.iter().all(|v| v.is_finite()),
+        Some(s) if s.len() >= 1 << 16 => s.par_chunks(1 << 15).all(finite_slice),
+        Some(s) => finite_slice(s),
+        None => x.iter().all(|v| v.is_finite()),
+    }
+}
+
+/// Whether no value of `s` is NaN or infinite: the largest exponent field
+/// is below all ones (an integer maximum, which vectorises; no early exit).
+fn finite_slice(s: &[f32]) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    let mut lanes = [0u32; 16];
+    let mut chunks = s.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = (*l).max(v.to_bits() & EXP);
+        }
+    }
+    let rest = chunks.remainder().iter().map(|v| v.to_bits() & EXP);
+    lanes.into_iter().chain(rest).max().unwrap_or(0) < EXP
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finite_slice_finds_nan_and_inf_anywhere() {
+        for len in [1usize, 15, 16, 17, 100] {
+            let ok = vec![-3.3e38f32; len];
+            assert!(super::finite_slice(&ok), "{len}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for at in [0, len / 2, len - 1] {
+                    let mut v = ok.clone();
+                    v[at] = bad;
+                    assert!(!super::finite_slice(&v), "{bad} at {at} of {len}");
+                }
+            }
+        }
+        assert!(super::finite_slice(&[]));
+        assert!(super::finite_slice(&[
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            0.0,
+            -0.0,
+            1e-45
+        ]));
     }
 }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use anyhow::{ensure, Result};
 use ndarray::ArrayD;
 
+use crate::engine::profile::{self, Phase};
 use crate::engine::Forward;
 use crate::graph::{Graph, Node};
 
@@ -59,14 +60,17 @@ pub fn walk_from(
             .iter()
             .map(|n| fwd.get(graph, n))
             .collect::<Result<Vec<_>>>()?;
-        for (name, ri) in node.inputs.iter().zip(step(node, &inputs, &r)?) {
-            match acc.get_mut(name.as_str()) {
-                Some(a) => *a += &ri,
-                None => {
-                    acc.insert(name.as_str(), ri);
+        profile::timed(Phase::Backward, &node.op_type, &node.name, || {
+            for (name, ri) in node.inputs.iter().zip(step(node, &inputs, &r)?) {
+                match acc.get_mut(name.as_str()) {
+                    Some(a) => *a += &ri,
+                    None => {
+                        acc.insert(name.as_str(), ri);
+                    }
                 }
             }
-        }
+            Ok::<(), anyhow::Error>(())
+        })?;
     }
     let mut input = acc
         .remove(graph.input.as_str())

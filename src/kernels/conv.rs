@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use crate::kernels::linalg::{matmul, matmul_strided, Mat};
 
 /// Everything the loops need about one call.
+#[derive(Clone, Debug)]
 pub(crate) struct Geo {
     pub(crate) n: usize,
     pub(crate) c: usize,
@@ -160,14 +161,23 @@ pub(crate) fn im2col_tile(g: &Geo, x: &[f32], c0: usize, c1: usize, cols: &mut [
     }
 }
 
-/// `dst (mg x OHW) = w (mg x K) * im2col(x)` for one group of one image, in
-/// tiles of output columns (unfolded into a reused per-thread buffer);
-/// `threads` lets it use all rayon threads.
-pub(crate) fn conv_group(g: &Geo, x: &[f32], w: &[f32], dst: &mut [f32], threads: bool) {
+/// `dst (mg x OHW) = [dst +] w (mg x K) * im2col(x)` for one group of one
+/// image, in tiles of output columns (unfolded into a reused per-thread
+/// buffer); `accumulate` adds to `dst` (a bias put there first); `threads`
+/// lets it use all rayon threads.
+pub(crate) fn conv_group(
+    g: &Geo,
+    x: &[f32],
+    w: &[f32],
+    dst: &mut [f32],
+    accumulate: bool,
+    threads: bool,
+) {
     let (k, ohw) = (g.k(), g.ohw());
     let wm = Mat::row_major(w, g.mg, k);
+    assert!(dst.len() >= g.mg * ohw, "destination too short");
     if g.is_pointwise() {
-        matmul(dst, wm, Mat::row_major(x, k, ohw), false, threads);
+        matmul(dst, wm, Mat::row_major(x, k, ohw), accumulate, threads);
         return;
     }
     let t = tile_cols(k, ohw);
@@ -184,7 +194,16 @@ pub(crate) fn conv_group(g: &Geo, x: &[f32], w: &[f32], dst: &mut [f32], threads
             im2col_tile(g, x, c0, c1, cols);
             let b = Mat::row_major(cols, k, c1 - c0);
             // SAFETY: `dst` holds mg rows of `ohw`; this task alone writes columns c0..c1.
-            unsafe { matmul_strided(out.get().add(c0), ohw as isize, wm, b, threads && !many) };
+            unsafe {
+                matmul_strided(
+                    out.get().add(c0),
+                    ohw as isize,
+                    wm,
+                    b,
+                    accumulate,
+                    threads && !many,
+                )
+            };
         });
     };
     if many {

@@ -85,20 +85,29 @@ pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, threads: bool) 
     unsafe { gemm_into(dst.as_mut_ptr(), n as isize, accumulate, a, b, threads) }
 }
 
-/// `dst = a (m x k) * b (k x n)` into a matrix whose rows are `dst_rs` apart
-/// (a block of columns of a wider matrix); `threads` as for [`matmul`].
+/// `dst = [dst +] a (m x k) * b (k x n)` into a matrix whose rows are
+/// `dst_rs` apart (a block of columns of a wider matrix); `accumulate` and
+/// `threads` as for [`matmul`].
 ///
 /// # Safety
-/// `dst` must be valid for writes at `i * dst_rs + j` for `i < m`, `j < n`,
-/// and no other thread may access those elements during the call.
-pub unsafe fn matmul_strided(dst: *mut f32, dst_rs: isize, a: Mat, b: Mat, threads: bool) {
+/// `dst` must be valid for reads and writes at `i * dst_rs + j` for `i < m`,
+/// `j < n` (initialised where `accumulate`), and no other thread may access
+/// those elements during the call.
+pub unsafe fn matmul_strided(
+    dst: *mut f32,
+    dst_rs: isize,
+    a: Mat,
+    b: Mat,
+    accumulate: bool,
+    threads: bool,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "inner dimensions differ");
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || (k == 0 && accumulate) {
         return;
     }
     // SAFETY: as guaranteed by the caller.
-    unsafe { gemm_into(dst, dst_rs, false, a, b, threads) }
+    unsafe { gemm_into(dst, dst_rs, accumulate, a, b, threads) }
 }
 
 /// The `gemm` call behind [`matmul`] and [`matmul_strided`]: `dst (rows

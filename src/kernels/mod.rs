@@ -5,5 +5,6 @@
 
 pub(crate) mod conv;
 pub(crate) mod dense;
+pub(crate) mod depthwise;
 pub(crate) mod linalg;
 pub(crate) mod winograd;

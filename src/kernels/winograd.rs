@@ -209,6 +209,7 @@ fn product(g: &Geo, u: &[f32], v: &[f32], pb: &mut [f32], tiles: usize, xi: usiz
             a,
             Mat::row_major(vb, g.c, tiles),
             false,
+            false,
         )
     };
 }

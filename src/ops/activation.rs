@@ -181,6 +181,28 @@ impl Act {
         }
     }
 
+    /// The activation applied to `x` in place, where it has a formula per
+    /// value (all but [`Act::PRelu`] and [`Act::Opaque`]: `false`, `x`
+    /// untouched). For a forward pass that keeps no activation.
+    pub fn apply_in_place(&self, x: &mut ArrayD<f32>) -> bool {
+        use rayon::prelude::*;
+        let f = |v: &mut [f32]| match *self {
+            Act::Identity => {}
+            Act::Relu => v.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Act::Clip { min, max } => v.iter_mut().for_each(|v| *v = v.max(min).min(max)),
+            ref act => v.iter_mut().for_each(|v| *v = act.value(*v)),
+        };
+        if matches!(self, Act::PRelu { .. } | Act::Opaque) {
+            return false;
+        }
+        match x.as_slice_memory_order_mut() {
+            Some(s) if s.len() >= 1 << 15 => s.par_chunks_mut(1 << 14).for_each(f),
+            Some(s) => f(s),
+            None => x.iter_mut().for_each(|v| f(std::slice::from_mut(v))),
+        }
+        true
+    }
+
     /// The derivative at `x`, for every activation but [`Act::PRelu`] (whose
     /// slope varies by element) and [`Act::Opaque`].
     fn derivative(&self, x: f32) -> f32 {
@@ -290,21 +312,64 @@ impl Act {
             Act::Identity => Ok(g.clone()),
             act => {
                 let guided = guided && act.is_rectifier();
-                Ok(Zip::from(x).and(g).map_collect(|&x, &g| {
-                    let g = if guided { g.max(0.0) } else { g };
-                    g * act.derivative(x)
-                }))
+                let g0 = move |g: f32| if guided { g.max(0.0) } else { g };
+                // the piecewise-linear ones without the f64 `derivative`
+                Ok(match *act {
+                    Act::Relu => map2(x, g, move |x, g| if x > 0.0 { g0(g) } else { 0.0 }),
+                    Act::Clip { min, max } => map2(x, g, move |x, g| {
+                        if x > min && x < max {
+                            g0(g)
+                        } else {
+                            0.0
+                        }
+                    }),
+                    Act::LeakyRelu { alpha } => {
+                        map2(x, g, move |x, g| if x > 0.0 { g0(g) } else { g0(g) * alpha })
+                    }
+                    _ => map2(x, g, move |x, g| g0(g) * act.derivative(x)),
+                })
             }
         }
     }
 }
 
+/// `f(x, g)` on every pair of elements of two arrays of one shape; large
+/// standard-layout arrays in chunks on all rayon threads.
+fn map2(
+    x: &ArrayD<f32>,
+    g: &ArrayD<f32>,
+    f: impl Fn(f32, f32) -> f32 + Sync + Send,
+) -> ArrayD<f32> {
+    use rayon::prelude::*;
+    match (x.as_slice(), g.as_slice()) {
+        (Some(xs), Some(gs)) if xs.len() >= 1 << 15 => {
+            let mut out = Vec::new();
+            xs.par_iter()
+                .zip(gs.par_iter())
+                .with_min_len(1 << 13)
+                .map(|(&a, &b)| f(a, b))
+                .collect_into_vec(&mut out);
+            ArrayD::from_shape_vec(x.raw_dim(), out).expect("same length")
+        }
+        _ => Zip::from(x).and(g).map_collect(|&a, &b| f(a, b)),
+    }
+}
+
 /// `f` on every element; large tensors on all rayon threads.
 fn map(x: &ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync + Send) -> ArrayD<f32> {
-    if x.len() < 1 << 15 {
-        x.mapv(f)
-    } else {
-        Zip::from(x).par_map_collect(|&v| f(v))
+    use rayon::prelude::*;
+    match x.as_slice() {
+        Some(xs) if xs.len() >= 1 << 15 => {
+            // written once, straight into the new vector (no zeroing first)
+            let mut out = Vec::new();
+            xs.par_iter()
+                .with_min_len(1 << 13)
+                .map(|&v| f(v))
+                .collect_into_vec(&mut out);
+            ArrayD::from_shape_vec(x.raw_dim(), out).expect("same length")
+        }
+        _ if x.len() >= 1 << 15 => Zip::from(x).par_map_collect(|&v| f(v)),
+        _ => x.mapv(f),
     }
 }
 

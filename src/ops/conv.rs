@@ -8,6 +8,7 @@ use ndarray::ArrayD;
 use rayon::prelude::*;
 
 use crate::kernels::conv::{col2im, conv_group, depthwise_plane, depthwise_plane_transposed, Geo};
+use crate::kernels::depthwise;
 use crate::kernels::linalg::{matmul, Mat};
 use crate::kernels::winograd;
 use crate::rules::LinearLayer;
@@ -148,28 +149,62 @@ impl Conv {
         g.cg == 1 && g.mg == 1
     }
 
-    /// The convolution of `x` by `w` (bias excluded), `[N, M, OH, OW]` values.
-    fn convolve(&self, g: &Geo, xs: &[f32], ws: &[f32]) -> Vec<f32> {
-        if winograd::applies(g, self.group) {
-            return winograd::with_kernels(ws, g.m, g.c, false, |u| Conv::winograd(g, xs, u));
-        }
+    /// The convolution of `x` by `w` plus `bias` (one value per output
+    /// channel, or none), `[N, M, OH, OW]` values. The bias starts the sums
+    /// (no pass of its own) except in Winograd layers.
+    fn convolve(&self, g: &Geo, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let (k, ohw) = (g.k(), g.ohw());
-        let mut out = vec![0.0f32; g.n * g.m * ohw];
+        let channel_bias = |p: usize| bias.map_or(0.0, |b| b[p % g.m]);
+        if winograd::applies(g, self.group) {
+            let mut out =
+                winograd::with_kernels(ws, g.m, g.c, false, |u| Conv::winograd(g, xs, u));
+            if bias.is_some() {
+                out.par_chunks_mut(ohw).enumerate().for_each(|(p, plane)| {
+                    let bv = channel_bias(p);
+                    plane.iter_mut().for_each(|v| *v += bv);
+                });
+            }
+            return out;
+        }
         if Conv::depthwise(g) {
+            let mut out = vec![0.0f32; g.n * g.m * ohw];
             let hw = g.h * g.w;
+            let padded = depthwise::Padded::of(g);
             out.par_chunks_mut(ohw).enumerate().for_each(|(p, dst)| {
                 let c = p % g.m;
-                depthwise_plane(g, &xs[p * hw..(p + 1) * hw], &ws[c * k..(c + 1) * k], dst);
+                let (x, w) = (&xs[p * hw..(p + 1) * hw], &ws[c * k..(c + 1) * k]);
+                match padded {
+                    Some(pd) => depthwise::forward_plane(g, pd, x, w, channel_bias(p), dst),
+                    None => {
+                        depthwise_plane(g, x, w, dst);
+                        let bv = channel_bias(p);
+                        dst.iter_mut().for_each(|v| *v += bv);
+                    }
+                }
             });
             return out;
         }
+        // the bias first, then the products added to it
+        let mut out = match bias {
+            Some(b) => {
+                let mut out = Vec::with_capacity(g.n * g.m * ohw);
+                for _ in 0..g.n {
+                    for &bv in &b[..g.m] {
+                        out.extend(std::iter::repeat_n(bv, ohw));
+                    }
+                }
+                out
+            }
+            None => vec![0.0f32; g.n * g.m * ohw],
+        };
+        let accumulate = bias.is_some();
         for b in 0..g.n {
             let xb = &xs[b * g.c * g.h * g.w..(b + 1) * g.c * g.h * g.w];
             let ob = &mut out[b * g.m * ohw..(b + 1) * g.m * ohw];
             let group = |gi: usize, dst: &mut [f32], threads: bool| {
                 let xg = &xb[gi * g.cg * g.h * g.w..(gi + 1) * g.cg * g.h * g.w];
                 let wg = &ws[gi * g.mg * k..(gi + 1) * g.mg * k];
-                conv_group(g, xg, wg, dst, threads);
+                conv_group(g, xg, wg, dst, accumulate, threads);
             };
             if self.group == 1 {
                 group(0, ob, true);
@@ -206,8 +241,9 @@ impl Conv {
             && p[1] < g.kw
             && p[3] < g.kw;
         // with few input channels per group the unfolded columns are small and
-        // the convolution would be a GEMM with a handful of rows: col2im wins
-        if !fits || g.is_pointwise() || g.cg < 16 {
+        // the convolution would be a GEMM with a handful of rows: col2im wins;
+        // depthwise layers gather with the direct kernel instead of scattering
+        if !fits || g.is_pointwise() || (g.cg < 16 && !Conv::depthwise(g)) {
             return None;
         }
         let (kh, kw) = (g.kh, g.kw);
@@ -248,7 +284,7 @@ impl Conv {
                 }
             }
         }
-        Some(self.convolve(&back, gs, &flipped))
+        Some(self.convolve(&back, gs, &flipped, None))
     }
 }
 
@@ -266,22 +302,19 @@ impl LinearLayer for Conv {
         let x = x.as_standard_layout();
         let w = w.as_standard_layout();
         let (xs, ws) = (x.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
-        let ohw = g.ohw();
-        let mut out = self.convolve(&g, xs, ws);
-        if with_bias {
-            if let Some(bias) = &self.bias {
+        let bias = match (&self.bias, with_bias) {
+            (Some(b), true) => {
                 ensure!(
-                    bias.len() == g.m,
+                    b.len() == g.m,
                     "Conv bias has {} values for {} outputs",
-                    bias.len(),
+                    b.len(),
                     g.m
                 );
-                for (ch, plane) in out.chunks_mut(ohw).enumerate() {
-                    let bv = bias.as_slice_memory_order().map_or(0.0, |s| s[ch % g.m]);
-                    plane.iter_mut().for_each(|v| *v += bv);
-                }
+                Some(b.iter().copied().collect::<Vec<f32>>())
             }
-        }
+            _ => None,
+        };
+        let out = self.convolve(&g, xs, ws, bias.as_deref());
         Ok(ArrayD::from_shape_vec(vec![g.n, g.m, g.oh, g.ow], out)?)
     }
 
@@ -310,10 +343,14 @@ impl LinearLayer for Conv {
         let mut out = vec![0.0f32; g.n * chw];
         if Conv::depthwise(&g) {
             let hw = g.h * g.w;
+            let padded = depthwise::Padded::of(&g);
             out.par_chunks_mut(hw).enumerate().for_each(|(p, dst)| {
                 let c = p % g.c;
-                let gp = &gs[p * ohw..(p + 1) * ohw];
-                depthwise_plane_transposed(&g, gp, &ws[c * k..(c + 1) * k], dst);
+                let (gp, w) = (&gs[p * ohw..(p + 1) * ohw], &ws[c * k..(c + 1) * k]);
+                match padded {
+                    Some(pd) => depthwise::transposed_plane(&g, pd, gp, w, dst),
+                    None => depthwise_plane_transposed(&g, gp, w, dst),
+                }
             });
             return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
         }

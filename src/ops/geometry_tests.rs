@@ -453,7 +453,7 @@ proptest! {
         let layer = case.layer();
         let x = case.input();
         let mut got = vec![0.0f32; g.m * g.ohw()];
-        conv_group(&g, x.as_slice().unwrap(), layer.weight.as_slice().unwrap(), &mut got, false);
+        conv_group(&g, x.as_slice().unwrap(), layer.weight.as_slice().unwrap(), &mut got, false, false);
         let (mut z, mut zs) = (vec![0.0; got.len()], vec![0.0; got.len()]);
         for (o, i, k) in case.taps() {
             let t = x.as_slice().unwrap()[i] as f64 * layer.weight.as_slice().unwrap()[k] as f64;

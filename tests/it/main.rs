@@ -12,6 +12,7 @@
 mod support;
 
 mod batch;
+mod bench;
 mod check;
 mod cli;
 mod compare;

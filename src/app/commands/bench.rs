@@ -9,6 +9,7 @@ use anyhow::Result;
 use ndarray::ArrayD;
 
 use lrp_heatmap::analyzers::Analyzer;
+use lrp_heatmap::engine::profile::{self, Phase};
 use lrp_heatmap::model::Model;
 use lrp_heatmap::preprocess::Normalization;
 use lrp_heatmap::rng::Rng;
@@ -22,7 +23,12 @@ pub struct BenchConfig {
     pub analyzers: Vec<Analyzer>,
     /// Timed runs per analyzer (after one warm-up run).
     pub runs: usize,
+    /// Per-node timings after each analyzer's row.
+    pub layers: bool,
 }
+
+/// Most rows of each per-node table.
+const LAYER_ROWS: usize = 25;
 
 /// Peak resident memory of this process so far, in bytes (Linux; 0 elsewhere).
 pub fn peak_memory() -> u64 {
@@ -70,6 +76,9 @@ pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
     for a in &cfg.analyzers {
         let mut times = Vec::new();
         for run in 0..=cfg.runs.max(1) {
+            if run == 1 && cfg.layers {
+                profile::enable();
+            }
             let t = Instant::now();
             let fwd = model.forward(x.clone())?;
             let tf = t.elapsed().as_secs_f64();
@@ -90,6 +99,73 @@ pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
             fwd,
             peak_memory() / (1 << 20)
         )?;
+        if cfg.layers {
+            write_layers(&profile::take(), cfg.runs.max(1), out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The per-node table of one analyzer: for each phase, the slowest nodes
+/// (mean ms per image) with their share of the phase, the rest summed, and
+/// the time by operator type.
+fn write_layers(rows: &[profile::Row], runs: usize, out: &mut dyn Write) -> Result<()> {
+    for phase in [Phase::Forward, Phase::Backward] {
+        let mut mine: Vec<&profile::Row> = rows.iter().filter(|r| r.phase == phase).collect();
+        let total: f64 = mine.iter().map(|r| r.time.total.as_secs_f64()).sum();
+        if mine.is_empty() || total <= 0.0 {
+            continue;
+        }
+        mine.sort_by_key(|r| std::cmp::Reverse(r.time.total));
+        let ms = |s: f64| 1e3 * s / runs as f64;
+        writeln!(
+            out,
+            "  {phase:?} pass: {:.2} ms per image over {} nodes",
+            ms(total),
+            mine.len()
+        )?;
+        writeln!(out, "    {:>9} {:>6}  {:<22} node", "ms", "share", "op")?;
+        for r in mine.iter().take(LAYER_ROWS) {
+            let s = r.time.total.as_secs_f64();
+            writeln!(
+                out,
+                "    {:>9.3} {:>5.1}%  {:<22} {}",
+                ms(s),
+                100.0 * s / total,
+                r.op_type,
+                r.node
+            )?;
+        }
+        if mine.len() > LAYER_ROWS {
+            let rest: f64 = mine[LAYER_ROWS..]
+                .iter()
+                .map(|r| r.time.total.as_secs_f64())
+                .sum();
+            writeln!(
+                out,
+                "    {:>9.3} {:>5.1}%  ({} more nodes)",
+                ms(rest),
+                100.0 * rest / total,
+                mine.len() - LAYER_ROWS
+            )?;
+        }
+        let mut by_op: Vec<(String, f64, usize)> = Vec::new();
+        for r in &mine {
+            let s = r.time.total.as_secs_f64();
+            match by_op.iter_mut().find(|e| e.0 == r.op_type) {
+                Some(e) => {
+                    e.1 += s;
+                    e.2 += 1;
+                }
+                None => by_op.push((r.op_type.clone(), s, 1)),
+            }
+        }
+        by_op.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let ops: Vec<String> = by_op
+            .iter()
+            .map(|(op, s, n)| format!("{op} x{n} {:.1}%", 100.0 * s / total))
+            .collect();
+        writeln!(out, "    by operator: {}", ops.join(", "))?;
     }
     Ok(())
 }

@@ -1,0 +1,355 @@
+//! Direct depthwise convolution, both ways, on a zero-padded, phase-split
+//! copy of one channel plane (the way MLAS and XNNPACK avoid im2col).
+//!
+//! The padded plane has `h + top + bottom` rows; each row of `w + left +
+//! right` values is split into `s` phases (`s` the horizontal stride), phase
+//! `r` holding columns `r, r + s, r + 2s, ...`. Tap `(i, j)` of output row
+//! `oy` then reads padded row `oy * sh + i * dh`, phase `(j * dw) % s`, from
+//! column `(j * dw) / s` on: a contiguous run of `ow` values whatever the
+//! stride or dilation, so every tap is a vector multiply-add and padding is
+//! plain zeros (no bounds per tap). The forward pass sums all taps of an
+//! output row in registers (one store per output); the transposed pass adds
+//! each tap of each output row into the padded plane and copies the
+//! unpadded part out.
+
+use crate::kernels::conv::Geo;
+
+/// The padded, phase-split plane of a geometry: rows, phases, phase length.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Padded {
+    rows: usize,
+    phases: usize,
+    len: usize,
+}
+
+impl Padded {
+    /// The layout for `g`, or `None` where the pads make it much larger than
+    /// the plane itself (the callers then use the tap-by-tap kernels).
+    pub(crate) fn of(g: &Geo) -> Option<Padded> {
+        let rows = g.h.checked_add(g.pads[0])?.checked_add(g.pads[2])?;
+        let wp = g.w.checked_add(g.pads[1])?.checked_add(g.pads[3])?;
+        let phases = g.s[1].max(1);
+        let len = wp.div_ceil(phases) + 1;
+        let size = rows.checked_mul(phases)?.checked_mul(len)?;
+        (size <= 4 * g.h * g.w + (1 << 16)).then_some(Padded { rows, phases, len })
+    }
+
+    fn size(&self) -> usize {
+        self.rows * self.phases * self.len
+    }
+
+    /// Index of padded column `c` of padded row `r`.
+    fn at(&self, r: usize, c: usize) -> usize {
+        (r * self.phases + c % self.phases) * self.len + c / self.phases
+    }
+
+    /// Offsets of the taps (row-major `i, j`) from the start of an output
+    /// row's first padded row.
+    fn taps(&self, g: &Geo) -> Vec<usize> {
+        let mut offs = Vec::with_capacity(g.kh * g.kw);
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                offs.push(self.at(i * g.d[0], j * g.d[1]));
+            }
+        }
+        offs
+    }
+
+    /// For each phase `ph`, the run `q0..q1` of its columns `q * phases + ph`
+    /// that hold input columns (`left <= q * phases + ph < left + w`).
+    fn phase_runs(&self, g: &Geo) -> impl Iterator<Item = (usize, usize, usize)> {
+        let (s, left, w) = (self.phases, g.pads[1], g.w);
+        (0..s).filter_map(move |ph| {
+            let q0 = left.saturating_sub(ph).div_ceil(s);
+            let q1 = (left + w).saturating_sub(ph).div_ceil(s);
+            (q1 > q0).then_some((ph, q0, q1))
+        })
+    }
+
+    /// Start of output row `oy`'s first padded row.
+    fn row_base(&self, g: &Geo, oy: usize) -> usize {
+        oy * g.s[0] * self.phases * self.len
+    }
+}
+
+thread_local! {
+    /// The padded plane of this thread, reused across planes and layers.
+    static PLANE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Depthwise convolution of one plane: `dst (oh x ow) = bias + w (kh x kw) *
+/// x (h x w)`.
+pub(crate) fn forward_plane(g: &Geo, p: Padded, x: &[f32], w: &[f32], bias: f32, dst: &mut [f32]) {
+    let offs = p.taps(g);
+    assert!(x.len() >= g.h * g.w && dst.len() >= g.oh * g.ow && w.len() >= offs.len());
+    PLANE.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.resize(p.size(), 0.0);
+        for iy in 0..g.h {
+            let src = &x[iy * g.w..(iy + 1) * g.w];
+            let r = iy + g.pads[0];
+            for (ph, q0, q1) in p.phase_runs(g) {
+                let row = &mut buf[p.at(r, ph)..][..p.len];
+                let first = q0 * p.phases + ph - g.pads[1];
+                if p.phases == 1 {
+                    row[q0..q1].copy_from_slice(&src[first..first + (q1 - q0)]);
+                } else {
+                    for (q, d) in row[q0..q1].iter_mut().enumerate() {
+                        *d = src[first + q * p.phases];
+                    }
+                }
+            }
+        }
+        taps_plane(g, p, buf, &offs, w, bias, dst);
+    });
+}
+
+/// The transposed depthwise convolution of one plane: `dst (h x w) = w^T g
+/// (oh x ow)`.
+pub(crate) fn transposed_plane(g: &Geo, p: Padded, gr: &[f32], w: &[f32], dst: &mut [f32]) {
+    let offs = p.taps(g);
+    assert!(gr.len() >= g.oh * g.ow && dst.len() >= g.h * g.w && w.len() >= offs.len());
+    PLANE.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.resize(p.size(), 0.0);
+        let last = p.row_base(g, g.oh.saturating_sub(1)) + offs.iter().max().unwrap_or(&0);
+        assert!(
+            g.oh == 0 || last + g.ow <= buf.len(),
+            "depthwise plane too short"
+        );
+        for oy in 0..g.oh {
+            let base = p.row_base(g, oy);
+            let line = &gr[oy * g.ow..(oy + 1) * g.ow];
+            for (&o, &wv) in offs.iter().zip(w) {
+                axpy(&mut buf[base + o..base + o + g.ow], wv, line);
+            }
+        }
+        for iy in 0..g.h {
+            let out = &mut dst[iy * g.w..(iy + 1) * g.w];
+            let r = iy + g.pads[0];
+            for (ph, q0, q1) in p.phase_runs(g) {
+                let row = &buf[p.at(r, ph)..][..p.len];
+                let first = q0 * p.phases + ph - g.pads[1];
+                if p.phases == 1 {
+                    out[first..first + (q1 - q0)].copy_from_slice(&row[q0..q1]);
+                } else {
+                    for (q, &v) in row[q0..q1].iter().enumerate() {
+                        out[first + q * p.phases] = v;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Whether the AVX2 + FMA kernels can run (checked once by std).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Output rows `oy` of a plane, in vectors of 8 columns: `dst[oy * ow + x]
+/// = bias + sum_t ws[t] * buf[row_base(oy) + offs[t] + x]`, taps summed in
+/// order.
+fn taps_plane(
+    g: &Geo,
+    p: Padded,
+    buf: &[f32],
+    offs: &[usize],
+    ws: &[f32],
+    bias: f32,
+    dst: &mut [f32],
+) {
+    let (oh, ow) = (g.oh, g.ow);
+    if oh == 0 || ow == 0 {
+        return;
+    }
+    let reach = p.row_base(g, oh - 1) + offs.iter().max().unwrap_or(&0) + ow;
+    assert!(reach <= buf.len() && dst.len() >= oh * ow && ws.len() >= offs.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the features were detected; the assert above keeps every
+        // read inside `buf` and every write inside `dst`.
+        unsafe { taps_plane_avx2(g, p, buf, offs, ws, bias, dst) };
+        return;
+    }
+    for oy in 0..oh {
+        let base = p.row_base(g, oy);
+        for (x, d) in dst[oy * ow..(oy + 1) * ow].iter_mut().enumerate() {
+            let mut s = bias;
+            for (&o, &wv) in offs.iter().zip(ws) {
+                s += wv * buf[base + o + x];
+            }
+            *d = s;
+        }
+    }
+}
+
+/// [`taps_plane`] with AVX2 and FMA: four vectors of 8 outputs at a time
+/// (four independent chains of multiply-adds), the last vector of a row
+/// masked.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn taps_plane_avx2(
+    g: &Geo,
+    p: Padded,
+    buf: &[f32],
+    offs: &[usize],
+    ws: &[f32],
+    bias: f32,
+    dst: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (oh, ow) = (g.oh, g.ow);
+    let per_row = ow.div_ceil(8);
+    let total = oh * per_row;
+    let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let job = |j: usize| {
+        let (oy, b) = (j / per_row, j % per_row);
+        let x0 = b * 8;
+        let n = (ow - x0).min(8) as i32;
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), iota);
+        (p.row_base(g, oy) + x0, oy * ow + x0, mask)
+    };
+    let (src, out) = (buf.as_ptr(), dst.as_mut_ptr());
+    let mut j = 0;
+    while j < total {
+        // four jobs (the last one repeated where fewer are left)
+        let jobs = [0, 1, 2, 3].map(|t| job((j + t).min(total - 1)));
+        let b = _mm256_set1_ps(bias);
+        let mut acc = [b; 4];
+        for (&o, &wv) in offs.iter().zip(ws) {
+            let wv = _mm256_set1_ps(wv);
+            for (a, &(s, _, m)) in acc.iter_mut().zip(&jobs) {
+                *a = _mm256_fmadd_ps(wv, _mm256_maskload_ps(src.add(s + o), m), *a);
+            }
+        }
+        for (a, &(_, d, m)) in acc.iter().zip(&jobs) {
+            _mm256_maskstore_ps(out.add(d), m, *a);
+        }
+        j += 4;
+    }
+}
+
+/// `y += a x`.
+pub(crate) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    let n = y.len().min(x.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma() {
+        // SAFETY: the features were detected; both slices hold `n` values.
+        unsafe { axpy_avx2(&mut y[..n], a, &x[..n]) };
+        return;
+    }
+    for (y, &x) in y[..n].iter_mut().zip(&x[..n]) {
+        *y += a * x;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = y.len();
+    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 16 <= n {
+        let y0 = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(yp.add(i)));
+        let y1 = _mm256_fmadd_ps(
+            av,
+            _mm256_loadu_ps(xp.add(i + 8)),
+            _mm256_loadu_ps(yp.add(i + 8)),
+        );
+        _mm256_storeu_ps(yp.add(i), y0);
+        _mm256_storeu_ps(yp.add(i + 8), y1);
+        i += 16;
+    }
+    while i < n {
+        *yp.add(i) = a.mul_add(*xp.add(i), *yp.add(i));
+        i += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::conv::{depthwise_plane, depthwise_plane_transposed};
+    use crate::rng::Rng;
+
+    /// The tap-by-tap kernels (bounds per tap, no padded copy) are the
+    /// reference here; both are checked against the direct definition in
+    /// `ops/conv.rs` and `ops/geometry_tests.rs`.
+    #[test]
+    fn padded_kernels_match_tap_by_tap_kernels_on_random_geometries() {
+        let mut rng = Rng::new(11);
+        let mut pick = |n: usize| (rng.uniform() * n as f32) as usize % n;
+        for case in 0..400 {
+            let (kh, kw) = (1 + pick(5), 1 + pick(5));
+            let s = [1 + pick(3), 1 + pick(3)];
+            let d = [1 + pick(2), 1 + pick(2)];
+            let pads = [pick(4), pick(4), pick(4), pick(4)];
+            let (h, w) = (1 + pick(20), 1 + pick(40));
+            let ekh = d[0] * (kh - 1) + 1;
+            let ekw = d[1] * (kw - 1) + 1;
+            if h + pads[0] + pads[2] < ekh || w + pads[1] + pads[3] < ekw {
+                continue;
+            }
+            let oh = (h + pads[0] + pads[2] - ekh) / s[0] + 1;
+            let ow = (w + pads[1] + pads[3] - ekw) / s[1] + 1;
+            let g = Geo {
+                n: 1,
+                c: 1,
+                h,
+                w,
+                m: 1,
+                cg: 1,
+                mg: 1,
+                kh,
+                kw,
+                oh,
+                ow,
+                pads,
+                s,
+                d,
+            };
+            let p = Padded::of(&g).expect("small pads");
+            let mut r = Rng::new(case);
+            let x: Vec<f32> = (0..h * w).map(|_| r.normal()).collect();
+            let wt: Vec<f32> = (0..kh * kw).map(|_| r.normal()).collect();
+            let gr: Vec<f32> = (0..oh * ow).map(|_| r.normal()).collect();
+            let (mut want, mut got) = (vec![0.0; oh * ow], vec![9.0; oh * ow]);
+            depthwise_plane(&g, &x, &wt, &mut want);
+            forward_plane(&g, p, &x, &wt, 0.0, &mut got);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{g:?}: {a} vs {b}");
+            }
+            let (mut want, mut got) = (vec![0.0; h * w], vec![9.0; h * w]);
+            depthwise_plane_transposed(&g, &gr, &wt, &mut want);
+            transposed_plane(&g, p, &gr, &wt, &mut got);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{g:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn huge_pads_fall_back() {
+        let g = Geo {
+            n: 1,
+            c: 1,
+            h: 2,
+            w: 2,
+            m: 1,
+            cg: 1,
+            mg: 1,
+            kh: 1,
+            kw: 1,
+            oh: 1002,
+            ow: 1002,
+            pads: [500, 500, 500, 500],
+            s: [1, 1],
+            d: [1, 1],
+        };
+        assert!(Padded::of(&g).is_none());
+    }
+}
