@@ -9,6 +9,7 @@ pub mod error;
 pub mod explainer;
 pub mod graph;
 pub mod guard;
+pub(crate) mod elementwise;
 pub(crate) mod kernels;
 pub mod model;
 pub mod ops;

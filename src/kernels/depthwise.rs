@@ -201,33 +201,46 @@ unsafe fn taps_plane_avx2(
 ) {
     use std::arch::x86_64::*;
     let (oh, ow) = (g.oh, g.ow);
-    let per_row = ow.div_ceil(8);
-    let total = oh * per_row;
     let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let job = |j: usize| {
-        let (oy, b) = (j / per_row, j % per_row);
-        let x0 = b * 8;
-        let n = (ow - x0).min(8) as i32;
-        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), iota);
-        (p.row_base(g, oy) + x0, oy * ow + x0, mask)
-    };
+    let full = _mm256_set1_epi32(-1);
+    let tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((ow % 8) as i32), iota);
+    // the vectors of the plane in order (row by row, 8 columns each), as
+    // (source start, destination start, mask), four at a time
+    let mut jobs = [(0usize, 0usize, full); 4];
+    let mut filled = 0;
     let (src, out) = (buf.as_ptr(), dst.as_mut_ptr());
-    let mut j = 0;
-    while j < total {
-        // four jobs (the last one repeated where fewer are left)
-        let jobs = [0, 1, 2, 3].map(|t| job((j + t).min(total - 1)));
+    let run = |jobs: &[(usize, usize, __m256i); 4]| {
         let b = _mm256_set1_ps(bias);
         let mut acc = [b; 4];
         for (&o, &wv) in offs.iter().zip(ws) {
             let wv = _mm256_set1_ps(wv);
-            for (a, &(s, _, m)) in acc.iter_mut().zip(&jobs) {
+            for (a, &(s, _, m)) in acc.iter_mut().zip(jobs) {
                 *a = _mm256_fmadd_ps(wv, _mm256_maskload_ps(src.add(s + o), m), *a);
             }
         }
-        for (a, &(_, d, m)) in acc.iter().zip(&jobs) {
+        for (a, &(_, d, m)) in acc.iter().zip(jobs) {
             _mm256_maskstore_ps(out.add(d), m, *a);
         }
-        j += 4;
+    };
+    for oy in 0..oh {
+        let base = p.row_base(g, oy);
+        let mut x0 = 0;
+        while x0 < ow {
+            let mask = if x0 + 8 <= ow { full } else { tail };
+            jobs[filled] = (base + x0, oy * ow + x0, mask);
+            filled += 1;
+            if filled == 4 {
+                run(&jobs);
+                filled = 0;
+            }
+            x0 += 8;
+        }
+    }
+    if filled > 0 {
+        // the last jobs repeated: the same values stored twice
+        let last = jobs[filled - 1];
+        jobs[filled..].fill(last);
+        run(&jobs);
     }
 }
 

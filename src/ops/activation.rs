@@ -10,6 +10,8 @@
 use anyhow::{bail, ensure, Result};
 use ndarray::{ArrayD, Zip};
 
+use crate::elementwise::{map, map2};
+
 /// An elementwise activation, with the parameters its derivative needs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Act {
@@ -333,45 +335,7 @@ impl Act {
     }
 }
 
-/// `f(x, g)` on every pair of elements of two arrays of one shape; large
-/// standard-layout arrays in chunks on all rayon threads.
-fn map2(
-    x: &ArrayD<f32>,
-    g: &ArrayD<f32>,
-    f: impl Fn(f32, f32) -> f32 + Sync + Send,
-) -> ArrayD<f32> {
-    use rayon::prelude::*;
-    match (x.as_slice(), g.as_slice()) {
-        (Some(xs), Some(gs)) if xs.len() >= 1 << 15 => {
-            let mut out = Vec::new();
-            xs.par_iter()
-                .zip(gs.par_iter())
-                .with_min_len(1 << 13)
-                .map(|(&a, &b)| f(a, b))
-                .collect_into_vec(&mut out);
-            ArrayD::from_shape_vec(x.raw_dim(), out).expect("same length")
-        }
-        _ => Zip::from(x).and(g).map_collect(|&a, &b| f(a, b)),
-    }
-}
 
-/// `f` on every element; large tensors on all rayon threads.
-fn map(x: &ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync + Send) -> ArrayD<f32> {
-    use rayon::prelude::*;
-    match x.as_slice() {
-        Some(xs) if xs.len() >= 1 << 15 => {
-            // written once, straight into the new vector (no zeroing first)
-            let mut out = Vec::new();
-            xs.par_iter()
-                .with_min_len(1 << 13)
-                .map(|&v| f(v))
-                .collect_into_vec(&mut out);
-            ArrayD::from_shape_vec(x.raw_dim(), out).expect("same length")
-        }
-        _ if x.len() >= 1 << 15 => Zip::from(x).par_map_collect(|&v| f(v)),
-        _ => x.mapv(f),
-    }
-}
 
 /// The registry's entry: the ONNX operators this family reads (imported in
 /// `model/onnx`, run natively in `engine/native.rs`).

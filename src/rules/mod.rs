@@ -20,6 +20,8 @@ use std::borrow::Cow;
 use anyhow::{bail, Result};
 use ndarray::{ArrayD, Zip};
 
+use crate::elementwise;
+
 /// The stabiliser Zennit adds to every denominator (`stabilize(..., 1e-6)`).
 pub const STABILIZER: f32 = 1e-6;
 
@@ -430,7 +432,7 @@ pub fn stabilize(z: f32, eps: f32) -> f32 {
 
 /// `r / stabilize(z, eps)`; with `eps = 0` a zero `z` gives zero.
 pub fn divide(r: &ArrayD<f32>, z: &ArrayD<f32>, eps: f32) -> ArrayD<f32> {
-    Zip::from(r).and(z).map_collect(|&r, &z| {
+    elementwise::map2(r, z, |r, z| {
         let d = stabilize(z, eps);
         if d == 0.0 {
             0.0
@@ -441,11 +443,11 @@ pub fn divide(r: &ArrayD<f32>, z: &ArrayD<f32>, eps: f32) -> ArrayD<f32> {
 }
 
 fn pos(a: &ArrayD<f32>) -> ArrayD<f32> {
-    a.mapv(|v| v.max(0.0))
+    elementwise::map(a, |v| v.max(0.0))
 }
 
 fn neg(a: &ArrayD<f32>) -> ArrayD<f32> {
-    a.mapv(|v| v.min(0.0))
+    elementwise::map(a, |v| v.min(0.0))
 }
 
 /// `sum_k inputs_k * backward(s, m_k)`, the reducer of most rules.
@@ -675,7 +677,7 @@ impl Rule {
         let down_terms = [(xp, wn), (xn, wp)];
         let down = with_bias(forward_sum(layer, &down_terms)?, &b_down);
         let share = |den: &ArrayD<f32>, keep: fn(f32) -> bool| {
-            Zip::from(r).and(z).and(den).map_collect(|&r, &z, &d| {
+            elementwise::map3(r, z, den, |r, z, d| {
                 if keep(z) {
                     r / stabilize(d, STABILIZER)
                 } else {
@@ -729,7 +731,7 @@ impl Rule {
                 match out.as_mut() {
                     None => {
                         if factor != 1.0 {
-                            c.mapv_inplace(|v| v * factor);
+                            elementwise::apply(&mut c, |v| v * factor);
                         }
                         out = Some(c);
                     }

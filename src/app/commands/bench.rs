@@ -28,7 +28,7 @@ pub struct BenchConfig {
 }
 
 /// Most rows of each per-node table.
-const LAYER_ROWS: usize = 25;
+const LAYER_ROWS: usize = 400;
 
 /// Peak resident memory of this process so far, in bytes (Linux; 0 elsewhere).
 pub fn peak_memory() -> u64 {
