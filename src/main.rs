@@ -154,14 +154,15 @@ fn fetch(target: &crate::app::fetch::Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The end of a run that writes one file (`compare`, `evaluate`): its path
-/// on stdout, exit 0; 1 when some inputs failed; 2 when nothing could be done.
-fn report_file_run(
-    run: anyhow::Result<(std::path::PathBuf, Vec<(std::path::PathBuf, String)>)>,
-) -> ExitCode {
+/// The end of a run that writes whole-run files (`compare`, `evaluate`):
+/// their paths on stdout, one a line, exit 0; 1 when some inputs failed; 2
+/// when nothing could be done.
+fn report_file_run(run: anyhow::Result<crate::app::commands::FileRun>) -> ExitCode {
     match run {
-        Ok((path, failed)) => {
-            println!("{}", path.display());
+        Ok((paths, failed)) => {
+            for path in paths {
+                println!("{}", path.display());
+            }
             if failed.is_empty() {
                 ExitCode::from(EXIT_OK)
             } else {
@@ -178,10 +179,10 @@ fn report_file_run(
 
 fn compare(cfg: crate::app::commands::compare::CompareConfig) -> ExitCode {
     let stderr = std::io::stderr();
-    report_file_run(crate::app::commands::compare::run_compare(
-        &cfg,
-        &mut stderr.lock(),
-    ))
+    report_file_run(
+        crate::app::commands::compare::run_compare(&cfg, &mut stderr.lock())
+            .map(|(path, failed)| (vec![path], failed)),
+    )
 }
 
 fn evaluate(cfg: crate::app::commands::evaluate::EvaluateConfig) -> ExitCode {

@@ -364,7 +364,8 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 32)]
     pub ig_steps: usize,
 
-    /// Output folder of evaluate.json.
+    /// Output folder of evaluate.json and the plots (evaluate-curves.png/.svg, with
+    /// --randomize evaluate-randomization.png/.svg).
     #[arg(short, long, value_name = "DIR", default_value = ".")]
     pub out: PathBuf,
 

@@ -14,5 +14,6 @@ mod html_browser_tests;
 pub mod inputs;
 pub mod labels;
 pub mod output;
+pub mod plots;
 pub mod registry;
 pub mod text;

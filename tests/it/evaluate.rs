@@ -362,3 +362,194 @@ fn batched_logits_equal_one_by_one_and_the_curves_do_not_depend_on_the_batch() {
     }
     assert_eq!(docs[0], docs[1]);
 }
+
+/// The contents of an SVG's `<text>` elements, trimmed.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| {
+            let body = &t[t.find('>')? + 1..];
+            Some(body[..body.find("</text>")?].trim().to_string())
+        })
+        .collect()
+}
+
+/// The points of each curve of an SVG plot: its polylines 2 px wide (the
+/// axes, ticks and dashed lines are 1 px).
+fn curves_of(svg: &str) -> Vec<usize> {
+    svg.lines()
+        .filter(|l| l.starts_with("<polyline") && l.contains("stroke-width=\"2\""))
+        .map(|l| {
+            let pts = l.split("points=\"").nth(1).unwrap();
+            pts[..pts.find('"').unwrap()].split_whitespace().count()
+        })
+        .collect()
+}
+
+/// A decoded plot: its size and how many pixels have each of `colours`.
+fn plot_png(path: &std::path::Path, colours: &[[u8; 3]]) -> ((u32, u32), usize, Vec<usize>) {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    let distinct: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    let counts = colours
+        .iter()
+        .map(|c| img.pixels().filter(|p| p.0 == *c).count())
+        .collect();
+    (img.dimensions(), distinct.len(), counts)
+}
+
+#[test]
+fn the_plots_draw_every_curve_and_name_every_analyzer() {
+    let t = tempfile::tempdir().unwrap();
+    let model = crate::support::tiny_model(t.path());
+    let cat = repo("images/cat.jpg");
+    let out = t.path().join("out");
+    let args = |randomize: bool| {
+        let mut a = vec![
+            "evaluate",
+            cat.to_str().unwrap(),
+            "-m",
+            model.to_str().unwrap(),
+            "--rules",
+            "zplus,gradient",
+            "--patch",
+            "2",
+            "--steps",
+            "4",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        if randomize {
+            a.push("--randomize");
+        }
+        a
+    };
+    let o = run(t.path(), &args(false));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // the files written, one a line, after the table
+    let stdout = text(&o.stdout);
+    let listed: Vec<&str> = stdout.lines().rev().take(3).collect();
+    for name in [
+        "evaluate.json",
+        "evaluate-curves.png",
+        "evaluate-curves.svg",
+    ] {
+        assert!(
+            listed.contains(&out.join(name).to_str().unwrap()),
+            "{name} not listed: {stdout}"
+        );
+    }
+    assert!(!out.join("evaluate-randomization.png").exists());
+    // the PNG: its size, drawn in more than one colour, with the first
+    // analyzer's (blue) and the random order's (grey) lines
+    let (size, distinct, counts) = plot_png(
+        &out.join("evaluate-curves.png"),
+        &[[78, 121, 167], [150, 150, 150]],
+    );
+    assert_eq!(size, (1200, 500));
+    assert!(distinct > 10, "{distinct} colours");
+    assert!(counts.iter().all(|&c| c > 50), "{counts:?}");
+    // the SVG: two panels of (two analyzers + the random order), each
+    // curve one polyline of 5 points; every analyzer named in the legend
+    // with its mean AOPC from evaluate.json
+    let svg = std::fs::read_to_string(out.join("evaluate-curves.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(curves_of(&svg), vec![5; 6], "{svg}");
+    let texts = svg_texts(&svg);
+    let doc = json(&out.join("evaluate.json"));
+    for s in doc["summary"].as_array().unwrap() {
+        let name = s["analyzer"].as_str().unwrap();
+        assert!(texts.iter().any(|t| t == name), "{name} not in {texts:?}");
+        let m = s["aopc_morf"]["mean"].as_f64().unwrap();
+        let l = s["aopc_lerf"]["mean"].as_f64().unwrap();
+        let numbers = format!("MoRF {m:.3}   LeRF {l:.3}");
+        assert!(texts.contains(&numbers), "{numbers} not in {texts:?}");
+    }
+    for words in [
+        "1 image, noise perturbation, patches of 2 px, 4 steps",
+        "random order",
+        "patches perturbed",
+        "logit of the explained class",
+    ] {
+        assert!(
+            texts.iter().any(|t| t.starts_with(words)),
+            "{words} not in {texts:?}"
+        );
+    }
+    crate::support::assert_no_temp_files(&out);
+
+    // with --randomize: the randomisation plot, its two layers named on
+    // the axis, a line per analyzer
+    let o = run(t.path(), &args(true));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    for name in ["evaluate-randomization.png", "evaluate-randomization.svg"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l == out.join(name).to_str().unwrap()),
+            "{name} not listed: {stdout}"
+        );
+    }
+    let (size, distinct, _) = plot_png(&out.join("evaluate-randomization.png"), &[]);
+    assert_eq!(size, (1100, 500));
+    assert!(distinct > 10, "{distinct} colours");
+    let svg = std::fs::read_to_string(out.join("evaluate-randomization.svg")).unwrap();
+    assert_eq!(curves_of(&svg), vec![2; 2], "{svg}");
+    let texts = svg_texts(&svg);
+    let doc = json(&out.join("evaluate.json"));
+    for a in doc["images"][0]["analyzers"].as_array().unwrap() {
+        let name = a["analyzer"].as_str().unwrap();
+        assert!(texts.iter().any(|t| t == name), "{name} not in {texts:?}");
+        for layer in a["randomization"].as_array().unwrap() {
+            let layer = layer["layer"].as_str().unwrap();
+            assert!(texts.iter().any(|t| t == layer), "{layer} not in {texts:?}");
+        }
+    }
+    crate::support::assert_no_temp_files(&out);
+}
+
+#[test]
+fn a_folder_evaluated_into_itself_never_reads_its_plots() {
+    let t = tempfile::tempdir().unwrap();
+    let model = crate::support::tiny_model(t.path());
+    let dir = t.path().join("photos");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(repo("images/cat.jpg"), dir.join("cat.jpg")).unwrap();
+    let d = dir.to_str().unwrap();
+    let args = [
+        "evaluate",
+        d,
+        "-m",
+        model.to_str().unwrap(),
+        "--rules",
+        "zplus",
+        "--patch",
+        "2",
+        "--steps",
+        "3",
+        "-o",
+        d,
+    ];
+    for round in 0..2 {
+        let o = run(t.path(), &args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        let doc = json(&dir.join("evaluate.json"));
+        let inputs: Vec<&str> = doc["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["input"].as_str().unwrap())
+            .collect();
+        assert_eq!(inputs.len(), 1, "round {round}: {inputs:?}");
+        assert!(inputs[0].ends_with("cat.jpg"), "{inputs:?}");
+        if round == 1 {
+            assert!(
+                text(&o.stderr).contains("evaluate-curves.png, an output of this run"),
+                "{}",
+                text(&o.stderr)
+            );
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! `lrp-heatmap evaluate`: which analyzer to trust. Region perturbation
 //! (MoRF, LeRF and a random baseline, AOPC) and, with `--randomize`, the
 //! cascading model randomisation check, per image and analyzer; a table on
-//! stdout and `evaluate.json`.
+//! stdout, `evaluate.json` and the plots ([`crate::app::plots`]: the mean
+//! curves, and the randomisation check's correlations).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use serde_json::{json, Value};
 use crate::app::commands::explain::ClassChoice;
 use crate::app::inputs::collect;
 use crate::app::labels;
+use crate::app::plots;
 use lrp_heatmap::analyzers::evaluate::{
     aopc, random_curve, randomization, region_perturbation, Perturbation, RandomizedLayer,
 };
@@ -51,7 +53,7 @@ pub struct EvaluateConfig {
     pub norm: Normalization,
     /// Bounds on decoding each image.
     pub limits: preprocess::DecodeLimits,
-    /// Output folder of `evaluate.json`.
+    /// Output folder of `evaluate.json` and the plots.
     pub out_dir: PathBuf,
     /// Patches, steps, perturbation, seed.
     pub spec: Perturbation,
@@ -105,14 +107,27 @@ fn verdict(name: &str, steps: &[&[RandomizedLayer]]) -> Option<String> {
     })
 }
 
-/// Runs the evaluation; writes `evaluate.json` into `cfg.out_dir`, the table
-/// on `out`; returns the file and the inputs that failed.
+/// The files of a run in `dir`, the plots' included, whether or not this run
+/// writes them all (a folder evaluated into itself never reads them).
+fn outputs(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut v = vec![dir.join("evaluate.json")];
+    for stem in [plots::CURVES, plots::RANDOMIZATION] {
+        for ext in ["png", "svg"] {
+            v.push(dir.join(format!("{stem}.{ext}")));
+        }
+    }
+    v
+}
+
+/// Runs the evaluation; writes `evaluate.json` and the plots into
+/// `cfg.out_dir`, the table on `out`; returns the files written and the
+/// inputs that failed.
 pub fn run_evaluate(
     cfg: &EvaluateConfig,
     out: &mut dyn Write,
     err: &mut dyn Write,
     progress: bool,
-) -> Result<(PathBuf, Vec<(PathBuf, String)>)> {
+) -> Result<crate::app::commands::FileRun> {
     anyhow::ensure!(!cfg.analyzers.is_empty(), "--rules names no analyzer");
     let model = lrp_heatmap::guard::boundary(&format!("model {}", cfg.model.display()), || {
         lrp_heatmap::model::LoadOptions {
@@ -142,7 +157,24 @@ pub fn run_evaluate(
     );
     let all: Vec<String> = cfg.analyzers.iter().map(Analyzer::name).collect();
     let skip: Vec<&str> = all.iter().map(String::as_str).collect();
-    let jobs = collect(&cfg.inputs, cfg.recursive, None, &skip)?;
+    let mut jobs = collect(&cfg.inputs, cfg.recursive, None, &skip)?;
+    // the plots this run writes are never among its inputs (a folder
+    // evaluated into itself twice)
+    let own: Vec<PathBuf> = outputs(&cfg.out_dir)
+        .iter()
+        .map(|p| crate::app::inputs::identity(p))
+        .collect();
+    jobs.retain(|j| {
+        let mine = own.contains(&crate::app::inputs::identity(&j.input));
+        if mine {
+            let _ = writeln!(
+                err,
+                "note: skipping {}, an output of this run",
+                j.input.display()
+            );
+        }
+        !mine
+    });
     let bar = progress.then(|| {
         let b = indicatif::ProgressBar::new((jobs.len() * cfg.analyzers.len()) as u64);
         b.set_style(
@@ -156,10 +188,12 @@ pub fn run_evaluate(
     let mut images = Vec::new();
     let mut failed = Vec::new();
     let mut scored: Vec<Vec<Scored>> = Vec::new();
+    // each image's random-order curve (the same for every analyzer)
+    let mut randoms: Vec<Vec<f32>> = Vec::new();
     for job in &jobs {
         let what = job.input.display().to_string();
         let r = lrp_heatmap::guard::boundary(&what, || {
-            (|| -> Result<(Value, Vec<Scored>)> {
+            (|| -> Result<(Value, Vec<Scored>, Vec<f32>)> {
                 let photo = preprocess::load_image_with(&job.input, &cfg.limits)?;
                 let x = model.tensor(&photo, &cfg.norm)?;
                 let fwd = model.forward(x.clone())?;
@@ -224,14 +258,15 @@ pub fn run_evaluate(
                     "random": {"aopc": aopc(&random), "curve": random},
                     "analyzers": rows,
                 });
-                Ok((image, per))
+                Ok((image, per, random))
             })()
             .with_context(|| what.clone())
         });
         match r {
-            Ok((image, per)) => {
+            Ok((image, per, random)) => {
                 images.push(image);
                 scored.push(per);
+                randoms.push(random);
             }
             Err(e) => {
                 let e = crate::app::cli::in_flags(e);
@@ -341,5 +376,71 @@ pub fn run_evaluate(
     let path = cfg.out_dir.join("evaluate.json");
     let text = serde_json::to_string_pretty(&doc)? + "\n";
     crate::app::output::write_atomic(&path, |w| Ok(w.write_all(text.as_bytes())?))?;
-    Ok((path, failed))
+    let mut written = vec![path];
+    // the plots, analyzers in the order of the table
+    let title = format!(
+        "{} image{}, {} perturbation, patches of {} px, {} steps: mean over the images",
+        images.len(),
+        if images.len() == 1 { "" } else { "s" },
+        format!("{:?}", cfg.spec.mode).to_lowercase(),
+        cfg.spec.patch,
+        cfg.spec.steps,
+    );
+    let column = |i: usize| -> Vec<&Scored> { scored.iter().map(|s| &s[i]).collect() };
+    let curves = plots::CurvesPlot {
+        title,
+        analyzers: ranked
+            .iter()
+            .map(|&i| {
+                let c = column(i);
+                let morf: Vec<&[f32]> = c.iter().map(|s| s.morf.as_slice()).collect();
+                let lerf: Vec<&[f32]> = c.iter().map(|s| s.lerf.as_slice()).collect();
+                plots::AnalyzerCurves {
+                    name: all[i].clone(),
+                    morf: plots::mean_curve(&morf),
+                    lerf: plots::mean_curve(&lerf),
+                    aopc_morf: summary[i].1 .0,
+                    aopc_lerf: summary[i].2 .0,
+                }
+            })
+            .collect(),
+        random: plots::mean_curve(&randoms.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+        aopc_random: rm,
+    };
+    written.extend(plots::write_curves(&cfg.out_dir, &curves)?);
+    if cfg.randomize {
+        let layers: Vec<String> = scored[0]
+            .first()
+            .and_then(|s| s.randomization.as_ref())
+            .map(|r| r.iter().map(|l| l.layer.clone()).collect())
+            .unwrap_or_default();
+        let plot = plots::RandomizationPlot {
+            title: format!(
+                "Randomisation check: {} image{}, mean Spearman rho per randomised layer",
+                images.len(),
+                if images.len() == 1 { "" } else { "s" },
+            ),
+            layers,
+            analyzers: ranked
+                .iter()
+                .map(|&i| {
+                    let per_image: Vec<Vec<f64>> = column(i)
+                        .iter()
+                        .filter_map(|s| s.randomization.as_ref())
+                        .map(|r| r.iter().map(|l| l.spearman).collect())
+                        .collect();
+                    plots::AnalyzerRhos {
+                        name: all[i].clone(),
+                        rhos: plots::mean_curve(
+                            &per_image.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+                        ),
+                    }
+                })
+                .collect(),
+            fail_rho: FAIL_RHO,
+            top_layers: TOP_LAYERS,
+        };
+        written.extend(plots::write_randomization(&cfg.out_dir, &plot)?);
+    }
+    Ok((written, failed))
 }
