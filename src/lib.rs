@@ -4,12 +4,12 @@
 // `python3 scripts/modgraph.py` prints them (README, "Layout").
 pub mod analyzers;
 pub mod composite;
+pub(crate) mod elementwise;
 pub mod engine;
 pub mod error;
 pub mod explainer;
 pub mod graph;
 pub mod guard;
-pub(crate) mod elementwise;
 pub(crate) mod kernels;
 pub mod model;
 pub mod ops;

@@ -16,7 +16,23 @@ const EXIT_INPUT_FAILED: u8 = 1;
 /// Exit code for usage and model errors.
 const EXIT_USAGE: u8 = 2;
 
+/// glibc's malloc hands blocks above its mmap threshold (128 KiB, rising to
+/// 32 MiB) to the system when freed, so every forward and backward pass
+/// faulted fresh, zeroed pages in for its tensors; above 64 MiB (weights)
+/// they still are. What is freed stays in the heap for the next layer and
+/// image (peak memory is unchanged: it is what one image needs).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets two of glibc's tuning parameters, before any
+    // other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     // panics under a boundary become errors, printed by us on one line
     lrp_heatmap::guard::install_hook();
     let args = cli::Args::parse();

@@ -282,6 +282,12 @@ pub struct BenchArgs {
     /// and in each analyzer's backward walk, slowest first, with its share.
     #[arg(long)]
     pub layers: bool,
+
+    /// Also print forward passes per second at each of these batch sizes (32
+    /// inputs through evaluate's logits-only pass: batch 1 runs the inputs in
+    /// parallel, batch N stacks N of them per pass).
+    #[arg(long, value_delimiter = ',')]
+    pub batches: Vec<u32>,
 }
 
 /// Arguments of `compare`.
@@ -687,6 +693,17 @@ impl Args {
                 analyzers,
                 runs: b.runs as usize,
                 layers: b.layers,
+                batches: b
+                    .batches
+                    .iter()
+                    .map(|&n| {
+                        anyhow::ensure!(
+                            (1..=256).contains(&n),
+                            "--batches: a batch size is 1 to 256, got {n}"
+                        );
+                        Ok(n as usize)
+                    })
+                    .collect::<Result<_>>()?,
             }));
         }
         if let Some(Command::Evaluate(c)) = self.command {

@@ -443,7 +443,17 @@ impl Model {
         }
         let batch = batch.max(1);
         if batch == 1 {
-            return inputs.par_iter().map(one).collect();
+            // the plain pass, keeping no activation (freed as it goes, in place)
+            let lean = |x: &ArrayD<f32>| -> Result<Vec<f32>> {
+                let l = NativePlan::logits_batch(&self.graph, x)?;
+                let l: Vec<f32> = l.iter().copied().collect();
+                ensure!(
+                    l.iter().all(|v| v.is_finite()),
+                    "the model produced non-finite logits"
+                );
+                Ok(l)
+            };
+            return inputs.par_iter().map(lean).collect();
         }
         let rows = |chunk: &[ArrayD<f32>]| -> Result<Vec<Vec<f32>>> {
             let views: Vec<_> = chunk.iter().map(|x| x.view()).collect();

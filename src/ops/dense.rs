@@ -8,6 +8,11 @@ use crate::kernels::dense as dense_kernels;
 use crate::kernels::linalg::{matmul, Mat};
 use crate::rules::{LinearLayer, Modifier};
 
+/// Up to this many rows (images) the transposed pass runs on the kernel that
+/// reads each live weight row once for all rows (memory-bound); more go to
+/// the GEMM. (The forward pass is as fast on the GEMM, measured.)
+const FEW_ROWS: usize = 16;
+
 /// `z = x W^T + b` on the last axis, weights `[M, K]` (PyTorch's layout).
 #[derive(Clone, Debug)]
 pub struct Dense {
@@ -75,11 +80,12 @@ impl LinearLayer for Dense {
         let rows = x.len() / k.max(1);
         let x = x.as_standard_layout();
         let w = w.as_standard_layout();
+        let (xs, ws) = (x.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
         let mut out = vec![0.0f32; rows * m];
         matmul(
             &mut out,
-            Mat::row_major(x.as_slice().unwrap_or(&[]), rows, k),
-            Mat::row_major(w.as_slice().unwrap_or(&[]), m, k).t(),
+            Mat::row_major(xs, rows, k),
+            Mat::row_major(ws, m, k).t(),
             false,
             true,
         );
@@ -105,11 +111,18 @@ impl LinearLayer for Dense {
         );
         let g = g.as_standard_layout();
         let w = w.as_standard_layout();
+        let (gs, ws) = (g.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
+        if rows <= FEW_ROWS {
+            // each weight row read once, and not at all where its gradient
+            // is zero in every row (behind a ReLU, most of them)
+            let out = dense_kernels::transposed(ws, m, k, gs, rows, Modifier::Identity);
+            return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
+        }
         let mut out = vec![0.0f32; rows * k];
         matmul(
             &mut out,
-            Mat::row_major(g.as_slice().unwrap_or(&[]), rows, m),
-            Mat::row_major(w.as_slice().unwrap_or(&[]), m, k),
+            Mat::row_major(gs, rows, m),
+            Mat::row_major(ws, m, k),
             false,
             true,
         );

@@ -56,3 +56,43 @@ fn layers_show_every_node_of_both_passes() {
         assert!(s.contains("by operator: "), "{s}");
     }
 }
+
+/// `bench --batches 1,3` prints forward passes per second at each batch
+/// size, and the milliseconds per forward pass; a batch of 0 is refused.
+#[test]
+fn batches_print_forward_passes_per_second() {
+    let t = tempfile::tempdir().unwrap();
+    let model = tiny_model(t.path());
+    let m = model.to_str().unwrap();
+    let o = run(
+        t.path(),
+        &[
+            "bench",
+            "--model",
+            m,
+            "--rules",
+            "gradient",
+            "--runs",
+            "1",
+            "--batches",
+            "1,3",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for b in ["batch 1", "batch 3"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(b))
+            .unwrap_or_else(|| panic!("no {b} row:\n{out}"));
+        let v: Vec<f64> = line
+            .split_whitespace()
+            .skip(2)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(v.len(), 2, "{line}");
+        assert!(v[0] > 0.0 && v[1] >= 0.0, "{line}");
+    }
+    let o = run(t.path(), &["bench", "--model", m, "--batches", "0"]);
+    check_usage_error(&o, "--batches");
+}

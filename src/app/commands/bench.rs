@@ -25,7 +25,12 @@ pub struct BenchConfig {
     pub runs: usize,
     /// Per-node timings after each analyzer's row.
     pub layers: bool,
+    /// Batch sizes at which to measure forward passes per second.
+    pub batches: Vec<usize>,
 }
+
+/// Inputs per throughput measurement.
+const THROUGHPUT_INPUTS: usize = 32;
 
 /// Most rows of each per-node table.
 const LAYER_ROWS: usize = 400;
@@ -101,6 +106,35 @@ pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
         )?;
         if cfg.layers {
             write_layers(&profile::take(), cfg.runs.max(1), out)?;
+        }
+    }
+    if !cfg.batches.is_empty() {
+        writeln!(
+            out,
+            "{:<22} {:>12} {:>12}",
+            "logits-only pass", "forwards/s", "ms/forward"
+        )?;
+        // 32 distinct inputs (perturbed copies, as evaluate runs)
+        let inputs: Vec<ArrayD<f32>> = (0..THROUGHPUT_INPUTS)
+            .map(|_| ArrayD::from_shape_simple_fn(model.input.shape.clone(), || rng.normal()))
+            .collect();
+        for &b in &cfg.batches {
+            let mut times = Vec::new();
+            for run in 0..=cfg.runs.max(1) {
+                let t = Instant::now();
+                std::hint::black_box(model.logits_of(&inputs, b)?);
+                if run > 0 {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            let per = median(times) / inputs.len() as f64;
+            writeln!(
+                out,
+                "{:<22} {:>12.1} {:>12.3}",
+                format!("batch {b}"),
+                1.0 / per,
+                1e3 * per
+            )?;
         }
     }
     Ok(())

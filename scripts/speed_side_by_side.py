@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""The README's speed table, measured side by side in one run (not part of the tests).
+
+    python3 scripts/speed_side_by_side.py [--vgg16 vgg16.onnx] [--runs 10] [--threads 2]
+
+For each model (the bundled EfficientNet-Lite0, and VGG16 when --vgg16 names the file that
+`cargo run --release --example synth_vgg16 -- vgg16.onnx` writes) it times, batch 1, 224x224,
+medians of --runs runs after a warm-up, on --threads threads:
+
+- lrp-heatmap: `bench` (release build, target/release/lrp-heatmap): forward, gradient, zplus,
+  epsilon;
+- PyTorch on the same ONNX file converted by onnx2torch (same weights): forward, the input
+  gradient by autograd, and Zennit 0.5.1's ZPlus and Epsilon composites on its convolutions and
+  dense layers;
+- onnxruntime: forward.
+
+The machine is shared and noisy: compare the ratios within one run, not absolute times across
+runs. Needs torch, zennit, onnx2torch, onnxruntime (pip); none of them is a project dependency.
+"""
+import argparse, re, statistics, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx2torch import convert
+from zennit.attribution import Gradient
+from zennit.composites import LayerMapComposite
+from zennit.rules import Epsilon, ZPlus
+from zennit.types import Convolution, Linear
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median(f, runs):
+    f()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def ours(model, runs):
+    exe = ROOT / "target" / "release" / "lrp-heatmap"
+    out = subprocess.run(
+        [str(exe), "bench", "--model", str(model), "--rules", "gradient,zplus,epsilon",
+         "--runs", str(runs)],
+        check=True, capture_output=True, text=True).stdout
+    res = {}
+    for line in out.splitlines():
+        m = re.match(r"^(gradient|zplus|epsilon)\s+([\d.]+)\s+([\d.]+)", line)
+        if m:
+            res[m.group(1)] = float(m.group(2))
+            res["forward"] = float(m.group(3))
+    return res
+
+
+def torch_side(model, runs):
+    net = convert(onnx.load(str(model))).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        classes = net(x).shape[1]
+    target = torch.eye(classes)[[0]]
+    res = {}
+
+    def forward():
+        with torch.no_grad():
+            net(x)
+
+    def gradient():
+        xi = x.clone().requires_grad_(True)
+        out = net(xi)
+        (out * target).sum().backward()
+
+    res["forward"] = median(forward, runs)
+    res["gradient"] = median(gradient, runs)
+    for name, rule in [("zplus", ZPlus), ("epsilon", Epsilon)]:
+        comp = LayerMapComposite([(Convolution, rule()), (Linear, rule())])
+
+        def run():
+            with Gradient(model=net, composite=comp) as attributor:
+                attributor(x.clone().requires_grad_(True), target)
+
+        res[name] = median(run, runs)
+    return res
+
+
+def ort_side(model, runs, threads):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else (1 if i == 0 else 224) for i, d in enumerate(inp.shape)]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return {"forward": median(lambda: sess.run(None, {inp.name: x}), runs)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vgg16", type=Path)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    models = [("EfficientNet-Lite0", ROOT / "models" / "efficientnet-lite0.onnx")]
+    if args.vgg16:
+        models.append(("VGG16", args.vgg16))
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads, "
+          f"medians of {args.runs} runs")
+    print(f"{'model':<20}{'':<10}{'lrp-heatmap':>12}{'PyTorch/Zennit':>16}{'onnxruntime':>13}"
+          f"{'ours/torch':>12}{'ours/ort':>10}")
+    for name, path in models:
+        runs = args.runs if name != "VGG16" else max(3, args.runs // 2)
+        o = ours(path, runs)
+        t = torch_side(path, runs)
+        r = ort_side(path, runs, args.threads)
+        for what in ["forward", "gradient", "zplus", "epsilon"]:
+            ort_v = r.get(what)
+            print(f"{name:<20}{what:<10}{o[what]:>12.4f}{t[what]:>16.4f}"
+                  f"{(f'{ort_v:.4f}' if ort_v else '-'):>13}{o[what] / t[what]:>12.2f}"
+                  f"{(f'{o[what] / ort_v:.2f}' if ort_v else '-'):>10}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
