@@ -96,6 +96,20 @@ pub fn map3(
     }
 }
 
+/// `a = f(a, b)` in place for every pair of values of two arrays of one
+/// shape. Panics where the shapes differ.
+pub fn update(a: &mut ArrayD<f32>, b: &ArrayD<f32>, f: impl Fn(f32, f32) -> f32 + Sync + Send) {
+    let same = a.shape() == b.shape();
+    match (a.as_slice_mut(), b.as_slice()) {
+        (Some(x), Some(y)) if same && x.len() >= PARALLEL => x
+            .par_chunks_mut(MIN_TASK)
+            .zip(y.par_chunks(MIN_TASK))
+            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(u, &v)| *u = f(*u, v))),
+        (Some(x), Some(y)) if same => x.iter_mut().zip(y).for_each(|(u, &v)| *u = f(*u, v)),
+        _ => Zip::from(a).and(b).for_each(|u, &v| *u = f(*u, v)),
+    }
+}
+
 /// `f(a)` in place for every value.
 pub fn apply(a: &mut ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync + Send) {
     match a.as_slice_memory_order_mut() {
@@ -123,6 +137,9 @@ mod tests {
             let mut d = a.clone();
             apply(&mut d, |v| v.max(0.0));
             assert_eq!(d, a.mapv(|v| v.max(0.0)));
+            let mut e = a.clone();
+            update(&mut e, &b, |u, v| u * v - 1.0);
+            assert_eq!(e, &a * &b - 1.0);
         }
         // strided operands take ndarray's path
         let a = ArrayD::from_shape_fn(vec![3, 3], |i| (i[0] * 3 + i[1]) as f32);

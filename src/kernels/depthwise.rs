@@ -14,12 +14,14 @@
 
 use crate::kernels::conv::Geo;
 
-/// The padded, phase-split plane of a geometry: rows, phases, phase length.
-#[derive(Clone, Copy, Debug)]
+/// The padded, phase-split plane of a geometry: rows, phases, phase length,
+/// and the offsets of the taps.
+#[derive(Clone, Debug)]
 pub(crate) struct Padded {
     rows: usize,
     phases: usize,
     len: usize,
+    offs: Vec<usize>,
 }
 
 impl Padded {
@@ -31,7 +33,17 @@ impl Padded {
         let phases = g.s[1].max(1);
         let len = wp.div_ceil(phases) + 1;
         let size = rows.checked_mul(phases)?.checked_mul(len)?;
-        (size <= 4 * g.h * g.w + (1 << 16)).then_some(Padded { rows, phases, len })
+        if size > 4 * g.h * g.w + (1 << 16) {
+            return None;
+        }
+        let mut p = Padded {
+            rows,
+            phases,
+            len,
+            offs: Vec::new(),
+        };
+        p.offs = p.taps(g);
+        Some(p)
     }
 
     fn size(&self) -> usize {
@@ -79,8 +91,8 @@ thread_local! {
 
 /// Depthwise convolution of one plane: `dst (oh x ow) = bias + w (kh x kw) *
 /// x (h x w)`.
-pub(crate) fn forward_plane(g: &Geo, p: Padded, x: &[f32], w: &[f32], bias: f32, dst: &mut [f32]) {
-    let offs = p.taps(g);
+pub(crate) fn forward_plane(g: &Geo, p: &Padded, x: &[f32], w: &[f32], bias: f32, dst: &mut [f32]) {
+    let offs = &p.offs;
     assert!(x.len() >= g.h * g.w && dst.len() >= g.oh * g.ow && w.len() >= offs.len());
     PLANE.with_borrow_mut(|buf| {
         buf.clear();
@@ -100,14 +112,14 @@ pub(crate) fn forward_plane(g: &Geo, p: Padded, x: &[f32], w: &[f32], bias: f32,
                 }
             }
         }
-        taps_plane(g, p, buf, &offs, w, bias, dst);
+        taps_plane(g, p, buf, offs, w, bias, dst);
     });
 }
 
 /// The transposed depthwise convolution of one plane: `dst (h x w) = w^T g
 /// (oh x ow)`.
-pub(crate) fn transposed_plane(g: &Geo, p: Padded, gr: &[f32], w: &[f32], dst: &mut [f32]) {
-    let offs = p.taps(g);
+pub(crate) fn transposed_plane(g: &Geo, p: &Padded, gr: &[f32], w: &[f32], dst: &mut [f32]) {
+    let offs = &p.offs;
     assert!(gr.len() >= g.oh * g.ow && dst.len() >= g.h * g.w && w.len() >= offs.len());
     PLANE.with_borrow_mut(|buf| {
         buf.clear();
@@ -153,7 +165,7 @@ fn avx2_fma() -> bool {
 /// order.
 fn taps_plane(
     g: &Geo,
-    p: Padded,
+    p: &Padded,
     buf: &[f32],
     offs: &[usize],
     ws: &[f32],
@@ -192,7 +204,7 @@ fn taps_plane(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn taps_plane_avx2(
     g: &Geo,
-    p: Padded,
+    p: &Padded,
     buf: &[f32],
     offs: &[usize],
     ws: &[f32],
@@ -332,13 +344,13 @@ mod tests {
             let gr: Vec<f32> = (0..oh * ow).map(|_| r.normal()).collect();
             let (mut want, mut got) = (vec![0.0; oh * ow], vec![9.0; oh * ow]);
             depthwise_plane(&g, &x, &wt, &mut want);
-            forward_plane(&g, p, &x, &wt, 0.0, &mut got);
+            forward_plane(&g, &p, &x, &wt, 0.0, &mut got);
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{g:?}: {a} vs {b}");
             }
             let (mut want, mut got) = (vec![0.0; h * w], vec![9.0; h * w]);
             depthwise_plane_transposed(&g, &gr, &wt, &mut want);
-            transposed_plane(&g, p, &gr, &wt, &mut got);
+            transposed_plane(&g, &p, &gr, &wt, &mut got);
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{g:?}: {a} vs {b}");
             }

@@ -10,7 +10,7 @@
 use anyhow::{bail, ensure, Result};
 use ndarray::{ArrayD, Zip};
 
-use crate::elementwise::{map, map2};
+use crate::elementwise::{map, map2, update};
 
 /// An elementwise activation, with the parameters its derivative needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -337,6 +337,38 @@ impl Act {
 
 
 
+impl Act {
+    /// [`Act::gradient`] written over `g` for the piecewise-linear
+    /// activations (identity, ReLU, Clip, LeakyReLU): `true`; `false` (and
+    /// `g` untouched) for the others.
+    pub fn gradient_in_place(&self, x: &ArrayD<f32>, g: &mut ArrayD<f32>, guided: bool) -> Result<bool> {
+        ensure!(
+            x.shape() == g.shape(),
+            "elementwise node changes the shape {:?} to {:?}",
+            x.shape(),
+            g.shape()
+        );
+        let guided = guided && self.is_rectifier();
+        let g0 = move |g: f32| if guided { g.max(0.0) } else { g };
+        match *self {
+            Act::Identity => {}
+            Act::Relu => update(g, x, move |g, x| if x > 0.0 { g0(g) } else { 0.0 }),
+            Act::Clip { min, max } => update(g, x, move |g, x| {
+                if x > min && x < max {
+                    g0(g)
+                } else {
+                    0.0
+                }
+            }),
+            Act::LeakyRelu { alpha } => {
+                update(g, x, move |g, x| if x > 0.0 { g0(g) } else { g0(g) * alpha })
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
 /// The registry's entry: the ONNX operators this family reads (imported in
 /// `model/onnx`, run natively in `engine/native.rs`).
 pub const FAMILY: super::registry::Family = super::registry::Family {
@@ -425,6 +457,34 @@ mod tests {
                 assert!((d - fd).abs() < 1e-6, "{act:?} at {x}: {d} vs {fd}");
             }
         }
+    }
+
+    #[test]
+    fn gradient_in_place_equals_the_gradient() {
+        // kinks, both sides, large enough for the parallel path
+        let n = 40_000;
+        let x = ArrayD::from_shape_fn(vec![n], |i| (i[0] % 17) as f32 - 8.0);
+        let g = ArrayD::from_shape_fn(vec![n], |i| (i[0] % 5) as f32 - 2.0);
+        let acts = [
+            Act::Identity,
+            Act::Relu,
+            Act::Clip { min: 0.0, max: 6.0 },
+            Act::Clip { min: -1.0, max: 1.0 },
+            Act::LeakyRelu { alpha: 0.1 },
+        ];
+        for act in acts {
+            for guided in [false, true] {
+                let want = act.gradient(&x, &g, guided).unwrap();
+                let mut got = g.clone();
+                assert!(act.gradient_in_place(&x, &mut got, guided).unwrap());
+                assert_eq!(got, want, "{act:?} guided {guided}");
+            }
+        }
+        let mut got = g.clone();
+        assert!(!Act::Sigmoid.gradient_in_place(&x, &mut got, false).unwrap());
+        assert_eq!(got, g, "untouched where not in place");
+        let short = ArrayD::zeros(vec![3]);
+        assert!(Act::Relu.gradient_in_place(&short, &mut got, false).is_err());
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl Conv {
             out.par_chunks_mut(ohw).enumerate().for_each(|(p, dst)| {
                 let c = p % g.m;
                 let (x, w) = (&xs[p * hw..(p + 1) * hw], &ws[c * k..(c + 1) * k]);
-                match padded {
+                match &padded {
                     Some(pd) => depthwise::forward_plane(g, pd, x, w, channel_bias(p), dst),
                     None => {
                         depthwise_plane(g, x, w, dst);
@@ -347,7 +347,7 @@ impl LinearLayer for Conv {
             out.par_chunks_mut(hw).enumerate().for_each(|(p, dst)| {
                 let c = p % g.c;
                 let (gp, w) = (&gs[p * ohw..(p + 1) * ohw], &ws[c * k..(c + 1) * k]);
-                match padded {
+                match &padded {
                     Some(pd) => depthwise::transposed_plane(&g, pd, gp, w, dst),
                     None => depthwise_plane_transposed(&g, gp, w, dst),
                 }

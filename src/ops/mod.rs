@@ -346,6 +346,24 @@ fn copies(
     })
 }
 
+/// [`gradient`] owning `g`: the piecewise-linear activations multiply it by
+/// their derivative in place (no new tensor), other operators as [`gradient`].
+pub fn gradient_owned(
+    op: &Op,
+    inputs: &[&ArrayD<f32>],
+    g: ArrayD<f32>,
+    mode: GradientMode,
+) -> Result<Vec<ArrayD<f32>>> {
+    if let (Op::Activation(act), Some(x)) = (op, inputs.first()) {
+        let mut g = g;
+        if act.gradient_in_place(x, &mut g, mode == GradientMode::Guided)? {
+            return Ok(vec![g]);
+        }
+        return gradient(op, inputs, &g, mode);
+    }
+    gradient(op, inputs, &g, mode)
+}
+
 /// The gradient at each input of `op` for the gradient `g` at its output
 /// (the chain rule through one node, exact; see
 /// `Node::gradient` of the graph module names the node in errors).

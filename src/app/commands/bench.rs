@@ -33,7 +33,7 @@ pub struct BenchConfig {
 const THROUGHPUT_INPUTS: usize = 32;
 
 /// Most rows of each per-node table.
-const LAYER_ROWS: usize = 400;
+const LAYER_ROWS: usize = 25;
 
 /// Peak resident memory of this process so far, in bytes (Linux; 0 elsewhere).
 pub fn peak_memory() -> u64 {
