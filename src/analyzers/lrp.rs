@@ -5,7 +5,7 @@ use ndarray::{ArrayD, Axis, IxDyn};
 
 use crate::analyzers::ledger::{self, Entry, Ledger};
 use crate::composite::Composite;
-use crate::engine::walk::walk_from;
+use crate::engine::walk::walk_from_owned;
 use crate::error::Error;
 use crate::graph::{Graph, Node};
 use crate::model::Forward;
@@ -476,7 +476,8 @@ pub fn explain_with(
         }
         Ok(())
     };
-    let step = |node: &Node, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>| {
+    let step = |node: &Node, inputs: &[&ArrayD<f32>], r_owned: ArrayD<f32>| {
+        let r = &r_owned;
         let rule = composite.rule_for(node);
         let linear = node.op.linear().is_some();
         let bounds = (linear && rule == Rule::ZBox).then(|| {
@@ -487,7 +488,16 @@ pub fn explain_with(
             cache: Some(cache),
             output: fwd.activations.get(&node.output),
         };
-        let (out, account) = node.relevance_accounted(inputs, r, rule, bounds.as_ref(), reuse)?;
+        // an activation hands its output's relevance on as it is: moved, not
+        // copied (its shape checked as the operator would)
+        let pass = matches!(node.op, Op::Activation(_))
+            && inputs.len() == 1
+            && inputs[0].shape() == r.shape();
+        let (out, account) = if pass {
+            (Vec::new(), None)
+        } else {
+            node.relevance_accounted(inputs, r, rule, bounds.as_ref(), reuse)?
+        };
         let flow = node.op.flow();
         let rule_name = if linear {
             rule.to_string()
@@ -498,15 +508,21 @@ pub fn explain_with(
         let got = arrived.borrow_mut().remove(node.output.as_str());
         let got = got.unwrap_or_else(|| ledger::sums(r));
         // operators that hand on their output's relevance as it is need no sum
-        let same = out.len() == 1
-            && matches!(
-                node.op,
-                Op::Activation(_) | Op::Arith { .. } | Op::Reshape(_) | Op::Transpose(_)
-            );
+        let same = pass
+            || out.len() == 1
+                && matches!(
+                    node.op,
+                    Op::Activation(_) | Op::Arith { .. } | Op::Reshape(_) | Op::Transpose(_)
+                );
         let mut out_sum = 0.0;
         {
             let mut arrived = arrived.borrow_mut();
-            for (name, a) in node.inputs.iter().zip(&out) {
+            let outs = if pass {
+                std::slice::from_ref(r)
+            } else {
+                &out[..]
+            };
+            for (name, a) in node.inputs.iter().zip(outs) {
                 let s = if same { got } else { ledger::sums(a) };
                 out_sum += s.0;
                 let slot = arrived.entry(name.clone()).or_insert((0.0, 0.0));
@@ -531,9 +547,9 @@ pub fn explain_with(
         };
         ledger::account(&mut e, flow, account, r, z.as_deref(), inputs.len());
         entries.borrow_mut().push(e);
-        Ok(out)
+        Ok(if pass { vec![r_owned] } else { out })
     };
-    let mut relevance = walk_from(graph, fwd, tensor, start, at, step)?;
+    let mut relevance = walk_from_owned(graph, fwd, tensor, start, at, step)?;
     // in the order asked for; zeros where no relevance arrived
     let kept = layers
         .iter()
