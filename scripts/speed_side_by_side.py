@@ -12,7 +12,7 @@ medians of --runs runs after a warm-up, on --threads threads:
 - PyTorch on the same ONNX file converted by onnx2torch (same weights): forward, the input
   gradient by autograd, and Zennit 0.5.1's ZPlus and Epsilon composites on its convolutions and
   dense layers;
-- onnxruntime: forward.
+- onnxruntime: forward (five times --runs runs).
 
 The machine is shared and noisy: compare the ratios within one run, not absolute times across
 runs. Needs torch, zennit, onnx2torch, onnxruntime (pip); none of them is a project dependency.
@@ -120,7 +120,8 @@ def main():
         runs = args.runs if name != "VGG16" else max(3, args.runs // 2)
         o = ours(path, runs)
         t = torch_side(path, runs)
-        r = ort_side(path, runs, args.threads)
+        # onnxruntime's pass is short and its median steadies slowly: 5x the runs
+        r = ort_side(path, 5 * runs, args.threads)
         for what in ["forward", "gradient", "zplus", "epsilon"]:
             ort_v = r.get(what)
             print(f"{name:<20}{what:<10}{o[what]:>12.4f}{t[what]:>16.4f}"
