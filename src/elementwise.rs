@@ -110,6 +110,16 @@ pub fn update(a: &mut ArrayD<f32>, b: &ArrayD<f32>, f: impl Fn(f32, f32) -> f32 
     }
 }
 
+/// `a += b`: on all threads where the shapes are equal, else ndarray's
+/// broadcasting `+=` (which panics where `b` does not broadcast to `a`).
+pub fn add_into(a: &mut ArrayD<f32>, b: &ArrayD<f32>) {
+    if a.shape() == b.shape() {
+        update(a, b, |u, v| u + v);
+    } else {
+        *a += b;
+    }
+}
+
 /// `f(a)` in place for every value.
 pub fn apply(a: &mut ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync + Send) {
     match a.as_slice_memory_order_mut() {
@@ -140,11 +150,19 @@ mod tests {
             let mut e = a.clone();
             update(&mut e, &b, |u, v| u * v - 1.0);
             assert_eq!(e, &a * &b - 1.0);
+            let mut f = a.clone();
+            add_into(&mut f, &b);
+            assert_eq!(f, &a + &b);
         }
         // strided operands take ndarray's path
         let a = ArrayD::from_shape_fn(vec![3, 3], |i| (i[0] * 3 + i[1]) as f32);
         let t = a.t().to_owned();
         assert_eq!(map2(&a, &t, |u, v| u * v), &a * &t);
         assert_eq!(map(&t, |v| v + 1.0), &t + 1.0);
+        // a broadcast addend takes ndarray's +=
+        let row = ArrayD::from_shape_vec(vec![3], vec![1.0, 2.0, 3.0]).unwrap();
+        let mut g = a.clone();
+        add_into(&mut g, &row);
+        assert_eq!(g, &a + &row);
     }
 }

@@ -99,7 +99,7 @@ pub fn walk_from_owned(
         profile::timed(Phase::Backward, &node.op_type, &node.name, || {
             for (name, ri) in node.inputs.iter().zip(step(node, &inputs, r)?) {
                 match acc.get_mut(name.as_str()) {
-                    Some(a) => *a += &ri,
+                    Some(a) => crate::elementwise::add_into(a, &ri),
                     None => {
                         acc.insert(name.as_str(), ri);
                     }

@@ -514,7 +514,7 @@ fn forward_sum(
             acc = Some(match acc {
                 None => z,
                 Some(mut a) => {
-                    a += &z;
+                    elementwise::add_into(&mut a, &z);
                     a
                 }
             });
@@ -698,7 +698,10 @@ impl Rule {
             STABILIZER,
         );
         let mut out = reduce(layer, &s_up, &present(&up_terms), &shape)?;
-        out += &reduce(layer, &s_down, &present(&down_terms), &shape)?;
+        elementwise::add_into(
+            &mut out,
+            &reduce(layer, &s_down, &present(&down_terms), &shape)?,
+        );
         Ok((out, account))
     }
 
@@ -734,6 +737,9 @@ impl Rule {
                             elementwise::apply(&mut c, |v| v * factor);
                         }
                         out = Some(c);
+                    }
+                    Some(o) if o.shape() == c.shape() => {
+                        elementwise::update(o, &c, |u, v| u + factor * v)
                     }
                     Some(o) => o.scaled_add(factor, &c),
                 }
