@@ -84,6 +84,10 @@ impl Padded {
     }
 }
 
+/// Floats after the padded plane of the forward pass: a row's last vector
+/// of 8 may read up to 7 values past the plane.
+const SLACK: usize = 8;
+
 thread_local! {
     /// The padded plane of this thread, reused across planes and layers.
     static PLANE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -96,7 +100,7 @@ pub(crate) fn forward_plane(g: &Geo, p: &Padded, x: &[f32], w: &[f32], bias: f32
     assert!(x.len() >= g.h * g.w && dst.len() >= g.oh * g.ow && w.len() >= offs.len());
     PLANE.with_borrow_mut(|buf| {
         buf.clear();
-        buf.resize(p.size(), 0.0);
+        buf.resize(p.size() + SLACK, 0.0);
         for iy in 0..g.h {
             let src = &x[iy * g.w..(iy + 1) * g.w];
             let r = iy + g.pads[0];
@@ -179,7 +183,7 @@ fn taps_plane(
     let reach = p.row_base(g, oh - 1) + offs.iter().max().unwrap_or(&0) + ow;
     assert!(reach <= buf.len() && dst.len() >= oh * ow && ws.len() >= offs.len());
     #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
+    if avx2_fma() && reach + SLACK <= buf.len() {
         // SAFETY: the features were detected; the assert above keeps every
         // read inside `buf` and every write inside `dst`.
         unsafe { taps_plane_avx2(g, p, buf, offs, ws, bias, dst) };
@@ -198,8 +202,8 @@ fn taps_plane(
 }
 
 /// [`taps_plane`] with AVX2 and FMA: four vectors of 8 outputs at a time
-/// (four independent chains of multiply-adds), the last vector of a row
-/// masked.
+/// (four independent chains of multiply-adds); plain loads (masked ones are
+/// slow on AMD), the last vector of a row stored through a buffer.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn taps_plane_avx2(
@@ -213,33 +217,37 @@ unsafe fn taps_plane_avx2(
 ) {
     use std::arch::x86_64::*;
     let (oh, ow) = (g.oh, g.ow);
-    let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let full = _mm256_set1_epi32(-1);
-    let tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((ow % 8) as i32), iota);
     // the vectors of the plane in order (row by row, 8 columns each), as
-    // (source start, destination start, mask), four at a time
-    let mut jobs = [(0usize, 0usize, full); 4];
+    // (source start, destination start, columns), four at a time; a row's
+    // last vector reads up to 7 values past the row (inside `buf`, whose
+    // slack the caller asserted) and stores only its own columns
+    let mut jobs = [(0usize, 0usize, 8usize); 4];
     let mut filled = 0;
     let (src, out) = (buf.as_ptr(), dst.as_mut_ptr());
-    let run = |jobs: &[(usize, usize, __m256i); 4]| {
+    let run = |jobs: &[(usize, usize, usize); 4]| {
         let b = _mm256_set1_ps(bias);
         let mut acc = [b; 4];
         for (&o, &wv) in offs.iter().zip(ws) {
             let wv = _mm256_set1_ps(wv);
-            for (a, &(s, _, m)) in acc.iter_mut().zip(jobs) {
-                *a = _mm256_fmadd_ps(wv, _mm256_maskload_ps(src.add(s + o), m), *a);
+            for (a, &(s, _, _)) in acc.iter_mut().zip(jobs) {
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(src.add(s + o)), *a);
             }
         }
-        for (a, &(_, d, m)) in acc.iter().zip(jobs) {
-            _mm256_maskstore_ps(out.add(d), m, *a);
+        for (a, &(_, d, n)) in acc.iter().zip(jobs) {
+            if n == 8 {
+                _mm256_storeu_ps(out.add(d), *a);
+            } else {
+                let mut t = [0f32; 8];
+                _mm256_storeu_ps(t.as_mut_ptr(), *a);
+                std::ptr::copy_nonoverlapping(t.as_ptr(), out.add(d), n);
+            }
         }
     };
     for oy in 0..oh {
         let base = p.row_base(g, oy);
         let mut x0 = 0;
         while x0 < ow {
-            let mask = if x0 + 8 <= ow { full } else { tail };
-            jobs[filled] = (base + x0, oy * ow + x0, mask);
+            jobs[filled] = (base + x0, oy * ow + x0, (ow - x0).min(8));
             filled += 1;
             if filled == 4 {
                 run(&jobs);
