@@ -184,11 +184,25 @@ fn taps_plane(
     assert!(reach <= buf.len() && dst.len() >= oh * ow && ws.len() >= offs.len());
     #[cfg(target_arch = "x86_64")]
     if avx2_fma() && reach + SLACK <= buf.len() {
-        // SAFETY: the features were detected; the assert above keeps every
-        // read inside `buf` and every write inside `dst`.
+        // SAFETY: the features were detected; the assert above and the
+        // slack keep every read inside `buf` and every write inside `dst`.
         unsafe { taps_plane_avx2(g, p, buf, offs, ws, bias, dst) };
         return;
     }
+    taps_plane_scalar(g, p, buf, offs, ws, bias, dst);
+}
+
+/// [`taps_plane`] without SIMD (machines without AVX2 and FMA).
+fn taps_plane_scalar(
+    g: &Geo,
+    p: &Padded,
+    buf: &[f32],
+    offs: &[usize],
+    ws: &[f32],
+    bias: f32,
+    dst: &mut [f32],
+) {
+    let (oh, ow) = (g.oh, g.ow);
     for oy in 0..oh {
         let base = p.row_base(g, oy);
         for (x, d) in dst[oy * ow..(oy + 1) * ow].iter_mut().enumerate() {
@@ -355,6 +369,15 @@ mod tests {
             forward_plane(&g, &p, &x, &wt, 0.0, &mut got);
             for (a, b) in got.iter().zip(&want) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{g:?}: {a} vs {b}");
+            }
+            // the scalar path (machines without AVX2) on the same padded plane
+            let mut scalar = vec![9.0; oh * ow];
+            PLANE.with_borrow(|buf| taps_plane_scalar(&g, &p, buf, &p.offs, &wt, 0.0, &mut scalar));
+            for (a, b) in scalar.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "scalar {g:?}: {a} vs {b}"
+                );
             }
             let (mut want, mut got) = (vec![0.0; h * w], vec![9.0; h * w]);
             depthwise_plane_transposed(&g, &gr, &wt, &mut want);
