@@ -21,18 +21,11 @@ pub fn walk_back(
     fwd: &Forward,
     class: usize,
     value: f32,
-    step: impl FnMut(&Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
+    mut step: impl FnMut(&Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
 ) -> Result<ArrayD<f32>> {
-    ensure!(
-        class < fwd.logits.len(),
-        "class {class} out of range: the model has {} classes",
-        fwd.logits.len()
-    );
-    let mut start = ArrayD::<f32>::zeros(fwd.logits_tensor.shape());
-    if let Some(v) = start.iter_mut().nth(class) {
-        *v = value;
-    }
-    walk_from(graph, fwd, &graph.logits, start, |_, _| Ok(()), step)
+    walk_back_owned(graph, fwd, class, value, |node, inputs, r| {
+        step(node, inputs, &r)
+    })
 }
 
 /// [`walk_back`] whose `step` owns the value at the node's output

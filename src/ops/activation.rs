@@ -316,19 +316,9 @@ impl Act {
                 let guided = guided && act.is_rectifier();
                 let g0 = move |g: f32| if guided { g.max(0.0) } else { g };
                 // the piecewise-linear ones without the f64 `derivative`
-                Ok(match *act {
-                    Act::Relu => map2(x, g, move |x, g| if x > 0.0 { g0(g) } else { 0.0 }),
-                    Act::Clip { min, max } => map2(x, g, move |x, g| {
-                        if x > min && x < max {
-                            g0(g)
-                        } else {
-                            0.0
-                        }
-                    }),
-                    Act::LeakyRelu { alpha } => {
-                        map2(x, g, move |x, g| if x > 0.0 { g0(g) } else { g0(g) * alpha })
-                    }
-                    _ => map2(x, g, move |x, g| g0(g) * act.derivative(x)),
+                Ok(match act.pieces() {
+                    Some(p) => map2(x, g, move |x, g| p.times(x, g0(g))),
+                    None => map2(x, g, move |x, g| g0(g) * act.derivative(x)),
                 })
             }
         }
@@ -337,7 +327,44 @@ impl Act {
 
 
 
+/// The derivative of a piecewise-linear activation: 1 on `(lo, hi)`,
+/// `below` at and below `lo`, 0 at and above `hi` (PyTorch's choice at the
+/// kinks).
+#[derive(Clone, Copy)]
+struct Pieces {
+    lo: f32,
+    hi: f32,
+    below: f32,
+}
+
+impl Pieces {
+    /// `g` times the derivative at `x`.
+    #[inline]
+    fn times(self, x: f32, g: f32) -> f32 {
+        if x > self.lo && x < self.hi {
+            g
+        } else if x <= self.lo {
+            g * self.below
+        } else {
+            0.0
+        }
+    }
+}
+
 impl Act {
+    /// The pieces of identity, ReLU, Clip and LeakyReLU; `None` for the others.
+    fn pieces(&self) -> Option<Pieces> {
+        let inf = f32::INFINITY;
+        let (lo, hi, below) = match *self {
+            Act::Identity => (-inf, inf, 1.0),
+            Act::Relu => (0.0, inf, 0.0),
+            Act::Clip { min, max } => (min, max, 0.0),
+            Act::LeakyRelu { alpha } => (0.0, inf, alpha),
+            _ => return None,
+        };
+        Some(Pieces { lo, hi, below })
+    }
+
     /// [`Act::gradient`] written over `g` for the piecewise-linear
     /// activations (identity, ReLU, Clip, LeakyReLU): `true`; `false` (and
     /// `g` untouched) for the others.
@@ -350,21 +377,10 @@ impl Act {
         );
         let guided = guided && self.is_rectifier();
         let g0 = move |g: f32| if guided { g.max(0.0) } else { g };
-        match *self {
-            Act::Identity => {}
-            Act::Relu => update(g, x, move |g, x| if x > 0.0 { g0(g) } else { 0.0 }),
-            Act::Clip { min, max } => update(g, x, move |g, x| {
-                if x > min && x < max {
-                    g0(g)
-                } else {
-                    0.0
-                }
-            }),
-            Act::LeakyRelu { alpha } => {
-                update(g, x, move |g, x| if x > 0.0 { g0(g) } else { g0(g) * alpha })
-            }
-            _ => return Ok(false),
-        }
+        let Some(p) = self.pieces() else {
+            return Ok(false);
+        };
+        update(g, x, move |g, x| p.times(x, g0(g)));
         Ok(true)
     }
 }
