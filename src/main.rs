@@ -211,14 +211,26 @@ fn compare(cfg: crate::app::commands::compare::CompareConfig) -> ExitCode {
 }
 
 fn evaluate(cfg: crate::app::commands::evaluate::EvaluateConfig) -> ExitCode {
-    let stderr = std::io::stderr();
-    let progress = stderr.is_terminal();
-    report_file_run(crate::app::commands::evaluate::run_evaluate(
-        &cfg,
-        &mut std::io::stdout().lock(),
-        &mut stderr.lock(),
-        progress,
-    ))
+    let run = || {
+        let stderr = std::io::stderr();
+        let progress = stderr.is_terminal();
+        crate::app::commands::evaluate::run_evaluate(
+            &cfg,
+            &mut std::io::stdout().lock(),
+            &mut stderr.lock(),
+            progress,
+        )
+    };
+    // --jobs: a pool of that many threads for the whole run
+    let result = match cfg.jobs {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| anyhow::anyhow!("starting {n} threads for --jobs: {e}"))
+            .and_then(|pool| pool.install(run)),
+        None => run(),
+    };
+    report_file_run(result)
 }
 
 fn explain(cfg: crate::app::commands::explain::Config) -> ExitCode {

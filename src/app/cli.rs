@@ -370,6 +370,10 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 32)]
     pub ig_steps: usize,
 
+    /// Threads [default: one per core]; the numbers do not depend on it.
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<u32>,
+
     /// Output folder of evaluate.json and the plots (evaluate-curves.png/.svg, with
     /// --randomize evaluate-randomization.png/.svg).
     #[arg(short, long, value_name = "DIR", default_value = ".")]
@@ -734,6 +738,10 @@ impl Args {
                 },
                 randomize: c.randomize,
                 input_size: c.common.input_size()?,
+                jobs: match c.jobs {
+                    Some(0) => anyhow::bail!("--jobs: at least 1 thread, got 0"),
+                    j => j.map(|j| j as usize),
+                },
             }));
         }
         if let Some(Command::Compare(c)) = self.command {

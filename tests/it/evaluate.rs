@@ -190,13 +190,54 @@ fn the_command_matches_an_independent_loop_and_is_reproducible() {
             );
         }
     }
-    // same seed, same numbers
-    let o = run(t.path(), &args);
-    assert_eq!(o.status.code(), Some(0));
+    // same seed, same numbers, on one thread as on all of them
+    let one_thread: Vec<&str> = args.iter().copied().chain(["--jobs", "1"]).collect();
+    let o = run(t.path(), &one_thread);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(
         json(&t.path().join("evaluate.json"))["images"],
         doc["images"]
     );
+}
+
+/// Seeded noise: the curves of one thread and of three are the same
+/// numbers (each patch's noise is drawn from the seed and the patch, not
+/// from the order in which threads reach it).
+#[test]
+fn noise_curves_do_not_depend_on_the_threads() {
+    let t = tempfile::tempdir().unwrap();
+    let cat = repo("images/cat.jpg");
+    let docs: Vec<serde_json::Value> = ["1", "3"]
+        .iter()
+        .map(|jobs| {
+            let dir = t.path().join(format!("jobs{jobs}"));
+            let o = run(
+                t.path(),
+                &[
+                    "evaluate",
+                    cat.to_str().unwrap(),
+                    "--rules",
+                    "gradient",
+                    "--steps",
+                    "5",
+                    "--patch",
+                    "32",
+                    "--seed",
+                    "7",
+                    "--jobs",
+                    jobs,
+                    "-o",
+                    dir.to_str().unwrap(),
+                ],
+            );
+            assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+            json(&dir.join("evaluate.json"))
+        })
+        .collect();
+    assert_eq!(docs[0]["images"], docs[1]["images"]);
+    let morf = curve(&docs[0]["images"][0]["analyzers"][0]["curves"]["morf"]);
+    assert_eq!(morf.len(), 6);
+    assert!(morf[5] != morf[0], "the perturbation changes the logit");
 }
 
 #[test]
@@ -224,6 +265,11 @@ fn bad_evaluate_arguments_are_usage_errors() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("expected noise, mean or blur"));
+    let o = run(
+        t.path(),
+        &["evaluate", cat.to_str().unwrap(), "--jobs", "0"],
+    );
+    crate::support::check_usage_error(&o, "--jobs: at least 1 thread, got 0");
 }
 
 #[test]

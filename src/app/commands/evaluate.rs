@@ -61,6 +61,8 @@ pub struct EvaluateConfig {
     pub randomize: bool,
     /// Height and width for a model with symbolic spatial dims.
     pub input_size: Option<[usize; 2]>,
+    /// Threads (`None`: one per core).
+    pub jobs: Option<usize>,
 }
 
 /// One analyzer on one image.
