@@ -120,6 +120,31 @@ pub fn add_into(a: &mut ArrayD<f32>, b: &ArrayD<f32>) {
     }
 }
 
+/// Whether any value of `s` is positive, and whether any is negative: one
+/// pass (vectorised min and max per chunk), large slices on all threads.
+pub fn signs(s: &[f32]) -> (bool, bool) {
+    let chunk = |c: &[f32]| {
+        let (mut lo, mut hi) = ([0f32; 8], [0f32; 8]);
+        let mut it = c.chunks_exact(8);
+        for v in &mut it {
+            for k in 0..8 {
+                lo[k] = lo[k].min(v[k]);
+                hi[k] = hi[k].max(v[k]);
+            }
+        }
+        let rest = it.remainder();
+        let lo = lo.iter().chain(rest).fold(0f32, |a, &v| a.min(v));
+        let hi = hi.iter().chain(rest).fold(0f32, |a, &v| a.max(v));
+        (hi > 0.0, lo < 0.0)
+    };
+    if s.len() < PARALLEL {
+        return chunk(s);
+    }
+    s.par_chunks(MIN_TASK)
+        .map(chunk)
+        .reduce(|| (false, false), |a, b| (a.0 || b.0, a.1 || b.1))
+}
+
 /// `f(a)` in place for every value.
 pub fn apply(a: &mut ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync + Send) {
     match a.as_slice_memory_order_mut() {
@@ -134,6 +159,26 @@ pub fn apply(a: &mut ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync + Send) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signs_find_one_positive_or_negative_value_anywhere() {
+        for len in [0usize, 1, 7, 8, 9, PARALLEL + 3] {
+            let zeros = vec![0.0f32; len];
+            assert_eq!(signs(&zeros), (false, false), "{len}");
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                if len == 0 {
+                    continue;
+                }
+                for (v, want) in [(1e-30f32, (true, false)), (-2.0, (false, true))] {
+                    let mut s = zeros.clone();
+                    s[at] = v;
+                    assert_eq!(signs(&s), want, "{v} at {at} of {len}");
+                }
+            }
+        }
+        // NaN counts as neither (as in `v > 0.0` and `v < 0.0`)
+        assert_eq!(signs(&[f32::NAN, -0.0]), (false, false));
+    }
 
     #[test]
     fn parallel_and_serial_paths_agree_with_ndarray() {

@@ -484,11 +484,10 @@ struct Split<'a> {
 fn split(x: &ArrayD<f32>) -> Split<'_> {
     // over the memory slice when there is one (iterating an n-d array by
     // index is several times slower)
-    let any = |f: fn(f32) -> bool| match x.as_slice_memory_order() {
-        Some(s) => s.iter().any(|&v| f(v)),
-        None => x.iter().any(|&v| f(v)),
+    let (has_pos, has_neg) = match x.as_slice_memory_order() {
+        Some(s) => elementwise::signs(s),
+        None => (x.iter().any(|&v| v > 0.0), x.iter().any(|&v| v < 0.0)),
     };
-    let (has_pos, has_neg) = (any(|v| v > 0.0), any(|v| v < 0.0));
     let part = |wanted: bool, other: bool, f: fn(&ArrayD<f32>) -> ArrayD<f32>| match (wanted, other)
     {
         (false, _) => None,
