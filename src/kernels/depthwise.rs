@@ -116,7 +116,7 @@ pub(crate) fn forward_plane(g: &Geo, p: &Padded, x: &[f32], w: &[f32], bias: f32
                 }
             }
         }
-        taps_plane(g, p, buf, offs, w, bias, dst);
+        taps_plane(g, p, buf, w, bias, dst);
     });
 }
 
@@ -165,18 +165,10 @@ fn avx2_fma() -> bool {
 }
 
 /// Output rows `oy` of a plane, in vectors of 8 columns: `dst[oy * ow + x]
-/// = bias + sum_t ws[t] * buf[row_base(oy) + offs[t] + x]`, taps summed in
-/// order.
-fn taps_plane(
-    g: &Geo,
-    p: &Padded,
-    buf: &[f32],
-    offs: &[usize],
-    ws: &[f32],
-    bias: f32,
-    dst: &mut [f32],
-) {
-    let (oh, ow) = (g.oh, g.ow);
+/// = bias + sum_t ws[t] * buf[row_base(oy) + p.offs[t] + x]`, taps summed
+/// in order.
+fn taps_plane(g: &Geo, p: &Padded, buf: &[f32], ws: &[f32], bias: f32, dst: &mut [f32]) {
+    let (oh, ow, offs) = (g.oh, g.ow, &p.offs);
     if oh == 0 || ow == 0 {
         return;
     }
@@ -186,23 +178,15 @@ fn taps_plane(
     if avx2_fma() && reach + SLACK <= buf.len() {
         // SAFETY: the features were detected; the assert above and the
         // slack keep every read inside `buf` and every write inside `dst`.
-        unsafe { taps_plane_avx2(g, p, buf, offs, ws, bias, dst) };
+        unsafe { taps_plane_avx2(g, p, buf, ws, bias, dst) };
         return;
     }
-    taps_plane_scalar(g, p, buf, offs, ws, bias, dst);
+    taps_plane_scalar(g, p, buf, ws, bias, dst);
 }
 
 /// [`taps_plane`] without SIMD (machines without AVX2 and FMA).
-fn taps_plane_scalar(
-    g: &Geo,
-    p: &Padded,
-    buf: &[f32],
-    offs: &[usize],
-    ws: &[f32],
-    bias: f32,
-    dst: &mut [f32],
-) {
-    let (oh, ow) = (g.oh, g.ow);
+fn taps_plane_scalar(g: &Geo, p: &Padded, buf: &[f32], ws: &[f32], bias: f32, dst: &mut [f32]) {
+    let (oh, ow, offs) = (g.oh, g.ow, &p.offs);
     for oy in 0..oh {
         let base = p.row_base(g, oy);
         for (x, d) in dst[oy * ow..(oy + 1) * ow].iter_mut().enumerate() {
@@ -224,13 +208,12 @@ unsafe fn taps_plane_avx2(
     g: &Geo,
     p: &Padded,
     buf: &[f32],
-    offs: &[usize],
     ws: &[f32],
     bias: f32,
     dst: &mut [f32],
 ) {
     use std::arch::x86_64::*;
-    let (oh, ow) = (g.oh, g.ow);
+    let (oh, ow, offs) = (g.oh, g.ow, &p.offs);
     // the vectors of the plane in order (row by row, 8 columns each), as
     // (source start, destination start, columns), four at a time; a row's
     // last vector reads up to 7 values past the row (inside `buf`, whose
@@ -372,7 +355,7 @@ mod tests {
             }
             // the scalar path (machines without AVX2) on the same padded plane
             let mut scalar = vec![9.0; oh * ow];
-            PLANE.with_borrow(|buf| taps_plane_scalar(&g, &p, buf, &p.offs, &wt, 0.0, &mut scalar));
+            PLANE.with_borrow(|buf| taps_plane_scalar(&g, &p, buf, &wt, 0.0, &mut scalar));
             for (a, b) in scalar.iter().zip(&want) {
                 assert!(
                     (a - b).abs() <= 1e-5 * (1.0 + b.abs()),

@@ -424,15 +424,17 @@ impl Model {
     }
 
     /// The logits of each input (each of shape `self.input.shape`): on the
-    /// native engine in batches of `batch` stacked inputs, one pass each (no
-    /// activation kept); else, or where an operator cannot take a batch, one
-    /// forward pass per input. The numbers are those of [`Model::forward`]
+    /// native engine in batches of `batch` stacked inputs, one pass each
+    /// keeping no activation (one by one where an operator cannot take a
+    /// batch); on tract one forward pass per input. The numbers are those of [`Model::forward`]
     /// up to float rounding (tested).
     pub fn logits_of(&self, inputs: &[ArrayD<f32>], batch: usize) -> Result<Vec<Vec<f32>>> {
         use rayon::prelude::*;
-        let one = |x: &ArrayD<f32>| -> Result<Vec<f32>> { Ok(self.forward(x.clone())?.logits) };
         let Backend::Native(_) = &self.backend else {
-            return inputs.par_iter().map(one).collect();
+            return inputs
+                .par_iter()
+                .map(|x| Ok(self.forward(x.clone())?.logits))
+                .collect();
         };
         if let Some(x) = inputs.iter().find(|x| x.shape() != self.input.shape) {
             anyhow::bail!(
@@ -441,19 +443,20 @@ impl Model {
                 self.input.shape
             );
         }
+        // one input through the plain pass, keeping no activation (freed as
+        // it goes, activations in place)
+        let one = |x: &ArrayD<f32>| -> Result<Vec<f32>> {
+            let l = NativePlan::logits_batch(&self.graph, x)?;
+            let l: Vec<f32> = l.iter().copied().collect();
+            ensure!(
+                l.iter().all(|v| v.is_finite()),
+                "the model produced non-finite logits"
+            );
+            Ok(l)
+        };
         let batch = batch.max(1);
         if batch == 1 {
-            // the plain pass, keeping no activation (freed as it goes, in place)
-            let lean = |x: &ArrayD<f32>| -> Result<Vec<f32>> {
-                let l = NativePlan::logits_batch(&self.graph, x)?;
-                let l: Vec<f32> = l.iter().copied().collect();
-                ensure!(
-                    l.iter().all(|v| v.is_finite()),
-                    "the model produced non-finite logits"
-                );
-                Ok(l)
-            };
-            return inputs.par_iter().map(lean).collect();
+            return inputs.par_iter().map(one).collect();
         }
         let rows = |chunk: &[ArrayD<f32>]| -> Result<Vec<Vec<f32>>> {
             let views: Vec<_> = chunk.iter().map(|x| x.view()).collect();

@@ -10,7 +10,7 @@
 use anyhow::{bail, ensure, Result};
 use ndarray::{ArrayD, Zip};
 
-use crate::elementwise::{map, map2, update};
+use crate::elementwise::{apply, map, map2, update};
 
 /// An elementwise activation, with the parameters its derivative needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,20 +187,12 @@ impl Act {
     /// value (all but [`Act::PRelu`] and [`Act::Opaque`]: `false`, `x`
     /// untouched). For a forward pass that keeps no activation.
     pub fn apply_in_place(&self, x: &mut ArrayD<f32>) -> bool {
-        use rayon::prelude::*;
-        let f = |v: &mut [f32]| match *self {
+        match *self {
+            Act::PRelu { .. } | Act::Opaque => return false,
             Act::Identity => {}
-            Act::Relu => v.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Act::Clip { min, max } => v.iter_mut().for_each(|v| *v = v.max(min).min(max)),
-            ref act => v.iter_mut().for_each(|v| *v = act.value(*v)),
-        };
-        if matches!(self, Act::PRelu { .. } | Act::Opaque) {
-            return false;
-        }
-        match x.as_slice_memory_order_mut() {
-            Some(s) if s.len() >= 1 << 15 => s.par_chunks_mut(1 << 14).for_each(f),
-            Some(s) => f(s),
-            None => x.iter_mut().for_each(|v| f(std::slice::from_mut(v))),
+            Act::Relu => apply(x, |v| v.max(0.0)),
+            Act::Clip { min, max } => apply(x, move |v| v.max(min).min(max)),
+            ref act => apply(x, |v| act.value(v)),
         }
         true
     }

@@ -201,33 +201,29 @@ pub fn overlay(heat: &RgbImage, photo: &RgbImage, alpha: f32) -> RgbImage {
     } else {
         alpha.clamp(0.0, 1.0)
     };
-    let resized;
-    let photo = if photo.dimensions() == heat.dimensions() {
-        photo
-    } else {
-        resized = image::imageops::resize(photo, heat.width(), heat.height(), FilterType::Triangle);
-        &resized
-    };
-    let mut out = RgbImage::new(heat.width(), heat.height());
-    for ((o, h), p) in out.pixels_mut().zip(heat.pixels()).zip(photo.pixels()) {
-        let g = luma(p);
-        for c in 0..3 {
-            let v = alpha * h[c] as f32 + (1.0 - alpha) * g;
-            o[c] = v.round().clamp(0.0, 255.0) as u8;
-        }
-    }
-    out
+    blend(heat, photo, |_, _| alpha)
 }
 
-/// Renders a `[C, H, W]` relevance array as a `width x height` heat map:
-/// [`channel_sum`] → [`resize_map`] → [`symmetric_normalize`] →
-/// `heat` over the grey `photo` (resized to it) with a per-pixel opacity
-/// `alpha[[y, x]]` in `[0, 1]` (0: the photo only).
+/// [`overlay`] with a per-pixel opacity `alpha[[y, x]]` in `[0, 1]` (0: the
+/// photo only; values outside clamp, NaN, infinite or missing ones are 0).
 pub fn overlay_weighted(
     heat: &RgbImage,
     photo: &RgbImage,
     alpha: &ndarray::Array2<f32>,
 ) -> RgbImage {
+    blend(heat, photo, |x, y| {
+        alpha
+            .get([y as usize, x as usize])
+            .copied()
+            .filter(|a| a.is_finite())
+            .unwrap_or(0.0)
+            .clamp(0.0, 1.0)
+    })
+}
+
+/// `heat` over the grey `photo` (resized to it with `FilterType::Triangle`
+/// if needed): `alpha(x, y) * heat + (1 - alpha(x, y)) * grey`, rounded.
+fn blend(heat: &RgbImage, photo: &RgbImage, alpha: impl Fn(u32, u32) -> f32) -> RgbImage {
     let resized;
     let photo = if photo.dimensions() == heat.dimensions() {
         photo
@@ -237,12 +233,7 @@ pub fn overlay_weighted(
     };
     let mut out = RgbImage::new(heat.width(), heat.height());
     for (x, y, o) in out.enumerate_pixels_mut() {
-        let a = alpha
-            .get([y as usize, x as usize])
-            .copied()
-            .filter(|a| a.is_finite())
-            .unwrap_or(0.0)
-            .clamp(0.0, 1.0);
+        let a = alpha(x, y);
         let (h, g) = (heat.get_pixel(x, y), luma(photo.get_pixel(x, y)));
         for c in 0..3 {
             let v = a * h[c] as f32 + (1.0 - a) * g;
