@@ -5,7 +5,7 @@ use anyhow::{ensure, Context, Result};
 use ndarray::ArrayD;
 
 use crate::ops::{GradientMode, Reuse};
-use crate::rules::{Account, Bounds, Rule};
+use crate::rules::{Bounds, Rule};
 
 pub use crate::ops::activation::Act;
 pub use crate::ops::{ArithKind, Op, Pool};
@@ -55,7 +55,7 @@ impl Node {
         rule: Rule,
         bounds: Option<&Bounds>,
         reuse: Reuse,
-    ) -> Result<(Vec<ArrayD<f32>>, Option<Account>)> {
+    ) -> Result<crate::ops::Propagated> {
         self.activations_given(inputs)
             .and_then(|()| {
                 let op = &self.op;

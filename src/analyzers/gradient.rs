@@ -29,6 +29,33 @@ pub fn input_gradient(
     checked(fwd, g)
 }
 
+/// [`input_gradient`] of each input of a forward pass on a batch
+/// ([`Model::forward_batch`]), the logit of `classes[i]` for input `i`, in
+/// one backward pass: `[N, ...]` like the batch.
+pub fn input_gradient_rows(
+    graph: &Graph,
+    fwd: &Forward,
+    classes: &[usize],
+    mode: GradientMode,
+) -> Result<ArrayD<f32>> {
+    let n = fwd.logits.len() / classes.len().max(1);
+    let mut start = ArrayD::<f32>::zeros(fwd.logits_tensor.shape());
+    for (row, &class) in classes.iter().enumerate() {
+        ensure!(
+            class < n,
+            "class {class} out of range: the model has {n} classes"
+        );
+        if let Some(v) = start.iter_mut().nth(row * n + class) {
+            *v = 1.0;
+        }
+    }
+    let none = |_: &str, _: &mut ArrayD<f32>| Ok(());
+    let g = crate::engine::walk::walk_from_owned(graph, fwd, &graph.logits, start, none, {
+        |node, inputs, g| node.gradient_owned(inputs, g, mode)
+    })?;
+    checked(fwd, g)
+}
+
 /// [`input_gradient`] with `step` as the gradient through each node (the
 /// self-check substitutes a broken one, or records what passes).
 pub fn input_gradient_with(

@@ -94,6 +94,34 @@ pub struct Ledger {
 /// `sum(a)` and `sum(|a|)` in f64 (f32 lanes within blocks of 256, which
 /// the compiler vectorises, f64 across blocks; long arrays in parallel).
 pub(crate) fn sums(a: &ArrayD<f32>) -> (f64, f64) {
+    match a.as_slice_memory_order() {
+        Some(s) => slice_sums(s),
+        None => slice_sums(&a.iter().copied().collect::<Vec<_>>()),
+    }
+}
+
+/// [`sums`] of each of `rows` equal parts of `a` in its standard (row-major)
+/// order: per input of a batch stacked on axis 0.
+pub(crate) fn row_sums(a: &ArrayD<f32>, rows: usize) -> Vec<(f64, f64)> {
+    if rows <= 1 {
+        return vec![sums(a)];
+    }
+    let s = standard(a);
+    let len = s.len() / rows;
+    s.chunks(len.max(1)).take(rows).map(slice_sums).collect()
+}
+
+/// The elements of `a` in standard (row-major) order, borrowed when they
+/// are one block of memory in that order.
+pub(crate) fn standard(a: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+    }
+}
+
+/// [`sums`] of a slice.
+fn slice_sums(s: &[f32]) -> (f64, f64) {
     fn block(s: &[f32]) -> (f64, f64) {
         let (mut t, mut m) = (0f64, 0f64);
         for b in s.chunks(256) {
@@ -123,10 +151,7 @@ pub(crate) fn sums(a: &ArrayD<f32>) -> (f64, f64) {
             .map(block)
             .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
     };
-    match a.as_slice_memory_order() {
-        Some(s) => f(s),
-        None => f(&a.iter().copied().collect::<Vec<_>>()),
-    }
+    f(s)
 }
 
 /// Sets the NaN and infinite values of `a` to 0; returns how many there were
@@ -179,8 +204,8 @@ pub(crate) fn account(
     e: &mut Entry,
     flow: Flow,
     linear: Option<Account>,
-    r: &ArrayD<f32>,
-    z: Option<&ArrayD<f32>>,
+    r: &[f32],
+    z: Option<&[f32]>,
     inputs: usize,
 ) {
     match flow {
@@ -196,8 +221,6 @@ pub(crate) fn account(
                 return;
             };
             let factor = if per_input { inputs as f32 } else { 1.0 };
-            let (r, z) = (r.as_standard_layout(), z.as_standard_layout());
-            let (r, z) = (r.as_slice().unwrap_or(&[]), z.as_slice().unwrap_or(&[]));
             let [dropped, stabilizer] = zip_sums([r, z], |[r, z]| {
                 let d = z * factor;
                 let sd = stabilize(d, STABILIZER);

@@ -1,6 +1,6 @@
 //! The backward pass: relevance from the explained logit to the input.
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use ndarray::{ArrayD, Axis, IxDyn};
 
 use crate::analyzers::ledger::{self, Entry, Ledger};
@@ -402,9 +402,56 @@ pub fn explain_with(
     cache: &WeightCache,
     probes: &Probes,
 ) -> Result<Explanation> {
-    let classes = fwd.logits.len();
-    if class >= classes {
-        return Err(crate::Error::ClassOutOfRange { class, classes }.into());
+    let mut all = explain_rows(
+        graph,
+        fwd,
+        &[class],
+        composite,
+        norm,
+        channels,
+        cache,
+        probes,
+    )?;
+    all.pop()
+        .ok_or_else(|| anyhow::anyhow!("no explanation was made"))
+}
+
+/// [`explain_with`] for a batch: `fwd` is one forward pass of inputs
+/// stacked on axis 0 and `classes` holds the class to explain for each of
+/// them, in order. One backward pass carries the relevance of every input
+/// (a linear layer reads its weights once for all of them); each input gets
+/// its own explanation, ledger and warnings, as if it had been explained
+/// alone. Every tensor of the graph must hold the inputs on axis 0
+/// ([`crate::Model::batch_blocker`] says whether it does).
+#[allow(clippy::too_many_arguments)]
+pub fn explain_rows(
+    graph: &Graph,
+    fwd: &Forward,
+    classes: &[usize],
+    composite: &Composite,
+    norm: &Normalization,
+    channels: usize,
+    cache: &WeightCache,
+    probes: &Probes,
+) -> Result<Vec<Explanation>> {
+    let rows = classes.len();
+    ensure!(rows >= 1, "no class to explain");
+    ensure!(
+        rows == 1 || fwd.input.shape().first() == Some(&rows),
+        "{rows} classes for a forward pass of input {:?}",
+        fwd.input.shape()
+    );
+    ensure!(
+        rows == 1 || probes.start.is_none(),
+        "a start inside the graph explains one input at a time"
+    );
+    let n_classes = fwd.logits.len() / rows;
+    if let Some(&class) = classes.iter().find(|&&c| c >= n_classes) {
+        return Err(Error::ClassOutOfRange {
+            class,
+            classes: n_classes,
+        }
+        .into());
     }
     // every name is checked before the backward pass
     let layers = (probes.layers.iter())
@@ -419,8 +466,11 @@ pub fn explain_with(
     let (tensor, start) = match &probes.start {
         None => {
             let mut start = ArrayD::<f32>::zeros(fwd.logits_tensor.shape());
-            if let Some(v) = start.iter_mut().nth(class) {
-                *v = fwd.logits[class];
+            for (row, &class) in classes.iter().enumerate() {
+                let at = row * n_classes + class;
+                if let Some(v) = start.iter_mut().nth(at) {
+                    *v = fwd.logits[at];
+                }
             }
             (graph.logits.as_str(), start)
         }
@@ -435,43 +485,35 @@ pub fn explain_with(
             (tensor, a)
         }
     };
-    let logit = ledger::sums(&start).0;
-    let mut kept: Vec<LayerRelevance> = Vec::new();
-    let entries: std::cell::RefCell<Vec<Entry>> = Default::default();
-    // sum and sum of |.| of the relevance arrived at each tensor so far
-    let arrived: std::cell::RefCell<std::collections::HashMap<String, (f64, f64)>> =
-        Default::default();
+    let sums = |a: &ArrayD<f32>| ledger::row_sums(a, rows);
+    let logits: Vec<f64> = sums(&start).iter().map(|s| s.0).collect();
+    let mut kept: Vec<(String, ArrayD<f32>)> = Vec::new();
+    // the ledger of each input
+    let entries: std::cell::RefCell<Vec<Vec<Entry>>> =
+        std::cell::RefCell::new(vec![Vec::new(); rows]);
+    // per input, sum and sum of |.| of the relevance arrived at each tensor so far
+    type Arrived = std::collections::HashMap<String, Vec<(f64, f64)>>;
+    let arrived: std::cell::RefCell<Arrived> = Default::default();
     arrived
         .borrow_mut()
-        .insert(tensor.to_string(), ledger::sums(&start));
+        .insert(tensor.to_string(), sums(&start));
     let at = |t: &str, r: &mut ArrayD<f32>| -> Result<()> {
         if layers.iter().any(|l| l.1 == t) {
-            kept.push(LayerRelevance {
-                layer: String::new(),
-                tensor: t.to_string(),
-                relevance: unbatched(r.clone()),
-            });
+            kept.push((t.to_string(), r.clone()));
         }
         if let Some((ct, c)) = concept {
             if ct == t {
-                let before = arrived
-                    .borrow_mut()
-                    .remove(t)
-                    .unwrap_or_else(|| ledger::sums(r));
+                let before = arrived.borrow_mut().remove(t).unwrap_or_else(|| sums(r));
                 keep_channels(r, &c.channels);
-                let after = ledger::sums(r);
+                let after = sums(r);
+                for ((row, b), a) in entries.borrow_mut().iter_mut().zip(&before).zip(&after) {
+                    let mut e =
+                        ledger::entry(t, "concept", "concept mask".into(), "mask".into(), *b, a.0);
+                    e.dropped = e.r_in - e.out;
+                    e.dropped_because = "channels outside the concept";
+                    row.push(e);
+                }
                 arrived.borrow_mut().insert(t.to_string(), after);
-                let mut e = ledger::entry(
-                    t,
-                    "concept",
-                    "concept mask".into(),
-                    "mask".into(),
-                    before,
-                    after.0,
-                );
-                e.dropped = e.r_in - e.out;
-                e.dropped_because = "channels outside the concept";
-                entries.borrow_mut().push(e);
             }
         }
         Ok(())
@@ -487,13 +529,14 @@ pub fn explain_with(
         let reuse = ops::Reuse {
             cache: Some(cache),
             output: fwd.activations.get(&node.output),
+            rows,
         };
         // an activation hands its output's relevance on as it is: moved, not
         // copied (its shape checked as the operator would)
         let pass = matches!(node.op, Op::Activation(_))
             && inputs.len() == 1
             && inputs[0].shape() == r.shape();
-        let (out, account) = if pass {
+        let (out, accounts) = if pass {
             (Vec::new(), None)
         } else {
             node.relevance_accounted(inputs, r, rule, bounds.as_ref(), reuse)?
@@ -506,7 +549,7 @@ pub fn explain_with(
         };
         // what arrived at the output: the sums of the parts handed to it
         let got = arrived.borrow_mut().remove(node.output.as_str());
-        let got = got.unwrap_or_else(|| ledger::sums(r));
+        let got = got.unwrap_or_else(|| sums(r));
         // operators that hand on their output's relevance as it is need no sum
         let same = pass
             || out.len() == 1
@@ -514,7 +557,7 @@ pub fn explain_with(
                     node.op,
                     Op::Activation(_) | Op::Arith { .. } | Op::Reshape(_) | Op::Transpose(_)
                 );
-        let mut out_sum = 0.0;
+        let mut out_sums = vec![0.0; rows];
         {
             let mut arrived = arrived.borrow_mut();
             let outs = if pass {
@@ -523,68 +566,109 @@ pub fn explain_with(
                 &out[..]
             };
             for (name, a) in node.inputs.iter().zip(outs) {
-                let s = if same { got } else { ledger::sums(a) };
-                out_sum += s.0;
-                let slot = arrived.entry(name.clone()).or_insert((0.0, 0.0));
-                slot.0 += s.0;
-                slot.1 += s.1;
+                let s = if same { got.clone() } else { sums(a) };
+                let slot = (arrived.entry(name.clone())).or_insert_with(|| vec![(0.0, 0.0); rows]);
+                for ((o, sl), s) in out_sums.iter_mut().zip(slot.iter_mut()).zip(&s) {
+                    *o += s.0;
+                    sl.0 += s.0;
+                    sl.1 += s.1;
+                }
             }
-        }
-        let mut e = ledger::entry(
-            &node.name,
-            &node.op_type,
-            node.kind(),
-            rule_name,
-            got,
-            out_sum,
-        );
-        if linear {
-            e.dropped_because = ledger::dropped_because(&rule);
         }
         let z = match flow {
             Flow::Proportional { .. } => node_output(graph, fwd, node, inputs),
             _ => None,
         };
-        ledger::account(&mut e, flow, account, r, z.as_deref(), inputs.len());
-        entries.borrow_mut().push(e);
+        let (r_flat, z_flat) = (ledger::standard(r), z.as_deref().map(ledger::standard));
+        fn part(s: &[f32], row: usize, rows: usize) -> &[f32] {
+            let len = s.len() / rows;
+            &s[(row * len).min(s.len())..((row + 1) * len).min(s.len())]
+        }
+        for (row, e_row) in entries.borrow_mut().iter_mut().enumerate() {
+            let mut e = ledger::entry(
+                &node.name,
+                &node.op_type,
+                node.kind(),
+                rule_name.clone(),
+                got[row],
+                out_sums[row],
+            );
+            if linear {
+                e.dropped_because = ledger::dropped_because(&rule);
+            }
+            let account = accounts.as_ref().and_then(|a| a.get(row).copied());
+            let z_row = z_flat.as_deref().map(|z| part(z, row, rows));
+            let n = inputs.len();
+            ledger::account(&mut e, flow, account, part(&r_flat, row, rows), z_row, n);
+            e_row.push(e);
+        }
         Ok(if pass { vec![r_owned] } else { out })
     };
-    let mut relevance = walk_from_owned(graph, fwd, tensor, start, at, step)?;
-    // in the order asked for; zeros where no relevance arrived
-    let kept = layers
-        .iter()
-        .map(|(layer, t, shape)| {
-            let relevance = match kept.iter().find(|k| k.tensor == *t) {
-                Some(k) => k.relevance.clone(),
-                None => unbatched(ArrayD::zeros(shape.clone())),
-            };
-            LayerRelevance {
-                layer: layer.clone(),
-                tensor: t.to_string(),
-                relevance,
-            }
-        })
-        .collect();
+    let relevance = walk_from_owned(graph, fwd, tensor, start, at, step)?;
     ensure!(
         relevance.shape() == fwd.input.shape(),
         "input relevance of shape {:?}",
         relevance.shape()
     );
-    let non_finite = ledger::zero_non_finite(&mut relevance);
-    let (input_sum, _) = ledger::sums(&relevance);
-    let ledger = Ledger {
-        logit,
-        input_sum,
-        nodes: entries.into_inner(),
+    // one input of the batch: row `i` of a batched tensor, with the batch
+    // axis of 1 kept (`relevance`) or removed (layers)
+    let row_of = |a: &ArrayD<f32>, i: usize| -> ArrayD<f32> {
+        if rows == 1 {
+            a.clone()
+        } else {
+            a.index_axis(Axis(0), i).insert_axis(Axis(0)).to_owned()
+        }
     };
-    let warnings = ledger.warnings(non_finite);
-    Ok(Explanation {
-        class,
-        logit: logit as f32,
-        relevance,
-        relevance_sum: input_sum as f32,
-        layers: kept,
-        ledger: Some(ledger),
-        warnings,
-    })
+    let entries = entries.into_inner();
+    let mut out = Vec::with_capacity(rows);
+    let mut whole = Some(relevance);
+    for (i, (&class, nodes)) in classes.iter().zip(entries).enumerate() {
+        let mut relevance = match (rows, whole.take()) {
+            (1, Some(r)) => r,
+            (_, Some(r)) => {
+                let row = row_of(&r, i);
+                whole = Some(r);
+                row
+            }
+            (_, None) => bail!("the relevance was already handed out"),
+        };
+        let layers = layers
+            .iter()
+            .map(|(layer, t, shape)| {
+                let relevance = match kept.iter().find(|k| k.0 == *t) {
+                    Some(k) => unbatched(row_of(&k.1, i)),
+                    None => {
+                        let mut one = shape.clone();
+                        if let Some(d) = one.first_mut() {
+                            *d = if rows == 1 { *d } else { 1 };
+                        }
+                        unbatched(ArrayD::zeros(one))
+                    }
+                };
+                LayerRelevance {
+                    layer: layer.clone(),
+                    tensor: t.to_string(),
+                    relevance,
+                }
+            })
+            .collect();
+        let non_finite = ledger::zero_non_finite(&mut relevance);
+        let (input_sum, _) = ledger::sums(&relevance);
+        let ledger = Ledger {
+            logit: logits[i],
+            input_sum,
+            nodes,
+        };
+        let warnings = ledger.warnings(non_finite);
+        out.push(Explanation {
+            class,
+            logit: logits[i] as f32,
+            relevance,
+            relevance_sum: input_sum as f32,
+            layers,
+            ledger: Some(ledger),
+            warnings,
+        });
+    }
+    Ok(out)
 }

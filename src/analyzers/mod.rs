@@ -9,10 +9,12 @@ pub mod lrp;
 pub mod selfcheck;
 
 use anyhow::Result;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, Axis, IxDyn};
 
-use crate::analyzers::gradient::{input_gradient, integrated_gradients, smoothgrad, GradientMode};
-use crate::analyzers::lrp::{explain_with, Explanation, Probes};
+use crate::analyzers::gradient::{
+    input_gradient, input_gradient_rows, integrated_gradients, smoothgrad, GradientMode,
+};
+use crate::analyzers::lrp::{explain_rows, explain_with, Explanation, Probes};
 use crate::composite::{Composite, RuleParams, NAMES};
 use crate::error::Error;
 use crate::model::{Forward, InputSpec, Model};
@@ -250,6 +252,74 @@ impl Analyzer {
                 seed,
             } => smoothgrad(model, &fwd.input, class, *samples, *noise, *seed)?,
         };
+        Ok(self.finished(class, fwd.logits[class], relevance))
+    }
+
+    /// Whether [`Analyzer::explain_rows`] takes a batch: LRP and the
+    /// gradients of one backward pass (integrated gradients and SmoothGrad
+    /// run passes of their own for each input).
+    pub fn batches(&self) -> bool {
+        matches!(
+            self,
+            Analyzer::Lrp(_)
+                | Analyzer::Gradient
+                | Analyzer::GuidedBackprop
+                | Analyzer::GradientXInput
+        )
+    }
+
+    /// [`Analyzer::explain_probed`] of each input of a forward pass on a
+    /// batch ([`Model::forward_batch`]), `classes[i]` for input `i`, in one
+    /// backward pass; each explanation as if its input had been explained
+    /// alone (up to float rounding). An error for an analyzer that does not
+    /// [`Analyzer::batches`].
+    pub fn explain_rows(
+        &self,
+        model: &Model,
+        fwd: &Forward,
+        classes: &[usize],
+        norm: &Normalization,
+        probes: &Probes,
+    ) -> Result<Vec<Explanation>> {
+        let graph = &model.graph;
+        let mode = match self {
+            Analyzer::Lrp(c) => {
+                let (channels, cache) = (model.input.channels, &model.weights);
+                return explain_rows(graph, fwd, classes, c, norm, channels, cache, probes);
+            }
+            _ if classes.len() == 1 => {
+                let one = self.explain_probed(model, fwd, classes[0], norm, probes)?;
+                return Ok(vec![one]);
+            }
+            _ if *probes != Probes::default() => {
+                anyhow::bail!("inner layers are probed with LRP only")
+            }
+            Analyzer::Gradient | Analyzer::GradientXInput => GradientMode::Plain,
+            Analyzer::GuidedBackprop => GradientMode::Guided,
+            _ => anyhow::bail!("{} explains one input at a time", self.name()),
+        };
+        let g = input_gradient_rows(graph, fwd, classes, mode)?;
+        let n = fwd.logits.len() / classes.len();
+        classes
+            .iter()
+            .enumerate()
+            .map(|(row, &class)| {
+                let mut r = g.index_axis(Axis(0), row).insert_axis(Axis(0)).to_owned();
+                if let Analyzer::GradientXInput = self {
+                    r *= &fwd.input.index_axis(Axis(0), row).insert_axis(Axis(0));
+                }
+                let logit = *fwd
+                    .logits
+                    .get(row * n + class)
+                    .ok_or_else(|| anyhow::anyhow!("class {class} out of range"))?;
+                Ok(self.finished(class, logit, r))
+            })
+            .collect()
+    }
+
+    /// The explanation of a gradient-family analyzer from its map: NaN and
+    /// Inf set to 0 (with a warning), the sum.
+    fn finished(&self, class: usize, logit: f32, relevance: ArrayD<f32>) -> Explanation {
         let mut relevance = relevance;
         let non_finite = ledger::zero_non_finite(&mut relevance);
         let relevance_sum = relevance.iter().map(|&v| v as f64).sum::<f64>() as f32;
@@ -259,15 +329,15 @@ impl Analyzer {
             })
             .into_iter()
             .collect();
-        Ok(Explanation {
+        Explanation {
             class,
-            logit: fwd.logits[class],
+            logit,
             relevance,
             relevance_sum,
             layers: Vec::new(),
             ledger: None,
             warnings,
-        })
+        }
     }
 }
 

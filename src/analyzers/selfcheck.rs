@@ -636,8 +636,19 @@ pub const TIE_WINDOWS: f64 = 1e-2;
 /// model. One pass over each max pool's input, no backward pass; `check`
 /// weighs the same windows by the gradient they pass.
 pub fn near_tie_warnings(model: &Model, fwd: &Forward) -> Result<Vec<String>> {
+    Ok(near_tie_warnings_rows(model, fwd)?
+        .into_iter()
+        .next()
+        .unwrap_or_default())
+}
+
+/// [`near_tie_warnings`] of each input of a forward pass on a batch
+/// ([`Model::forward_batch`]), in order.
+pub fn near_tie_warnings_rows(model: &Model, fwd: &Forward) -> Result<Vec<Vec<String>>> {
     let graph = &model.graph;
-    let (mut pools, mut tied, mut worst) = (0, 0, None::<(String, f64)>);
+    let rows = fwd.rows();
+    // per input: max pools, tied ones, the worst
+    let mut found = vec![(0, 0, None::<(String, f64)>); rows];
     for node in &graph.nodes {
         let Op::MaxPool(p) = &node.op else { continue };
         let x = fwd.get(graph, &node.inputs[0])?;
@@ -645,17 +656,36 @@ pub fn near_tie_warnings(model: &Model, fwd: &Forward) -> Result<Vec<String>> {
             continue;
         }
         let [oh, ow] = p.output_size(x.shape()[2], x.shape()[3])?;
-        let ones = ArrayD::ones(IxDyn(&[x.shape()[0], x.shape()[1], oh, ow]));
-        let t = ops::pool::max_pool_ties(p, x, &ones, TIE_TOL)?;
-        pools += 1;
-        if t.share > TIE_WINDOWS {
-            tied += 1;
-            if worst.as_ref().is_none_or(|(_, w)| t.share > *w) {
-                worst = Some((node.name.clone(), t.share));
+        for (row, (pools, tied, worst)) in found.iter_mut().enumerate() {
+            let one;
+            let x = if rows == 1 {
+                x
+            } else {
+                one = x
+                    .slice_axis(ndarray::Axis(0), (row..row + 1).into())
+                    .to_owned();
+                &one
+            };
+            let ones = ArrayD::ones(IxDyn(&[x.shape()[0], x.shape()[1], oh, ow]));
+            let t = ops::pool::max_pool_ties(p, x, &ones, TIE_TOL)?;
+            *pools += 1;
+            if t.share > TIE_WINDOWS {
+                *tied += 1;
+                if worst.as_ref().is_none_or(|(_, w)| t.share > *w) {
+                    *worst = Some((node.name.clone(), t.share));
+                }
             }
         }
     }
-    Ok(worst
+    Ok(found
+        .into_iter()
+        .map(|(pools, tied, worst)| tie_warning(pools, tied, worst))
+        .collect())
+}
+
+/// The near-tie warning of one input: `tied` of `pools` max pools, the worst.
+fn tie_warning(pools: usize, tied: usize, worst: Option<(String, f64)>) -> Vec<String> {
+    worst
         .map(|(name, share)| {
             format!(
                 "{tied} of {pools} max pools have more than {:.0}% of their windows with the two \
@@ -668,7 +698,7 @@ pub fn near_tie_warnings(model: &Model, fwd: &Forward) -> Result<Vec<String>> {
             )
         })
         .into_iter()
-        .collect())
+        .collect()
 }
 
 /// Figure 5: how much of the gradient passes max-pool windows whose winner

@@ -58,10 +58,27 @@ impl Backend {
     /// Runs `graph` on `input`: the logits and the activations the backward
     /// pass reads. Errors for non-finite logits.
     pub fn run(&self, graph: &Graph, input: ArrayD<f32>) -> Result<Forward> {
+        self.run_rows(graph, input, false)
+    }
+
+    /// [`Backend::run`] on inputs stacked on axis 0 (native engine only;
+    /// the caller checks [`native::NativePlan::batch_blocker`]).
+    pub fn run_batch(&self, graph: &Graph, input: ArrayD<f32>) -> Result<Forward> {
+        self.run_rows(graph, input, true)
+    }
+
+    fn run_rows(&self, graph: &Graph, input: ArrayD<f32>, batch: bool) -> Result<Forward> {
         let (logits_tensor, activations) = match self {
+            Backend::Native(native) if batch => {
+                let out = native.run_batch(graph, &input).context("forward pass")?;
+                (Some(out.logits), out.activations)
+            }
             Backend::Native(native) => {
                 let out = native.run(graph, &input).context("forward pass")?;
                 (Some(out.logits), out.activations)
+            }
+            Backend::Tract { .. } if batch => {
+                anyhow::bail!("the tract engine runs one input at a time")
             }
             Backend::Tract { plan, .. } => plan.run(&input)?,
         };
@@ -106,12 +123,37 @@ impl Forward {
 
     /// Indices of the `k` highest logits with their softmax probabilities.
     pub fn top_k(&self, k: usize) -> Vec<(usize, f32)> {
-        let probs = softmax(&self.logits);
-        let mut idx: Vec<usize> = (0..probs.len()).collect();
-        idx.sort_by(|&a, &b| self.logits[b].total_cmp(&self.logits[a]));
-        idx.into_iter().take(k).map(|i| (i, probs[i])).collect()
+        top_k(&self.logits, k)
+    }
+
+    /// How many inputs the pass ran on (stacked on axis 0; 1 unless it ran
+    /// a batch).
+    pub fn rows(&self) -> usize {
+        match self.logits_tensor.shape() {
+            [n, _, ..] if *n > 0 => *n,
+            _ => 1,
+        }
+    }
+
+    /// [`Forward::top_k`] of input `row` of a batch.
+    pub fn top_k_row(&self, row: usize, k: usize) -> Vec<(usize, f32)> {
+        let n = self.logits.len() / self.rows();
+        top_k(
+            &self.logits[(row * n).min(self.logits.len())..((row + 1) * n).min(self.logits.len())],
+            k,
+        )
     }
 }
+
+/// Indices of the `k` highest of `logits` with their softmax probabilities.
+fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let probs = softmax(logits);
+    let mut idx: Vec<usize> = (0..probs.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    idx.into_iter().take(k).map(|i| (i, probs[i])).collect()
+}
+
+impl Forward {}
 
 /// Softmax of a vector (max-subtracted, so never overflows).
 pub fn softmax(x: &[f32]) -> Vec<f32> {

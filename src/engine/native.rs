@@ -84,14 +84,80 @@ impl NativePlan {
     /// Bytes of all tensors one forward pass on an input of `input_shape`
     /// computes (a shape-only pass: nothing is allocated), saturating.
     pub fn forward_bytes(&self, graph: &Graph, input_shape: &[usize]) -> Result<u64> {
-        let size = |s: &[usize]| {
-            s.iter()
-                .try_fold(4u64, |a, &d| a.checked_mul(d as u64))
-                .unwrap_or(u64::MAX)
+        let shapes = self.shapes(graph, input_shape)?;
+        Ok(shapes
+            .values()
+            .fold(0u64, |t, s| t.saturating_add(bytes(s))))
+    }
+
+    /// Bytes of the tensors one forward pass on an input of `input_shape`
+    /// keeps for the backward pass (the input and logits included).
+    pub fn kept_bytes(&self, graph: &Graph, input_shape: &[usize]) -> Result<u64> {
+        let shapes = self.shapes(graph, input_shape)?;
+        Ok(shapes
+            .iter()
+            .filter(|(n, _)| self.keep.contains(**n) || **n == graph.input || **n == graph.logits)
+            .fold(0u64, |t, (_, s)| t.saturating_add(bytes(s))))
+    }
+
+    /// Why inputs stacked on axis 0 cannot run through `graph` in one pass
+    /// (forward and backward) as if each ran alone, or `None` if they can:
+    /// every tensor must hold the samples on axis 0 (1 of them for an input
+    /// of `input_shape`) and every operator keep them apart.
+    pub fn batch_blocker(&self, graph: &Graph, input_shape: &[usize]) -> Option<String> {
+        if input_shape.len() < 2 || input_shape[0] != 1 {
+            return Some(format!(
+                "the model input {input_shape:?} has no batch axis of 1"
+            ));
+        }
+        let shapes = match self.shapes(graph, input_shape) {
+            Ok(s) => s,
+            Err(e) => return Some(format!("{e:#}")),
         };
+        let batched = |n: &str| shapes.get(n).is_some_and(|s| s.len() >= 2 && s[0] == 1);
+        for node in &graph.nodes {
+            let rank = shapes.get(node.inputs[0].as_str()).map_or(0, Vec::len);
+            let why = if !node.inputs.iter().chain([&node.output]).all(|n| batched(n)) {
+                Some("has a tensor without the batch axis 0 of 1")
+            } else {
+                match &node.op {
+                    Op::Conv(_)
+                    | Op::Dense(_)
+                    | Op::Affine(_)
+                    | Op::MaxPool(_)
+                    | Op::AvgPool(_)
+                    | Op::Sum
+                    | Op::Activation(_)
+                    | Op::Gate { .. }
+                    | Op::Reshape(Some(_)) => None,
+                    Op::Arith { constant, .. } => (constant.ndim() >= rank
+                        && constant.shape().first().is_some_and(|&d| d != 1))
+                    .then_some("has a constant along the batch axis"),
+                    Op::Transpose(perm) => {
+                        (perm.first() != Some(&0)).then_some("moves the batch axis")
+                    }
+                    Op::Registered(o) => {
+                        (!o.keeps_samples_apart(rank)).then_some("may mix the samples")
+                    }
+                    _ => Some("may mix the samples"),
+                }
+            };
+            if let Some(why) = why {
+                return Some(format!("{} node '{}' {why}", node.op_type, node.name));
+            }
+        }
+        None
+    }
+
+    /// The shape of every tensor of one forward pass on an input of
+    /// `input_shape` (a shape-only pass: nothing is allocated).
+    fn shapes<'g>(
+        &self,
+        graph: &'g Graph,
+        input_shape: &[usize],
+    ) -> Result<HashMap<&'g str, Vec<usize>>> {
         let mut shapes: HashMap<&str, Vec<usize>> = HashMap::new();
         shapes.insert(graph.input.as_str(), input_shape.to_vec());
-        let mut total = size(input_shape);
         for node in &graph.nodes {
             let ins = node
                 .inputs
@@ -107,10 +173,19 @@ impl NativePlan {
             let out = self
                 .node_shape(node, x, &ins)
                 .with_context(|| format!("{} node '{}'", node.op_type, node.name))?;
-            total = total.saturating_add(size(&out));
             shapes.insert(node.output.as_str(), out);
         }
-        Ok(total)
+        Ok(shapes)
+    }
+
+    /// [`NativePlan::run`] on inputs stacked on axis 0, keeping the same
+    /// activations (for a graph without [`NativePlan::batch_blocker`]).
+    pub fn run_batch(&self, graph: &Graph, input: &ArrayD<f32>) -> Result<NativeOutput> {
+        let plan = NativePlan {
+            keep: self.keep.clone(),
+            batch: input.shape().first().copied().unwrap_or(1),
+        };
+        plan.run(graph, input)
     }
 
     fn node_shape(&self, node: &Node, x: &[usize], ins: &[Vec<usize>]) -> Result<Vec<usize>> {
@@ -365,6 +440,13 @@ impl NativePlan {
             _ => bail!("no native forward pass"),
         })
     }
+}
+
+/// Bytes of an f32 tensor of shape `s`, saturating.
+fn bytes(s: &[usize]) -> u64 {
+    s.iter()
+        .try_fold(4u64, |a, &d| a.checked_mul(d as u64))
+        .unwrap_or(u64::MAX)
 }
 
 /// `f(a, b)` elementwise with numpy broadcasting; an error where the shapes

@@ -506,6 +506,43 @@ impl Model {
         );
         self.backend.run(&self.graph, input)
     }
+
+    /// Why inputs stacked on axis 0 cannot be explained in one pass
+    /// ([`Model::forward_batch`]), or `None` if they can: the native engine
+    /// runs the model and every operator keeps the samples apart.
+    pub fn batch_blocker(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Native(plan) => plan.batch_blocker(&self.graph, &self.input.shape),
+            Backend::Tract { .. } => Some("the forward pass runs in tract".to_string()),
+        }
+    }
+
+    /// Bytes of the activations one input keeps for the backward pass
+    /// (the size of a batch is chosen from it).
+    pub fn kept_bytes_per_input(&self) -> u64 {
+        match &self.backend {
+            Backend::Native(plan) => plan
+                .kept_bytes(&self.graph, &self.input.shape)
+                .unwrap_or(u64::MAX),
+            Backend::Tract { .. } => u64::MAX,
+        }
+    }
+
+    /// [`Model::forward`] on `n` inputs stacked on axis 0 (`[n, ...]`, each
+    /// of the model's input shape but for axis 0) in one pass. An error where
+    /// the model cannot take a batch ([`Model::batch_blocker`]).
+    pub fn forward_batch(&self, input: ArrayD<f32>) -> Result<Forward> {
+        let one = &self.input.shape;
+        ensure!(
+            input.ndim() == one.len() && input.shape()[1..] == one[1..],
+            "a batch of shape {:?} for a model input of shape {one:?}",
+            input.shape()
+        );
+        if let Some(why) = self.batch_blocker() {
+            anyhow::bail!("the model cannot take a batch: {why}");
+        }
+        self.backend.run_batch(&self.graph, input)
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,11 @@ impl Operator for Concat {
         Movement::Concat { axis: self.axis }.forward(inputs)
     }
 
+    /// Unless it concatenates along axis 0.
+    fn keeps_samples_apart(&self, rank: usize) -> bool {
+        normalize_axis(self.axis, rank).is_ok_and(|a| a != 0)
+    }
+
     fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         split(self.axis, inputs, r)
     }

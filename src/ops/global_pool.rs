@@ -51,6 +51,11 @@ impl Operator for GlobalPool {
         forward(inputs[0], self.max)
     }
 
+    /// It pools the axes after the channels.
+    fn keeps_samples_apart(&self, rank: usize) -> bool {
+        rank >= 2
+    }
+
     fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         Ok(vec![relevance(inputs[0], r, self.max)?])
     }

@@ -59,6 +59,11 @@ impl Operator for Mean {
         Ok(acc.mapv_into(|v| v / n))
     }
 
+    /// An elementwise mean of activations.
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        true
+    }
+
     fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         sum(inputs, r)
     }

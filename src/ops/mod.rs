@@ -181,6 +181,12 @@ pub trait Operator: std::fmt::Debug + Send + Sync {
     fn flow(&self) -> Flow {
         Flow::Conserving
     }
+    /// Whether the samples of inputs (of rank `rank`) stacked on axis 0 are
+    /// computed apart from each other, forward and backward: a batch may
+    /// then run through it in one pass.
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        false
+    }
 }
 
 impl Op {
@@ -253,6 +259,9 @@ pub struct Reuse<'a> {
     pub cache: Option<&'a WeightCache>,
     /// The layer's output `W x + b` from the forward pass, if it was kept.
     pub output: Option<&'a ArrayD<f32>>,
+    /// Inputs stacked on axis 0 (a batch; 0 counts as 1): the account of a
+    /// linear layer is given per row.
+    pub rows: usize,
 }
 
 /// Propagates the relevance `r` at the output of `op` to each of its inputs
@@ -273,7 +282,12 @@ pub fn relevance(
     Ok(relevance_accounted(op, output, inputs, r, rule, bounds, reuse)?.0)
 }
 
-/// [`relevance`], with the rule's [`Account`] for a linear layer.
+/// What a relevance pass hands to each input, with the rule's accounts of a
+/// linear layer (one per row of a batch).
+pub type Propagated = (Vec<ArrayD<f32>>, Option<Vec<Account>>);
+
+/// [`relevance`], with the rule's [`Account`] for a linear layer, one per
+/// row of a batch ([`Reuse::rows`]).
 pub fn relevance_accounted(
     op: &Op,
     output: &str,
@@ -282,7 +296,7 @@ pub fn relevance_accounted(
     rule: Rule,
     bounds: Option<&Bounds>,
     reuse: Reuse,
-) -> Result<(Vec<ArrayD<f32>>, Option<Account>)> {
+) -> Result<Propagated> {
     ensure!(!inputs.is_empty(), "no input activation");
     let x = inputs[0];
     let one = |a: ArrayD<f32>| vec![a];
@@ -293,9 +307,9 @@ pub fn relevance_accounted(
                 Some(cache) => {
                     let name = output;
                     let cached = Cached { layer, cache, name };
-                    rule.propagate_accounted(&cached, x, reuse.output, r, bounds)?
+                    rule.propagate_rows(&cached, x, reuse.output, r, bounds, reuse.rows)?
                 }
-                None => rule.propagate_accounted(layer, x, reuse.output, r, bounds)?,
+                None => rule.propagate_rows(layer, x, reuse.output, r, bounds, reuse.rows)?,
             };
             return Ok((one(out), Some(account)));
         }

@@ -94,6 +94,14 @@ impl Operator for ReduceSpec {
     fn takes_maxima(&self) -> bool {
         self.kind == ReduceKind::Max
     }
+
+    /// Unless it reduces axis 0 (no axes: all of them).
+    fn keeps_samples_apart(&self, rank: usize) -> bool {
+        self.axes.as_ref().is_some_and(|axes| {
+            axes.iter()
+                .all(|&a| super::concat::normalize_axis(a, rank).is_ok_and(|a| a != 0))
+        })
+    }
 }
 
 /// A reduction with no axes and `noop_with_empty_axes = 1`: the identity.
@@ -115,6 +123,10 @@ impl Operator for NoOp {
 
     fn gradient(&self, _: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         Ok(vec![g.clone()])
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        true
     }
 
     fn lrp0_breaker(&self) -> Option<String> {

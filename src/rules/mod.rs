@@ -17,7 +17,7 @@ pub mod cache;
 
 use std::borrow::Cow;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use ndarray::{ArrayD, Zip};
 
 use crate::elementwise;
@@ -361,7 +361,8 @@ fn share_account(
     dropped: impl Fn(f32) -> bool + Sync,
     bias: Option<(&Bias, &Bias)>,
     eps: f32,
-) -> Account {
+    rows: usize,
+) -> Result<Vec<Account>> {
     let shape = r.shape().to_vec();
     let (r, up, sign) = (flat(r), flat(shares.0), flat(sign));
     // without a second array of shares the first one is read twice, unused
@@ -378,6 +379,7 @@ fn share_account(
     };
     // one pass: blocks of outputs sharing one bias value (`inner`
     // consecutive outputs of a channel), or all outputs at once
+    let rows = rows.max(1);
     let (blocks, inner, n) = match bias {
         Some((b, _)) => {
             let axis = b.axis;
@@ -385,8 +387,14 @@ fn share_account(
             let outer: usize = shape[..axis].iter().product();
             (outer * n, shape[axis + 1..].iter().product::<usize>(), n)
         }
-        None => (1, r.len(), 1),
+        None => (rows, r.len() / rows, 1),
     };
+    // each row (of `rows` equal parts of the outputs) is whole blocks
+    ensure!(
+        r.len().is_multiple_of(rows) && blocks.is_multiple_of(rows),
+        "{} outputs in blocks of {inner} cannot be accounted in {rows} rows",
+        r.len()
+    );
     let block = |k: usize| -> [f64; 3] {
         let span = k * inner..(k + 1) * inner;
         let cols = [
@@ -403,21 +411,23 @@ fn share_account(
         [b, signed, dropped]
     };
     let add = |a: [f64; 3], b: [f64; 3]| [a[0] + b[0], a[1] + b[1], a[2] + b[2]];
-    let [bias, signed, dropped] = if blocks > 1 && inner >= 1024 {
-        use rayon::prelude::*;
-        (0..blocks)
-            .into_par_iter()
-            .map(block)
-            .reduce(|| [0.0; 3], add)
-    } else {
-        (0..blocks).map(block).fold([0.0; 3], add)
+    let per_row = blocks / rows;
+    let row = |i: usize| {
+        let ks = i * per_row..(i + 1) * per_row;
+        let [bias, signed, dropped] = if per_row > 1 && inner >= 1024 {
+            use rayon::prelude::*;
+            ks.into_par_iter().map(block).reduce(|| [0.0; 3], add)
+        } else {
+            ks.map(block).fold([0.0; 3], add)
+        };
+        Account {
+            bias,
+            stabilizer: eps as f64 * signed,
+            dropped,
+            sign: 0.0,
+        }
     };
-    Account {
-        bias,
-        stabilizer: eps as f64 * signed,
-        dropped,
-        sign: 0.0,
-    }
+    Ok((0..rows).map(row).collect())
 }
 
 /// Zennit's `stabilize`: `z + eps` where `z >= 0`, `z - eps` where `z < 0`.
@@ -567,6 +577,22 @@ impl Rule {
         r: &ArrayD<f32>,
         bounds: Option<&Bounds>,
     ) -> Result<(ArrayD<f32>, Account)> {
+        let (out, accounts) = self.propagate_rows(layer, x, z, r, bounds, 1)?;
+        Ok((out, accounts.into_iter().next().unwrap_or_default()))
+    }
+
+    /// [`Rule::propagate_accounted`] for `rows` inputs stacked on axis 0 (a
+    /// batch): one [`Account`] per row, each over its `1 / rows` of the
+    /// outputs.
+    pub fn propagate_rows(
+        &self,
+        layer: &dyn LinearLayer,
+        x: &ArrayD<f32>,
+        z: Option<&ArrayD<f32>>,
+        r: &ArrayD<f32>,
+        bounds: Option<&Bounds>,
+        rows: usize,
+    ) -> Result<(ArrayD<f32>, Vec<Account>)> {
         let shape = x.shape().to_vec();
         let output = || -> Result<Cow<'_, ArrayD<f32>>> {
             match z {
@@ -591,13 +617,14 @@ impl Rule {
                     |z| epsilon == 0.0 && z == 0.0,
                     bias.as_ref().map(|b| (b, b)),
                     epsilon,
-                );
+                    rows,
+                )?;
                 let out = reduce(layer, &s, &[(x, Modifier::Identity)], &shape)?;
                 Ok((out, account))
             }
-            Rule::ZPlus => self.alpha_beta(layer, x, r, 1.0, 0.0),
-            Rule::AlphaBeta { alpha, beta } => self.alpha_beta(layer, x, r, alpha, beta),
-            Rule::Gamma { gamma } => self.gamma(layer, x, &*output()?, r, gamma),
+            Rule::ZPlus => self.alpha_beta(layer, x, r, 1.0, 0.0, rows),
+            Rule::AlphaBeta { alpha, beta } => self.alpha_beta(layer, x, r, alpha, beta, rows),
+            Rule::Gamma { gamma } => self.gamma(layer, x, &*output()?, r, gamma, rows),
             Rule::WSquare | Rule::Flat => {
                 let m = if *self == Rule::WSquare {
                     Modifier::Square
@@ -607,7 +634,8 @@ impl Rule {
                 let ones = ArrayD::<f32>::ones(shape.clone());
                 let z = layer.forward_mod(&ones, m, false)?;
                 let s = divide(r, &z, STABILIZER);
-                let account = share_account(r, (&s, None), &z, |z| z == 0.0, None, STABILIZER);
+                let account =
+                    share_account(r, (&s, None), &z, |z| z == 0.0, None, STABILIZER, rows)?;
                 Ok((layer.backward_mod(&s, m, &shape)?, account))
             }
             Rule::ZBox => {
@@ -625,7 +653,8 @@ impl Rule {
                 z -= &layer.forward_mod(&b.low, Modifier::Pos, false)?;
                 z -= &layer.forward_mod(&b.high, Modifier::Neg, false)?;
                 let s = divide(r, &z, STABILIZER);
-                let account = share_account(r, (&s, None), &z, |z| z == 0.0, None, STABILIZER);
+                let account =
+                    share_account(r, (&s, None), &z, |z| z == 0.0, None, STABILIZER, rows)?;
                 let mut out = layer.backward_mod(&s, Modifier::Identity, &shape)?;
                 out *= x;
                 let cl = layer.backward_mod(&s, Modifier::Pos, &shape)?;
@@ -650,7 +679,8 @@ impl Rule {
         z: &ArrayD<f32>,
         r: &ArrayD<f32>,
         gamma: f32,
-    ) -> Result<(ArrayD<f32>, Account)> {
+        rows: usize,
+    ) -> Result<(ArrayD<f32>, Vec<Account>)> {
         let shape = x.shape().to_vec();
         let (wp, wn) = (Modifier::GammaPos(gamma), Modifier::GammaNeg(gamma));
         let xs = split(x);
@@ -695,7 +725,8 @@ impl Rule {
             |z| z == 0.0,
             b_up.as_ref().zip(b_down.as_ref()),
             STABILIZER,
-        );
+            rows,
+        )?;
         let mut out = reduce(layer, &s_up, &present(&up_terms), &shape)?;
         elementwise::add_into(
             &mut out,
@@ -711,7 +742,8 @@ impl Rule {
         r: &ArrayD<f32>,
         alpha: f32,
         beta: f32,
-    ) -> Result<(ArrayD<f32>, Account)> {
+        rows: usize,
+    ) -> Result<(ArrayD<f32>, Vec<Account>)> {
         let shape = x.shape().to_vec();
         let xs = split(x);
         let (xp, xn) = (xs.pos.as_deref(), xs.neg.as_deref());
@@ -747,7 +779,7 @@ impl Rule {
         }
         Ok((
             out.unwrap_or_else(|| ArrayD::zeros(shape)),
-            alpha_beta_account(r, &dens),
+            alpha_beta_account(r, &dens, rows)?,
         ))
     }
 }
@@ -758,8 +790,37 @@ impl Rule {
 /// part is present the relevance is dropped; else `(sum f_k - 1) R_j` is
 /// created by signs and the stabiliser takes `f_k (stab(z) - z) s = +-1e-6
 /// f_k s` of each part.
-fn alpha_beta_account(r: &ArrayD<f32>, dens: &[(f32, ArrayD<f32>, ArrayD<f32>)]) -> Account {
+fn alpha_beta_account(
+    r: &ArrayD<f32>,
+    dens: &[(f32, ArrayD<f32>, ArrayD<f32>)],
+    rows: usize,
+) -> Result<Vec<Account>> {
+    let rows = rows.max(1);
+    ensure!(
+        r.len().is_multiple_of(rows),
+        "{} outputs cannot be accounted in {rows} rows",
+        r.len()
+    );
+    let len = r.len() / rows;
     let r = flat(r);
+    let flats: Vec<_> = dens
+        .iter()
+        .map(|(f, z, s)| (*f, flat(z), flat(s)))
+        .collect();
+    Ok((0..rows)
+        .map(|i| {
+            let span = i * len..(i + 1) * len;
+            let parts: Vec<(f32, &[f32], &[f32])> = flats
+                .iter()
+                .map(|(f, z, s)| (*f, &z[span.clone()], &s[span.clone()]))
+                .collect();
+            alpha_beta_row(&r[span], &parts)
+        })
+        .collect())
+}
+
+/// [`alpha_beta_account`] of one row.
+fn alpha_beta_row(r: &[f32], dens: &[(f32, &[f32], &[f32])]) -> Account {
     // a part: (ideal factor, stabiliser's share)
     let part = |f: f32, z: f32, s: f32| -> (f32, f32) {
         let on = if z == 0.0 { 0.0 } else { f };
@@ -775,18 +836,15 @@ fn alpha_beta_account(r: &ArrayD<f32>, dens: &[(f32, ArrayD<f32>, ArrayD<f32>)])
     };
     let [dropped, sign, stabilizer] = match dens {
         [] => [r.iter().map(|&v| v as f64).sum(), 0.0, 0.0],
-        [(f, z, s)] => zip_sums([&r, &flat(z), &flat(s)], |[r, z, s]| {
+        [(f, z, s)] => zip_sums([r, z, s], |[r, z, s]| {
             let (i, t) = part(*f, z, s);
             finish(r, i, t)
         }),
-        [(f, z, s), (g, y, q), ..] => {
-            let (z, s, y, q) = (flat(z), flat(s), flat(y), flat(q));
-            zip_sums([&r, &z, &s, &y, &q], |[r, z, s, y, q]| {
-                let (i, t) = part(*f, z, s);
-                let (j, u) = part(*g, y, q);
-                finish(r, i + j, t + u)
-            })
-        }
+        [(f, z, s), (g, y, q), ..] => zip_sums([r, z, s, y, q], |[r, z, s, y, q]| {
+            let (i, t) = part(*f, z, s);
+            let (j, u) = part(*g, y, q);
+            finish(r, i + j, t + u)
+        }),
     };
     Account {
         bias: 0.0,

@@ -12,6 +12,7 @@
 mod support;
 
 mod batch;
+mod batched;
 mod bench;
 mod check;
 mod cli;

@@ -1,0 +1,198 @@
+//! Batches: several inputs explained in one forward and one backward pass
+//! give each input the explanation it gets alone (the map to float
+//! rounding, the ledger's sums, the warnings, the top classes), for every
+//! LRP composite and the one-pass gradients; models that cannot take a
+//! batch say why.
+//!
+//! Expected figures are the single-input runs of the same library: the
+//! batch must not change any explanation beyond the order of float sums
+//! (1e-4 of the map's largest value; sums 1e-4 relative).
+
+use lrp_heatmap::analyzers::lrp::{Explanation, Probes};
+use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
+use lrp_heatmap::composite::NAMES;
+use lrp_heatmap::model::Model;
+use lrp_heatmap::preprocess::Normalization;
+use ndarray::{concatenate, ArrayD, Axis};
+
+use crate::support::repo;
+
+/// Two photos and a third input that is the first one flipped and darker,
+/// so every row differs.
+fn inputs(model: &Model, norm: &Normalization) -> Vec<ArrayD<f32>> {
+    let mut out = Vec::new();
+    for p in ["cat", "rocket"] {
+        let img = image::open(repo(&format!("images/{p}.jpg")))
+            .expect("photo")
+            .to_rgb8();
+        out.push(model.tensor(&img, norm).unwrap());
+    }
+    let mut third = out[0].clone();
+    third.invert_axis(Axis(3));
+    third.mapv_inplace(|v| 0.7 * v - 0.2);
+    out.push(third);
+    out
+}
+
+fn close(what: &str, got: &Explanation, want: &Explanation, fails: &mut Vec<String>) {
+    let scale = want.relevance.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+    let worst = (got.relevance.iter().zip(want.relevance.iter()))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    if got.relevance.shape() != want.relevance.shape() || worst > 1e-4 * scale {
+        fails.push(format!("{what}: map off by {worst:e} (scale {scale:e})"));
+    }
+    let rel = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs().max(1e-3);
+    if got.class != want.class || !rel(got.logit as f64, want.logit as f64) {
+        fails.push(format!(
+            "{what}: class/logit {} {} vs {} {}",
+            got.class, got.logit, want.class, want.logit
+        ));
+    }
+    if got.warnings.len() != want.warnings.len() {
+        fails.push(format!(
+            "{what}: warnings {:?} vs {:?}",
+            got.warnings, want.warnings
+        ));
+    }
+    match (&got.ledger, &want.ledger) {
+        (Some(g), Some(w)) => {
+            if g.nodes.len() != w.nodes.len() {
+                fails.push(format!(
+                    "{what}: {} ledger entries vs {}",
+                    g.nodes.len(),
+                    w.nodes.len()
+                ));
+                return;
+            }
+            let mass = w
+                .nodes
+                .iter()
+                .map(|e| e.r_in.abs())
+                .fold(w.logit.abs(), f64::max);
+            for (a, b) in g.nodes.iter().zip(&w.nodes) {
+                let pairs = [
+                    ("in", a.r_in, b.r_in),
+                    ("out", a.out, b.out),
+                    ("bias", a.bias, b.bias),
+                    ("stabilizer", a.stabilizer, b.stabilizer),
+                    ("dropped", a.dropped, b.dropped),
+                    ("sign", a.sign, b.sign),
+                ];
+                for (field, x, y) in pairs {
+                    if a.node != b.node || (x - y).abs() > 1e-4 * mass {
+                        fails.push(format!("{what}: ledger {} {field}: {x} vs {y}", b.node));
+                    }
+                }
+            }
+            if let Err(m) = g.check(1e-4) {
+                fails.push(format!("{what}: batched ledger does not balance: {m}"));
+            }
+        }
+        (None, None) => {}
+        _ => fails.push(format!("{what}: ledger present in one run only")),
+    }
+}
+
+#[test]
+fn a_batch_explains_each_input_as_it_is_explained_alone() {
+    let model = Model::load("efficientnet-lite0").expect("bundled");
+    assert_eq!(model.batch_blocker(), None);
+    let norm = Normalization::default();
+    let xs = inputs(&model, &norm);
+    let views: Vec<_> = xs.iter().map(|x| x.view()).collect();
+    let batch = model
+        .forward_batch(concatenate(Axis(0), &views).unwrap())
+        .unwrap();
+    assert_eq!(batch.rows(), 3);
+    let alone: Vec<_> = xs
+        .iter()
+        .map(|x| model.forward(x.clone()).unwrap())
+        .collect();
+    // the rows' own top classes, and one row explained for another class
+    let mut classes: Vec<usize> = alone.iter().map(|f| f.top_k(1)[0].0).collect();
+    for (row, f) in alone.iter().enumerate() {
+        let want = f.top_k(5);
+        let got = batch.top_k_row(row, 5);
+        assert_eq!(
+            got.iter().map(|p| p.0).collect::<Vec<_>>(),
+            want.iter().map(|p| p.0).collect::<Vec<_>>(),
+            "top-5 of row {row}"
+        );
+    }
+    classes[2] = 7;
+    let params = AnalyzerParams::default();
+    let mut fails = Vec::new();
+    let names = NAMES.iter().map(|(n, _)| *n);
+    for name in names.chain(["gradient", "gradient-x-input", "guided-backprop"]) {
+        let a = Analyzer::from_name(name, &params).unwrap();
+        assert!(a.batches(), "{name}");
+        let got = a
+            .explain_rows(&model, &batch, &classes, &norm, &Probes::default())
+            .unwrap();
+        assert_eq!(got.len(), 3);
+        for (row, (g, f)) in got.iter().zip(&alone).enumerate() {
+            let want = a.explain(&model, f, classes[row], &norm).unwrap();
+            close(&format!("{name} row {row}"), g, &want, &mut fails);
+        }
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+#[test]
+fn probed_layers_and_concepts_are_per_input_in_a_batch() {
+    let model = Model::load("efficientnet-lite0").expect("bundled");
+    let norm = Normalization::default();
+    let xs = inputs(&model, &norm);
+    let views: Vec<_> = xs.iter().map(|x| x.view()).collect();
+    let batch = model
+        .forward_batch(concatenate(Axis(0), &views).unwrap())
+        .unwrap();
+    let probes = Probes {
+        layers: vec![
+            "/_swish_1/Clip".into(),
+            "/_blocks.15/_project_conv/Conv".into(),
+        ],
+        concept: Some("/_swish_1/Clip:3,1156".parse().unwrap()),
+        ..Default::default()
+    };
+    let a = Analyzer::from_name("epsilon-plus-flat", &AnalyzerParams::default()).unwrap();
+    let classes = [281, 812, 281];
+    let got = a
+        .explain_rows(&model, &batch, &classes, &norm, &probes)
+        .unwrap();
+    let mut fails = Vec::new();
+    for (row, g) in got.iter().enumerate() {
+        let f = model.forward(xs[row].clone()).unwrap();
+        let want = a
+            .explain_probed(&model, &f, classes[row], &norm, &probes)
+            .unwrap();
+        close(&format!("row {row}"), g, &want, &mut fails);
+        assert_eq!(g.layers.len(), 2);
+        for (l, w) in g.layers.iter().zip(&want.layers) {
+            assert_eq!(l.relevance.shape(), w.relevance.shape(), "{}", l.layer);
+            let scale = w.relevance.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+            for (x, y) in l.relevance.iter().zip(w.relevance.iter()) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * scale,
+                    "{} row {row}: {x} vs {y}",
+                    l.layer
+                );
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    // a start inside the graph and the multi-pass analyzers take one input
+    let start = Probes {
+        start: Some("/_swish_1/Clip:3".parse().unwrap()),
+        ..Default::default()
+    };
+    assert!(a
+        .explain_rows(&model, &batch, &classes, &norm, &start)
+        .is_err());
+    let ig = Analyzer::from_name("integrated-gradients", &AnalyzerParams::default()).unwrap();
+    assert!(!ig.batches());
+    assert!(ig
+        .explain_rows(&model, &batch, &classes, &norm, &Probes::default())
+        .is_err());
+}
