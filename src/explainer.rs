@@ -20,6 +20,7 @@ use image::{DynamicImage, RgbImage};
 use ndarray::{ArrayD, Axis};
 use rayon::prelude::*;
 
+use crate::analyzers::lrp::Probes;
 use crate::analyzers::{Analyzer, AnalyzerParams};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -266,7 +267,7 @@ impl Explainer<'_> {
 
     fn run(&self, analyzer: &Analyzer, input: &(impl Input + ?Sized)) -> Result<Explanation> {
         let x = input.tensor(self.model, &self.norm, &self.limits)?;
-        let fwd = self.model.forward(x)?;
+        let fwd = analyzer.forward(self.model, x, &Probes::default(), false)?;
         let class = self.class.unwrap_or_else(|| fwd.top_k(1)[0].0);
         Ok(analyzer.explain(self.model, &fwd, class, &self.norm)?)
     }

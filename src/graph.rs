@@ -164,6 +164,35 @@ impl Graph {
             .map(|n| n.output.as_str())
     }
 
+    /// [`Graph::needed_activations`] without the inputs of ReLU and Clip
+    /// nodes that the backward pass can do without
+    /// ([`crate::ops::activation::Act::mask_from_output`]: it reads their
+    /// output instead): tensors that only such nodes read, whose output is
+    /// kept, and that are not the output of a linear layer for which
+    /// `reuses` says the rule reuses `z = W x + b`, nor named in `keep`.
+    pub fn lean_activations(&self, reuses: &dyn Fn(&Node) -> bool, keep: &[&str]) -> Vec<String> {
+        let all = self.needed_activations();
+        let needed: std::collections::HashSet<&str> = all.iter().map(String::as_str).collect();
+        let droppable = |t: &str| {
+            let mut readers = self
+                .nodes
+                .iter()
+                .filter(|n| n.inputs.iter().any(|i| i == t));
+            let masks = readers.clone().next().is_some()
+                && readers.all(|n| {
+                    matches!(&n.op, Op::Activation(a) if a.mask_from_output())
+                        && n.inputs.len() == 1
+                        && needed.contains(n.output.as_str())
+                });
+            let producer = self.nodes.iter().find(|n| n.output == t);
+            masks
+                && t != self.logits
+                && !keep.contains(&t)
+                && producer.is_some_and(|p| p.op.linear().is_none() || !reuses(p))
+        };
+        all.iter().filter(|t| !droppable(t)).cloned().collect()
+    }
+
     /// Names of all tensors the backward pass reads (node inputs), the model input excluded.
     pub fn needed_activations(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();

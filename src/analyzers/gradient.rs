@@ -118,7 +118,12 @@ fn mean_gradient(
 ) -> Result<ArrayD<f32>> {
     let mut sum = ArrayD::<f64>::zeros(model.input.shape.clone());
     for k in 0..count {
-        let fwd = model.forward(point(k))?;
+        // a gradient reuses no layer output: the lean pass
+        let lean = crate::model::Lean {
+            reuses: &|_| false,
+            keep: &[],
+        };
+        let fwd = model.forward_lean(point(k), Some(lean), false)?;
         let g = input_gradient(&model.graph, &fwd, class, GradientMode::Plain)?;
         Zip::from(&mut sum).and(&g).for_each(|s, &g| *s += g as f64);
     }

@@ -255,6 +255,39 @@ impl Analyzer {
         Ok(self.finished(class, fwd.logits[class], relevance))
     }
 
+    /// The forward pass on `input` (a batch stacked on axis 0 if `batch`)
+    /// that this analyzer's backward pass needs, probing `probes`: the
+    /// activations it reads and the tensors `probes` name, no more
+    /// ([`Model::forward_lean`]). The inputs of ReLU and Clip nodes are
+    /// dropped (the walk reads their output), unless a rule reuses them as
+    /// a layer's output (epsilon, gamma).
+    pub fn forward(
+        &self,
+        model: &Model,
+        input: ArrayD<f32>,
+        probes: &Probes,
+        batch: bool,
+    ) -> Result<Forward> {
+        let reuses = |n: &crate::graph::Node| match self {
+            Analyzer::Lrp(c) => matches!(
+                c.rule_for(n),
+                crate::rules::Rule::Epsilon { .. } | crate::rules::Rule::Gamma { .. }
+            ),
+            _ => false,
+        };
+        let graph = &model.graph;
+        let names: Vec<&str> = (probes.layers.iter().map(String::as_str))
+            .chain(probes.concept.iter().map(|c| c.layer.as_str()))
+            .chain(probes.start.iter().map(|c| c.layer.as_str()))
+            .filter_map(|l| graph.resolve(l))
+            .collect();
+        let lean = crate::model::Lean {
+            reuses: &reuses,
+            keep: &names,
+        };
+        model.forward_lean(input, Some(lean), batch)
+    }
+
     /// Whether [`Analyzer::explain_rows`] takes a batch: LRP and the
     /// gradients of one backward pass (integrated gradients and SmoothGrad
     /// run passes of their own for each input).

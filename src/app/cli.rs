@@ -138,6 +138,14 @@ pub struct Args {
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub jobs: Option<u32>,
 
+    /// Images per forward and backward pass: a batch reads each layer's weights
+    /// once for all its images (--jobs batches run in parallel) [default: batch
+    /// while the weights outweigh one image's activations, within 512 MB of
+    /// activations in flight (VGG16: 2, EfficientNet-Lite0: 1); 1 where the
+    /// model or the analyzer takes one image at a time]
+    #[arg(long, value_name = "N")]
+    pub batch: Option<u32>,
+
     /// No progress bar (it is shown only when stderr is a terminal anyway).
     #[arg(short, long)]
     pub quiet: bool,
@@ -798,6 +806,10 @@ impl Args {
             },
             recursive: self.common.recursive,
             jobs: self.jobs.map(|j| j as usize),
+            batch: match self.batch {
+                Some(0) => anyhow::bail!("--batch: at least 1 image, got 0"),
+                b => b.map(|b| b as usize),
+            },
             quiet: self.quiet,
             skip_existing: self.skip_existing,
             input_size: self.common.input_size()?,

@@ -58,23 +58,24 @@ impl Backend {
     /// Runs `graph` on `input`: the logits and the activations the backward
     /// pass reads. Errors for non-finite logits.
     pub fn run(&self, graph: &Graph, input: ArrayD<f32>) -> Result<Forward> {
-        self.run_rows(graph, input, false)
+        self.run_keeping(graph, input, None, false)
     }
 
-    /// [`Backend::run`] on inputs stacked on axis 0 (native engine only;
-    /// the caller checks [`native::NativePlan::batch_blocker`]).
-    pub fn run_batch(&self, graph: &Graph, input: ArrayD<f32>) -> Result<Forward> {
-        self.run_rows(graph, input, true)
-    }
-
-    fn run_rows(&self, graph: &Graph, input: ArrayD<f32>, batch: bool) -> Result<Forward> {
+    /// [`Backend::run`] keeping the activations `keep` (all those the
+    /// backward pass reads if `None`; the tract engine keeps them all), on
+    /// inputs stacked on axis 0 if `batch` (native engine only; the caller
+    /// checks [`native::NativePlan::batch_blocker`]).
+    pub fn run_keeping(
+        &self,
+        graph: &Graph,
+        input: ArrayD<f32>,
+        keep: Option<&[String]>,
+        batch: bool,
+    ) -> Result<Forward> {
         let (logits_tensor, activations) = match self {
-            Backend::Native(native) if batch => {
-                let out = native.run_batch(graph, &input).context("forward pass")?;
-                (Some(out.logits), out.activations)
-            }
             Backend::Native(native) => {
-                let out = native.run(graph, &input).context("forward pass")?;
+                let out =
+                    (native.run_keeping(graph, &input, keep, batch)).context("forward pass")?;
                 (Some(out.logits), out.activations)
             }
             Backend::Tract { .. } if batch => {

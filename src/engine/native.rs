@@ -178,12 +178,23 @@ impl NativePlan {
         Ok(shapes)
     }
 
-    /// [`NativePlan::run`] on inputs stacked on axis 0, keeping the same
-    /// activations (for a graph without [`NativePlan::batch_blocker`]).
-    pub fn run_batch(&self, graph: &Graph, input: &ArrayD<f32>) -> Result<NativeOutput> {
+    /// [`NativePlan::run`] keeping the activations `keep` (all those the
+    /// backward pass reads if `None`), on inputs stacked on axis 0 if
+    /// `batch` (for a graph without [`NativePlan::batch_blocker`]).
+    pub fn run_keeping(
+        &self,
+        graph: &Graph,
+        input: &ArrayD<f32>,
+        keep: Option<&[String]>,
+        batch: bool,
+    ) -> Result<NativeOutput> {
         let plan = NativePlan {
-            keep: self.keep.clone(),
-            batch: input.shape().first().copied().unwrap_or(1),
+            keep: keep.map_or_else(|| self.keep.clone(), |k| k.iter().cloned().collect()),
+            batch: if batch {
+                input.shape().first().copied().unwrap_or(1)
+            } else {
+                1
+            },
         };
         plan.run(graph, input)
     }

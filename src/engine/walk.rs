@@ -10,7 +10,23 @@ use ndarray::ArrayD;
 
 use crate::engine::profile::{self, Phase};
 use crate::engine::Forward;
-use crate::graph::{Graph, Node};
+use crate::graph::{Graph, Node, Op};
+
+/// The activation `name` that `node` reads; for the input of a ReLU or Clip
+/// that a lean forward pass dropped ([`crate::Model::forward_lean`]), the
+/// node's output, which tells the same derivative
+/// ([`crate::graph::Act::mask_from_output`]).
+fn input_of<'f>(
+    graph: &Graph,
+    fwd: &'f Forward,
+    node: &Node,
+    name: &str,
+) -> Result<&'f ArrayD<f32>> {
+    fwd.get(graph, name).or_else(|e| match &node.op {
+        Op::Activation(a) if a.mask_from_output() => fwd.get(graph, &node.output).map_err(|_| e),
+        _ => Err(e),
+    })
+}
 
 /// Walks `graph` backwards from `value` put on the logit of `class` (zero
 /// elsewhere), summing what `step` returns for each node's inputs where a
@@ -87,7 +103,7 @@ pub fn walk_from_owned(
         let inputs = node
             .inputs
             .iter()
-            .map(|n| fwd.get(graph, n))
+            .map(|n| input_of(graph, fwd, node, n))
             .collect::<Result<Vec<_>>>()?;
         profile::timed(Phase::Backward, &node.op_type, &node.name, || {
             for (name, ri) in node.inputs.iter().zip(step(node, &inputs, r)?) {

@@ -224,6 +224,15 @@ impl LoadOptions {
     }
 }
 
+/// What a lean forward pass keeps ([`Model::forward_lean`]).
+#[derive(Clone, Copy)]
+pub struct Lean<'a> {
+    /// Whether the rule of a linear layer reuses its output `z = W x + b`.
+    pub reuses: &'a dyn Fn(&crate::graph::Node) -> bool,
+    /// Tensors kept whatever the rules (probed layers).
+    pub keep: &'a [&'a str],
+}
+
 impl Model {
     /// Loads and prepares an ONNX model file, or the bundled model when `path`
     /// is [`BUNDLED_NAME`] and no such file exists.
@@ -517,6 +526,21 @@ impl Model {
         }
     }
 
+    /// Bytes of the weights of the linear layers (what one pass reads
+    /// whatever the number of inputs).
+    pub fn weight_bytes(&self) -> u64 {
+        use crate::graph::Op;
+        let values: usize = (self.graph.nodes.iter())
+            .map(|n| match &n.op {
+                Op::Conv(c) => c.weight.len(),
+                Op::Dense(d) => d.weight.len(),
+                Op::Affine(a) => a.weight.len(),
+                _ => 0,
+            })
+            .sum();
+        4 * values as u64
+    }
+
     /// Bytes of the activations one input keeps for the backward pass
     /// (the size of a batch is chosen from it).
     pub fn kept_bytes_per_input(&self) -> u64 {
@@ -532,16 +556,41 @@ impl Model {
     /// of the model's input shape but for axis 0) in one pass. An error where
     /// the model cannot take a batch ([`Model::batch_blocker`]).
     pub fn forward_batch(&self, input: ArrayD<f32>) -> Result<Forward> {
+        self.forward_lean(input, None, true)
+    }
+
+    /// [`Model::forward`] keeping only the activations of
+    /// [`Graph::lean_activations`]`(reuses, keep)` when `lean` holds them
+    /// (`None`: all), on a batch stacked on axis 0 if `batch`
+    /// ([`Model::forward_batch`]). A backward pass on it must not read
+    /// what it dropped: the inputs of ReLU and Clip nodes (the walk reads
+    /// their output instead) and the outputs of linear layers whose rule
+    /// does not reuse them.
+    pub fn forward_lean(
+        &self,
+        input: ArrayD<f32>,
+        lean: Option<Lean>,
+        batch: bool,
+    ) -> Result<Forward> {
         let one = &self.input.shape;
-        ensure!(
-            input.ndim() == one.len() && input.shape()[1..] == one[1..],
-            "a batch of shape {:?} for a model input of shape {one:?}",
-            input.shape()
-        );
-        if let Some(why) = self.batch_blocker() {
-            anyhow::bail!("the model cannot take a batch: {why}");
+        if batch {
+            ensure!(
+                input.ndim() == one.len() && input.shape()[1..] == one[1..],
+                "a batch of shape {:?} for a model input of shape {one:?}",
+                input.shape()
+            );
+            if let Some(why) = self.batch_blocker() {
+                anyhow::bail!("the model cannot take a batch: {why}");
+            }
+        } else {
+            ensure!(
+                input.shape() == one,
+                "input of shape {:?}, the model expects {one:?}",
+                input.shape()
+            );
         }
-        self.backend.run_batch(&self.graph, input)
+        let keep = lean.map(|l| self.graph.lean_activations(l.reuses, l.keep));
+        (self.backend).run_keeping(&self.graph, input, keep.as_deref(), batch)
     }
 }
 

@@ -118,6 +118,16 @@ impl Act {
         matches!(self, Act::Relu) || matches!(self, Act::Clip { min, .. } if *min == 0.0)
     }
 
+    /// Whether its output tells its derivative as well as its input does:
+    /// ReLU and Clip have derivative 1 on the open interval `(lo, hi)` and 0
+    /// elsewhere, and `lo < clip(x) < hi` exactly where `lo < x < hi`
+    /// (guided backprop reads the same interval). Both are idempotent, so
+    /// running them on their output gives the output again. A forward pass
+    /// may then drop their input and the backward pass read the output.
+    pub fn mask_from_output(&self) -> bool {
+        matches!(self, Act::Relu | Act::Clip { .. })
+    }
+
     /// The value at `x`, for every activation but [`Act::PRelu`] and [`Act::Opaque`].
     fn value(&self, x: f32) -> f32 {
         let xd = x as f64;

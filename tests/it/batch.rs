@@ -119,3 +119,101 @@ fn skip_existing_resumes_a_batch() {
     assert_eq!(before, after, "the existing output was not rewritten");
     assert!(dir.join("coffee.epsilon-plus.png").exists());
 }
+
+/// Reads `<stem>.<rule>.npy` below `dir`.
+fn npy(dir: &Path, stem: &str, rule: &str) -> Vec<f32> {
+    lrp_testkit::npy::read_npy_f32(&dir.join(format!("{stem}.{rule}.npy")))
+        .unwrap()
+        .1
+}
+
+#[test]
+fn batches_write_what_one_image_at_a_time_writes_and_go_on_past_bad_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    let images = repo("images");
+    for p in ["astronaut", "cat", "coffee", "rocket"] {
+        std::fs::copy(
+            images.join(format!("{p}.jpg")),
+            dir.join(format!("{p}.jpg")),
+        )
+        .unwrap();
+    }
+    // a bad file sorted between the photos: the batch it falls in goes on
+    std::fs::write(dir.join("broken.jpg"), [0xFFu8, 0xD8, 0xFF, 0xE0, 1, 2, 3]).unwrap();
+    let run = |batch: &str, rule: &str, out: &Path| {
+        let o = lrp(&[
+            dir.to_str().unwrap(),
+            "-r",
+            rule,
+            "-o",
+            out.to_str().unwrap(),
+            "--raw",
+            "--json",
+            "--batch",
+            batch,
+        ]);
+        let err = text(&o.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(err.contains("done 4, skipped 0, failed 1"), "{err}");
+        let bad: Vec<_> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert!(bad.len() == 1 && bad[0].contains("broken.jpg"), "{err}");
+        (json_lines(&o), err)
+    };
+    for rule in ["epsilon-plus-flat", "gradient"] {
+        let (one, two) = (
+            tmp.path().join(format!("one-{rule}")),
+            tmp.path().join(format!("three-{rule}")),
+        );
+        let (a, _) = run("1", rule, &one);
+        let (b, _) = run("3", rule, &two);
+        assert_eq!(files_below(&one), files_below(&two));
+        for p in ["astronaut", "cat", "coffee", "rocket"] {
+            let pick = |lines: &[serde_json::Value]| {
+                lines
+                    .iter()
+                    .find(|v| {
+                        v["input"]
+                            .as_str()
+                            .is_some_and(|s| s.ends_with(&format!("{p}.jpg")))
+                    })
+                    .cloned()
+                    .unwrap()
+            };
+            let (x, y) = (pick(&a), pick(&b));
+            assert_eq!(x["class"], y["class"], "{rule} {p}");
+            assert_eq!(x["top5"].as_array().map(|t| t.len()), Some(5));
+            // the same map up to the order of float sums
+            let (u, v) = (npy(&one.join("in"), p, rule), npy(&two.join("in"), p, rule));
+            let scale = u.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
+            let worst = u
+                .iter()
+                .zip(&v)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                u.len() == v.len() && worst <= 1e-4 * scale,
+                "{rule} {p}: {worst} of {scale}"
+            );
+        }
+    }
+    // a multi-pass analyzer takes one image per pass, and says so
+    let (_, err) = run("3", "integrated-gradients", &tmp.path().join("ig"));
+    assert!(
+        err.contains(
+            "note: --batch 3: one image per pass: integrated-gradients runs passes of its own"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_batch_of_zero_is_a_one_line_usage_error() {
+    let o = lrp(&[repo("images/cat.jpg").to_str().unwrap(), "--batch", "0"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--batch: at least 1 image, got 0"), "{err}");
+}

@@ -196,3 +196,93 @@ fn probed_layers_and_concepts_are_per_input_in_a_batch() {
         .explain_rows(&model, &batch, &classes, &norm, &Probes::default())
         .is_err());
 }
+
+#[test]
+fn the_lean_forward_pass_of_each_analyzer_gives_the_same_explanations() {
+    // Analyzer::forward drops the inputs of ReLU6 (Clip) nodes unless the
+    // rule reuses them as a convolution's output (epsilon, gamma): the
+    // explanations must not change by a bit, and z-plus and the gradient
+    // must keep fewer tensors than the full pass
+    let model = Model::load("efficientnet-lite0").expect("bundled");
+    let norm = Normalization::default();
+    let x = inputs(&model, &norm).remove(1);
+    let full = model.forward(x.clone()).unwrap();
+    let class = full.top_k(1)[0].0;
+    let params = AnalyzerParams::default();
+    let names = NAMES.iter().map(|(n, _)| *n);
+    let mut fails = Vec::new();
+    for name in names.chain([
+        "gradient",
+        "gradient-x-input",
+        "guided-backprop",
+        "smoothgrad",
+    ]) {
+        let a = Analyzer::from_name(name, &params).unwrap();
+        let lean = a
+            .forward(&model, x.clone(), &Probes::default(), false)
+            .unwrap();
+        assert_eq!(lean.logits, full.logits, "{name}");
+        if ["zplus", "gradient"].contains(&name) {
+            assert!(
+                lean.activations.len() + 30 <= full.activations.len(),
+                "{name}: {} of {} tensors kept",
+                lean.activations.len(),
+                full.activations.len()
+            );
+        }
+        let got = a.explain(&model, &lean, class, &norm).unwrap();
+        let want = a.explain(&model, &full, class, &norm).unwrap();
+        if got.relevance != want.relevance {
+            fails.push(format!("{name}: the map changed"));
+        }
+        // the ledger's f64 sums of parallel blocks may be added in another
+        // order from one run to the next: equal to 1e-9 of the books' scale
+        if got.warnings != want.warnings {
+            fails.push(format!("{name}: the warnings changed"));
+        }
+        match (&got.ledger, &want.ledger) {
+            (Some(g), Some(w)) => {
+                let mass = (w.nodes.iter()).fold(w.logit.abs(), |m, e| m.max(e.mass));
+                let same = |a: f64, b: f64| (a - b).abs() <= 1e-9 * mass;
+                let ok = g.nodes.len() == w.nodes.len()
+                    && same(g.input_sum, w.input_sum)
+                    && g.nodes.iter().zip(&w.nodes).all(|(a, b)| {
+                        a.node == b.node
+                            && [
+                                (a.r_in, b.r_in),
+                                (a.out, b.out),
+                                (a.bias, b.bias),
+                                (a.stabilizer, b.stabilizer),
+                                (a.dropped, b.dropped),
+                                (a.sign, b.sign),
+                            ]
+                            .iter()
+                            .all(|&(x, y)| same(x, y))
+                    });
+                if !ok {
+                    fails.push(format!("{name}: the ledger changed"));
+                }
+            }
+            (None, None) => {}
+            _ => fails.push(format!("{name}: a ledger in one run only")),
+        }
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    // a probed layer is kept even where the rule would drop it
+    let a = Analyzer::from_name("zplus", &params).unwrap();
+    let probes = Probes {
+        layers: vec![
+            "/_blocks.15/_project_conv/Conv".into(),
+            "/_conv_head/Conv".into(),
+        ],
+        ..Default::default()
+    };
+    let lean = a.forward(&model, x, &probes, false).unwrap();
+    let got = a
+        .explain_probed(&model, &lean, class, &norm, &probes)
+        .unwrap();
+    let want = a
+        .explain_probed(&model, &full, class, &norm, &probes)
+        .unwrap();
+    assert_eq!(got.layers, want.layers);
+}

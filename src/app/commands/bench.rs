@@ -85,7 +85,8 @@ pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
                 profile::enable();
             }
             let t = Instant::now();
-            let fwd = model.forward(x.clone())?;
+            // the pass `explain` runs: what this analyzer reads, no more
+            let fwd = a.forward(&model, x.clone(), &Default::default(), false)?;
             let tf = t.elapsed().as_secs_f64();
             let class = fwd.top_k(1)[0].0;
             let e = a.explain(&model, &fwd, class, &norm)?;

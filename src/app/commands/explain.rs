@@ -58,6 +58,9 @@ pub struct Config {
     pub recursive: bool,
     /// Images explained at once (`None`: one per core).
     pub jobs: Option<usize>,
+    /// Images per forward and backward pass (`None`: chosen by memory,
+    /// [`Explainer::batch_size`]).
+    pub batch: Option<usize>,
     /// No progress bar.
     pub quiet: bool,
     /// Skip inputs whose outputs exist already.
@@ -150,6 +153,27 @@ fn channels_part(what: &str, c: &Channels) -> String {
     format!("{what}-{}-{}", file_part(&c.layer), ks.join("_"))
 }
 
+/// Bytes of activations the default batches in flight may keep for their
+/// backward passes.
+pub const BATCH_BYTES: u64 = 512 << 20;
+
+/// The largest default batch.
+pub const MAX_BATCH: usize = 16;
+
+/// One image explained, before its outputs are written.
+struct Explained {
+    img: image::RgbImage,
+    top5: Vec<(usize, f32)>,
+    explanation: Explanation,
+    /// The near-tie warnings of its forward pass.
+    warnings: Vec<String>,
+}
+
+/// `f()`, with a panic turned into an error naming the job's input.
+fn guarded<T>(job: &Job, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    lrp_heatmap::guard::boundary(&job.input.display().to_string(), f)
+}
+
 /// A loaded model with the run's rule, ready to explain images.
 pub struct Explainer {
     /// The model.
@@ -223,28 +247,82 @@ impl Explainer {
         job.output(&format!("{}.{}", self.tag(), file_part(layer)), "npy")
     }
 
-    /// Explains one image and writes its outputs.
-    pub fn run_one(&self, job: &Job) -> Result<Outcome> {
-        let t0 = Instant::now();
+    /// How many images go through one pass for `images` images on `jobs`
+    /// threads when `asked` (`None`: the default), and a note when `asked`
+    /// cannot be honoured. The default batches while the layers' weights
+    /// outweigh the activations one image keeps (a pass then reads more
+    /// weights than activations, and a batch reads them once for all its
+    /// images), as far as the `jobs` batches in flight keep at most
+    /// [`BATCH_BYTES`] of activations; a model or analyzer that takes one
+    /// image at a time gets 1.
+    pub fn batch_size(
+        &self,
+        asked: Option<usize>,
+        images: usize,
+        jobs: usize,
+    ) -> (usize, Option<String>) {
+        let blocker = if !self.analyzer.batches() {
+            Some(format!(
+                "{} runs passes of its own for each image",
+                self.analyzer.name()
+            ))
+        } else if self.cfg.probes.start.is_some() {
+            Some("a start inside the graph explains one image at a time".to_string())
+        } else {
+            self.model.batch_blocker()
+        };
+        let images = images.max(1);
+        match (asked, blocker) {
+            (Some(n), Some(why)) if n > 1 => {
+                (1, Some(format!("--batch {n}: one image per pass: {why}")))
+            }
+            (Some(n), _) => (n.min(images), None),
+            (None, Some(_)) => (1, None),
+            (None, None) => {
+                let per = self.model.kept_bytes_per_input().max(1);
+                let by_weights = self.model.weight_bytes() / per;
+                let by_memory = BATCH_BYTES / per.saturating_mul(jobs.max(1) as u64);
+                let n = by_weights.min(by_memory).clamp(1, MAX_BATCH as u64) as usize;
+                (n.min(images), None)
+            }
+        }
+    }
+
+    /// Loads one image and makes the model's input tensor of it.
+    fn prepare(&self, job: &Job) -> Result<(image::RgbImage, ArrayD<f32>)> {
         let input = job.input.as_path();
-        let spec = &self.model.input;
         let img = preprocess::load_image_with(input, &self.cfg.limits)?;
         let tensor = (self.model)
             .tensor(&img, &self.cfg.norm)
             .with_context(|| format!("cannot prepare {}", input.display()))?;
-        let forward = self
-            .model
-            .forward(tensor)
+        Ok((img, tensor))
+    }
+
+    /// The class to explain, given the top classes of the input.
+    fn class_of(&self, top5: &[(usize, f32)]) -> Result<usize> {
+        match &self.cfg.class {
+            ClassChoice::Top => top5
+                .first()
+                .map(|t| t.0)
+                .ok_or_else(|| anyhow!("the model has no class")),
+            ClassChoice::Query(q) => {
+                labels::find_class(&self.labels, q).map_err(|e| anyhow!("--class {q}: {e}"))
+            }
+        }
+    }
+
+    /// Explains one image and writes its outputs.
+    pub fn run_one(&self, job: &Job) -> Result<Outcome> {
+        let t0 = Instant::now();
+        let input = job.input.as_path();
+        let (img, tensor) = self.prepare(job)?;
+        let forward = (self.analyzer)
+            .forward(&self.model, tensor, &self.cfg.probes, false)
             .with_context(|| format!("{}", input.display()))?;
         let top5 = forward.top_k(5);
         let warnings = explanation_warnings(&self.model, &forward);
-        let class = match &self.cfg.class {
-            ClassChoice::Top => top5[0].0,
-            ClassChoice::Query(q) => {
-                labels::find_class(&self.labels, q).map_err(|e| anyhow!("--class {q}: {e}"))?
-            }
-        };
-        let mut explanation = self
+        let class = self.class_of(&top5)?;
+        let explanation = self
             .analyzer
             .explain_probed(
                 &self.model,
@@ -255,9 +333,117 @@ impl Explainer {
             )
             .map_err(crate::app::cli::in_flags)
             .with_context(|| format!("cannot explain {}", input.display()))?;
-        let mut warnings = warnings;
-        warnings.extend(explanation.warnings.iter().cloned());
         drop(forward);
+        let explained = Explained {
+            img,
+            top5,
+            explanation,
+            warnings,
+        };
+        self.write(job, explained, t0.elapsed().as_secs_f64())
+    }
+
+    /// Explains the images of `jobs` in one forward and one backward pass
+    /// (a batch: [`lrp_heatmap::Model::forward_batch`]) and writes their
+    /// outputs; a result per job, in order. An image that cannot be read
+    /// fails alone; if the batch itself fails, each image is run alone.
+    pub fn run_batch(&self, jobs: &[Job]) -> Vec<Result<Outcome>> {
+        use rayon::prelude::*;
+        let t0 = Instant::now();
+        let prepared: Vec<Result<(image::RgbImage, ArrayD<f32>)>> = jobs
+            .par_iter()
+            .map(|j| guarded(j, || self.prepare(j)))
+            .collect();
+        let ok: Vec<usize> = (0..jobs.len()).filter(|&i| prepared[i].is_ok()).collect();
+        let mut results: Vec<Option<Result<Outcome>>> = prepared
+            .iter()
+            .map(|p| p.as_ref().err().map(|e| Err(anyhow!("{e:#}"))))
+            .collect();
+        let (imgs, tensors): (Vec<_>, Vec<_>) = prepared.into_iter().flatten().unzip();
+        let stacked = lrp_heatmap::guard::boundary("a batch", || self.explain_stacked(&tensors));
+        let explained = match stacked {
+            Ok(e) => e,
+            Err(_) => {
+                // the batch failed as a whole: each image alone says why
+                let alone: Vec<Result<Outcome>> = ok
+                    .par_iter()
+                    .map(|&i| guarded(&jobs[i], || self.run_one(&jobs[i])))
+                    .collect();
+                for (&i, r) in ok.iter().zip(alone) {
+                    results[i] = Some(r);
+                }
+                return results.into_iter().flatten().collect();
+            }
+        };
+        drop(tensors);
+        let shared = t0.elapsed().as_secs_f64() / ok.len().max(1) as f64;
+        let written: Vec<Result<Outcome>> = (ok.par_iter().zip(imgs.into_par_iter()))
+            .zip(explained.into_par_iter())
+            .map(|((&i, img), (top5, explanation, warnings))| {
+                let t = Instant::now();
+                let e = Explained {
+                    img,
+                    top5,
+                    explanation,
+                    warnings,
+                };
+                guarded(&jobs[i], || {
+                    self.write(&jobs[i], e, shared + t.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        for (&i, r) in ok.iter().zip(written) {
+            results[i] = Some(r);
+        }
+        results.into_iter().flatten().collect()
+    }
+
+    /// The forward and backward pass of a batch of input tensors: per
+    /// input, its top classes, the explanation and its warnings.
+    #[allow(clippy::type_complexity)]
+    fn explain_stacked(
+        &self,
+        tensors: &[ArrayD<f32>],
+    ) -> Result<Vec<(Vec<(usize, f32)>, Explanation, Vec<String>)>> {
+        let views: Vec<_> = tensors.iter().map(|t| t.view()).collect();
+        let stacked = ndarray::concatenate(Axis(0), &views)?;
+        let forward = (self.analyzer).forward(&self.model, stacked, &self.cfg.probes, true)?;
+        let rows = forward.rows();
+        anyhow::ensure!(
+            rows == tensors.len(),
+            "{rows} rows for {} inputs",
+            tensors.len()
+        );
+        let top5: Vec<_> = (0..rows).map(|i| forward.top_k_row(i, 5)).collect();
+        let classes = top5
+            .iter()
+            .map(|t| self.class_of(t))
+            .collect::<Result<Vec<_>>>()?;
+        let ties = lrp_heatmap::analyzers::selfcheck::near_tie_warnings_rows(&self.model, &forward)
+            .unwrap_or_else(|e| vec![vec![format!("near-ties not measured: {e:#}")]; rows]);
+        let explanations = self.analyzer.explain_rows(
+            &self.model,
+            &forward,
+            &classes,
+            &self.cfg.norm,
+            &self.cfg.probes,
+        )?;
+        Ok((top5.into_iter().zip(explanations).zip(ties))
+            .map(|((t, e), w)| (t, e, w))
+            .collect())
+    }
+
+    /// Writes the outputs of one explained image.
+    fn write(&self, job: &Job, explained: Explained, seconds: f64) -> Result<Outcome> {
+        let input = job.input.as_path();
+        let spec = &self.model.input;
+        let Explained {
+            img,
+            top5,
+            mut explanation,
+            mut warnings,
+        } = explained;
+        warnings.extend(explanation.warnings.iter().cloned());
         let chw = relevance_chw(&explanation.relevance, spec.layout)?;
         explanation.relevance = ArrayD::zeros(vec![0]);
         let view = chw.view().into_dimensionality::<ndarray::Ix3>()?;
@@ -316,7 +502,7 @@ impl Explainer {
             npy,
             layer_npys,
             ledger,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds,
             warnings,
         })
     }
@@ -523,6 +709,10 @@ pub fn run(
         );
         b
     });
+    let (batch, note) = explainer.batch_size(cfg.batch, todo.len(), threads);
+    if let Some(note) = note {
+        writeln!(err, "note: {note}")?;
+    }
     let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Result<Outcome>)>();
     std::thread::scope(|scope| -> Result<()> {
         let explainer = &explainer;
@@ -531,12 +721,19 @@ pub fn run(
         scope.spawn(move || {
             use rayon::prelude::*;
             pool.install(|| {
+                if batch > 1 {
+                    // one batch at a time, each on all threads
+                    todo.par_chunks(batch).for_each_with(tx, |tx, jobs| {
+                        for (job, r) in jobs.iter().zip(explainer.run_batch(jobs)) {
+                            let _ = tx.send((job.input.clone(), r));
+                        }
+                    });
+                    return;
+                }
                 todo.par_iter().for_each_with(tx, |tx, job| {
                     // a panic (ours, or in a worker of a parallel kernel)
                     // fails this image only
-                    let r = lrp_heatmap::guard::boundary(&job.input.display().to_string(), || {
-                        explainer.run_one(job)
-                    });
+                    let r = guarded(job, || explainer.run_one(job));
                     let _ = tx.send((job.input.clone(), r));
                 })
             })
