@@ -755,12 +755,22 @@ impl Rule {
         ];
         // the denominators and shares of the parts used (for the account)
         let mut dens: Vec<(f32, ArrayD<f32>, ArrayD<f32>)> = Vec::new();
+        // with one part (z-plus) its account is summed as its shares are
+        // computed, and its denominators and shares freed at once
+        let single = (alpha != 0.0) != (beta != 0.0);
+        let mut accounts = None;
         for (factor, terms) in parts {
             if factor == 0.0 {
                 continue;
             }
             if let Some(z) = forward_sum(layer, &terms)? {
-                let s = divide(r, &z, STABILIZER);
+                let s = if single {
+                    let (s, a) = divide_one_part(r, &z, factor, rows)?;
+                    accounts = Some(a);
+                    s
+                } else {
+                    divide(r, &z, STABILIZER)
+                };
                 let mut c = reduce(layer, &s, &present(&terms), &shape)?;
                 match out.as_mut() {
                     None => {
@@ -774,14 +784,192 @@ impl Rule {
                     }
                     Some(o) => o.scaled_add(factor, &c),
                 }
-                dens.push((factor, z, s));
+                if !single {
+                    dens.push((factor, z, s));
+                }
             }
         }
-        Ok((
-            out.unwrap_or_else(|| ArrayD::zeros(shape)),
-            alpha_beta_account(r, &dens, rows)?,
-        ))
+        let accounts = match accounts {
+            Some(a) => a,
+            None => alpha_beta_account(r, &dens, rows)?,
+        };
+        Ok((out.unwrap_or_else(|| ArrayD::zeros(shape)), accounts))
     }
+}
+
+/// [`divide`] by `stabilize(z, STABILIZER)` for the only part of
+/// alpha-beta (factor `f`), with that part's [`alpha_beta_account`] per row
+/// summed in the same pass.
+fn divide_one_part(
+    r: &ArrayD<f32>,
+    z: &ArrayD<f32>,
+    f: f32,
+    rows: usize,
+) -> Result<(ArrayD<f32>, Vec<Account>)> {
+    ensure!(
+        r.shape() == z.shape(),
+        "relevance of shape {:?} for outputs of shape {:?}",
+        r.shape(),
+        z.shape()
+    );
+    let rows = rows.max(1);
+    ensure!(
+        r.len().is_multiple_of(rows),
+        "{} outputs cannot be accounted in {rows} rows",
+        r.len()
+    );
+    let (rf, zf) = (flat(r), flat(z));
+    let len = (r.len() / rows).max(1);
+    let mut s = vec![0f32; r.len()];
+    let accounts = (s.chunks_mut(len).zip(rf.chunks(len)).zip(zf.chunks(len)))
+        .map(|((so, r), z)| {
+            let [dropped, sign, stabilizer] = divide_sums(r, z, so, f);
+            Account {
+                bias: 0.0,
+                stabilizer,
+                dropped,
+                sign,
+            }
+        })
+        .collect();
+    Ok((ArrayD::from_shape_vec(r.shape(), s)?, accounts))
+}
+
+/// One block of [`divide_sums`] (256 values) with AVX2: the same operations
+/// in the same order as the portable loop, eight lanes at a time; the f32
+/// lane sums of `[dropped, sign, stabilizer]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn divide_block_avx2(r: &[f32], z: &[f32], out: &mut [f32], f: f32) -> [[f32; 8]; 3] {
+    use std::arch::x86_64::*;
+    let n = r.len().min(z.len()).min(out.len()) / 8 * 8;
+    let zero = _mm256_setzero_ps();
+    let (e, ne) = (_mm256_set1_ps(STABILIZER), _mm256_set1_ps(-STABILIZER));
+    let f1 = _mm256_set1_ps(f - 1.0);
+    let fe = _mm256_set1_ps(f * STABILIZER);
+    let (mut d, mut g, mut t) = (zero, zero, zero);
+    let mut i = 0;
+    while i < n {
+        let rv = _mm256_loadu_ps(r.as_ptr().add(i));
+        let zv = _mm256_loadu_ps(z.as_ptr().add(i));
+        // z >= 0 (false for NaN, as the scalar comparison)
+        let ge = _mm256_cmp_ps::<_CMP_GE_OQ>(zv, zero);
+        let s = _mm256_div_ps(rv, _mm256_add_ps(zv, _mm256_blendv_ps(ne, e, ge)));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), s);
+        // on: z != 0 (true for NaN, as the scalar comparison)
+        let on = _mm256_cmp_ps::<_CMP_NEQ_UQ>(zv, zero);
+        d = _mm256_add_ps(d, _mm256_andnot_ps(on, rv));
+        g = _mm256_add_ps(g, _mm256_and_ps(on, _mm256_mul_ps(f1, rv)));
+        let signed = _mm256_blendv_ps(_mm256_sub_ps(zero, s), s, ge);
+        t = _mm256_add_ps(t, _mm256_and_ps(on, _mm256_mul_ps(fe, signed)));
+        i += 8;
+    }
+    let mut lanes = [[0f32; 8]; 3];
+    _mm256_storeu_ps(lanes[0].as_mut_ptr(), d);
+    _mm256_storeu_ps(lanes[1].as_mut_ptr(), g);
+    _mm256_storeu_ps(lanes[2].as_mut_ptr(), t);
+    lanes
+}
+
+/// `s = r / stabilize(z, STABILIZER)` into `out`, with the sums of the
+/// account of alpha-beta's only part of factor `f` (`[dropped, sign,
+/// stabilizer]`, see [`alpha_beta_account`]) in f64, added as [`zip_sums`]
+/// adds them (f32 lanes within blocks of 256, the blocks in f64, long
+/// slices in parallel). Written without branches, eight values at a time,
+/// so that it vectorises.
+fn divide_sums(r: &[f32], z: &[f32], out: &mut [f32], f: f32) -> [f64; 3] {
+    #[cfg(target_arch = "x86_64")]
+    let simd = is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    divide_sums_with(r, z, out, f, simd)
+}
+
+/// [`divide_sums`] with or without the AVX2 blocks (`simd`, only where
+/// AVX2 is present).
+fn divide_sums_with(r: &[f32], z: &[f32], out: &mut [f32], f: f32, simd: bool) -> [f64; 3] {
+    let _ = simd;
+    const LANES: usize = 8;
+    const INNER: usize = 256;
+    const BLOCK: usize = 1 << 15;
+    let one = |r: f32, z: f32| -> (f32, f32, f32, f32) {
+        // stabilize(z) is never 0 (|stabilize(z)| >= STABILIZER)
+        let s = r / (z + if z >= 0.0 { STABILIZER } else { -STABILIZER });
+        let on = z != 0.0;
+        let signed = if z >= 0.0 { s } else { -s };
+        let keep = |v: f32| if on { v } else { 0.0 };
+        let fe = f * STABILIZER;
+        (
+            s,
+            if on { 0.0 } else { r },
+            keep((f - 1.0) * r),
+            keep(fe * signed),
+        )
+    };
+    let block = |r: &[f32], z: &[f32], out: &mut [f32]| -> [f64; 3] {
+        let mut sums = [0f64; 3];
+        let n = r.len().min(z.len()).min(out.len());
+        let whole = n - n % INNER;
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            for ((rb, zb), ob) in (r[..whole].chunks_exact(INNER))
+                .zip(z[..whole].chunks_exact(INNER))
+                .zip(out[..whole].chunks_exact_mut(INNER))
+            {
+                // SAFETY: AVX2 is present; the three blocks hold INNER values.
+                let lanes = unsafe { divide_block_avx2(rb, zb, ob, f) };
+                for (k, l) in lanes.iter().enumerate() {
+                    sums[k] += l.iter().map(|&v| v as f64).sum::<f64>();
+                }
+            }
+            for i in whole..n {
+                let (s, a, b, c) = one(r[i], z[i]);
+                out[i] = s;
+                sums[0] += a as f64;
+                sums[1] += b as f64;
+                sums[2] += c as f64;
+            }
+            return sums;
+        }
+        for ((rb, zb), ob) in (r[..whole].chunks_exact(INNER))
+            .zip(z[..whole].chunks_exact(INNER))
+            .zip(out[..whole].chunks_exact_mut(INNER))
+        {
+            let (mut d, mut g, mut t) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+            for ((r8, z8), o8) in (rb.chunks_exact(LANES))
+                .zip(zb.chunks_exact(LANES))
+                .zip(ob.chunks_exact_mut(LANES))
+            {
+                for l in 0..LANES {
+                    let (s, a, b, c) = one(r8[l], z8[l]);
+                    o8[l] = s;
+                    d[l] += a;
+                    g[l] += b;
+                    t[l] += c;
+                }
+            }
+            for (k, lanes) in [d, g, t].iter().enumerate() {
+                sums[k] += lanes.iter().map(|&v| v as f64).sum::<f64>();
+            }
+        }
+        for i in whole..n {
+            let (s, a, b, c) = one(r[i], z[i]);
+            out[i] = s;
+            sums[0] += a as f64;
+            sums[1] += b as f64;
+            sums[2] += c as f64;
+        }
+        sums
+    };
+    if out.len() <= 2 * BLOCK {
+        return block(r, z, out);
+    }
+    use rayon::prelude::*;
+    (out.par_chunks_mut(BLOCK)
+        .zip(r.par_chunks(BLOCK))
+        .zip(z.par_chunks(BLOCK)))
+    .map(|((o, r), z)| block(r, z, o))
+    .reduce(|| [0f64; 3], |x, y| [x[0] + y[0], x[1] + y[1], x[2] + y[2]])
 }
 
 /// The account of alpha-beta: output `j` passes `sum_k f_k z_kj s_kj` over
@@ -851,5 +1039,64 @@ fn alpha_beta_row(r: &[f32], dens: &[(f32, &[f32], &[f32])]) -> Account {
         stabilizer,
         dropped,
         sign,
+    }
+}
+
+#[cfg(test)]
+mod divide_tests {
+    use super::{divide_sums_with, stabilize, STABILIZER};
+
+    /// The shares and the one-part account against their definition in
+    /// f64, portable and AVX2 alike, over lengths around the blocks.
+    #[test]
+    fn divide_sums_match_the_definition_with_and_without_avx2() {
+        let mut seed = 0x1234_5678u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        };
+        for len in [0usize, 7, 256, 300, 4099, 70_001] {
+            let r: Vec<f32> = (0..len).map(|_| next()).collect();
+            // zeros (dropped) and both signs
+            let z: Vec<f32> = (0..len)
+                .map(|i| if i % 5 == 0 { 0.0 } else { next() })
+                .collect();
+            for f in [1.0f32, 2.0, -1.0] {
+                let mut want = [0f64; 3];
+                let shares: Vec<f32> = (r.iter().zip(&z))
+                    .map(|(&r, &z)| {
+                        let s = r / stabilize(z, STABILIZER);
+                        if z == 0.0 {
+                            want[0] += r as f64;
+                        } else {
+                            want[1] += ((f - 1.0) * r) as f64;
+                            let signed = if z >= 0.0 { s } else { -s };
+                            want[2] += (f * STABILIZER * signed) as f64;
+                        }
+                        s
+                    })
+                    .collect();
+                #[cfg(target_arch = "x86_64")]
+                let avx2 = std::arch::is_x86_feature_detected!("avx2");
+                #[cfg(not(target_arch = "x86_64"))]
+                let avx2 = false;
+                for simd in [false, avx2] {
+                    let mut out = vec![0f32; len];
+                    let got = divide_sums_with(&r, &z, &mut out, f, simd);
+                    assert_eq!(out, shares, "len {len}, f {f}, simd {simd}");
+                    for k in 0..3 {
+                        let scale = len as f64 * 2.0 + 1.0;
+                        assert!(
+                            (got[k] - want[k]).abs() <= 1e-5 * scale,
+                            "len {len}, f {f}, simd {simd}, sum {k}: {} vs {}",
+                            got[k],
+                            want[k]
+                        );
+                    }
+                }
+            }
+        }
     }
 }
