@@ -530,6 +530,7 @@ pub fn explain_rows(
             cache: Some(cache),
             output: fwd.activations.get(&node.output),
             rows,
+            signs: node.inputs.first().and_then(|i| fwd.signs.get(i)).copied(),
         };
         // an activation hands its output's relevance on as it is: moved, not
         // copied (its shape checked as the operator would)

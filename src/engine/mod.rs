@@ -72,16 +72,19 @@ impl Backend {
         keep: Option<&[String]>,
         batch: bool,
     ) -> Result<Forward> {
-        let (logits_tensor, activations) = match self {
+        let (logits_tensor, activations, signs) = match self {
             Backend::Native(native) => {
                 let out =
                     (native.run_keeping(graph, &input, keep, batch)).context("forward pass")?;
-                (Some(out.logits), out.activations)
+                (Some(out.logits), out.activations, out.signs)
             }
             Backend::Tract { .. } if batch => {
                 anyhow::bail!("the tract engine runs one input at a time")
             }
-            Backend::Tract { plan, .. } => plan.run(&input)?,
+            Backend::Tract { plan, .. } => {
+                let (logits, activations) = plan.run(&input)?;
+                (logits, activations, HashMap::new())
+            }
         };
         let logits_tensor =
             logits_tensor.ok_or_else(|| anyhow!("the forward pass returned nothing"))?;
@@ -95,6 +98,7 @@ impl Backend {
             logits,
             logits_tensor,
             activations,
+            signs,
         })
     }
 }
@@ -109,6 +113,10 @@ pub struct Forward {
     pub logits_tensor: ArrayD<f32>,
     /// Activations by tensor name.
     pub activations: HashMap<String, ArrayD<f32>>,
+    /// Whether an activation has values above and below zero, where the
+    /// forward pass noted it (the native engine, as it checks that every
+    /// output is finite): the rules then need not look.
+    pub signs: HashMap<String, (bool, bool)>,
 }
 
 impl Forward {

@@ -37,6 +37,9 @@ pub struct NativeOutput {
     pub logits: ArrayD<f32>,
     /// The kept activations by name.
     pub activations: HashMap<String, ArrayD<f32>>,
+    /// Whether each kept activation has values above and below zero (found
+    /// by the finiteness check of every output).
+    pub signs: HashMap<String, (bool, bool)>,
 }
 
 /// Why a node cannot run natively, or `None` if it can.
@@ -298,6 +301,7 @@ impl NativePlan {
         }
         let mut values: HashMap<&str, ArrayD<f32>> = HashMap::new();
         let mut activations: HashMap<String, ArrayD<f32>> = HashMap::new();
+        let mut signs: HashMap<String, (bool, bool)> = HashMap::new();
         for node in &graph.nodes {
             // an activation whose input nothing else reads or keeps: in place
             if let (Op::Activation(act), [name]) = (&node.op, node.inputs.as_slice()) {
@@ -312,14 +316,16 @@ impl NativePlan {
                     if !done {
                         values.insert(name.as_str(), x);
                     } else {
+                        let (finite, pos, neg) = scan(&x);
                         ensure!(
-                            node.output == graph.logits || all_finite(&x),
+                            node.output == graph.logits || finite,
                             "{} node '{}' produced NaN or Inf",
                             node.op_type,
                             node.name
                         );
                         readers.insert(name.as_str(), 0);
                         if self.keep.contains(&node.output) {
+                            signs.insert(node.output.clone(), (pos, neg));
                             activations.insert(node.output.clone(), x);
                         } else {
                             values.insert(node.output.as_str(), x);
@@ -346,8 +352,9 @@ impl NativePlan {
                 self.node(node, &inputs)
             })
             .with_context(|| format!("forward through {} node '{}'", node.op_type, node.name))?;
+            let (finite, pos, neg) = scan(&out);
             ensure!(
-                node.output == graph.logits || all_finite(&out),
+                node.output == graph.logits || finite,
                 "{} node '{}' produced NaN or Inf",
                 node.op_type,
                 node.name
@@ -361,6 +368,7 @@ impl NativePlan {
                 }
             }
             if self.keep.contains(&node.output) {
+                signs.insert(node.output.clone(), (pos, neg));
                 activations.insert(node.output.clone(), out);
             } else {
                 values.insert(node.output.as_str(), out);
@@ -373,6 +381,7 @@ impl NativePlan {
         Ok(NativeOutput {
             logits,
             activations,
+            signs,
         })
     }
 
@@ -501,52 +510,84 @@ fn arith(
     }
 }
 
-/// Whether no element is NaN or infinite (large tensors on all threads).
-fn all_finite(x: &ArrayD<f32>) -> bool {
+/// Whether no element is NaN or infinite, whether one is above zero and
+/// whether one is below (large tensors on all threads).
+fn scan(x: &ArrayD<f32>) -> (bool, bool, bool) {
+    let all = |a: (bool, bool, bool), b: (bool, bool, bool)| (a.0 && b.0, a.1 || b.1, a.2 || b.2);
     match x.as_slice_memory_order() {
-        Some(s) if s.len() >= 1 << 16 => s.par_chunks(1 << 15).all(finite_slice),
-        Some(s) => finite_slice(s),
-        None => x.iter().all(|v| v.is_finite()),
+        Some(s) if s.len() >= 1 << 16 => s
+            .par_chunks(1 << 15)
+            .map(scan_slice)
+            .reduce(|| (true, false, false), all),
+        Some(s) => scan_slice(s),
+        None => x.iter().fold((true, false, false), |a, &v| {
+            all(a, (v.is_finite(), v > 0.0, v < 0.0))
+        }),
     }
 }
 
-/// Whether no value of `s` is NaN or infinite: the largest exponent field
-/// is below all ones (an integer maximum, which vectorises; no early exit).
-fn finite_slice(s: &[f32]) -> bool {
+/// [`scan`] of a slice with integer maxima, which vectorise (no early
+/// exit): the largest exponent field is below all ones, and the largest
+/// magnitude among the values of each sign is above zero (`-0.0` is not
+/// below zero).
+fn scan_slice(s: &[f32]) -> (bool, bool, bool) {
     const EXP: u32 = 0x7f80_0000;
-    let mut lanes = [0u32; 16];
+    const MAG: u32 = 0x7fff_ffff;
+    let (mut exp, mut pos, mut neg) = ([0u32; 16], [0u32; 16], [0u32; 16]);
+    let one = |v: f32| {
+        let b = v.to_bits();
+        // all ones for a negative value
+        let minus = ((b as i32) >> 31) as u32;
+        (b & EXP, b & MAG & !minus, b & MAG & minus)
+    };
     let mut chunks = s.chunks_exact(16);
     for c in &mut chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l = (*l).max(v.to_bits() & EXP);
+        for l in 0..16 {
+            let (e, p, n) = one(c[l]);
+            exp[l] = exp[l].max(e);
+            pos[l] = pos[l].max(p);
+            neg[l] = neg[l].max(n);
         }
     }
-    let rest = chunks.remainder().iter().map(|v| v.to_bits() & EXP);
-    lanes.into_iter().chain(rest).max().unwrap_or(0) < EXP
+    for &v in chunks.remainder() {
+        let (e, p, n) = one(v);
+        exp[0] = exp[0].max(e);
+        pos[0] = pos[0].max(p);
+        neg[0] = neg[0].max(n);
+    }
+    let max = |a: [u32; 16]| a.into_iter().max().unwrap_or(0);
+    (max(exp) < EXP, max(pos) > 0, max(neg) > 0)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn finite_slice_finds_nan_and_inf_anywhere() {
+    fn scan_finds_nan_inf_and_signs_anywhere() {
+        let finite = |s: &[f32]| super::scan_slice(s).0;
         for len in [1usize, 15, 16, 17, 100] {
             let ok = vec![-3.3e38f32; len];
-            assert!(super::finite_slice(&ok), "{len}");
+            assert!(finite(&ok), "{len}");
             for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
                 for at in [0, len / 2, len - 1] {
                     let mut v = ok.clone();
                     v[at] = bad;
-                    assert!(!super::finite_slice(&v), "{bad} at {at} of {len}");
+                    assert!(!finite(&v), "{bad} at {at} of {len}");
+                }
+            }
+            // one value of a sign among zeros of both signs
+            for (v, want) in [(1e-45f32, (true, false)), (-1e-45, (false, true))] {
+                for at in [0, len / 2, len - 1] {
+                    let mut s: Vec<f32> = (0..len)
+                        .map(|i| if i % 2 == 0 { 0.0 } else { -0.0 })
+                        .collect();
+                    assert_eq!(super::scan_slice(&s), (true, false, false), "{len}");
+                    s[at] = v;
+                    let (f, p, n) = super::scan_slice(&s);
+                    assert_eq!((f, p, n), (true, want.0, want.1), "{v} at {at} of {len}");
                 }
             }
         }
-        assert!(super::finite_slice(&[]));
-        assert!(super::finite_slice(&[
-            f32::MAX,
-            f32::MIN_POSITIVE,
-            0.0,
-            -0.0,
-            1e-45
-        ]));
+        assert_eq!(super::scan_slice(&[]), (true, false, false));
+        assert!(finite(&[f32::MAX, f32::MIN_POSITIVE, 0.0, -0.0, 1e-45]));
     }
 }

@@ -262,6 +262,8 @@ pub struct Reuse<'a> {
     /// Inputs stacked on axis 0 (a batch; 0 counts as 1): the account of a
     /// linear layer is given per row.
     pub rows: usize,
+    /// Whether the layer's input has values above and below zero, if known.
+    pub signs: Option<(bool, bool)>,
 }
 
 /// Propagates the relevance `r` at the output of `op` to each of its inputs
@@ -307,9 +309,13 @@ pub fn relevance_accounted(
                 Some(cache) => {
                     let name = output;
                     let cached = Cached { layer, cache, name };
-                    rule.propagate_rows(&cached, x, reuse.output, r, bounds, reuse.rows)?
+                    let (z, rows, signs) = (reuse.output, reuse.rows, reuse.signs);
+                    rule.propagate_rows(&cached, x, z, r, bounds, rows, signs)?
                 }
-                None => rule.propagate_rows(layer, x, reuse.output, r, bounds, reuse.rows)?,
+                None => {
+                    let (z, rows, signs) = (reuse.output, reuse.rows, reuse.signs);
+                    rule.propagate_rows(layer, x, z, r, bounds, rows, signs)?
+                }
             };
             return Ok((one(out), Some(account)));
         }

@@ -487,16 +487,20 @@ fn reduce(
 /// The parts of an input: positive and negative, each `None` when all zero.
 /// A part equal to the whole input is borrowed, not copied.
 struct Split<'a> {
+    shape: Vec<usize>,
     pos: Option<Cow<'a, ArrayD<f32>>>,
     neg: Option<Cow<'a, ArrayD<f32>>>,
 }
 
-fn split(x: &ArrayD<f32>) -> Split<'_> {
+/// The parts of `x`; `signs` says whether it has values above and below
+/// zero, if known (else they are looked for).
+fn split(x: &ArrayD<f32>, signs: Option<(bool, bool)>) -> Split<'_> {
     // over the memory slice when there is one (iterating an n-d array by
     // index is several times slower)
-    let (has_pos, has_neg) = match x.as_slice_memory_order() {
-        Some(s) => elementwise::signs(s),
-        None => (x.iter().any(|&v| v > 0.0), x.iter().any(|&v| v < 0.0)),
+    let (has_pos, has_neg) = match (signs, x.as_slice_memory_order()) {
+        (Some(s), _) => s,
+        (None, Some(s)) => elementwise::signs(s),
+        (None, None) => (x.iter().any(|&v| v > 0.0), x.iter().any(|&v| v < 0.0)),
     };
     let part = |wanted: bool, other: bool, f: fn(&ArrayD<f32>) -> ArrayD<f32>| match (wanted, other)
     {
@@ -505,6 +509,7 @@ fn split(x: &ArrayD<f32>) -> Split<'_> {
         (true, true) => Some(Cow::Owned(f(x))),
     };
     Split {
+        shape: x.shape().to_vec(),
         pos: part(has_pos, has_neg, pos),
         neg: part(has_neg, has_pos, neg),
     }
@@ -577,13 +582,15 @@ impl Rule {
         r: &ArrayD<f32>,
         bounds: Option<&Bounds>,
     ) -> Result<(ArrayD<f32>, Account)> {
-        let (out, accounts) = self.propagate_rows(layer, x, z, r, bounds, 1)?;
+        let (out, accounts) = self.propagate_rows(layer, x, z, r, bounds, 1, None)?;
         Ok((out, accounts.into_iter().next().unwrap_or_default()))
     }
 
     /// [`Rule::propagate_accounted`] for `rows` inputs stacked on axis 0 (a
     /// batch): one [`Account`] per row, each over its `1 / rows` of the
-    /// outputs.
+    /// outputs. `signs` says whether `x` has values above and below zero,
+    /// if the caller knows (else the rules that split `x` look).
+    #[allow(clippy::too_many_arguments)]
     pub fn propagate_rows(
         &self,
         layer: &dyn LinearLayer,
@@ -592,6 +599,7 @@ impl Rule {
         r: &ArrayD<f32>,
         bounds: Option<&Bounds>,
         rows: usize,
+        signs: Option<(bool, bool)>,
     ) -> Result<(ArrayD<f32>, Vec<Account>)> {
         let shape = x.shape().to_vec();
         let output = || -> Result<Cow<'_, ArrayD<f32>>> {
@@ -622,9 +630,13 @@ impl Rule {
                 let out = reduce(layer, &s, &[(x, Modifier::Identity)], &shape)?;
                 Ok((out, account))
             }
-            Rule::ZPlus => self.alpha_beta(layer, x, r, 1.0, 0.0, rows),
-            Rule::AlphaBeta { alpha, beta } => self.alpha_beta(layer, x, r, alpha, beta, rows),
-            Rule::Gamma { gamma } => self.gamma(layer, x, &*output()?, r, gamma, rows),
+            Rule::ZPlus => self.alpha_beta(layer, split(x, signs), r, 1.0, 0.0, rows),
+            Rule::AlphaBeta { alpha, beta } => {
+                self.alpha_beta(layer, split(x, signs), r, alpha, beta, rows)
+            }
+            Rule::Gamma { gamma } => {
+                self.gamma(layer, split(x, signs), &*output()?, r, gamma, rows)
+            }
             Rule::WSquare | Rule::Flat => {
                 let m = if *self == Rule::WSquare {
                     Modifier::Square
@@ -675,15 +687,14 @@ impl Rule {
     fn gamma(
         &self,
         layer: &dyn LinearLayer,
-        x: &ArrayD<f32>,
+        xs: Split,
         z: &ArrayD<f32>,
         r: &ArrayD<f32>,
         gamma: f32,
         rows: usize,
     ) -> Result<(ArrayD<f32>, Vec<Account>)> {
-        let shape = x.shape().to_vec();
+        let shape = xs.shape.clone();
         let (wp, wn) = (Modifier::GammaPos(gamma), Modifier::GammaNeg(gamma));
-        let xs = split(x);
         let (xp, xn) = (xs.pos.as_deref(), xs.neg.as_deref());
         let zeros = || ArrayD::<f32>::zeros(z.shape());
         let bias = Bias::of(layer, z.shape())?;
@@ -738,14 +749,13 @@ impl Rule {
     fn alpha_beta(
         &self,
         layer: &dyn LinearLayer,
-        x: &ArrayD<f32>,
+        xs: Split,
         r: &ArrayD<f32>,
         alpha: f32,
         beta: f32,
         rows: usize,
     ) -> Result<(ArrayD<f32>, Vec<Account>)> {
-        let shape = x.shape().to_vec();
-        let xs = split(x);
+        let shape = xs.shape.clone();
         let (xp, xn) = (xs.pos.as_deref(), xs.neg.as_deref());
         let mut out: Option<ArrayD<f32>> = None;
         // positive contributions: x+ w+ + x- w-; negative ones: x+ w- + x- w+

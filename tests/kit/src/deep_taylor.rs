@@ -271,6 +271,7 @@ impl TinyNet {
             logits,
             logits_tensor: y,
             activations,
+            signs: HashMap::new(),
         })
     }
 
