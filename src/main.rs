@@ -36,7 +36,22 @@ fn main() -> ExitCode {
     keep_freed_memory();
     // panics under a boundary become errors, printed by us on one line
     lrp_heatmap::guard::install_hook();
-    let args = cli::Args::parse();
+    let args = match cli::Args::try_parse() {
+        Ok(a) => a,
+        // a value out of range or unparsable: clap's first line, which names
+        // the flag and the value (not its usage hint)
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: invalid value"));
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(e) => e.exit(),
+    };
     let offline = args.offline();
     let job = lrp_heatmap::guard::boundary("lrp-heatmap", || {
         args.into_job().and_then(|j| resolve_models(j, offline))

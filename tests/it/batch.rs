@@ -210,10 +210,27 @@ fn batches_write_what_one_image_at_a_time_writes_and_go_on_past_bad_files() {
 }
 
 #[test]
-fn a_batch_of_zero_is_a_one_line_usage_error() {
-    let o = lrp(&[repo("images/cat.jpg").to_str().unwrap(), "--batch", "0"]);
-    let err = text(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("--batch: at least 1 image, got 0"), "{err}");
+fn zero_batches_jobs_and_runs_are_one_line_usage_errors() {
+    let cat = repo("images/cat.jpg");
+    let cat = cat.to_str().unwrap();
+    let cases: [(&[&str], &str); 5] = [
+        (&[cat, "--batch", "0"], "--batch: at least 1 image, got 0"),
+        (&[cat, "-j", "0"], "'0' for '--jobs <N>'"),
+        (
+            &["evaluate", cat, "--batch", "0"],
+            "'0' for '--batch <BATCH>'",
+        ),
+        (&["bench", "--runs", "0"], "'0' for '--runs <RUNS>'"),
+        (&[cat, "--alpha", "x"], "'x' for '--alpha <ALPHA>'"),
+    ];
+    for (args, want) in cases {
+        let o = lrp(args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(want),
+            "{args:?}: {err}"
+        );
+    }
 }
