@@ -119,7 +119,8 @@ impl NativePlan {
         };
         let batched = |n: &str| shapes.get(n).is_some_and(|s| s.len() >= 2 && s[0] == 1);
         for node in &graph.nodes {
-            let rank = shapes.get(node.inputs[0].as_str()).map_or(0, Vec::len);
+            let first = node.inputs.first().and_then(|i| shapes.get(i.as_str()));
+            let rank = first.map_or(0, Vec::len);
             let why = if !node.inputs.iter().chain([&node.output]).all(|n| batched(n)) {
                 Some("has a tensor without the batch axis 0 of 1")
             } else {

@@ -898,76 +898,36 @@ fn divide_sums(r: &[f32], z: &[f32], out: &mut [f32], f: f32) -> [f64; 3] {
 /// [`divide_sums`] with or without the AVX2 blocks (`simd`, only where
 /// AVX2 is present).
 fn divide_sums_with(r: &[f32], z: &[f32], out: &mut [f32], f: f32, simd: bool) -> [f64; 3] {
-    let _ = simd;
-    const LANES: usize = 8;
     const INNER: usize = 256;
     const BLOCK: usize = 1 << 15;
-    let one = |r: f32, z: f32| -> (f32, f32, f32, f32) {
-        // stabilize(z) is never 0 (|stabilize(z)| >= STABILIZER)
-        let s = r / (z + if z >= 0.0 { STABILIZER } else { -STABILIZER });
-        let on = z != 0.0;
-        let signed = if z >= 0.0 { s } else { -s };
-        let keep = |v: f32| if on { v } else { 0.0 };
-        let fe = f * STABILIZER;
-        (
-            s,
-            if on { 0.0 } else { r },
-            keep((f - 1.0) * r),
-            keep(fe * signed),
-        )
+    // the f32 lane sums of one block of INNER values
+    let lanes = |rb: &[f32], zb: &[f32], ob: &mut [f32]| -> [[f32; 8]; 3] {
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2 is present (the caller checked); the blocks hold INNER values.
+            return unsafe { divide_block_avx2(rb, zb, ob, f) };
+        }
+        let _ = simd;
+        divide_block(rb, zb, ob, f)
     };
     let block = |r: &[f32], z: &[f32], out: &mut [f32]| -> [f64; 3] {
         let mut sums = [0f64; 3];
         let n = r.len().min(z.len()).min(out.len());
         let whole = n - n % INNER;
-        #[cfg(target_arch = "x86_64")]
-        if simd {
-            for ((rb, zb), ob) in (r[..whole].chunks_exact(INNER))
-                .zip(z[..whole].chunks_exact(INNER))
-                .zip(out[..whole].chunks_exact_mut(INNER))
-            {
-                // SAFETY: AVX2 is present; the three blocks hold INNER values.
-                let lanes = unsafe { divide_block_avx2(rb, zb, ob, f) };
-                for (k, l) in lanes.iter().enumerate() {
-                    sums[k] += l.iter().map(|&v| v as f64).sum::<f64>();
-                }
-            }
-            for i in whole..n {
-                let (s, a, b, c) = one(r[i], z[i]);
-                out[i] = s;
-                sums[0] += a as f64;
-                sums[1] += b as f64;
-                sums[2] += c as f64;
-            }
-            return sums;
-        }
         for ((rb, zb), ob) in (r[..whole].chunks_exact(INNER))
             .zip(z[..whole].chunks_exact(INNER))
             .zip(out[..whole].chunks_exact_mut(INNER))
         {
-            let (mut d, mut g, mut t) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
-            for ((r8, z8), o8) in (rb.chunks_exact(LANES))
-                .zip(zb.chunks_exact(LANES))
-                .zip(ob.chunks_exact_mut(LANES))
-            {
-                for l in 0..LANES {
-                    let (s, a, b, c) = one(r8[l], z8[l]);
-                    o8[l] = s;
-                    d[l] += a;
-                    g[l] += b;
-                    t[l] += c;
-                }
-            }
-            for (k, lanes) in [d, g, t].iter().enumerate() {
-                sums[k] += lanes.iter().map(|&v| v as f64).sum::<f64>();
+            for (k, l) in lanes(rb, zb, ob).iter().enumerate() {
+                sums[k] += l.iter().map(|&v| v as f64).sum::<f64>();
             }
         }
         for i in whole..n {
-            let (s, a, b, c) = one(r[i], z[i]);
+            let (s, terms) = divide_one(r[i], z[i], f);
             out[i] = s;
-            sums[0] += a as f64;
-            sums[1] += b as f64;
-            sums[2] += c as f64;
+            for (sum, t) in sums.iter_mut().zip(terms) {
+                *sum += t as f64;
+            }
         }
         sums
     };
@@ -980,6 +940,45 @@ fn divide_sums_with(r: &[f32], z: &[f32], out: &mut [f32], f: f32, simd: bool) -
         .zip(z.par_chunks(BLOCK)))
     .map(|((o, r), z)| block(r, z, o))
     .reduce(|| [0f64; 3], |x, y| [x[0] + y[0], x[1] + y[1], x[2] + y[2]])
+}
+
+/// One value of [`divide_sums`]: the share `r / stabilize(z)` and its
+/// terms of the account, `[dropped, sign, stabilizer]`.
+#[inline]
+fn divide_one(r: f32, z: f32, f: f32) -> (f32, [f32; 3]) {
+    // stabilize(z) is never 0 (|stabilize(z)| >= STABILIZER)
+    let s = r / (z + if z >= 0.0 { STABILIZER } else { -STABILIZER });
+    let on = z != 0.0;
+    let signed = if z >= 0.0 { s } else { -s };
+    let keep = |v: f32| if on { v } else { 0.0 };
+    let fe = f * STABILIZER;
+    (
+        s,
+        [
+            if on { 0.0 } else { r },
+            keep((f - 1.0) * r),
+            keep(fe * signed),
+        ],
+    )
+}
+
+/// One block of [`divide_sums`] without SIMD: eight lanes, each adding
+/// every eighth value's terms, as the AVX2 block does.
+fn divide_block(r: &[f32], z: &[f32], out: &mut [f32], f: f32) -> [[f32; 8]; 3] {
+    let mut lanes = [[0f32; 8]; 3];
+    for ((r8, z8), o8) in (r.chunks_exact(8))
+        .zip(z.chunks_exact(8))
+        .zip(out.chunks_exact_mut(8))
+    {
+        for l in 0..8 {
+            let (s, terms) = divide_one(r8[l], z8[l], f);
+            o8[l] = s;
+            for (lane, t) in lanes.iter_mut().zip(terms) {
+                lane[l] += t;
+            }
+        }
+    }
+    lanes
 }
 
 /// The account of alpha-beta: output `j` passes `sum_k f_k z_kj s_kj` over
