@@ -143,6 +143,7 @@ impl NativePlan {
                     Op::Registered(o) => {
                         (!o.keeps_samples_apart(rank)).then_some("may mix the samples")
                     }
+                    Op::Move(m) => (!m.keeps_samples_apart(rank)).then_some("may mix the samples"),
                     _ => Some("may mix the samples"),
                 }
             };

@@ -391,6 +391,32 @@ impl Movement {
         out
     }
 
+    /// Whether the samples of inputs of rank `rank` stacked on axis 0 are
+    /// copied apart from each other: every parameter known at load time, and
+    /// axis 0 neither sliced, split, gathered, tiled nor concatenated along
+    /// (`Expand` and `GatherElements`, whose parameters have the batch's
+    /// own shape, never are).
+    pub fn keeps_samples_apart(&self, rank: usize) -> bool {
+        let not_zero = |axis: i64| super::concat::normalize_axis(axis, rank).is_ok_and(|a| a != 0);
+        if !self.runtime_inputs().is_empty() {
+            return false;
+        }
+        match self {
+            Movement::Split { axis, .. }
+            | Movement::Gather { axis, .. }
+            | Movement::Concat { axis } => not_zero(*axis),
+            Movement::Slice {
+                axes: Some(Ints::Const { values, .. }),
+                ..
+            } => values.iter().all(|&a| not_zero(a)),
+            Movement::DepthToSpace { .. } | Movement::SpaceToDepth { .. } => true,
+            Movement::Slice { .. }
+            | Movement::GatherElements { .. }
+            | Movement::Expand { .. }
+            | Movement::Tile { .. } => false,
+        }
+    }
+
     /// Positions among the node's inputs of the parameters read at run time.
     pub fn runtime_inputs(&self) -> Vec<usize> {
         self.params()

@@ -286,3 +286,84 @@ fn the_lean_forward_pass_of_each_analyzer_gives_the_same_explanations() {
         .unwrap();
     assert_eq!(got.layers, want.layers);
 }
+
+/// The real exporters' fixtures (`tests/fixtures/exporters`, PyTorch's two
+/// exporters and timm): the lean forward pass of each analyzer gives the
+/// map of the full pass, bit for bit; a model that takes a batch explains
+/// two inputs in one pass as it explains each alone (1e-4 of the map's
+/// largest value), and one that does not says why.
+#[test]
+fn every_exported_architecture_is_explained_the_same_lean_and_batched() {
+    let dir = repo("tests/fixtures/exporters");
+    let text = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest");
+    let manifest: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let archs = manifest["models"].as_object().expect("models");
+    let params = AnalyzerParams::default();
+    let norm = Normalization::default();
+    let (mut fails, mut batched, mut blocked) = (Vec::new(), 0, Vec::new());
+    for arch in archs.keys() {
+        let (shape, data) =
+            lrp_testkit::npy::read_npy_f32(&dir.join(format!("{arch}.input.npy"))).expect("input");
+        let x = ArrayD::from_shape_vec(shape, data).expect("shape");
+        for exporter in ["ts", "dynamo"] {
+            let what = format!("{arch}.{exporter}");
+            let model = Model::load(dir.join(format!("{arch}.{exporter}.onnx"))).expect(&what);
+            let full = model.forward(x.clone()).expect(&what);
+            let class = full.top_k(1)[0].0;
+            let mut other = x.clone();
+            other.invert_axis(Axis(3));
+            other.mapv_inplace(|v| 0.5 * v + 0.1);
+            let both = concatenate(Axis(0), &[x.view(), other.view()]).unwrap();
+            let can = model.batch_blocker();
+            for name in ["zplus", "epsilon-plus-flat", "epsilon", "gradient"] {
+                let a = Analyzer::from_name(name, &params).unwrap();
+                let want = a.explain(&model, &full, class, &norm).expect(&what);
+                let lean = a.forward(&model, x.clone(), &Probes::default(), false);
+                let got = lean.and_then(|f| a.explain(&model, &f, class, &norm));
+                match got {
+                    Ok(g) if g.relevance == want.relevance => {}
+                    Ok(_) => fails.push(format!("{what} {name}: the lean pass changed the map")),
+                    Err(e) => fails.push(format!("{what} {name}: lean: {e:#}")),
+                }
+                if can.is_some() {
+                    continue;
+                }
+                let fwd = a.forward(&model, both.clone(), &Probes::default(), true);
+                let rows = fwd.and_then(|f| {
+                    let c2 = f.top_k_row(1, 1)[0].0;
+                    let e = a.explain_rows(&model, &f, &[class, c2], &norm, &Probes::default())?;
+                    let alone = model.forward(other.clone())?;
+                    Ok((e, a.explain(&model, &alone, c2, &norm)?))
+                });
+                match rows {
+                    Ok((e, second)) => {
+                        for (g, w) in e.iter().zip([&want, &second]) {
+                            let scale = w.relevance.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+                            let worst = (g.relevance.iter().zip(w.relevance.iter()))
+                                .map(|(a, b)| (a - b).abs())
+                                .fold(0f32, f32::max);
+                            if g.relevance.shape() != w.relevance.shape() || worst > 1e-4 * scale {
+                                fails.push(format!(
+                                    "{what} {name}: batched map off by {worst:e} of {scale:e}"
+                                ));
+                            }
+                        }
+                    }
+                    Err(e) => fails.push(format!("{what} {name}: batch: {e:#}")),
+                }
+            }
+            match can {
+                None => batched += 1,
+                Some(why) => blocked.push(format!("{what}: {why}")),
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    // the exports keep the samples apart, but for the one that runs in
+    // tract (a reshape to a shape computed at run time)
+    assert_eq!(
+        blocked,
+        ["shufflenet_v2_x1_0.ts: the forward pass runs in tract"]
+    );
+    assert_eq!(batched, 27);
+}

@@ -354,12 +354,20 @@ impl Explainer {
             .par_iter()
             .map(|j| guarded(j, || self.prepare(j)))
             .collect();
-        let ok: Vec<usize> = (0..jobs.len()).filter(|&i| prepared[i].is_ok()).collect();
-        let mut results: Vec<Option<Result<Outcome>>> = prepared
-            .iter()
-            .map(|p| p.as_ref().err().map(|e| Err(anyhow!("{e:#}"))))
-            .collect();
-        let (imgs, tensors): (Vec<_>, Vec<_>) = prepared.into_iter().flatten().unzip();
+        // the images that load go on together; the others fail alone
+        let mut results: Vec<Option<Result<Outcome>>> = Vec::with_capacity(jobs.len());
+        let (mut ok, mut imgs, mut tensors) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, p) in prepared.into_iter().enumerate() {
+            match p {
+                Ok((img, t)) => {
+                    ok.push(i);
+                    imgs.push(img);
+                    tensors.push(t);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
         let stacked = lrp_heatmap::guard::boundary("a batch", || self.explain_stacked(&tensors));
         let explained = match stacked {
             Ok(e) => e,
@@ -722,7 +730,7 @@ pub fn run(
             use rayon::prelude::*;
             pool.install(|| {
                 if batch > 1 {
-                    // one batch at a time, each on all threads
+                    // --jobs batches in parallel (each image's failure its own)
                     todo.par_chunks(batch).for_each_with(tx, |tx, jobs| {
                         for (job, r) in jobs.iter().zip(explainer.run_batch(jobs)) {
                             let _ = tx.send((job.input.clone(), r));
