@@ -171,34 +171,40 @@ impl Graph {
     /// kept, and that are not the output of a linear layer for which
     /// `reuses` says the rule reuses `z = W x + b`, nor named in `keep`.
     pub fn lean_activations(&self, reuses: &dyn Fn(&Node) -> bool, keep: &[&str]) -> Vec<String> {
+        use std::collections::HashMap;
         let all = self.needed_activations();
         let needed: std::collections::HashSet<&str> = all.iter().map(String::as_str).collect();
+        // per tensor: whether every node reading it is a ReLU or Clip whose
+        // output is kept; the node writing it
+        let mut masks: HashMap<&str, bool> = HashMap::new();
+        for n in &self.nodes {
+            let mask = matches!(&n.op, Op::Activation(a) if a.mask_from_output())
+                && n.inputs.len() == 1
+                && needed.contains(n.output.as_str());
+            for i in &n.inputs {
+                *masks.entry(i.as_str()).or_insert(true) &= mask;
+            }
+        }
+        let producer: HashMap<&str, &Node> =
+            self.nodes.iter().map(|n| (n.output.as_str(), n)).collect();
         let droppable = |t: &str| {
-            let mut readers = self
-                .nodes
-                .iter()
-                .filter(|n| n.inputs.iter().any(|i| i == t));
-            let masks = readers.clone().next().is_some()
-                && readers.all(|n| {
-                    matches!(&n.op, Op::Activation(a) if a.mask_from_output())
-                        && n.inputs.len() == 1
-                        && needed.contains(n.output.as_str())
-                });
-            let producer = self.nodes.iter().find(|n| n.output == t);
-            masks
+            masks.get(t) == Some(&true)
                 && t != self.logits
                 && !keep.contains(&t)
-                && producer.is_some_and(|p| p.op.linear().is_none() || !reuses(p))
+                && producer
+                    .get(t)
+                    .is_some_and(|p| p.op.linear().is_none() || !reuses(p))
         };
         all.iter().filter(|t| !droppable(t)).cloned().collect()
     }
 
     /// Names of all tensors the backward pass reads (node inputs), the model input excluded.
     pub fn needed_activations(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
         let mut out: Vec<String> = Vec::new();
         for n in &self.nodes {
             for i in &n.inputs {
-                if *i != self.input && !out.contains(i) {
+                if *i != self.input && seen.insert(i.as_str()) {
                     out.push(i.clone());
                 }
             }

@@ -12,7 +12,7 @@ use ndarray::ArrayD;
 use serde::Serialize;
 
 use crate::ops::Flow;
-use crate::rules::{stabilize, zip_sums, Account, STABILIZER};
+use crate::rules::{flat, stabilize, zip_sums, Account, STABILIZER};
 
 /// One node of the ledger.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -106,18 +106,9 @@ pub(crate) fn row_sums(a: &ArrayD<f32>, rows: usize) -> Vec<(f64, f64)> {
     if rows <= 1 {
         return vec![sums(a)];
     }
-    let s = standard(a);
+    let s = flat(a);
     let len = s.len() / rows;
     s.chunks(len.max(1)).take(rows).map(slice_sums).collect()
-}
-
-/// The elements of `a` in standard (row-major) order, borrowed when they
-/// are one block of memory in that order.
-pub(crate) fn standard(a: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
-    match a.as_slice() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
-    }
 }
 
 /// [`sums`] of a slice.

@@ -12,7 +12,7 @@ use crate::model::Forward;
 use crate::ops::{self, Flow, Op};
 use crate::preprocess::Normalization;
 use crate::rules::cache::WeightCache;
-use crate::rules::{Bounds, Rule};
+use crate::rules::{flat, Bounds, Rule};
 
 /// The relevance of every input element for one class.
 ///
@@ -580,7 +580,7 @@ pub fn explain_rows(
             Flow::Proportional { .. } => node_output(graph, fwd, node, inputs),
             _ => None,
         };
-        let (r_flat, z_flat) = (ledger::standard(r), z.as_deref().map(ledger::standard));
+        let (r_flat, z_flat) = (flat(r), z.as_deref().map(flat));
         fn part(s: &[f32], row: usize, rows: usize) -> &[f32] {
             let len = s.len() / rows;
             &s[(row * len).min(s.len())..((row + 1) * len).min(s.len())]

@@ -335,9 +335,9 @@ pub fn zip_sums<const N: usize, const K: usize>(
         )
 }
 
-/// The elements of `a` in memory order (a copy only when `a` is not one
-/// block of memory).
-fn flat(a: &ArrayD<f32>) -> Cow<'_, [f32]> {
+/// The elements of `a` in standard (row-major) order (a copy only when `a`
+/// is not one block of memory in that order).
+pub(crate) fn flat(a: &ArrayD<f32>) -> Cow<'_, [f32]> {
     match a.as_slice_memory_order() {
         Some(s) if a.is_standard_layout() => Cow::Borrowed(s),
         _ => Cow::Owned(a.iter().copied().collect()),

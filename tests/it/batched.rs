@@ -34,6 +34,13 @@ fn inputs(model: &Model, norm: &Normalization) -> Vec<ArrayD<f32>> {
     out
 }
 
+/// The forward pass of `xs` stacked on axis 0.
+fn forward_batch(model: &Model, xs: &[ArrayD<f32>]) -> lrp_heatmap::model::Forward {
+    let views: Vec<_> = xs.iter().map(|x| x.view()).collect();
+    let stacked = concatenate(Axis(0), &views).unwrap();
+    model.forward_batch(stacked).unwrap()
+}
+
 fn close(what: &str, got: &Explanation, want: &Explanation, fails: &mut Vec<String>) {
     let scale = want.relevance.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
     let worst = (got.relevance.iter().zip(want.relevance.iter()))
@@ -100,10 +107,7 @@ fn a_batch_explains_each_input_as_it_is_explained_alone() {
     assert_eq!(model.batch_blocker(), None);
     let norm = Normalization::default();
     let xs = inputs(&model, &norm);
-    let views: Vec<_> = xs.iter().map(|x| x.view()).collect();
-    let batch = model
-        .forward_batch(concatenate(Axis(0), &views).unwrap())
-        .unwrap();
+    let batch = forward_batch(&model, &xs);
     assert_eq!(batch.rows(), 3);
     let alone: Vec<_> = xs
         .iter()
@@ -144,10 +148,7 @@ fn probed_layers_and_concepts_are_per_input_in_a_batch() {
     let model = Model::load("efficientnet-lite0").expect("bundled");
     let norm = Normalization::default();
     let xs = inputs(&model, &norm);
-    let views: Vec<_> = xs.iter().map(|x| x.view()).collect();
-    let batch = model
-        .forward_batch(concatenate(Axis(0), &views).unwrap())
-        .unwrap();
+    let batch = forward_batch(&model, &xs);
     let probes = Probes {
         layers: vec![
             "/_swish_1/Clip".into(),
