@@ -55,14 +55,8 @@ impl Backend {
         }
     }
 
-    /// Runs `graph` on `input`: the logits and the activations the backward
-    /// pass reads. Errors for non-finite logits.
-    pub fn run(&self, graph: &Graph, input: ArrayD<f32>) -> Result<Forward> {
-        self.run_keeping(graph, input, None, false)
-    }
-
-    /// [`Backend::run`] keeping the activations `keep` (all those the
-    /// backward pass reads if `None`; the tract engine keeps them all), on
+    /// Runs `graph` on `input`: the logits and the activations `keep` (all
+    /// those the backward pass reads if `None`; the tract engine keeps them all), on
     /// inputs stacked on axis 0 if `batch` (native engine only; the caller
     /// checks [`native::NativePlan::batch_blocker`]).
     pub fn run_keeping(

@@ -370,7 +370,7 @@ impl Model {
         // one run on zeros: the number of classes, and a model that fails
         // fails here, at load time
         let probe = backend
-            .run(&graph, ArrayD::zeros(input.shape.clone()))
+            .run_keeping(&graph, ArrayD::zeros(input.shape.clone()), None, false)
             .with_context(|| format!("model {}", path.display()))?;
         let classes = probe.logits.len();
         ensure!(
@@ -507,13 +507,7 @@ impl Model {
 
     /// Runs the model on `input` (of shape `self.input.shape`), keeping the activations.
     pub fn forward(&self, input: ArrayD<f32>) -> Result<Forward> {
-        ensure!(
-            input.shape() == self.input.shape,
-            "input of shape {:?}, the model expects {:?}",
-            input.shape(),
-            self.input.shape
-        );
-        self.backend.run(&self.graph, input)
+        self.forward_lean(input, None, false)
     }
 
     /// Why inputs stacked on axis 0 cannot be explained in one pass
