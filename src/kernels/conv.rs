@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::linalg::{matmul, matmul_strided, Mat};
+use crate::kernels::linalg::{matmul, matmul_strided, Mat, SharedPtr};
 
 /// Everything the loops need about one call.
 #[derive(Clone, Debug)]
@@ -94,21 +94,6 @@ const TILE_FLOATS: usize = 64 * 1024;
 /// Output columns per tile for `k` rows of unfolded input.
 pub(crate) fn tile_cols(k: usize, ohw: usize) -> usize {
     (TILE_FLOATS / k.max(1)).clamp(64, 4096).min(ohw.max(1))
-}
-
-/// A pointer shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedPtr(pub(crate) *mut f32);
-// SAFETY: only used by tasks that write disjoint parts (column blocks of a
-// GEMM output, output rows of a Winograd block).
-unsafe impl Send for SharedPtr {}
-unsafe impl Sync for SharedPtr {}
-
-impl SharedPtr {
-    /// The pointer (a method, so that closures capture the whole `SharedPtr`).
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 thread_local! {

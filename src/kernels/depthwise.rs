@@ -300,6 +300,265 @@ unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
+/// Channels per block of the channel-blocked kernel (one AVX2 vector).
+pub(crate) const LANES: usize = 8;
+
+/// The layout of the channel-blocked forward kernel: the padded input of
+/// [`LANES`] channels stored pixel by pixel (`hp x wp` pixels of [`LANES`]
+/// channels each, then `slack` pixels), and the offsets of the taps in
+/// pixels. Every tap of every output is then one aligned vector load
+/// whatever the plane's width, stride or dilation (the NCHWc layout of
+/// onnxruntime's MLAS), and eight outputs of a row are eight independent
+/// chains of multiply-adds, transposed back to the planes in registers.
+#[derive(Clone, Debug)]
+pub(crate) struct Blocked {
+    hp: usize,
+    wp: usize,
+    slack: usize,
+    offs: Vec<usize>,
+}
+
+impl Blocked {
+    /// The layout for `g`, or `None` where the pads make it much larger than
+    /// the plane itself or the machine lacks AVX2 and FMA (the callers then
+    /// use the plane-by-plane kernels).
+    pub(crate) fn of(g: &Geo) -> Option<Blocked> {
+        if !cfg!(target_arch = "x86_64") || !avx2_fma() {
+            return None;
+        }
+        let hp = g.h.checked_add(g.pads[0])?.checked_add(g.pads[2])?;
+        let wp = g.w.checked_add(g.pads[1])?.checked_add(g.pads[3])?;
+        if hp.checked_mul(wp)? > 4 * g.h * g.w + (1 << 16) || g.oh == 0 || g.ow == 0 {
+            return None;
+        }
+        // the taps of the outputs past the end of a row narrower than a
+        // block (they are computed, never stored) read up to this far past
+        // the last pixel
+        let slack = (LANES - 1) * g.s[1] + 1;
+        let mut offs = Vec::with_capacity(g.kh * g.kw);
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                offs.push(i * g.d[0] * wp + j * g.d[1]);
+            }
+        }
+        Some(Blocked {
+            hp,
+            wp,
+            slack,
+            offs,
+        })
+    }
+
+    /// Floats of the padded block.
+    fn size(&self) -> usize {
+        (self.hp * self.wp + self.slack) * LANES
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2_fma() -> bool {
+    false
+}
+
+thread_local! {
+    /// The padded channel block of this thread, reused across blocks and
+    /// layers (with room to align it to 32 bytes).
+    static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Depthwise convolution of `nc <= LANES` consecutive planes: `dst` (`nc`
+/// planes of `oh x ow`) `= bias + w * x` (`x`: `nc` planes of `h x w`; `w`:
+/// `nc` kernels of `kh x kw`; `bias`: `nc` values or none). The sums run
+/// bias first, then the taps in order, each a fused multiply-add (as
+/// [`taps_plane`] on AVX2 machines).
+pub(crate) fn forward_block(
+    g: &Geo,
+    bl: &Blocked,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+) {
+    let (hw, ohw, taps) = (g.h * g.w, g.oh * g.ow, bl.offs.len());
+    let nc = dst.len() / ohw.max(1);
+    assert!(
+        (1..=LANES).contains(&nc)
+            && dst.len() == nc * ohw
+            && x.len() >= nc * hw
+            && w.len() >= nc * taps
+            && bias.is_none_or(|b| b.len() >= nc)
+            && g.kh * g.kw == taps
+    );
+    // the weights and the bias by tap, one vector of channels each
+    let mut wt = vec![0f32; taps * LANES];
+    for k in 0..nc {
+        for t in 0..taps {
+            wt[t * LANES + k] = w[k * taps + t];
+        }
+    }
+    let mut bv = [0f32; LANES];
+    if let Some(b) = bias {
+        bv[..nc].copy_from_slice(&b[..nc]);
+    }
+    BLOCK.with_borrow_mut(|buf| {
+        buf.resize(bl.size() + LANES, 0.0);
+        let at = buf.as_ptr().align_offset(32).min(LANES);
+        let tile = &mut buf[at..at + bl.size()];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Blocked::of` returned a layout, so AVX2 and FMA were
+        // detected; the assert above bounds every plane read and written.
+        unsafe {
+            fill_block_avx2(g, bl, x, nc, tile);
+            taps_block_avx2(g, bl, tile, &wt, &bv, nc, dst);
+        }
+    });
+}
+
+/// Writes the padded block: zero pads around the `nc` planes of `x`, stored
+/// pixel by pixel (8x8 transposes), channels past `nc` zero.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fill_block_avx2(g: &Geo, bl: &Blocked, x: &[f32], nc: usize, tile: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (h, w, hw, wp) = (g.h, g.w, g.h * g.w, bl.wp);
+    let (top, left) = (g.pads[0], g.pads[1]);
+    assert!(tile.len() >= bl.size() && x.len() >= nc * hw);
+    // pads: the rows above and below, and each row's left and right columns
+    tile[..top * wp * LANES].fill(0.0);
+    tile[(top + h) * wp * LANES..].fill(0.0);
+    for iy in 0..h {
+        let row = (top + iy) * wp * LANES;
+        tile[row..row + left * LANES].fill(0.0);
+        tile[row + (left + w) * LANES..row + wp * LANES].fill(0.0);
+    }
+    let zero = [0f32; LANES];
+    let (src, out) = (x.as_ptr(), tile.as_mut_ptr());
+    for iy in 0..h {
+        let row = (top + iy) * wp + left;
+        let mut x0 = 0;
+        while x0 + LANES <= w {
+            let mut r = [_mm256_setzero_ps(); LANES];
+            for (k, r) in r.iter_mut().enumerate() {
+                let p = if k < nc {
+                    src.add(k * hw + iy * w + x0)
+                } else {
+                    zero.as_ptr()
+                };
+                *r = _mm256_loadu_ps(p);
+            }
+            let t = transpose8(r);
+            for (p, v) in t.iter().enumerate() {
+                _mm256_storeu_ps(out.add((row + x0 + p) * LANES), *v);
+            }
+            x0 += LANES;
+        }
+        for xx in x0..w {
+            let px = (row + xx) * LANES;
+            for k in 0..LANES {
+                *out.add(px + k) = if k < nc {
+                    *src.add(k * hw + iy * w + xx)
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// The 8x8 transpose of eight vectors (row `i`, lane `j` -> row `j`, lane `i`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
+/// The outputs of a padded block, eight of a row at a time (the last eight
+/// of a row overlap the previous ones rather than run short; rows narrower
+/// than eight go through a buffer), transposed back to the `nc` planes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn taps_block_avx2(
+    g: &Geo,
+    bl: &Blocked,
+    tile: &[f32],
+    wt: &[f32],
+    bias: &[f32; LANES],
+    nc: usize,
+    dst: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (oh, ow, sh, sw, wp) = (g.oh, g.ow, g.s[0], g.s[1], bl.wp);
+    let offs = &bl.offs;
+    let last = (oh - 1) * sh * wp + offs.iter().max().unwrap_or(&0) + (LANES - 1) * sw;
+    assert!(
+        (last + 1) * LANES <= tile.len()
+            && wt.len() >= offs.len() * LANES
+            && dst.len() >= nc * oh * ow
+    );
+    let (src, out) = (tile.as_ptr(), dst.as_mut_ptr());
+    let b = _mm256_loadu_ps(bias.as_ptr());
+    let ohw = oh * ow;
+    for oy in 0..oh {
+        let mut x0 = 0;
+        loop {
+            let start = if ow >= LANES { x0.min(ow - LANES) } else { 0 };
+            let base = oy * sh * wp + start * sw;
+            let mut acc = [b; LANES];
+            for (t, &o) in offs.iter().enumerate() {
+                let wv = _mm256_loadu_ps(wt.as_ptr().add(t * LANES));
+                let px = src.add((base + o) * LANES);
+                for (p, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(px.add(p * sw * LANES)), *a);
+                }
+            }
+            let planes = transpose8(acc);
+            let at = oy * ow + start;
+            if ow >= LANES {
+                for (k, v) in planes.iter().enumerate().take(nc) {
+                    _mm256_storeu_ps(out.add(k * ohw + at), *v);
+                }
+            } else {
+                let mut t = [0f32; LANES];
+                for (k, v) in planes.iter().enumerate().take(nc) {
+                    _mm256_storeu_ps(t.as_mut_ptr(), *v);
+                    std::ptr::copy_nonoverlapping(t.as_ptr(), out.add(k * ohw + at), ow);
+                }
+            }
+            x0 += LANES;
+            if x0 >= ow {
+                break;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,8 @@
 
 use rayon::prelude::*;
 
-use super::conv::{Geo, SharedPtr};
+use super::conv::Geo;
+use super::linalg::SharedPtr;
 use crate::kernels::linalg::{matmul_strided, Mat};
 
 /// Whether `g` (one group) is a convolution F(2x2, 3x3) computes: a 3x3

@@ -169,6 +169,20 @@ impl Conv {
         if Conv::depthwise(g) {
             let mut out = vec![0.0f32; g.n * g.m * ohw];
             let hw = g.h * g.w;
+            if let Some(bl) = depthwise::Blocked::of(g) {
+                // blocks of eight channels, none across two images
+                let lanes = depthwise::LANES;
+                out.par_chunks_mut(g.m * ohw)
+                    .zip(xs.par_chunks(g.c * hw))
+                    .for_each(|(out, xs)| {
+                        out.par_chunks_mut(lanes * ohw).enumerate().for_each(|(i, dst)| {
+                            let c0 = i * lanes;
+                            let (x, w) = (&xs[c0 * hw..], &ws[c0 * k..]);
+                            depthwise::forward_block(g, &bl, x, w, bias.map(|b| &b[c0..]), dst);
+                        });
+                    });
+                return out;
+            }
             let padded = depthwise::Padded::of(g);
             out.par_chunks_mut(ohw).enumerate().for_each(|(p, dst)| {
                 let c = p % g.m;

@@ -355,12 +355,21 @@ fn general_conv() -> impl Strategy<Value = ConvCase> {
     // only: legal, kept (the outputs are the bias)
 }
 
-/// Depthwise convolutions (one input channel per output channel).
+/// Depthwise convolutions (one input channel per output channel): up to
+/// 19 channels (blocks of eight and a partial one) and output rows up to 20
+/// wide (one block of eight outputs, several, and a partial one).
 fn depthwise_conv() -> impl Strategy<Value = ConvCase> {
-    (general_conv(), 1usize..=5).prop_map(|(mut c, ch)| {
-        (c.c, c.m, c.group) = (ch, ch, ch);
-        c
-    })
+    (
+        general_conv(),
+        1usize..=19,
+        (1usize..=20, 1usize..=20, 0usize..4, 0usize..4),
+    )
+        .prop_map(|(mut c, ch, (oh, ow, eh, ew))| {
+            (c.c, c.m, c.group) = (ch, ch, ch);
+            c.h = sized(oh, c.k[0], c.s[0], c.d[0], c.pads[0], c.pads[2], eh);
+            c.w = sized(ow, c.k[1], c.s[1], c.d[1], c.pads[1], c.pads[3], ew);
+            c
+        })
 }
 
 /// Wide layers whose unfolded columns come in several tiles that start and
