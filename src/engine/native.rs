@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::engine::profile::{self, Phase};
 use crate::graph::{ArithKind, Graph, Node, Op};
+use crate::ops::activation::Act;
 use crate::rules::{LinearLayer, Modifier};
 
 /// What the graph-native forward pass needs beyond the graph.
@@ -304,7 +305,58 @@ impl NativePlan {
         let mut values: HashMap<&str, ArrayD<f32>> = HashMap::new();
         let mut activations: HashMap<String, ArrayD<f32>> = HashMap::new();
         let mut signs: HashMap<String, (bool, bool)> = HashMap::new();
-        for node in &graph.nodes {
+        // the activation run inside the convolution before it
+        let mut fused_next = None;
+        for (i, node) in graph.nodes.iter().enumerate() {
+            if fused_next.take() == Some(i) {
+                continue;
+            }
+            // a pointwise or depthwise convolution and the ReLU / ReLU6 that
+            // alone reads it: one pass, the clamp in the convolution's output
+            // loop (the convolution's own output is never stored)
+            if let (Op::Conv(conv), Some((act, lo, hi)), [name]) = (
+                &node.op,
+                self.clamp_after(graph, i, &readers),
+                node.inputs.as_slice(),
+            ) {
+                let x = if *name == graph.input {
+                    Some(input)
+                } else {
+                    values.get(name.as_str()).or_else(|| activations.get(name))
+                };
+                let fused = x.and_then(|x| {
+                    profile::timed(Phase::Forward, &node.op_type, &node.name, || {
+                        conv.forward_clamped(x, lo, hi)
+                    })
+                });
+                if let Some(fused) = fused {
+                    let (out, finite) = fused.with_context(|| {
+                        format!("forward through {} node '{}'", node.op_type, node.name)
+                    })?;
+                    ensure!(
+                        finite,
+                        "{} node '{}' produced NaN or Inf",
+                        node.op_type,
+                        node.name
+                    );
+                    let (_, pos, neg) = scan(&out);
+                    if let Some(c) = readers.get_mut(name.as_str()) {
+                        *c -= 1;
+                        if *c == 0 {
+                            values.remove(name.as_str());
+                        }
+                    }
+                    readers.insert(node.output.as_str(), 0);
+                    if self.keep.contains(&act.output) {
+                        signs.insert(act.output.clone(), (pos, neg));
+                        activations.insert(act.output.clone(), out);
+                    } else {
+                        values.insert(act.output.as_str(), out);
+                    }
+                    fused_next = Some(i + 1);
+                    continue;
+                }
+            }
             // an activation whose input nothing else reads or keeps: in place
             if let (Op::Activation(act), [name]) = (&node.op, node.inputs.as_slice()) {
                 let dead = *name != graph.input
@@ -385,6 +437,29 @@ impl NativePlan {
             activations,
             signs,
         })
+    }
+
+    /// The node after node `i` and its bounds, where it is a ReLU or Clip
+    /// that alone reads node `i`'s output, an output neither kept nor the
+    /// logits: the two can run as one pass.
+    fn clamp_after<'g>(
+        &self,
+        graph: &'g Graph,
+        i: usize,
+        readers: &HashMap<&str, usize>,
+    ) -> Option<(&'g Node, f32, f32)> {
+        let (node, next) = (graph.nodes.get(i)?, graph.nodes.get(i + 1)?);
+        let (lo, hi) = match &next.op {
+            Op::Activation(Act::Relu) => (0.0, f32::INFINITY),
+            &Op::Activation(Act::Clip { min, max }) => (min, max),
+            _ => return None,
+        };
+        let alone = next.inputs == [node.output.as_str()]
+            && readers.get(node.output.as_str()) == Some(&1)
+            && !self.keep.contains(&node.output)
+            && node.output != graph.logits
+            && node.output != graph.input;
+        alone.then_some((next, lo, hi))
     }
 
     fn node(&self, node: &Node, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
@@ -606,6 +681,146 @@ fn scan_lanes(s: &[f32]) -> (bool, bool, bool) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::ops::conv::{Conv, Padding, Window};
+
+    fn node(name: &str, op: Op, input: &str, output: &str) -> Node {
+        Node {
+            name: name.into(),
+            op_type: if matches!(op, Op::Conv(_)) {
+                "Conv"
+            } else {
+                "Clip"
+            }
+            .into(),
+            op,
+            inputs: vec![input.into()],
+            output: output.into(),
+            first: false,
+        }
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let k = (i ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(2654435761);
+                ((k >> 8) % 2000) as f32 / 500.0 - 2.0
+            })
+            .collect()
+    }
+
+    fn conv(m: usize, cg: usize, k: usize, stride: usize, group: usize, seed: u32) -> Op {
+        let p = k / 2;
+        Op::Conv(Conv {
+            weight: ArrayD::from_shape_vec(vec![m, cg, k, k], values(m * cg * k * k, seed))
+                .unwrap(),
+            bias: Some(ArrayD::from_shape_vec(vec![m], values(m, seed + 1)).unwrap()),
+            window: Window {
+                kernel: [k, k],
+                strides: [stride, stride],
+                dilations: [1, 1],
+                padding: Padding::Explicit([p, p, p, p]),
+            },
+            group,
+        })
+    }
+
+    /// x [1, 8, 9, 10] -> pointwise conv -> ReLU6 -> depthwise 3x3 stride 2
+    /// -> ReLU -> pointwise conv (the logits): both convolutions before an
+    /// activation can fuse it.
+    fn block(pw: Op) -> Graph {
+        Graph {
+            input: "x".into(),
+            input_dims: vec![],
+            logits: "y".into(),
+            skipped_softmax: false,
+            nodes: vec![
+                node("expand", pw, "x", "e"),
+                node(
+                    "relu6",
+                    Op::Activation(Act::Clip { min: 0.0, max: 6.0 }),
+                    "e",
+                    "e6",
+                ),
+                node("dw", conv(16, 1, 3, 2, 16, 3), "e6", "d"),
+                node("relu", Op::Activation(Act::Relu), "d", "dr"),
+                node("project", conv(4, 16, 1, 1, 1, 5), "dr", "y"),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_convolution_and_its_activation_fused_give_the_values_of_the_two_apart() {
+        let graph = block(conv(16, 8, 1, 1, 1, 1));
+        let x = ArrayD::from_shape_vec(vec![1, 8, 9, 10], values(720, 7)).unwrap();
+        let plan = NativePlan::new(&graph).unwrap();
+        // nothing kept: both pairs fuse; the convolutions' outputs kept: none
+        let fused = plan.run_keeping(&graph, &x, Some(&[]), false).unwrap();
+        let keep = ["e".to_string(), "d".to_string(), "e6".into(), "dr".into()];
+        let apart = plan.run_keeping(&graph, &x, Some(&keep), false).unwrap();
+        assert_eq!(fused.logits, apart.logits);
+        // and by hand: each layer's forward pass, then the activation
+        let layer = |i: usize| match &graph.nodes[i].op {
+            Op::Conv(c) => c.clone(),
+            _ => unreachable!(),
+        };
+        let e = layer(0).forward(&x, &layer(0).weight, true).unwrap();
+        assert_eq!(apart.activations["e"], e);
+        let e6 = e.mapv(|v| v.clamp(0.0, 6.0));
+        assert_eq!(apart.activations["e6"], e6);
+        let d = layer(2).forward(&e6, &layer(2).weight, true).unwrap();
+        assert_eq!(apart.activations["dr"], d.mapv(|v| v.max(0.0)));
+        // kept activations after a fused pair, with their signs
+        let kept = plan
+            .run_keeping(&graph, &x, Some(&["e6".to_string(), "dr".into()]), false)
+            .unwrap();
+        assert_eq!(kept.activations["e6"], e6);
+        assert_eq!(kept.signs["e6"], (true, false));
+        assert_eq!(kept.logits, apart.logits);
+    }
+
+    #[test]
+    fn a_convolution_that_overflows_is_named_whether_fused_or_not() {
+        // 1e30 * 1e30 overflows; ReLU6 would clamp the Inf to 6
+        let mut pw = conv(16, 8, 1, 1, 1, 1);
+        if let Op::Conv(c) = &mut pw {
+            c.weight.fill(1e30);
+        }
+        let graph = block(pw);
+        let x = ArrayD::from_elem(vec![1, 8, 9, 10], 1e30f32);
+        let plan = NativePlan::new(&graph).unwrap();
+        for keep in [vec![], vec!["e".to_string()]] {
+            let err = plan
+                .run_keeping(&graph, &x, Some(&keep), false)
+                .err()
+                .expect("an error");
+            assert_eq!(
+                format!("{err:#}"),
+                "Conv node 'expand' produced NaN or Inf",
+                "keeping {keep:?}"
+            );
+        }
+        // the depthwise kernel's check: Inf in its input's padding-free part
+        let graph = block(conv(16, 8, 1, 1, 1, 1));
+        let mut nodes = graph.nodes.clone();
+        if let Op::Conv(c) = &mut nodes[2].op {
+            c.weight.fill(f32::MAX);
+        }
+        let graph = Graph { nodes, ..graph };
+        let x = ArrayD::from_elem(vec![1, 8, 9, 10], 1.0f32);
+        for keep in [vec![], vec!["d".to_string()]] {
+            let err = plan
+                .run_keeping(&graph, &x, Some(&keep), false)
+                .err()
+                .expect("an error");
+            assert_eq!(
+                format!("{err:#}"),
+                "Conv node 'dw' produced NaN or Inf",
+                "keeping {keep:?}"
+            );
+        }
+    }
+
     #[test]
     fn scan_finds_nan_inf_and_signs_anywhere() {
         let finite = |s: &[f32]| super::scan_slice(s).0;

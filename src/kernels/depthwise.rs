@@ -12,6 +12,8 @@
 //! each tap of each output row into the padded plane and copies the
 //! unpadded part out.
 
+use std::mem::MaybeUninit;
+
 use crate::kernels::conv::Geo;
 
 /// The padded, phase-split plane of a geometry: rows, phases, phase length,
@@ -370,15 +372,18 @@ thread_local! {
 /// planes of `oh x ow`) `= bias + w * x` (`x`: `nc` planes of `h x w`; `w`:
 /// `nc` kernels of `kh x kw`; `bias`: `nc` values or none). The sums run
 /// bias first, then the taps in order, each a fused multiply-add (as
-/// [`taps_plane`] on AVX2 machines).
+/// [`taps_plane`] on AVX2 machines); then `clamp` (`min(max(z, lo), hi)`),
+/// if any. Every value of `dst` is written. `true` where every output
+/// before the clamp is finite.
 pub(crate) fn forward_block(
     g: &Geo,
     bl: &Blocked,
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
-    dst: &mut [f32],
-) {
+    clamp: Option<(f32, f32)>,
+    dst: &mut [MaybeUninit<f32>],
+) -> bool {
     let (hw, ohw, taps) = (g.h * g.w, g.oh * g.ow, bl.offs.len());
     let nc = dst.len() / ohw.max(1);
     assert!(
@@ -409,9 +414,11 @@ pub(crate) fn forward_block(
         // detected; the assert above bounds every plane read and written.
         unsafe {
             fill_block_avx2(g, bl, x, nc, tile);
-            taps_block_avx2(g, bl, tile, &wt, &bv, nc, dst);
+            taps_block_avx2(g, bl, tile, &wt, &bv, clamp, nc, dst)
         }
-    });
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("no blocked layout without AVX2")
+    })
 }
 
 /// Writes the padded block: zero pads around the `nc` planes of `x`, stored
@@ -504,15 +511,17 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
 /// than eight go through a buffer), transposed back to the `nc` planes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn taps_block_avx2(
     g: &Geo,
     bl: &Blocked,
     tile: &[f32],
     wt: &[f32],
     bias: &[f32; LANES],
+    clamp: Option<(f32, f32)>,
     nc: usize,
-    dst: &mut [f32],
-) {
+    dst: &mut [MaybeUninit<f32>],
+) -> bool {
     use std::arch::x86_64::*;
     let (oh, ow, sh, sw, wp) = (g.oh, g.ow, g.s[0], g.s[1], bl.wp);
     let offs = &bl.offs;
@@ -522,9 +531,15 @@ unsafe fn taps_block_avx2(
             && wt.len() >= offs.len() * LANES
             && dst.len() >= nc * oh * ow
     );
-    let (src, out) = (tile.as_ptr(), dst.as_mut_ptr());
+    let (src, out) = (tile.as_ptr(), dst.as_mut_ptr().cast::<f32>());
     let b = _mm256_loadu_ps(bias.as_ptr());
     let ohw = oh * ow;
+    let (lo, hi) = clamp.unwrap_or((f32::NEG_INFINITY, f32::INFINITY));
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    // lanes where some output was not finite (`z - z` is NaN there); the
+    // pixels past a row narrower than eight do not count
+    let mut bad = _mm256_setzero_ps();
+    let valid = ow.min(LANES);
     for oy in 0..oh {
         let mut x0 = 0;
         loop {
@@ -536,6 +551,13 @@ unsafe fn taps_block_avx2(
                 let px = src.add((base + o) * LANES);
                 for (p, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(px.add(p * sw * LANES)), *a);
+                }
+            }
+            for a in acc.iter_mut().take(valid) {
+                let nan = _mm256_sub_ps(*a, *a);
+                bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_UNORD_Q>(nan, nan));
+                if clamp.is_some() {
+                    *a = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
                 }
             }
             let planes = transpose8(acc);
@@ -557,6 +579,7 @@ unsafe fn taps_block_avx2(
             }
         }
     }
+    _mm256_movemask_ps(bad) == 0
 }
 
 #[cfg(test)]

@@ -1,10 +1,15 @@
 //! Dense matrix products on the `gemm` crate (SIMD kernels chosen at run time, rayon threads).
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Products smaller than this many multiply-adds run on one thread.
 const PARALLEL_THRESHOLD: usize = 1 << 18;
+
+/// Products of this many multiply-adds and more run in four parts.
+const LARGE_PRODUCT: usize = 1 << 26;
 
 /// A strided, row-major-by-default view of a matrix stored in a slice. The
 /// fields are private: the constructors check that every element
@@ -83,7 +88,17 @@ pub fn matmul(dst: &mut [f32], a: Mat, b: Mat, accumulate: bool, threads: bool) 
     }
     // SAFETY: the asserts above and the strides of `Mat` (built from slices
     // long enough for their shape) keep every access in bounds.
-    unsafe { gemm_into(dst.as_mut_ptr(), n as isize, accumulate, a, b, threads) }
+    unsafe {
+        gemm_into(
+            dst.as_mut_ptr(),
+            n as isize,
+            accumulate,
+            a,
+            b,
+            threads,
+            None,
+        )
+    };
 }
 
 /// `dst = [dst +] a (m x k) * b (k x n)` into a matrix whose rows are
@@ -108,7 +123,76 @@ pub unsafe fn matmul_strided(
         return;
     }
     // SAFETY: as guaranteed by the caller.
-    unsafe { gemm_into(dst, dst_rs, accumulate, a, b, threads) }
+    unsafe { gemm_into(dst, dst_rs, accumulate, a, b, threads, None) };
+}
+
+/// What a product's parts do with their block of the destination (on the
+/// thread that computes it, while it is in cache): start it with a bias per
+/// row (the products are then added to it, as `gemm` adds to a
+/// destination: the sums run as in a destination filled with the bias
+/// first), and clamp it afterwards.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// One value per row of the destination, the start of its sums.
+    pub bias: Option<&'a [f32]>,
+    /// `min(max(v, lo), hi)` after the product.
+    pub clamp: Option<(f32, f32)>,
+}
+
+pub unsafe fn matmul_epilogue(dst: *mut f32, a: Mat, b: Mat, epi: Epilogue) -> bool {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "inner dimensions differ");
+    assert!(epi.bias.is_none_or(|b| b.len() >= m), "bias too short");
+    if m == 0 || n == 0 {
+        return true;
+    }
+    if k == 0 {
+        // SAFETY: as guaranteed by the caller; started, then initialised.
+        unsafe {
+            epi.start(dst, n, 0, m, n);
+            return epi.finish(dst, n, m, n);
+        }
+    }
+    // SAFETY: as guaranteed by the caller.
+    unsafe { gemm_into(dst, n as isize, false, a, b, true, Some(&epi)) }
+}
+
+impl Epilogue<'_> {
+    /// Starts `rows x cols` values at `dst` (rows `rs` apart, the first of
+    /// them row `row0` of the product) with their row's bias, or zero.
+    ///
+    /// # Safety
+    /// The values must be valid for writes and this thread's alone.
+    unsafe fn start(&self, dst: *mut f32, rs: usize, row0: usize, rows: usize, cols: usize) {
+        for r in 0..rows {
+            let v = self.bias.map_or(0.0, |b| b[row0 + r]);
+            // SAFETY: as guaranteed by the caller (maybe not initialised).
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * rs).cast(), cols) };
+            row.fill(MaybeUninit::new(v));
+        }
+    }
+
+    /// Clamps `rows x cols` values at `dst` (rows `rs` apart); `true` where
+    /// every value before the clamp is finite.
+    ///
+    /// # Safety
+    /// The values must be initialised, valid for writes and this thread's
+    /// alone.
+    unsafe fn finish(&self, dst: *mut f32, rs: usize, rows: usize, cols: usize) -> bool {
+        let mut bad = 0u32;
+        for r in 0..rows {
+            // SAFETY: as guaranteed by the caller.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * rs), cols) };
+            match self.clamp {
+                None => row.iter().for_each(|v| bad |= u32::from(!v.is_finite())),
+                Some((lo, hi)) => row.iter_mut().for_each(|v| {
+                    bad |= u32::from(!v.is_finite());
+                    *v = v.max(lo).min(hi);
+                }),
+            }
+        }
+        bad == 0
+    }
 }
 
 /// The `gemm` call behind [`matmul`] and [`matmul_strided`]: `dst (rows
@@ -117,56 +201,96 @@ pub unsafe fn matmul_strided(
 ///
 /// # Safety
 /// As for [`matmul_strided`].
-unsafe fn gemm_into(dst: *mut f32, dst_rs: isize, accumulate: bool, a: Mat, b: Mat, threads: bool) {
+unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_rs: isize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    threads: bool,
+    epi: Option<&Epilogue>,
+) -> bool {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    let parts = if threads && m * n * k >= PARALLEL_THRESHOLD {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    // Split over the threads here, one single-threaded product per part: the
-    // gemm crate's own threading (`Parallelism::Rayon`) was slower than one
+    // Parts computed one by one, each a single-threaded product: the gemm
+    // crate's own threading (`Parallelism::Rayon`) was slower than one
     // thread on the pointwise convolutions of depthwise networks with a
     // large inner dimension (EfficientNet-Lite0's projections: 480 x 196 x
-    // 80 in 158 us against 149 us on one thread and 109 us split here).
+    // 80 in 158 us against 149 us on one thread and 109 us in two parts).
     // Columns in blocks of 16 where there are enough of them, else rows in
-    // blocks of 8; each output's sum runs as in one product.
-    let split = |len: usize, block: usize| {
-        let per = len.div_ceil(parts).div_ceil(block) * block;
-        (0..len.div_ceil(per)).map(move |i| (i * per, ((i + 1) * per).min(len)))
+    // blocks of 8. How a product is cut changes the gemm crate's order of
+    // sums in some shapes, so the parts depend on the shape alone (a power
+    // by the product's size), never on the threads: the same numbers
+    // whatever `--jobs`; `threads` only lets them run in parallel. Each
+    // part packs the other matrix again: few parts.
+    let parts = match m * n * k {
+        x if x < PARALLEL_THRESHOLD => 1,
+        x if x < LARGE_PRODUCT => 2,
+        _ => 4,
     };
     let out = SharedPtr(dst);
-    if parts > 1 && n >= 16 * parts && (n >= 128 || m < 8 * parts) {
-        let bs = b.cs.unsigned_abs();
-        split(n, 16)
+    // one part: the product into its rows and columns, then the epilogue
+    // on them (the destination is ours: the caller guarantees it)
+    let part = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>| -> bool {
+        let ai = Mat::strided(
+            &a.data[rows.start * a.rs as usize..],
+            rows.len(),
+            k,
+            a.rs as usize,
+            a.cs as usize,
+        );
+        let bj = Mat::strided(
+            &b.data[cols.start * b.cs as usize..],
+            k,
+            cols.len(),
+            b.rs as usize,
+            b.cs as usize,
+        );
+        let at = rows.start as isize * dst_rs + cols.start as isize;
+        let Some(e) = epi else {
+            // SAFETY: this part alone writes rows `rows`, columns `cols`.
+            unsafe { gemm_part(out.get().offset(at), dst_rs, accumulate, ai, bj) };
+            return true;
+        };
+        // SAFETY: the block of rows `rows`, columns `cols` is this part's
+        // alone: started with the bias (or written whole by the product),
+        // then clamped.
+        unsafe {
+            let (block, rs) = (out.get().offset(at), dst_rs as usize);
+            if e.bias.is_some() {
+                e.start(block, rs, rows.start, rows.len(), cols.len());
+            }
+            gemm_part(block, dst_rs, e.bias.is_some(), ai, bj);
+            e.finish(block, rs, rows.len(), cols.len())
+        }
+    };
+    let parts_of = |len: usize, block: usize| {
+        let per = len.div_ceil(parts).div_ceil(block) * block;
+        (0..len.div_ceil(per))
+            .map(|i| i * per..((i + 1) * per).min(len))
             .collect::<Vec<_>>()
-            .into_par_iter()
-            .for_each(|(j0, j1)| {
-                let bj = Mat::strided(&b.data[j0 * bs..], k, j1 - j0, b.rs as usize, bs);
-                // SAFETY: this part alone writes columns j0..j1 of the destination.
-                unsafe { gemm_part(out.get().add(j0), dst_rs, accumulate, a, bj) };
-            });
+    };
+    let blocks: Vec<_> = if parts > 1 && n >= 16 * parts && (n >= 128 || m < 8 * parts) {
+        parts_of(n, 16)
+            .into_iter()
+            .map(|cols| (0..m, cols))
+            .collect()
     } else if parts > 1 && m >= 8 * parts {
-        let ars = a.rs.unsigned_abs();
-        split(m, 8)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .for_each(|(i0, i1)| {
-                let ai = Mat::strided(&a.data[i0 * ars..], i1 - i0, k, ars, a.cs as usize);
-                // SAFETY: this part alone writes rows i0..i1 of the destination.
-                unsafe {
-                    gemm_part(
-                        out.get().offset(i0 as isize * dst_rs),
-                        dst_rs,
-                        accumulate,
-                        ai,
-                        b,
-                    )
-                };
-            });
+        parts_of(m, 8)
+            .into_iter()
+            .map(|rows| (rows, 0..n))
+            .collect()
     } else {
-        // SAFETY: as guaranteed by the caller.
-        unsafe { gemm_part(dst, dst_rs, accumulate, a, b) };
+        vec![(0..m, 0..n)]
+    };
+    if threads && blocks.len() > 1 {
+        blocks
+            .into_par_iter()
+            .map(|(rows, cols)| part(rows, cols))
+            .reduce(|| true, |x, y| x && y)
+    } else {
+        blocks
+            .into_iter()
+            .fold(true, |ok, (rows, cols)| part(rows, cols) && ok)
     }
 }
 
@@ -262,5 +386,114 @@ mod tests {
         );
         let want2: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
         assert_eq!(got2, want2);
+    }
+
+    /// The parts (columns, rows, one) and the epilogue against the naive
+    /// product in f64: bias, then products, then the clamp; a non-finite
+    /// value found wherever it is; no value left unwritten.
+    #[test]
+    fn products_with_an_epilogue_match_the_definition_in_every_split() {
+        let mut seed = 1u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
+        };
+        // columns split (n large), rows split (n small), one part (small)
+        for (m, k, n) in [
+            (24, 40, 300),
+            (96, 64, 49),
+            (5, 3, 7),
+            (3, 0, 4),
+            (200, 700, 17),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
+            let bias: Vec<f32> = (0..m).map(|_| next()).collect();
+            for (with_bias, clamp) in [
+                (false, None),
+                (true, None),
+                (true, Some((-0.5f32, 0.25f32))),
+            ] {
+                let epi = Epilogue {
+                    bias: with_bias.then_some(&bias[..]),
+                    clamp,
+                };
+                let mut out: Vec<f32> = Vec::with_capacity(m * n);
+                // SAFETY: m * n values of capacity, written by the call.
+                let finite = unsafe {
+                    let f = matmul_epilogue(
+                        out.as_mut_ptr(),
+                        Mat::row_major(&a, m, k),
+                        Mat::row_major(&b, k, n),
+                        epi,
+                    );
+                    out.set_len(m * n);
+                    f
+                };
+                assert!(finite);
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut z = if with_bias { bias[i] as f64 } else { 0.0 };
+                        z += (0..k)
+                            .map(|p| a[i * k + p] as f64 * b[p * n + j] as f64)
+                            .sum::<f64>();
+                        if let Some((lo, hi)) = clamp {
+                            z = z.max(lo as f64).min(hi as f64);
+                        }
+                        let got = out[i * n + j] as f64;
+                        assert!(
+                            (got - z).abs() <= 1e-5 * (1.0 + z.abs()),
+                            "{m}x{k}x{n} ({i}, {j}): {got} vs {z}"
+                        );
+                    }
+                }
+                // an overflow in any part is found, before the clamp hides it
+                if k > 0 {
+                    let mut big = a.clone();
+                    big[(m - 1) * k] = f32::MAX;
+                    let mut bb = b.clone();
+                    bb[n - 1] = f32::MAX;
+                    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+                    // SAFETY: as above.
+                    let finite = unsafe {
+                        matmul_epilogue(
+                            out.as_mut_ptr(),
+                            Mat::row_major(&big, m, k),
+                            Mat::row_major(&bb, k, n),
+                            epi,
+                        )
+                    };
+                    assert!(!finite, "{m}x{k}x{n}");
+                }
+            }
+        }
+    }
+
+    /// The same numbers on one thread and on three, in shapes where the way
+    /// a product is cut changes the gemm crate's order of sums (192 x 1152
+    /// x 49 cut by rows, 64 x 600 x 300 by columns, as found by trying).
+    #[test]
+    fn products_do_not_depend_on_the_threads() {
+        for (m, k, n) in [(192, 1152, 49), (64, 600, 300), (96, 16, 12544)] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919) % 1000) as f32 / 777.0 - 0.6)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 104729) % 1000) as f32 / 555.0 - 0.9)
+                .collect();
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    let mut c = vec![0.0f32; m * n];
+                    let (am, bm) = (Mat::row_major(&a, m, k), Mat::row_major(&b, k, n));
+                    matmul(&mut c, am, bm, false, true);
+                    c
+                })
+            };
+            assert!(on(1) == on(3), "{m}x{k}x{n}");
+        }
     }
 }

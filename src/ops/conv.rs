@@ -8,6 +8,7 @@ use ndarray::ArrayD;
 use rayon::prelude::*;
 
 use crate::kernels::conv::{col2im, conv_group, depthwise_plane, depthwise_plane_transposed, Geo};
+use crate::kernels::linalg::{matmul_epilogue, Epilogue};
 use crate::kernels::depthwise;
 use crate::kernels::linalg::{matmul, Mat};
 use crate::kernels::winograd;
@@ -166,23 +167,12 @@ impl Conv {
             }
             return out;
         }
+        if let Some((out, _)) = self.convolve_fused(g, xs, ws, bias, None) {
+            return out;
+        }
         if Conv::depthwise(g) {
             let mut out = vec![0.0f32; g.n * g.m * ohw];
             let hw = g.h * g.w;
-            if let Some(bl) = depthwise::Blocked::of(g) {
-                // blocks of eight channels, none across two images
-                let lanes = depthwise::LANES;
-                out.par_chunks_mut(g.m * ohw)
-                    .zip(xs.par_chunks(g.c * hw))
-                    .for_each(|(out, xs)| {
-                        out.par_chunks_mut(lanes * ohw).enumerate().for_each(|(i, dst)| {
-                            let c0 = i * lanes;
-                            let (x, w) = (&xs[c0 * hw..], &ws[c0 * k..]);
-                            depthwise::forward_block(g, &bl, x, w, bias.map(|b| &b[c0..]), dst);
-                        });
-                    });
-                return out;
-            }
             let padded = depthwise::Padded::of(g);
             out.par_chunks_mut(ohw).enumerate().for_each(|(p, dst)| {
                 let c = p % g.m;
@@ -229,6 +219,57 @@ impl Conv {
             }
         }
         out
+    }
+
+    /// The pointwise convolutions (one product per image) and the depthwise
+    /// ones (blocks of eight channels), with `clamp` (`min(max(z, lo), hi)`)
+    /// fused into their output loops: the outputs and whether every value
+    /// before the clamp is finite; `None` for other geometries. The outputs
+    /// are written once, never zeroed or filled with the bias first.
+    fn convolve_fused(
+        &self,
+        g: &Geo,
+        xs: &[f32],
+        ws: &[f32],
+        bias: Option<&[f32]>,
+        clamp: Option<(f32, f32)>,
+    ) -> Option<(Vec<f32>, bool)> {
+        let (k, ohw, hw) = (g.k(), g.ohw(), g.h * g.w);
+        let total = g.n * g.m * ohw;
+        let mut out: Vec<f32> = Vec::with_capacity(total);
+        let finite = if self.group == 1 && g.is_pointwise() {
+            let (wm, epi) = (Mat::row_major(ws, g.m, k), Epilogue { bias, clamp });
+            let mut finite = true;
+            for b in 0..g.n {
+                let xb = Mat::row_major(&xs[b * g.c * hw..], g.c, hw);
+                // SAFETY: the capacity holds all images; this call alone
+                // writes image b's `m x ohw` values.
+                finite &= unsafe { matmul_epilogue(out.as_mut_ptr().add(b * g.m * ohw), wm, xb, epi) };
+            }
+            finite
+        } else if let (true, Some(bl)) = (Conv::depthwise(g), depthwise::Blocked::of(g)) {
+            // blocks of eight channels, none across two images
+            let lanes = depthwise::LANES;
+            out.spare_capacity_mut()[..total]
+                .par_chunks_mut(g.m * ohw)
+                .zip(xs.par_chunks(g.c * hw))
+                .map(|(out, xs)| {
+                    out.par_chunks_mut(lanes * ohw)
+                        .enumerate()
+                        .map(|(i, dst)| {
+                            let c0 = i * lanes;
+                            let (x, w, b) = (&xs[c0 * hw..], &ws[c0 * k..], bias.map(|b| &b[c0..]));
+                            depthwise::forward_block(g, &bl, x, w, b, clamp, dst)
+                        })
+                        .reduce(|| true, |a, b| a && b)
+                })
+                .reduce(|| true, |a, b| a && b)
+        } else {
+            return None;
+        };
+        // SAFETY: every value was written above.
+        unsafe { out.set_len(total) };
+        Some((out, finite))
     }
 
     /// The Winograd F(2x2, 3x3) convolution of every image of `xs`, with
@@ -299,6 +340,45 @@ impl Conv {
             }
         }
         Some(self.convolve(&back, gs, &flipped, None))
+    }
+}
+
+impl Conv {
+    /// The forward pass with its bias, followed by `min(max(z, lo), hi)`
+    /// (a ReLU or ReLU6 that reads nothing else) fused into the output loop,
+    /// for the pointwise and depthwise layers: the clamped outputs and
+    /// whether every output before the clamp is finite. `None` for other
+    /// geometries (the caller then runs the two apart).
+    pub fn forward_clamped(
+        &self,
+        x: &ArrayD<f32>,
+        lo: f32,
+        hi: f32,
+    ) -> Option<Result<(ArrayD<f32>, bool)>> {
+        let g = match self.geometry(x.shape(), &self.weight) {
+            Ok(g) => g,
+            Err(e) => return Some(Err(e)),
+        };
+        let bias = match &self.bias {
+            Some(b) if b.len() != g.m => {
+                return Some(Err(anyhow::anyhow!(
+                    "Conv bias has {} values for {} outputs",
+                    b.len(),
+                    g.m
+                )))
+            }
+            Some(b) => Some(b.iter().copied().collect::<Vec<f32>>()),
+            None => None,
+        };
+        let x = x.as_standard_layout();
+        let w = self.weight.as_standard_layout();
+        let (xs, ws) = (x.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
+        let (out, finite) = self.convolve_fused(&g, xs, ws, bias.as_deref(), Some((lo, hi)))?;
+        Some(
+            ArrayD::from_shape_vec(vec![g.n, g.m, g.oh, g.ow], out)
+                .map(|o| (o, finite))
+                .map_err(Into::into),
+        )
     }
 }
 
