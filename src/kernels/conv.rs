@@ -88,6 +88,10 @@ pub(crate) fn col2im(g: &Geo, cols: &[f32], x: &mut [f32]) {
         });
 }
 
+/// Tiles from which a convolution's tiles run in parallel, each product on
+/// one thread (fewer: each product in parts).
+const MANY_TILES: usize = 4;
+
 /// About this many floats of unfolded columns per tile (fits the L2 cache).
 const TILE_FLOATS: usize = 64 * 1024;
 
@@ -167,7 +171,10 @@ pub(crate) fn conv_group(
     }
     let t = tile_cols(k, ohw);
     let tiles = ohw.div_ceil(t);
-    let many = threads && tiles >= 2 * rayon::current_num_threads();
+    // tiles in parallel where there are enough of them, else each tile's
+    // product in parts: decided from the shape alone (how a product is cut
+    // changes its order of sums: see `linalg`)
+    let many = threads && tiles >= MANY_TILES;
     let out = SharedPtr(dst.as_mut_ptr());
     let run = |ti: usize| {
         let (c0, c1) = (ti * t, ((ti + 1) * t).min(ohw));

@@ -220,9 +220,11 @@ unsafe fn gemm_into(
     // blocks of 8. How a product is cut changes the gemm crate's order of
     // sums in some shapes, so the parts depend on the shape alone (a power
     // by the product's size), never on the threads: the same numbers
-    // whatever `--jobs`; `threads` only lets them run in parallel. Each
-    // part packs the other matrix again: few parts.
+    // whatever `--jobs`. Each part packs the other matrix again: few parts,
+    // and one where the caller runs products in parallel itself (`threads`
+    // false: the callers decide it from shapes alone too).
     let parts = match m * n * k {
+        _ if !threads => 1,
         x if x < PARALLEL_THRESHOLD => 1,
         x if x < LARGE_PRODUCT => 2,
         _ => 4,
@@ -282,16 +284,10 @@ unsafe fn gemm_into(
     } else {
         vec![(0..m, 0..n)]
     };
-    if threads && blocks.len() > 1 {
-        blocks
-            .into_par_iter()
-            .map(|(rows, cols)| part(rows, cols))
-            .reduce(|| true, |x, y| x && y)
-    } else {
-        blocks
-            .into_iter()
-            .fold(true, |ok, (rows, cols)| part(rows, cols) && ok)
-    }
+    blocks
+        .into_par_iter()
+        .map(|(rows, cols)| part(rows, cols))
+        .reduce(|| true, |x, y| x && y)
 }
 
 /// One single-threaded `gemm` call: `dst (rows dst_rs apart) = [dst +] a * b`.
