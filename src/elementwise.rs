@@ -28,6 +28,30 @@ fn filled(
     out
 }
 
+/// `len` values in planes of `plane`, each plane set to zero and then
+/// handed to `f` (with its index) on a rayon thread: the zeroing runs in
+/// parallel, on the thread that writes the plane next, instead of one
+/// thread's pass over the whole allocation first.
+pub fn zeroed_planes(
+    len: usize,
+    plane: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each(|(p, u)| {
+            u.fill(std::mem::MaybeUninit::new(0.0));
+            // SAFETY: every value was initialised just above.
+            let values = unsafe { &mut *(u as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            f(p, values);
+        });
+    // SAFETY: every plane was initialised (zeroed, then written by `f`).
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// `f(a)` for every value.
 pub fn map(a: &ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync + Send) -> ArrayD<f32> {
     match a.as_slice() {

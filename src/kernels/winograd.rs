@@ -13,6 +13,8 @@
 
 use rayon::prelude::*;
 
+use std::mem::MaybeUninit;
+
 use super::conv::Geo;
 use super::linalg::SharedPtr;
 use crate::kernels::linalg::{matmul_strided, Mat};
@@ -125,20 +127,33 @@ thread_local! {
 
 /// `dst (M x OH x OW) = conv(x (C x H x W), w)` for one image, with `u` from
 /// [`transform_weights`] (rows `g.m`, cols `g.c`).
-pub(crate) fn convolve(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
+pub(crate) fn convolve(
+    g: &Geo,
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    dst: &mut [MaybeUninit<f32>],
+) {
     let tiles = g.oh.div_ceil(2) * g.ow.div_ceil(2);
     if tiles < FEW_TILES * rayon::current_num_threads().max(1) {
-        convolve_whole(g, x, u, dst);
+        convolve_whole(g, x, u, bias, dst);
     } else {
-        convolve_blocks(g, x, u, dst);
+        convolve_blocks(g, x, u, bias, dst);
     }
 }
 
 /// [`convolve`] by blocks of tile rows, one thread per block.
-fn convolve_blocks(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
+fn convolve_blocks(
+    g: &Geo,
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    dst: &mut [MaybeUninit<f32>],
+) {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     assert!(dst.len() >= g.m * g.oh * g.ow, "destination too short");
-    let out = SharedPtr(dst.as_mut_ptr());
+    assert!(bias.is_none_or(|b| b.len() >= g.m), "bias too short");
+    let out = SharedPtr(dst.as_mut_ptr().cast());
     let threads = rayon::current_num_threads().max(1);
     // blocks of whole tile rows, as many as a multiple of the threads so
     // that they end together. Narrow layers keep their products in the cache;
@@ -170,17 +185,35 @@ fn convolve_blocks(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
                 product(g, u, &v[..16 * g.c * tiles], pb, tiles, xi);
             }
             // SAFETY: this block writes output rows 2*ty0 .. 2*ty1 of every plane only.
-            unsafe { output_transform(g, &p[..16 * g.m * tiles], ty0, ty1, tw, 0..g.m, out.get()) };
+            unsafe {
+                output_transform(
+                    g,
+                    &p[..16 * g.m * tiles],
+                    ty0,
+                    ty1,
+                    tw,
+                    0..g.m,
+                    bias,
+                    out.get(),
+                )
+            };
         });
     });
 }
 
 /// [`convolve`] with all tiles in one block: the 16 GEMMs, then the output
 /// planes, are shared out between the threads.
-fn convolve_whole(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
+fn convolve_whole(
+    g: &Geo,
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    dst: &mut [MaybeUninit<f32>],
+) {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     assert!(dst.len() >= g.m * g.oh * g.ow, "destination too short");
-    let dst = SharedPtr(dst.as_mut_ptr());
+    assert!(bias.is_none_or(|b| b.len() >= g.m), "bias too short");
+    let dst = SharedPtr(dst.as_mut_ptr().cast());
     let tiles = th * tw;
     let mut v = vec![0.0f32; 16 * g.c * tiles];
     let mut line = vec![0.0f32; 4 * (2 * tw + 2)];
@@ -193,7 +226,7 @@ fn convolve_whole(g: &Geo, x: &[f32], u: &[f32], dst: &mut [f32]) {
     (0..g.m.div_ceil(chunk)).into_par_iter().for_each(|k| {
         let ms = k * chunk..((k + 1) * chunk).min(g.m);
         // SAFETY: this task writes the output planes `ms` only.
-        unsafe { output_transform(g, &p, 0, th, tw, ms, dst.get()) };
+        unsafe { output_transform(g, &p, 0, th, tw, ms, bias, dst.get()) };
     });
 }
 
@@ -286,6 +319,7 @@ fn input_transform(
 /// # Safety
 /// `dst` must hold `g.m x g.oh x g.ow` floats, and no other thread may access
 /// output rows `2 * ty0 .. 2 * ty1` of planes `ms` during the call.
+#[allow(clippy::too_many_arguments)]
 unsafe fn output_transform(
     g: &Geo,
     p: &[f32],
@@ -293,6 +327,7 @@ unsafe fn output_transform(
     ty1: usize,
     tw: usize,
     ms: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
     dst: *mut f32,
 ) {
     let tiles = (ty1 - ty0) * tw;
@@ -331,11 +366,16 @@ unsafe fn output_transform(
                     pair[0] = v0 + v1 + v2;
                     pair[1] = v1 - v2 - v3;
                 }
-                // SAFETY: row `oy` of plane `m` is in bounds and owned by this block.
-                let row = unsafe {
-                    std::slice::from_raw_parts_mut(dst.add((m * g.oh + oy) * g.ow), g.ow)
+                // the bias after the transform (as a pass of its own would)
+                if let Some(b) = bias {
+                    let bv = b[m];
+                    y[..g.ow].iter_mut().for_each(|v| *v += bv);
+                }
+                // SAFETY: row `oy` of plane `m` is in bounds and owned by
+                // this block (maybe not initialised: written, never read).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(y.as_ptr(), dst.add((m * g.oh + oy) * g.ow), g.ow)
                 };
-                row.copy_from_slice(&y[..g.ow]);
             }
         }
     }
@@ -345,7 +385,7 @@ unsafe fn output_transform(
 mod tests {
     use super::*;
 
-    type Kernel = fn(&Geo, &[f32], &[f32], &mut [f32]);
+    type Kernel = fn(&Geo, &[f32], &[f32], Option<&[f32]>, &mut [MaybeUninit<f32>]);
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
         // a small LCG: deterministic values in [-1, 1)
@@ -434,15 +474,25 @@ mod tests {
             // both ways of sharing out the work, whatever `convolve` picks here
             let ways: [(&str, Kernel); 2] =
                 [("blocks", convolve_blocks), ("whole", convolve_whole)];
+            let bias = values(m, 200 + seed as u64);
             for (way, run) in ways {
-                let mut got = vec![f32::NAN; m * g.oh * g.ow];
-                run(&g, &x, &u, &mut got);
-                for ((&a, &b), &s) in got.iter().zip(&want).zip(&scale) {
-                    // f32 rounding of a sum of 9c terms: a few ulp of their |sum|
-                    assert!(
-                        (a as f64 - b).abs() <= 1e-6 * s + 1e-7,
-                        "case {seed}, {way}: {a} vs {b} (scale {s})"
-                    );
+                for with_bias in [false, true] {
+                    let mut got = vec![MaybeUninit::new(f32::NAN); m * g.oh * g.ow];
+                    run(&g, &x, &u, with_bias.then_some(&bias[..]), &mut got);
+                    for (o, ((a, &b), &s)) in got.iter().zip(&want).zip(&scale).enumerate() {
+                        // SAFETY: initialised above (NaN where not written)
+                        let a = unsafe { a.assume_init() };
+                        let b = b + if with_bias {
+                            bias[o / (g.oh * g.ow)] as f64
+                        } else {
+                            0.0
+                        };
+                        // f32 rounding of a sum of 9c terms: a few ulp of their |sum|
+                        assert!(
+                            (a as f64 - b).abs() <= 1e-6 * s + 1e-6,
+                            "case {seed}, {way}, bias {with_bias}: {a} vs {b} (scale {s})"
+                        );
+                    }
                 }
             }
         }

@@ -152,20 +152,15 @@ impl Conv {
 
     /// The convolution of `x` by `w` plus `bias` (one value per output
     /// channel, or none), `[N, M, OH, OW]` values. The bias starts the sums
-    /// (no pass of its own) except in Winograd layers.
+    /// (no pass of its own); Winograd layers add it to the transformed sums
+    /// as their output transform writes them.
     fn convolve(&self, g: &Geo, xs: &[f32], ws: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let (k, ohw) = (g.k(), g.ohw());
         let channel_bias = |p: usize| bias.map_or(0.0, |b| b[p % g.m]);
         if winograd::applies(g, self.group) {
-            let mut out =
-                winograd::with_kernels(ws, g.m, g.c, false, |u| Conv::winograd(g, xs, u));
-            if bias.is_some() {
-                out.par_chunks_mut(ohw).enumerate().for_each(|(p, plane)| {
-                    let bv = channel_bias(p);
-                    plane.iter_mut().for_each(|v| *v += bv);
-                });
-            }
-            return out;
+            return winograd::with_kernels(ws, g.m, g.c, false, |u| {
+                Conv::winograd(g, xs, u, bias)
+            });
         }
         if let Some((out, _)) = self.convolve_fused(g, xs, ws, bias, None) {
             return out;
@@ -274,12 +269,15 @@ impl Conv {
 
     /// The Winograd F(2x2, 3x3) convolution of every image of `xs`, with
     /// kernels transformed by [`winograd::transform_weights`].
-    fn winograd(g: &Geo, xs: &[f32], u: &[f32]) -> Vec<f32> {
+    fn winograd(g: &Geo, xs: &[f32], u: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let (chw, mohw) = (g.c * g.h * g.w, g.m * g.ohw());
-        let mut out = vec![0.0f32; g.n * mohw];
-        for (b, dst) in out.chunks_mut(mohw).enumerate() {
-            winograd::convolve(g, &xs[b * chw..(b + 1) * chw], u, dst);
+        let mut out: Vec<f32> = Vec::with_capacity(g.n * mohw);
+        let spare = &mut out.spare_capacity_mut()[..g.n * mohw];
+        for (b, dst) in spare.chunks_mut(mohw).enumerate() {
+            winograd::convolve(g, &xs[b * chw..(b + 1) * chw], u, bias, dst);
         }
+        // SAFETY: the output transform writes every value of every image.
+        unsafe { out.set_len(g.n * mohw) };
         out
     }
 
@@ -320,7 +318,7 @@ impl Conv {
         };
         if winograd::applies(&back, self.group) {
             // the flip and transpose happen inside the kernel transform
-            let out = winograd::with_kernels(ws, g.m, g.c, true, |u| Conv::winograd(&back, gs, u));
+            let out = winograd::with_kernels(ws, g.m, g.c, true, |u| Conv::winograd(&back, gs, u, None));
             return Some(out);
         }
         // w [g, mg, cg, kh, kw] -> w' [g, cg, mg, kh, kw], spatially flipped

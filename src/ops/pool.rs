@@ -204,10 +204,9 @@ pub fn max_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32
     let pads = p.window.pads(d.h, d.w);
     let (x, r) = (x.as_standard_layout(), r.as_standard_layout());
     let (xs, rs) = (x.as_slice().unwrap_or(&[]), r.as_slice().unwrap_or(&[]));
-    let mut out = vec![0.0f32; xs.len()];
     let plane = d.h * d.w;
     if plane == 0 || d.oh * d.ow == 0 {
-        return Ok(ArrayD::from_shape_vec(x.shape(), out)?);
+        return Ok(ArrayD::zeros(x.shape()));
     }
     let wnd = &p.window;
     let ([kh, kw], [sh, sw]) = (wnd.kernel, wnd.strides);
@@ -218,44 +217,43 @@ pub fn max_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32
         && (d.oh - 1) * sh + kh <= d.h
         && (d.ow - 1) * sw + kw <= d.w;
     // one task per channel plane (windows of one plane may overlap)
-    out.par_chunks_mut(plane)
-        .zip(xs.par_chunks(plane))
-        .zip(rs.par_chunks(d.oh * d.ow))
-        .for_each(|((op, xp), rp)| {
-            for oy in 0..d.oh {
-                for ox in 0..d.ow {
-                    let r = rp[oy * d.ow + ox];
-                    if r == 0.0 {
-                        continue; // nothing to hand back
-                    }
-                    if inside {
-                        // first maximum in row-major window order, no bounds checks
-                        let (y0, x0) = (oy * sh, ox * sw);
-                        let mut ix = y0 * d.w + x0;
-                        let mut b = xp[ix];
-                        for y in y0..y0 + kh {
-                            for (i, &v) in xp[y * d.w + x0..y * d.w + x0 + kw].iter().enumerate() {
-                                if v > b {
-                                    (ix, b) = (y * d.w + x0 + i, v);
-                                }
+    let ohw = d.oh * d.ow;
+    let out = crate::elementwise::zeroed_planes(xs.len(), plane, |c, op| {
+        let (xp, rp) = (&xs[c * plane..(c + 1) * plane], &rs[c * ohw..(c + 1) * ohw]);
+        for oy in 0..d.oh {
+            for ox in 0..d.ow {
+                let r = rp[oy * d.ow + ox];
+                if r == 0.0 {
+                    continue; // nothing to hand back
+                }
+                if inside {
+                    // first maximum in row-major window order, no bounds checks
+                    let (y0, x0) = (oy * sh, ox * sw);
+                    let mut ix = y0 * d.w + x0;
+                    let mut b = xp[ix];
+                    for y in y0..y0 + kh {
+                        for (i, &v) in xp[y * d.w + x0..y * d.w + x0 + kw].iter().enumerate() {
+                            if v > b {
+                                (ix, b) = (y * d.w + x0 + i, v);
                             }
                         }
-                        op[ix] += r;
-                        continue;
                     }
-                    let mut best: Option<(usize, f32)> = None;
-                    for (y, xx) in window(p, pads, &d, oy, ox) {
-                        let v = xp[y * d.w + xx];
-                        if best.is_none_or(|(_, b)| v > b) {
-                            best = Some((y * d.w + xx, v));
-                        }
-                    }
-                    if let Some((ix, _)) = best {
-                        op[ix] += r;
+                    op[ix] += r;
+                    continue;
+                }
+                let mut best: Option<(usize, f32)> = None;
+                for (y, xx) in window(p, pads, &d, oy, ox) {
+                    let v = xp[y * d.w + xx];
+                    if best.is_none_or(|(_, b)| v > b) {
+                        best = Some((y * d.w + xx, v));
                     }
                 }
+                if let Some((ix, _)) = best {
+                    op[ix] += r;
+                }
             }
-        });
+        }
+    });
     Ok(ArrayD::from_shape_vec(x.shape(), out)?)
 }
 
