@@ -11,6 +11,14 @@
 //! output row in registers (one store per output); the transposed pass adds
 //! each tap of each output row into the padded plane and copies the
 //! unpadded part out.
+//!
+//! On AVX2 machines the forward pass (and the stride-1 transposed pass, a
+//! forward pass on the flipped kernel) runs on blocks of eight channels
+//! instead ([`Blocked`], [`forward_block`]): the padded input stored pixel
+//! by pixel, one vector of channels per pixel, so that a tap is one aligned
+//! load for any width and stride and the sums of small planes (7x7, 14x14)
+//! waste no lanes. The plane kernels remain for the strided transposed pass
+//! and for machines without AVX2.
 
 use std::mem::MaybeUninit;
 

@@ -52,7 +52,7 @@ impl Style {
 }
 
 /// Renders an `[H, W]` map (e.g. channel-summed relevance) as a
-/// `width x height` image: [`resize_map`] → [`normalize_map`] → colour map.
+/// `width x height` image: [`resize_map`] → [`normalize_map`](super::norm::normalize_map) → colour map.
 ///
 /// `signed`: the map with `style.cmap` and `style.norm`; unsigned: `|R|`
 /// (taken before resizing) with `style.unsigned_cmap` and
@@ -106,7 +106,7 @@ pub fn colour_bar(width: u32, height: u32, style: &Style, signed: bool) -> RgbIm
 }
 
 /// [`crate::render::heatmap_image`] with a [`Style`]: [`channel_sum`] → [`render_map`] →
-/// [`overlay`] on `photo` (with [`DEFAULT_ALPHA`]) when given.
+/// [`overlay`](super::overlay) on `photo` (with [`DEFAULT_ALPHA`]) when given.
 pub fn heatmap_image_styled(
     rel_chw: ArrayView3<f32>,
     width: u32,
