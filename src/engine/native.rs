@@ -781,43 +781,28 @@ mod tests {
 
     #[test]
     fn a_convolution_that_overflows_is_named_whether_fused_or_not() {
-        // 1e30 * 1e30 overflows; ReLU6 would clamp the Inf to 6
-        let mut pw = conv(16, 8, 1, 1, 1, 1);
-        if let Op::Conv(c) = &mut pw {
-            c.weight.fill(1e30);
-        }
-        let graph = block(pw);
-        let x = ArrayD::from_elem(vec![1, 8, 9, 10], 1e30f32);
-        let plan = NativePlan::new(&graph).unwrap();
-        for keep in [vec![], vec!["e".to_string()]] {
-            let err = plan
-                .run_keeping(&graph, &x, Some(&keep), false)
-                .err()
-                .expect("an error");
-            assert_eq!(
-                format!("{err:#}"),
-                "Conv node 'expand' produced NaN or Inf",
-                "keeping {keep:?}"
-            );
-        }
-        // the depthwise kernel's check: Inf in its input's padding-free part
-        let graph = block(conv(16, 8, 1, 1, 1, 1));
-        let mut nodes = graph.nodes.clone();
-        if let Op::Conv(c) = &mut nodes[2].op {
-            c.weight.fill(f32::MAX);
-        }
-        let graph = Graph { nodes, ..graph };
-        let x = ArrayD::from_elem(vec![1, 8, 9, 10], 1.0f32);
-        for keep in [vec![], vec!["d".to_string()]] {
-            let err = plan
-                .run_keeping(&graph, &x, Some(&keep), false)
-                .err()
-                .expect("an error");
-            assert_eq!(
-                format!("{err:#}"),
-                "Conv node 'dw' produced NaN or Inf",
-                "keeping {keep:?}"
-            );
+        // overflows the clamp after them would hide (ReLU6 makes Inf 6): the
+        // pointwise convolution (node 0) from 1e30 * 1e30, the depthwise
+        // one (node 2) from f32::MAX weights; each fused (nothing kept) and
+        // apart (its output kept)
+        for (at, name, big, input) in [(0, "expand", 1e30, 1e30f32), (2, "dw", f32::MAX, 1.0)] {
+            let mut graph = block(conv(16, 8, 1, 1, 1, 1));
+            if let Op::Conv(c) = &mut graph.nodes[at].op {
+                c.weight.fill(big);
+            }
+            let x = ArrayD::from_elem(vec![1, 8, 9, 10], input);
+            let plan = NativePlan::new(&graph).unwrap();
+            for keep in [vec![], vec![graph.nodes[at].output.clone()]] {
+                let err = plan
+                    .run_keeping(&graph, &x, Some(&keep), false)
+                    .err()
+                    .expect("an error");
+                assert_eq!(
+                    format!("{err:#}"),
+                    format!("Conv node '{name}' produced NaN or Inf"),
+                    "keeping {keep:?}"
+                );
+            }
         }
     }
 

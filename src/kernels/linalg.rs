@@ -139,6 +139,14 @@ pub struct Epilogue<'a> {
     pub clamp: Option<(f32, f32)>,
 }
 
+/// `dst (m x n, rows n apart) = epilogue(a (m x k) * b (k x n))`, on all
+/// rayon threads when the product is large; `true` where every value
+/// before the clamp is finite. `dst` need not be initialised: every value
+/// is written.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m * n` values, and no other thread may
+/// access them during the call.
 pub unsafe fn matmul_epilogue(dst: *mut f32, a: Mat, b: Mat, epi: Epilogue) -> bool {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "inner dimensions differ");
@@ -211,15 +219,15 @@ unsafe fn gemm_into(
     epi: Option<&Epilogue>,
 ) -> bool {
     let (m, k, n) = (a.rows, a.cols, b.cols);
-    // Parts computed one by one, each a single-threaded product: the gemm
+    // Parts computed in parallel, each a single-threaded product: the gemm
     // crate's own threading (`Parallelism::Rayon`) was slower than one
     // thread on the pointwise convolutions of depthwise networks with a
     // large inner dimension (EfficientNet-Lite0's projections: 480 x 196 x
     // 80 in 158 us against 149 us on one thread and 109 us in two parts).
     // Columns in blocks of 16 where there are enough of them, else rows in
     // blocks of 8. How a product is cut changes the gemm crate's order of
-    // sums in some shapes, so the parts depend on the shape alone (a power
-    // by the product's size), never on the threads: the same numbers
+    // sums in some shapes, so the parts depend on the shape alone (two or
+    // four by the product's size), never on the threads: the same numbers
     // whatever `--jobs`. Each part packs the other matrix again: few parts,
     // and one where the caller runs products in parallel itself (`threads`
     // false: the callers decide it from shapes alone too).

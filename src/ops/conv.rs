@@ -8,9 +8,8 @@ use ndarray::ArrayD;
 use rayon::prelude::*;
 
 use crate::kernels::conv::{col2im, conv_group, depthwise_plane, depthwise_plane_transposed, Geo};
-use crate::kernels::linalg::{matmul_epilogue, Epilogue};
 use crate::kernels::depthwise;
-use crate::kernels::linalg::{matmul, Mat};
+use crate::kernels::linalg::{matmul, matmul_epilogue, Epilogue, Mat};
 use crate::kernels::winograd;
 use crate::rules::LinearLayer;
 
