@@ -12,13 +12,13 @@
 //! each tap of each output row into the padded plane and copies the
 //! unpadded part out.
 //!
-//! On AVX2 machines the forward pass (and the stride-1 transposed pass, a
-//! forward pass on the flipped kernel) runs on blocks of eight channels
-//! instead ([`Blocked`], [`forward_block`]): the padded input stored pixel
-//! by pixel, one vector of channels per pixel, so that a tap is one aligned
-//! load for any width and stride and the sums of small planes (7x7, 14x14)
-//! waste no lanes. The plane kernels remain for the strided transposed pass
-//! and for machines without AVX2.
+//! On AVX2 machines both passes run on blocks of eight channels instead
+//! ([`Blocked`], [`forward_block`], [`transposed_block`]; the stride-1
+//! transposed pass is a forward pass on the flipped kernel): the padded
+//! plane stored pixel by pixel, one vector of channels per pixel, so that a
+//! tap is one vector load or update for any width and stride, and small
+//! planes (7x7, 14x14) waste no lanes. The plane kernels remain for
+//! machines without AVX2 and pads far larger than the plane.
 
 use std::mem::MaybeUninit;
 
@@ -427,6 +427,141 @@ pub(crate) fn forward_block(
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("no blocked layout without AVX2")
     })
+}
+
+/// The transposed depthwise convolution of `nc <= LANES` consecutive
+/// planes: `dst` (`nc` planes of `h x w`) `= w^T g` (`g`: `nc` planes of
+/// `oh x ow`; `w`: `nc` kernels of `kh x kw`), on the padded block of
+/// [`Blocked`]. Each input's terms are added as [`transposed_plane`] adds
+/// them (output row by output row, tap by tap, each a fused multiply-add
+/// into the padded plane), so the two give the same numbers.
+pub(crate) fn transposed_block(g: &Geo, bl: &Blocked, gr: &[f32], w: &[f32], dst: &mut [f32]) {
+    let (hw, ohw, taps) = (g.h * g.w, g.oh * g.ow, bl.offs.len());
+    let nc = dst.len() / hw.max(1);
+    assert!(
+        (1..=LANES).contains(&nc)
+            && dst.len() == nc * hw
+            && gr.len() >= nc * ohw
+            && w.len() >= nc * taps
+            && g.kh * g.kw == taps
+    );
+    let mut wt = vec![0f32; taps * LANES];
+    for k in 0..nc {
+        for t in 0..taps {
+            wt[t * LANES + k] = w[k * taps + t];
+        }
+    }
+    // one output row of the block, pixel by pixel
+    let mut line = vec![0f32; g.ow * LANES];
+    BLOCK.with_borrow_mut(|buf| {
+        buf.resize(bl.size() + LANES, 0.0);
+        let at = buf.as_ptr().align_offset(32).min(LANES);
+        let tile = &mut buf[at..at + bl.size()];
+        tile.fill(0.0);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Blocked::of` returned a layout, so AVX2 and FMA were
+        // detected; the assert above bounds every plane read and written.
+        unsafe {
+            scatter_block_avx2(g, bl, gr, nc, &wt, &mut line, tile);
+            unfill_block_avx2(g, bl, tile, nc, dst);
+        }
+    })
+}
+
+/// Adds every output row's terms into the padded block: the row's `nc`
+/// planes transposed to pixels, then tap by tap `tile[pixel] += w_tap *
+/// line[ox]` (one vector of channels each).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scatter_block_avx2(
+    g: &Geo,
+    bl: &Blocked,
+    gr: &[f32],
+    nc: usize,
+    wt: &[f32],
+    line: &mut [f32],
+    tile: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (oh, ow, sh, sw, wp) = (g.oh, g.ow, g.s[0], g.s[1], bl.wp);
+    let (ohw, offs) = (oh * ow, &bl.offs);
+    let last = (oh - 1) * sh * wp + offs.iter().max().unwrap_or(&0) + (ow - 1) * sw;
+    assert!(
+        (last + 1) * LANES <= tile.len()
+            && line.len() >= ow * LANES
+            && wt.len() >= offs.len() * LANES
+            && gr.len() >= nc * ohw
+    );
+    let zero = [0f32; LANES];
+    let (src, row, out) = (gr.as_ptr(), line.as_mut_ptr(), tile.as_mut_ptr());
+    for oy in 0..oh {
+        let mut x0 = 0;
+        while x0 + LANES <= ow {
+            let mut r = [_mm256_setzero_ps(); LANES];
+            for (k, r) in r.iter_mut().enumerate() {
+                let p = if k < nc {
+                    src.add(k * ohw + oy * ow + x0)
+                } else {
+                    zero.as_ptr()
+                };
+                *r = _mm256_loadu_ps(p);
+            }
+            for (p, v) in transpose8(r).iter().enumerate() {
+                _mm256_storeu_ps(row.add((x0 + p) * LANES), *v);
+            }
+            x0 += LANES;
+        }
+        for ox in x0..ow {
+            for k in 0..LANES {
+                *row.add(ox * LANES + k) = if k < nc {
+                    *src.add(k * ohw + oy * ow + ox)
+                } else {
+                    0.0
+                };
+            }
+        }
+        let base = oy * sh * wp;
+        for (t, &o) in offs.iter().enumerate() {
+            let wv = _mm256_loadu_ps(wt.as_ptr().add(t * LANES));
+            let px = out.add((base + o) * LANES);
+            for ox in 0..ow {
+                let d = px.add(ox * sw * LANES);
+                let v = _mm256_loadu_ps(row.add(ox * LANES));
+                _mm256_storeu_ps(d, _mm256_fmadd_ps(wv, v, _mm256_loadu_ps(d)));
+            }
+        }
+    }
+}
+
+/// The inverse of [`fill_block_avx2`]: the unpadded part of the block back
+/// to its `nc` planes (8x8 transposes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn unfill_block_avx2(g: &Geo, bl: &Blocked, tile: &[f32], nc: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (h, w, hw, wp) = (g.h, g.w, g.h * g.w, bl.wp);
+    let (top, left) = (g.pads[0], g.pads[1]);
+    assert!(tile.len() >= bl.size() && dst.len() >= nc * hw);
+    let (src, out) = (tile.as_ptr(), dst.as_mut_ptr());
+    for iy in 0..h {
+        let row = (top + iy) * wp + left;
+        let mut x0 = 0;
+        while x0 + LANES <= w {
+            let mut r = [_mm256_setzero_ps(); LANES];
+            for (p, r) in r.iter_mut().enumerate() {
+                *r = _mm256_loadu_ps(src.add((row + x0 + p) * LANES));
+            }
+            for (k, v) in transpose8(r).iter().enumerate().take(nc) {
+                _mm256_storeu_ps(out.add(k * hw + iy * w + x0), *v);
+            }
+            x0 += LANES;
+        }
+        for xx in x0..w {
+            for k in 0..nc {
+                *out.add(k * hw + iy * w + xx) = *src.add((row + xx) * LANES + k);
+            }
+        }
+    }
 }
 
 /// Writes the padded block: zero pads around the `nc` planes of `x`, stored

@@ -434,6 +434,22 @@ impl LinearLayer for Conv {
         let mut out = vec![0.0f32; g.n * chw];
         if Conv::depthwise(&g) {
             let hw = g.h * g.w;
+            if let Some(bl) = depthwise::Blocked::of(&g) {
+                // blocks of eight channels, none across two images
+                let lanes = depthwise::LANES;
+                out.par_chunks_mut(g.c * hw)
+                    .zip(gs.par_chunks(g.m * ohw))
+                    .for_each(|(out, gs)| {
+                        out.par_chunks_mut(lanes * hw)
+                            .enumerate()
+                            .for_each(|(i, dst)| {
+                                let c0 = i * lanes;
+                                let (gp, w) = (&gs[c0 * ohw..], &ws[c0 * k..]);
+                                depthwise::transposed_block(&g, &bl, gp, w, dst);
+                            });
+                    });
+                return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
+            }
             let padded = depthwise::Padded::of(&g);
             out.par_chunks_mut(hw).enumerate().for_each(|(p, dst)| {
                 let c = p % g.c;
