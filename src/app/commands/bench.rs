@@ -72,14 +72,15 @@ pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
     let norm = Normalization::default();
     let mut rng = Rng::new(7);
     let x = ArrayD::from_shape_simple_fn(model.input.shape.clone(), || rng.normal());
-    let mut fwd_times = Vec::new();
     writeln!(
         out,
         "{:<22} {:>12} {:>12} {:>10}",
         "analyzer", "s/image", "forward s", "peak MB"
     )?;
     for a in &cfg.analyzers {
-        let mut times = Vec::new();
+        // this analyzer's own forward passes (each runs the lean pass its
+        // backward pass reads: they differ by analyzer)
+        let (mut times, mut fwd_times) = (Vec::new(), Vec::new());
         for run in 0..=cfg.runs.max(1) {
             if run == 1 && cfg.layers {
                 profile::enable();
@@ -96,10 +97,10 @@ pub fn run_bench(cfg: &BenchConfig, out: &mut dyn Write) -> Result<()> {
                 fwd_times.push(tf);
             }
         }
-        let fwd = median(fwd_times.clone());
+        let fwd = median(fwd_times);
         writeln!(
             out,
-            "{:<22} {:>12.3} {:>12.3} {:>10}",
+            "{:<22} {:>12.4} {:>12.4} {:>10}",
             a.name(),
             median(times),
             fwd,
