@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::kernels::conv::{col2im, conv_group, depthwise_plane, depthwise_plane_transposed, Geo};
 use crate::kernels::depthwise;
-use crate::kernels::linalg::{matmul, matmul_epilogue, Epilogue, Mat};
+use crate::kernels::linalg::{matmul, matmul_epilogue, matmul_strided, Epilogue, Mat};
 use crate::kernels::winograd;
 use crate::rules::LinearLayer;
 
@@ -431,12 +431,36 @@ impl LinearLayer for Conv {
         }
         let (k, ohw) = (g.k(), g.ohw());
         let chw = g.c * g.h * g.w;
+        let lanes = depthwise::LANES;
+        if self.group == 1 && g.is_pointwise() && g.k() > 0 {
+            // one product per image, written whole: no zeroed allocation
+            let mut out: Vec<f32> = Vec::with_capacity(g.n * chw);
+            let wt = Mat::row_major(ws, g.m, k).t();
+            for b in 0..g.n {
+                let gb = Mat::row_major(&gs[b * g.m * ohw..], g.m, ohw);
+                // SAFETY: the capacity holds every image; this call alone
+                // writes image b's `c x hw` values, and does not read them.
+                unsafe { matmul_strided(out.as_mut_ptr().add(b * chw), ohw as isize, wt, gb, false, true) };
+            }
+            // SAFETY: every value was written above.
+            unsafe { out.set_len(g.n * chw) };
+            return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
+        }
+        let hw = g.h * g.w;
+        if let (true, Some(bl), 0) = (Conv::depthwise(&g), depthwise::Blocked::of(&g), g.c % lanes) {
+            // blocks of eight channels (whole images: the channels are a
+            // multiple of eight), each zeroed by the task that fills it
+            let out = crate::elementwise::zeroed_planes(g.n * chw, lanes * hw, |i, dst| {
+                let (b, c0) = ((i * lanes) / g.c, (i * lanes) % g.c);
+                let gp = &gs[b * g.m * ohw + c0 * ohw..];
+                depthwise::transposed_block(&g, &bl, gp, &ws[c0 * k..], dst);
+            });
+            return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
+        }
         let mut out = vec![0.0f32; g.n * chw];
         if Conv::depthwise(&g) {
-            let hw = g.h * g.w;
             if let Some(bl) = depthwise::Blocked::of(&g) {
                 // blocks of eight channels, none across two images
-                let lanes = depthwise::LANES;
                 out.par_chunks_mut(g.c * hw)
                     .zip(gs.par_chunks(g.m * ohw))
                     .for_each(|(out, gs)| {
