@@ -376,6 +376,18 @@ thread_local! {
     static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// The kernels of `nc` channels (`taps` weights each) by tap: one vector
+/// of [`LANES`] channels per tap, channels past `nc` zero.
+fn by_tap(w: &[f32], nc: usize, taps: usize) -> Vec<f32> {
+    let mut wt = vec![0f32; taps * LANES];
+    for k in 0..nc {
+        for t in 0..taps {
+            wt[t * LANES + k] = w[k * taps + t];
+        }
+    }
+    wt
+}
+
 /// Depthwise convolution of `nc <= LANES` consecutive planes: `dst` (`nc`
 /// planes of `oh x ow`) `= bias + w * x` (`x`: `nc` planes of `h x w`; `w`:
 /// `nc` kernels of `kh x kw`; `bias`: `nc` values or none). The sums run
@@ -403,12 +415,7 @@ pub(crate) fn forward_block(
             && g.kh * g.kw == taps
     );
     // the weights and the bias by tap, one vector of channels each
-    let mut wt = vec![0f32; taps * LANES];
-    for k in 0..nc {
-        for t in 0..taps {
-            wt[t * LANES + k] = w[k * taps + t];
-        }
-    }
+    let wt = by_tap(w, nc, taps);
     let mut bv = [0f32; LANES];
     if let Some(b) = bias {
         bv[..nc].copy_from_slice(&b[..nc]);
@@ -434,8 +441,15 @@ pub(crate) fn forward_block(
 /// `oh x ow`; `w`: `nc` kernels of `kh x kw`), on the padded block of
 /// [`Blocked`]. Each input's terms are added as [`transposed_plane`] adds
 /// them (output row by output row, tap by tap, each a fused multiply-add
-/// into the padded plane), so the two give the same numbers.
-pub(crate) fn transposed_block(g: &Geo, bl: &Blocked, gr: &[f32], w: &[f32], dst: &mut [f32]) {
+/// into the padded plane), so the two give the same numbers. Every value of
+/// `dst` is written.
+pub(crate) fn transposed_block(
+    g: &Geo,
+    bl: &Blocked,
+    gr: &[f32],
+    w: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+) {
     let (hw, ohw, taps) = (g.h * g.w, g.oh * g.ow, bl.offs.len());
     let nc = dst.len() / hw.max(1);
     assert!(
@@ -445,12 +459,7 @@ pub(crate) fn transposed_block(g: &Geo, bl: &Blocked, gr: &[f32], w: &[f32], dst
             && w.len() >= nc * taps
             && g.kh * g.kw == taps
     );
-    let mut wt = vec![0f32; taps * LANES];
-    for k in 0..nc {
-        for t in 0..taps {
-            wt[t * LANES + k] = w[k * taps + t];
-        }
-    }
+    let wt = by_tap(w, nc, taps);
     // one output row of the block, pixel by pixel
     let mut line = vec![0f32; g.ow * LANES];
     BLOCK.with_borrow_mut(|buf| {
@@ -492,34 +501,9 @@ unsafe fn scatter_block_avx2(
             && wt.len() >= offs.len() * LANES
             && gr.len() >= nc * ohw
     );
-    let zero = [0f32; LANES];
     let (src, row, out) = (gr.as_ptr(), line.as_mut_ptr(), tile.as_mut_ptr());
     for oy in 0..oh {
-        let mut x0 = 0;
-        while x0 + LANES <= ow {
-            let mut r = [_mm256_setzero_ps(); LANES];
-            for (k, r) in r.iter_mut().enumerate() {
-                let p = if k < nc {
-                    src.add(k * ohw + oy * ow + x0)
-                } else {
-                    zero.as_ptr()
-                };
-                *r = _mm256_loadu_ps(p);
-            }
-            for (p, v) in transpose8(r).iter().enumerate() {
-                _mm256_storeu_ps(row.add((x0 + p) * LANES), *v);
-            }
-            x0 += LANES;
-        }
-        for ox in x0..ow {
-            for k in 0..LANES {
-                *row.add(ox * LANES + k) = if k < nc {
-                    *src.add(k * ohw + oy * ow + ox)
-                } else {
-                    0.0
-                };
-            }
-        }
+        row_to_pixels(src, ohw, oy * ow, ow, nc, row);
         let base = oy * sh * wp;
         for (t, &o) in offs.iter().enumerate() {
             let wv = _mm256_loadu_ps(wt.as_ptr().add(t * LANES));
@@ -537,12 +521,18 @@ unsafe fn scatter_block_avx2(
 /// to its `nc` planes (8x8 transposes).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn unfill_block_avx2(g: &Geo, bl: &Blocked, tile: &[f32], nc: usize, dst: &mut [f32]) {
+unsafe fn unfill_block_avx2(
+    g: &Geo,
+    bl: &Blocked,
+    tile: &[f32],
+    nc: usize,
+    dst: &mut [MaybeUninit<f32>],
+) {
     use std::arch::x86_64::*;
     let (h, w, hw, wp) = (g.h, g.w, g.h * g.w, bl.wp);
     let (top, left) = (g.pads[0], g.pads[1]);
     assert!(tile.len() >= bl.size() && dst.len() >= nc * hw);
-    let (src, out) = (tile.as_ptr(), dst.as_mut_ptr());
+    let (src, out) = (tile.as_ptr(), dst.as_mut_ptr().cast::<f32>());
     for iy in 0..h {
         let row = (top + iy) * wp + left;
         let mut x0 = 0;
@@ -569,7 +559,6 @@ unsafe fn unfill_block_avx2(g: &Geo, bl: &Blocked, tile: &[f32], nc: usize, dst:
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fill_block_avx2(g: &Geo, bl: &Blocked, x: &[f32], nc: usize, tile: &mut [f32]) {
-    use std::arch::x86_64::*;
     let (h, w, hw, wp) = (g.h, g.w, g.h * g.w, bl.wp);
     let (top, left) = (g.pads[0], g.pads[1]);
     assert!(tile.len() >= bl.size() && x.len() >= nc * hw);
@@ -581,36 +570,55 @@ unsafe fn fill_block_avx2(g: &Geo, bl: &Blocked, x: &[f32], nc: usize, tile: &mu
         tile[row..row + left * LANES].fill(0.0);
         tile[row + (left + w) * LANES..row + wp * LANES].fill(0.0);
     }
-    let zero = [0f32; LANES];
     let (src, out) = (x.as_ptr(), tile.as_mut_ptr());
     for iy in 0..h {
         let row = (top + iy) * wp + left;
-        let mut x0 = 0;
-        while x0 + LANES <= w {
-            let mut r = [_mm256_setzero_ps(); LANES];
-            for (k, r) in r.iter_mut().enumerate() {
-                let p = if k < nc {
-                    src.add(k * hw + iy * w + x0)
-                } else {
-                    zero.as_ptr()
-                };
-                *r = _mm256_loadu_ps(p);
-            }
-            let t = transpose8(r);
-            for (p, v) in t.iter().enumerate() {
-                _mm256_storeu_ps(out.add((row + x0 + p) * LANES), *v);
-            }
-            x0 += LANES;
+        row_to_pixels(src, hw, iy * w, w, nc, out.add(row * LANES));
+    }
+}
+
+/// Values `at..at + len` of `nc` planes of `plane` values at `src` stored
+/// pixel by pixel at `dst` (`len` vectors of [`LANES`] channels, channels
+/// past `nc` zero): 8x8 transposes, then the last pixels one by one.
+///
+/// # Safety
+/// AVX2 and FMA; `src` readable at `k * plane + at .. + len` for `k < nc`,
+/// `dst` writable for `len * LANES` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_to_pixels(
+    src: *const f32,
+    plane: usize,
+    at: usize,
+    len: usize,
+    nc: usize,
+    dst: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let zero = [0f32; LANES];
+    let mut x0 = 0;
+    while x0 + LANES <= len {
+        let mut r = [_mm256_setzero_ps(); LANES];
+        for (k, r) in r.iter_mut().enumerate() {
+            let p = if k < nc {
+                src.add(k * plane + at + x0)
+            } else {
+                zero.as_ptr()
+            };
+            *r = _mm256_loadu_ps(p);
         }
-        for xx in x0..w {
-            let px = (row + xx) * LANES;
-            for k in 0..LANES {
-                *out.add(px + k) = if k < nc {
-                    *src.add(k * hw + iy * w + xx)
-                } else {
-                    0.0
-                };
-            }
+        for (p, v) in transpose8(r).iter().enumerate() {
+            _mm256_storeu_ps(dst.add((x0 + p) * LANES), *v);
+        }
+        x0 += LANES;
+    }
+    for x in x0..len {
+        for k in 0..LANES {
+            *dst.add(x * LANES + k) = if k < nc {
+                *src.add(k * plane + at + x)
+            } else {
+                0.0
+            };
         }
     }
 }

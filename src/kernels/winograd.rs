@@ -152,7 +152,6 @@ fn convolve_blocks(
 ) {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     assert!(dst.len() >= g.m * g.oh * g.ow, "destination too short");
-    assert!(bias.is_none_or(|b| b.len() >= g.m), "bias too short");
     let out = SharedPtr(dst.as_mut_ptr().cast());
     let threads = rayon::current_num_threads().max(1);
     // blocks of whole tile rows, as many as a multiple of the threads so
@@ -212,7 +211,6 @@ fn convolve_whole(
 ) {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     assert!(dst.len() >= g.m * g.oh * g.ow, "destination too short");
-    assert!(bias.is_none_or(|b| b.len() >= g.m), "bias too short");
     let dst = SharedPtr(dst.as_mut_ptr().cast());
     let tiles = th * tw;
     let mut v = vec![0.0f32; 16 * g.c * tiles];
@@ -330,6 +328,7 @@ unsafe fn output_transform(
     bias: Option<&[f32]>,
     dst: *mut f32,
 ) {
+    assert!(bias.is_none_or(|b| b.len() >= ms.end), "bias too short");
     let tiles = (ty1 - ty0) * tw;
     // per output row of a tile row: the columns combined by A^T, then the
     // two outputs of each tile

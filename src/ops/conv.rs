@@ -3,6 +3,8 @@
 //! convolution with the flipped kernel; 3x3 stride-1 layers with 16+ channels
 //! by Winograd F(2x2, 3x3) (`winograd.rs`) both ways, depthwise ones directly.
 
+use std::mem::MaybeUninit;
+
 use anyhow::{bail, ensure, Result};
 use ndarray::ArrayD;
 use rayon::prelude::*;
@@ -229,9 +231,9 @@ impl Conv {
         clamp: Option<(f32, f32)>,
     ) -> Option<(Vec<f32>, bool)> {
         let (k, ohw, hw) = (g.k(), g.ohw(), g.h * g.w);
-        let total = g.n * g.m * ohw;
-        let mut out: Vec<f32> = Vec::with_capacity(total);
-        let finite = if self.group == 1 && g.is_pointwise() {
+        if self.group == 1 && g.is_pointwise() {
+            let total = g.n * g.m * ohw;
+            let mut out: Vec<f32> = Vec::with_capacity(total);
             let (wm, epi) = (Mat::row_major(ws, g.m, k), Epilogue { bias, clamp });
             let mut finite = true;
             for b in 0..g.n {
@@ -240,30 +242,16 @@ impl Conv {
                 // writes image b's `m x ohw` values.
                 finite &= unsafe { matmul_epilogue(out.as_mut_ptr().add(b * g.m * ohw), wm, xb, epi) };
             }
-            finite
-        } else if let (true, Some(bl)) = (Conv::depthwise(g), depthwise::Blocked::of(g)) {
-            // blocks of eight channels, none across two images
-            let lanes = depthwise::LANES;
-            out.spare_capacity_mut()[..total]
-                .par_chunks_mut(g.m * ohw)
-                .zip(xs.par_chunks(g.c * hw))
-                .map(|(out, xs)| {
-                    out.par_chunks_mut(lanes * ohw)
-                        .enumerate()
-                        .map(|(i, dst)| {
-                            let c0 = i * lanes;
-                            let (x, w, b) = (&xs[c0 * hw..], &ws[c0 * k..], bias.map(|b| &b[c0..]));
-                            depthwise::forward_block(g, &bl, x, w, b, clamp, dst)
-                        })
-                        .reduce(|| true, |a, b| a && b)
-                })
-                .reduce(|| true, |a, b| a && b)
-        } else {
-            return None;
-        };
-        // SAFETY: every value was written above.
-        unsafe { out.set_len(total) };
-        Some((out, finite))
+            // SAFETY: every value was written above.
+            unsafe { out.set_len(total) };
+            return Some((out, finite));
+        }
+        let bl = Conv::depthwise(g).then(|| depthwise::Blocked::of(g)).flatten()?;
+        Some(channel_blocks(g.n, g.m, ohw, |b, c0, dst| {
+            let x = &xs[(b * g.c + c0) * hw..];
+            let (w, bias) = (&ws[c0 * k..], bias.map(|v| &v[c0..]));
+            depthwise::forward_block(g, &bl, x, w, bias, clamp, dst)
+        }))
     }
 
     /// The Winograd F(2x2, 3x3) convolution of every image of `xs`, with
@@ -352,43 +340,20 @@ impl Conv {
         lo: f32,
         hi: f32,
     ) -> Option<Result<(ArrayD<f32>, bool)>> {
-        let g = match self.geometry(x.shape(), &self.weight) {
-            Ok(g) => g,
-            Err(e) => return Some(Err(e)),
-        };
-        let bias = match &self.bias {
-            Some(b) if b.len() != g.m => {
-                return Some(Err(anyhow::anyhow!(
-                    "Conv bias has {} values for {} outputs",
-                    b.len(),
-                    g.m
-                )))
-            }
-            Some(b) => Some(b.iter().copied().collect::<Vec<f32>>()),
-            None => None,
-        };
-        let x = x.as_standard_layout();
-        let w = self.weight.as_standard_layout();
-        let (xs, ws) = (x.as_slice().unwrap_or(&[]), w.as_slice().unwrap_or(&[]));
-        let (out, finite) = self.convolve_fused(&g, xs, ws, bias.as_deref(), Some((lo, hi)))?;
-        Some(
-            ArrayD::from_shape_vec(vec![g.n, g.m, g.oh, g.ow], out)
-                .map(|o| (o, finite))
-                .map_err(Into::into),
-        )
-    }
-}
-
-impl LinearLayer for Conv {
-    fn weight(&self) -> &ArrayD<f32> {
-        &self.weight
+        self.forward_with(x, &self.weight, true, Some((lo, hi)))
+            .transpose()
     }
 
-    fn bias(&self, _: usize) -> Option<(&ArrayD<f32>, usize)> {
-        self.bias.as_ref().map(|b| (b, 1))
-    }
-
-    fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {
+    /// [`LinearLayer::forward`] with weights `w`, then `clamp` if any (where
+    /// the geometry can fuse it: `None` where it cannot), and whether every
+    /// value before the clamp is finite (always `true` without a clamp).
+    fn forward_with(
+        &self,
+        x: &ArrayD<f32>,
+        w: &ArrayD<f32>,
+        with_bias: bool,
+        clamp: Option<(f32, f32)>,
+    ) -> Result<Option<(ArrayD<f32>, bool)>> {
         let g = self.geometry(x.shape(), w)?;
         let x = x.as_standard_layout();
         let w = w.as_standard_layout();
@@ -405,8 +370,59 @@ impl LinearLayer for Conv {
             }
             _ => None,
         };
-        let out = self.convolve(&g, xs, ws, bias.as_deref());
-        Ok(ArrayD::from_shape_vec(vec![g.n, g.m, g.oh, g.ow], out)?)
+        let out = match clamp {
+            None => Some((self.convolve(&g, xs, ws, bias.as_deref()), true)),
+            Some(_) => self.convolve_fused(&g, xs, ws, bias.as_deref(), clamp),
+        };
+        out.map(|(out, finite)| Ok((ArrayD::from_shape_vec(vec![g.n, g.m, g.oh, g.ow], out)?, finite)))
+            .transpose()
+    }
+}
+
+/// `n` images of `ch` planes of `plane` values, computed in blocks of
+/// [`depthwise::LANES`] planes (none across two images) on rayon threads:
+/// `f(image, first channel, block)` writes every value of its block and
+/// says whether they are finite. The values, and whether all are.
+fn channel_blocks(
+    n: usize,
+    ch: usize,
+    plane: usize,
+    f: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) -> bool + Sync + Send,
+) -> (Vec<f32>, bool) {
+    let (total, lanes) = (n * ch * plane, depthwise::LANES);
+    if total == 0 {
+        return (Vec::new(), true);
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(total);
+    let finite = out.spare_capacity_mut()[..total]
+        .par_chunks_mut(ch * plane)
+        .enumerate()
+        .map(|(b, image)| {
+            image
+                .par_chunks_mut(lanes * plane)
+                .enumerate()
+                .map(|(i, block)| f(b, i * lanes, block))
+                .reduce(|| true, |x, y| x && y)
+        })
+        .reduce(|| true, |x, y| x && y);
+    // SAFETY: every block, and so every value, was written by `f`.
+    unsafe { out.set_len(total) };
+    (out, finite)
+}
+
+impl LinearLayer for Conv {
+    fn weight(&self) -> &ArrayD<f32> {
+        &self.weight
+    }
+
+    fn bias(&self, _: usize) -> Option<(&ArrayD<f32>, usize)> {
+        self.bias.as_ref().map(|b| (b, 1))
+    }
+
+    fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>> {
+        let out = self.forward_with(x, w, with_bias, None)?;
+        out.map(|(out, _)| out)
+            .ok_or_else(|| anyhow::anyhow!("Conv forward pass not computed"))
     }
 
     fn backward(
@@ -431,8 +447,7 @@ impl LinearLayer for Conv {
         }
         let (k, ohw) = (g.k(), g.ohw());
         let chw = g.c * g.h * g.w;
-        let lanes = depthwise::LANES;
-        if self.group == 1 && g.is_pointwise() && g.k() > 0 {
+        if self.group == 1 && g.is_pointwise() && k > 0 {
             // one product per image, written whole: no zeroed allocation
             let mut out: Vec<f32> = Vec::with_capacity(g.n * chw);
             let wt = Mat::row_major(ws, g.m, k).t();
@@ -447,33 +462,16 @@ impl LinearLayer for Conv {
             return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
         }
         let hw = g.h * g.w;
-        if let (true, Some(bl), 0) = (Conv::depthwise(&g), depthwise::Blocked::of(&g), g.c % lanes) {
-            // blocks of eight channels (whole images: the channels are a
-            // multiple of eight), each zeroed by the task that fills it
-            let out = crate::elementwise::zeroed_planes(g.n * chw, lanes * hw, |i, dst| {
-                let (b, c0) = ((i * lanes) / g.c, (i * lanes) % g.c);
-                let gp = &gs[b * g.m * ohw + c0 * ohw..];
+        if let Some(bl) = Conv::depthwise(&g).then(|| depthwise::Blocked::of(&g)).flatten() {
+            let (out, _) = channel_blocks(g.n, g.c, hw, |b, c0, dst| {
+                let gp = &gs[(b * g.m + c0) * ohw..];
                 depthwise::transposed_block(&g, &bl, gp, &ws[c0 * k..], dst);
+                true
             });
             return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
         }
         let mut out = vec![0.0f32; g.n * chw];
         if Conv::depthwise(&g) {
-            if let Some(bl) = depthwise::Blocked::of(&g) {
-                // blocks of eight channels, none across two images
-                out.par_chunks_mut(g.c * hw)
-                    .zip(gs.par_chunks(g.m * ohw))
-                    .for_each(|(out, gs)| {
-                        out.par_chunks_mut(lanes * hw)
-                            .enumerate()
-                            .for_each(|(i, dst)| {
-                                let c0 = i * lanes;
-                                let (gp, w) = (&gs[c0 * ohw..], &ws[c0 * k..]);
-                                depthwise::transposed_block(&g, &bl, gp, w, dst);
-                            });
-                    });
-                return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
-            }
             let padded = depthwise::Padded::of(&g);
             out.par_chunks_mut(hw).enumerate().for_each(|(p, dst)| {
                 let c = p % g.c;
