@@ -3,11 +3,14 @@
 //! Linear layers fall in three classes: the first layer (reading the model input),
 //! other convolutions (and per-channel affine layers), and dense layers.
 //! Activations always pass relevance on, average pools use the `Norm` rule and
-//! max pools the gradient: those are fixed and not part of a composite.
+//! max pools the gradient: those are fixed, but for where a max pool's
+//! near-tied window hands its relevance ([`Composite::max_pool`]: the first
+//! maximum, as the gradient, or split among the near-maxima).
 
 use crate::error::{Error, Result};
 
 use crate::graph::{Node, Op};
+use crate::ops::MaxPoolTies;
 use crate::rules::Rule;
 
 /// Parameters of the rules, from the command line or the library user.
@@ -59,6 +62,9 @@ pub struct Composite {
     pub conv: Rule,
     /// Rule of dense layers.
     pub dense: Rule,
+    /// Where a max pool's window hands its relevance ([`MaxPoolTies::First`]
+    /// unless set).
+    pub max_pool: MaxPoolTies,
 }
 
 /// The rules a composite gives the first layer (`None`: the rule of its own
@@ -182,7 +188,16 @@ impl Composite {
             first,
             conv,
             dense,
+            max_pool: MaxPoolTies::First,
         })
+    }
+
+    /// The same composite with max-pool ties handled by `ties`.
+    pub fn with_max_pool_ties(self, ties: MaxPoolTies) -> Composite {
+        Composite {
+            max_pool: ties,
+            ..self
+        }
     }
 
     /// The rule for the linear layer `node`: the first-layer rule where the

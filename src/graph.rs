@@ -4,7 +4,7 @@
 use anyhow::{ensure, Context, Result};
 use ndarray::ArrayD;
 
-use crate::ops::{GradientMode, Reuse};
+use crate::ops::{GradientOptions, Reuse};
 use crate::rules::{Bounds, Rule};
 
 pub use crate::ops::activation::Act;
@@ -70,10 +70,11 @@ impl Node {
         &self,
         inputs: &[&ArrayD<f32>],
         g: &ArrayD<f32>,
-        mode: GradientMode,
+        how: impl Into<GradientOptions>,
     ) -> Result<Vec<ArrayD<f32>>> {
+        let how = how.into();
         self.activations_given(inputs)
-            .and_then(|()| crate::ops::gradient(&self.op, inputs, g, mode))
+            .and_then(|()| crate::ops::gradient(&self.op, inputs, g, how))
             .with_context(|| format!("gradient through {} node '{}'", self.op_type, self.name))
     }
 
@@ -83,10 +84,11 @@ impl Node {
         &self,
         inputs: &[&ArrayD<f32>],
         g: ArrayD<f32>,
-        mode: GradientMode,
+        how: impl Into<GradientOptions>,
     ) -> Result<Vec<ArrayD<f32>>> {
+        let how = how.into();
         self.activations_given(inputs)
-            .and_then(|()| crate::ops::gradient_owned(&self.op, inputs, g, mode))
+            .and_then(|()| crate::ops::gradient_owned(&self.op, inputs, g, how))
             .with_context(|| format!("gradient through {} node '{}'", self.op_type, self.name))
     }
 

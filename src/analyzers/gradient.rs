@@ -13,7 +13,7 @@ use crate::model::{Forward, Model};
 use crate::ops;
 use crate::rng::Rng;
 
-pub use crate::ops::GradientMode;
+pub use crate::ops::{GradientMode, GradientOptions, MaxPoolTies};
 
 /// The gradient of the logit of `class` with respect to the model input
 /// `fwd.input` (same shape), at the point of the forward pass `fwd`.
@@ -21,10 +21,11 @@ pub fn input_gradient(
     graph: &Graph,
     fwd: &Forward,
     class: usize,
-    mode: GradientMode,
+    how: impl Into<GradientOptions>,
 ) -> Result<ArrayD<f32>> {
+    let how = how.into();
     let g = crate::engine::walk::walk_back_owned(graph, fwd, class, 1.0, |node, inputs, g| {
-        node.gradient_owned(inputs, g, mode)
+        node.gradient_owned(inputs, g, how)
     })?;
     checked(fwd, g)
 }
@@ -36,8 +37,9 @@ pub fn input_gradient_rows(
     graph: &Graph,
     fwd: &Forward,
     classes: &[usize],
-    mode: GradientMode,
+    how: impl Into<GradientOptions>,
 ) -> Result<ArrayD<f32>> {
+    let how = how.into();
     let n = fwd.logits.len() / classes.len().max(1);
     let mut start = ArrayD::<f32>::zeros(fwd.logits_tensor.shape());
     for (row, &class) in classes.iter().enumerate() {
@@ -51,7 +53,7 @@ pub fn input_gradient_rows(
     }
     let none = |_: &str, _: &mut ArrayD<f32>| Ok(());
     let g = crate::engine::walk::walk_from_owned(graph, fwd, &graph.logits, start, none, {
-        |node, inputs, g| node.gradient_owned(inputs, g, mode)
+        |node, inputs, g| node.gradient_owned(inputs, g, how)
     })?;
     checked(fwd, g)
 }
@@ -113,6 +115,7 @@ pub fn max_pool_ties(
 fn mean_gradient(
     model: &Model,
     class: usize,
+    ties: MaxPoolTies,
     count: usize,
     mut point: impl FnMut(usize) -> ArrayD<f32>,
 ) -> Result<ArrayD<f32>> {
@@ -124,7 +127,11 @@ fn mean_gradient(
             keep: &[],
         };
         let fwd = model.forward_lean(point(k), Some(lean), false)?;
-        let g = input_gradient(&model.graph, &fwd, class, GradientMode::Plain)?;
+        let how = GradientOptions {
+            mode: GradientMode::Plain,
+            ties,
+        };
+        let g = input_gradient(&model.graph, &fwd, class, how)?;
         Zip::from(&mut sum).and(&g).for_each(|s, &g| *s += g as f64);
     }
     Ok(sum.mapv(|s| (s / count as f64) as f32))
@@ -134,13 +141,15 @@ fn mean_gradient(
 /// `(input - baseline) * mean_k grad(baseline + k / steps (input - baseline))`,
 /// `k = 1..=steps` (the right Riemann sum of the path integral; its sum
 /// approaches `logit(input) - logit(baseline)` with an error of order
-/// `1 / steps`). Runs `steps` forward and backward passes.
+/// `1 / steps`). Runs `steps` forward and backward passes; `ties` says where
+/// the max pools hand their gradient.
 pub fn integrated_gradients(
     model: &Model,
     input: &ArrayD<f32>,
     baseline: &ArrayD<f32>,
     class: usize,
     steps: usize,
+    ties: MaxPoolTies,
 ) -> Result<ArrayD<f32>> {
     ensure!(steps >= 1, "integrated gradients need steps >= 1");
     ensure!(
@@ -150,7 +159,7 @@ pub fn integrated_gradients(
         input.shape()
     );
     let delta = input - baseline;
-    let mean = mean_gradient(model, class, steps, |k| {
+    let mean = mean_gradient(model, class, ties, steps, |k| {
         if k + 1 == steps {
             // alpha = 1: the input itself (b + (x - b) may differ in the last bit)
             return input.clone();
@@ -167,6 +176,7 @@ pub fn integrated_gradients(
 /// of `input` with Gaussian noise of standard deviation `noise * (max - min)`
 /// of `input` added to every element (drawn from [`Rng`] seeded with `seed`,
 /// so the result is reproducible). `noise = 0` gives the plain gradient.
+/// `ties` says where the max pools hand their gradient.
 pub fn smoothgrad(
     model: &Model,
     input: &ArrayD<f32>,
@@ -174,6 +184,7 @@ pub fn smoothgrad(
     samples: usize,
     noise: f32,
     seed: u64,
+    ties: MaxPoolTies,
 ) -> Result<ArrayD<f32>> {
     ensure!(samples >= 1, "SmoothGrad needs samples >= 1");
     ensure!(
@@ -191,7 +202,7 @@ pub fn smoothgrad(
         noise * (hi - lo)
     };
     let mut rng = Rng::new(seed);
-    mean_gradient(model, class, samples, |_| {
+    mean_gradient(model, class, ties, samples, |_| {
         input.mapv(|v| v + sigma * rng.normal())
     })
 }

@@ -531,6 +531,7 @@ pub fn explain_rows(
             output: fwd.activations.get(&node.output),
             rows,
             signs: node.inputs.first().and_then(|i| fwd.signs.get(i)).copied(),
+            ties: composite.max_pool,
         };
         // an activation hands its output's relevance on as it is: moved, not
         // copied (its shape checked as the operator would)

@@ -13,11 +13,13 @@ use ndarray::{ArrayD, Axis, IxDyn};
 
 use crate::analyzers::gradient::{
     input_gradient, input_gradient_rows, integrated_gradients, smoothgrad, GradientMode,
+    GradientOptions,
 };
 use crate::analyzers::lrp::{explain_rows, explain_with, Explanation, Probes};
 use crate::composite::{Composite, RuleParams, NAMES};
 use crate::error::Error;
 use crate::model::{Forward, InputSpec, Model};
+use crate::ops::MaxPoolTies;
 use crate::preprocess::{Layout, Normalization};
 
 /// The gradient-family analyzers with a one-line description.
@@ -52,6 +54,9 @@ pub struct AnalyzerParams {
     pub noise: f32,
     /// SmoothGrad: seed of the noise.
     pub seed: u64,
+    /// Where a max pool's window hands its relevance or gradient (every
+    /// analyzer).
+    pub maxpool_ties: MaxPoolTies,
 }
 
 impl AnalyzerParams {
@@ -80,6 +85,7 @@ impl Default for AnalyzerParams {
             samples: 32,
             noise: 0.1,
             seed: 0,
+            maxpool_ties: MaxPoolTies::First,
         }
     }
 }
@@ -93,7 +99,8 @@ impl Default for AnalyzerParams {
 ///
 /// let params = AnalyzerParams { samples: 8, ..Default::default() };
 /// let a = Analyzer::from_name("smoothgrad", &params)?;
-/// assert_eq!(a, Analyzer::SmoothGrad { samples: 8, noise: 0.1, seed: 0 });
+/// let ties = Default::default(); // max pools: the first maximum, as PyTorch
+/// assert_eq!(a, Analyzer::SmoothGrad { samples: 8, noise: 0.1, seed: 0, ties });
 /// assert!(!a.signed()); // shown as |R|
 ///
 /// let model = Model::load("efficientnet-lite0")?;
@@ -109,13 +116,21 @@ pub enum Analyzer {
     /// Layer-wise relevance propagation with a composite.
     Lrp(Composite),
     /// The gradient of the logit with respect to the input.
-    Gradient,
+    Gradient {
+        /// Where a max pool's window hands its gradient.
+        ties: MaxPoolTies,
+    },
     /// Input times gradient.
-    GradientXInput,
+    GradientXInput {
+        /// Where a max pool's window hands its gradient.
+        ties: MaxPoolTies,
+    },
     /// Integrated gradients from a black image (in the normalised space).
     IntegratedGradients {
         /// Points on the path (right Riemann sum).
         steps: usize,
+        /// Where a max pool's window hands its gradient.
+        ties: MaxPoolTies,
     },
     /// SmoothGrad: mean gradient over noisy inputs.
     SmoothGrad {
@@ -125,9 +140,14 @@ pub enum Analyzer {
         noise: f32,
         /// Seed of the noise.
         seed: u64,
+        /// Where a max pool's window hands its gradient.
+        ties: MaxPoolTies,
     },
     /// Guided backprop.
-    GuidedBackprop,
+    GuidedBackprop {
+        /// Where a max pool's window hands its gradient.
+        ties: MaxPoolTies,
+    },
 }
 
 /// Every analyzer name (rules, composites, gradient family) with its description.
@@ -140,18 +160,23 @@ impl Analyzer {
     /// name), with parameters `p`.
     pub fn from_name(name: &str, p: &AnalyzerParams) -> crate::Result<Analyzer> {
         p.validate()?;
+        let ties = p.maxpool_ties;
         Ok(match name {
-            "gradient" => Analyzer::Gradient,
-            "gradient-x-input" => Analyzer::GradientXInput,
-            "integrated-gradients" => Analyzer::IntegratedGradients { steps: p.steps },
+            "gradient" => Analyzer::Gradient { ties },
+            "gradient-x-input" => Analyzer::GradientXInput { ties },
+            "integrated-gradients" => Analyzer::IntegratedGradients {
+                steps: p.steps,
+                ties,
+            },
             "smoothgrad" => Analyzer::SmoothGrad {
                 samples: p.samples,
                 noise: p.noise,
                 seed: p.seed,
+                ties,
             },
-            "guided-backprop" => Analyzer::GuidedBackprop,
+            "guided-backprop" => Analyzer::GuidedBackprop { ties },
             n if NAMES.iter().any(|(k, _)| *k == n) => {
-                Analyzer::Lrp(Composite::from_name(n, &p.rule)?)
+                Analyzer::Lrp(Composite::from_name(n, &p.rule)?.with_max_pool_ties(ties))
             }
             other => {
                 return Err(Error::UnknownAnalyzer {
@@ -166,11 +191,23 @@ impl Analyzer {
     pub fn name(&self) -> String {
         match self {
             Analyzer::Lrp(c) => c.name.clone(),
-            Analyzer::Gradient => "gradient".into(),
-            Analyzer::GradientXInput => "gradient-x-input".into(),
+            Analyzer::Gradient { .. } => "gradient".into(),
+            Analyzer::GradientXInput { .. } => "gradient-x-input".into(),
             Analyzer::IntegratedGradients { .. } => "integrated-gradients".into(),
             Analyzer::SmoothGrad { .. } => "smoothgrad".into(),
-            Analyzer::GuidedBackprop => "guided-backprop".into(),
+            Analyzer::GuidedBackprop { .. } => "guided-backprop".into(),
+        }
+    }
+
+    /// Where its max pools hand a window's relevance or gradient.
+    pub fn maxpool_ties(&self) -> MaxPoolTies {
+        match self {
+            Analyzer::Lrp(c) => c.max_pool,
+            Analyzer::Gradient { ties }
+            | Analyzer::GradientXInput { ties }
+            | Analyzer::IntegratedGradients { ties, .. }
+            | Analyzer::SmoothGrad { ties, .. }
+            | Analyzer::GuidedBackprop { ties } => *ties,
         }
     }
 
@@ -179,7 +216,9 @@ impl Analyzer {
     pub fn signed(&self) -> bool {
         !matches!(
             self,
-            Analyzer::Gradient | Analyzer::SmoothGrad { .. } | Analyzer::GuidedBackprop
+            Analyzer::Gradient { .. }
+                | Analyzer::SmoothGrad { .. }
+                | Analyzer::GuidedBackprop { .. }
         )
     }
 
@@ -237,20 +276,27 @@ impl Analyzer {
                 }
                 .into());
             }
-            Analyzer::Gradient => input_gradient(graph, fwd, class, GradientMode::Plain)?,
-            Analyzer::GuidedBackprop => input_gradient(graph, fwd, class, GradientMode::Guided)?,
-            Analyzer::GradientXInput => {
-                input_gradient(graph, fwd, class, GradientMode::Plain)? * &fwd.input
+            Analyzer::Gradient { ties } => input_gradient(graph, fwd, class, plain(*ties))?,
+            Analyzer::GuidedBackprop { ties } => {
+                let how = GradientOptions {
+                    mode: GradientMode::Guided,
+                    ties: *ties,
+                };
+                input_gradient(graph, fwd, class, how)?
             }
-            Analyzer::IntegratedGradients { steps } => {
+            Analyzer::GradientXInput { ties } => {
+                input_gradient(graph, fwd, class, plain(*ties))? * &fwd.input
+            }
+            Analyzer::IntegratedGradients { steps, ties } => {
                 let baseline = black(&model.input, fwd.input.shape(), norm);
-                integrated_gradients(model, &fwd.input, &baseline, class, *steps)?
+                integrated_gradients(model, &fwd.input, &baseline, class, *steps, *ties)?
             }
             Analyzer::SmoothGrad {
                 samples,
                 noise,
                 seed,
-            } => smoothgrad(model, &fwd.input, class, *samples, *noise, *seed)?,
+                ties,
+            } => smoothgrad(model, &fwd.input, class, *samples, *noise, *seed, *ties)?,
         };
         Ok(self.finished(class, fwd.logits[class], relevance))
     }
@@ -295,9 +341,9 @@ impl Analyzer {
         matches!(
             self,
             Analyzer::Lrp(_)
-                | Analyzer::Gradient
-                | Analyzer::GuidedBackprop
-                | Analyzer::GradientXInput
+                | Analyzer::Gradient { .. }
+                | Analyzer::GuidedBackprop { .. }
+                | Analyzer::GradientXInput { .. }
         )
     }
 
@@ -327,18 +373,19 @@ impl Analyzer {
             _ if *probes != Probes::default() => {
                 anyhow::bail!("inner layers are probed with LRP only")
             }
-            Analyzer::Gradient | Analyzer::GradientXInput => GradientMode::Plain,
-            Analyzer::GuidedBackprop => GradientMode::Guided,
+            Analyzer::Gradient { .. } | Analyzer::GradientXInput { .. } => GradientMode::Plain,
+            Analyzer::GuidedBackprop { .. } => GradientMode::Guided,
             _ => anyhow::bail!("{} explains one input at a time", self.name()),
         };
-        let g = input_gradient_rows(graph, fwd, classes, mode)?;
+        let ties = self.maxpool_ties();
+        let g = input_gradient_rows(graph, fwd, classes, GradientOptions { mode, ties })?;
         let n = fwd.logits.len() / classes.len();
         classes
             .iter()
             .enumerate()
             .map(|(row, &class)| {
                 let mut r = g.index_axis(Axis(0), row).insert_axis(Axis(0)).to_owned();
-                if let Analyzer::GradientXInput = self {
+                if let Analyzer::GradientXInput { .. } = self {
                     r *= &fwd.input.index_axis(Axis(0), row).insert_axis(Axis(0));
                 }
                 let logit = *fwd
@@ -371,6 +418,14 @@ impl Analyzer {
             ledger: None,
             warnings,
         }
+    }
+}
+
+/// The plain gradient with max-pool ties handled by `ties`.
+fn plain(ties: MaxPoolTies) -> GradientOptions {
+    GradientOptions {
+        mode: GradientMode::Plain,
+        ties,
     }
 }
 

@@ -72,7 +72,13 @@
 //!    with its own initialisation (weights of 0.01) and randomised BatchNorm
 //!    statistics has channels that are nearly constant, so nearly every pool
 //!    window is a near-tie there: PyTorch's own f32 and f64 gradients have
-//!    cosine 0.66, ours and PyTorch's f32 one 0.75 to 0.87.
+//!    cosine 0.66, ours and PyTorch's f32 one 0.75 to 0.87. With
+//!    [`CheckOptions::maxpool_ties`] `split` such windows share their
+//!    gradient among their near-maxima, which no rounding decides: the figure
+//!    passes, figure 1 checks the gradient of `first` ties (finite
+//!    differences measure the derivative, which the split replaces in
+//!    near-tied windows), and the per-operator check moves only the inputs of
+//!    windows with one clear winner.
 //!
 //! Thresholds from measurement (`cargo test --lib selfcheck -- --nocapture`,
 //! `tests/it/check.rs`, `tests/it/exporters.rs`): on correct small ReLU nets the
@@ -97,7 +103,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use ndarray::{ArrayD, IxDyn, Zip};
 use serde::Serialize;
 
-use crate::analyzers::gradient::GradientMode;
+use crate::analyzers::gradient::{GradientMode, GradientOptions, MaxPoolTies};
 use crate::composite::{Composite, RuleParams};
 use crate::engine::native::NativePlan;
 use crate::graph::{Act, ArithKind, Node, Op};
@@ -146,6 +152,19 @@ pub fn exact_gradient(
     g: &ArrayD<f32>,
 ) -> Result<Vec<ArrayD<f32>>> {
     node.gradient(inputs, g, GradientMode::Plain)
+}
+
+/// The library's gradient through one node with max-pool ties handled by `ties`.
+pub fn gradient_with_ties(
+    ties: MaxPoolTies,
+) -> impl Fn(&Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+    move |node, inputs, g| {
+        let how = GradientOptions {
+            mode: GradientMode::Plain,
+            ties,
+        };
+        node.gradient(inputs, g, how)
+    }
 }
 
 /// Outcome of one figure.
@@ -304,6 +323,9 @@ pub struct CheckOptions {
     pub seed: u64,
     /// Input normalisation (bounds of the default input).
     pub norm: Normalization,
+    /// Where max pools hand near-tied windows' gradient and relevance (the
+    /// maps checked are those of this setting).
+    pub maxpool_ties: MaxPoolTies,
 }
 
 impl Default for CheckOptions {
@@ -313,6 +335,7 @@ impl Default for CheckOptions {
             directions: DIRECTIONS,
             seed: 0,
             norm: Normalization::default(),
+            maxpool_ties: MaxPoolTies::First,
         }
     }
 }
@@ -499,7 +522,8 @@ fn signature(model: &Model, fwd: &Forward, shapes: &Shapes) -> Result<Vec<u8>> {
                 }
             }
             op if op.takes_maxima() => {
-                sig.extend(winners(node, &[x], out)?.iter().map(|&w| w as u8));
+                let w = winners(node, &[x], out, MaxPoolTies::First)?;
+                sig.extend(w.iter().map(|&w| w as u8));
             }
             _ => {}
         }
@@ -508,11 +532,21 @@ fn signature(model: &Model, fwd: &Forward, shapes: &Shapes) -> Result<Vec<u8>> {
 }
 
 /// How many outputs each input element of a max node wins (winner takes all
-/// of a relevance of ones).
-fn winners(node: &Node, inputs: &[&ArrayD<f32>], out: &[usize]) -> Result<ArrayD<f32>> {
+/// of a relevance of ones, or with [`MaxPoolTies::Split`] near-tied windows
+/// share it).
+fn winners(
+    node: &Node,
+    inputs: &[&ArrayD<f32>],
+    out: &[usize],
+    ties: MaxPoolTies,
+) -> Result<ArrayD<f32>> {
     let ones = ArrayD::ones(IxDyn(out));
     let rule = Rule::Epsilon { epsilon: 0.0 };
-    let mut r = node.relevance(inputs, &ones, rule, None, ops::Reuse::default())?;
+    let reuse = ops::Reuse {
+        ties,
+        ..Default::default()
+    };
+    let mut r = node.relevance(inputs, &ones, rule, None, reuse)?;
     Ok(r.swap_remove(0))
 }
 
@@ -619,7 +653,7 @@ fn gradient_figure(
 /// Max-pool inputs closer than this, relative to the pool input's largest
 /// value, are near-ties ([`ops::pool::max_pool_ties`]): about the relative
 /// rounding of a convolution's outputs after a few layers in f32.
-pub const TIE_TOL: f32 = 1e-5;
+pub const TIE_TOL: f32 = ops::pool::NEAR_TIE;
 /// Largest share of a max pool's gradient through near-tied windows before
 /// the report warns.
 pub const TIE_SHARE: f64 = 1e-2;
@@ -635,8 +669,8 @@ pub const TIE_WINDOWS: f64 = 1e-2;
 /// is the gradient) is then as much a product of float rounding as of the
 /// model. One pass over each max pool's input, no backward pass; `check`
 /// weighs the same windows by the gradient they pass.
-pub fn near_tie_warnings(model: &Model, fwd: &Forward) -> Result<Vec<String>> {
-    Ok(near_tie_warnings_rows(model, fwd)?
+pub fn near_tie_warnings(model: &Model, fwd: &Forward, ties: MaxPoolTies) -> Result<Vec<String>> {
+    Ok(near_tie_warnings_rows(model, fwd, ties)?
         .into_iter()
         .next()
         .unwrap_or_default())
@@ -644,9 +678,17 @@ pub fn near_tie_warnings(model: &Model, fwd: &Forward) -> Result<Vec<String>> {
 
 /// [`near_tie_warnings`] of each input of a forward pass on a batch
 /// ([`Model::forward_batch`]), in order.
-pub fn near_tie_warnings_rows(model: &Model, fwd: &Forward) -> Result<Vec<Vec<String>>> {
+pub fn near_tie_warnings_rows(
+    model: &Model,
+    fwd: &Forward,
+    ties: MaxPoolTies,
+) -> Result<Vec<Vec<String>>> {
     let graph = &model.graph;
     let rows = fwd.rows();
+    if ties == MaxPoolTies::Split {
+        // near-tied windows share: the map does not depend on the rounding
+        return Ok(vec![vec![]; rows]);
+    }
     // per input: max pools, tied ones, the worst
     let mut found = vec![(0, 0, None::<(String, f64)>); rows];
     for node in &graph.nodes {
@@ -691,8 +733,9 @@ fn tie_warning(pools: usize, tied: usize, worst: Option<(String, f64)>) -> Vec<S
                 "{tied} of {pools} max pools have more than {:.0}% of their windows with the two \
                  largest inputs within {TIE_TOL:.0e} of the largest value (MaxPool '{name}': \
                  {:.1}%): where their relevance goes follows float rounding, and another \
-                 implementation picks other winners; `lrp-heatmap check` measures how much of \
-                 the map it moves",
+                 implementation picks other winners; maxpool_ties split (`--maxpool-ties split`) \
+                 shares such windows for a map independent of rounding, and `lrp-heatmap check` \
+                 measures how much of the map it moves",
                 100.0 * TIE_WINDOWS,
                 100.0 * share
             )
@@ -706,7 +749,7 @@ fn tie_warning(pools: usize, tied: usize, worst: Option<(String, f64)>) -> Vec<S
 /// forward pass's winners exactly), but where it is large another
 /// implementation (PyTorch, or this one in f64) picks other winners and gets
 /// another map.
-fn ties_figure(model: &Model, fwd: &Forward, class: usize) -> Result<Figure> {
+fn ties_figure(model: &Model, fwd: &Forward, class: usize, how: MaxPoolTies) -> Result<Figure> {
     let ties = crate::analyzers::gradient::max_pool_ties(&model.graph, fwd, class, TIE_TOL)?;
     let what = "max-pool gradient through near-ties";
     let Some((name, worst)) = ties.iter().max_by(|a, b| a.1.share.total_cmp(&b.1.share)) else {
@@ -726,10 +769,14 @@ fn ties_figure(model: &Model, fwd: &Forward, class: usize) -> Result<Figure> {
         "{near} of {windows} windows have their two largest inputs within {TIE_TOL:.0e} of the \
          layer's largest; worst MaxPool '{name}'"
     );
-    if f.verdict == Verdict::Fail {
+    if how == MaxPoolTies::Split {
+        // the near-maxima share: no winner for rounding to pick
+        f.verdict = Verdict::Pass;
+        f.note += "; maxpool_ties split: they share their gradient equally, whatever the rounding";
+    } else if f.verdict == Verdict::Fail {
         f.verdict = Verdict::Warn;
         f.note += ": there the map follows f32 rounding, and PyTorch (or any f32 / f64 run) \
-                   picks other winners";
+                   picks other winners; maxpool_ties split gives a map independent of it";
     }
     Ok(f)
 }
@@ -761,7 +808,8 @@ fn lrp0_figure(
             note: why,
         });
     }
-    let lrp0 = Composite::from_name("lrp0", &RuleParams::default())?;
+    let lrp0 =
+        Composite::from_name("lrp0", &RuleParams::default())?.with_max_pool_ties(opts.maxpool_ties);
     let e = crate::analyzers::lrp::explain(
         &model.graph,
         fwd,
@@ -827,6 +875,7 @@ fn differentiable_mask(
     x: &ArrayD<f32>,
     v: &ArrayD<f32>,
     out_shape: &[usize],
+    ties: MaxPoolTies,
 ) -> Option<ArrayD<f32>> {
     // runtime parameters (pads, scales) are not perturbed
     if k > 0 && matches!(node.op, Op::Pad(_) | Op::Resize(_)) {
@@ -858,15 +907,27 @@ fn differentiable_mask(
     }
     // only the winners move (the others matter only where a step would
     // change a winner), and no tied value
-    let wins = winners(node, &[x], out_shape).ok()?;
-    Some(Zip::from(x).and(&wins).map_collect(|&v, &w| {
-        let tied = counts.get(&v.to_bits()).copied().unwrap_or(0) > 1;
-        if tied || w == 0.0 {
-            0.0
-        } else {
-            1.0
-        }
-    }))
+    let wins = winners(node, &[x], out_shape, MaxPoolTies::First).ok()?;
+    // with split ties, no input of a window whose near-maxima share (there
+    // the gradient is a chosen subgradient, not the derivative): those are
+    // the inputs whose share differs from the first maximum's
+    let shares = match ties {
+        MaxPoolTies::First => wins.clone(),
+        MaxPoolTies::Split => winners(node, &[x], out_shape, ties).ok()?,
+    };
+    Some(
+        Zip::from(x)
+            .and(&wins)
+            .and(&shares)
+            .map_collect(|&v, &w, &s| {
+                let tied = counts.get(&v.to_bits()).copied().unwrap_or(0) > 1;
+                if tied || w == 0.0 || s != w {
+                    0.0
+                } else {
+                    1.0
+                }
+            }),
+    )
 }
 
 /// Whether `node` is a `QuantizeLinear` / `DequantizeLinear` of an activation
@@ -891,6 +952,7 @@ fn check_node(
     model_out: Option<&ArrayD<f32>>,
     grad: &NodeGradient,
     lrp0: bool,
+    ties: MaxPoolTies,
     rng: &mut Rng,
 ) -> Result<Option<String>> {
     let y0 = NativePlan::run_node(node, inputs, out_shape)?;
@@ -936,7 +998,7 @@ fn check_node(
         };
         let mut v = normal(rng, x.shape()) * s;
         let mut sd = ArrayD::from_elem(x.shape(), s);
-        if let Some(mask) = differentiable_mask(node, k, x, &v, out_shape) {
+        if let Some(mask) = differentiable_mask(node, k, x, &v, out_shape, ties) {
             v *= &mask;
             sd *= &mask;
         }
@@ -970,12 +1032,17 @@ fn check_node(
         let (yp, ym) = (moved(1.0)?, moved(-1.0)?);
         if is_max(node) {
             // a winner changed on the segment: a smaller step
-            let moved_winners = |sign: f32| -> Result<ArrayD<f32>> {
+            // (with split ties: or the near-maxima that share a window)
+            let moved_winners = |sign: f32, ties: MaxPoolTies| -> Result<ArrayD<f32>> {
                 let xs = inputs[0] + &(&dirs[0] * (sign * hf));
-                winners(node, &[&xs], out_shape)
+                winners(node, &[&xs], out_shape, ties)
             };
-            let w0 = winners(node, &[inputs[0]], out_shape)?;
-            if moved_winners(1.0)? != w0 || moved_winners(-1.0)? != w0 {
+            let mut changed = false;
+            for t in [MaxPoolTies::First, ties] {
+                let w0 = winners(node, &[inputs[0]], out_shape, t)?;
+                changed |= moved_winners(1.0, t)? != w0 || moved_winners(-1.0, t)? != w0;
+            }
+            if changed {
                 continue;
             }
         }
@@ -1028,7 +1095,11 @@ fn check_node(
         let z = model_out.unwrap_or(&y0);
         let r = z * &u;
         let rule = Rule::Epsilon { epsilon: 0.0 };
-        let rel = node.relevance(inputs, &r, rule, None, ops::Reuse::default())?;
+        let reuse = ops::Reuse {
+            ties,
+            ..Default::default()
+        };
+        let rel = node.relevance(inputs, &r, rule, None, reuse)?;
         for (k, x) in inputs.iter().enumerate() {
             let want = *x * &jt[k];
             let e = rel_l2(&rel[k], &want);
@@ -1044,7 +1115,7 @@ fn check_node(
 
 /// [`check_with`] with the library's exact gradients.
 pub fn check(model: &Model, input: ArrayD<f32>, opts: &CheckOptions) -> Result<Report> {
-    check_with(model, input, opts, &exact_gradient)
+    check_with(model, input, opts, &gradient_with_ties(opts.maxpool_ties))
 }
 
 /// Checks the backward passes of `model` at `input` (see the module doc),
@@ -1072,6 +1143,14 @@ pub fn check_with(
         None => fwd.top_k(1)[0].0,
     };
     let (g, shapes) = gradient_with(model, &fwd, class, grad)?;
+    // finite differences measure the derivative, which split max-pool ties
+    // replace by a chosen subgradient in near-tied windows: figure 1 checks
+    // the gradient of `first` ties then (the split windows are checked node
+    // by node, on their untied inputs, and by LRP-0 vs gradient x input)
+    let first = match opts.maxpool_ties {
+        MaxPoolTies::First => None,
+        MaxPoolTies::Split => Some(gradient_with(model, &fwd, class, &exact_gradient)?.0),
+    };
     let mut figures = vec![
         if crate::model::onnx::fold::fake_quantized(&model.graph.nodes) {
             Figure {
@@ -1086,14 +1165,27 @@ pub fn check_with(
                     .into(),
             }
         } else {
-            gradient_figure(model, &fwd, class, &g, opts, &shapes)?
+            let mut f = gradient_figure(
+                model,
+                &fwd,
+                class,
+                first.as_ref().unwrap_or(&g),
+                opts,
+                &shapes,
+            )?;
+            if first.is_some() {
+                f.note +=
+                    "; of the gradient with maxpool_ties first (finite differences measure the \
+                           derivative, which split ties replace in near-tied windows)";
+            }
+            f
         },
     ];
     let lrp0 = lrp0_figure(model, &fwd, class, &g, opts, &shapes)?;
     let lrp0_applies = lrp0.verdict != Verdict::NotApplicable;
     figures.push(lrp0);
     figures.push(zplus_figure(model, &fwd, class)?);
-    figures.push(ties_figure(model, &fwd, class)?);
+    figures.push(ties_figure(model, &fwd, class, opts.maxpool_ties)?);
 
     // per-node checks, walking back from the output
     let graph = &model.graph;
@@ -1127,6 +1219,7 @@ pub fn check_with(
             model_out,
             grad,
             lrp0_applies,
+            opts.maxpool_ties,
             &mut rng,
         ) {
             Ok(None) => checked += 1,
@@ -1359,6 +1452,75 @@ mod tests {
         let opts = CheckOptions::default();
         let x = random_input(&model.input, &opts.norm, 7);
         check_with(model, x, &opts, grad).expect("check runs")
+    }
+
+    /// MaxPool 2x2 / 2 of a [1, 3, 4, 4] input, flattened, a Gemm of 3 classes.
+    fn pool_net() -> Model {
+        let mut n = Net::new(5, &[1, 3, 4, 4]);
+        let p = n.op("MaxPool", &["x"], pool("max", 2, 2, 0));
+        let f = n.op("Flatten", &[&p], vec![]);
+        let w = n.param(&[3, 12], 1.0, 0.0);
+        let b = n.param(&[3], 0.1, 0.0);
+        let logits = n.op("Gemm", &[&f, &w, &b], vec![Attr::Int("transB", 1)]);
+        n.model(&logits)
+    }
+
+    /// Every window of [`pool_net`] near-tied: its largest two inputs 3e-6
+    /// apart (below 1e-5 of the largest |x|, 1.0 + 3e-6), the rest clear.
+    fn near_tied_input() -> ArrayD<f32> {
+        ArrayD::from_shape_fn(IxDyn(&[1, 3, 4, 4]), |ix| {
+            let (c, y, x) = (ix[1], ix[2], ix[3]);
+            let base = 0.5 + 0.1 * (c * 4 + (y / 2) * 2 + x / 2) as f32 / 12.0;
+            match (y % 2, x % 2) {
+                (0, 0) => base,
+                (0, 1) => base + 3e-6,
+                _ => base - 0.3,
+            }
+        })
+    }
+
+    #[test]
+    fn the_near_tie_warning_names_split_and_split_silences_it() {
+        let model = pool_net();
+        let fwd = model.forward(near_tied_input()).unwrap();
+        let w = near_tie_warnings(&model, &fwd, MaxPoolTies::First).unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("--maxpool-ties split"), "{}", w[0]);
+        assert!(
+            w[0].contains("100.0%"),
+            "every window is near-tied: {}",
+            w[0]
+        );
+        let w = near_tie_warnings(&model, &fwd, MaxPoolTies::Split).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn check_passes_near_ties_with_either_setting() {
+        let model = pool_net();
+        for ties in [MaxPoolTies::First, MaxPoolTies::Split] {
+            let opts = CheckOptions {
+                maxpool_ties: ties,
+                ..Default::default()
+            };
+            let r = check(&model, near_tied_input(), &opts).unwrap();
+            print(&format!("near ties, {ties}"), &r);
+            assert!(r.passed(), "{ties}");
+            let lrp0 = &r.figures[1];
+            assert_eq!(lrp0.verdict, Verdict::Pass, "{ties}: LRP-0 applies");
+            let t = r
+                .figures
+                .iter()
+                .find(|f| f.what.contains("near-ties"))
+                .unwrap();
+            // first: all of the gradient through near-ties, a warning;
+            // split: the same windows, shared, a pass
+            let want = match ties {
+                MaxPoolTies::First => Verdict::Warn,
+                MaxPoolTies::Split => Verdict::Pass,
+            };
+            assert_eq!(t.verdict, want, "{ties}");
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use lrp_heatmap::analyzers::lrp::{Channels, Probes};
 use lrp_heatmap::analyzers::{all_names, Analyzer, AnalyzerParams};
 use lrp_heatmap::composite::RuleParams;
 use lrp_heatmap::model::BUNDLED_NAME;
+use lrp_heatmap::ops::MaxPoolTies;
 use lrp_heatmap::preprocess::{DecodeLimits, Normalization};
 use lrp_heatmap::render::{Cmap, MapNorm, Style};
 
@@ -253,6 +254,11 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
+    /// Where max pools hand a near-tied window's gradient (as the main
+    /// command's flag): the maps checked are those of this setting.
+    #[arg(long, value_name = "first|split", default_value = "first", value_parser = maxpool_ties)]
+    pub maxpool_ties: MaxPoolTies,
+
     /// The figures as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -446,6 +452,13 @@ pub struct Common {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
+    /// Where a max pool's window hands its relevance and gradient: first (all to
+    /// the first maximum, PyTorch's gradient) or split (equal shares to the inputs
+    /// within 1e-5, relative, of the maximum: a map that float rounding does not
+    /// decide, see the near-tie warning).
+    #[arg(long, value_name = "first|split", default_value = "first", value_parser = maxpool_ties)]
+    pub maxpool_ties: MaxPoolTies,
+
     /// Colour map of signed maps (bwr, seismic, coldnhot, colorous diverging schemes)
     /// or, for unsigned maps, hot, viridis, inferno, greys.
     #[arg(long, default_value = "bwr")]
@@ -483,6 +496,11 @@ pub struct Common {
         allow_hyphen_values = true
     )]
     pub max_pixels: String,
+}
+
+/// `--maxpool-ties first|split`.
+fn maxpool_ties(s: &str) -> Result<MaxPoolTies> {
+    MaxPoolTies::from_name(s).map_err(|e| in_flags(e.into()))
 }
 
 /// `--input-size HxW` (or a single side for a square).
@@ -588,6 +606,7 @@ impl Common {
             samples: self.samples,
             noise: self.noise,
             seed: self.seed,
+            maxpool_ties: self.maxpool_ties,
         }
     }
 
@@ -689,6 +708,7 @@ impl Args {
                     directions: c.directions as usize,
                     seed: c.seed,
                     norm,
+                    maxpool_ties: c.maxpool_ties,
                 },
                 json: c.json,
             }));

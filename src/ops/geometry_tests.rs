@@ -720,8 +720,80 @@ proptest! {
             }
         }
         let scale: Vec<f64> = want.iter().map(|v| v.abs()).collect();
-        let got = super::pool::max_pool(&p, &x, &r).unwrap();
+        let got = super::pool::max_pool(&p, &x, &r, super::MaxPoolTies::First).unwrap();
         close("max relevance", got.as_slice().unwrap(), &want, &scale, 1e-6)?;
+    }
+
+    /// MaxPool with `MaxPoolTies::Split`: each window's relevance in equal
+    /// shares to the inputs within `NEAR_TIE` times the sample's largest
+    /// `|x|` of the window's maximum, against that definition in f64, on two
+    /// samples of different scale (the tolerance is per sample). The inputs
+    /// are quarters (exact ties) minus 0, 2e-6 or 3e-5 (near ties inside and
+    /// outside the tolerance 1e-5, far from its edge), with a 1.0 in each
+    /// plane so that the largest |x| is 1 (times 4 in the second sample).
+    /// Conserves relevance; a relative change of 1e-7 of the inputs (f32 vs
+    /// f64 rounding) changes nothing.
+    #[test]
+    fn max_pool_split_matches_the_definition(case in pool_case()) {
+        let p = case.pool();
+        let [oh, ow] = case.out();
+        let (c, hw, ohw) = (case.c, case.h * case.w, oh * ow);
+        let base = values(c * hw, case.seed, -0.5, 1.0, true);
+        let nudge = values(c * hw, case.seed ^ 7, 0.0, 3.0, false);
+        let mut xv: Vec<f32> = base
+            .iter()
+            .zip(&nudge)
+            .map(|(&b, &n)| b - [0.0, 2e-6, 3e-5][(n as usize).min(2)])
+            .collect();
+        for ch in 0..c {
+            xv[ch * hw] = 1.0;
+        }
+        let scales = [1.0f32, 4.0];
+        let xs: Vec<f32> = scales.iter().flat_map(|&k| xv.iter().map(move |&v| v * k)).collect();
+        let x = array(&[2, c, case.h, case.w], xs.clone());
+        let r = array(&[2, c, oh, ow], values(2 * c * ohw, case.seed ^ 3, -1.0, 1.0, false));
+        let mut want = vec![0.0f64; 2 * c * hw];
+        for (n, &k) in scales.iter().enumerate() {
+            let tol = 1e-5 * k as f64;
+            for ch in 0..c {
+                let plane = (n * c + ch) * hw;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (win, _) = case.window(oy, ox);
+                        let m = win.iter().map(|&i| xs[plane + i] as f64).fold(f64::MIN, f64::max);
+                        let near: Vec<usize> = win
+                            .iter()
+                            .copied()
+                            .filter(|&i| m - xs[plane + i] as f64 <= tol)
+                            .collect();
+                        let rv = r[[n, ch, oy, ox]] as f64;
+                        for &i in &near {
+                            want[plane + i] += rv / near.len() as f64;
+                        }
+                    }
+                }
+            }
+        }
+        let scale: Vec<f64> = want.iter().map(|v| v.abs()).collect();
+        let split = super::MaxPoolTies::Split;
+        let got = super::pool::max_pool(&p, &x, &r, split).unwrap();
+        close("split max relevance", got.as_slice().unwrap(), &want, &scale, 1e-6)?;
+        // conservation, per sample
+        for n in 0..2 {
+            let (a, b) = (n * c * hw, (n + 1) * c * hw);
+            let out: f64 = got.as_slice().unwrap()[a..b].iter().map(|&v| v as f64).sum();
+            let inn: f64 = r.as_slice().unwrap()[n * c * ohw..(n + 1) * c * ohw]
+                .iter()
+                .map(|&v| v as f64)
+                .sum();
+            let size: f64 = r.iter().map(|v| v.abs() as f64).sum();
+            prop_assert!((out - inn).abs() <= 1e-6 * size.max(1.0), "sum {} vs {}", out, inn);
+        }
+        // rounding-sized changes of x move no share
+        let noise = values(xs.len(), case.seed ^ 11, -1.0, 1.0, false);
+        let moved: Vec<f32> = xs.iter().zip(&noise).map(|(&v, &e)| v * (1.0 + 1e-7 * e)).collect();
+        let moved = super::pool::max_pool(&p, &array(&[2, c, case.h, case.w], moved), &r, split);
+        prop_assert_eq!(moved.unwrap(), got);
     }
 
     /// AveragePool: the output size, the forward (window sum / divisor),

@@ -40,7 +40,7 @@ use crate::rules::{Account, Bounds, LinearLayer, Rule};
 use activation::Act;
 use conv::Conv;
 use dense::{Affine, Dense};
-pub use pool::Pool;
+pub use pool::{MaxPoolTies, Pool};
 
 /// How rectifiers pass gradients back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,6 +51,25 @@ pub enum GradientMode {
     /// Guided backprop: `Relu` (and `Clip` with lower bound 0, i.e. ReLU6)
     /// pass only positive gradients, and only where their input was positive.
     Guided,
+}
+
+/// How a gradient pass treats the operators whose derivative is a choice:
+/// rectifiers ([`GradientMode`]) and max-pool ties ([`MaxPoolTies`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GradientOptions {
+    /// Plain or guided.
+    pub mode: GradientMode,
+    /// Where a max pool's window hands its gradient.
+    pub ties: MaxPoolTies,
+}
+
+impl From<GradientMode> for GradientOptions {
+    fn from(mode: GradientMode) -> Self {
+        GradientOptions {
+            mode,
+            ties: MaxPoolTies::default(),
+        }
+    }
 }
 
 /// Elementwise arithmetic of an activation with a constant.
@@ -264,6 +283,9 @@ pub struct Reuse<'a> {
     pub rows: usize,
     /// Whether the layer's input has values above and below zero, if known.
     pub signs: Option<(bool, bool)>,
+    /// Where a max pool's window hands its relevance (not a reuse, but the
+    /// one choice of a relevance pass outside the linear layers' rules).
+    pub ties: MaxPoolTies,
 }
 
 /// Propagates the relevance `r` at the output of `op` to each of its inputs
@@ -319,7 +341,7 @@ pub fn relevance_accounted(
             };
             return Ok((one(out), Some(account)));
         }
-        Op::MaxPool(p) => one(pool::max_pool(p, x, r)?),
+        Op::MaxPool(p) => one(pool::max_pool(p, x, r, reuse.ties)?),
         Op::AvgPool(p) => one(pool::avg_pool(p, x, r)?),
         Op::Sum => structural::sum(inputs, r)?,
         Op::Activation(_) | Op::Arith { .. } => one(structural::pass(x, r)?),
@@ -372,16 +394,16 @@ pub fn gradient_owned(
     op: &Op,
     inputs: &[&ArrayD<f32>],
     g: ArrayD<f32>,
-    mode: GradientMode,
+    how: GradientOptions,
 ) -> Result<Vec<ArrayD<f32>>> {
     if let (Op::Activation(act), Some(x)) = (op, inputs.first()) {
         let mut g = g;
-        if act.gradient_in_place(x, &mut g, mode == GradientMode::Guided)? {
+        if act.gradient_in_place(x, &mut g, how.mode == GradientMode::Guided)? {
             return Ok(vec![g]);
         }
-        return gradient(op, inputs, &g, mode);
+        return gradient(op, inputs, &g, how);
     }
-    gradient(op, inputs, &g, mode)
+    gradient(op, inputs, &g, how)
 }
 
 /// The gradient at each input of `op` for the gradient `g` at its output
@@ -391,7 +413,7 @@ pub fn gradient(
     op: &Op,
     inputs: &[&ArrayD<f32>],
     g: &ArrayD<f32>,
-    mode: GradientMode,
+    how: GradientOptions,
 ) -> Result<Vec<ArrayD<f32>>> {
     ensure!(!inputs.is_empty(), "no input activation");
     let x = inputs[0];
@@ -402,10 +424,10 @@ pub fn gradient(
             one(layer.backward(g, layer.weight(), x.shape())?)
         }
         // the max pools' relevance rule is their gradient
-        Op::MaxPool(p) => one(pool::max_pool(p, x, g)?),
+        Op::MaxPool(p) => one(pool::max_pool(p, x, g, how.ties)?),
         Op::AvgPool(p) => one(pool_grad::avg_pool(p, x.shape(), g)?),
         Op::Sum => structural::sum_gradient(inputs, g)?,
-        Op::Activation(act) => one(act.gradient(x, g, mode == GradientMode::Guided)?),
+        Op::Activation(act) => one(act.gradient(x, g, how.mode == GradientMode::Guided)?),
         Op::Arith {
             kind,
             constant,

@@ -1,5 +1,7 @@
 //! Pooling: `MaxPool` gives each window's relevance to its
-//! arg-max (the plain gradient, first maximum on ties as in PyTorch);
+//! arg-max (the plain gradient, first maximum on ties as in PyTorch), or with
+//! [`MaxPoolTies::Split`] in equal shares to every input within [`NEAR_TIE`]
+//! of the maximum (a map that float rounding does not decide);
 //! `AveragePool` uses Zennit's `Norm` rule (each input gets
 //! its share of the window sum, stabilised by 1e-6).
 
@@ -9,6 +11,68 @@ use rayon::prelude::*;
 
 use super::conv::Window;
 use crate::rules::{stabilize, STABILIZER};
+
+/// Max-pool inputs closer than this to their window's maximum, relative to
+/// the largest `|x|` of the pool input (of the same sample of a batch), are
+/// near-ties: about the relative rounding of a convolution's outputs after a
+/// few layers in f32, so which of them wins is decided by the arithmetic (f32
+/// or f64, one convolution algorithm or another), not by the model.
+pub const NEAR_TIE: f32 = 1e-5;
+
+/// Where a max pool hands a window's relevance (and gradient).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MaxPoolTies {
+    /// All of it to the first maximum in row-major window order: PyTorch's
+    /// gradient, and what rounding decides where two inputs nearly tie.
+    #[default]
+    First,
+    /// Equal shares to every input within [`NEAR_TIE`] of the window's
+    /// maximum (exact and near ties alike): a symmetric element of the
+    /// subdifferential, the same map in f32 and f64 and with any convolution
+    /// algorithm. Conserves relevance; equals `First` where a window has one
+    /// clear winner.
+    Split,
+}
+
+impl MaxPoolTies {
+    /// The names accepted by [`MaxPoolTies::from_name`], with a description.
+    pub const NAMES: [(&'static str, &'static str); 2] = [
+        (
+            "first",
+            "all to the first maximum of each window (PyTorch's gradient)",
+        ),
+        (
+            "split",
+            "equal shares to the inputs within 1e-5 (relative) of the maximum: independent of rounding",
+        ),
+    ];
+
+    /// `first` or `split`; [`crate::Error::InvalidParameter`] (`maxpool_ties`) otherwise.
+    pub fn from_name(name: &str) -> crate::Result<MaxPoolTies> {
+        match name {
+            "first" => Ok(MaxPoolTies::First),
+            "split" => Ok(MaxPoolTies::Split),
+            other => Err(crate::Error::InvalidParameter {
+                name: "maxpool_ties",
+                message: format!("must be first or split, got '{other}'"),
+            }),
+        }
+    }
+
+    /// Its name (`first` or `split`).
+    pub fn name(self) -> &'static str {
+        match self {
+            MaxPoolTies::First => "first",
+            MaxPoolTies::Split => "split",
+        }
+    }
+}
+
+impl std::fmt::Display for MaxPoolTies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Geometry of a pooling node.
 #[derive(Clone, Debug, PartialEq)]
@@ -198,8 +262,18 @@ pub fn forward(p: &Pool, x: &ArrayD<f32>, max: bool) -> Result<ArrayD<f32>> {
     Ok(ArrayD::from_shape_vec(vec![n, c, oh, ow], out)?)
 }
 
-/// Relevance through `MaxPool`: all of a window's relevance to its arg-max.
-pub fn max_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+/// Relevance (or gradient) through `MaxPool`: all of a window's relevance
+/// to its arg-max, or with `ties` [`MaxPoolTies::Split`] shared among its
+/// near-maxima.
+pub fn max_pool(
+    p: &Pool,
+    x: &ArrayD<f32>,
+    r: &ArrayD<f32>,
+    ties: MaxPoolTies,
+) -> Result<ArrayD<f32>> {
+    if ties == MaxPoolTies::Split {
+        return max_pool_split(p, x, r);
+    }
     let d = dims(x, r)?;
     let pads = p.window.pads(d.h, d.w);
     let (x, r) = (x.as_standard_layout(), r.as_standard_layout());
@@ -250,6 +324,64 @@ pub fn max_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32
                 }
                 if let Some((ix, _)) = best {
                     op[ix] += r;
+                }
+            }
+        }
+    });
+    Ok(ArrayD::from_shape_vec(x.shape(), out)?)
+}
+
+/// The largest `|x|` of each sample (the first axis) of `x`.
+fn largest_per_sample(xs: &[f32], samples: usize) -> Vec<f32> {
+    let per = xs.len() / samples.max(1);
+    if per == 0 {
+        return vec![0.0; samples];
+    }
+    xs.par_chunks(per)
+        .map(|s| s.iter().fold(0f32, |m, v| m.max(v.abs())))
+        .collect()
+}
+
+/// [`max_pool`] with [`MaxPoolTies::Split`]: each window's `r` in equal
+/// shares to the inputs `v` with `max - v <= NEAR_TIE * largest |x|` of the
+/// sample. Which inputs share depends on the input only through that
+/// tolerance, so rounding changes of `x` far below it change nothing.
+fn max_pool_split(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+    let d = dims(x, r)?;
+    let pads = p.window.pads(d.h, d.w);
+    let (x, r) = (x.as_standard_layout(), r.as_standard_layout());
+    let (xs, rs) = (x.as_slice().unwrap_or(&[]), r.as_slice().unwrap_or(&[]));
+    let plane = d.h * d.w;
+    if plane == 0 || d.oh * d.ow == 0 {
+        return Ok(ArrayD::zeros(x.shape()));
+    }
+    let samples = x.shape()[0];
+    let channels = x.shape()[1].max(1);
+    let tols: Vec<f32> = largest_per_sample(xs, samples)
+        .into_iter()
+        .map(|m| NEAR_TIE * m)
+        .collect();
+    let ohw = d.oh * d.ow;
+    let out = crate::elementwise::zeroed_planes(xs.len(), plane, |c, op| {
+        let (xp, rp) = (&xs[c * plane..(c + 1) * plane], &rs[c * ohw..(c + 1) * ohw]);
+        let tol = tols[c / channels];
+        for oy in 0..d.oh {
+            for ox in 0..d.ow {
+                let r = rp[oy * d.ow + ox];
+                if r == 0.0 {
+                    continue;
+                }
+                let best = window(p, pads, &d, oy, ox)
+                    .map(|(y, xx)| xp[y * d.w + xx])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let near = |&(y, xx): &(usize, usize)| best - xp[y * d.w + xx] <= tol;
+                let count = window(p, pads, &d, oy, ox).filter(near).count();
+                if count == 0 {
+                    continue; // no input in the window (or a NaN maximum)
+                }
+                let share = r / count as f32;
+                for (y, xx) in window(p, pads, &d, oy, ox).filter(near) {
+                    op[y * d.w + xx] += share;
                 }
             }
         }
@@ -490,7 +622,7 @@ pub(crate) mod tests {
                 count_include_pad: false,
                 ceil_mode: false,
             };
-            let got = max_pool(&pool, &x, &r).unwrap();
+            let got = max_pool(&pool, &x, &r, MaxPoolTies::First).unwrap();
             assert_eq!(got, reference(&win, &x, &r), "{win:?}");
         }
     }

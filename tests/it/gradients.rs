@@ -38,6 +38,7 @@ use lrp_heatmap::composite::NAMES;
 use lrp_heatmap::graph::{Act, Op};
 use lrp_heatmap::model::Model;
 use lrp_heatmap::ops::pool;
+use lrp_heatmap::ops::MaxPoolTies::First;
 use lrp_heatmap::preprocess::Normalization;
 use lrp_heatmap::rules::Rule;
 use lrp_testkit::synth::{he_normal, Attr, Rng};
@@ -318,7 +319,7 @@ fn eval(model: &Model, x: &ArrayD<f32>, class: usize) -> (f32, Vec<u8>) {
             ArrayD::<f32>::ones(o.shape())
         };
         let wins = match &node.op {
-            Op::MaxPool(p) => pool::max_pool(p, a, &out()).unwrap(),
+            Op::MaxPool(p) => pool::max_pool(p, a, &out(), First).unwrap(),
             // GlobalMaxPool, ReduceMax: their relevance is the winners' mask
             op if op.takes_maxima() => {
                 let eps0 = Rule::Epsilon { epsilon: 0.0 };
@@ -471,7 +472,7 @@ fn ig_error(
     class: usize,
     steps: usize,
 ) -> (f64, f64) {
-    let ig = integrated_gradients(model, x, b, class, steps).unwrap();
+    let ig = integrated_gradients(model, x, b, class, steps, First).unwrap();
     let sum: f64 = ig.iter().map(|&v| v as f64).sum();
     let delta = logit(model, x, class) as f64 - logit(model, b, class) as f64;
     let d = x - b;
@@ -525,10 +526,10 @@ fn integrated_gradients_are_complete_on_a_smooth_network() {
     let e = a.explain(&model, &fwd, class, &norm).unwrap();
     assert_eq!(
         e.relevance,
-        integrated_gradients(&model, &x, &b, class, 256).unwrap()
+        integrated_gradients(&model, &x, &b, class, 256, First).unwrap()
     );
     // one step: the gradient at the input times (x - baseline), exactly
-    let one = integrated_gradients(&model, &x, &b, class, 1).unwrap();
+    let one = integrated_gradients(&model, &x, &b, class, 1, First).unwrap();
     let g = input_gradient(&model.graph, &fwd, class, GradientMode::Plain).unwrap();
     assert_eq!(one, (&x - &b) * &g);
 }
@@ -541,14 +542,18 @@ fn smoothgrad_is_the_mean_gradient_over_seeded_noise() {
     let fwd = model.forward(x.clone()).unwrap();
     let g = input_gradient(&model.graph, &fwd, 0, GradientMode::Plain).unwrap();
     // noise 0: every sample is the input; the f64 mean of equal values is exact
-    assert_eq!(smoothgrad(&model, &x, 0, 5, 0.0, 1).unwrap(), g);
-    let a = smoothgrad(&model, &x, 0, 4, 0.2, 9).unwrap();
+    assert_eq!(smoothgrad(&model, &x, 0, 5, 0.0, 1, First).unwrap(), g);
+    let a = smoothgrad(&model, &x, 0, 4, 0.2, 9, First).unwrap();
     assert_eq!(
         a,
-        smoothgrad(&model, &x, 0, 4, 0.2, 9).unwrap(),
+        smoothgrad(&model, &x, 0, 4, 0.2, 9, First).unwrap(),
         "deterministic"
     );
-    assert_ne!(a, smoothgrad(&model, &x, 0, 4, 0.2, 10).unwrap(), "seeded");
+    assert_ne!(
+        a,
+        smoothgrad(&model, &x, 0, 4, 0.2, 10, First).unwrap(),
+        "seeded"
+    );
     // the definition: sigma = noise * (max - min), normals drawn in order
     let (lo, hi) = x
         .iter()
@@ -596,7 +601,7 @@ fn guided_backprop_is_never_negative_at_a_rectifier_input() {
                 "{act}: some guided gradient passes"
             );
         }
-        let e = Analyzer::GuidedBackprop
+        let e = Analyzer::GuidedBackprop { ties: First }
             .explain(&model, &fwd, 0, &Normalization::default())
             .unwrap();
         assert_eq!(
@@ -622,7 +627,7 @@ fn a_gradient_through_an_operator_without_derivative_names_it() {
     // relevance passes as before
     let lrp = Analyzer::from_name("epsilon", &AnalyzerParams::default()).unwrap();
     lrp.explain(&model, &fwd, 0, &norm).unwrap();
-    let err = Analyzer::Gradient
+    let err = Analyzer::Gradient { ties: First }
         .explain(&model, &fwd, 0, &norm)
         .unwrap_err();
     let msg = format!("{err:#}");
@@ -646,7 +651,10 @@ fn every_analyzer_name_round_trips_and_bad_names_and_parameters_are_rejected() {
     }
     assert_eq!(
         Analyzer::from_name("integrated-gradients", &AnalyzerParams { steps: 7, ..p }).unwrap(),
-        Analyzer::IntegratedGradients { steps: 7 }
+        Analyzer::IntegratedGradients {
+            steps: 7,
+            ties: First
+        }
     );
     let err = Analyzer::from_name("saliency", &p).unwrap_err().to_string();
     for (name, _) in all_names() {

@@ -32,3 +32,4 @@ mod model_support;
 mod movement;
 mod naive_reference;
 mod registry;
+mod ties;

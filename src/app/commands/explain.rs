@@ -108,8 +108,12 @@ pub struct Outcome {
 
 /// [`lrp_heatmap::analyzers::selfcheck::near_tie_warnings`]; a failure to measure is itself
 /// the warning (the explanation goes on).
-fn explanation_warnings(model: &Model, fwd: &lrp_heatmap::model::Forward) -> Vec<String> {
-    lrp_heatmap::analyzers::selfcheck::near_tie_warnings(model, fwd)
+fn explanation_warnings(
+    model: &Model,
+    fwd: &lrp_heatmap::model::Forward,
+    ties: lrp_heatmap::ops::MaxPoolTies,
+) -> Vec<String> {
+    lrp_heatmap::analyzers::selfcheck::near_tie_warnings(model, fwd, ties)
         .unwrap_or_else(|e| vec![format!("near-ties not measured: {e:#}")])
 }
 
@@ -320,7 +324,7 @@ impl Explainer {
             .forward(&self.model, tensor, &self.cfg.probes, false)
             .with_context(|| format!("{}", input.display()))?;
         let top5 = forward.top_k(5);
-        let warnings = explanation_warnings(&self.model, &forward);
+        let warnings = explanation_warnings(&self.model, &forward, self.analyzer.maxpool_ties());
         let class = self.class_of(&top5)?;
         let explanation = self
             .analyzer
@@ -427,8 +431,12 @@ impl Explainer {
             .iter()
             .map(|t| self.class_of(t))
             .collect::<Result<Vec<_>>>()?;
-        let ties = lrp_heatmap::analyzers::selfcheck::near_tie_warnings_rows(&self.model, &forward)
-            .unwrap_or_else(|e| vec![vec![format!("near-ties not measured: {e:#}")]; rows]);
+        let ties = lrp_heatmap::analyzers::selfcheck::near_tie_warnings_rows(
+            &self.model,
+            &forward,
+            self.analyzer.maxpool_ties(),
+        )
+        .unwrap_or_else(|e| vec![vec![format!("near-ties not measured: {e:#}")]; rows]);
         let explanations = self.analyzer.explain_rows(
             &self.model,
             &forward,
