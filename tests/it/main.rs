@@ -31,5 +31,6 @@ mod load_graph;
 mod model_support;
 mod movement;
 mod naive_reference;
+mod quantized;
 mod registry;
 mod ties;

@@ -212,9 +212,68 @@ const BROADCASTING: &[&str] = &[
     "DequantizeLinear",
 ];
 
+/// The shape of the output of node `n` of an elementwise operator
+/// ([`BROADCASTING`]) from the shapes of its inputs (`None`: an input's shape
+/// is not known). `QuantizeLinear` / `DequantizeLinear` keep their input's
+/// shape: their scale and zero point are a scalar, one value per index of
+/// `axis` (per channel) or per block, never broadcast against the input the
+/// numpy way (a per-channel scale `[C]` of a weight `[C, K, 1, 1]` would land on
+/// the last axis: `[C, K, 1, C]`); the others broadcast as numpy does.
+fn output_shape(n: &NodeProto, shapes: &HashMap<&str, Vec<u64>>) -> Option<Vec<u64>> {
+    let inputs = if is_quantizer(&n.op_type) {
+        &n.input[..n.input.len().min(1)]
+    } else {
+        &n.input[..]
+    };
+    let known: Vec<&Vec<u64>> = inputs
+        .iter()
+        .filter(|x| !x.is_empty())
+        .map(|x| shapes.get(x.as_str()))
+        .collect::<Option<_>>()?;
+    let rank = known.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut out = vec![1u64; rank];
+    for s in &known {
+        for (k, &d) in s.iter().enumerate() {
+            let o = &mut out[rank - s.len() + k];
+            *o = if *o == 1 { d } else { (*o).max(d) };
+        }
+    }
+    Some(out)
+}
+
+/// Whether `op_type` is `QuantizeLinear` or `DequantizeLinear`.
+fn is_quantizer(op_type: &str) -> bool {
+    matches!(op_type, "QuantizeLinear" | "DequantizeLinear")
+}
+
+/// Refuses blocked quantization (`QuantizeLinear` / `DequantizeLinear` with
+/// a `block_size` attribute, opset 21): neither our import nor tract
+/// computes it, and read as per-axis it would give wrong weights.
+fn refuse_blocked(g: &pb::GraphProto) -> Result<()> {
+    for n in g.node.iter().filter(|n| is_quantizer(&n.op_type)) {
+        let block = n
+            .attribute
+            .iter()
+            .find(|a| a.name == "block_size")
+            .map_or(0, |a| a.i);
+        if block != 0 {
+            return Err(crate::Error::Unsupported {
+                op_type: n.op_type.clone(),
+                node: n.name.clone(),
+                message: format!(
+                    "unsupported operator '{}' (node '{}'): blocked quantization (block_size {block}) is not supported",
+                    n.op_type, n.name
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a fold whose output would exceed [`MAX_FOLDED_ELEMENTS`], before
 /// anything is evaluated: shapes are followed from the initializers through
-/// the elementwise operators (numpy broadcasting); a node whose input shape
+/// the elementwise operators ([`output_shape`]); a node whose input shape
 /// is not known that way is not checked here (tract's own evaluation is then
 /// bounded by its inputs, which were).
 fn check_sizes(g: &pb::GraphProto, order: &[usize]) -> Result<()> {
@@ -233,26 +292,9 @@ fn check_sizes(g: &pb::GraphProto, order: &[usize]) -> Result<()> {
         if !BROADCASTING.contains(&n.op_type.as_str()) {
             continue;
         }
-        // DequantizeLinear / QuantizeLinear: scale and zero point follow the input
-        let inputs = if n.op_type.ends_with("QuantizeLinear") {
-            &n.input[..n.input.len().min(1)]
-        } else {
-            &n.input[..]
+        let Some(out) = output_shape(n, &shapes) else {
+            continue;
         };
-        let known: Option<Vec<&Vec<u64>>> = inputs
-            .iter()
-            .filter(|x| !x.is_empty())
-            .map(|x| shapes.get(x.as_str()))
-            .collect();
-        let Some(known) = known else { continue };
-        let rank = known.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut out = vec![1u64; rank];
-        for s in &known {
-            for (k, &d) in s.iter().enumerate() {
-                let o = &mut out[rank - s.len() + k];
-                *o = if *o == 1 { d } else { (*o).max(d) };
-            }
-        }
         let size = out.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         if size.is_none_or(|s| s > MAX_FOLDED_ELEMENTS) {
             bail!(
@@ -273,10 +315,12 @@ fn check_sizes(g: &pb::GraphProto, order: &[usize]) -> Result<()> {
 /// initializers holding their outputs; initializers and `Constant` nodes that
 /// nothing reads any more are dropped. `dir` is where external data files are
 /// looked up. Does nothing (and copies nothing) when no node is constant-only.
+/// Blocked quantization is refused, whether of a constant or not.
 pub fn fold_constants(model: &mut ModelProto, dir: Option<&str>) -> Result<Folded> {
     let Some(g) = model.graph.as_mut() else {
         return Ok(Folded::default());
     };
+    refuse_blocked(g)?;
     let order = constant_nodes(g);
     if order.is_empty() {
         return Ok(Folded::default());
@@ -409,9 +453,7 @@ fn evaluate(sub: &ModelProto, dir: Option<&str>) -> Result<Vec<Tensor>> {
 /// Whether the relevance graph holds fake quantization of activations
 /// (`QuantizeLinear` / `DequantizeLinear` on the path from the image).
 pub fn fake_quantized(nodes: &[crate::graph::Node]) -> bool {
-    nodes
-        .iter()
-        .any(|n| matches!(n.op_type.as_str(), "QuantizeLinear" | "DequantizeLinear"))
+    nodes.iter().any(|n| is_quantizer(&n.op_type))
 }
 
 #[cfg(test)]
@@ -558,6 +600,110 @@ mod tests {
             e.contains("Add node") && e.contains("[65536, 65536]"),
             "{e}"
         );
+    }
+
+    /// A graph of one node `op(inputs)` with `axis`, its initializers of the
+    /// given shapes (no data: only the shapes are read).
+    fn shapes_only(
+        op: &str,
+        inits: &[(&str, &[i64])],
+        attrs: Vec<pb::AttributeProto>,
+    ) -> pb::GraphProto {
+        pb::GraphProto {
+            node: vec![NodeProto {
+                op_type: op.into(),
+                name: "n".into(),
+                input: inits.iter().map(|(n, _)| n.to_string()).collect(),
+                output: vec!["y".into()],
+                attribute: attrs,
+                ..Default::default()
+            }],
+            initializer: inits
+                .iter()
+                .map(|(n, d)| raw(n, d, DataType::Float, vec![]))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn int_attr(name: &str, i: i64) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: name.into(),
+            i,
+            r#type: pb::attribute_proto::AttributeType::Int as i32,
+            ..Default::default()
+        }
+    }
+
+    fn shape_of(g: &pb::GraphProto) -> Option<Vec<u64>> {
+        let shapes = g
+            .initializer
+            .iter()
+            .map(|t| (t.name.as_str(), t.dims.iter().map(|&d| d as u64).collect()))
+            .collect();
+        output_shape(&g.node[0], &shapes)
+    }
+
+    #[test]
+    fn a_per_channel_dequantized_weight_keeps_the_weights_shape() {
+        // ResNet50's last 1x1 conv quantized per channel by onnxruntime:
+        // weight [1024, 512, 1, 1], scale and zero point [1024], axis 0. Read
+        // as numpy broadcasting the scale would land on the last axis,
+        // [1024, 512, 1, 1024] = 2^29 elements, over the limit: the file was
+        // refused
+        let inits: [(&str, &[i64]); 3] =
+            [("wq", &[1024, 512, 1, 1]), ("s", &[1024]), ("z", &[1024])];
+        for op in ["DequantizeLinear", "QuantizeLinear"] {
+            let g = shapes_only(op, &inits, vec![int_attr("axis", 0)]);
+            assert_eq!(shape_of(&g), Some(vec![1024, 512, 1, 1]), "{op}");
+            check_sizes(&g, &[0]).unwrap();
+        }
+        // per tensor, and without a zero point
+        let g = shapes_only(
+            "DequantizeLinear",
+            &[("wq", &[8, 3, 3, 3]), ("s", &[])],
+            vec![],
+        );
+        assert_eq!(shape_of(&g), Some(vec![8, 3, 3, 3]));
+        // other elementwise operators still broadcast as numpy does
+        let g = shapes_only("Mul", &inits[..2], vec![]);
+        assert_eq!(shape_of(&g), Some(vec![1024, 512, 1, 1024]));
+        let e = check_sizes(&g, &[0]).unwrap_err().to_string();
+        assert!(
+            e.contains("Mul node 'n'") && e.contains("[1024, 512, 1, 1024]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn blocked_quantization_is_refused_naming_the_node() {
+        let inits: [(&str, &[i64]); 2] = [("wq", &[8, 64]), ("s", &[8, 2])];
+        let mut p = ModelProto {
+            graph: Some(shapes_only(
+                "DequantizeLinear",
+                &inits,
+                vec![int_attr("axis", 1), int_attr("block_size", 32)],
+            )),
+            ..Default::default()
+        };
+        let e = fold_constants(&mut p, None).unwrap_err();
+        match crate::Error::find(&e) {
+            Some(crate::Error::Unsupported {
+                op_type,
+                node,
+                message,
+            }) => {
+                assert_eq!((op_type.as_str(), node.as_str()), ("DequantizeLinear", "n"));
+                assert!(
+                    message.contains("blocked quantization (block_size 32)"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}: {e:#}"),
+        }
+        // block_size 0 is the default: per axis, folded
+        let g = shapes_only("DequantizeLinear", &inits, vec![int_attr("block_size", 0)]);
+        refuse_blocked(&g).unwrap();
     }
 
     #[test]
