@@ -217,8 +217,8 @@ fn zero_batches_jobs_and_runs_are_one_line_usage_errors() {
         (&[cat, "--batch", "0"], "--batch: at least 1 image, got 0"),
         (&[cat, "-j", "0"], "'0' for '--jobs <N>'"),
         (
-            &["evaluate", cat, "--batch", "0"],
-            "'0' for '--batch <BATCH>'",
+            &["evaluate", cat, "--perturb-batch", "0"],
+            "'0' for '--perturb-batch <N>'",
         ),
         (&["bench", "--runs", "0"], "'0' for '--runs <RUNS>'"),
         (&[cat, "--alpha", "x"], "'x' for '--alpha <ALPHA>'"),
