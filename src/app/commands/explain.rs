@@ -269,7 +269,8 @@ impl Explainer {
         if let Some(c) = &self.cfg.probes.start {
             t += &format!(".{}", channels_part("start", c));
         }
-        if let Some(i) = self.class {
+        // a start explains its channels, whatever --class says
+        if let (Some(i), None) = (self.class, &self.cfg.probes.start) {
             t += &format!(".class-{i}");
         }
         t
