@@ -1046,4 +1046,32 @@ mod tests {
             "cannot decode x.png: too many (raise it with --max-pixels)"
         );
     }
+
+    #[test]
+    fn idle_parameters_are_those_the_analyzer_does_not_read() {
+        let given: Vec<String> = ["epsilon", "gamma", "steps", "samples", "seed"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let p = AnalyzerParams::default();
+        // z+ reads no parameter; epsilon-gamma-box reads epsilon and gamma;
+        // smoothgrad samples, noise and seed; integrated gradients steps
+        assert_eq!(
+            idle_parameters("zplus", &p, &given),
+            ["--epsilon", "--gamma", "--steps", "--samples", "--seed"]
+        );
+        assert_eq!(
+            idle_parameters("epsilon-gamma-box", &p, &given),
+            ["--steps", "--samples", "--seed"]
+        );
+        assert_eq!(
+            idle_parameters("smoothgrad", &p, &given),
+            ["--epsilon", "--gamma", "--steps"]
+        );
+        assert_eq!(
+            idle_parameters("integrated-gradients", &p, &given),
+            ["--epsilon", "--gamma", "--samples", "--seed"]
+        );
+        assert!(idle_parameters("zplus", &p, &[]).is_empty());
+    }
 }

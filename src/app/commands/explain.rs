@@ -867,3 +867,16 @@ pub fn run(
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_rounded() {
+        assert_eq!(rate(8.9387), "8.9/s");
+        assert_eq!(rate(12.04), "12.0/s");
+        assert_eq!(rate(0.2549), "0.25/s");
+        assert_eq!(rate(0.0), "0.0/s");
+    }
+}
