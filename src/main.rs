@@ -7,8 +7,6 @@ use app::cli;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// Exit code when every input was explained.
 const EXIT_OK: u8 = 0;
 /// Exit code when some input failed (the others were still processed).
@@ -36,7 +34,7 @@ fn main() -> ExitCode {
     keep_freed_memory();
     // panics under a boundary become errors, printed by us on one line
     lrp_heatmap::guard::install_hook();
-    let args = match cli::Args::try_parse() {
+    let args = match cli::parse() {
         Ok(a) => a,
         // a value out of range or unparsable: clap's first line, which names
         // the flag and the value (not its usage hint)
@@ -53,6 +51,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let offline = args.offline();
+    let warnings = args.warnings();
     let job = lrp_heatmap::guard::boundary("lrp-heatmap", || {
         args.into_job().and_then(|j| resolve_models(j, offline))
     });
@@ -63,6 +62,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
     // the last resort: each subcommand catches the panics of its images and
     // models itself; anything left (a bug in the command's own code) still
     // gives one error line and exit code 2, never 101
@@ -86,24 +88,59 @@ fn dispatch(job: cli::Job) -> ExitCode {
         cli::Job::Explain(cfg) => explain(cfg),
         cli::Job::Compare(cfg) => compare(cfg),
         cli::Job::Evaluate(cfg) => evaluate(cfg),
-        cli::Job::Bench(cfg) => {
-            match crate::app::commands::bench::run_bench(&cfg, &mut std::io::stdout()) {
-                Ok(()) => ExitCode::from(EXIT_OK),
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(EXIT_USAGE)
-                }
-            }
-        }
+        cli::Job::Bench(cfg) => report_usage_error(crate::app::commands::bench::run_bench(
+            &cfg,
+            &mut std::io::stdout(),
+        )),
         cli::Job::Models => report_usage_error(models()),
         cli::Job::Fetch(target) => report_usage_error(fetch(&target)),
         cli::Job::Inspect(cfg, verify) => inspect(cfg, verify),
-        cli::Job::Check(cfg) => check(cfg),
+        cli::Job::Check(cfg, label) => check(cfg, label),
     }
 }
 
-fn check(cfg: lrp_heatmap::analyzers::selfcheck::CheckConfig) -> ExitCode {
-    match lrp_heatmap::analyzers::selfcheck::run_check(&cfg, &mut std::io::stdout()) {
+/// Whether `e` comes from writing to a closed pipe (`lrp-heatmap ... | head`):
+/// the reader has all it wants, so the run ends quietly with exit code 0.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The error line and exit code 2, or exit code 0 for a closed pipe.
+fn usage_error(e: anyhow::Error) -> ExitCode {
+    if broken_pipe(&e) {
+        return ExitCode::from(EXIT_OK);
+    }
+    eprintln!("error: {e:#}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// `check`; a class given by label is looked up in the loaded model's labels.
+fn check(
+    mut cfg: lrp_heatmap::analyzers::selfcheck::CheckConfig,
+    label: Option<String>,
+) -> ExitCode {
+    let run = |cfg: &mut lrp_heatmap::analyzers::selfcheck::CheckConfig| {
+        let Some(q) = &label else {
+            return lrp_heatmap::analyzers::selfcheck::run_check(cfg, &mut std::io::stdout());
+        };
+        let model = lrp_heatmap::model::LoadOptions {
+            size: cfg.input_size,
+            ..Default::default()
+        }
+        .load(&cfg.model)?;
+        let labels = crate::app::labels::for_classes(model.classes);
+        let class = crate::app::labels::find_class(&labels, q)
+            .map_err(|e| anyhow::anyhow!("--class {q}: {e} (model {})", cfg.model.display()))?;
+        if let Some(note) = crate::app::labels::also_matching(&labels, q) {
+            eprintln!("note: {note}");
+        }
+        cfg.options.class = Some(class);
+        lrp_heatmap::analyzers::selfcheck::run_check_on(&model, cfg, &mut std::io::stdout())
+    };
+    match run(&mut cfg) {
         Ok(true) => ExitCode::from(EXIT_OK),
         Ok(false) => {
             eprintln!(
@@ -112,34 +149,31 @@ fn check(cfg: lrp_heatmap::analyzers::selfcheck::CheckConfig) -> ExitCode {
             );
             ExitCode::from(EXIT_INPUT_FAILED)
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
+        Err(e) => usage_error(e),
     }
 }
 
 fn inspect(cfg: crate::app::commands::inspect::InspectConfig, verify: bool) -> ExitCode {
     match crate::app::commands::inspect::run_inspect(&cfg, &mut std::io::stdout()) {
         Ok(true) if verify => {
-            println!();
-            check(lrp_heatmap::analyzers::selfcheck::CheckConfig {
-                model: cfg.model.clone(),
-                image: None,
-                input_size: cfg.input_size,
-                options: Default::default(),
-                json: false,
-            })
+            let _ = writeln!(std::io::stdout());
+            check(
+                lrp_heatmap::analyzers::selfcheck::CheckConfig {
+                    model: cfg.model.clone(),
+                    image: None,
+                    input_size: cfg.input_size,
+                    options: Default::default(),
+                    json: false,
+                },
+                None,
+            )
         }
         Ok(true) => ExitCode::from(EXIT_OK),
         Ok(false) => {
             eprintln!("error: model {} cannot be explained", cfg.model.display());
             ExitCode::from(EXIT_USAGE)
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
+        Err(e) => usage_error(e),
     }
 }
 
@@ -147,10 +181,7 @@ fn inspect(cfg: crate::app::commands::inspect::InspectConfig, verify: bool) -> E
 fn report_usage_error(r: anyhow::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
+        Err(e) => usage_error(e),
     }
 }
 
@@ -190,7 +221,7 @@ fn fetch(target: &crate::app::fetch::Target) -> anyhow::Result<()> {
     let stderr = std::io::stderr();
     let opts = crate::app::fetch::Options::from_env(false, stderr.is_terminal())?;
     let path = crate::app::fetch::ensure(target, &opts, true, &mut stderr.lock())?;
-    println!("{}", path.display());
+    writeln!(std::io::stdout(), "{}", path.display())?;
     Ok(())
 }
 
@@ -200,8 +231,11 @@ fn fetch(target: &crate::app::fetch::Target) -> anyhow::Result<()> {
 fn report_file_run(run: anyhow::Result<crate::app::commands::FileRun>) -> ExitCode {
     match run {
         Ok((paths, failed)) => {
+            let mut stdout = std::io::stdout();
             for path in paths {
-                println!("{}", path.display());
+                if writeln!(stdout, "{}", path.display()).is_err() {
+                    break;
+                }
             }
             if failed.is_empty() {
                 ExitCode::from(EXIT_OK)
@@ -210,10 +244,7 @@ fn report_file_run(run: anyhow::Result<crate::app::commands::FileRun>) -> ExitCo
                 ExitCode::from(EXIT_INPUT_FAILED)
             }
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
+        Err(e) => usage_error(e),
     }
 }
 
@@ -282,9 +313,6 @@ fn explain(cfg: crate::app::commands::explain::Config) -> ExitCode {
                 ExitCode::from(EXIT_INPUT_FAILED)
             }
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
-        }
+        Err(e) => usage_error(e),
     }
 }

@@ -136,10 +136,13 @@ fn mb(bytes: u64) -> String {
     format!("{:.0} MB", bytes as f64 / 1e6)
 }
 
-/// A size as "N megapixels" for messages.
+/// A size as "N megapixels" for messages ("N pixels" below 0.1 megapixel,
+/// which would round to 0.0).
 fn megapixels(pixels: u64) -> String {
     let m = pixels as f64 / 1e6;
-    if m >= 10.0 {
+    if pixels < 100_000 {
+        format!("{pixels} pixels")
+    } else if m >= 10.0 {
         format!("{m:.0} megapixels")
     } else {
         format!("{m:.1} megapixels")

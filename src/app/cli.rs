@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 
-use crate::app::commands::compare::{CompareConfig, ConceptColumns, Format, DEFAULT_ANALYZERS};
-use crate::app::commands::evaluate::{EvaluateConfig, DEFAULT_ANALYZERS as EVALUATE_ANALYZERS};
+use crate::app::commands::compare::{CompareConfig, ConceptColumns, Format};
+use crate::app::commands::evaluate::EvaluateConfig;
 use crate::app::commands::explain::{ClassChoice, Config};
 use lrp_heatmap::analyzers::evaluate::{Perturb, Perturbation};
 use lrp_heatmap::analyzers::lrp::{Channels, Probes};
@@ -20,6 +20,21 @@ use lrp_heatmap::render::{Cmap, MapNorm, Style};
 /// The flag of the library parameter `name` (`max_pixels`: `--max-pixels`).
 fn flag(name: &str) -> String {
     format!("--{}", name.replace('_', "-"))
+}
+
+/// Parses the command line, noting which flags were given (not defaulted).
+pub fn parse() -> std::result::Result<Args, clap::Error> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().try_get_matches()?;
+    let mut args = Args::from_arg_matches(&matches).map_err(|e| e.format(&mut Args::command()))?;
+    let m = matches.subcommand().map_or(&matches, |(_, m)| m);
+    args.given = m
+        .ids()
+        .filter(|id| m.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+        .map(|id| id.to_string())
+        .collect();
+    Ok(args)
 }
 
 /// The analyzer parameters that are flags of the same name.
@@ -53,8 +68,19 @@ pub fn in_flags(e: anyhow::Error) -> anyhow::Error {
             );
             anyhow!("{}", format!("{e:#}").replacen(&lib, &cli, 1))
         }
+        // the limit named by its flag where the message names it, else a
+        // pointer to the flag
         Some(Error::LimitExceeded { name, .. }) => {
-            anyhow!("{e:#} (raise it with {})", flag(name))
+            let text = format!("{e:#}");
+            let named = format!("the {name} limit");
+            if text.contains(&named) {
+                anyhow!(
+                    "{}",
+                    text.replacen(&named, &format!("the {} limit", flag(name)), 1)
+                )
+            } else {
+                anyhow!("{text} (raise it with {})", flag(name))
+            }
         }
         _ => e,
     }
@@ -151,7 +177,10 @@ pub struct Args {
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// Skip inputs whose outputs exist already (resume a batch).
+    /// Skip inputs whose outputs exist already (resume a batch). Outputs are named
+    /// by what they show: <stem>.<rule>[.concept-..|.start-..][.class-N][.<cmap>]
+    /// [.overlay].png; parameters (--epsilon, --steps, --clip, --level, ...) do not
+    /// change names, so a run with other parameters needs another --out.
     #[arg(long)]
     pub skip_existing: bool,
 
@@ -160,7 +189,15 @@ pub struct Args {
     pub out: Option<PathBuf>,
 
     #[command(flatten)]
+    pub style: StyleArgs,
+
+    #[command(flatten)]
     pub common: Common,
+
+    /// The flags given on the command line (ids of the main command's or the
+    /// subcommand's arguments), for the warnings about flags that do nothing.
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 /// Subcommands.
@@ -171,8 +208,9 @@ pub enum Command {
     /// Which analyzer to trust: region perturbation (AOPC, most and least
     /// relevant first, a random baseline) and the randomisation check.
     Evaluate(Box<EvaluateArgs>),
-    /// Seconds per image of each analyzer and peak memory (default model: a
-    /// generated full-size VGG16 with random weights).
+    /// Seconds per image of each analyzer and peak memory on --model (the
+    /// README's table: a generated full-size VGG16 with random weights, see
+    /// `bench --help`).
     Bench(BenchArgs),
     /// Known models (vgg16, ...) with their cache state.
     Models,
@@ -242,9 +280,10 @@ pub struct CheckArgs {
     #[arg(value_name = "IMAGE")]
     pub image: Option<PathBuf>,
 
-    /// Class whose logit is checked (0-based index) [default: top-1].
-    #[arg(long)]
-    pub class: Option<usize>,
+    /// Class whose logit is checked: 0-based index or a label substring ("tabby")
+    /// [default: top-1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub class: Option<String>,
 
     /// Random directions of the gradient check.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -312,7 +351,7 @@ pub struct CompareArgs {
     pub inputs: Vec<PathBuf>,
 
     /// Comma-separated analyzers, one column each.
-    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_ANALYZERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    #[arg(long, value_delimiter = ',', default_value = crate::app::commands::compare::DEFAULT_ANALYZERS)]
     pub rules: Vec<String>,
 
     /// Also evaluate each analyzer's map by region perturbation (patches of 8 px,
@@ -344,6 +383,9 @@ pub struct CompareArgs {
     pub steps: usize,
 
     #[command(flatten)]
+    pub style: StyleArgs,
+
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -355,7 +397,7 @@ pub struct EvaluateArgs {
     pub inputs: Vec<PathBuf>,
 
     /// Comma-separated analyzers to evaluate.
-    #[arg(long, value_delimiter = ',', default_values_t = EVALUATE_ANALYZERS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    #[arg(long, value_delimiter = ',', default_value = crate::app::commands::evaluate::DEFAULT_ANALYZERS)]
     pub rules: Vec<String>,
 
     /// Side of the square patches perturbed, in pixels of the model input.
@@ -363,8 +405,8 @@ pub struct EvaluateArgs {
     pub patch: u32,
 
     /// Patches perturbed, one more per step.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
-    pub steps: u32,
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub perturb_steps: u32,
 
     /// What replaces a patch: noise (uniform in the valid range), mean (the
     /// dataset mean) or blur (a Gaussian-blurred copy, sigma = patch / 2).
@@ -377,12 +419,20 @@ pub struct EvaluateArgs {
 
     /// Perturbed copies run through one forward pass (1: one at a time); the numbers
     /// do not depend on it.
-    #[arg(long, default_value_t = lrp_heatmap::analyzers::evaluate::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub batch: u32,
+    #[arg(long, value_name = "N", default_value_t = lrp_heatmap::analyzers::evaluate::DEFAULT_BATCH as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub perturb_batch: u32,
 
-    /// Steps of integrated gradients (`--steps` is the perturbation's here).
+    /// Steps of integrated gradients.
     #[arg(long, default_value_t = 32)]
-    pub ig_steps: usize,
+    pub steps: usize,
+
+    /// The old name of --steps, refused with a pointer to it.
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    pub ig_steps: Option<String>,
+
+    /// The old name of --perturb-batch, refused with a pointer to it.
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    pub batch: Option<String>,
 
     /// Threads [default: one per core]; the numbers do not depend on it.
     #[arg(short, long, value_name = "N")]
@@ -406,7 +456,7 @@ pub enum FormatArg {
     Html,
 }
 
-/// Options shared by the main command and `compare`.
+/// Options shared by the main command, `compare` and `evaluate`.
 #[derive(ClapArgs, Debug)]
 pub struct Common {
     /// ONNX file path, or a known name (`lrp-heatmap models` lists them):
@@ -448,7 +498,8 @@ pub struct Common {
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub noise: f32,
 
-    /// Seed of SmoothGrad's noise.
+    /// Seed of SmoothGrad's noise; in `evaluate` and `compare --evaluate` also of
+    /// the perturbation's noise, the random order and the random weights.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
@@ -458,24 +509,6 @@ pub struct Common {
     /// decide, see the near-tie warning).
     #[arg(long, value_name = "first|split", default_value = "first", value_parser = maxpool_ties)]
     pub maxpool_ties: MaxPoolTies,
-
-    /// Colour map of signed maps (bwr, seismic, coldnhot, colorous diverging schemes)
-    /// or, for unsigned maps, hot, viridis, inferno, greys.
-    #[arg(long, default_value = "bwr")]
-    pub cmap: String,
-
-    /// Normalisation of the maps: symmetric, absolute or unaligned (as Zennit's imgify).
-    #[arg(long, default_value = "symmetric")]
-    pub norm: String,
-
-    /// Scale each map by this percentile of |R|: values beyond it saturate (100: the
-    /// maximum, as Zennit; 99.5 keeps a few extreme pixels from paling the rest).
-    #[arg(long, value_name = "Q", default_value_t = lrp_heatmap::render::DEFAULT_CLIP)]
-    pub clip: f32,
-
-    /// Saturate earlier: values are multiplied by LEVEL before clipping.
-    #[arg(long, default_value_t = 1.0)]
-    pub level: f32,
 
     /// Input normalisation.
     #[command(flatten)]
@@ -496,6 +529,32 @@ pub struct Common {
         allow_hyphen_values = true
     )]
     pub max_pixels: String,
+}
+
+/// How maps are drawn, for the commands that draw them (the main command
+/// and `compare`).
+#[derive(ClapArgs, Debug)]
+pub struct StyleArgs {
+    /// Colour map: for signed maps (the LRP rules, gradient x input, integrated
+    /// gradients) bwr, seismic, coldnhot or a colorous diverging scheme; for
+    /// unsigned maps, drawn as |R| (gradient, smoothgrad, guided-backprop), hot,
+    /// viridis, inferno or greys [default: bwr for signed maps, hot for unsigned].
+    #[arg(long)]
+    pub cmap: Option<String>,
+
+    /// Normalisation of signed maps: symmetric, absolute or unaligned (as Zennit's
+    /// imgify).
+    #[arg(long, default_value = "symmetric")]
+    pub norm: String,
+
+    /// Scale each map by this percentile of |R|: values beyond it saturate (100: the
+    /// maximum, as Zennit; 99.5 keeps a few extreme pixels from paling the rest).
+    #[arg(long, value_name = "Q", default_value_t = lrp_heatmap::render::DEFAULT_CLIP)]
+    pub clip: f32,
+
+    /// Saturate earlier: values are multiplied by LEVEL before clipping.
+    #[arg(long, default_value_t = 1.0)]
+    pub level: f32,
 }
 
 /// `--maxpool-ties first|split`.
@@ -609,14 +668,48 @@ impl Common {
             maxpool_ties: self.maxpool_ties,
         }
     }
+}
 
-    fn style(&self) -> Result<Style> {
+/// Which analyzers draw signed maps and which unsigned ones, for messages.
+fn map_kinds() -> String {
+    let params = AnalyzerParams::default();
+    let unsigned: Vec<&str> = all_names()
+        .map(|(name, _)| *name)
+        .filter(|name| Analyzer::from_name(name, &params).is_ok_and(|a| !a.signed()))
+        .collect();
+    format!(
+        "signed maps (the LRP rules, gradient-x-input, integrated-gradients) take {}; \
+         unsigned maps ({}) take {}",
+        lrp_heatmap::render::SIGNED_CMAPS.join(", "),
+        unsigned.join(", "),
+        lrp_heatmap::render::UNSIGNED_CMAPS.join(", ")
+    )
+}
+
+impl StyleArgs {
+    /// The style of maps of the `analyzers`; a `--cmap` that none of them
+    /// draws (a sequential map for signed maps only, a diverging one for
+    /// unsigned maps only) is refused.
+    fn style(&self, analyzers: &[Analyzer]) -> Result<Style> {
         let mut style = Style::default();
-        let cmap = Cmap::parse(&self.cmap).with_context(|| format!("--cmap {}", self.cmap))?;
-        if cmap.is_diverging() {
-            style.cmap = cmap;
-        } else {
-            style.unsigned_cmap = cmap;
+        if let Some(name) = &self.cmap {
+            let cmap = Cmap::parse(name).with_context(|| format!("--cmap {name}"))?;
+            let wanted = cmap.is_diverging();
+            if !analyzers.iter().any(|a| a.signed() == wanted) {
+                let names: Vec<String> = analyzers.iter().map(Analyzer::name).collect();
+                bail!(
+                    "--cmap {name}: {} draw{} {} maps, which {name} does not colour: {}",
+                    names.join(", "),
+                    if names.len() == 1 { "s" } else { "" },
+                    if wanted { "unsigned" } else { "signed" },
+                    map_kinds()
+                );
+            }
+            if wanted {
+                style.cmap = cmap;
+            } else {
+                style.unsigned_cmap = cmap;
+            }
         }
         style.norm = MapNorm::parse(&self.norm).with_context(|| format!("--norm {}", self.norm))?;
         if !(self.level.is_finite() && self.level > 0.0) {
@@ -629,7 +722,9 @@ impl Common {
         style.clip = self.clip;
         Ok(style)
     }
+}
 
+impl Common {
     fn input_size(&self) -> Result<Option<[usize; 2]>> {
         self.input_size.as_deref().map(input_size).transpose()
     }
@@ -663,8 +758,12 @@ pub enum Job {
     /// List a model's operators and whether it is supported (and, with
     /// `true`, check its backward passes).
     Inspect(crate::app::commands::inspect::InspectConfig, bool),
-    /// Check the backward passes against the forward pass.
-    Check(lrp_heatmap::analyzers::selfcheck::CheckConfig),
+    /// Check the backward passes against the forward pass (the class, when
+    /// given as a label, is looked up once the model is loaded).
+    Check(
+        lrp_heatmap::analyzers::selfcheck::CheckConfig,
+        Option<String>,
+    ),
 }
 
 impl Args {
@@ -699,19 +798,30 @@ impl Args {
         }
         if let Some(Command::Check(c)) = self.command {
             let norm = c.input_norm.norm()?;
-            return Ok(Job::Check(lrp_heatmap::analyzers::selfcheck::CheckConfig {
-                model: c.model,
-                image: c.image,
-                input_size: c.input_size.as_deref().map(input_size).transpose()?,
-                options: lrp_heatmap::analyzers::selfcheck::CheckOptions {
-                    class: c.class,
-                    directions: c.directions as usize,
-                    seed: c.seed,
-                    norm,
-                    maxpool_ties: c.maxpool_ties,
+            // an index now; a label once the model is loaded
+            let (class, label) = match c.class {
+                None => (None, None),
+                Some(q) => match q.trim().parse::<usize>() {
+                    Ok(i) => (Some(i), None),
+                    Err(_) => (None, Some(q)),
                 },
-                json: c.json,
-            }));
+            };
+            return Ok(Job::Check(
+                lrp_heatmap::analyzers::selfcheck::CheckConfig {
+                    model: c.model,
+                    image: c.image,
+                    input_size: c.input_size.as_deref().map(input_size).transpose()?,
+                    options: lrp_heatmap::analyzers::selfcheck::CheckOptions {
+                        class,
+                        directions: c.directions as usize,
+                        seed: c.seed,
+                        norm,
+                        maxpool_ties: c.maxpool_ties,
+                    },
+                    json: c.json,
+                },
+                label,
+            ));
         }
         if let Some(Command::Bench(b)) = self.command {
             let params = AnalyzerParams::default();
@@ -740,7 +850,13 @@ impl Args {
         }
         if let Some(Command::Evaluate(c)) = self.command {
             let c = *c;
-            let params = c.common.params(c.ig_steps);
+            if c.ig_steps.is_some() {
+                bail!("evaluate --ig-steps is now --steps (integrated gradients' steps, as in the other commands); the perturbation's steps are --perturb-steps");
+            }
+            if c.batch.is_some() {
+                bail!("evaluate --batch is now --perturb-batch (perturbed copies per forward pass); --batch is images per pass in the main command");
+            }
+            let params = c.common.params(c.steps);
             let analyzers = c
                 .rules
                 .iter()
@@ -757,12 +873,12 @@ impl Args {
                 out_dir: c.out,
                 spec: Perturbation {
                     patch: c.patch as usize,
-                    steps: c.steps as usize,
+                    steps: c.perturb_steps as usize,
                     mode: c.perturb,
                     // one seed: SmoothGrad's noise, the perturbation's, the
                     // random order and the random weights
                     seed: c.common.seed,
-                    batch: c.batch as usize,
+                    batch: c.perturb_batch as usize,
                 },
                 randomize: c.randomize,
                 input_size: c.common.input_size()?,
@@ -779,8 +895,9 @@ impl Args {
                 .rules
                 .iter()
                 .map(|name| analyzer(name, &params))
-                .collect::<Result<_>>()?;
+                .collect::<Result<Vec<_>>>()?;
             let command = std::env::args().collect::<Vec<_>>().join(" ");
+            let style = c.style.style(&analyzers)?;
             return Ok(Job::Compare(CompareConfig {
                 inputs: c.inputs,
                 recursive: c.common.recursive,
@@ -788,7 +905,7 @@ impl Args {
                 analyzers,
                 class: c.common.class(),
                 norm: c.common.norm()?,
-                style: c.common.style()?,
+                style,
                 tile: c.tile,
                 limits: c.common.limits()?,
                 out_dir: c.out,
@@ -806,7 +923,12 @@ impl Args {
             }));
         }
         // the analyzer name and parameters are checked before any model is loaded
-        let analyzer = analyzer(&self.rule, &self.common.params(self.steps))?;
+        let params = self.common.params(self.steps);
+        let analyzer = analyzer(&self.rule, &params)?;
+        let style = self.style.style(std::slice::from_ref(&analyzer))?;
+        let drawn = style.pick(analyzer.signed()).0;
+        let cmap =
+            (drawn != Style::default().pick(analyzer.signed()).0).then(|| drawn.name().to_string());
         Ok(Job::Explain(Config {
             inputs: self.inputs,
             model: self.common.model.clone(),
@@ -816,7 +938,8 @@ impl Args {
             raw: self.raw,
             overlay: self.overlay,
             norm: self.common.norm()?,
-            style: self.common.style()?,
+            style,
+            cmap,
             json: self.json,
             ledger: self.ledger,
             probes: Probes {
@@ -836,6 +959,59 @@ impl Args {
             limits: self.common.limits()?,
         }))
     }
+
+    /// One line for each flag given that does nothing in this run (the
+    /// main command): a parameter the analyzer does not read, `--class`
+    /// with `--start`.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.command.is_some() {
+            return Vec::new();
+        }
+        let params = self.common.params(self.steps);
+        let mut warnings: Vec<String> = idle_parameters(&self.rule, &params, &self.given)
+            .into_iter()
+            .map(|f| format!("{f} does nothing with {}", self.rule))
+            .collect();
+        if self.start.is_some() && self.common.class.is_some() {
+            warnings.push(
+                "--class does nothing with --start (the start channels' activations are explained, not a class)"
+                    .into(),
+            );
+        }
+        warnings
+    }
+}
+
+/// The flags among `given` (argument ids) of the analyzer parameters that
+/// `name` does not read with `params`: changing them makes the same analyzer.
+fn idle_parameters(name: &str, params: &AnalyzerParams, given: &[String]) -> Vec<String> {
+    let Ok(base) = Analyzer::from_name(name, params) else {
+        return Vec::new();
+    };
+    let changed = |p: &str| -> Option<AnalyzerParams> {
+        let mut q = *params;
+        match p {
+            "epsilon" => q.rule.epsilon += 1.0,
+            "gamma" => q.rule.gamma += 1.0,
+            "alpha" => q.rule.alpha += 1.0,
+            "steps" => q.steps += 1,
+            "samples" => q.samples += 1,
+            "noise" => q.noise += 1.0,
+            "seed" => q.seed = q.seed.wrapping_add(1),
+            _ => return None,
+        }
+        Some(q)
+    };
+    PARAMETER_FLAGS
+        .iter()
+        .filter(|p| given.iter().any(|g| g == *p))
+        .filter(|p| {
+            changed(p)
+                .and_then(|q| Analyzer::from_name(name, &q).ok())
+                .is_some_and(|a| a == base)
+        })
+        .map(|p| flag(p))
+        .collect()
 }
 
 #[cfg(test)]
@@ -869,5 +1045,33 @@ mod tests {
             format!("{:#}", in_flags(limit)),
             "cannot decode x.png: too many (raise it with --max-pixels)"
         );
+    }
+
+    #[test]
+    fn idle_parameters_are_those_the_analyzer_does_not_read() {
+        let given: Vec<String> = ["epsilon", "gamma", "steps", "samples", "seed"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let p = AnalyzerParams::default();
+        // z+ reads no parameter; epsilon-gamma-box reads epsilon and gamma;
+        // smoothgrad samples, noise and seed; integrated gradients steps
+        assert_eq!(
+            idle_parameters("zplus", &p, &given),
+            ["--epsilon", "--gamma", "--steps", "--samples", "--seed"]
+        );
+        assert_eq!(
+            idle_parameters("epsilon-gamma-box", &p, &given),
+            ["--steps", "--samples", "--seed"]
+        );
+        assert_eq!(
+            idle_parameters("smoothgrad", &p, &given),
+            ["--epsilon", "--gamma", "--steps"]
+        );
+        assert_eq!(
+            idle_parameters("integrated-gradients", &p, &given),
+            ["--epsilon", "--gamma", "--samples", "--seed"]
+        );
+        assert!(idle_parameters("zplus", &p, &[]).is_empty());
     }
 }

@@ -77,6 +77,8 @@ fn walk(dir: &Path, recursive: bool, analyzers: &[&str], out: &mut Vec<PathBuf>)
 /// decoding tells); folders are walked. Without `out`, outputs go next to each
 /// input; with it, below `out`, a folder input's structure mirrored under the
 /// folder's own name so that equal names from different folders never collide.
+/// A run that finds no image at all (folders without images, or with images
+/// only in sub-folders and no `recursive`) is an error naming the folder.
 pub fn collect(
     inputs: &[PathBuf],
     recursive: bool,
@@ -87,6 +89,7 @@ pub fn collect(
     // an input named twice (or reached both directly and through its
     // folder) is explained once, where it was first named
     let mut seen = std::collections::HashSet::new();
+    let mut empty = None;
     let mut push = |jobs: &mut Vec<Job>, job: Job| {
         if seen.insert(identity(&job.input)) {
             jobs.push(job);
@@ -96,6 +99,9 @@ pub fn collect(
         if given.is_dir() {
             let mut files = Vec::new();
             walk(given, recursive, analyzers, &mut files)?;
+            if files.is_empty() && empty.is_none() {
+                empty = Some(given);
+            }
             let base = given.file_name().map(PathBuf::from).unwrap_or_default();
             for f in files {
                 let out_dir = match out {
@@ -124,6 +130,17 @@ pub fn collect(
                 },
             );
         }
+    }
+    if let (true, Some(dir)) = (jobs.is_empty(), empty) {
+        anyhow::bail!(
+            "no images found in {}{}",
+            dir.display(),
+            if recursive {
+                ""
+            } else {
+                " (sub-folders need --recursive)"
+            }
+        );
     }
     Ok(jobs)
 }
@@ -273,6 +290,23 @@ mod tests {
             deep[2].output("zplus", "png"),
             out.join("photos/sub/c.zplus.png")
         );
+    }
+
+    #[test]
+    fn a_run_without_images_names_the_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("photos");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/a.png"), b"x").unwrap();
+        let e = collect(std::slice::from_ref(&dir), false, None, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "no images found in {} (sub-folders need --recursive)",
+                dir.display()
+            )
+        );
+        assert_eq!(collect(&[dir], true, None, &[]).unwrap().len(), 1);
     }
 
     #[test]

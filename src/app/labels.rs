@@ -76,6 +76,36 @@ pub fn find_class(labels: &[String], query: &str) -> Result<usize, String> {
     }
 }
 
+/// When `query` names a class by one of its names exactly (which wins) but
+/// is also contained in other labels: a note listing them, so that the
+/// choice is not silent (`tiger` is class 292, "tiger, Panthera tigris",
+/// and also part of 282 "tiger cat" and others).
+pub fn also_matching(labels: &[String], query: &str) -> Option<String> {
+    let q = query.trim();
+    if q.parse::<usize>().is_ok() {
+        return None;
+    }
+    let i = find_class(labels, q).ok()?;
+    let ql = q.to_lowercase();
+    let others: Vec<usize> = (0..labels.len())
+        .filter(|&j| j != i && labels[j].to_lowercase().contains(&ql))
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "--class {q}: class {i} ({}) matches exactly; also containing '{q}': {}{} (give the index to pick one of them)",
+        labels[i],
+        others
+            .iter()
+            .take(5)
+            .map(|&j| format!("{j} ({})", labels[j]))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if others.len() > 5 { ", ..." } else { "" }
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +127,20 @@ mod tests {
         assert!(find_class(l, "1000").unwrap_err().contains("out of range"));
         assert!(find_class(l, "cat").unwrap_err().contains("matches"));
         assert!(find_class(l, "no such thing").is_err());
+    }
+
+    #[test]
+    fn an_exact_name_that_other_labels_contain_is_noted() {
+        let l = imagenet();
+        // "tiger" is a name of 292 (tiger, Panthera tigris) and part of 282 (tiger cat)
+        assert_eq!(find_class(l, "tiger"), Ok(292));
+        let note = also_matching(l, "tiger").unwrap();
+        assert!(
+            note.contains("292") && note.contains("282 (tiger cat)"),
+            "{note}"
+        );
+        // only one label contains "tabby"; an index is never ambiguous
+        assert_eq!(also_matching(l, "tabby"), None);
+        assert_eq!(also_matching(l, "282"), None);
     }
 }

@@ -109,9 +109,13 @@ fn skip_existing_resumes_a_batch() {
         "{}",
         text(&o.stderr)
     );
+    // the skipped input has its record too, first (before any explanation)
     let lines = json_lines(&o);
-    assert_eq!(lines.len(), 1);
-    assert!(lines[0]["input"].as_str().unwrap().ends_with("coffee.jpg"));
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0]["input"].as_str().unwrap().ends_with("cat.jpg"));
+    assert_eq!(lines[0]["status"], "skipped");
+    assert!(lines[1]["input"].as_str().unwrap().ends_with("coffee.jpg"));
+    assert_eq!(lines[1]["status"], "done");
     let after = std::fs::metadata(dir.join("cat.epsilon-plus.png"))
         .unwrap()
         .modified()
@@ -217,8 +221,8 @@ fn zero_batches_jobs_and_runs_are_one_line_usage_errors() {
         (&[cat, "--batch", "0"], "--batch: at least 1 image, got 0"),
         (&[cat, "-j", "0"], "'0' for '--jobs <N>'"),
         (
-            &["evaluate", cat, "--batch", "0"],
-            "'0' for '--batch <BATCH>'",
+            &["evaluate", cat, "--perturb-batch", "0"],
+            "'0' for '--perturb-batch <N>'",
         ),
         (&["bench", "--runs", "0"], "'0' for '--runs <RUNS>'"),
         (&[cat, "--alpha", "x"], "'x' for '--alpha <ALPHA>'"),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use lrp_testkit::npy::read_npy_f32;
 use lrp_testkit::synth::{vgg16, VggSpec, VggStyle};
 
-use crate::support::{assert_no_panic, json_lines, lrp, repo, save_model, text};
+use crate::support::{assert_no_panic, json_lines, lrp, repo, run, save_model, text};
 
 /// Copies a photo of the repository into `dir`.
 fn photo(dir: &Path, name: &str) -> PathBuf {
@@ -227,4 +227,319 @@ fn usage_and_model_errors_exit_2_with_one_line() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
     assert!(!dir.path().join("cat.epsilon-plus-flat.png").exists());
+}
+
+/// The heatmap files (`*.png` but the photo) in `dir`, sorted.
+fn heatmaps(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".png"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn explanations_that_differ_are_named_apart_and_skipped_by_those_names() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "cat.jpg");
+    let runs: [&[&str]; 5] = [
+        &["cat.jpg"],
+        &["cat.jpg", "--class", "tabby"],
+        &["cat.jpg", "--overlay"],
+        &["cat.jpg", "--cmap", "seismic"],
+        // a parameter does not change the name (said in --help): this one
+        // replaces the first map
+        &["cat.jpg", "--epsilon", "0.01"],
+    ];
+    for args in runs {
+        let o = run(dir.path(), args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o.stderr));
+    }
+    // tabby is class 281 (class_by_label_substring)
+    assert_eq!(
+        heatmaps(dir.path()),
+        [
+            "cat.epsilon-plus-flat.class-281.png",
+            "cat.epsilon-plus-flat.overlay.png",
+            "cat.epsilon-plus-flat.png",
+            "cat.epsilon-plus-flat.seismic.png",
+        ]
+    );
+    let help = text(&lrp(&["--help"]).stdout);
+    assert!(
+        help.contains("parameters (--epsilon, --steps, --clip, --level, ...) do not change names"),
+        "{help}"
+    );
+    // --skip-existing looks for the class's own file: written first, then skipped
+    let args = ["cat.jpg", "-r", "zplus", "--class", "tabby", "--json"];
+    let skip = [&args[..], &["--skip-existing"]].concat();
+    let first = run(dir.path(), &skip);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let v = &json_lines(&first)[0];
+    assert_eq!(v["status"], "done");
+    assert_eq!(v["class"], 281);
+    assert!(dir.path().join("cat.zplus.class-281.png").exists());
+    let again = run(dir.path(), &skip);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    let v = json_lines(&again);
+    assert_eq!(v.len(), 1, "one record for the skipped input: {v:?}");
+    assert_eq!(v[0]["status"], "skipped");
+    assert_eq!(v[0]["input"], "cat.jpg");
+    assert_eq!(v[0]["outputs"][0], "cat.zplus.class-281.png");
+}
+
+#[test]
+fn a_folder_without_images_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(photos.join("sub")).unwrap();
+    photo(&photos.join("sub"), "cat.jpg");
+    for args in [
+        &["photos"][..],
+        &["compare", "photos"],
+        &["evaluate", "photos"],
+    ] {
+        let o = run(dir.path(), args);
+        let err = crate::support::check_usage_error(&o, "photos");
+        assert!(
+            err.contains("no images found in photos (sub-folders need --recursive)"),
+            "{args:?}: {err}"
+        );
+    }
+    let o = run(dir.path(), &["photos", "--recursive", "-q"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(photos.join("sub/cat.epsilon-plus-flat.png").exists());
+}
+
+#[test]
+fn a_colour_map_is_drawn_or_refused_never_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "cat.jpg");
+    for (args, kind) in [
+        (&["cat.jpg", "--cmap", "viridis"][..], "signed"),
+        (&["cat.jpg", "-r", "gradient", "--cmap", "bwr"], "unsigned"),
+        (
+            &["compare", "cat.jpg", "--rules", "zplus", "--cmap", "hot"],
+            "signed",
+        ),
+    ] {
+        let o = run(dir.path(), args);
+        let err = crate::support::check_usage_error(&o, "--cmap");
+        assert!(err.contains(&format!("draws {kind} maps")), "{err}");
+        assert!(
+            err.contains("unsigned maps (gradient, smoothgrad, guided-backprop) take hot, viridis"),
+            "{err}"
+        );
+    }
+    assert!(heatmaps(dir.path()).is_empty());
+    for args in [
+        &["cat.jpg", "-r", "gradient"][..],
+        &["cat.jpg", "-r", "gradient", "--cmap", "viridis"],
+    ] {
+        let o = run(dir.path(), args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    }
+    let hot = std::fs::read(dir.path().join("cat.gradient.png")).unwrap();
+    let viridis = std::fs::read(dir.path().join("cat.gradient.viridis.png")).unwrap();
+    assert_ne!(hot, viridis, "viridis is drawn");
+}
+
+#[test]
+fn flags_that_do_nothing_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "cat.jpg");
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["cat.jpg", "-r", "zplus", "--epsilon", "0.1", "--gamma", "1"],
+            &[
+                "--epsilon does nothing with zplus",
+                "--gamma does nothing with zplus",
+            ],
+        ),
+        (
+            &[
+                "cat.jpg",
+                "-r",
+                "smoothgrad",
+                "--steps",
+                "5",
+                "--samples",
+                "2",
+            ],
+            &["--steps does nothing with smoothgrad"],
+        ),
+        (
+            &["cat.jpg", "--start", "/_fc/Gemm:3", "--class", "5"],
+            &["--class does nothing with --start"],
+        ),
+    ];
+    for (args, warnings) in cases {
+        let o = run(dir.path(), args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+        assert_eq!(lines.len(), warnings.len(), "{args:?}: {err}");
+        for w in warnings {
+            assert!(err.contains(&format!("warning: {w}")), "{args:?}: {err}");
+        }
+    }
+    // the start explains its channels: no class in the name
+    assert!(dir
+        .path()
+        .join("cat.epsilon-plus-flat.start-_fc_Gemm-3.png")
+        .exists());
+    // a used parameter is not warned about
+    let o = run(
+        dir.path(),
+        &["cat.jpg", "-r", "epsilon", "--epsilon", "0.1"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(!text(&o.stderr).contains("warning"), "{}", text(&o.stderr));
+    // logit 3 of the classifier is not the explained class (285): its
+    // channel receives no relevance, the heatmap is blank and says so
+    let o = run(dir.path(), &["cat.jpg", "--concept", "/_fc/Gemm:3"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("warning: cat.jpg: the concept received no relevance"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+/// Runs the binary in `dir` with its stdout a pipe closed before it writes.
+fn with_closed_stdout(dir: &Path, args: &[&str]) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(crate::support::BIN)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("binary ends")
+}
+
+#[test]
+fn a_closed_pipe_ends_the_run_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "cat.jpg");
+    for args in [
+        &["inspect", "efficientnet-lite0", "--layers"][..],
+        &["cat.jpg", "-q"],
+        &["cat.jpg", "-q", "--json"],
+    ] {
+        let o = with_closed_stdout(dir.path(), args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o.stderr));
+        assert_eq!(text(&o.stderr), "", "{args:?}");
+    }
+}
+
+#[test]
+fn labels_and_limits_in_the_words_of_the_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "cat.jpg");
+    // check takes a label as the main command does: tabby is 281
+    let o = run(
+        dir.path(),
+        &[
+            "check",
+            "efficientnet-lite0",
+            "--class",
+            "tabby",
+            "--directions",
+            "1",
+            "--json",
+        ],
+    );
+    assert_ne!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_eq!(json_lines(&o)[0]["class"], 281);
+    // "tiger" names 292 exactly (models/imagenet_synset.txt) and is part of
+    // 3, 282 and 300: the exact name wins, the others are listed
+    let o = run(dir.path(), &["cat.jpg", "--class", "tiger", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(json_lines(&o)[0]["class"], 292);
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("note: --class tiger: class 292 (tiger, Panthera tigris) matches exactly")
+            && err.contains("282 (tiger cat)"),
+        "{err}"
+    );
+    // cat.jpg is 451x300 (images/LICENSES.md)
+    let o = run(dir.path(), &["cat.jpg", "--max-pixels", "100"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("more than the --max-pixels limit of 100 pixels"),
+        "{err}"
+    );
+    assert!(!err.contains("max_pixels"), "{err}");
+}
+
+#[test]
+fn one_meaning_per_flag_across_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "cat.jpg");
+    for (args, want) in [
+        (
+            &["evaluate", "cat.jpg", "--ig-steps", "4"][..],
+            "--ig-steps is now --steps",
+        ),
+        (
+            &["evaluate", "cat.jpg", "--batch", "4"],
+            "--batch is now --perturb-batch",
+        ),
+    ] {
+        let o = run(dir.path(), args);
+        crate::support::check_usage_error(&o, want);
+    }
+    let o = run(dir.path(), &["evaluate", "cat.jpg", "--cmap", "hot"]);
+    assert_eq!(o.status.code(), Some(2), "evaluate draws no maps");
+    let help = text(&lrp(&["evaluate", "--help"]).stdout);
+    assert!(
+        help.contains("--perturb-steps") && help.contains("--perturb-batch"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("--ig-steps") && !help.contains("--cmap"),
+        "{help}"
+    );
+    // comma-separated defaults, as the flag parses them
+    assert!(
+        help.contains("[default: gradient,smoothgrad,epsilon,zplus,"),
+        "{help}"
+    );
+    assert!(help.contains("also of the perturbation's noise"), "{help}");
+    let top = text(&lrp(&["--help"]).stdout);
+    assert!(!top.contains("default model"), "{top}");
+}
+
+#[test]
+fn evaluate_says_when_its_ranking_is_weak() {
+    let dir = tempfile::tempdir().unwrap();
+    photo(dir.path(), "cat.jpg");
+    let o = run(
+        dir.path(),
+        &[
+            "evaluate",
+            "cat.jpg",
+            "--rules",
+            "gradient,zplus",
+            "--perturb-steps",
+            "10",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("note: 1 image: the +- is no spread"), "{out}");
+    // with noise on the cat (seed 0, 10 steps): random order 0.408, gradient
+    // -0.036, zplus 0.463 (a run of this command)
+    assert!(
+        out.contains("note: the random order's MoRF AOPC (0.408) beats gradient's"),
+        "{out}"
+    );
 }

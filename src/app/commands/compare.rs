@@ -24,18 +24,8 @@ use lrp_heatmap::preprocess::{self, Normalization};
 use lrp_heatmap::render::{self, Style};
 
 /// The analyzers of iNNvestigate's "compare methods" figure, the default.
-pub const DEFAULT_ANALYZERS: &[&str] = &[
-    "gradient",
-    "gradient-x-input",
-    "integrated-gradients",
-    "smoothgrad",
-    "guided-backprop",
-    "epsilon",
-    "zplus",
-    "epsilon-plus-flat",
-    "epsilon-gamma-box",
-    "deep-taylor",
-];
+pub const DEFAULT_ANALYZERS: &str =
+    "gradient,gradient-x-input,integrated-gradients,smoothgrad,guided-backprop,epsilon,zplus,epsilon-plus-flat,epsilon-gamma-box,deep-taylor";
 
 /// The concept columns of `compare --concepts`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,14 +21,8 @@ use lrp_heatmap::analyzers::Analyzer;
 use lrp_heatmap::preprocess::{self, Normalization};
 
 /// The analyzers of the speed target, the default.
-pub const DEFAULT_ANALYZERS: &[&str] = &[
-    "gradient",
-    "smoothgrad",
-    "epsilon",
-    "zplus",
-    "epsilon-plus-flat",
-    "epsilon-gamma-box",
-];
+pub const DEFAULT_ANALYZERS: &str =
+    "gradient,smoothgrad,epsilon,zplus,epsilon-plus-flat,epsilon-gamma-box";
 
 /// Randomised top layers after which a map still correlated above
 /// [`FAIL_RHO`] with the trained model's fails the check.
@@ -109,6 +103,35 @@ fn verdict(name: &str, steps: &[&[RandomizedLayer]]) -> Option<String> {
     })
 }
 
+/// Images below which the table gives no spread worth the name.
+pub const FEW_IMAGES: usize = 3;
+
+/// The lines under the table that temper it: too few images for a spread
+/// (fewer than [`FEW_IMAGES`]), and the analyzers whose mean MoRF AOPC the
+/// random order's beats (`random` its mean; `morf` each analyzer's name
+/// and mean MoRF AOPC, in the table's order).
+fn caveats(images: usize, random: f64, morf: &[(&str, f64)]) -> Vec<String> {
+    let mut lines = Vec::new();
+    if images < FEW_IMAGES {
+        lines.push(format!(
+            "note: {images} image{}: the +- is no spread, and the ranking may not hold for other images (evaluate {FEW_IMAGES} or more)",
+            if images == 1 { "" } else { "s" }
+        ));
+    }
+    let beaten: Vec<&str> = (morf.iter())
+        .filter(|(_, m)| random > *m)
+        .map(|(n, _)| *n)
+        .collect();
+    if !beaten.is_empty() {
+        lines.push(format!(
+            "note: the random order's MoRF AOPC ({random:.3}) beats {}'s: {} the evidence no faster than chance under this perturbation",
+            beaten.join(", "),
+            if beaten.len() == 1 { "its map removes" } else { "their maps remove" }
+        ));
+    }
+    lines
+}
+
 /// The files of a run in `dir`, the plots' included, whether or not this run
 /// writes them all (a folder evaluated into itself never reads them).
 fn outputs(dir: &std::path::Path) -> Vec<PathBuf> {
@@ -151,7 +174,7 @@ pub fn run_evaluate(
     )?;
     anyhow::ensure!(
         cfg.spec.steps >= 1 && cfg.spec.steps <= patches.len(),
-        "--steps must be between 1 and the number of patches ({} patches of {} px at {}x{})",
+        "--perturb-steps must be between 1 and the number of patches ({} patches of {} px at {}x{})",
         patches.len(),
         cfg.spec.patch,
         patches.h,
@@ -346,6 +369,12 @@ pub fn run_evaluate(
         "random order",
         pm((rm, rs))
     )?;
+    let morf: Vec<(&str, f64)> = (ranked.iter())
+        .map(|&i| (summary[i].0.as_str(), summary[i].1 .0))
+        .collect();
+    for line in caveats(images.len(), rm, &morf) {
+        writeln!(out, "{line}")?;
+    }
     for (_, _, _, _, v) in &summary {
         if let Some(v) = v {
             writeln!(out, "{v}")?;
@@ -445,4 +474,28 @@ pub fn run_evaluate(
         written.extend(plots::write_randomization(&cfg.out_dir, &plot)?);
     }
     Ok((written, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caveats_name_few_images_and_analyzers_beaten_by_chance() {
+        assert!(caveats(3, 0.1, &[("zplus", 0.5)]).is_empty());
+        let lines = caveats(
+            1,
+            0.3,
+            &[("zplus", 0.5), ("gradient", 0.2), ("epsilon", 0.25)],
+        );
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("note: 1 image: the +- is no spread"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("(0.300) beats gradient, epsilon's"),
+            "{lines:?}"
+        );
+    }
 }

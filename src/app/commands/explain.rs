@@ -48,6 +48,9 @@ pub struct Config {
     pub norm: Normalization,
     /// Colours of the heatmaps.
     pub style: Style,
+    /// The colour map's name when it is not the map's default (it goes
+    /// into the heatmap's name).
+    pub cmap: Option<String>,
     /// One JSON object per input instead of text.
     pub json: bool,
     /// Write the relevance ledger as `<stem>.<rule>.ledger.json`.
@@ -157,6 +160,16 @@ fn channels_part(what: &str, c: &Channels) -> String {
     format!("{what}-{}-{}", file_part(&c.layer), ks.join("_"))
 }
 
+/// Images per second as the progress bar shows it: `8.9/s`, `0.25/s` (two
+/// significant digits below one).
+pub fn rate(per_sec: f64) -> String {
+    if per_sec >= 1.0 || per_sec == 0.0 {
+        format!("{per_sec:.1}/s")
+    } else {
+        format!("{per_sec:.2}/s")
+    }
+}
+
 /// Bytes of activations the default batches in flight may keep for their
 /// backward passes.
 pub const BATCH_BYTES: u64 = 512 << 20;
@@ -186,6 +199,10 @@ pub struct Explainer {
     pub analyzer: Analyzer,
     /// Class labels.
     pub labels: Vec<String>,
+    /// The class asked for with `--class`, resolved (`None`: top-1).
+    class: Option<usize>,
+    /// Notes on the run's settings (a class label that other labels contain).
+    pub notes: Vec<String>,
     cfg: Config,
 }
 
@@ -221,20 +238,29 @@ impl Explainer {
             .map_err(|e| crate::app::cli::in_flags(e.into()))
             .with_context(|| format!("model {}", cfg.model.display()))?;
         let labels = labels::for_classes(model.classes);
-        if let ClassChoice::Query(q) = &cfg.class {
-            labels::find_class(&labels, q)
-                .map_err(|e| anyhow!("--class {q}: {e} (model {})", cfg.model.display()))?;
-        }
+        let mut notes = Vec::new();
+        let class = match &cfg.class {
+            ClassChoice::Query(q) => {
+                let i = labels::find_class(&labels, q)
+                    .map_err(|e| anyhow!("--class {q}: {e} (model {})", cfg.model.display()))?;
+                notes.extend(labels::also_matching(&labels, q));
+                Some(i)
+            }
+            ClassChoice::Top => None,
+        };
         Ok(Explainer {
             model,
             analyzer,
             labels,
+            class,
+            notes,
             cfg: cfg.clone(),
         })
     }
 
     /// The analyzer part of output names: the analyzer, then the concept or
-    /// start if any (`zplus.concept-<layer>-<k>`).
+    /// start if any, then the class when `--class` chose it
+    /// (`zplus.concept-<layer>-<k>.class-281`). Parameters are not part of it.
     fn tag(&self) -> String {
         let mut t = self.analyzer.name();
         if let Some(c) = &self.cfg.probes.concept {
@@ -242,6 +268,23 @@ impl Explainer {
         }
         if let Some(c) = &self.cfg.probes.start {
             t += &format!(".{}", channels_part("start", c));
+        }
+        // a start explains its channels, whatever --class says
+        if let (Some(i), None) = (self.class, &self.cfg.probes.start) {
+            t += &format!(".class-{i}");
+        }
+        t
+    }
+
+    /// The heatmap's part of its name: [`Self::tag`], then the colour map
+    /// when not the map's default and `overlay` (`zplus.viridis.overlay`).
+    fn png_tag(&self) -> String {
+        let mut t = self.tag();
+        if let Some(c) = &self.cfg.cmap {
+            t += &format!(".{c}");
+        }
+        if self.cfg.overlay {
+            t += ".overlay";
         }
         t
     }
@@ -476,7 +519,13 @@ impl Explainer {
         std::fs::create_dir_all(&job.out_dir)
             .with_context(|| format!("cannot create output folder {}", job.out_dir.display()))
             .with_context(|| format!("{}", input.display()))?;
-        let png = job.output(&self.tag(), "png");
+        if self.cfg.probes.concept.is_some() && chw.iter().all(|&x| x == 0.0) {
+            warnings.push(
+                "the concept received no relevance: its heatmap is blank (its channels pass none of the explained logit's relevance here)"
+                    .to_string(),
+            );
+        }
+        let png = job.output(&self.png_tag(), "png");
         crate::app::output::save_png(&heat, &png)
             .with_context(|| format!("{}", input.display()))?;
         let npy = if self.cfg.raw {
@@ -526,7 +575,7 @@ impl Explainer {
     /// The files `job` writes.
     pub fn outputs(&self, job: &Job) -> Vec<PathBuf> {
         let tag = self.tag();
-        let mut v = vec![job.output(&tag, "png")];
+        let mut v = vec![job.output(&self.png_tag(), "png")];
         if self.cfg.raw {
             v.push(job.output(&tag, "npy"));
         }
@@ -556,6 +605,7 @@ impl Explainer {
                 .collect();
             return json!({
                 "input": o.input.display().to_string(),
+                "status": "done",
                 "model": self.model.path.display().to_string(),
                 "rule": self.analyzer.name(),
                 "class": e.class,
@@ -642,7 +692,7 @@ impl Explainer {
                 path.display()
             );
         }
-        s += &format!("  {} -> {}", self.tag(), o.png.display());
+        s += &format!("  {} -> {}", self.png_tag(), o.png.display());
         if let Some(n) = &o.npy {
             s += &format!(", {}", n.display());
         }
@@ -686,7 +736,7 @@ pub fn run(
             writeln!(
                 out,
                 "{}",
-                json!({"input": input.display().to_string(), "error": msg})
+                json!({"input": input.display().to_string(), "status": "failed", "error": msg})
             )?;
         }
         writeln!(err, "error: {msg}")?;
@@ -700,13 +750,25 @@ pub fn run(
             explainer.model.input.shape
         )?;
     }
-    for note in &explainer.model.notes {
+    for note in explainer.model.notes.iter().chain(&explainer.notes) {
         writeln!(err, "note: {note}")?;
     }
     let (todo, skipped): (Vec<Job>, Vec<Job>) = jobs
         .into_iter()
         .partition(|j| !(cfg.skip_existing && explainer.outputs_exist(j)));
     summary.skipped = skipped.len();
+    if cfg.json {
+        for j in &skipped {
+            let outputs: Vec<String> = (explainer.outputs(j).iter())
+                .map(|p| p.display().to_string())
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                json!({"input": j.input.display().to_string(), "status": "skipped", "outputs": outputs})
+            )?;
+        }
+    }
     let threads = cfg
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -719,9 +781,15 @@ pub fn run(
         let b = indicatif::ProgressBar::new(todo.len() as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} images  {per_sec}  ETA {eta}  {msg}",
+                "{bar:30} {pos}/{len} images  {rate}  ETA {eta}  {msg}",
             )
-            .expect("valid template"),
+            .expect("valid template")
+            .with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}", rate(s.per_sec()));
+                },
+            ),
         );
         b
     });
@@ -777,7 +845,7 @@ pub fn run(
                         writeln!(
                             out,
                             "{}",
-                            json!({"input": input.display().to_string(), "error": msg})
+                            json!({"input": input.display().to_string(), "status": "failed", "error": msg})
                         )?;
                     }
                     match &bar {
@@ -798,4 +866,17 @@ pub fn run(
     }
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_rounded() {
+        assert_eq!(rate(8.9387), "8.9/s");
+        assert_eq!(rate(12.04), "12.0/s");
+        assert_eq!(rate(0.2549), "0.25/s");
+        assert_eq!(rate(0.0), "0.0/s");
+    }
 }
