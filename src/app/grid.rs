@@ -549,6 +549,8 @@ mod tests {
         assert_eq!(head.lines[7], ["epsilon-", "plus-flat"]);
         // 20 characters do not fit two lines of 9: abbreviated, not shrunk
         assert_eq!(head.lines[2], ["integrat.", "gradients"]);
+        // one letter too long for a line: abbreviated, not cut in two
+        assert_eq!(head.lines[3], ["smoothgr."]);
         for (name, lines) in names.iter().zip(&head.lines) {
             assert!(lines.iter().all(|l| l.chars().count() <= 9), "{lines:?}");
             assert!(lines.len() <= NAME_LINES, "{name}: {lines:?}");

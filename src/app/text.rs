@@ -78,7 +78,7 @@ fn breaks_after(c: char) -> bool {
 }
 
 /// `text` in at most `max_lines` lines of at most `width` characters, and
-/// whether all of it fits. Lines break after a separator (`-`, space, `/`,
+/// whether all of it fits without cutting a word. Lines break after a separator (`-`, space, `/`,
 /// `_`, `.`, `:`, `,`; a space at a line's end is dropped); a piece longer
 /// than a line is cut at the line's width. When text remains after the
 /// last line, that line ends in `..` ([`ellipsize`]). No lines for an
@@ -101,6 +101,7 @@ pub(super) fn wrap(text: &str, width: usize, max_lines: usize) -> (Vec<String>, 
     }
     let mut lines: Vec<String> = Vec::new();
     let mut line = String::new();
+    let mut cut_word = false;
     let len = |s: &str| s.chars().count();
     for piece in pieces {
         let mut piece = piece.as_str();
@@ -114,6 +115,7 @@ pub(super) fn wrap(text: &str, width: usize, max_lines: usize) -> (Vec<String>, 
             }
             if line.is_empty() {
                 // longer than a line: cut it
+                cut_word = true;
                 let cut: usize = piece.chars().take(width).map(char::len_utf8).sum();
                 line.push_str(&piece[..cut]);
                 piece = &piece[cut..];
@@ -128,7 +130,7 @@ pub(super) fn wrap(text: &str, width: usize, max_lines: usize) -> (Vec<String>, 
         lines.push(line.trim_end().to_string());
     }
     if lines.len() <= max_lines {
-        return (lines, true);
+        return (lines, !cut_word);
     }
     lines.truncate(max_lines);
     let last = lines.pop().unwrap_or_default();
@@ -248,6 +250,11 @@ mod tests {
             wrap_abbreviated("integrated-gradients", 9, 2),
             (s(&["integrat.", "gradients"]), true)
         );
+        // a word is abbreviated rather than cut
+        assert_eq!(
+            wrap_abbreviated("smoothgrad", 9, 2),
+            (s(&["smoothgr."]), true)
+        );
         // what fits is not abbreviated
         assert_eq!(
             wrap_abbreviated("epsilon-plus-flat", 9, 2),
@@ -268,10 +275,10 @@ mod tests {
         );
         assert_eq!(w("zplus", 10, 2), (s(&["zplus"]), true));
         assert_eq!(w("concept #1", 9, 2), (s(&["concept", "#1"]), true));
-        // a piece longer than a line is cut at the width
+        // a piece longer than a line is cut at the width (and reported)
         assert_eq!(
             w("integrated-gradients", 10, 2),
-            (s(&["integrated", "-gradients"]), true)
+            (s(&["integrated", "-gradients"]), false)
         );
         // too long: the last line shows the cut
         assert_eq!(w("a-b-c-d-e-f", 4, 2), (s(&["a-b-", "c-.."]), false));
