@@ -223,7 +223,7 @@ mod tests {
         // '!' has a gap (row 5); ours is one bar over rows 0..=6
         assert_ne!(glyph('|'), glyph('!'));
         assert!(glyph('|')[..7].iter().all(|&row| row == 0x18));
-        assert!(glyph('!').iter().any(|&row| row == 0));
+        assert!(glyph('!').contains(&0));
         // drawn: the column of ink under "|" has no gap, the one under "!" has
         let bg = Rgb([255, 255, 255]);
         let ink = Rgb([0, 0, 0]);
