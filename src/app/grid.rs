@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! +--------------------------------------------------+
-//! | input     name 1     name 2    ...               |  header: names (font8x8, 2x),
+//! | input     name 1     name 2    ...               |  header: names (font8x8, one
+//! |                                                  |  scale for all, 1-2 lines),
 //! |           [bar]      [bar]                       |  colour bar + its end labels
 //! | [photo]   [map 1]    [map 2]   ...               |  row 0: tiles
 //! | label of row 0                                   |  label band
@@ -25,12 +26,13 @@ use ndarray::Array2;
 
 use lrp_heatmap::render::{colour_bar, render_map, MapNorm, Style};
 
-use crate::app::text::ellipsize;
 pub use crate::app::text::{draw_text, text_width};
+use crate::app::text::{ellipsize, wrap_abbreviated};
 
 /// Space (pixels) around and between tiles.
 pub const GAP: u32 = 4;
-/// Height of the header band above the first row.
+/// Height of the header band above the first row with names of one line
+/// (16 px more with names of two lines at scale 2: [`header_text`]).
 pub const HEADER: u32 = 48;
 /// Height of the label band under each row of tiles.
 pub const LABEL_BAND: u32 = 24;
@@ -43,11 +45,64 @@ pub const MAX_PIXELS: u64 = 1 << 27;
 /// Largest tile side accepted by [`grid_image`].
 pub const MAX_TILE: u32 = 4096;
 
-// Header layout: names at GAP (16 px), bar, then bar labels (8 px).
+// Header layout: names at GAP (16 px, or two lines of 16 px), bar, then
+// bar labels (8 px). The offsets below are for one 16 px line of names;
+// two lines push the bar and its labels down by 16 px (`HeaderText::extra`).
 const NAME_Y: u32 = GAP;
 const BAR_Y: u32 = NAME_Y + 16 + GAP;
 const BAR_H: u32 = 10;
 const BAR_LABEL_Y: u32 = BAR_Y + BAR_H + 2;
+/// Lines a column name may take in the header.
+const NAME_LINES: usize = 2;
+/// Blank pixels kept at each side of a column name, so that the names of
+/// neighbouring columns are at least `2 * NAME_PAD + GAP` apart.
+const NAME_PAD: u32 = 4;
+/// Characters a line of a name holds at least for scale 2 (columns of at
+/// least 104 px).
+const MIN_CHARS: u32 = 6;
+
+/// The column names as the header draws them: one scale for all, each name
+/// in lines that fit its column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderText {
+    /// The font scale of every name (2: 16 px glyphs, 1: 8 px).
+    pub scale: u32,
+    /// Each name's lines (at most [`NAME_LINES`]), in the order given.
+    pub lines: Vec<Vec<String>>,
+}
+
+impl HeaderText {
+    /// Height of the names' band: 16 px, or one more 16 px line when a
+    /// name takes two lines at scale 2.
+    fn height(&self) -> u32 {
+        let most = self.lines.iter().map(Vec::len).max().unwrap_or(1) as u32;
+        (most * 8 * self.scale).max(16)
+    }
+
+    /// How far the bars sit below their place for one 16 px line.
+    fn extra(&self) -> u32 {
+        self.height() - 16
+    }
+}
+
+/// Lays out the header's names for `tile` px columns, each within
+/// `tile - 2 * NAME_PAD` px in at most two lines broken after `-`, space,
+/// `/` ... ([`wrap`]): at scale 2 when a line holds at least
+/// [`MIN_CHARS`] characters at scale 2, else at scale 1. One scale for
+/// every column: a name too long for two lines is abbreviated (its longest
+/// words shortened with `.`, [`wrap_abbreviated`]) and at last cut with
+/// `..`, never drawn smaller than its neighbours.
+pub fn header_text(names: &[&str], tile: u32) -> HeaderText {
+    let room = tile.saturating_sub(2 * NAME_PAD);
+    let scale = if room / 16 >= MIN_CHARS { 2 } else { 1 };
+    let width = (room / (8 * scale)) as usize;
+    HeaderText {
+        scale,
+        lines: (names.iter())
+            .map(|n| wrap_abbreviated(n, width, NAME_LINES).0)
+            .collect(),
+    }
+}
 
 /// One analyzer column.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +136,7 @@ pub struct GridLayout {
     pub width: u32,
     /// Image height: `header + rows * row_height`.
     pub height: u32,
-    /// Height of the header band ([`HEADER`]).
+    /// Height of the header band ([`HEADER`], or more: [`GridLayout::with_header`]).
     pub header: u32,
     /// Height of one row: `tile + LABEL_BAND`.
     pub row_height: u32,
@@ -94,6 +149,16 @@ impl GridLayout {
     /// analyzers in order.
     pub fn tile_x(&self, col: usize) -> u32 {
         GAP + col as u32 * (self.tile + GAP)
+    }
+
+    /// The same grid under a header `header` px high.
+    pub fn with_header(self, header: u32) -> GridLayout {
+        let rows = (self.height - self.header) / self.row_height.max(1);
+        GridLayout {
+            header,
+            height: header.saturating_add(rows.saturating_mul(self.row_height)),
+            ..self
+        }
     }
 
     /// Top edge of the tiles of row `row`.
@@ -126,18 +191,25 @@ pub fn grid_layout(rows: usize, columns: usize, tile: u32) -> GridLayout {
     }
 }
 
-/// Writes `text` within `[x, x + width)` on a 16 px line at `y`: scale 2
-/// centred if it fits, else scale 1 (vertically centred), centred if it
-/// fits, else left-aligned and cut with `..`.
-fn draw_fitted(img: &mut RgbImage, x: u32, y: u32, width: u32, text: &str) {
-    let (scale, dy) = if text_width(text, 2) <= width {
-        (2, 0)
-    } else {
-        (1, 4)
-    };
-    let fitted = ellipsize(text, (width / (8 * scale)) as usize);
-    let left = x + (width - text_width(&fitted, scale).min(width)) / 2;
-    draw_text(img, left as i32, (y + dy) as i32, &fitted, scale, TEXT);
+/// Writes the lines of a column name centred within `[x, x + width)`,
+/// the last line ending at `y + height` (names of fewer lines sit on the
+/// bar, as the others).
+fn draw_name(
+    img: &mut RgbImage,
+    x: u32,
+    y: u32,
+    width: u32,
+    height: u32,
+    lines: &[String],
+    scale: u32,
+) {
+    let line_h = 8 * scale;
+    let top = y + height.saturating_sub(line_h * lines.len() as u32);
+    for (i, line) in lines.iter().enumerate() {
+        let left = x + (width - text_width(line, scale).min(width)) / 2;
+        let ly = top + i as u32 * line_h;
+        draw_text(img, left as i32, ly as i32, line, scale, TEXT);
+    }
 }
 
 /// End labels under a colour bar of `width` at `(x, y)`: the values that
@@ -182,8 +254,8 @@ fn paste(img: &mut RgbImage, tile: &RgbImage, x: u32, y: u32) {
 /// Renders the comparison grid (layout: [`grid_layout`], module docs).
 ///
 /// Header: `input` over the photo column, each analyzer's name over its
-/// column ([`draw_text`], 2x, centred; 1x and cut with `..` when it does not
-/// fit the tile) and, under it, the column's colour bar ([`colour_bar`],
+/// column ([`draw_text`], centred, all at one scale: [`header_text`]; a
+/// name of two lines makes the header 16 px taller) and, under it, the column's colour bar ([`colour_bar`],
 /// signed or unsigned as the column) with its end labels. Rows: the photo
 /// stretched to `tile x tile` (triangle filter), then each map drawn by
 /// [`render_map`] at `tile x tile`, then the label (2x, cut at the image's
@@ -211,7 +283,12 @@ pub fn grid_image(
             );
         }
     }
+    let names: Vec<&str> = std::iter::once("input")
+        .chain(columns.iter().map(|c| c.name.as_str()))
+        .collect();
+    let head = header_text(&names, tile);
     let lay = grid_layout(rows.len(), columns.len(), tile);
+    let lay = lay.with_header(lay.header.saturating_add(head.extra()));
     let pixels = u64::from(lay.width) * u64::from(lay.height);
     ensure!(
         pixels <= MAX_PIXELS && lay.width < u32::MAX && lay.height < u32::MAX,
@@ -223,18 +300,22 @@ pub fn grid_image(
     );
     let mut img = RgbImage::from_pixel(lay.width, lay.height, BACKGROUND);
 
-    draw_fitted(&mut img, lay.tile_x(0), NAME_Y, tile, "input");
+    let (name_h, extra) = (head.height(), head.extra());
+    for (c, lines) in head.lines.iter().enumerate() {
+        let x = lay.tile_x(c) + NAME_PAD.min(tile / 2);
+        let room = tile.saturating_sub(2 * NAME_PAD);
+        draw_name(&mut img, x, NAME_Y, room, name_h, lines, head.scale);
+    }
     for (c, col) in columns.iter().enumerate() {
         let x = lay.tile_x(c + 1);
-        draw_fitted(&mut img, x, NAME_Y, tile, &col.name);
         paste(
             &mut img,
             &colour_bar(tile, BAR_H, style, col.signed),
             x,
-            BAR_Y,
+            BAR_Y + extra,
         );
         let norm = style.pick(col.signed).1;
-        draw_bar_labels(&mut img, x, BAR_LABEL_Y, tile, norm, style.clip);
+        draw_bar_labels(&mut img, x, BAR_LABEL_Y + extra, tile, norm, style.clip);
     }
 
     for (r, row) in rows.iter().enumerate() {
@@ -406,5 +487,122 @@ mod tests {
             grid_image(&[row], &many, &style, MAX_TILE).unwrap_err()
         );
         assert!(msg.contains("too large"), "{msg}");
+    }
+
+    /// Lengths of the vertical runs of `TEXT` pixels in columns `xs` of rows
+    /// `ys`.
+    fn vertical_runs(
+        img: &RgbImage,
+        xs: std::ops::Range<u32>,
+        ys: std::ops::Range<u32>,
+    ) -> Vec<u32> {
+        let mut runs = Vec::new();
+        for x in xs {
+            let mut run = 0;
+            for y in ys.clone() {
+                if *img.get_pixel(x, y) == TEXT {
+                    run += 1;
+                } else if run > 0 {
+                    runs.push(run);
+                    run = 0;
+                }
+            }
+            if run > 0 {
+                runs.push(run);
+            }
+        }
+        runs
+    }
+
+    /// A one-row grid with these column names (`tile` px).
+    fn named_grid(names: &[&str], tile: u32) -> (RgbImage, GridLayout, HeaderText) {
+        let columns: Vec<GridColumn> = names
+            .iter()
+            .map(|n| GridColumn {
+                name: n.to_string(),
+                signed: !n.starts_with("grad"),
+            })
+            .collect();
+        let row = GridRow {
+            photo: RgbImage::from_pixel(4, 4, Rgb([9, 9, 9])),
+            label: "1 label".into(),
+            maps: vec![Array2::from_elem((3, 3), 1.0); names.len()],
+            captions: vec![],
+        };
+        let img = grid_image(&[row], &columns, &Style::default(), tile).unwrap();
+        let mut all = vec!["input"];
+        all.extend_from_slice(names);
+        let head = header_text(&all, tile);
+        let lay = grid_layout(1, names.len(), tile);
+        (img, lay.with_header(lay.header + head.extra()), head)
+    }
+
+    #[test]
+    fn one_label_size_for_every_column() {
+        // the default analyzers of `compare` and concept columns, at the
+        // default 160 px: all at scale 2, long names on two lines, none cut
+        let mut names: Vec<&str> = crate::app::commands::compare::DEFAULT_ANALYZERS.to_vec();
+        names.extend(["concept #1", "concept #2", "channel 101"]);
+        let head = header_text(&names, 160);
+        assert_eq!(head.scale, 2);
+        // 160 - 2 * 4 px of padding at 16 px a character: 9 characters
+        assert_eq!(head.lines[7], ["epsilon-", "plus-flat"]);
+        // 20 characters do not fit two lines of 9: abbreviated, not shrunk
+        assert_eq!(head.lines[2], ["integrat.", "gradients"]);
+        // one letter too long for a line: abbreviated, not cut in two
+        assert_eq!(head.lines[3], ["smoothgr."]);
+        for (name, lines) in names.iter().zip(&head.lines) {
+            assert!(lines.iter().all(|l| l.chars().count() <= 9), "{lines:?}");
+            assert!(lines.len() <= NAME_LINES, "{name}: {lines:?}");
+        }
+        // too small for six characters of 16 px: every name at scale 1
+        let head = header_text(&["zplus", "epsilon-plus-flat"], 64);
+        assert_eq!(head.scale, 1);
+        assert_eq!(head.lines[0], ["zplus"]);
+        // (64 - 8) / 8 = 7 characters a line
+        assert!(head.lines[1].len() <= 2, "{:?}", head.lines[1]);
+        assert!(head.lines[1].iter().all(|l| l.chars().count() <= 7));
+
+        // drawn: a short and a long name both at scale 2, which makes every
+        // vertical run of ink an even number of pixels (each glyph row is two
+        // pixel rows); the scale 1 the long name used to get has runs of 1
+        let (img, lay, head) = named_grid(&["zplus", "epsilon-plus-flat", "gradient"], 160);
+        assert_eq!(head.scale, 2);
+        assert_eq!(lay.header, HEADER + 16, "two lines of names");
+        assert_eq!(img.height(), lay.height);
+        for c in 0..4 {
+            let x = lay.tile_x(c);
+            let runs = vertical_runs(&img, x..x + 160, NAME_Y..NAME_Y + 32);
+            assert!(!runs.is_empty(), "column {c} has no name");
+            assert!(runs.iter().all(|r| r % 2 == 0), "column {c}: {runs:?}");
+        }
+        // the bars moved down with the names: first column's bar starts
+        // with the colour bar's first pixel
+        let bar = colour_bar(160, BAR_H, &Style::default(), true);
+        assert_eq!(
+            img.get_pixel(lay.tile_x(1), BAR_Y + 16),
+            bar.get_pixel(0, 0)
+        );
+        assert_eq!(lay.tile_y(0), HEADER + 16);
+    }
+
+    #[test]
+    fn neighbouring_names_do_not_touch() {
+        // "concept #1" (10 characters, 160 px at scale 2) used to fill its
+        // 160 px column exactly, running into the next one's name
+        let (img, lay, head) = named_grid(&["concept #1", "concept #2", "concept #3"], 160);
+        assert_eq!(head.lines[1], ["concept", "#1"]);
+        let band = NAME_Y..NAME_Y + 32;
+        let ink = |x: u32| band.clone().any(|y| *img.get_pixel(x, y) == TEXT);
+        for c in 1..3 {
+            // nothing drawn from NAME_PAD before a column's right edge to
+            // NAME_PAD after the next column's left edge
+            let gutter = lay.tile_x(c) + 160 - NAME_PAD..lay.tile_x(c + 1) + NAME_PAD;
+            assert_eq!(gutter.len() as u32, 2 * NAME_PAD + GAP);
+            assert!(!gutter.clone().any(ink), "ink in {gutter:?}");
+            // and each name is there
+            let x = lay.tile_x(c);
+            assert!((x..x + 160).any(ink), "column {c}");
+        }
     }
 }

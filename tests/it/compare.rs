@@ -71,9 +71,14 @@ fn compare_html_page_lists_every_analyzer() {
     ] {
         assert!(page.contains(name), "{name} missing");
     }
-    // one photo + 3 tiles, all embedded
-    assert_eq!(page.matches("<img").count(), 4);
+    // one photo + 3 tiles and their 3 colour bars, all embedded
+    assert_eq!(page.matches("<img").count(), 7);
+    assert_eq!(page.matches("<img class=\"tile\"").count(), 3);
+    assert_eq!(page.matches("<img class=\"bar\"").count(), 3);
     assert!(page.contains("data:image/png;base64,"));
+    // smoothgrad is shown as |R|: no relevance sum under it, one under each
+    // of the two signed maps
+    assert_eq!(page.matches("relevance sum ").count(), 2);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use ndarray::Ix3;
 
 use crate::app::commands::explain::{relevance_chw, ClassChoice};
 use crate::app::grid::{grid_image, GridColumn, GridRow};
-use crate::app::html::{encode_png, grid_html, HtmlRow, HtmlTile, TileEvaluation};
+use crate::app::html::{encode_png, grid_html, HtmlBar, HtmlRow, HtmlTile, TileEvaluation};
 use crate::app::inputs::collect;
 use crate::app::labels;
 use lrp_heatmap::analyzers::evaluate::{aopc, patches, region_perturbation, Perturbation};
@@ -185,6 +185,66 @@ fn concept_maps(
             Ok((e, format!("ch {k} {pct:.0}%")))
         })
         .collect()
+}
+
+/// A value at a colour bar's end: 3 significant digits.
+fn bar_value(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let a = v.abs();
+    if (0.01..1000.0).contains(&a) {
+        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+        format!("{v:.decimals$}")
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
+/// The colour bar of a tile as [`render::render_map`] draws `map` at
+/// `tile x tile`: the same colour map ([`render::colour_bar`]) and the
+/// values at its ends from the same scale ([`render::Scale`] of the resized
+/// map): `-s 0 +s` for the symmetric norm, `0 .. s` for `|R|` (unsigned
+/// maps and the absolute norm), `lo .. hi` for the unaligned norm.
+fn html_bar(map: &ndarray::Array2<f32>, style: &Style, signed: bool, tile: u32) -> Result<HtmlBar> {
+    let (_, norm) = style.pick(signed);
+    let shown = if signed {
+        map.clone()
+    } else {
+        map.mapv(f32::abs)
+    };
+    let sc = render::Scale::of(&render::resize_map(&shown, tile, tile), style.clip);
+    let at = if style.clip >= 100.0 {
+        "the maximum".to_string()
+    } else {
+        format!("the {}th percentile", style.clip)
+    };
+    let (labels, title) = match norm {
+        render::MapNorm::Symmetric => (
+            [
+                bar_value(-sc.amax),
+                "0".into(),
+                format!("+{}", bar_value(sc.amax)),
+            ],
+            format!("colour scale: R from -s to +s, s = {at} of |R|"),
+        ),
+        render::MapNorm::Absolute => (
+            ["0".into(), String::new(), bar_value(sc.amax)],
+            format!("colour scale: |R| from 0 to {at} of |R|"),
+        ),
+        render::MapNorm::Unaligned => (
+            [bar_value(sc.lo), String::new(), bar_value(sc.hi)],
+            format!(
+                "colour scale: R from the {}th to {at} of R",
+                100.0 - style.clip
+            ),
+        ),
+    };
+    Ok(HtmlBar {
+        png: encode_png(&render::colour_bar(tile, 10, style, signed))?,
+        labels,
+        title,
+    })
 }
 
 /// Runs a comparison; returns the written file and the inputs that failed.
@@ -396,16 +456,20 @@ pub fn run_compare(
                 for (i, c) in columns.iter().enumerate() {
                     let img =
                         render::render_map(&r.maps[i], cfg.tile, cfg.tile, &cfg.style, c.signed);
-                    let name = match r.captions[i].as_str() {
-                        "" => c.name.clone(),
-                        caption => format!("{} ({caption})", c.name),
+                    // the AOPC caption of the PNG is on the page anyway
+                    let caption = match &r.evaluations[i] {
+                        Some(_) => String::new(),
+                        None => r.captions[i].clone(),
                     };
                     tiles.push(HtmlTile {
                         evaluation: r.evaluations[i].clone(),
-                        name,
+                        name: c.name.clone(),
+                        caption,
                         png: encode_png(&img)?,
                         logit: r.logits[i],
-                        relevance_sum: r.sums[i],
+                        // |R| maps: their sum means nothing
+                        relevance_sum: c.signed.then_some(r.sums[i]),
+                        bar: Some(html_bar(&r.maps[i], &cfg.style, c.signed, cfg.tile)?),
                     });
                 }
                 let photo = image::imageops::resize(
