@@ -1166,20 +1166,34 @@ fn check_node(
     // removed); NODE_TOL of the std is allowed on top. A wrong derivative
     // misses by O(1) of the std at every step, far above all three.
     // (best error / std, its tolerance / std), at the step of least ratio
+    // A max node is linear between its winner changes: its quotient is
+    // exact up to rounding, with nothing to extrapolate (and the half step
+    // would double the rounding).
+    let linear = is_max(node);
     let mut best: Option<(f64, f64)> = None;
     for rel in STEPS {
         let hf = rel as f32;
-        let (Some((q1, r1)), Some((q2, r2))) = (quotient(hf)?, quotient(hf / 2.0)?) else {
+        let Some((q1, r1)) = quotient(hf)? else {
             continue; // a winner changed: a smaller step
         };
-        let rounding = (4.0 * r2 + r1) / 3.0;
+        let (fd, rounding, truncation) = if linear {
+            (q1, r1, 0.0)
+        } else {
+            let Some((q2, r2)) = quotient(hf / 2.0)? else {
+                continue;
+            };
+            (
+                (4.0 * q2 - q1) / 3.0,
+                (4.0 * r2 + r1) / 3.0,
+                (q2 - q1).abs(),
+            )
+        };
         if rounding / sd > NODE_TOL / 2.0 {
             // rounding would hide a disagreement: smaller steps say nothing
             break;
         }
-        let fd = (4.0 * q2 - q1) / 3.0;
         let err = (fd - an).abs() / sd;
-        let tol = NODE_TOL + (2.0 * rounding + (q2 - q1).abs()) / sd;
+        let tol = NODE_TOL + (2.0 * rounding + truncation) / sd;
         if best.is_none_or(|(e, t)| err / tol < e / t) {
             best = Some((err, tol));
         }
@@ -1677,6 +1691,8 @@ mod tests {
         assert!(!r.passed());
         let first = r.first_disagreeing.as_ref().expect("a node is named");
         assert_eq!(first.op_type, "Relu");
+        let (err, tol) = node_error(&r);
+        assert!(err > 10.0 * tol, "{err} against {tol}");
         // walking back from the output, the last ReLU of the graph is met first
         let last_relu = model
             .graph
@@ -1720,6 +1736,69 @@ mod tests {
         assert!(!r.passed());
         let first = r.first_disagreeing.as_ref().expect("a node is named");
         assert_eq!(first.op_type, "MaxPool", "{first:?}");
+        let (err, tol) = node_error(&r);
+        assert!(err > 10.0 * tol, "{err} against {tol}");
+    }
+
+    /// Conv, a squeeze-and-excitation gate (GlobalAveragePool, Conv,
+    /// Sigmoid, Mul) and SiLU (x * Sigmoid(x)), GlobalAveragePool, Gemm: the
+    /// smooth operators of an EfficientNet.
+    fn gated_net(seed: u64) -> Model {
+        let mut n = Net::new(seed, &[1, 3, 8, 8]);
+        let c = n.conv("x", 3, 4);
+        let s = n.op("Sigmoid", &[&c], vec![]);
+        let c = n.op("Mul", &[&c, &s], vec![]);
+        let g = n.op("GlobalAveragePool", &[&c], vec![]);
+        let w = he_normal(&mut n.rng, 4, 16);
+        let w = n.b.initializer("se_w", &[4, 4, 1, 1], &w);
+        let g = n.op("Conv", &[&g, &w], vec![]);
+        let gate = n.op("Sigmoid", &[&g], vec![]);
+        let c = n.op("Mul", &[&c, &gate], vec![]);
+        let g = n.op("GlobalAveragePool", &[&c], vec![]);
+        let f = n.op("Flatten", &[&g], vec![]);
+        let w = n.param(&[3, 4], 0.5, 0.0);
+        let logits = n.op("Gemm", &[&f, &w], vec![Attr::Int("transB", 1)]);
+        n.model(&logits)
+    }
+
+    /// The node error of a failed check's message (`... / std = E > T ...`).
+    fn node_error(r: &Report) -> (f64, f64) {
+        let detail = &r
+            .first_disagreeing
+            .as_ref()
+            .expect("a node is named")
+            .detail;
+        let num = |after: &str| -> f64 {
+            let rest = detail.split(after).nth(1).expect("the figure");
+            rest.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        (num("/ std = "), num(" > "))
+    }
+
+    #[test]
+    fn a_broken_sigmoid_gradient_fails_by_orders_of_magnitude() {
+        for seed in [1, 2, 3] {
+            let model = gated_net(seed);
+            let r = run(&model, &exact_gradient);
+            print(&format!("gated net {seed}"), &r);
+            assert!(r.passed(), "seed {seed}");
+            // a bug: the sigmoid's derivative without its factor (1 - s)
+            let broken = |node: &Node, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>| {
+                if node.op_type == "Sigmoid" {
+                    let s = inputs[0].mapv(|x| 1.0 / (1.0 + (-x).exp()));
+                    return Ok(vec![g * &s]);
+                }
+                exact_gradient(node, inputs, g)
+            };
+            let r = run(&model, &broken);
+            print(&format!("broken sigmoid {seed}"), &r);
+            assert!(!r.passed(), "seed {seed}");
+            let first = r.first_disagreeing.as_ref().unwrap();
+            assert_eq!(first.op_type, "Sigmoid", "{first:?}");
+            let (err, tol) = node_error(&r);
+            eprintln!("broken sigmoid {seed}: node error {err:.2e}, tolerance {tol:.2e}");
+            assert!(err > 10.0 * tol, "seed {seed}: {err} against {tol}");
+        }
     }
 
     #[test]

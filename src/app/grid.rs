@@ -541,7 +541,9 @@ mod tests {
     fn one_label_size_for_every_column() {
         // the default analyzers of `compare` and concept columns, at the
         // default 160 px: all at scale 2, long names on two lines, none cut
-        let mut names: Vec<&str> = crate::app::commands::compare::DEFAULT_ANALYZERS.to_vec();
+        let mut names: Vec<&str> = crate::app::commands::compare::DEFAULT_ANALYZERS
+            .split(',')
+            .collect();
         names.extend(["concept #1", "concept #2", "channel 101"]);
         let head = header_text(&names, 160);
         assert_eq!(head.scale, 2);

@@ -240,7 +240,7 @@ fn eleven_columns_fit_a_1400_px_window() {
     // 160 px: 11 x 160 px = 1760 px, more than the window; the page used to
     // cut off the last three columns
     let columns: Vec<String> = crate::app::commands::compare::DEFAULT_ANALYZERS
-        .iter()
+        .split(',')
         .map(|s| s.to_string())
         .collect();
     let rows = sample_rows(&columns, 160, 2);
