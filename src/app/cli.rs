@@ -188,6 +188,15 @@ pub struct Args {
     #[arg(short, long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 
+    /// Explain only part K of N of the inputs (0-based), one task of a job array
+    /// (Slurm, Kubernetes indexed Jobs): the inputs, folders expanded, sorted by
+    /// path, every N-th from the K-th; N runs with K = 0..N-1 explain each input
+    /// once. Output collisions are checked over all inputs before the split; with
+    /// --skip-existing a rerun resumes the part. Main command only (compare and
+    /// evaluate make one grid or report of all their inputs).
+    #[arg(long, value_name = "K/N", allow_hyphen_values = true)]
+    pub shard: Option<crate::app::inputs::Shard>,
+
     #[command(flatten)]
     pub style: StyleArgs,
 
@@ -955,6 +964,7 @@ impl Args {
             },
             quiet: self.quiet,
             skip_existing: self.skip_existing,
+            shard: self.shard,
             input_size: self.common.input_size()?,
             limits: self.common.limits()?,
         }))

@@ -145,6 +145,77 @@ pub fn collect(
     Ok(jobs)
 }
 
+/// One part of a job array's split (`--shard K/N`): the `index`-th of
+/// `count` parts, 0-based.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// K, in `0..count`.
+    pub index: usize,
+    /// N, at least 1.
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `K/N` with `0 <= K < N`: the message says what is wrong, for clap to
+    /// put after the flag and the value.
+    fn from_str(s: &str) -> std::result::Result<Shard, String> {
+        let Some((k, n)) = s.split_once('/') else {
+            return Err("expected K/N (part K of N, 0-based), e.g. 0/4".into());
+        };
+        let number = |p: &str, what: &str| -> std::result::Result<usize, String> {
+            p.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("{what} '{}' is not a whole number >= 0", p.trim()))
+        };
+        let (index, count) = (number(k, "K")?, number(n, "N")?);
+        if count == 0 {
+            return Err("N must be at least 1".into());
+        }
+        if index >= count {
+            return Err(format!(
+                "K must be below N (K = 0..{}), got K = {index}",
+                count - 1
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Shard {
+    /// Whether the job at `rank` in the run's list sorted by input path
+    /// belongs to this part: every N-th from K (round robin, so that a
+    /// folder of large images is spread over the parts, and the parts'
+    /// sizes differ by at most one).
+    pub fn owns(&self, rank: usize) -> bool {
+        rank % self.count == self.index
+    }
+
+    /// The indices into `jobs` of this part's jobs, in path order. Which
+    /// part a job is in depends only on the whole list (the same in every
+    /// process of the array), so the parts 0..N-1 together hold each job
+    /// exactly once.
+    pub fn select(&self, jobs: &[Job]) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        // ties (the same path given twice is one job already) broken by
+        // position, so the order is total
+        order.sort_by(|&a, &b| jobs[a].input.cmp(&jobs[b].input).then(a.cmp(&b)));
+        order
+            .into_iter()
+            .enumerate()
+            .filter(|&(rank, _)| self.owns(rank))
+            .map(|(_, i)| i)
+            .collect()
+    }
+}
+
 /// What a path names, for comparing paths: absolute, symbolic links and
 /// `.`/`..` resolved as far as the path exists (a file not written yet is
 /// its resolved folder joined with the rest).
@@ -348,6 +419,58 @@ mod tests {
         std::fs::create_dir(root.join("a")).unwrap();
         assert_eq!(identity(&root.join("a/./b/../c.png")), root.join("a/c.png"));
         assert_eq!(identity(&root.join("a/../a")), root.join("a"));
+    }
+
+    #[test]
+    fn shards_parse_or_say_what_is_wrong() {
+        assert_eq!("0/1".parse(), Ok(Shard { index: 0, count: 1 }));
+        assert_eq!(" 3 / 4 ".parse(), Ok(Shard { index: 3, count: 4 }));
+        assert_eq!(Shard { index: 2, count: 5 }.to_string(), "2/5");
+        for (bad, why) in [
+            ("4/4", "K must be below N (K = 0..3), got K = 4"),
+            ("0/0", "N must be at least 1"),
+            ("1", "expected K/N"),
+            ("a/2", "K 'a' is not a whole number"),
+            ("1/b", "N 'b' is not a whole number"),
+            ("-1/2", "K '-1' is not"),
+            ("1/2/3", "N '2/3' is not"),
+        ] {
+            let e = bad.parse::<Shard>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn shards_split_the_sorted_list_round_robin() {
+        // given out of path order: the split follows the paths, not the
+        // command line
+        let jobs: Vec<Job> = ["d", "b", "a", "e", "c"]
+            .iter()
+            .map(|n| Job {
+                input: PathBuf::from(format!("{n}.png")),
+                out_dir: PathBuf::new(),
+            })
+            .collect();
+        let names = |s: Shard| -> Vec<String> {
+            s.select(&jobs)
+                .into_iter()
+                .map(|i| jobs[i].input.display().to_string())
+                .collect()
+        };
+        // sorted: a b c d e; part 0 of 2 takes ranks 0, 2, 4
+        assert_eq!(
+            names(Shard { index: 0, count: 2 }),
+            ["a.png", "c.png", "e.png"]
+        );
+        assert_eq!(names(Shard { index: 1, count: 2 }), ["b.png", "d.png"]);
+        assert_eq!(names(Shard { index: 6, count: 7 }), Vec::<String>::new());
+        for n in 1..=7 {
+            let mut all: Vec<usize> = (0..n)
+                .flat_map(|k| Shard { index: k, count: n }.select(&jobs))
+                .collect();
+            all.sort();
+            assert_eq!(all, [0, 1, 2, 3, 4], "N = {n}");
+        }
     }
 
     #[test]

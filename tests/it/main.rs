@@ -33,4 +33,5 @@ mod movement;
 mod naive_reference;
 mod quantized;
 mod registry;
+mod shard;
 mod ties;

@@ -68,6 +68,8 @@ pub struct Config {
     pub quiet: bool,
     /// Skip inputs whose outputs exist already.
     pub skip_existing: bool,
+    /// Explain only this part of the inputs (`None`: all).
+    pub shard: Option<crate::app::inputs::Shard>,
     /// Height and width for a model with symbolic spatial dims (`None`: 224).
     pub input_size: Option<[usize; 2]>,
     /// Bounds on decoding each image.
@@ -726,11 +728,41 @@ pub fn run(
     let jobs =
         crate::app::inputs::collect(&cfg.inputs, cfg.recursive, cfg.out_dir.as_deref(), &names)?;
     let mut summary = Summary::default();
-    // never overwrite an input, nor write one file for two inputs
+    // never overwrite an input, nor write one file for two inputs: checked
+    // over the whole list, so that every part of a job array refuses the
+    // same jobs and keeps the same ones
     let refused = crate::app::inputs::output_conflicts(&jobs, &|j| explainer.outputs(j));
+    // this part's jobs (--shard), chosen from the whole list; a refused job
+    // is reported by its own part only
+    let mine: Vec<bool> = match cfg.shard {
+        None => vec![true; jobs.len()],
+        Some(shard) => {
+            let mut mine = vec![false; jobs.len()];
+            for i in shard.select(&jobs) {
+                mine[i] = true;
+            }
+            let n = mine.iter().filter(|&&m| m).count();
+            writeln!(
+                err,
+                "note: shard {shard}: {n} of {} input{}{}",
+                jobs.len(),
+                if jobs.len() == 1 { "" } else { "s" },
+                if n == 0 {
+                    " (more parts than inputs)"
+                } else {
+                    ""
+                }
+            )?;
+            mine
+        }
+    };
     let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
     for (i, why) in refused {
-        let input = jobs[i].take().map(|j| j.input).unwrap_or_default();
+        let job = jobs[i].take();
+        if !mine[i] {
+            continue;
+        }
+        let input = job.map(|j| j.input).unwrap_or_default();
         let msg = format!("{}: {why}", input.display());
         if cfg.json {
             writeln!(
@@ -742,7 +774,9 @@ pub fn run(
         writeln!(err, "error: {msg}")?;
         summary.failed.push((input, msg));
     }
-    let jobs: Vec<Job> = jobs.into_iter().flatten().collect();
+    let jobs: Vec<Job> = (jobs.into_iter().zip(mine))
+        .filter_map(|(j, m)| j.filter(|_| m))
+        .collect();
     if explainer.model.input.fixed_dims {
         writeln!(
             err,
