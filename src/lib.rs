@@ -10,6 +10,7 @@ pub mod error;
 pub mod explainer;
 pub mod graph;
 pub mod guard;
+pub mod labels;
 pub(crate) mod kernels;
 pub mod model;
 pub mod ops;
