@@ -99,7 +99,12 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     header = "{'descr': '<f4', 'fortran_order': False, 'shape': %s}" % shape
     pad = -(10 + len(header) + 1) % 64
     header = header + " " * pad + "\n"
-    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1") + a.tobytes()
+    return (
+        b"\x93NUMPY\x01\x00"
+        + len(header).to_bytes(2, "little")
+        + header.encode("latin1")
+        + a.tobytes()
+    )
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -207,21 +212,26 @@ class Explain:
             os.environ["RAYON_NUM_THREADS"] = str(int(threads))
         import lrp_heatmap as lh
 
+        aliases = getattr(lh, "ALIASES", {})
+        if rule not in _rules() and rule not in aliases:
+            raise ValueError(f"rule= unknown rule '{rule}'; known: {', '.join(_rules())}")
         self.rule = rule
+        # the outputs are named by the rule an alias stands for, as the CLI names them
+        self.rule_name = aliases[rule][0] if rule in aliases else rule
         self.options = options
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.root = Path(root) if root is not None else None
         self.raw = raw
         self.keep_relevance = keep_relevance
-        if rule not in _rules():
-            raise ValueError(f"rule= unknown rule '{rule}'; known: {', '.join(_rules())}")
         self.model = lh.Model(model)
         self._errors = _errors()
         self._shape: Optional[Tuple[int, ...]] = None
 
     def _tag(self, target: int) -> str:
         # the CLI's name part: the rule, and the class when one was asked for
-        return self.rule + (f".class-{target}" if self.options.get("target") is not None else "")
+        return self.rule_name + (
+            f".class-{target}" if self.options.get("target") is not None else ""
+        )
 
     def _outputs(self, path: str, target: int) -> Tuple[Path, Optional[Path]]:
         assert self.out_dir is not None
@@ -246,6 +256,23 @@ class Explain:
             self._shape = tuple(int(d) for d in shape)
         return self._shape
 
+    def _explain(self, inputs: Sequence[Any]) -> List[Any]:
+        """An Explanation or the exception of each input: the batch at once on
+        the Rust pool (a failed input fails its row only), else one by one."""
+        many = getattr(self.model, "_explain_many", None)
+        if many is not None:
+            try:
+                return list(many(list(inputs), self.rule, tolerant=True, **self.options))
+            except self._errors:
+                pass  # an input refused before the native call: row by row
+        out: List[Any] = []
+        for x in inputs:
+            try:
+                out.append(self.model.explain(x, rule=self.rule, **self.options))
+            except self._errors as ex:
+                out.append(ex)
+        return out
+
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         if "bytes" in batch:
             inputs: Sequence[Any] = [bytes(b) for b in batch["bytes"]]
@@ -257,7 +284,9 @@ class Explain:
                 f"column (ray.data.read_images); got {sorted(batch)}"
             )
         n = len(inputs)
-        paths = [str(p) for p in batch["path"]] if "path" in batch else [f"row {i}" for i in range(n)]
+        paths = (
+            [str(p) for p in batch["path"]] if "path" in batch else [f"row {i}" for i in range(n)]
+        )
         relevance: List[Optional[np.ndarray]] = [None] * n
         target = np.full(n, -1, dtype=np.int64)
         logit = np.full(n, np.nan, dtype=np.float32)
@@ -266,10 +295,12 @@ class Explain:
         error = np.empty(n, dtype=object)
         png = np.empty(n, dtype=object)
         npy = np.empty(n, dtype=object)
-        for i, x in enumerate(inputs):
-            try:
-                e = self.model.explain(x, rule=self.rule, **self.options)
-                if self.out_dir is not None:
+        for i, e in enumerate(self._explain(inputs)):
+            if isinstance(e, BaseException):
+                error[i] = _one_line(e)
+                continue
+            if self.out_dir is not None:
+                try:
                     png_path, npy_path = self._outputs(paths[i], int(e.target))
                     png_path.parent.mkdir(parents=True, exist_ok=True)
                     e.save(str(png_path))
@@ -277,16 +308,18 @@ class Explain:
                     if npy_path is not None:
                         _write_atomic(npy_path, _npy_bytes(e.relevance))
                         npy[i] = str(npy_path)
-            except self._errors as ex:
-                error[i] = _one_line(ex)
-                continue
+                except self._errors as ex:
+                    error[i] = _one_line(ex)
+                    continue
             relevance[i] = e.relevance
             target[i] = int(e.target)
             logit[i] = float(e.logit)
             label[i] = str(e.label)
         out = dict(batch)
         if self.keep_relevance:
-            shape = next((r.shape for r in relevance if r is not None), None) or self._relevance_shape()
+            shape = (
+                next((r.shape for r in relevance if r is not None), None) or self._relevance_shape()
+            )
             rel = np.full((n,) + tuple(shape), np.nan, dtype=np.float32)
             for i, r in enumerate(relevance):
                 if r is not None:
@@ -307,7 +340,9 @@ def _hidden(p: Path) -> bool:
     return p.name.startswith(".")
 
 
-def list_images(folder: str, recursive: bool = False, rules: Optional[Sequence[str]] = None) -> List[str]:
+def list_images(
+    folder: str, recursive: bool = False, rules: Optional[Sequence[str]] = None
+) -> List[str]:
     """The images of ``folder`` as the CLI takes them: a known extension, not
     hidden, not one of our outputs (``<stem>.<rule>...png``), sorted by path;
     sub-folders (not hidden) only when ``recursive``."""
@@ -367,11 +402,27 @@ def _parser() -> argparse.ArgumentParser:
             "or model error."
         ),
     )
-    p.add_argument("input_dir", metavar="INPUT_DIR", help="folder of images (JPEG, PNG, WebP, BMP, TIFF, GIF)")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="output folder (on a cluster: one every node can write)")
-    p.add_argument("--rule", "-r", default=DEFAULT_RULE, help=f"rule, composite or analyzer [default: {DEFAULT_RULE}]")
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"known model name or .onnx path [default: {DEFAULT_MODEL}]")
-    p.add_argument("--raw", action="store_true", help="also write the raw relevance as <stem>.<rule>.npy")
+    p.add_argument(
+        "input_dir", metavar="INPUT_DIR", help="folder of images (JPEG, PNG, WebP, BMP, TIFF, GIF)"
+    )
+    p.add_argument(
+        "out_dir", metavar="OUT_DIR", help="output folder (on a cluster: one every node can write)"
+    )
+    p.add_argument(
+        "--rule",
+        "-r",
+        default=DEFAULT_RULE,
+        help=f"rule, composite or analyzer [default: {DEFAULT_RULE}]",
+    )
+    p.add_argument(
+        "--model",
+        "-m",
+        default=DEFAULT_MODEL,
+        help=f"known model name or .onnx path [default: {DEFAULT_MODEL}]",
+    )
+    p.add_argument(
+        "--raw", action="store_true", help="also write the raw relevance as <stem>.<rule>.npy"
+    )
     p.add_argument(
         "--num-cpus",
         type=int,
@@ -381,9 +432,17 @@ def _parser() -> argparse.ArgumentParser:
             "instance [default: every core of this machine, or of the cluster with --address]"
         ),
     )
-    p.add_argument("--batch-size", type=int, default=4, help="images per batch handed to a worker [default: 4]")
-    p.add_argument("--address", default=None, help="join this Ray cluster (e.g. auto or HOST:6379) instead of starting a local one")
-    p.add_argument("--recursive", action="store_true", help="descend into sub-folders (mirrored below OUT_DIR)")
+    p.add_argument(
+        "--batch-size", type=int, default=4, help="images per batch handed to a worker [default: 4]"
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="join this Ray cluster (e.g. auto or HOST:6379) instead of starting a local one",
+    )
+    p.add_argument(
+        "--recursive", action="store_true", help="descend into sub-folders (mirrored below OUT_DIR)"
+    )
     return p
 
 
@@ -476,7 +535,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=ACTOR_CPUS,
             batch_size=args.batch_size,
-        ).select_columns(["path", "target", "label", "logit", "error", "png"] + (["npy"] if args.raw else []))
+        ).select_columns(
+            ["path", "target", "label", "logit", "error", "png"] + (["npy"] if args.raw else [])
+        )
         # reported as they finish, as the CLI does
         for r in ds.iter_rows():
             if r["error"] is not None:
@@ -485,7 +546,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 continue
             done += 1
             files = r["png"] + (f", {r['npy']}" if args.raw else "")
-            print(f"{r['path']}: class {r['target']} \"{r['label']}\", logit {r['logit']:.4f} -> {files}", flush=True)
+            print(
+                f"{r['path']}: class {r['target']} \"{r['label']}\", logit {r['logit']:.4f} -> {files}",
+                flush=True,
+            )
         t2 = time.perf_counter()
     finally:
         ray.shutdown()

@@ -34,7 +34,9 @@ def photos(tmp_path_factory):
         shutil.copy(REPO / "images" / f"{p}.jpg", d / f"{p}.jpg")
     for p in PHOTOS[:3]:
         shutil.copy(REPO / "images" / f"{p}.jpg", d / f"{p}-copy.jpg")
-    (d / CORRUPT).write_bytes((REPO / "images" / "cat.jpg").read_bytes()[:200] + b"\x00garbage" * 20)
+    (d / CORRUPT).write_bytes(
+        (REPO / "images" / "cat.jpg").read_bytes()[:200] + b"\x00garbage" * 20
+    )
     assert len(list(d.iterdir())) == 8
     return d
 
@@ -139,9 +141,10 @@ def test_image_column_from_pillow(photos, cli_zplus, local_ray):
         npy = np.load(Path(cli_zplus[0]) / f"{Path(name).stem}.zplus.npy")
         rel = np.asarray(r["relevance"])
         cos = float((rel * npy).sum() / np.linalg.norm(rel) / np.linalg.norm(npy))
-        # measured: cosine similarity above 0.99 for the 4 photos (Pillow and the
-        # image crate differ by rounding in a few pixels); 0.9 leaves room
-        assert cos > 0.9, (name, cos)
+        # measured (Ray 2.60, Pillow 13): cosine 0.9994 to 0.9996 for the 4
+        # photos, max |difference| 1.5e-5 (the two JPEG decoders round some
+        # pixels apart); 0.99 leaves room for other Pillow versions
+        assert cos > 0.99, (name, cos)
 
 
 def test_explain_rejects_a_batch_without_images():
@@ -164,7 +167,18 @@ def test_module_command_writes_the_clis_files(photos, cli_default, tmp_path):
     cli_out, _ = cli_default
     out = tmp_path / "out"
     r = subprocess.run(
-        [sys.executable, "-m", "lrp_heatmap.ray", str(photos), str(out), "--raw", "--num-cpus", "2", "--batch-size", "2"],
+        [
+            sys.executable,
+            "-m",
+            "lrp_heatmap.ray",
+            str(photos),
+            str(out),
+            "--raw",
+            "--num-cpus",
+            "2",
+            "--batch-size",
+            "2",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
