@@ -203,3 +203,51 @@ def test_module_command_usage_errors(tmp_path):
     assert r.returncode == 2 and "error: --rule: unknown rule 'nope'; known: " in r.stderr
     r = run(str(tmp_path), str(tmp_path / "out"))
     assert r.returncode == 2 and f"error: no images found in {tmp_path}" in r.stderr
+
+
+def test_module_command_recursive_and_collisions(tmp_path):
+    """--recursive mirrors sub-folders below OUT_DIR; cat.jpg and cat.png would
+    both write cat.<rule>.png: the later one is refused before anything runs,
+    as the CLI refuses it (the check runs over the whole list)."""
+    d = tmp_path / "photos"
+    (d / "sub").mkdir(parents=True)
+    shutil.copy(REPO / "images" / "cat.jpg", d / "cat.jpg")
+    shutil.copy(REPO / "images" / "cat.jpg", d / "cat.png")
+    shutil.copy(REPO / "images" / "rocket.jpg", d / "sub" / "rocket.jpg")
+    cli_out = tmp_path / "cli"
+    c = subprocess.run(
+        [str(CLI), str(d), "--recursive", "-q", "-r", "gradient", "-o", str(cli_out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert c.returncode == 1 and "is already the output of" in c.stderr, c.stderr
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lrp_heatmap.ray",
+            str(d),
+            str(out),
+            "--recursive",
+            "--rule",
+            "gradient",
+        ]
+        + ["--num-cpus", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: {d / 'cat.png'}: its output {out / 'cat.gradient.png'} is already the output of "
+        f"{d / 'cat.jpg'}; not explained (rename one)"
+    ], r.stderr
+    for name in ["cat.gradient.png", "sub/rocket.gradient.png"]:
+        assert (out / name).read_bytes() == (cli_out / "photos" / name).read_bytes(), name
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        "cat.gradient.png",
+        "sub/rocket.gradient.png",
+    ]
