@@ -125,7 +125,10 @@ struct Options {
     limits: DecodeLimits,
 }
 
-fn explain_source(model: &Model, o: &Options, source: Source) -> lrp_heatmap::Result<Explained> {
+/// The image (when the input is one) and the model's input tensor.
+type Prepared = (Option<image::RgbImage>, ArrayD<f32>);
+
+fn prepare(model: &Model, o: &Options, source: Source) -> lrp_heatmap::Result<Prepared> {
     let image_err = |path: &Path, e: anyhow::Error| match Error::find(&e) {
         Some(Error::LimitExceeded { name, .. }) => Error::LimitExceeded {
             name,
@@ -136,7 +139,7 @@ fn explain_source(model: &Model, o: &Options, source: Source) -> lrp_heatmap::Re
             message: format!("{e:#}"),
         },
     };
-    let (image, tensor) = match source {
+    Ok(match source {
         Source::Path(p) => {
             let img = preprocess::load_image_with(&p, &o.limits).map_err(|e| image_err(&p, e))?;
             let t = model.tensor(&img, &o.norm)?;
@@ -156,23 +159,160 @@ fn explain_source(model: &Model, o: &Options, source: Source) -> lrp_heatmap::Re
             let t = lrp_heatmap::Input::tensor(&t, model, &o.norm, &o.limits)?;
             (None, t)
         }
-    };
+    })
+}
+
+/// One input through the forward and backward pass alone (as the
+/// command's `run_one`).
+fn explain_source(model: &Model, o: &Options, source: Source) -> lrp_heatmap::Result<Explained> {
+    let (image, tensor) = prepare(model, o, source)?;
     let fwd = o.analyzer.forward(model, tensor, &o.probes, false)?;
     let top5 = fwd.top_k(5);
-    let mut warnings = lrp_heatmap::analyzers::selfcheck::near_tie_warnings(
+    let warnings = lrp_heatmap::analyzers::selfcheck::near_tie_warnings(
         model,
         &fwd,
         o.analyzer.maxpool_ties(),
     )
     .unwrap_or_else(|e| vec![format!("near-ties not measured: {e:#}")]);
-    let class = match o.class {
-        Some(c) => c,
-        None => top5.first().map(|t| t.0).unwrap_or(0),
-    };
+    let class = o.class.unwrap_or_else(|| top5.first().map_or(0, |t| t.0));
     let e = o
         .analyzer
         .explain_probed(model, &fwd, class, &o.norm, &o.probes)?;
     drop(fwd);
+    finish(model, o, image, top5, warnings, e)
+}
+
+/// Images per pass for `n` inputs, as the command's default
+/// (`Explainer::batch_size` in src/app/commands/explain.rs): 1 for an
+/// analyzer or model that takes one image at a time, else while the
+/// weights outweigh one image's kept activations, within 512 MiB of
+/// activations for the batches in flight, at most 16.
+fn batch_size(model: &Model, o: &Options, n: usize) -> usize {
+    if !o.analyzer.batches() || o.probes.start.is_some() || model.batch_blocker().is_some() {
+        return 1;
+    }
+    let jobs = rayon::current_num_threads().max(1) as u64;
+    let per = model.kept_bytes_per_input().max(1);
+    let by_weights = model.weight_bytes() / per;
+    let by_memory = (512u64 << 20) / per.saturating_mul(jobs);
+    (by_weights.min(by_memory).clamp(1, 16) as usize).min(n.max(1))
+}
+
+/// Inputs explained in one forward and backward pass (as the command's
+/// `run_batch`): an input that cannot be prepared fails alone; a batch that
+/// fails as a whole is run input by input.
+fn explain_chunk(
+    model: &Model,
+    o: &Options,
+    sources: Vec<PyResult<Source>>,
+) -> Vec<PyResult<Explained>> {
+    use rayon::prelude::*;
+    let guarded = |f: &dyn Fn() -> lrp_heatmap::Result<Explained>| {
+        lrp_heatmap::guard::boundary("x=", || f().map_err(anyhow::Error::from))
+            .map_err(|e| to_py(Error::from(e)))
+    };
+    if sources.len() == 1 {
+        return sources
+            .into_iter()
+            .map(|s| {
+                let s = std::sync::Mutex::new(Some(s?));
+                guarded(&|| match s.lock().ok().and_then(|mut g| g.take()) {
+                    Some(s) => explain_source(model, o, s),
+                    None => Err(Error::Other(anyhow::anyhow!("input taken twice"))),
+                })
+            })
+            .collect();
+    }
+    let prepared: Vec<PyResult<Prepared>> = sources
+        .into_par_iter()
+        .map(|s| {
+            let s = s?;
+            lrp_heatmap::guard::boundary("x=", || prepare(model, o, s).map_err(Into::into))
+                .map_err(|e| to_py(Error::from(e)))
+        })
+        .collect();
+    let mut results: Vec<Option<PyResult<Explained>>> = Vec::new();
+    let (mut ok, mut images, mut tensors) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, p) in prepared.into_iter().enumerate() {
+        match p {
+            Ok((img, t)) => {
+                ok.push(i);
+                images.push(img);
+                tensors.push(t);
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    let stacked = lrp_heatmap::guard::boundary("a batch", || {
+        let views: Vec<_> = tensors.iter().map(|t| t.view()).collect();
+        let x = ndarray::concatenate(ndarray::Axis(0), &views)?;
+        let fwd = o.analyzer.forward(model, x, &o.probes, true)?;
+        let rows = fwd.rows();
+        anyhow::ensure!(
+            rows == tensors.len(),
+            "{rows} rows for {} inputs",
+            tensors.len()
+        );
+        let top5: Vec<_> = (0..rows).map(|i| fwd.top_k_row(i, 5)).collect();
+        let classes: Vec<usize> = top5
+            .iter()
+            .map(|t| o.class.unwrap_or_else(|| t.first().map_or(0, |t| t.0)))
+            .collect();
+        let ties = lrp_heatmap::analyzers::selfcheck::near_tie_warnings_rows(
+            model,
+            &fwd,
+            o.analyzer.maxpool_ties(),
+        )
+        .unwrap_or_else(|e| vec![vec![format!("near-ties not measured: {e:#}")]; rows]);
+        let es = o
+            .analyzer
+            .explain_rows(model, &fwd, &classes, &o.norm, &o.probes)?;
+        Ok((top5, ties, es))
+    });
+    match stacked {
+        Ok((top5, ties, es)) => {
+            let done: Vec<PyResult<Explained>> = (images.into_par_iter().zip(top5))
+                .zip(ties.into_par_iter().zip(es))
+                .map(|((img, t5), (w, e))| finish(model, o, img, t5, w, e).map_err(to_py))
+                .collect();
+            for (&i, r) in ok.iter().zip(done) {
+                results[i] = Some(r);
+            }
+        }
+        Err(_) => {
+            // the batch failed as a whole: each input alone says why
+            let alone: Vec<PyResult<Explained>> = (images.into_par_iter().zip(tensors))
+                .map(|(img, t)| {
+                    let src = match img {
+                        Some(img) => Source::Rgb(img),
+                        None => Source::Tensor(t),
+                    };
+                    let s = std::sync::Mutex::new(Some(src));
+                    guarded(&|| match s.lock().ok().and_then(|mut g| g.take()) {
+                        Some(s) => explain_source(model, o, s),
+                        None => Err(Error::Other(anyhow::anyhow!("input taken twice"))),
+                    })
+                })
+                .collect();
+            for (&i, r) in ok.iter().zip(alone) {
+                results[i] = Some(r);
+            }
+        }
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// An explanation as the binding hands it over: `[C, H, W]`, the concept
+/// warning, the ledger as JSON.
+fn finish(
+    model: &Model,
+    o: &Options,
+    image: Option<image::RgbImage>,
+    top5: Vec<(usize, f32)>,
+    mut warnings: Vec<String>,
+    e: lrp_heatmap::Explanation,
+) -> lrp_heatmap::Result<Explained> {
     warnings.extend(e.warnings.iter().cloned());
     let relevance = preprocess::relevance_chw(&e.relevance, model.input.layout);
     if o.probes.concept.is_some() && relevance.iter().all(|&x| x == 0.0) {
@@ -439,15 +579,17 @@ impl NativeModel {
         let model = self.model.clone();
         let results: Vec<PyResult<Explained>> = py.detach(|| {
             use rayon::prelude::*;
-            sources
+            let b = batch_size(&model, &opts, sources.len());
+            let mut chunks: Vec<Vec<PyResult<Source>>> = Vec::new();
+            for s in sources {
+                match chunks.last_mut() {
+                    Some(c) if c.len() < b => c.push(s),
+                    _ => chunks.push(vec![s]),
+                }
+            }
+            chunks
                 .into_par_iter()
-                .map(|s| {
-                    let s = s?;
-                    lrp_heatmap::guard::boundary("x=", || {
-                        explain_source(&model, &opts, s).map_err(anyhow::Error::from)
-                    })
-                    .map_err(|e| to_py(Error::from(e)))
-                })
+                .flat_map_iter(|c| explain_chunk(&model, &opts, c))
                 .collect()
         });
         let out = PyList::empty(py);
