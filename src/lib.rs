@@ -11,6 +11,7 @@ pub mod explainer;
 pub mod graph;
 pub mod guard;
 pub(crate) mod kernels;
+pub mod labels;
 pub mod model;
 pub mod ops;
 pub mod preprocess;

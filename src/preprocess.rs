@@ -387,6 +387,19 @@ pub fn to_tensor(
     Ok(arr.into_dyn())
 }
 
+/// The relevance of the first row of a batch as `[C, H, W]`, whatever the
+/// model's layout (`rel` is `[N, C, H, W]` or `[N, H, W, C]`).
+pub fn relevance_chw(rel: &ndarray::ArrayD<f32>, layout: Layout) -> ndarray::ArrayD<f32> {
+    let r = rel.index_axis(ndarray::Axis(0), 0).to_owned();
+    match layout {
+        Layout::Nchw => r,
+        Layout::Nhwc => r
+            .permuted_axes(vec![2, 0, 1])
+            .as_standard_layout()
+            .into_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,11 +83,8 @@ pub fn write_atomic(
 /// Saves `img` as a PNG file at `path`, atomically (via [`write_atomic`]).
 /// Errors name `path`.
 pub fn save_png(img: &image::RgbImage, path: &Path) -> anyhow::Result<()> {
-    write_atomic(path, |w| {
-        img.write_with_encoder(image::codecs::png::PngEncoder::new(w))
-            .context("PNG encoding failed")
-    })
-    .with_context(|| format!("cannot save heat map {}", path.display()))
+    write_atomic(path, |w| lrp_heatmap::render::write_png(img, w))
+        .with_context(|| format!("cannot save heat map {}", path.display()))
 }
 
 /// Saves `array` as a little-endian `f32` `.npy` file at `path` (loads with

@@ -25,7 +25,10 @@ pub(crate) mod onnx;
 /// Name of the bundled model (EfficientNet-Lite0, ImageNet), the default.
 pub const BUNDLED_NAME: &str = "efficientnet-lite0";
 
-/// The bundled model's ONNX file, compiled into the binary.
+/// The bundled model's ONNX file, compiled into the binary (feature
+/// `bundled`, a default one: without it [`BUNDLED_NAME`] is a file name
+/// like any other).
+#[cfg(feature = "bundled")]
 pub static BUNDLED_MODEL: &[u8] = include_bytes!("../../models/efficientnet-lite0.onnx");
 
 /// Spatial size used where the model leaves it symbolic.
@@ -268,6 +271,7 @@ impl Model {
     }
 
     fn load_file(path: &Path, opts: &LoadOptions) -> Result<Model> {
+        #[cfg(feature = "bundled")]
         if path == Path::new(BUNDLED_NAME) && !path.exists() {
             let proto = decode(BUNDLED_MODEL, path)?;
             return Model::from_proto(proto, path, None, opts);

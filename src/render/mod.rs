@@ -16,6 +16,14 @@ mod style;
 
 pub use colormap::{Cmap, SIGNED_CMAPS, UNSIGNED_CMAPS};
 pub use norm::{apply_level, normalize_map, normalize_scaled, percentile, MapNorm, Scale};
+/// Writes `img` as PNG to `w`, as every heatmap of the command and the
+/// Python package (the `image` crate's default PNG encoder).
+pub fn write_png(img: &RgbImage, w: impl std::io::Write) -> anyhow::Result<()> {
+    use anyhow::Context;
+    img.write_with_encoder(image::codecs::png::PngEncoder::new(w))
+        .context("PNG encoding failed")
+}
+
 pub use style::{colour_bar, heatmap_image_styled, render_map, Style, DEFAULT_CLIP};
 
 use image::imageops::FilterType;

@@ -123,15 +123,9 @@ fn explanation_warnings(
 }
 
 /// The relevance as `[C, H, W]` whatever the model's layout.
+/// ([`preprocess::relevance_chw`], shared with the Python package.)
 pub fn relevance_chw(rel: &ArrayD<f32>, layout: Layout) -> Result<ArrayD<f32>> {
-    let r = rel.index_axis(Axis(0), 0).to_owned();
-    Ok(match layout {
-        Layout::Nchw => r,
-        Layout::Nhwc => r
-            .permuted_axes(vec![2, 0, 1])
-            .as_standard_layout()
-            .into_owned(),
-    })
+    Ok(preprocess::relevance_chw(rel, layout))
 }
 
 /// A layer name as a file name part: characters other than ASCII letters,
