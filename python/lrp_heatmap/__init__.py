@@ -329,3 +329,12 @@ def create_analyzer(name: str, model: Model, **kwargs: Any) -> Analyzer:
     see ``ALIASES``) or one of ``rules()``; keyword arguments go to
     :meth:`Model.explain` (``epsilon=0.1``)."""
     return Analyzer(name, model, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """``lh.ray`` (Ray Data) on first use: importing the package never imports Ray."""
+    if name == "ray":
+        import importlib
+
+        return importlib.import_module("lrp_heatmap.ray")
+    raise AttributeError(f"module 'lrp_heatmap' has no attribute {name!r}")
