@@ -101,7 +101,7 @@ impl<T: Input + ?Sized> Input for &T {
 
 /// A failure to load the image at `path`: a decoding limit it exceeds as
 /// it is, anything else as [`Error::Image`].
-fn image_error(path: &Path, e: anyhow::Error) -> Error {
+pub fn image_error(path: &Path, e: anyhow::Error) -> Error {
     match Error::find(&e) {
         Some(Error::LimitExceeded { name, .. }) => Error::LimitExceeded {
             name,

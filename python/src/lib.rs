@@ -129,16 +129,7 @@ struct Options {
 type Prepared = (Option<image::RgbImage>, ArrayD<f32>);
 
 fn prepare(model: &Model, o: &Options, source: Source) -> lrp_heatmap::Result<Prepared> {
-    let image_err = |path: &Path, e: anyhow::Error| match Error::find(&e) {
-        Some(Error::LimitExceeded { name, .. }) => Error::LimitExceeded {
-            name,
-            message: format!("{e:#}"),
-        },
-        _ => Error::Image {
-            path: path.to_path_buf(),
-            message: format!("{e:#}"),
-        },
-    };
+    let image_err = lrp_heatmap::explainer::image_error;
     Ok(match source {
         Source::Path(p) => {
             let img = preprocess::load_image_with(&p, &o.limits).map_err(|e| image_err(&p, e))?;

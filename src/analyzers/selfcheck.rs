@@ -467,8 +467,9 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
         Op::Gate { .. } => "multiplies two activations (a gate)".to_string(),
         Op::Registered(o) => o.lrp0_breaker()?,
         Op::BatchNorm { .. } | Op::AddConst(_) => "was not canonized".to_string(),
-        #[allow(unreachable_patterns)]
-        _ => "has no proof that LRP-0 equals gradient x input through it".to_string(),
+        // copies and selections (Slice, Split, Gather, Concat...): each
+        // output element is one input element, relevance goes with it
+        Op::Move(_) => return None,
     };
     Some(format!("{} node '{}' {why}", node.op_type, node.name))
 }
