@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod gradient;
 pub mod ledger;
 pub mod lrp;
+pub mod report;
 pub mod selfcheck;
 
 use anyhow::Result;
