@@ -23,7 +23,7 @@ from . import _lrp_heatmap as _native
 from ._lrp_heatmap import Error, ImageError, ModelError
 
 __all__ = ["Model", "Explanation", "Error", "ModelError", "ImageError",
-           "create_analyzer", "Analyzer", "ALIASES", "rules"]
+           "create_analyzer", "Analyzer", "ALIASES", "DEFAULT_RULES", "rules"]
 
 #: iNNvestigate's analyzer names and the rule each one means here.
 ALIASES: Dict[str, Tuple[str, Dict[str, float]]] = {
@@ -43,6 +43,10 @@ ALIASES: Dict[str, Tuple[str, Dict[str, float]]] = {
     "smoothgrad": ("smoothgrad", {}),
     "guided_backprop": ("guided-backprop", {}),
 }
+
+
+#: The analyzers :meth:`Model.evaluate` compares by default (the command's).
+DEFAULT_RULES: List[str] = list(_native.DEFAULT_RULES)
 
 
 def rules() -> List[str]:
@@ -280,6 +284,80 @@ class Model:
         return self._run(inputs, rule, target, epsilon, gamma, alpha, beta, steps, samples,
                          noise, seed, maxpool_ties, layers, concept, mean, std, tolerant)
 
+
+    def evaluate(self, inputs: Sequence[Any], rules: Optional[Sequence[str]] = None,
+                 target: Union[int, str, None] = None, perturb: str = "noise", patch: int = 8,
+                 steps: int = 100, seed: int = 0, randomize: bool = False, batch: int = 1,
+                 ig_steps: Optional[int] = None, epsilon: Optional[float] = None,
+                 gamma: Optional[float] = None, alpha: Optional[float] = None,
+                 beta: Optional[float] = None, samples: Optional[int] = None,
+                 noise: Optional[float] = None, maxpool_ties: Optional[str] = None,
+                 mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+        """Which analyzer to trust: region perturbation (MoRF, LeRF and a
+        random order; AOPC) per input and analyzer, and with ``randomize``
+        the cascading model randomisation check. The command's
+        ``lrp-heatmap evaluate``, whose ``evaluate.json`` this dict equals
+        (an input is named by its path as given, or ``<input N>``).
+
+        Args:
+            inputs: the inputs, each as :meth:`explain` takes it (paths,
+                bytes, PIL images, arrays).
+            rules: the analyzers (default: the command's, ``DEFAULT_RULES``);
+                iNNvestigate names too.
+            target: the class to explain, as in :meth:`explain`; default
+                each input's top class.
+            perturb: what replaces a patch: ``"noise"`` (uniform in the
+                valid range), ``"mean"`` (the dataset mean) or ``"blur"``.
+            patch: side of the square patches, in pixels of the model input.
+            steps: patches perturbed, one more per step (at most the number
+                of patches).
+            seed: the one seed of the perturbation's noise, the random
+                order, the random weights and SmoothGrad's noise.
+            randomize: also run the randomisation check.
+            batch: perturbed copies per forward pass (the numbers do not
+                depend on it).
+            ig_steps: points on the path of integrated gradients.
+            epsilon, gamma, alpha, beta, samples, noise, maxpool_ties, mean,
+                std: as in :meth:`explain`.
+
+        Returns:
+            ``{"model", "perturbation", "images": [...], "summary": [...],
+            "random"}``: per image the curves and AOPCs of each analyzer;
+            the summary ranked by mean MoRF - LeRF, best first.
+
+        Raises:
+            FileNotFoundError, ValueError, ImageError, ModelError: as
+            :meth:`explain`; the first input that fails raises.
+        """
+        names = []
+        for i, x in enumerate(inputs):
+            names.append(os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"<input {i}>")
+        rules = list(DEFAULT_RULES if rules is None else rules)
+        resolved = []
+        for r in rules:
+            if not isinstance(r, str):
+                raise TypeError(f"rules= must be names, got {type(r).__name__}")
+            if r in ALIASES:
+                rule, preset = ALIASES[r]
+                if alpha is None and beta is None and "alpha" in preset:
+                    alpha = preset["alpha"]
+                r = rule
+            resolved.append(r)
+        for name, v in (("patch", patch), ("steps", steps), ("batch", batch)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name}= must be a whole number >= 1, got {v!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed= must be a whole number >= 0, got {seed!r}")
+        params = {k: v for k, v in dict(
+            epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta, steps=ig_steps,
+            samples=samples, noise=noise, maxpool_ties=maxpool_ties,
+            mean=None if mean is None else tuple(mean),
+            std=None if std is None else tuple(std)).items() if v is not None}
+        text = self._m.evaluate([_input(x) for x in inputs], names, resolved,
+                                self._target(target), params, self.name, str(perturb),
+                                int(patch), int(steps), int(seed), bool(randomize), int(batch))
+        return json.loads(text)
 
 class Analyzer:
     """iNNvestigate's analyzer interface over a :class:`Model`."""

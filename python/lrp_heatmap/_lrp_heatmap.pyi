@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 BUNDLED_NAME: str
+DEFAULT_RULES: List[str]
 
 class Error(Exception): ...
 class ModelError(Error): ...
@@ -33,6 +34,21 @@ class NativeModel:
         concept: Optional[Tuple[str, List[int]]],
         tolerant: bool = False,
     ) -> List[Any]: ...
+    def evaluate(
+        self,
+        inputs: List[Tuple[str, Any]],
+        names: List[str],
+        rules: List[str],
+        target: Optional[int],
+        params: Dict[str, Any],
+        model_name: str,
+        perturb: str,
+        patch: int,
+        steps: int,
+        seed: int,
+        randomize: bool,
+        batch: int,
+    ) -> str: ...
 
 def heatmap(
     relevance: npt.NDArray[np.float32],

@@ -51,6 +51,8 @@ fn py_param(name: &str) -> &str {
     match name {
         "input" => "x",
         "class" => "target",
+        "perturb_steps" => "steps",
+        "perturb_batch" => "batch",
         other => other,
     }
 }
@@ -128,26 +130,31 @@ struct Options {
 /// The image (when the input is one) and the model's input tensor.
 type Prepared = (Option<image::RgbImage>, ArrayD<f32>);
 
-fn prepare(model: &Model, o: &Options, source: Source) -> lrp_heatmap::Result<Prepared> {
+fn prepare(
+    model: &Model,
+    norm: &Normalization,
+    limits: &DecodeLimits,
+    source: Source,
+) -> lrp_heatmap::Result<Prepared> {
     let image_err = lrp_heatmap::explainer::image_error;
     Ok(match source {
         Source::Path(p) => {
-            let img = preprocess::load_image_with(&p, &o.limits).map_err(|e| image_err(&p, e))?;
-            let t = model.tensor(&img, &o.norm)?;
+            let img = preprocess::load_image_with(&p, limits).map_err(|e| image_err(&p, e))?;
+            let t = model.tensor(&img, norm)?;
             (Some(img), t)
         }
         Source::Bytes(b) => {
-            let img = preprocess::decode_bytes(&b, &o.limits)
+            let img = preprocess::decode_bytes(&b, limits)
                 .map_err(|e| image_err(Path::new("<bytes>"), e.context("cannot decode x")))?;
-            let t = model.tensor(&img, &o.norm)?;
+            let t = model.tensor(&img, norm)?;
             (Some(img), t)
         }
         Source::Rgb(img) => {
-            let t = model.tensor(&img, &o.norm)?;
+            let t = model.tensor(&img, norm)?;
             (Some(img), t)
         }
         Source::Tensor(t) => {
-            let t = lrp_heatmap::Input::tensor(&t, model, &o.norm, &o.limits)?;
+            let t = lrp_heatmap::Input::tensor(&t, model, norm, limits)?;
             (None, t)
         }
     })
@@ -156,7 +163,7 @@ fn prepare(model: &Model, o: &Options, source: Source) -> lrp_heatmap::Result<Pr
 /// One input through the forward and backward pass alone (as the
 /// command's `run_one`).
 fn explain_source(model: &Model, o: &Options, source: Source) -> lrp_heatmap::Result<Explained> {
-    let (image, tensor) = prepare(model, o, source)?;
+    let (image, tensor) = prepare(model, &o.norm, &o.limits, source)?;
     let fwd = o.analyzer.forward(model, tensor, &o.probes, false)?;
     let top5 = fwd.top_k(5);
     let warnings = lrp_heatmap::analyzers::selfcheck::near_tie_warnings(
@@ -218,8 +225,10 @@ fn explain_chunk(
         .into_par_iter()
         .map(|s| {
             let s = s?;
-            lrp_heatmap::guard::boundary("x=", || prepare(model, o, s).map_err(Into::into))
-                .map_err(|e| to_py(Error::from(e)))
+            lrp_heatmap::guard::boundary("x=", || {
+                prepare(model, &o.norm, &o.limits, s).map_err(Into::into)
+            })
+            .map_err(|e| to_py(Error::from(e)))
         })
         .collect();
     let mut results: Vec<Option<PyResult<Explained>>> = Vec::new();
@@ -406,6 +415,70 @@ fn to_dict<'py>(py: Python<'py>, e: Explained) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
+/// The analyzer parameters in `params` (the Python keywords given, by
+/// name), the library's defaults for the others.
+fn analyzer_params(params: &Bound<'_, PyDict>) -> PyResult<AnalyzerParams> {
+    let mut p = AnalyzerParams::default();
+    let get_f = |k: &str| -> PyResult<Option<f32>> {
+        params.get_item(k)?.map(|v| v.extract::<f32>()).transpose()
+    };
+    let get_u = |k: &str| -> PyResult<Option<usize>> {
+        params
+            .get_item(k)?
+            .map(|v| v.extract::<usize>())
+            .transpose()
+    };
+    if let Some(v) = get_f("epsilon")? {
+        p.rule.epsilon = v;
+    }
+    if let Some(v) = get_f("gamma")? {
+        p.rule.gamma = v;
+    }
+    if let Some(v) = get_f("alpha")? {
+        p.rule.alpha = v;
+    }
+    if let Some(v) = get_f("beta")? {
+        p.rule.alpha = v + 1.0;
+    }
+    if let Some(v) = get_u("steps")? {
+        p.steps = v;
+    }
+    if let Some(v) = get_u("samples")? {
+        p.samples = v;
+    }
+    if let Some(v) = get_f("noise")? {
+        p.noise = v;
+    }
+    if let Some(v) = params.get_item("seed")? {
+        p.seed = v.extract()?;
+    }
+    if let Some(v) = params.get_item("maxpool_ties")? {
+        let s: String = v.extract()?;
+        p.maxpool_ties = match s.as_str() {
+            "first" => MaxPoolTies::First,
+            "split" => MaxPoolTies::Split,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "maxpool_ties= must be 'first' or 'split', got '{other}'"
+                )))
+            }
+        };
+    }
+    Ok(p)
+}
+
+/// The normalisation in `params` (`mean`, `std`), ImageNet's by default.
+fn normalization(params: &Bound<'_, PyDict>) -> PyResult<Normalization> {
+    let mut norm = Normalization::default();
+    if let Some(v) = params.get_item("mean")? {
+        norm.mean = v.extract()?;
+    }
+    if let Some(v) = params.get_item("std")? {
+        norm.std = v.extract()?;
+    }
+    Ok(norm)
+}
+
 #[pymethods]
 impl NativeModel {
     #[new]
@@ -479,52 +552,7 @@ impl NativeModel {
         concept: Option<(String, Vec<usize>)>,
         tolerant: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        let mut p = AnalyzerParams::default();
-        let get_f = |k: &str| -> PyResult<Option<f32>> {
-            params.get_item(k)?.map(|v| v.extract::<f32>()).transpose()
-        };
-        let get_u = |k: &str| -> PyResult<Option<usize>> {
-            params
-                .get_item(k)?
-                .map(|v| v.extract::<usize>())
-                .transpose()
-        };
-        if let Some(v) = get_f("epsilon")? {
-            p.rule.epsilon = v;
-        }
-        if let Some(v) = get_f("gamma")? {
-            p.rule.gamma = v;
-        }
-        if let Some(v) = get_f("alpha")? {
-            p.rule.alpha = v;
-        }
-        if let Some(v) = get_f("beta")? {
-            p.rule.alpha = v + 1.0;
-        }
-        if let Some(v) = get_u("steps")? {
-            p.steps = v;
-        }
-        if let Some(v) = get_u("samples")? {
-            p.samples = v;
-        }
-        if let Some(v) = get_f("noise")? {
-            p.noise = v;
-        }
-        if let Some(v) = params.get_item("seed")? {
-            p.seed = v.extract()?;
-        }
-        if let Some(v) = params.get_item("maxpool_ties")? {
-            let s: String = v.extract()?;
-            p.maxpool_ties = match s.as_str() {
-                "first" => MaxPoolTies::First,
-                "split" => MaxPoolTies::Split,
-                other => {
-                    return Err(PyValueError::new_err(format!(
-                        "maxpool_ties= must be 'first' or 'split', got '{other}'"
-                    )))
-                }
-            };
-        }
+        let p = analyzer_params(params)?;
         let analyzer = Analyzer::from_name(rule, &p).map_err(to_py)?;
         let probes = Probes {
             layers,
@@ -546,13 +574,7 @@ impl NativeModel {
                 }));
             }
         }
-        let mut norm = Normalization::default();
-        if let Some(v) = params.get_item("mean")? {
-            norm.mean = v.extract()?;
-        }
-        if let Some(v) = params.get_item("std")? {
-            norm.std = v.extract()?;
-        }
+        let norm = normalization(params)?;
         let opts = Options {
             analyzer,
             probes,
@@ -592,6 +614,94 @@ impl NativeModel {
             }
         }
         Ok(out)
+    }
+
+    /// Evaluates the analyzers `rules` on each input (`(kind, data)`
+    /// pairs, named `names` in the report): the document of the command's
+    /// `evaluate.json` as JSON text. The first input that fails raises.
+    #[pyo3(signature = (inputs, names, rules, target, params, model_name, perturb, patch, steps, seed, randomize, batch))]
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &self,
+        py: Python<'_>,
+        inputs: &Bound<'_, PyList>,
+        names: Vec<String>,
+        rules: Vec<String>,
+        target: Option<usize>,
+        params: &Bound<'_, PyDict>,
+        model_name: &str,
+        perturb: &str,
+        patch: usize,
+        steps: usize,
+        seed: u64,
+        randomize: bool,
+        batch: usize,
+    ) -> PyResult<String> {
+        use lrp_heatmap::analyzers::evaluate::{Perturb, Perturbation};
+        use lrp_heatmap::analyzers::report::{self, EvaluateOptions};
+        // integrated gradients' steps are `ig_steps=` here (`steps=` are
+        // the perturbation's)
+        let ig = |e: Error| match e {
+            Error::InvalidParameter {
+                name: "steps",
+                message,
+            } => Error::InvalidParameter {
+                name: "ig_steps",
+                message,
+            },
+            e => e,
+        };
+        let mut p = analyzer_params(params)?;
+        p.seed = seed;
+        let analyzers = (rules.iter())
+            .map(|r| Analyzer::from_name(r, &p).map_err(|e| to_py(ig(e))))
+            .collect::<PyResult<Vec<_>>>()?;
+        let mode: Perturb = perturb
+            .parse()
+            .map_err(|e| PyValueError::new_err(format!("perturb= {e}")))?;
+        let opts = EvaluateOptions {
+            analyzers,
+            spec: Perturbation {
+                patch,
+                steps,
+                mode,
+                seed,
+                batch,
+            },
+            norm: normalization(params)?,
+            randomize,
+        };
+        opts.check(&self.model).map_err(to_py)?;
+        if let Some(c) = target {
+            if c >= self.model.classes {
+                return Err(to_py(Error::ClassOutOfRange {
+                    class: c,
+                    classes: self.model.classes,
+                }));
+            }
+        }
+        if names.len() != inputs.len() {
+            return Err(PyValueError::new_err("names: one per input"));
+        }
+        let limits = DecodeLimits::default();
+        let mut images = Vec::with_capacity(names.len());
+        for (item, name) in inputs.iter().zip(&names) {
+            let (kind, data): (String, Bound<'_, PyAny>) = item.extract()?;
+            let src = source(&kind, &data)?;
+            let model = &self.model;
+            let scored = compute(py, name, || {
+                let (_, x) = prepare(model, &opts.norm, &limits, src)?;
+                report::score_image(model, name, &x, target, &self.labels, &opts, &mut || {})
+                    .map_err(|e| Error::from(e.context(name.clone())))
+            })?;
+            images.push(scored);
+        }
+        if images.is_empty() {
+            return Err(PyValueError::new_err("inputs= names no input"));
+        }
+        let summary = report::summarize(&images);
+        let doc = report::document(model_name, &opts.spec, &images, &summary);
+        serde_json::to_string(&doc).map_err(|e| LrpError::new_err(e.to_string()))
     }
 }
 
@@ -729,5 +839,9 @@ fn _lrp_heatmap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ModelError", m.py().get_type::<ModelError>())?;
     m.add("ImageError", m.py().get_type::<ImageError>())?;
     m.add("BUNDLED_NAME", lrp_heatmap::model::BUNDLED_NAME)?;
+    m.add(
+        "DEFAULT_RULES",
+        lrp_heatmap::analyzers::report::DEFAULT_ANALYZERS.to_vec(),
+    )?;
     Ok(())
 }

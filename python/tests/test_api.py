@@ -195,3 +195,43 @@ def test_layers_and_concept(model):
     assert not np.array_equal(c.relevance, e.relevance)
     with pytest.raises(ValueError, match="^layers= and concept= work with LRP"):
         model.explain(cat, rule="gradient", layers=[layer])
+
+
+def test_evaluate_equals_the_commands_evaluate_json(model, tmp_path):
+    # two photos, three analyzers (an alias among them), the mean
+    # perturbation with big patches and few steps: the dict is the command's
+    # evaluate.json, number for number (both are serde_json's text of the
+    # same library report)
+    photos = [str(p) for p in PHOTOS[:2]]
+    out = tmp_path / "eval"
+    subprocess.run([str(BIN), "evaluate", *photos, "--rules", "zplus,gradient,epsilon",
+                    "--perturb", "mean", "--patch", "32", "--perturb-steps", "12",
+                    "--seed", "3", "-o", str(out)], check=True, capture_output=True)
+    want = json.loads((out / "evaluate.json").read_text())
+    got = model.evaluate(photos, rules=["lrp.z_plus", "gradient", "epsilon"], perturb="mean",
+                         patch=32, steps=12, seed=3)
+    assert got == want
+    assert [r["rank"] for r in got["summary"]] == [1, 2, 3]
+    assert len(got["images"][0]["analyzers"][0]["curves"]["morf"]) == 13
+    # an array input is named by its position; its numbers are the photo's
+    pixels = model.explain(photos[0], rule="gradient")._image
+    by_array = model.evaluate([pixels], rules=["gradient"], perturb="mean", patch=32, steps=12,
+                              seed=3)
+    assert by_array["images"][0]["input"] == "<input 0>"
+    assert by_array["images"][0]["analyzers"][0]["curves"] == \
+        want["images"][0]["analyzers"][1]["curves"]
+
+
+def test_evaluate_errors_name_the_python_parameter(model):
+    cat = ROOT / "images" / "cat.jpg"
+    with pytest.raises(ValueError, match=r"^steps= must be between 1 and the number of patches "
+                                         r"\(49 patches of 32 px at 224x224\), got 50$"):
+        model.evaluate([cat], rules=["gradient"], patch=32, steps=50)
+    with pytest.raises(ValueError, match=r"^perturb= 'salt': expected noise, mean or blur$"):
+        model.evaluate([cat], perturb="salt")
+    with pytest.raises(ValueError, match=r"^ig_steps= must be at least 1, got 0$"):
+        model.evaluate([cat], rules=["integrated-gradients"], ig_steps=0)
+    with pytest.raises(ValueError, match=r"^rules= must name at least one analyzer"):
+        model.evaluate([cat], rules=[])
+    with pytest.raises(FileNotFoundError, match=r"^x= .*no-such\.jpg: no such file$"):
+        model.evaluate(["no-such.jpg"], rules=["gradient"])

@@ -11,11 +11,22 @@ use ndarray::ArrayD;
 use serde_json::{json, Value};
 
 use crate::analyzers::evaluate::{
-    aopc, random_curve, randomization, region_perturbation, Perturbation, RandomizedLayer,
+    aopc, patches, random_curve, randomization, region_perturbation, Perturbation, RandomizedLayer,
 };
 use crate::analyzers::Analyzer;
 use crate::model::Model;
 use crate::preprocess::Normalization;
+
+/// The analyzers evaluated by default: the gradient family's two most used
+/// and the LRP composites users compare them with.
+pub const DEFAULT_ANALYZERS: &[&str] = &[
+    "gradient",
+    "smoothgrad",
+    "epsilon",
+    "zplus",
+    "epsilon-plus-flat",
+    "epsilon-gamma-box",
+];
 
 /// Randomised top layers after which a map still correlated above
 /// [`FAIL_RHO`] with the trained model's fails the check.
@@ -38,6 +49,40 @@ pub struct EvaluateOptions {
     pub norm: Normalization,
     /// Also run the cascading randomisation check.
     pub randomize: bool,
+}
+
+impl EvaluateOptions {
+    /// [`crate::Error::InvalidParameter`] for options that cannot run on
+    /// `model`: no analyzer (`rules`), a patch of 0 px (`patch`), more
+    /// steps than patches or none (`perturb_steps`), a perturbation batch
+    /// of 0 (`perturb_batch`).
+    pub fn check(&self, model: &Model) -> crate::Result<()> {
+        use crate::error::Error;
+        Error::check(!self.analyzers.is_empty(), "rules", || {
+            "must name at least one analyzer".to_string()
+        })?;
+        Error::check(self.spec.patch >= 1, "patch", || {
+            "must be at least 1 pixel, got 0".to_string()
+        })?;
+        Error::check(self.spec.batch >= 1, "perturb_batch", || {
+            "must be at least 1, got 0".to_string()
+        })?;
+        let p = patches(&model.input.shape, model.input.layout, self.spec.patch)?;
+        Error::check(
+            self.spec.steps >= 1 && self.spec.steps <= p.len(),
+            "perturb_steps",
+            || {
+                format!(
+                    "must be between 1 and the number of patches ({} patches of {} px at {}x{}), got {}",
+                    p.len(),
+                    self.spec.patch,
+                    p.h,
+                    p.w,
+                    self.spec.steps
+                )
+            },
+        )
+    }
 }
 
 /// One analyzer on one image.

@@ -21,10 +21,6 @@ use lrp_heatmap::analyzers::report::{
 use lrp_heatmap::analyzers::Analyzer;
 use lrp_heatmap::preprocess::{self, Normalization};
 
-/// The analyzers of the speed target, the default.
-pub const DEFAULT_ANALYZERS: &str =
-    "gradient,smoothgrad,epsilon,zplus,epsilon-plus-flat,epsilon-gamma-box";
-
 /// Everything an evaluation needs.
 #[derive(Clone, Debug)]
 pub struct EvaluateConfig {
@@ -75,7 +71,6 @@ pub fn run_evaluate(
     err: &mut dyn Write,
     progress: bool,
 ) -> Result<crate::app::commands::FileRun> {
-    anyhow::ensure!(!cfg.analyzers.is_empty(), "--rules names no analyzer");
     let model = lrp_heatmap::guard::boundary(&format!("model {}", cfg.model.display()), || {
         lrp_heatmap::model::LoadOptions {
             size: cfg.input_size,
@@ -89,19 +84,14 @@ pub fn run_evaluate(
         labels::find_class(&names, q)
             .map_err(|e| anyhow!("--class {q}: {e} (model {})", cfg.model.display()))?;
     }
-    let patches = lrp_heatmap::analyzers::evaluate::patches(
-        &model.input.shape,
-        model.input.layout,
-        cfg.spec.patch,
-    )?;
-    anyhow::ensure!(
-        cfg.spec.steps >= 1 && cfg.spec.steps <= patches.len(),
-        "--perturb-steps must be between 1 and the number of patches ({} patches of {} px at {}x{})",
-        patches.len(),
-        cfg.spec.patch,
-        patches.h,
-        patches.w
-    );
+    let opts = EvaluateOptions {
+        analyzers: cfg.analyzers.clone(),
+        spec: cfg.spec,
+        norm: cfg.norm,
+        randomize: cfg.randomize,
+    };
+    opts.check(&model)
+        .map_err(|e| crate::app::cli::in_flags(e.into()))?;
     let all: Vec<String> = cfg.analyzers.iter().map(Analyzer::name).collect();
     let skip: Vec<&str> = all.iter().map(String::as_str).collect();
     let mut jobs = collect(&cfg.inputs, cfg.recursive, None, &skip)?;
@@ -132,12 +122,6 @@ pub fn run_evaluate(
         );
         b
     });
-    let opts = EvaluateOptions {
-        analyzers: cfg.analyzers.clone(),
-        spec: cfg.spec,
-        norm: cfg.norm,
-        randomize: cfg.randomize,
-    };
     let mut images: Vec<ImageScores> = Vec::new();
     let mut failed = Vec::new();
     for job in &jobs {
