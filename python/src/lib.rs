@@ -80,14 +80,37 @@ fn to_py(e: Error) -> PyErr {
     }
 }
 
-/// `f()` with a panic turned into an error, the GIL released.
+/// The package's thread pool (`RAYON_NUM_THREADS` threads, default one
+/// per core), made on first use.
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| rayon::ThreadPoolBuilder::new().build().ok())
+        .as_ref()
+}
+
+/// `f()` with the GIL released, on a worker of the package's pool, as the
+/// command runs (`main.rs`): the many short parallel steps of a pass then
+/// start from a worker (work stealing) instead of waking the pool from the
+/// Python thread and parking it each time. Two Python threads share the
+/// pool.
+fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+    py.detach(|| match pool() {
+        Some(p) => p.install(f),
+        None => f(),
+    })
+}
+
+/// `f()` with a panic turned into an error, the GIL released, on the
+/// package's pool.
 fn compute<T: Send>(
     py: Python<'_>,
     what: &str,
     f: impl FnOnce() -> lrp_heatmap::Result<T> + Send,
 ) -> PyResult<T> {
-    py.detach(|| lrp_heatmap::guard::boundary(what, || f().map_err(anyhow::Error::from)))
-        .map_err(|e| to_py(Error::from(e)))
+    detached(py, || {
+        lrp_heatmap::guard::boundary(what, || f().map_err(anyhow::Error::from))
+    })
+    .map_err(|e| to_py(Error::from(e)))
 }
 
 /// A loaded model.
@@ -590,7 +613,7 @@ impl NativeModel {
             })
             .collect::<Vec<PyResult<Source>>>();
         let model = self.model.clone();
-        let results: Vec<PyResult<Explained>> = py.detach(|| {
+        let results: Vec<PyResult<Explained>> = detached(py, || {
             use rayon::prelude::*;
             let b = batch_size(&model, &opts, sources.len());
             let mut chunks: Vec<Vec<PyResult<Source>>> = Vec::new();
@@ -785,7 +808,7 @@ fn draw(
     if width == 0 || height == 0 {
         return Err(PyValueError::new_err("width and height must be > 0"));
     }
-    Ok(py.detach(|| {
+    Ok(detached(py, || {
         render::heatmap_image_styled(rel.view(), width, height, photo.as_ref(), &style, signed)
     }))
 }
@@ -806,7 +829,7 @@ fn png<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let img = draw(py, relevance, width, height, signed, cmap, clip, photo)?;
     let mut buf = Vec::new();
-    py.detach(|| render::write_png(&img, &mut buf))
+    detached(py, || render::write_png(&img, &mut buf))
         .map_err(|e| LrpError::new_err(format!("{e:#}")))?;
     Ok(PyBytes::new(py, &buf))
 }
