@@ -864,7 +864,7 @@ fn _lrp_heatmap(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BUNDLED_NAME", lrp_heatmap::model::BUNDLED_NAME)?;
     m.add(
         "DEFAULT_RULES",
-        lrp_heatmap::analyzers::report::DEFAULT_ANALYZERS.to_vec(),
+        (lrp_heatmap::analyzers::report::DEFAULT_ANALYZERS.split(',')).collect::<Vec<_>>(),
     )?;
     Ok(())
 }

@@ -235,3 +235,23 @@ def test_evaluate_errors_name_the_python_parameter(model):
         model.evaluate([cat], rules=[])
     with pytest.raises(FileNotFoundError, match=r"^x= .*no-such\.jpg: no such file$"):
         model.evaluate(["no-such.jpg"], rules=["gradient"])
+
+
+def test_a_model_with_external_data_equals_pytorch():
+    # tests/fixtures/exporters (scripts/export_zoo.py): AlexNet (channels / 4)
+    # by PyTorch's dynamo exporter, weights in alexnet.dynamo.onnx.data
+    # beside it; PyTorch's logits and autograd gradient of the top class
+    d = ROOT / "tests" / "fixtures" / "exporters"
+    top = json.loads((d / "manifest.json").read_text())["models"]["alexnet"]["top"]
+    m = lh.Model(d / "alexnet.dynamo.onnx")
+    x = np.load(d / "alexnet.input.npy")
+    logits = np.load(d / "alexnet.logits.npy")[0]
+    grad = np.load(d / "alexnet.grad.npy")[0].astype(np.float64)
+    e = m.explain(x, rule="gradient-x-input")
+    assert e.target == top == int(np.argmax(logits))
+    assert abs(e.logit - logits[top]) <= 1e-3 * np.abs(logits).max()
+    # the map is x * d logit / dx (float32 against PyTorch's float32: the
+    # Rust exporter tests measure 2e-7 to 2e-5)
+    want = x[0].astype(np.float64) * grad
+    got = e.relevance.astype(np.float64)
+    assert np.linalg.norm(got - want) <= 1e-3 * np.linalg.norm(want)

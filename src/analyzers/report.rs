@@ -17,16 +17,10 @@ use crate::analyzers::Analyzer;
 use crate::model::Model;
 use crate::preprocess::Normalization;
 
-/// The analyzers evaluated by default: the gradient family's two most used
-/// and the LRP composites users compare them with.
-pub const DEFAULT_ANALYZERS: &[&str] = &[
-    "gradient",
-    "smoothgrad",
-    "epsilon",
-    "zplus",
-    "epsilon-plus-flat",
-    "epsilon-gamma-box",
-];
+/// The analyzers evaluated by default, comma-separated: the gradient
+/// family's two most used and the LRP composites users compare them with.
+pub const DEFAULT_ANALYZERS: &str =
+    "gradient,smoothgrad,epsilon,zplus,epsilon-plus-flat,epsilon-gamma-box";
 
 /// Randomised top layers after which a map still correlated above
 /// [`FAIL_RHO`] with the trained model's fails the check.

@@ -406,7 +406,7 @@ pub struct EvaluateArgs {
     pub inputs: Vec<PathBuf>,
 
     /// Comma-separated analyzers to evaluate.
-    #[arg(long, value_delimiter = ',', default_values = lrp_heatmap::analyzers::report::DEFAULT_ANALYZERS)]
+    #[arg(long, value_delimiter = ',', default_value = lrp_heatmap::analyzers::report::DEFAULT_ANALYZERS)]
     pub rules: Vec<String>,
 
     /// Side of the square patches perturbed, in pixels of the model input.
