@@ -200,6 +200,21 @@ impl Composite {
         }
     }
 
+    /// The rule of normalisation layers (`LayerNormalization`, its
+    /// standard deviation held constant: a linear map): the epsilon rule
+    /// whatever the composite, as AttnLRP and LXT apply it (the composite's
+    /// rules such as gamma or z-plus go to convolutions and dense layers
+    /// only), with the dense layers' epsilon where they have the epsilon
+    /// rule, else the convolutions', else 1e-6 (so LRP-0 gives it epsilon 0).
+    pub fn norm_rule(&self) -> Rule {
+        match (self.dense, self.conv) {
+            (r @ Rule::Epsilon { .. }, _) | (_, r @ Rule::Epsilon { .. }) => r,
+            _ => Rule::Epsilon {
+                epsilon: crate::rules::STABILIZER,
+            },
+        }
+    }
+
     /// The rule for the linear layer `node`: the first-layer rule where the
     /// composite has one and the node reads the model input, else the rule of
     /// its class (dense for `Gemm`/`MatMul`, conv for the rest).

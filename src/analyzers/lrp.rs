@@ -532,6 +532,7 @@ pub fn explain_rows(
             rows,
             signs: node.inputs.first().and_then(|i| fwd.signs.get(i)).copied(),
             ties: composite.max_pool,
+            norm: Some(composite.norm_rule()),
         };
         // an activation hands its output's relevance on as it is: moved, not
         // copied (its shape checked as the operator would)
@@ -544,11 +545,13 @@ pub fn explain_rows(
             node.relevance_accounted(inputs, r, rule, bounds.as_ref(), reuse)?
         };
         let flow = node.op.flow();
-        let rule_name = if linear {
-            rule.to_string()
-        } else {
-            String::new()
+        // the rule the node applied: a linear layer's, or the one an
+        // operator applies itself (a normalisation's epsilon)
+        let applied = match &node.op {
+            Op::Registered(o) => o.rule(&reuse),
+            op => op.linear().map(|_| rule),
         };
+        let rule_name = applied.map(|r| r.to_string()).unwrap_or_default();
         // what arrived at the output: the sums of the parts handed to it
         let got = arrived.borrow_mut().remove(node.output.as_str());
         let got = got.unwrap_or_else(|| sums(r));
@@ -595,8 +598,8 @@ pub fn explain_rows(
                 got[row],
                 out_sums[row],
             );
-            if linear {
-                e.dropped_because = ledger::dropped_because(&rule);
+            if let Some(rule) = &applied {
+                e.dropped_because = ledger::dropped_because(rule);
             }
             let account = accounts.as_ref().and_then(|a| a.get(row).copied());
             let z_row = z_flat.as_deref().map(|z| part(z, row, rows));

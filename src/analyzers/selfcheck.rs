@@ -465,7 +465,10 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
             _ => "adds a constant that is not a layer's bias".to_string(),
         },
         Op::Gate { .. } => "multiplies two activations (a gate)".to_string(),
-        Op::Registered(o) => o.lrp0_breaker()?,
+        Op::Registered(o) => match o.lrp0() {
+            ops::Lrp0::Differs(why) => why,
+            ops::Lrp0::Exact | ops::Lrp0::Modified(_) => return None,
+        },
         Op::BatchNorm { .. } | Op::AddConst(_) => "was not canonized".to_string(),
         // copies and selections (Slice, Split, Gather, Concat...): each
         // output element is one input element, relevance goes with it

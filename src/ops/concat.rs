@@ -52,8 +52,13 @@ impl Operator for Concat {
         normalize_axis(self.axis, rank).is_ok_and(|a| a != 0)
     }
 
-    fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        split(self.axis, inputs, r)
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((split(self.axis, inputs, r)?, None))
     }
 
     fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
@@ -61,8 +66,33 @@ impl Operator for Concat {
     }
 
     /// Each output element is a copy of one input element.
-    fn lrp0_breaker(&self) -> Option<String> {
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn lrp0_gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        self.gradient(inputs, g)
+    }
+
+    fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
         None
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    /// A copy: all relevance passes.
+    fn flow(&self) -> super::Flow {
+        super::Flow::Conserving
     }
 }
 

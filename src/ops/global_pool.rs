@@ -56,8 +56,13 @@ impl Operator for GlobalPool {
         rank >= 2
     }
 
-    fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        Ok(vec![relevance(inputs[0], r, self.max)?])
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((vec![relevance(inputs[0], r, self.max)?], None))
     }
 
     /// The average hands relevance in proportion over the mean; the
@@ -82,8 +87,24 @@ impl Operator for GlobalPool {
 
     /// Both are positively homogeneous: the average is linear, the maximum
     /// is linear on each piece and hands relevance along its gradient.
-    fn lrp0_breaker(&self) -> Option<String> {
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn lrp0_gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        self.gradient(inputs, g)
+    }
+
+    fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
         None
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        Some(if self.max { "global max pool" } else { "global average pool" })
     }
 
     fn takes_maxima(&self) -> bool {

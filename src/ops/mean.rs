@@ -64,8 +64,13 @@ impl Operator for Mean {
         true
     }
 
-    fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        sum(inputs, r)
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((sum(inputs, r)?, None))
     }
 
     /// Proportional to the inputs over their sum, `n` times the output.
@@ -80,8 +85,28 @@ impl Operator for Mean {
 
     /// Linear: each input's share `x_i / sum x` of the relevance is its
     /// share `x_i * dy/dx_i / y` of the output, as for a sum.
-    fn lrp0_breaker(&self) -> Option<String> {
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn lrp0_gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        self.gradient(inputs, g)
+    }
+
+    fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
         None
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
     }
 }
 

@@ -172,40 +172,65 @@ pub enum Flow {
     Crops,
 }
 
+/// Whether LRP-0 through an operator equals gradient x input, what the
+/// self-check (`check`) compares.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lrp0 {
+    /// Equal: the operator is positively homogeneous and relevance follows
+    /// its gradient (a sum, a copy, a maximum).
+    Exact,
+    /// Equal to gradient x input of the network in which this operator's
+    /// gradient is [`Operator::lrp0_gradient`] (what that is, in words: the
+    /// rule the operator's relevance follows, e.g. a normalisation's
+    /// standard deviation held constant).
+    Modified(&'static str),
+    /// Different, and why.
+    Differs(String),
+}
+
 /// An operator family in one file: its shape, forward pass, relevance and
-/// gradient (the import from ONNX is the [`registry::Family::import`] of the
-/// same file). Inputs are the node's activations, in order.
+/// gradient, and the facts the self-check, the ledger and batching need
+/// (the import from ONNX is the [`registry::Family::import`] of the same
+/// file). Inputs are the node's activations, in order. No method has a
+/// default: a new operator states each.
 pub trait Operator: std::fmt::Debug + Send + Sync {
     /// The output shape for inputs of these shapes.
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>>;
     /// The forward pass (the native engine's).
     fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>>;
-    /// The relevance `r` at the output, handed to each input.
-    fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>;
+    /// The relevance `r` at the output, handed to each input, with the
+    /// account of what it does not pass on where its [`Operator::flow`] is
+    /// [`Flow::Linear`] (one per row of a batch, [`Reuse::rows`]).
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        reuse: &Reuse,
+    ) -> Result<Propagated>;
     /// The gradient `g` at the output, at each input (the chain rule, exact).
     fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>;
-    /// Why LRP-0 may differ from gradient x input through this operator
-    /// (`None`: it is positively homogeneous and relevance follows the
-    /// gradient, as for a sum); read by the self-check.
-    fn lrp0_breaker(&self) -> Option<String> {
-        Some("has no proof that LRP-0 equals gradient x input through it".to_string())
-    }
+    /// Whether LRP-0 follows the gradient through it; read by the self-check.
+    fn lrp0(&self) -> Lrp0;
+    /// The gradient LRP-0 follows through it: [`Operator::gradient`] unless
+    /// [`Operator::lrp0`] is [`Lrp0::Modified`].
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>)
+        -> Result<Vec<ArrayD<f32>>>;
     /// Whether its derivative depends on which inputs are the largest (a
     /// maximum: the self-check looks for near-ties there).
-    fn takes_maxima(&self) -> bool {
-        false
-    }
+    fn takes_maxima(&self) -> bool;
     /// How relevance flows through it (the ledger checks that nothing else
     /// is lost).
-    fn flow(&self) -> Flow {
-        Flow::Conserving
-    }
+    fn flow(&self) -> Flow;
+    /// The rule its relevance applies, for the ledger (`None`: no rule, it
+    /// passes or splits relevance as its [`Operator::flow`] says).
+    fn rule(&self, reuse: &Reuse) -> Option<Rule>;
+    /// What kind of node it is, in words, for the ledger's summary (`None`:
+    /// named by its ONNX operator type).
+    fn kind(&self) -> Option<&'static str>;
     /// Whether the samples of inputs (of rank `rank`) stacked on axis 0 are
     /// computed apart from each other, forward and backward: a batch may
     /// then run through it in one pass.
-    fn keeps_samples_apart(&self, _rank: usize) -> bool {
-        false
-    }
+    fn keeps_samples_apart(&self, rank: usize) -> bool;
 }
 
 impl Op {
@@ -242,6 +267,7 @@ impl Op {
             Op::MaxPool(_) => "max pool",
             Op::AvgPool(_) => "average pool",
             Op::Sum => "residual Add",
+            Op::Registered(o) => return o.kind(),
             _ => return None,
         })
     }
@@ -283,9 +309,13 @@ pub struct Reuse<'a> {
     pub rows: usize,
     /// Whether the layer's input has values above and below zero, if known.
     pub signs: Option<(bool, bool)>,
-    /// Where a max pool's window hands its relevance (not a reuse, but the
-    /// one choice of a relevance pass outside the linear layers' rules).
+    /// Where a max pool's window hands its relevance (not a reuse, but one
+    /// of the two choices of a relevance pass outside the linear layers'
+    /// rules).
     pub ties: MaxPoolTies,
+    /// The composite's rule of normalisation layers (`LayerNormalization`;
+    /// the other choice; `None`: epsilon at [`crate::rules::STABILIZER`]).
+    pub norm: Option<Rule>,
 }
 
 /// Propagates the relevance `r` at the output of `op` to each of its inputs
@@ -348,7 +378,7 @@ pub fn relevance_accounted(
         Op::Reshape(_) => one(structural::reshape(x, r)?),
         Op::Transpose(perm) => one(structural::transpose(perm, x, r)?),
         Op::Move(m) => m.backward(inputs, r)?,
-        Op::Registered(o) => o.relevance(inputs, r)?,
+        Op::Registered(o) => return o.relevance(inputs, r, &reuse),
         Op::BatchNorm { .. } | Op::AddConst(_) => {
             return Err(anyhow!("the node was not canonized"));
         }

@@ -67,8 +67,13 @@ impl Operator for ReduceSpec {
         forward(self, inputs[0])
     }
 
-    fn relevance(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        Ok(vec![relevance(self, inputs[0], r)?])
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((vec![relevance(self, inputs[0], r)?], None))
     }
 
     /// Sums and means in proportion over the output; a maximum all to the
@@ -87,7 +92,23 @@ impl Operator for ReduceSpec {
 
     /// Sums and means are linear; a maximum hands relevance along its
     /// gradient (the winner).
-    fn lrp0_breaker(&self) -> Option<String> {
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn lrp0_gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        self.gradient(inputs, g)
+    }
+
+    fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
+        None
+    }
+
+    fn kind(&self) -> Option<&'static str> {
         None
     }
 
@@ -117,8 +138,13 @@ impl Operator for NoOp {
         Ok(inputs[0].clone())
     }
 
-    fn relevance(&self, _: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        Ok(vec![r.clone()])
+    fn relevance(
+        &self,
+        _: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((vec![r.clone()], None))
     }
 
     fn gradient(&self, _: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
@@ -129,8 +155,33 @@ impl Operator for NoOp {
         true
     }
 
-    fn lrp0_breaker(&self) -> Option<String> {
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn lrp0_gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        self.gradient(inputs, g)
+    }
+
+    fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
         None
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    /// The identity: all relevance passes.
+    fn flow(&self) -> super::Flow {
+        super::Flow::Conserving
     }
 }
 
