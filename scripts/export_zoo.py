@@ -3,14 +3,19 @@
 exporters, with PyTorch's own numbers: the fixtures of tests/it/exporters.rs.
 
 Each architecture is built with its real torchvision / timm constructor, then
-shrunk in place: every Conv2d, BatchNorm2d and Linear keeps its class (timm's
-BatchNormAct2d, Conv2dSame...) and its place in the graph, but has its channel
-counts divided by a factor (the image's 3 channels and the classes excepted;
-grouped convolutions keep some groups, depthwise ones stay depthwise). Weights
-are drawn anew (He normal; biases as the constructors set them, zero), and
-BatchNorm running statistics are those of random inputs, then perturbed, so
-that no BatchNorm is the identity and the activations keep a sane scale at
-every depth.
+shrunk in place: every Conv2d, BatchNorm2d, LayerNorm (nn.LayerNorm and the
+channels-first LayerNorm2d of timm and torchvision) and Linear (on flattened
+features or on channels-last tensors) keeps its class (timm's BatchNormAct2d,
+Conv2dSame...) and its place in the graph, but has its channel counts divided
+by a factor (the image's 3 channels and the classes excepted; grouped
+convolutions keep some groups, depthwise ones stay depthwise), and so do
+ConvNeXt's layer scales (timm's `gamma`, torchvision's `layer_scale`).
+Weights are drawn anew (He normal; biases as the constructors set them,
+zero), BatchNorm running statistics are those of random inputs, then
+perturbed, LayerNorm scales and shifts are drawn around 1 and 0 and layer
+scales in [0.5, 1] (not ConvNeXt's 1e-6, which would make its blocks vanish),
+so that no normalisation is the identity and the activations keep a sane
+scale at every depth.
 
 For each architecture NAME it writes, into tests/fixtures/exporters/:
 - NAME.ts.onnx: torch.onnx.export(dynamo=False, opset_version=13), dynamic batch;
@@ -22,14 +27,29 @@ For each architecture NAME it writes, into tests/fixtures/exporters/:
 - NAME.logits.npy: PyTorch's logits [1, 10] on it, computed in float64
   (stored as float32);
 - NAME.grad.npy: autograd's gradient of the top logit with respect to the
-  input [1, 3, H, W], computed in float64 (gradient x input is input * grad).
+  input [1, 3, H, W], computed in float64 (gradient x input is input * grad);
+- NAME.lrp0ref.npy (the architectures of LRP0REF, whose nonlinearities are
+  ReLU, GELU and LayerNorm): what LRP-0 gives through them, the input times
+  the float64 gradient of the top logit of the same network in which every
+  LayerNorm's standard deviation is a constant ((x - mean) / std.detach()
+  * w + b) and every GELU passes x * (gelu(x) / x).detach() (AttnLRP's
+  identity rule: its derivative is taken as gelu(x) / x, 1/2 at 0); same
+  forward values (checked to 1e-10 in float64), float32 [1, 3, H, W].
 and manifest.json: per architecture the input size, top class, whether every
 nonlinearity is piecewise linear through the origin (LRP-0 == gradient x
-input), and the versions of the producers.
+input), for those of LRP0REF `"lrp0ref": true` and the ONNX op types of each
+export (`op_types`: how LayerNorm and GELU come out), and the versions of
+the producers.
 
 Run (CPU; about a minute):
     python3 scripts/export_zoo.py            # all architectures
     python3 scripts/export_zoo.py alexnet    # some
+    python3 scripts/export_zoo.py convnext_atto convnext_tiny ln_mlp
+
+A separate mode writes the full-size torchvision convnext_tiny (1000 classes,
+random weights, layer scales 1) at 1x3x224x224 by the dynamo exporter (opset
+18, weights in OUT.onnx.data), for speed measurements; never committed:
+    python3 scripts/export_zoo.py --full-convnext-tiny OUT.onnx
 
 Made with torch 2.15.0, torchvision 0.29.2, timm 1.0.31, onnx 1.23.2,
 onnxscript 0.7.2 (pip install torch torchvision timm onnx onnxscript).
@@ -68,6 +88,32 @@ def shufflenet():
     return torchvision.models.ShuffleNetV2([4, 8, 4], [8, 16, 32, 64, 128], num_classes=CLASSES)
 
 
+class LnMlp(nn.Module):
+    """A transformer-style MLP block on a convolutional stem: LayerNorm and
+    Linear on channels-last tensors (the Linear of a 4-D tensor is exported
+    as MatMul + Add, not Gemm), GELU, a residual add, then global average
+    pool, LayerNorm and a dense classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.fc1 = nn.Linear(8, 16)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(16, 8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, x):
+        s = self.stem(x)
+        y = s.permute(0, 2, 3, 1)
+        y = self.fc2(self.act(self.fc1(self.norm(y))))
+        y = y.permute(0, 3, 1, 2) + s
+        y = torch.flatten(self.pool(y), 1)
+        return self.head(self.head_norm(y))
+
+
 # name: (constructor, channel divisor, input size, ReLU-only (LRP-0 == grad x input)
 # [, divisor of the hidden dense layers]). AlexNet and VGG keep 224x224: their
 # adaptive average pool must not upsample (the TorchScript exporter refuses it).
@@ -87,7 +133,30 @@ ARCHS = {
     "regnet_y_400mf": (tv("regnet_y_400mf"), 16, 64, False),
     "timm_resnet18d": (tm("resnet18d"), 16, 64, True),
     "timm_mobilenetv3_small_100": (tm("mobilenetv3_small_100"), 8, 64, False),
+    # LayerNorm2d and 1x1-conv MLPs (conv_mlp), layer scale `gamma`; widths
+    # 40..320 -> 3..26
+    "convnext_atto": (tm("convnext_atto"), 12, 64, False),
+    # nn.LayerNorm and Linear on channels-last tensors, LayerNorm2d before the
+    # downsampling and the classifier, `layer_scale` [C, 1, 1]; all 3+3+9+3
+    # blocks, widths 96..768 -> 3..24
+    "convnext_tiny": (tv("convnext_tiny"), 32, 64, False),
+    "ln_mlp": (LnMlp, 1, 32, False),
 }
+
+# The architectures that get NAME.lrp0ref.npy: every nonlinearity is a ReLU,
+# a GELU or a LayerNorm (see lrp0_reference).
+LRP0REF = {"convnext_atto", "convnext_tiny", "ln_mlp"}
+
+# ConvNeXt's layer scales: timm's ConvNeXtBlock.gamma [C] (and LayerScale /
+# LayerScale2d .gamma), torchvision's CNBlock.layer_scale [C, 1, 1].
+LAYER_SCALES = ("gamma", "layer_scale")
+
+
+def layer_scales(model):
+    """(module, attribute name) of every layer-scale parameter."""
+    return [
+        (m, a) for m in model.modules() for a in LAYER_SCALES if isinstance(getattr(m, a, None), nn.Parameter)
+    ]
 
 
 def shrink_channels(c, k):
@@ -99,8 +168,10 @@ def shrink_channels(c, k):
 
 
 def shrink(model, k, k_dense):
-    """Divides the channel counts of every Conv2d and BatchNorm2d by k, the
-    hidden widths of Linear layers by k_dense, in place."""
+    """Divides the channel counts of every Conv2d, BatchNorm2d, LayerNorm and
+    layer scale by k, the hidden widths of Linear layers by k_dense, in place
+    (a Linear on channels-last tensors, as in ConvNeXt's blocks, reads and
+    writes channels: there k_dense == k)."""
     # a dense layer reads flattened channels (k) or a dense layer's outputs (k_dense)
     widths = {}
     for m in model.modules():
@@ -132,6 +203,14 @@ def shrink(model, k, k_dense):
             m.bias = nn.Parameter(torch.empty(n))
             m.running_mean = torch.zeros(n)
             m.running_var = torch.ones(n)
+        elif isinstance(m, nn.LayerNorm):  # timm's and torchvision's LayerNorm2d too
+            assert len(m.normalized_shape) == 1, f"LayerNorm over {m.normalized_shape}"
+            n = shrink_channels(m.normalized_shape[0], k)
+            m.normalized_shape = (n,)
+            if m.weight is not None:
+                m.weight = nn.Parameter(torch.empty(n))
+            if m.bias is not None:
+                m.bias = nn.Parameter(torch.empty(n))
         elif isinstance(m, nn.Linear):
             fin, fout = m.in_features, m.out_features
             fin2 = fin // widths[fin] if fin in widths else fin
@@ -140,6 +219,9 @@ def shrink(model, k, k_dense):
             m.weight = nn.Parameter(torch.empty(fout2, fin2))
             if m.bias is not None:
                 m.bias = nn.Parameter(torch.empty(fout2))
+    for m, a in layer_scales(model):
+        p = getattr(m, a)
+        setattr(m, a, nn.Parameter(torch.empty(shrink_channels(p.shape[0], k), *p.shape[1:])))
 
 
 def randomise(model, size, gen):
@@ -147,7 +229,9 @@ def randomise(model, size, gen):
     constructors initialise them (so the TorchScript exporter shares the equal
     ones through Identity nodes, as it does for users' models); BatchNorm
     running statistics of random inputs, then perturbed (so no BatchNorm is
-    the identity)."""
+    the identity); LayerNorm scales 1 + 0.2 N(0, 1) and shifts 0.1 N(0, 1)
+    (so no LayerNorm is the identity either); layer scales uniform in
+    [0.5, 1]."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -160,6 +244,13 @@ def randomise(model, size, gen):
                 m.bias.zero_()
                 m.momentum = None  # cumulative average over the calibration batches
                 m.reset_running_stats()
+            elif isinstance(m, nn.LayerNorm):
+                if m.weight is not None:
+                    m.weight.normal_(0, 0.2, generator=gen).add_(1.0)
+                if m.bias is not None:
+                    m.bias.normal_(0, 0.1, generator=gen)
+        for m, a in layer_scales(model):
+            getattr(m, a).uniform_(0.5, 1.0, generator=gen)
         # calibration: running statistics of random inputs, layer by layer
         model.train()
         for _ in range(4):
@@ -187,6 +278,8 @@ def export(name, ctor, k, size, relu_only, k_dense=None):
     logits = double(xg)
     top = int(logits.argmax())
     (grad,) = torch.autograd.grad(logits[0, top], xg)
+    if name in LRP0REF:
+        ref = lrp0_reference(double, x.double(), top, logits)
     logits, grad = logits.float(), grad.float()
     params = sum(p.numel() for p in model.parameters())
 
@@ -213,13 +306,83 @@ def export(name, ctor, k, size, relu_only, k_dense=None):
     np.save(base + ".logits.npy", logits.detach().numpy().astype(np.float32))
     np.save(base + ".grad.npy", grad.numpy().astype(np.float32))
     check_onnxruntime(name, ts, dy, x, logits)
-    return {
+    entry = {
         "size": size,
         "top": top,
         "relu_only": relu_only,
         "parameters": params,
         "divisor": k,
     }
+    if name in LRP0REF:
+        np.save(base + ".lrp0ref.npy", ref.numpy().astype(np.float32))
+        entry["lrp0ref"] = True
+        entry["op_types"] = {"ts": op_types(ts), "dynamo": op_types(dy)}
+        print(f"  ts ops: {entry['op_types']['ts']}\n  dynamo ops: {entry['op_types']['dynamo']}")
+    return entry
+
+
+def lrp0_reference(double, x, top, logits):
+    """Input times the gradient of the top logit of `double` (float64) with
+    every LayerNorm's standard deviation detached and every GELU's derivative
+    taken as gelu(x) / x (1/2 at 0, gelu'(0)): what LRP-0 computes through
+    them (the LayerNorm a linear map of its centred input, AttnLRP's identity
+    rule on the GELU). Done by swapping torch.nn.functional's layer_norm and
+    gelu, which nn.LayerNorm, timm's and torchvision's LayerNorm2d and the
+    GELU modules of torch and timm call, for the time of this pass only;
+    every LayerNorm and GELU module must have gone through the swapped ones,
+    and the logits must equal `logits` (the forward values do not change)."""
+    import torch.nn.functional as F
+
+    layer_norm, gelu = F.layer_norm, F.gelu
+    calls = {"layer_norm": 0, "gelu": 0}
+
+    def ln_const_std(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+        calls["layer_norm"] += 1
+        dims = tuple(range(-len(normalized_shape), 0))
+        mean = x.mean(dims, keepdim=True)
+        std = (x.var(dims, unbiased=False, keepdim=True) + eps).sqrt()
+        y = (x - mean) / std.detach()
+        if weight is not None:
+            y = y * weight
+        if bias is not None:
+            y = y + bias
+        return y
+
+    def gelu_identity(x, approximate="none"):
+        calls["gelu"] += 1
+        zero = x == 0
+        ratio = torch.where(zero, 0.5, gelu(x, approximate=approximate) / torch.where(zero, 1.0, x))
+        return x * ratio.detach()
+
+    want = {
+        "layer_norm": sum(isinstance(m, nn.LayerNorm) for m in double.modules()),
+        "gelu": sum(type(m).__name__ == "GELU" for m in double.modules()),
+    }
+    xg = x.clone().requires_grad_(True)
+    F.layer_norm, F.gelu = ln_const_std, gelu_identity
+    try:
+        out = double(xg)
+    finally:
+        F.layer_norm, F.gelu = layer_norm, gelu
+    assert calls == want, f"swapped calls {calls}, modules {want}"
+    err = float((out - logits).abs().max() / logits.abs().max())
+    assert err < 1e-10, f"the LRP-0 network's logits differ by {err}"
+    (grad,) = torch.autograd.grad(out[0, top], xg)
+    ref = x * grad
+    print(f"  lrp0ref: logits {err:.1e}, LayerNorms {calls['layer_norm']}, GELUs {calls['gelu']}")
+    return ref
+
+
+def op_types(path):
+    """The sorted set of the op types of an ONNX file's nodes (the graph's,
+    and any function's the dynamo exporter writes)."""
+    import onnx
+
+    m = onnx.load(path, load_external_data=False)
+    ops = {n.op_type for n in m.graph.node}
+    for f in m.functions:
+        ops |= {n.op_type for n in f.node}
+    return sorted(ops)
 
 
 def strip_metadata(path):
@@ -249,6 +412,39 @@ def check_onnxruntime(name, ts, dy, x, logits):
         print(f"  {os.path.basename(path)}: onnxruntime vs PyTorch {err:.1e}")
 
 
+def full_convnext_tiny(path):
+    """The full-size torchvision convnext_tiny (1000 classes, the
+    constructor's random weights with layer scales 1 instead of 1e-6) at
+    1x3x224x224, by the dynamo exporter (opset 18, weights in PATH.data);
+    checked against onnxruntime, for speed measurements only."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.convnext_tiny(weights=None).eval()
+    with torch.no_grad():
+        for m, a in layer_scales(model):
+            getattr(m, a).fill_(1.0)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        logits = model(x)
+    for old in (path, path + ".data"):
+        if os.path.exists(old):
+            os.remove(old)
+    program = torch.onnx.export(model, (x,), dynamo=True, opset_version=18)
+    program.save(path, external_data=True)
+    strip_metadata(path)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    err = np.abs(got - logits.numpy()).max() / np.abs(logits.numpy()).max()
+    assert err < 1e-4, f"{path}: onnxruntime differs from PyTorch by {err}"
+    size = sum(os.path.getsize(p) for p in (path, path + ".data") if os.path.exists(p))
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{path}: {params} parameters, {size} bytes with its data, onnxruntime vs PyTorch {err:.1e}")
+    print(f"  ops: {op_types(path)}")
+
+
 def main():
     import timm
     import torchvision
@@ -256,6 +452,11 @@ def main():
     import onnxscript
 
     warnings.filterwarnings("ignore")
+    if sys.argv[1:2] == ["--full-convnext-tiny"]:
+        if len(sys.argv) != 3:
+            sys.exit("usage: export_zoo.py --full-convnext-tiny OUT.onnx")
+        full_convnext_tiny(sys.argv[2])
+        return
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
     names = sys.argv[1:] or list(ARCHS)
