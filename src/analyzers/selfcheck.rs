@@ -439,19 +439,9 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
             }
             format!("pads with the constant {}", spec.value)
         }
-        Op::Activation(act) => match act {
-            Act::Identity | Act::Relu | Act::LeakyRelu { .. } | Act::PRelu { .. } => return None,
-            Act::Clip { min, max } => {
-                if (*min == 0.0 || *min == f32::NEG_INFINITY) && *max == f32::INFINITY {
-                    return None;
-                }
-                if *min == 0.0 && *max == 6.0 {
-                    "ReLU6 clips at 6".to_string()
-                } else {
-                    format!("clips to [{min}, {max}]")
-                }
-            }
-            other => format!("{other:?} is not piecewise linear through the origin"),
+        Op::Activation(act) => match act.lrp0() {
+            ops::Lrp0::Exact | ops::Lrp0::Modified(_) => return None,
+            ops::Lrp0::Differs(why) => why,
         },
         Op::Arith {
             kind,
@@ -475,6 +465,56 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
         Op::Move(_) => return None,
     };
     Some(format!("{} node '{}' {why}", node.op_type, node.name))
+}
+
+/// The gradient LRP-0 follows through `node` (`grad` itself where LRP-0
+/// is gradient x input through it, [`ops::Lrp0::Exact`]): a smooth
+/// activation's derivative replaced by `f(x) / x` (the identity rule),
+/// a layer normalisation's standard deviation held constant.
+fn lrp0_gradient(
+    node: &Node,
+    inputs: &[&ArrayD<f32>],
+    g: &ArrayD<f32>,
+    grad: &NodeGradient,
+) -> Result<Vec<ArrayD<f32>>> {
+    match &node.op {
+        Op::Activation(act) if matches!(act.lrp0(), ops::Lrp0::Modified(_)) => {
+            Ok(vec![act.lrp0_gradient(inputs[0], g)?])
+        }
+        Op::Registered(o) if matches!(o.lrp0(), ops::Lrp0::Modified(_)) => {
+            o.lrp0_gradient(inputs, g)
+        }
+        _ => grad(node, inputs, g),
+    }
+}
+
+/// Whether LRP-0 through `node` follows a modified gradient.
+fn lrp0_modified(node: &Node) -> bool {
+    let what = match &node.op {
+        Op::Activation(a) => a.lrp0(),
+        Op::Registered(o) => o.lrp0(),
+        _ => ops::Lrp0::Exact,
+    };
+    matches!(what, ops::Lrp0::Modified(_))
+}
+
+/// What the nodes on `path` whose LRP-0 follows a modified gradient are
+/// (in words, once each), for the figure's note.
+fn modified(graph: &crate::graph::Graph, path: &Shapes) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = Vec::new();
+    for n in graph.nodes.iter().filter(|n| path.contains_key(&n.output)) {
+        let what = match &n.op {
+            Op::Activation(a) => a.lrp0(),
+            Op::Registered(o) => o.lrp0(),
+            _ => ops::Lrp0::Exact,
+        };
+        if let ops::Lrp0::Modified(w) = what {
+            if !v.contains(&w) {
+                v.push(w);
+            }
+        }
+    }
+    v
 }
 
 /// What LRP-0's stabiliser makes of the gradient at the output `z` of
@@ -895,15 +935,21 @@ fn lrp0_figure(
                 fwd.activations.get(&node.output)
             };
             match z.and_then(|z| stabiliser_factor(node, z)) {
-                Some(f) if f.shape() == g.shape() => grad(node, inputs, &(g * &f)),
-                _ => grad(node, inputs, g),
+                Some(f) if f.shape() == g.shape() => lrp0_gradient(node, inputs, &(g * &f), grad),
+                _ => lrp0_gradient(node, inputs, g, grad),
             }
         })?;
     let want = &g_stab * &fwd.input;
     let gxi = g * &fwd.input;
     let mut f = Figure::measured(what, cosine(&e.relevance, &want), ">=", LRP0_MIN_COSINE);
+    let rules = modified(graph, path);
     f.note = format!(
-        "cosine, the stabiliser included; relative L2 {:.1e}; without the stabiliser cosine {:.6}",
+        "cosine, the stabiliser included{}; relative L2 {:.1e}; against plain gradient x input cosine {:.6}",
+        if rules.is_empty() {
+            String::new()
+        } else {
+            format!(", of the network with {}", rules.join(" and "))
+        },
         rel_l2(&e.relevance, &want),
         cosine(&e.relevance, &gxi)
     );
@@ -1231,7 +1277,8 @@ fn check_node(
         // from this reference by 5e-8)
         let stab_u = stabiliser_factor(node, z).map(|f| &u * &f);
         let jt_ref = match &stab_u {
-            Some(su) => grad(node, inputs, su)?,
+            Some(su) => lrp0_gradient(node, inputs, su, grad)?,
+            None if lrp0_modified(node) => lrp0_gradient(node, inputs, &u, grad)?,
             None => jt.clone(),
         };
         for (k, x) in inputs.iter().enumerate() {

@@ -138,6 +138,16 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
     };
 
     let nodes = topo_sort(&g.node, &input, &init)?;
+    // the decomposed forms of operators (LayerNorm, GELU as the TorchScript
+    // exporter writes them) become the operators' own nodes
+    let value = |name: &str| consts.get(name).and_then(|t| load(t).ok());
+    let mut fused = crate::ops::registry::ProtoGraph {
+        nodes: nodes.into_iter().cloned().collect(),
+        constant: &value,
+        outputs: g.output.iter().map(|o| o.name.clone()).collect(),
+    };
+    crate::ops::registry::fuse_all(&mut fused)?;
+    let nodes = fused.nodes;
 
     // which tensors carry the image signal
     let mut active: HashSet<String> = HashSet::from([input.clone()]);

@@ -387,6 +387,57 @@ impl Act {
     }
 }
 
+impl Act {
+    /// Whether LRP-0 (relevance passing unchanged, the identity rule)
+    /// equals gradient x input through it: for the piecewise-linear
+    /// rectifiers through the origin, exactly; for the smooth activations
+    /// with `f(0) = 0` (GELU, tanh, ELU, SELU, CELU, Mish) with the
+    /// derivative replaced by `f(x) / x` ([`Act::lrp0_gradient`]); not for
+    /// the others.
+    pub fn lrp0(&self) -> super::Lrp0 {
+        use super::Lrp0;
+        match self {
+            Act::Identity | Act::Relu | Act::LeakyRelu { .. } | Act::PRelu { .. } => Lrp0::Exact,
+            Act::Clip { min, max } => {
+                if (*min == 0.0 || *min == f32::NEG_INFINITY) && *max == f32::INFINITY {
+                    Lrp0::Exact
+                } else if *min == 0.0 && *max == 6.0 {
+                    Lrp0::Differs("ReLU6 clips at 6".to_string())
+                } else {
+                    Lrp0::Differs(format!("clips to [{min}, {max}]"))
+                }
+            }
+            Act::Gelu { .. }
+            | Act::Tanh
+            | Act::Elu { .. }
+            | Act::Selu { .. }
+            | Act::Celu { .. }
+            | Act::Mish => Lrp0::Modified("each smooth activation's derivative replaced by f(x)/x"),
+            Act::Sigmoid
+            | Act::HardSigmoid { .. }
+            | Act::HardSwish
+            | Act::Softplus
+            | Act::Opaque => Lrp0::Differs(format!(
+                "{self:?} is not piecewise linear through the origin"
+            )),
+        }
+    }
+
+    /// `g f(x) / x`, the gradient LRP-0 follows through a smooth activation
+    /// with `f(0) = 0` (relevance passes: `R = f(x) g = x (g f(x) / x)`);
+    /// at `x = 0` the derivative.
+    pub fn lrp0_gradient(&self, x: &ArrayD<f32>, g: &ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let y = self.apply(x)?;
+        let zero = ArrayD::<f32>::zeros(ndarray::IxDyn(&[1]));
+        let d0 = self.gradient(&zero, &ArrayD::ones(ndarray::IxDyn(&[1])), false)?[0];
+        let mut out = g.clone();
+        Zip::from(&mut out).and(x).and(&y).for_each(|o, &x, &y| {
+            *o *= if x == 0.0 { d0 } else { y / x };
+        });
+        Ok(out)
+    }
+}
+
 /// The registry's entry: the ONNX operators this family reads (imported in
 /// `model/onnx`, run natively in `engine/native.rs`).
 pub const FAMILY: super::registry::Family = super::registry::Family {
@@ -410,14 +461,86 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ("Selu", "activation: relevance passes"),
         ("Celu", "activation: relevance passes"),
         ("Softplus", "activation: relevance passes"),
-        ("Gelu", "activation: relevance passes"),
+        (
+            "Gelu",
+            "activation: relevance passes (also the exporters' Div, Erf, Add, Mul, Mul)",
+        ),
         ("Mish", "activation: relevance passes"),
         ("Dropout", "identity (inference)"),
         ("Identity", "identity"),
         ("Cast", "identity"),
     ],
     import: None,
+    fuse: Some(fuse_gelu),
 };
+
+/// The exact GELU as exporters decompose it (PyTorch's TorchScript and
+/// dynamo exporters before opset 20): `a = Div(x, sqrt 2)` (or `Mul(x, 1 /
+/// sqrt 2)`), `e = Erf(a)`, `p = Add(e, 1)`, then `Mul` by `x` and `Mul` by
+/// `0.5` in either order (operands in either order), each intermediate read
+/// by the chain alone: becomes one `Gelu` node named after the `Erf`.
+fn fuse_gelu(g: &mut super::registry::ProtoGraph) -> anyhow::Result<()> {
+    let mut start = 0;
+    while let Some(i) = (start..g.nodes.len()).find(|&i| g.nodes[i].op_type == "Erf") {
+        start = i + 1;
+        if let Some((remove, node)) = gelu_chain(g, i) {
+            g.replace(&remove, node);
+            start = 0;
+        }
+    }
+    Ok(())
+}
+
+/// The chain of [`fuse_gelu`] around the `Erf` at `i`, if it is one.
+fn gelu_chain(
+    g: &super::registry::ProtoGraph,
+    i: usize,
+) -> Option<(Vec<usize>, tract_onnx::pb::NodeProto)> {
+    let n = |k: usize| &g.nodes[k];
+    let out = |k: usize| n(k).output.first().cloned().unwrap_or_default();
+    let near = |c: &ArrayD<f32>, v: f32| c.len() == 1 && c.iter().all(|&c| (c - v).abs() <= 1e-6 * v);
+    let scaled = g.producer(n(i).input.first()?)?;
+    let (x, _) = match n(scaled).op_type.as_str() {
+        "Div" if n(scaled).input.get(1).is_some_and(|c| g.scalar(c).is_some()) => {
+            g.with_constant(n(scaled), |c| near(c, std::f32::consts::SQRT_2))?
+        }
+        "Mul" => g.with_constant(n(scaled), |c| near(c, std::f32::consts::FRAC_1_SQRT_2))?,
+        _ => return None,
+    };
+    if g.only_reader(&out(scaled)) != Some(i) {
+        return None;
+    }
+    let add = g.only_reader(&out(i))?;
+    if n(add).op_type != "Add" || g.with_constant(n(add), |c| near(c, 1.0)).is_none() {
+        return None;
+    }
+    // two Muls: by x and by 0.5, in either order
+    let m1 = g.only_reader(&out(add))?;
+    let m2 = g.only_reader(&out(m1))?;
+    if n(m1).op_type != "Mul" || n(m2).op_type != "Mul" {
+        return None;
+    }
+    let by_x = |k: usize, other: &str| {
+        let mut ins = n(k).input.clone();
+        ins.sort();
+        let mut want = vec![x.clone(), other.to_string()];
+        want.sort();
+        ins == want
+    };
+    let by_half = |k: usize| g.with_constant(n(k), |c| near(c, 0.5)).is_some();
+    let ok = (by_x(m1, &out(add)) && by_half(m2)) || (by_half(m1) && by_x(m2, &out(m1)));
+    if !ok {
+        return None;
+    }
+    let node = tract_onnx::pb::NodeProto {
+        name: n(i).name.clone(),
+        op_type: "Gelu".into(),
+        input: vec![x],
+        output: vec![out(m2)],
+        ..Default::default()
+    };
+    Some((vec![scaled, i, add, m1, m2], node))
+}
 
 #[cfg(test)]
 mod tests {

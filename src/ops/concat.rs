@@ -18,6 +18,7 @@ pub const FAMILY: Family = Family {
     name: "concat",
     onnx: &[("Concat", "each input gets its slice back")],
     import: Some(import),
+    fuse: None,
 };
 
 /// `Concat` along `axis` (negative: from the end).

@@ -518,6 +518,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ("Conv", "linear layer, composite rule (first / conv); 2-D, any stride, padding, dilation, group (depthwise)"),
     ],
     import: None,
+    fuse: None,
 };
 
 #[cfg(test)]

@@ -257,4 +257,5 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ),
     ],
     import: None,
+    fuse: None,
 };

@@ -75,6 +75,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ("Mul", "by a constant: as Sub; two activations: a gate, all relevance to the gated one, none to the gate"),
     ],
     import: None,
+    fuse: None,
 };
 
 #[cfg(test)]

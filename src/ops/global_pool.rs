@@ -21,6 +21,7 @@ pub const FAMILY: Family = Family {
         ("GlobalMaxPool", "winner takes all"),
     ],
     import: Some(import),
+    fuse: None,
 };
 
 /// A global pool over every axis after the channels.

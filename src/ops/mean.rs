@@ -24,6 +24,7 @@ pub const FAMILY: Family = Family {
         "proportional split between the activations (as Sum)",
     )],
     import: Some(import),
+    fuse: None,
 };
 
 /// `Mean` of the node's activations.
@@ -128,7 +129,7 @@ mod tests {
         // relevance in proportion to the inputs, conserved (up to the
         // stabiliser 1e-6 added to the sum)
         let r = arr(&[1, 2], &[4.0, 8.0]);
-        let rs = Mean.relevance(&[&a, &b], &r).unwrap();
+        let rs = Mean.relevance(&[&a, &b], &r, &Default::default()).unwrap().0;
         assert!((rs[0][[0, 0]] - 1.0).abs() < 1e-5 && (rs[1][[0, 0]] - 3.0).abs() < 1e-5);
         assert!((rs[0][[0, 1]] - 6.0).abs() < 1e-5 && (rs[1][[0, 1]] - 2.0).abs() < 1e-5);
         // d mean / d x_i = 1 / n; a broadcast input sums over its copies

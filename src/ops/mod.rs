@@ -30,6 +30,7 @@ families!(
     resize,
     movement,
     activation,
+    layer_norm,
 );
 
 use anyhow::{anyhow, ensure, Result};
@@ -213,8 +214,7 @@ pub trait Operator: std::fmt::Debug + Send + Sync {
     fn lrp0(&self) -> Lrp0;
     /// The gradient LRP-0 follows through it: [`Operator::gradient`] unless
     /// [`Operator::lrp0`] is [`Lrp0::Modified`].
-    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>)
-        -> Result<Vec<ArrayD<f32>>>;
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>;
     /// Whether its derivative depends on which inputs are the largest (a
     /// maximum: the self-check looks for near-ties there).
     fn takes_maxima(&self) -> bool;

@@ -740,6 +740,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ("SpaceToDepth", "copies: relevance moved back"),
     ],
     import: None,
+    fuse: None,
 };
 
 #[cfg(test)]

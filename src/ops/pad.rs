@@ -185,6 +185,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         "constant: cropped back; edge / reflect / wrap: copies summed back",
     )],
     import: None,
+    fuse: None,
 };
 
 #[cfg(test)]

@@ -534,6 +534,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ("AveragePool", "proportional (Norm rule)"),
     ],
     import: None,
+    fuse: None,
 };
 
 #[cfg(test)]

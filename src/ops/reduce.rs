@@ -21,6 +21,7 @@ pub const FAMILY: Family = Family {
         ("ReduceMax", "winner takes all"),
     ],
     import: Some(import),
+    fuse: None,
 };
 
 fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {

@@ -66,6 +66,103 @@ impl OnnxNode<'_> {
 /// Builds an operator from its ONNX node.
 pub type Import = fn(&OnnxNode) -> Result<Arc<dyn Operator>>;
 
+/// Rewrites the decomposed form of a family's operator, as an exporter
+/// writes it (a chain of elementary ONNX nodes), into one node of the
+/// operator's own type, before the import: the TorchScript exporter writes
+/// `LayerNormalization` as `ReduceMean`, `Sub`, `Pow`, ... and `Gelu` as
+/// `Div`, `Erf`, `Add`, `Mul`, `Mul`.
+pub type Fuse = fn(&mut ProtoGraph) -> Result<()>;
+
+/// The nodes of an ONNX graph (in an order where each node follows its
+/// inputs' producers) with what a [`Fuse`] reads of them.
+pub struct ProtoGraph<'a> {
+    /// The nodes; a fuse replaces some with one node.
+    pub nodes: Vec<NodeProto>,
+    /// The value of a constant tensor (initializer or `Constant` node).
+    pub constant: &'a dyn Fn(&str) -> Option<ArrayD<f32>>,
+    /// Tensors read outside the nodes (the graph's outputs).
+    pub outputs: Vec<String>,
+}
+
+impl ProtoGraph<'_> {
+    /// The index of the node producing `tensor`.
+    pub fn producer(&self, tensor: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|n| n.output.iter().any(|o| o == tensor))
+    }
+
+    /// The indices of the nodes reading `tensor`, and whether a graph output
+    /// reads it too.
+    pub fn readers(&self, tensor: &str) -> (Vec<usize>, bool) {
+        let nodes = (self.nodes.iter().enumerate())
+            .filter(|(_, n)| n.input.iter().any(|i| i == tensor))
+            .map(|(i, _)| i)
+            .collect();
+        (nodes, self.outputs.iter().any(|o| o == tensor))
+    }
+
+    /// The one node reading `tensor` (none else, no graph output), if so.
+    pub fn only_reader(&self, tensor: &str) -> Option<usize> {
+        match self.readers(tensor) {
+            (r, false) if r.len() == 1 => Some(r[0]),
+            _ => None,
+        }
+    }
+
+    /// The single value of the constant `tensor` (a scalar or one element).
+    pub fn scalar(&self, tensor: &str) -> Option<f32> {
+        let c = (self.constant)(tensor)?;
+        (c.len() == 1).then(|| c.iter().copied().next().unwrap_or(0.0))
+    }
+
+    /// For a node of two inputs, one of them the constant-valued tensor
+    /// `want(value)` accepts: the other input and the constant's name.
+    pub fn with_constant(
+        &self,
+        node: &NodeProto,
+        want: impl Fn(&ArrayD<f32>) -> bool,
+    ) -> Option<(String, String)> {
+        if node.input.len() != 2 {
+            return None;
+        }
+        for (k, other) in [(1, 0), (0, 1)] {
+            let c = &node.input[k];
+            if (self.constant)(c).is_some_and(|v| want(&v))
+                && (self.constant)(&node.input[other]).is_none()
+            {
+                return Some((node.input[other].clone(), c.clone()));
+            }
+        }
+        None
+    }
+
+    /// Replaces the nodes `remove` by `node`, at the place of the last of
+    /// them (its inputs are computed before it).
+    pub fn replace(&mut self, remove: &[usize], node: NodeProto) {
+        let at = remove.iter().copied().max().unwrap_or(self.nodes.len());
+        let mut kept = Vec::with_capacity(self.nodes.len());
+        for (i, n) in std::mem::take(&mut self.nodes).into_iter().enumerate() {
+            if i == at {
+                kept.push(node.clone());
+            } else if !remove.contains(&i) {
+                kept.push(n);
+            }
+        }
+        self.nodes = kept;
+    }
+}
+
+/// Runs every family's [`Fuse`] over `graph`.
+pub fn fuse_all(graph: &mut ProtoGraph) -> Result<()> {
+    for f in FAMILIES {
+        if let Some(fuse) = f.fuse {
+            fuse(graph)?;
+        }
+    }
+    Ok(())
+}
+
 /// One operator family.
 pub struct Family {
     /// Name of the family (the file under `ops/`).
@@ -74,6 +171,9 @@ pub struct Family {
     pub onnx: &'static [(&'static str, &'static str)],
     /// The importer of an [`Operator`] family (`None`: built in `model/onnx`).
     pub import: Option<Import>,
+    /// What it makes of the decomposed forms exporters write of its
+    /// operators (`None`: nothing).
+    pub fuse: Option<Fuse>,
 }
 
 /// How relevance goes through the ONNX operator `op_type` (`None`: no family reads it).

@@ -217,6 +217,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         "nearest mode: each input gets the sum over its copies",
     )],
     import: None,
+    fuse: None,
 };
 
 #[cfg(test)]

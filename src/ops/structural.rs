@@ -285,6 +285,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ("LogSoftmax", "only as the last node: skipped, its input (the logits) is explained"),
     ],
     import: None,
+    fuse: None,
 };
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Models from the real exporters: small versions of 14 common CNN
-//! architectures (torchvision and timm constructors with divided widths,
+//! Models from the real exporters: small versions of 16 common CNN
+//! architectures (ConvNeXt among them: LayerNorm and GELU) and a small
+//! LayerNorm MLP, (torchvision and timm constructors with divided widths,
 //! random weights, BatchNorm statistics that are not the identity), each
 //! exported by PyTorch's TorchScript exporter (opset 13, dynamic batch) and by
 //! its dynamo exporter (opset 18, external weights), with PyTorch's own
@@ -18,6 +19,11 @@
 //!   origin (ReLU, max pool), `lrp0` equals gradient x input (Ancona et al.
 //!   2018; with the biases too, since LRP-0 hands each pre-activation its
 //!   `z_j dF/dz_j`): cosine >= 0.99 against PyTorch's gradient x input;
+//! - on the nets with LayerNorm and GELU (`lrp0ref` in the manifest),
+//!   `lrp0` equals PyTorch's gradient x input of the network with each
+//!   LayerNorm's standard deviation detached and each GELU's derivative
+//!   replaced by `gelu(x) / x` (AttnLRP's rules; `NAME.lrp0ref.npy`, see the
+//!   script): cosine >= 0.999;
 //! - `zplus` and `epsilon-plus-flat` maps are finite;
 //! - every rule and composite gives a finite map whose relevance ledger
 //!   balances to 1e-4 relative, per node and over the graph;
@@ -49,9 +55,21 @@ fn npy(name: &str) -> ArrayD<f32> {
     ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape fits")
 }
 
-/// The architectures of the manifest with their top class and whether LRP-0
-/// must equal gradient x input.
-fn manifest() -> Vec<(String, usize, bool)> {
+/// What LRP-0 must equal on an architecture.
+#[derive(Clone, Copy, PartialEq)]
+enum Lrp0Ref {
+    /// Nothing checked here (smooth gates: `check` says why).
+    None,
+    /// PyTorch's gradient x input (every nonlinearity piecewise linear
+    /// through the origin).
+    GradientXInput,
+    /// `NAME.lrp0ref.npy`: gradient x input of the modified network.
+    Modified,
+}
+
+/// The architectures of the manifest with their top class and what LRP-0
+/// must equal.
+fn manifest() -> Vec<(String, usize, Lrp0Ref)> {
     let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("manifest");
     let v: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
     let models = v["models"].as_object().expect("models");
@@ -61,11 +79,17 @@ fn manifest() -> Vec<(String, usize, bool)> {
             (
                 name.clone(),
                 m["top"].as_u64().expect("top") as usize,
-                m["relu_only"].as_bool().expect("relu_only"),
+                if m["relu_only"].as_bool().expect("relu_only") {
+                    Lrp0Ref::GradientXInput
+                } else if m["lrp0ref"].as_bool() == Some(true) {
+                    Lrp0Ref::Modified
+                } else {
+                    Lrp0Ref::None
+                },
             )
         })
         .collect();
-    assert_eq!(out.len(), 14, "the manifest lists the 14 architectures");
+    assert_eq!(out.len(), 17, "the manifest lists the 17 architectures");
     out
 }
 
@@ -79,7 +103,7 @@ fn rel_l2(a: &ArrayD<f32>, want: &ArrayD<f32>) -> f64 {
 }
 
 /// Checks one exported file against PyTorch's numbers; returns the failures.
-fn check_file(arch: &str, exporter: &str, top: usize, relu_only: bool) -> Vec<String> {
+fn check_file(arch: &str, exporter: &str, top: usize, reference: Lrp0Ref) -> Vec<String> {
     let path = fixtures().join(format!("{arch}.{exporter}.onnx"));
     let mut fails = Vec::new();
     let model = match Model::load(&path) {
@@ -132,13 +156,24 @@ fn check_file(arch: &str, exporter: &str, top: usize, relu_only: bool) -> Vec<St
         if !e.relevance.iter().all(|v| v.is_finite()) {
             fails.push(format!("{arch}.{exporter}: {rule} map is not finite"));
         }
-        if rule == "lrp0" && relu_only {
+        if rule == "lrp0" && reference == Lrp0Ref::GradientXInput {
             let gxi = &want_grad * &input;
             let c = cosine(&e.relevance, &gxi);
             line += &format!("  lrp0 vs gxi cos {c:.6}");
             if c < 0.99 {
                 fails.push(format!(
                     "{arch}.{exporter}: lrp0 has cosine {c:.6} with gradient x input"
+                ));
+            }
+        }
+        if rule == "lrp0" && reference == Lrp0Ref::Modified {
+            let want = npy(&format!("{arch}.lrp0ref.npy"));
+            let c = cosine(&e.relevance, &want);
+            line += &format!("  lrp0 vs modified gxi cos {c:.6}");
+            if c < 0.999 {
+                fails.push(format!(
+                    "{arch}.{exporter}: lrp0 has cosine {c:.6} with PyTorch's gradient x input \
+                     of the modified network"
                 ));
             }
         }
@@ -194,8 +229,8 @@ fn check_file(arch: &str, exporter: &str, top: usize, relu_only: bool) -> Vec<St
 
 fn check_exporter(exporter: &str) {
     let mut fails = Vec::new();
-    for (arch, top, relu_only) in manifest() {
-        fails.extend(check_file(&arch, exporter, top, relu_only));
+    for (arch, top, reference) in manifest() {
+        fails.extend(check_file(&arch, exporter, top, reference));
     }
     assert!(
         fails.is_empty(),
