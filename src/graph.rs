@@ -30,7 +30,7 @@ pub struct Node {
 
 impl Node {
     /// Propagates the relevance `r` at the node's output to each of its
-    /// inputs ([`crate::ops::relevance`]); errors name the operator and node.
+    /// inputs ([`crate::ops::relevance_accounted`]); errors name the operator and node.
     ///
     /// `inputs` are the node's input activations, in the order of
     /// `self.inputs`; `rule` is the rule for linear layers (with the input

@@ -378,13 +378,15 @@ fn normal(rng: &mut Rng, shape: &[usize]) -> ArrayD<f32> {
     ArrayD::from_shape_fn(IxDyn(shape), |_| rng.normal())
 }
 
-fn dot(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+/// The dot product of two arrays of the same shape, summed in `f64`.
+pub fn dot(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
     Zip::from(a)
         .and(b)
         .fold(0.0f64, |s, &x, &y| s + x as f64 * y as f64)
 }
 
-fn norm2(a: &ArrayD<f32>) -> f64 {
+/// The L2 norm, in `f64`.
+pub fn norm2(a: &ArrayD<f32>) -> f64 {
     a.iter()
         .map(|&v| (v as f64) * (v as f64))
         .sum::<f64>()
@@ -399,8 +401,8 @@ fn rms(a: &ArrayD<f32>) -> f64 {
     }
 }
 
-/// Relative L2 distance `|a - b| / |b|` (0 when both are zero).
-fn rel_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+/// Relative L2 distance `|a - b| / |b|` (0 when both are zero), in `f64`.
+pub fn rel_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
     let d = Zip::from(a).and(b).fold(0.0f64, |s, &x, &y| {
         let d = x as f64 - y as f64;
         s + d * d
@@ -413,7 +415,9 @@ fn rel_l2(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
     }
 }
 
-fn cosine(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
+/// Cosine similarity of two arrays of the same shape, in `f64` (1 when
+/// both are zero).
+pub fn cosine(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
     let (na, nb) = (norm2(a), norm2(b));
     if na == 0.0 && nb == 0.0 {
         return 1.0;

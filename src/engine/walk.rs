@@ -69,22 +69,9 @@ pub fn walk_back_owned(
 /// tensor inside the graph). Before the node writing a tensor is stepped
 /// through (and at the end for the model input), `at` sees the complete
 /// value arrived at that tensor and may change it (keep it, mask channels).
-/// Returns what reaches the model input (zeros if nothing does).
-pub fn walk_from(
-    graph: &Graph,
-    fwd: &Forward,
-    tensor: &str,
-    start: ArrayD<f32>,
-    at: impl FnMut(&str, &mut ArrayD<f32>) -> Result<()>,
-    mut step: impl FnMut(&Node, &[&ArrayD<f32>], &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
-) -> Result<ArrayD<f32>> {
-    walk_from_owned(graph, fwd, tensor, start, at, |node, inputs, r| {
-        step(node, inputs, &r)
-    })
-}
-
-/// [`walk_from`] whose `step` owns the value at the node's output (and may
-/// reuse its memory, as an activation's gradient does in place).
+/// `step` owns the value at the node's output (and may reuse its memory, as
+/// an activation's gradient does in place). Returns what reaches the model
+/// input (zeros if nothing does).
 pub fn walk_from_owned(
     graph: &Graph,
     fwd: &Forward,

@@ -318,30 +318,18 @@ pub struct Reuse<'a> {
     pub norm: Option<Rule>,
 }
 
-/// Propagates the relevance `r` at the output of `op` to each of its inputs
-/// (`Node::relevance` of the graph module names the node in errors).
-///
-/// `inputs` are the input activations; `rule` is the rule for linear layers
-/// (with the input bounds for z^B); `output` names the output tensor (the key
-/// of the layer's cached modified weights).
-pub fn relevance(
-    op: &Op,
-    output: &str,
-    inputs: &[&ArrayD<f32>],
-    r: &ArrayD<f32>,
-    rule: Rule,
-    bounds: Option<&Bounds>,
-    reuse: Reuse,
-) -> Result<Vec<ArrayD<f32>>> {
-    Ok(relevance_accounted(op, output, inputs, r, rule, bounds, reuse)?.0)
-}
-
 /// What a relevance pass hands to each input, with the rule's accounts of a
 /// linear layer (one per row of a batch).
 pub type Propagated = (Vec<ArrayD<f32>>, Option<Vec<Account>>);
 
-/// [`relevance`], with the rule's [`Account`] for a linear layer, one per
-/// row of a batch ([`Reuse::rows`]).
+/// Propagates the relevance `r` at the output of `op` to each of its inputs,
+/// with the rule's [`Account`] for a linear layer, one per row of a batch
+/// ([`Reuse::rows`]) (`Node::relevance` of the graph module names the node
+/// in errors).
+///
+/// `inputs` are the input activations; `rule` is the rule for linear layers
+/// (with the input bounds for z^B); `output` names the output tensor (the key
+/// of the layer's cached modified weights).
 pub fn relevance_accounted(
     op: &Op,
     output: &str,

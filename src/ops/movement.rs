@@ -428,12 +428,6 @@ impl Movement {
             .collect()
     }
 
-    /// The copy map for a data input of shape `x`; runtime parameters are
-    /// read from `inputs` (the node's inputs; unused when all are constants).
-    pub fn copy_map(&self, x: &[usize], inputs: &[&ArrayD<f32>]) -> Result<CopyMap> {
-        self.build(&[x.to_vec()], inputs, true)
-    }
-
     /// How many of the node's `n` inputs are data (the others are parameters).
     pub fn data_inputs(&self, n: usize) -> usize {
         match self {
@@ -442,8 +436,9 @@ impl Movement {
         }
     }
 
-    /// [`Movement::copy_map`] for the data inputs of shapes `xs`, with an
-    /// empty map unless `with_map`.
+    /// The copy map for the data inputs of shapes `xs` (an empty map unless
+    /// `with_map`); runtime parameters are read from `inputs` (the node's
+    /// inputs; unused when all are constants).
     fn build(&self, xs: &[Vec<usize>], inputs: &[&ArrayD<f32>], with_map: bool) -> Result<CopyMap> {
         let x: &[usize] = xs.first().ok_or_else(|| anyhow!("no data input"))?;
         let get = |p: &Ints| -> Result<Resolved> {

@@ -37,14 +37,14 @@
 use std::path::PathBuf;
 
 use lrp_heatmap::analyzers::gradient::{input_gradient, GradientMode};
-use lrp_heatmap::analyzers::selfcheck::{check, CheckOptions, Verdict};
+use lrp_heatmap::analyzers::selfcheck::{check, cosine, rel_l2, CheckOptions, Verdict};
 use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
 use lrp_heatmap::model::Model;
 use lrp_heatmap::preprocess::Normalization;
 use lrp_testkit::npy::read_npy_f32;
 use ndarray::{ArrayD, IxDyn};
 
-use crate::support::{dot, repo};
+use crate::support::repo;
 
 fn fixtures() -> PathBuf {
     repo("tests/fixtures/exporters")
@@ -91,15 +91,6 @@ fn manifest() -> Vec<(String, usize, Lrp0Ref)> {
         .collect();
     assert_eq!(out.len(), 17, "the manifest lists the 17 architectures");
     out
-}
-
-fn cosine(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
-    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt()).max(1e-300)
-}
-
-fn rel_l2(a: &ArrayD<f32>, want: &ArrayD<f32>) -> f64 {
-    let d = a - want;
-    (dot(&d, &d) / dot(want, want).max(1e-300)).sqrt()
 }
 
 /// Checks one exported file against PyTorch's numbers; returns the failures.

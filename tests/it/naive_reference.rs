@@ -35,12 +35,7 @@
 //! per-channel affine linear layer of the conv class.
 //!
 //! Observed agreement (library vs reference): ~1e-7 relative on layers and
-//! networks. Failing at the time of writing, because of library issues (see
-//! the test comments): `trailing_softmax_is_skipped_and_the_logits_are_explained`
-//! (a trailing Softmax empties the relevance graph: all-zero relevance) and
-//! `dense_first_layer_network_matches_the_reference_for_every_composite` (z^B on
-//! a dense first layer uses the loosest bounds over all channels instead of
-//! per-channel bounds).
+//! networks.
 #![allow(
     // The reference deliberately uses index loops that mirror the formulas.
     clippy::needless_range_loop
@@ -2577,11 +2572,8 @@ fn dense_variants_network_matches_the_reference_for_every_composite() {
 fn trailing_softmax_is_skipped_and_the_logits_are_explained() {
     // The same network ending in a Softmax: the library must explain the
     // logits (the Softmax input), i.e. give exactly the relevance of the
-    // network without the Softmax.
-    // Known library issue (at the time of writing): src/onnx.rs `build_graph`
-    // prunes the nodes by the model output name *after* removing the Softmax
-    // that wrote it, which keeps no node at all; explain then returns all-zero
-    // relevance without an error.
+    // network without the Softmax (the graph is pruned to the nodes the
+    // logits depend on, not to the Softmax's output).
     let dir = tempfile::tempdir().expect("tempdir");
     let net = dense_variants_net(dir.path(), 10, true);
     let model = Model::load(&net.path).expect("load");
@@ -2601,10 +2593,7 @@ fn trailing_softmax_is_skipped_and_the_logits_are_explained() {
 fn dense_first_layer_network_matches_the_reference_for_every_composite() {
     // The first linear layer is a Gemm on the flattened image: the z^B bounds
     // of its inputs are still per channel (element k of the flattened NCHW
-    // image belongs to channel k / (H W)).
-    // Known library issue (at the time of writing): src/explain.rs `bounds_for`
-    // falls back to the loosest bounds over all channels (min low, max high)
-    // whenever the layer input's axis 1 is not the channel axis.
+    // image belongs to channel k / (H W)), not the loosest over all channels.
     let dir = tempfile::tempdir().expect("tempdir");
     let net = dense_first_net(dir.path(), 9);
     let failures = check_network(

@@ -603,7 +603,5 @@ pub fn max_abs(a: &ArrayD<f32>) -> f32 {
     a.iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 
-/// The dot product, summed in `f64`.
-pub fn dot(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
-}
+/// The dot product, summed in `f64` (the library's, as `check` uses it).
+pub use lrp_heatmap::analyzers::selfcheck::dot;

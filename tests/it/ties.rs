@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 
-use lrp_heatmap::analyzers::selfcheck::{check, CheckOptions, Verdict};
+use lrp_heatmap::analyzers::selfcheck::{check, cosine, rel_l2, CheckOptions, Verdict};
 use lrp_heatmap::analyzers::{Analyzer, AnalyzerParams};
 use lrp_heatmap::model::Model;
 use lrp_heatmap::ops::MaxPoolTies;
@@ -23,7 +23,7 @@ use lrp_testkit::npy::read_npy_f32;
 use lrp_testkit::synth::Rng;
 use ndarray::{ArrayD, IxDyn};
 
-use crate::support::{dot, run};
+use crate::support::run;
 
 fn fixture(name: &str) -> PathBuf {
     crate::support::repo("tests/fixtures/ties").join(name)
@@ -32,15 +32,6 @@ fn fixture(name: &str) -> PathBuf {
 fn npy(name: &str) -> ArrayD<f32> {
     let (shape, data) = read_npy_f32(&fixture(name)).expect("fixture reads");
     ArrayD::from_shape_vec(IxDyn(&shape), data).expect("shape fits")
-}
-
-fn rel_l2(a: &ArrayD<f32>, want: &ArrayD<f32>) -> f64 {
-    let d = a - want;
-    (dot(&d, &d) / dot(want, want).max(1e-300)).sqrt()
-}
-
-fn cosine(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
-    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt()).max(1e-300)
 }
 
 /// The fixture's input times (1 + 1e-7 N(0, 1)), elementwise.
