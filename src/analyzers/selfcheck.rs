@@ -1269,8 +1269,10 @@ fn check_node(
         let z = model_out.unwrap_or(&y0);
         let r = z * &u;
         let rule = Rule::Epsilon { epsilon: 0.0 };
+        // LRP-0 on every node, the normalisations' epsilon rule included
         let reuse = ops::Reuse {
             ties,
+            norm: Some(rule),
             ..Default::default()
         };
         let rel = node.relevance(inputs, &r, rule, None, reuse)?;

@@ -1,17 +1,16 @@
 //! `Concat` of activations (SqueezeNet Fire modules, Inception blocks,
 //! DenseNet): every output element is a copy of one input element, so each
-//! input gets back its own slice of the relevance (and of the gradient),
-//! through the copy map of [`super::movement`]. An [`Operator`]: import,
-//! shape, forward, relevance and gradient are all in this file.
+//! input gets back its own slice of the relevance (and of the gradient). An
+//! [`Operator`]: import, shape, forward, relevance and gradient are all in
+//! this file.
 
 use std::sync::Arc;
 
 use anyhow::{ensure, Result};
-use ndarray::ArrayD;
+use ndarray::{ArrayD, Axis, Slice};
 
-use super::movement::Movement;
 use super::registry::{Family, OnnxNode};
-use super::Operator;
+use super::{normalize_axis, Operator};
 
 /// The registry's entry.
 pub const FAMILY: Family = Family {
@@ -40,12 +39,30 @@ fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
 
 impl Operator for Concat {
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
-        let shapes: Vec<Vec<usize>> = inputs.iter().map(|s| s.to_vec()).collect();
-        Movement::Concat { axis: self.axis }.output_shape_of(&shapes)
+        let x = inputs.first().ok_or_else(|| anyhow::anyhow!("no input"))?;
+        let a = normalize_axis(self.axis, x.len())?;
+        let mut shape = x.to_vec();
+        shape[a] = 0;
+        for s in inputs {
+            ensure!(
+                s.len() == x.len()
+                    && s.iter()
+                        .zip(x.iter())
+                        .enumerate()
+                        .all(|(k, (p, q))| k == a || p == q),
+                "Concat input {s:?} does not fit {x:?} on the axes other than {a}"
+            );
+            shape[a] += s[a];
+        }
+        Ok(shape)
     }
 
     fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
-        Movement::Concat { axis: self.axis }.forward(inputs)
+        let shapes: Vec<&[usize]> = inputs.iter().map(|x| x.shape()).collect();
+        self.output_shape(&shapes)?;
+        let a = normalize_axis(self.axis, shapes[0].len())?;
+        let views: Vec<_> = inputs.iter().map(|x| x.view()).collect();
+        Ok(ndarray::concatenate(Axis(a), &views)?)
     }
 
     /// Unless it concatenates along axis 0.
@@ -97,16 +114,6 @@ impl Operator for Concat {
     }
 }
 
-/// The axis `axis` (negative: counted from the end) of a rank-`rank` tensor.
-pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize> {
-    let a = if axis < 0 { axis + rank as i64 } else { axis };
-    ensure!(
-        (0..rank as i64).contains(&a),
-        "axis {axis} out of range for rank {rank}"
-    );
-    Ok(a as usize)
-}
-
 /// Splits `r` (the relevance or gradient at the output of a `Concat` along
 /// `axis`) into the slices that came from each of `inputs`.
 pub fn split(axis: i64, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
@@ -134,8 +141,17 @@ pub fn split(axis: i64, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<
         "Concat inputs cover {start} of the {} entries of axis {ax}",
         r.shape()[ax]
     );
-    // each input's slice, through the copy map shared by the copying operators
-    Movement::Concat { axis }.backward(inputs, r)
+    // each input's slice
+    let mut start = 0;
+    Ok(inputs
+        .iter()
+        .map(|x| {
+            let n = x.shape()[ax];
+            let part = r.slice_axis(Axis(ax), Slice::from(start..start + n)).to_owned();
+            start += n;
+            part
+        })
+        .collect())
 }
 
 
@@ -160,6 +176,24 @@ mod tests {
         let parts = split(1, &[&a, &b], &r).unwrap();
         let total: f32 = parts.iter().map(|p| p.sum()).sum();
         assert_eq!(total, r.sum());
+    }
+
+    #[test]
+    fn the_forward_pass_is_ndarrays_concatenation_and_its_shape() {
+        let a = ArrayD::from_shape_fn(vec![2, 1, 3], |d| (d[0] * 10 + d[2]) as f32);
+        let b = ArrayD::from_shape_fn(vec![2, 4, 3], |d| (100 + d[0] * 10 + d[1] + d[2]) as f32);
+        for axis in [1, -2] {
+            let c = Concat { axis };
+            let y = c.forward(&[&a, &b]).unwrap();
+            let want = ndarray::concatenate(Axis(1), &[a.view(), b.view()]).unwrap();
+            assert_eq!(y, want);
+            assert_eq!(c.output_shape(&[&[2, 1, 3], &[2, 4, 3]]).unwrap(), vec![2, 5, 3]);
+            // relevance: each input its slice, the sum conserved
+            let back = split(axis, &[&a, &b], &y).unwrap();
+            assert_eq!(back, vec![a.clone(), b.clone()]);
+        }
+        let e = Concat { axis: 0 }.forward(&[&a, &b]).unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{e}");
     }
 
     #[test]

@@ -108,7 +108,7 @@ fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
 impl LayerNorm {
     /// The normalised axes of a rank-`rank` input, sorted.
     fn axes(&self, rank: usize) -> Result<Vec<usize>> {
-        let norm = |a: i64| super::concat::normalize_axis(a, rank);
+        let norm = |a: i64| super::normalize_axis(a, rank);
         let mut v = match &self.axes {
             Axes::From(a) => (norm(*a)?..rank).collect(),
             Axes::List(l) => l.iter().map(|&a| norm(a)).collect::<Result<Vec<_>>>()?,

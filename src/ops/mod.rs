@@ -43,6 +43,16 @@ use conv::Conv;
 use dense::{Affine, Dense};
 pub use pool::{MaxPoolTies, Pool};
 
+/// The axis `axis` (negative: counted from the end) of a rank-`rank` tensor.
+pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize> {
+    let a = if axis < 0 { axis + rank as i64 } else { axis };
+    ensure!(
+        (0..rank as i64).contains(&a),
+        "axis {axis} out of range for rank {rank}"
+    );
+    Ok(a as usize)
+}
+
 /// How rectifiers pass gradients back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum GradientMode {

@@ -1,15 +1,13 @@
 //! Operators that only copy elements (`Slice`, one output of `Split`,
 //! `Gather` and `GatherElements`, `Expand`, `Tile`, `DepthToSpace`,
-//! `SpaceToDepth`, `Concat`), all through one mechanism: from the forward shapes a
+//! `SpaceToDepth`; `Concat` is its own file), all through one mechanism: from the forward shapes a
 //! [`CopyMap`] gives, for every output element, the flat index of the input
 //! element it copies. The forward pass gathers through the map; relevance
 //! and gradient scatter-add back through it, so each input element receives
 //! the sum over its copies (an element copied twice gets the relevance of
 //! both copies, one never copied gets none).
 //!
-//! Several data inputs are addressed as one concatenation (input `k`'s
-//! elements follow those of inputs `0..k`), and [`FILL`] marks an output
-//! element that copies nothing (a constant fill).
+//! [`FILL`] marks an output element that copies nothing (a constant fill).
 
 use anyhow::{anyhow, bail, ensure, Result};
 use ndarray::{ArrayD, IxDyn};
@@ -103,11 +101,6 @@ pub enum Movement {
     SpaceToDepth {
         /// Block size.
         block: usize,
-    },
-    /// `Concat` of all the node's inputs along `axis`.
-    Concat {
-        /// The concatenation axis (negative: from the end).
-        axis: i64,
     },
 }
 
@@ -384,9 +377,7 @@ impl Movement {
             }
             Movement::Expand { shape } => out.push((1, shape)),
             Movement::Tile { repeats } => out.push((1, repeats)),
-            Movement::DepthToSpace { .. }
-            | Movement::SpaceToDepth { .. }
-            | Movement::Concat { .. } => {}
+            Movement::DepthToSpace { .. } | Movement::SpaceToDepth { .. } => {}
         }
         out
     }
@@ -397,14 +388,12 @@ impl Movement {
     /// (`Expand` and `GatherElements`, whose parameters have the batch's
     /// own shape, never are).
     pub fn keeps_samples_apart(&self, rank: usize) -> bool {
-        let not_zero = |axis: i64| super::concat::normalize_axis(axis, rank).is_ok_and(|a| a != 0);
+        let not_zero = |axis: i64| super::normalize_axis(axis, rank).is_ok_and(|a| a != 0);
         if !self.runtime_inputs().is_empty() {
             return false;
         }
         match self {
-            Movement::Split { axis, .. }
-            | Movement::Gather { axis, .. }
-            | Movement::Concat { axis } => not_zero(*axis),
+            Movement::Split { axis, .. } | Movement::Gather { axis, .. } => not_zero(*axis),
             Movement::Slice {
                 axes: Some(Ints::Const { values, .. }),
                 ..
@@ -428,12 +417,10 @@ impl Movement {
             .collect()
     }
 
-    /// How many of the node's `n` inputs are data (the others are parameters).
+    /// How many of the node's `n` inputs are data (the others are
+    /// parameters): one.
     pub fn data_inputs(&self, n: usize) -> usize {
-        match self {
-            Movement::Concat { .. } => n,
-            _ => n.min(1),
-        }
+        n.min(1)
     }
 
     /// The copy map for the data inputs of shapes `xs` (an empty map unless
@@ -637,39 +624,6 @@ impl Movement {
                 })?;
                 (shape, map)
             }
-            Movement::Concat { axis: ax } => {
-                let a = axis(*ax, rank)?;
-                let mut shape = x.to_vec();
-                shape[a] = 0;
-                for s in xs {
-                    ensure!(
-                        s.len() == rank
-                            && s.iter()
-                                .zip(x)
-                                .enumerate()
-                                .all(|(k, (p, q))| k == a || p == q),
-                        "Concat input {s:?} does not fit {x:?} on the axes other than {a}"
-                    );
-                    shape[a] += s[a];
-                }
-                let map = if with_map {
-                    // per outer index, each input's block in turn
-                    let outer = size(&x[..a]);
-                    let blocks: Vec<usize> = xs.iter().map(|s| size(&s[a..])).collect();
-                    let mut map = Vec::with_capacity(size(&shape));
-                    for o in 0..outer {
-                        let mut offset = 0;
-                        for (s, &b) in xs.iter().zip(&blocks) {
-                            map.extend(offset + o * b..offset + (o + 1) * b);
-                            offset += size(s);
-                        }
-                    }
-                    map
-                } else {
-                    vec![]
-                };
-                (shape, map)
-            }
         };
         Ok(CopyMap {
             shape,
@@ -698,14 +652,6 @@ impl Movement {
     pub fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
         let data = &inputs[..self.data_inputs(inputs.len())];
         let shapes: Vec<Vec<usize>> = data.iter().map(|x| x.shape().to_vec()).collect();
-        if let Movement::Concat { axis: ax } = self {
-            // block copies on the hot path of DenseNets and Inceptions: the
-            // same elements as the map (checked in the tests)
-            self.build(&shapes, inputs, false)?;
-            let a = axis(*ax, shapes[0].len())?;
-            let views: Vec<_> = data.iter().map(|x| x.view()).collect();
-            return Ok(ndarray::concatenate(ndarray::Axis(a), &views)?);
-        }
         self.build(&shapes, inputs, true)?.forward(data, 0.0)
     }
 
@@ -1177,34 +1123,6 @@ mod tests {
         .forward(&[&data(&[1, 6, 2, 2])])
         .unwrap_err();
         assert!(e.to_string().contains("6 channels"), "{e}");
-    }
-
-    #[test]
-    fn concat_matches_ndarray_and_gives_each_input_its_slice() {
-        let (a, b, c) = (data(&[2, 1, 3]), noise(&[2, 4, 3], 3), data(&[2, 2, 3]));
-        for axis in [1, -2] {
-            let m = Movement::Concat { axis };
-            let y = m.forward(&[&a, &b, &c]).unwrap();
-            let want =
-                ndarray::concatenate(ndarray::Axis(1), &[a.view(), b.view(), c.view()]).unwrap();
-            assert_eq!(y, want);
-            // the copy map itself gathers the same elements
-            let shapes = [vec![2, 1, 3], vec![2, 4, 3], vec![2, 2, 3]];
-            let map = m.build(&shapes, &[], true).unwrap();
-            assert_eq!(map.forward(&[&a, &b, &c], 0.0).unwrap(), want);
-            assert_eq!(
-                m.output_shape_of(&[vec![2, 1, 3], vec![2, 4, 3], vec![2, 2, 3]])
-                    .unwrap(),
-                vec![2, 7, 3]
-            );
-            let r = noise(&[2, 7, 3], 4);
-            let back = m.backward(&[&a, &b, &c], &r).unwrap();
-            let s =
-                |lo: usize, hi: usize| r.slice_axis(ndarray::Axis(1), (lo..hi).into()).to_owned();
-            assert_eq!(back, vec![s(0, 1), s(1, 5), s(5, 7)]);
-        }
-        let e = Movement::Concat { axis: 0 }.forward(&[&a, &b]).unwrap_err();
-        assert!(e.to_string().contains("does not fit"), "{e}");
     }
 
     #[test]

@@ -86,7 +86,7 @@ fn begins(spec: &PadSpec, pads: &[i64], rank: usize) -> Result<Vec<i64>> {
         None => (0..rank).collect(),
         Some(a) => a
             .iter()
-            .map(|&x| super::concat::normalize_axis(x, rank))
+            .map(|&x| super::normalize_axis(x, rank))
             .collect::<Result<_>>()?,
     };
     ensure!(

@@ -121,7 +121,7 @@ impl Operator for ReduceSpec {
     fn keeps_samples_apart(&self, rank: usize) -> bool {
         self.axes.as_ref().is_some_and(|axes| {
             axes.iter()
-                .all(|&a| super::concat::normalize_axis(a, rank).is_ok_and(|a| a != 0))
+                .all(|&a| super::normalize_axis(a, rank).is_ok_and(|a| a != 0))
         })
     }
 }
@@ -251,7 +251,7 @@ fn axes(spec: &ReduceSpec, rank: usize) -> Result<Vec<usize>> {
         Some(v) if v.is_empty() => (0..rank).collect(),
         Some(v) => v
             .iter()
-            .map(|&x| super::concat::normalize_axis(x, rank))
+            .map(|&x| super::normalize_axis(x, rank))
             .collect::<Result<_>>()?,
     };
     a.sort_unstable();

@@ -161,7 +161,7 @@ pub fn back(
         None => (0..rank).collect(),
         Some(a) => a
             .iter()
-            .map(|&v| super::concat::normalize_axis(v, rank))
+            .map(|&v| super::normalize_axis(v, rank))
             .collect::<Result<_>>()?,
     };
     let given: Option<Vec<f32>> = match &spec.scales {

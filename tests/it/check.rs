@@ -292,7 +292,11 @@ fn check_passes_every_fixture_at_twenty_seeds_and_each_photo() {
         .iter()
         .map(|p| repo(&format!("images/{p}.jpg")))
         .collect();
-    let (mut runs, mut fails) = (0, vec![]);
+    // the models loaded once, then every (model, input) check in parallel
+    // (most are single-threaded on 64 px inputs: two at a time on two
+    // cores halve the test's time)
+    let mut fails = vec![];
+    let mut jobs = vec![];
     for path in fixture_models() {
         let name = path
             .strip_prefix(repo("tests/fixtures"))
@@ -300,7 +304,7 @@ fn check_passes_every_fixture_at_twenty_seeds_and_each_photo() {
             .display()
             .to_string();
         let model = match Model::load(&path) {
-            Ok(m) => m,
+            Ok(m) => std::sync::Arc::new(m),
             // refused on purpose (tests/it/quantized.rs)
             Err(_) if name.contains("blocked") => continue,
             Err(e) => {
@@ -314,32 +318,40 @@ fn check_passes_every_fixture_at_twenty_seeds_and_each_photo() {
             .map(|s| (None, s))
             .chain(photos.iter().map(|p| (Some(p.clone()), 0)));
         for (image, seed) in inputs {
-            let cfg = CheckConfig {
-                model: path.clone(),
-                image: image.clone(),
-                input_size: None,
-                options: CheckOptions {
-                    seed,
-                    ..Default::default()
-                },
-                json: false,
-            };
-            let mut out = vec![];
-            runs += 1;
-            match run_check_on(&model, &cfg, &mut out) {
-                Ok(true) => {}
-                Ok(false) => {
-                    let text = String::from_utf8_lossy(&out);
-                    let why: Vec<&str> = text
-                        .lines()
-                        .filter(|l| l.contains("FAIL") || l.contains("first disagreeing"))
-                        .collect();
-                    fails.push(format!("{name} at {image:?} seed {seed}: {why:?}"));
-                }
-                Err(e) => fails.push(format!("{name} at {image:?} seed {seed}: {e:#}")),
-            }
+            jobs.push((name.clone(), path.clone(), model.clone(), image, seed));
         }
     }
+    let runs = jobs.len();
+    use rayon::prelude::*;
+    fails.extend(
+        jobs.into_par_iter()
+            .filter_map(|(name, path, model, image, seed)| {
+                let cfg = CheckConfig {
+                    model: path,
+                    image: image.clone(),
+                    input_size: None,
+                    options: CheckOptions {
+                        seed,
+                        ..Default::default()
+                    },
+                    json: false,
+                };
+                let mut out = vec![];
+                match run_check_on(&model, &cfg, &mut out) {
+                    Ok(true) => None,
+                    Ok(false) => {
+                        let text = String::from_utf8_lossy(&out);
+                        let why: Vec<&str> = text
+                            .lines()
+                            .filter(|l| l.contains("FAIL") || l.contains("first disagreeing"))
+                            .collect();
+                        Some(format!("{name} at {image:?} seed {seed}: {why:?}"))
+                    }
+                    Err(e) => Some(format!("{name} at {image:?} seed {seed}: {e:#}")),
+                }
+            })
+            .collect::<Vec<_>>(),
+    );
     eprintln!("{runs} checks, {} failed", fails.len());
     assert!(runs >= 29 * 24, "{runs} checks");
     assert!(fails.is_empty(), "{fails:#?}");
