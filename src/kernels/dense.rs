@@ -8,7 +8,16 @@
 
 use rayon::prelude::*;
 
+use super::linalg::{matmul, Mat};
 use crate::rules::Modifier;
+
+/// Rows from which the passes run as a GEMM on modified weights.
+pub const GEMM_ROWS: usize = 16;
+
+/// `m(w)` for `w` `[m_out, k]`, a copy.
+fn modified(w: &[f32], m_out: usize, k: usize, m: Modifier) -> Vec<f32> {
+    w[..m_out * k].par_iter().map(|&v| m.apply(v)).collect()
+}
 
 /// `out[r, j] = sum_k m(w[j, k]) x[r, k]` for `w` `[m_out, k]`, `x` `[rows, k]`.
 pub fn forward(w: &[f32], m_out: usize, k: usize, x: &[f32], rows: usize, m: Modifier) -> Vec<f32> {
@@ -17,6 +26,15 @@ pub fn forward(w: &[f32], m_out: usize, k: usize, x: &[f32], rows: usize, m: Mod
         "dense kernel slices too short"
     );
     let mut out = vec![0.0f32; rows * m_out];
+    if rows >= GEMM_ROWS {
+        let wm = modified(w, m_out, k, m);
+        let (a, b) = (
+            Mat::row_major(x, rows, k),
+            Mat::row_major(&wm, m_out, k).t(),
+        );
+        matmul(&mut out, a, b, false, true);
+        return out;
+    }
     // one task per block of weight rows; each weight row is read once for all input rows
     let block = (m_out / (4 * rayon::current_num_threads().max(1))).clamp(1, 256);
     let mut by_j = vec![0.0f32; m_out * rows];
@@ -56,6 +74,16 @@ pub fn transposed(
         w.len() >= m_out * k && g.len() >= rows * m_out,
         "dense kernel slices too short"
     );
+    if rows >= GEMM_ROWS {
+        let wm = modified(w, m_out, k, m);
+        let mut out = vec![0.0f32; rows * k];
+        let (a, b) = (
+            Mat::row_major(g, rows, m_out),
+            Mat::row_major(&wm, m_out, k),
+        );
+        matmul(&mut out, a, b, false, true);
+        return out;
+    }
     // rows of w that matter for any input row
     let live: Vec<usize> = (0..m_out)
         .filter(|&j| (0..rows).any(|r| g[r * m_out + j] != 0.0))
@@ -138,7 +166,13 @@ mod tests {
 
     #[test]
     fn match_the_definition_for_every_modifier() {
-        let (m_out, k, rows) = (37, 1029, 2);
+        // two rows (the per-row kernels) and 19 (the GEMM path)
+        for (m_out, k, rows) in [(37, 1029, 2), (23, 67, 19)] {
+            check(m_out, k, rows);
+        }
+    }
+
+    fn check(m_out: usize, k: usize, rows: usize) {
         let w: Vec<f32> = (0..m_out * k)
             .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
             .collect();
