@@ -356,3 +356,40 @@ fn check_passes_every_fixture_at_twenty_seeds_and_each_photo() {
     assert!(runs >= 29 * 24, "{runs} checks");
     assert!(fails.is_empty(), "{fails:#?}");
 }
+
+/// LRP-0 through copies and selections (ShuffleNetV2's channel split:
+/// Slice from shapes in the TorchScript export, Split in the dynamo one,
+/// Gather for the shuffle) equals gradient x input: `check` compares them
+/// and passes (it once called the figure "not applicable" for every model
+/// with such a node). Through LayerNorm and GELU (ConvNeXt), LRP-0 equals
+/// gradient x input of the network with the standard deviation held
+/// constant and GELU's derivative replaced by gelu(x)/x, and the report says
+/// so.
+#[test]
+fn check_compares_lrp0_through_copies_and_through_layer_norm_and_gelu() {
+    for (fixture, modified) in [
+        ("shufflenet_v2_x1_0.ts", false),
+        ("shufflenet_v2_x1_0.dynamo", false),
+        ("convnext_tiny.ts", true),
+        ("convnext_atto.dynamo", true),
+    ] {
+        let path = repo(&format!("tests/fixtures/exporters/{fixture}.onnx"));
+        let o = lrp(&["check", path.to_str().unwrap(), "--directions", "4"]);
+        assert_no_panic(&o);
+        let out = text(&o.stdout);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{fixture}: {out}{}",
+            text(&o.stderr)
+        );
+        let line = out.lines().find(|l| l.contains("LRP-0")).unwrap();
+        assert!(line.contains(" pass ("), "{fixture}: {line}");
+        assert_eq!(
+            line.contains("standard deviation held constant")
+                && line.contains("derivative replaced by f(x)/x"),
+            modified,
+            "{fixture}: {line}"
+        );
+    }
+}
