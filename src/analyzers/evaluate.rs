@@ -477,7 +477,22 @@ fn randomize(op: &mut crate::ops::Op, rng: &mut Rng) {
             he(&mut a.weight, 1, rng);
             a.bias.fill(0.0);
         }
-        _ => {}
+        // not linear layers: nothing to randomise (the caller picks linear
+        // layers only)
+        Op::MaxPool(_)
+        | Op::AvgPool(_)
+        | Op::Sum
+        | Op::Activation(_)
+        | Op::Arith { .. }
+        | Op::Reshape(_)
+        | Op::Transpose(_)
+        | Op::BatchNorm { .. }
+        | Op::AddConst(_)
+        | Op::Pad(_)
+        | Op::Resize(_)
+        | Op::Gate { .. }
+        | Op::Move(_)
+        | Op::Registered(_) => {}
     }
 }
 

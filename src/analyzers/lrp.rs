@@ -382,7 +382,21 @@ fn node_output<'f>(
         }
         Op::AvgPool(p) => ops::pool::forward(p, inputs.first()?, false).ok()?,
         Op::Registered(o) => o.forward(inputs).ok()?,
-        _ => return None,
+        // the others are not proportional: the ledger needs no output
+        Op::Conv(_)
+        | Op::Dense(_)
+        | Op::Affine(_)
+        | Op::MaxPool(_)
+        | Op::Activation(_)
+        | Op::Arith { .. }
+        | Op::Reshape(_)
+        | Op::Transpose(_)
+        | Op::BatchNorm { .. }
+        | Op::AddConst(_)
+        | Op::Pad(_)
+        | Op::Resize(_)
+        | Op::Gate { .. }
+        | Op::Move(_) => return None,
     };
     Some(Cow::Owned(z))
 }

@@ -121,7 +121,7 @@ use serde::Serialize;
 use crate::analyzers::gradient::{GradientMode, GradientOptions, MaxPoolTies};
 use crate::composite::{Composite, RuleParams};
 use crate::engine::native::NativePlan;
-use crate::graph::{Act, ArithKind, Node, Op};
+use crate::graph::{Node, Op};
 use crate::model::{Forward, InputSpec, Model};
 use crate::ops;
 use crate::preprocess::{DecodeLimits, Layout, Normalization};
@@ -433,73 +433,27 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
             node.op_type, node.name
         ));
     }
-    let why = match &node.op {
-        Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => return None,
-        Op::MaxPool(_) | Op::AvgPool(_) => return None,
-        Op::Sum | Op::Reshape(_) | Op::Transpose(_) | Op::Resize(_) => return None,
-        Op::Pad(spec) => {
-            if spec.mode != ops::pad::PadMode::Constant || spec.value == 0.0 {
-                return None;
-            }
-            format!("pads with the constant {}", spec.value)
-        }
-        Op::Activation(act) => match act.lrp0() {
-            ops::Lrp0::Exact | ops::Lrp0::Modified(_) => return None,
-            ops::Lrp0::Differs(why) => why,
-        },
-        Op::Arith {
-            kind,
-            constant,
-            constant_first,
-        } => match kind {
-            ArithKind::Mul => return None,
-            ArithKind::Div if !constant_first => return None,
-            ArithKind::Div => "divides a constant by the activation".to_string(),
-            ArithKind::Add | ArithKind::Sub if constant.iter().all(|&c| c == 0.0) => return None,
-            _ => "adds a constant that is not a layer's bias".to_string(),
-        },
-        Op::Gate { .. } => "multiplies two activations (a gate)".to_string(),
-        Op::Registered(o) => match o.lrp0() {
-            ops::Lrp0::Differs(why) => why,
-            ops::Lrp0::Exact | ops::Lrp0::Modified(_) => return None,
-        },
-        Op::BatchNorm { .. } | Op::AddConst(_) => "was not canonized".to_string(),
-        // copies and selections (Slice, Split, Gather, Concat...): each
-        // output element is one input element, relevance goes with it
-        Op::Move(_) => return None,
+    let why = match node.op.lrp0() {
+        ops::Lrp0::Exact | ops::Lrp0::Modified(_) => return None,
+        ops::Lrp0::Differs(why) => why,
     };
     Some(format!("{} node '{}' {why}", node.op_type, node.name))
 }
 
-/// The gradient LRP-0 follows through `node` (`grad` itself where LRP-0
-/// is gradient x input through it, [`ops::Lrp0::Exact`]): a smooth
-/// activation's derivative replaced by `f(x) / x` (the identity rule),
-/// a layer normalisation's standard deviation held constant.
+/// The gradient LRP-0 follows through `node` ([`Op::lrp0_gradient`], with
+/// `grad` for the operator's own gradient).
 fn lrp0_gradient(
     node: &Node,
     inputs: &[&ArrayD<f32>],
     g: &ArrayD<f32>,
     grad: &NodeGradient,
 ) -> Result<Vec<ArrayD<f32>>> {
-    match &node.op {
-        Op::Activation(act) if matches!(act.lrp0(), ops::Lrp0::Modified(_)) => {
-            Ok(vec![act.lrp0_gradient(inputs[0], g)?])
-        }
-        Op::Registered(o) if matches!(o.lrp0(), ops::Lrp0::Modified(_)) => {
-            o.lrp0_gradient(inputs, g)
-        }
-        _ => grad(node, inputs, g),
-    }
+    node.op.lrp0_gradient(inputs, g, |g| grad(node, inputs, g))
 }
 
 /// Whether LRP-0 through `node` follows a modified gradient.
 fn lrp0_modified(node: &Node) -> bool {
-    let what = match &node.op {
-        Op::Activation(a) => a.lrp0(),
-        Op::Registered(o) => o.lrp0(),
-        _ => ops::Lrp0::Exact,
-    };
-    matches!(what, ops::Lrp0::Modified(_))
+    matches!(node.op.lrp0(), ops::Lrp0::Modified(_))
 }
 
 /// What the nodes on `path` whose LRP-0 follows a modified gradient are
@@ -507,12 +461,7 @@ fn lrp0_modified(node: &Node) -> bool {
 fn modified(graph: &crate::graph::Graph, path: &Shapes) -> Vec<&'static str> {
     let mut v: Vec<&'static str> = Vec::new();
     for n in graph.nodes.iter().filter(|n| path.contains_key(&n.output)) {
-        let what = match &n.op {
-            Op::Activation(a) => a.lrp0(),
-            Op::Registered(o) => o.lrp0(),
-            _ => ops::Lrp0::Exact,
-        };
-        if let ops::Lrp0::Modified(w) = what {
+        if let ops::Lrp0::Modified(w) = n.op.lrp0() {
             if !v.contains(&w) {
                 v.push(w);
             }
@@ -566,19 +515,6 @@ fn gradient_with(
     Ok((g, shapes))
 }
 
-/// The kinks of an elementwise activation: the inputs where its derivative jumps.
-fn kinks(act: &Act) -> Vec<f32> {
-    match act {
-        Act::Relu | Act::LeakyRelu { .. } | Act::PRelu { .. } => vec![0.0],
-        Act::Clip { min, max } => vec![*min, *max],
-        Act::HardSigmoid { alpha, beta } if *alpha != 0.0 => {
-            vec![-beta / alpha, (1.0 - beta) / alpha]
-        }
-        Act::HardSwish => vec![-3.0, 3.0],
-        _ => vec![],
-    }
-}
-
 /// Which linear piece the model is on at the forward pass `fwd`: for every
 /// kinked activation the side of each kink of each input element, for every
 /// max pool and max reduction how often each input element wins. Equal
@@ -592,21 +528,15 @@ fn signature(model: &Model, fwd: &Forward, shapes: &Shapes) -> Result<Vec<u8>> {
             continue;
         };
         let x = fwd.get(graph, &node.inputs[0])?;
-        match &node.op {
-            Op::Activation(act) => {
-                let k = kinks(act);
-                if !k.is_empty() {
-                    sig.extend(
-                        x.iter()
-                            .map(|&v| k.iter().filter(|&&k| v > k).count() as u8),
-                    );
-                }
-            }
-            op if op.takes_maxima() => {
-                let w = winners(node, &[x], out, MaxPoolTies::First)?;
-                sig.extend(w.iter().map(|&w| w as u8));
-            }
-            _ => {}
+        let k = node.op.kinks();
+        if !k.is_empty() {
+            sig.extend(
+                x.iter()
+                    .map(|&v| k.iter().filter(|&&k| v > k).count() as u8),
+            );
+        } else if node.op.takes_maxima() {
+            let w = winners(node, &[x], out, MaxPoolTies::First)?;
+            sig.extend(w.iter().map(|&w| w as u8));
         }
     }
     Ok(sig)
@@ -1018,7 +948,7 @@ fn differentiable_mask(
         return Some(ArrayD::zeros(x.shape()));
     }
     if let Op::Activation(act) = &node.op {
-        let points = kinks(act);
+        let points = act.kinks();
         if points.is_empty() {
             return None;
         }
@@ -1518,6 +1448,7 @@ pub fn run_check_on(model: &Model, cfg: &CheckConfig, out: &mut dyn Write) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::graph::{Act, ArithKind};
     use lrp_testkit::synth::{he_normal, Attr, OnnxBuilder, Rng};
     use std::path::Path;
 

@@ -144,7 +144,11 @@ impl NativePlan {
                         (!o.keeps_samples_apart(rank)).then_some("may mix the samples")
                     }
                     Op::Move(m) => (!m.keeps_samples_apart(rank)).then_some("may mix the samples"),
-                    _ => Some("may mix the samples"),
+                    Op::Reshape(None)
+                    | Op::BatchNorm { .. }
+                    | Op::AddConst(_)
+                    | Op::Pad(_)
+                    | Op::Resize(_) => Some("may mix the samples"),
                 }
             };
             if let Some(why) = why {
@@ -250,7 +254,14 @@ impl NativePlan {
                         .collect()
                 }
             }
-            _ => x.to_vec(),
+            // elementwise; Pad, Resize and the nodes canonization removes
+            // have no native pass ([`unsupported`])
+            Op::Affine(_)
+            | Op::Activation(_)
+            | Op::BatchNorm { .. }
+            | Op::AddConst(_)
+            | Op::Pad(_)
+            | Op::Resize(_) => x.to_vec(),
         })
     }
 

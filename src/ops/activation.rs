@@ -423,6 +423,32 @@ impl Act {
         }
     }
 
+    /// The inputs where its derivative jumps (what `check` steps around).
+    pub fn kinks(&self) -> Vec<f32> {
+        match self {
+            Act::Relu | Act::LeakyRelu { .. } | Act::PRelu { .. } => vec![0.0],
+            Act::Clip { min, max } => vec![*min, *max],
+            Act::HardSigmoid { alpha, beta } => {
+                if *alpha != 0.0 {
+                    vec![-beta / alpha, (1.0 - beta) / alpha]
+                } else {
+                    vec![]
+                }
+            }
+            Act::HardSwish => vec![-3.0, 3.0],
+            Act::Identity
+            | Act::Sigmoid
+            | Act::Tanh
+            | Act::Elu { .. }
+            | Act::Selu { .. }
+            | Act::Celu { .. }
+            | Act::Softplus
+            | Act::Mish
+            | Act::Gelu { .. }
+            | Act::Opaque => vec![],
+        }
+    }
+
     /// `g f(x) / x`, the gradient LRP-0 follows through a smooth activation
     /// with `f(0) = 0` (relevance passes: `R = f(x) g = x (g f(x) / x)`);
     /// at `x = 0` the derivative.

@@ -251,7 +251,21 @@ impl Op {
         match self {
             Op::MaxPool(_) => true,
             Op::Registered(o) => o.takes_maxima(),
-            _ => false,
+            Op::Conv(_)
+            | Op::Dense(_)
+            | Op::Affine(_)
+            | Op::AvgPool(_)
+            | Op::Sum
+            | Op::Activation(_)
+            | Op::Arith { .. }
+            | Op::Reshape(_)
+            | Op::Transpose(_)
+            | Op::BatchNorm { .. }
+            | Op::AddConst(_)
+            | Op::Pad(_)
+            | Op::Resize(_)
+            | Op::Gate { .. }
+            | Op::Move(_) => false,
         }
     }
 
@@ -262,7 +276,16 @@ impl Op {
             Op::Sum | Op::AvgPool(_) => Flow::Proportional { per_input: false },
             Op::Pad(_) => Flow::Crops,
             Op::Registered(o) => o.flow(),
-            _ => Flow::Conserving,
+            Op::MaxPool(_)
+            | Op::Activation(_)
+            | Op::Arith { .. }
+            | Op::Reshape(_)
+            | Op::Transpose(_)
+            | Op::BatchNorm { .. }
+            | Op::AddConst(_)
+            | Op::Resize(_)
+            | Op::Gate { .. }
+            | Op::Move(_) => Flow::Conserving,
         }
     }
 
@@ -278,7 +301,16 @@ impl Op {
             Op::AvgPool(_) => "average pool",
             Op::Sum => "residual Add",
             Op::Registered(o) => return o.kind(),
-            _ => return None,
+            Op::Activation(_)
+            | Op::Arith { .. }
+            | Op::Reshape(_)
+            | Op::Transpose(_)
+            | Op::BatchNorm { .. }
+            | Op::AddConst(_)
+            | Op::Pad(_)
+            | Op::Resize(_)
+            | Op::Gate { .. }
+            | Op::Move(_) => return None,
         })
     }
 
@@ -288,7 +320,121 @@ impl Op {
             Op::Conv(c) => Some(c),
             Op::Dense(d) => Some(d),
             Op::Affine(a) => Some(a),
-            _ => None,
+            Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::Sum
+            | Op::Activation(_)
+            | Op::Arith { .. }
+            | Op::Reshape(_)
+            | Op::Transpose(_)
+            | Op::BatchNorm { .. }
+            | Op::AddConst(_)
+            | Op::Pad(_)
+            | Op::Resize(_)
+            | Op::Gate { .. }
+            | Op::Move(_)
+            | Op::Registered(_) => None,
+        }
+    }
+
+    /// The inputs where its derivative jumps, for an elementwise
+    /// activation (what `check` steps around); none for the others.
+    pub fn kinks(&self) -> Vec<f32> {
+        match self {
+            Op::Activation(act) => act.kinks(),
+            Op::Conv(_)
+            | Op::Dense(_)
+            | Op::Affine(_)
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::Sum
+            | Op::Arith { .. }
+            | Op::Reshape(_)
+            | Op::Transpose(_)
+            | Op::BatchNorm { .. }
+            | Op::AddConst(_)
+            | Op::Pad(_)
+            | Op::Resize(_)
+            | Op::Gate { .. }
+            | Op::Move(_)
+            | Op::Registered(_) => vec![],
+        }
+    }
+
+    /// Whether LRP-0 through it equals gradient x input (what `check`
+    /// compares): exactly for linear layers, sums, pools, copies and the
+    /// rectifiers through the origin; with a modified gradient
+    /// ([`Op::lrp0_gradient`]) for smooth activations with `f(0) = 0` and
+    /// normalisations; else why not.
+    pub fn lrp0(&self) -> Lrp0 {
+        match self {
+            Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => Lrp0::Exact,
+            Op::MaxPool(_) | Op::AvgPool(_) => Lrp0::Exact,
+            Op::Sum | Op::Reshape(_) | Op::Transpose(_) | Op::Resize(_) => Lrp0::Exact,
+            // copies and selections (Slice, Split, Gather...): each output
+            // element is one input element, relevance goes with it
+            Op::Move(_) => Lrp0::Exact,
+            Op::Pad(spec) => {
+                if spec.mode != pad::PadMode::Constant || spec.value == 0.0 {
+                    Lrp0::Exact
+                } else {
+                    Lrp0::Differs(format!("pads with the constant {}", spec.value))
+                }
+            }
+            Op::Activation(act) => act.lrp0(),
+            Op::Arith {
+                kind,
+                constant,
+                constant_first,
+            } => match kind {
+                ArithKind::Mul => Lrp0::Exact,
+                ArithKind::Div if !constant_first => Lrp0::Exact,
+                ArithKind::Div => Lrp0::Differs("divides a constant by the activation".into()),
+                ArithKind::Add | ArithKind::Sub if constant.iter().all(|&c| c == 0.0) => {
+                    Lrp0::Exact
+                }
+                ArithKind::Add | ArithKind::Sub => {
+                    Lrp0::Differs("adds a constant that is not a layer's bias".into())
+                }
+            },
+            Op::Gate { .. } => Lrp0::Differs("multiplies two activations (a gate)".into()),
+            Op::Registered(o) => o.lrp0(),
+            Op::BatchNorm { .. } | Op::AddConst(_) => Lrp0::Differs("was not canonized".into()),
+        }
+    }
+
+    /// The gradient LRP-0 follows through it for `g` at its output:
+    /// `exact(g)` (the operator's gradient as the caller computes it) unless
+    /// [`Op::lrp0`] is [`Lrp0::Modified`]: a smooth activation's derivative
+    /// replaced by `f(x) / x`, a normalisation's standard deviation held
+    /// constant.
+    pub fn lrp0_gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        exact: impl FnOnce(&ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        if !matches!(self.lrp0(), Lrp0::Modified(_)) {
+            return exact(g);
+        }
+        match self {
+            Op::Activation(act) => Ok(vec![act.lrp0_gradient(inputs[0], g)?]),
+            Op::Registered(o) => o.lrp0_gradient(inputs, g),
+            Op::Conv(_)
+            | Op::Dense(_)
+            | Op::Affine(_)
+            | Op::MaxPool(_)
+            | Op::AvgPool(_)
+            | Op::Sum
+            | Op::Arith { .. }
+            | Op::Reshape(_)
+            | Op::Transpose(_)
+            | Op::BatchNorm { .. }
+            | Op::AddConst(_)
+            | Op::Pad(_)
+            | Op::Resize(_)
+            | Op::Gate { .. }
+            | Op::Move(_) => exact(g),
         }
     }
 
@@ -412,7 +558,20 @@ fn copies(
         Op::Resize(spec) => with_param(resize::back(spec, inputs.get(1).copied(), x, r)?),
         Op::Gate { .. } if gradient => gate::gradient(inputs, r)?,
         Op::Gate { gate } => gate::relevance(*gate, inputs, r)?,
-        _ => return Err(anyhow!("not a copying operator")),
+        Op::Conv(_)
+        | Op::Dense(_)
+        | Op::Affine(_)
+        | Op::MaxPool(_)
+        | Op::AvgPool(_)
+        | Op::Sum
+        | Op::Activation(_)
+        | Op::Arith { .. }
+        | Op::Reshape(_)
+        | Op::Transpose(_)
+        | Op::BatchNorm { .. }
+        | Op::AddConst(_)
+        | Op::Move(_)
+        | Op::Registered(_) => return Err(anyhow!("not a copying operator")),
     })
 }
 
