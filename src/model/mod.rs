@@ -21,6 +21,7 @@ pub use crate::engine::{softmax, Engine, Forward};
 pub(crate) mod canon;
 pub(crate) mod limits;
 pub(crate) mod onnx;
+pub use onnx::fused_nodes;
 
 /// Name of the bundled model (EfficientNet-Lite0, ImageNet), the default.
 pub const BUNDLED_NAME: &str = "efficientnet-lite0";
@@ -133,6 +134,23 @@ fn input_spec(graph: &Graph, size: Option<[usize; 2]>) -> Result<InputSpec> {
 /// A float tensor stored inline as raw little-endian bytes, read with a
 /// single copy (tract's loader makes three of a 400 MB dense layer); `None`
 /// for every other storage, which tract's loader handles.
+/// A loader of ONNX tensors as f32 values (external data read from the
+/// folder `dir`).
+pub fn tensor_loader(
+    dir: Option<&str>,
+) -> impl Fn(&tract_onnx::pb::TensorProto) -> Result<ArrayD<f32>> + '_ {
+    let provider = tract_onnx::onnx().provider.clone();
+    move |t| {
+        if let Some(a) = raw_f32(t) {
+            return a;
+        }
+        let t =
+            tract_onnx::tensor::load_tensor(&*provider, t, dir).map_err(|e| anyhow!("{e:#}"))?;
+        let t = t.cast_to::<f32>().map_err(|e| anyhow!("{e}"))?.into_owned();
+        t.into_plain_array::<f32>().map_err(|e| anyhow!("{e}"))
+    }
+}
+
 fn raw_f32(t: &tract_onnx::pb::TensorProto) -> Option<Result<ArrayD<f32>>> {
     use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
     let inline =
@@ -305,16 +323,7 @@ impl Model {
         let folded = onnx::fold::fold_constants(&mut proto, dir)
             .with_context(|| format!("model {}", path.display()))?;
         let onnx = tract_onnx::onnx();
-        let provider = onnx.provider.clone();
-        let load = |t: &tract_onnx::pb::TensorProto| -> Result<ArrayD<f32>> {
-            if let Some(a) = raw_f32(t) {
-                return a;
-            }
-            let t = tract_onnx::tensor::load_tensor(&*provider, t, dir)
-                .map_err(|e| anyhow!("{e:#}"))?;
-            let t = t.cast_to::<f32>().map_err(|e| anyhow!("{e}"))?.into_owned();
-            t.into_plain_array::<f32>().map_err(|e| anyhow!("{e}"))
-        };
+        let load = tensor_loader(dir);
         let mut graph =
             build_graph(&proto, &load).with_context(|| format!("model {}", path.display()))?;
         let mut notes = Vec::new();

@@ -253,6 +253,35 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
     Ok(graph)
 }
 
+/// The nodes of `g` as the import sees them: the decomposed forms of
+/// operators that exporters write (LayerNorm, GELU chains) fused into the
+/// operators' own nodes (each family's [`crate::ops::registry::Fuse`]);
+/// `inspect` counts these. The nodes as they are where a fuse fails.
+pub fn fused_nodes(g: &pb::GraphProto, load: &TensorLoader) -> Vec<NodeProto> {
+    let mut consts: HashMap<&str, &TensorProto> =
+        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    for n in &g.node {
+        if n.op_type == "Constant" {
+            if let (Some(out), Some(t)) = (
+                n.output.first(),
+                attr(n, "value").and_then(|a| a.t.as_ref()),
+            ) {
+                consts.insert(out.as_str(), t);
+            }
+        }
+    }
+    let value = |name: &str| consts.get(name).and_then(|t| load(t).ok());
+    let mut fused = crate::ops::registry::ProtoGraph {
+        nodes: g.node.clone(),
+        constant: &value,
+        outputs: g.output.iter().map(|o| o.name.clone()).collect(),
+    };
+    match crate::ops::registry::fuse_all(&mut fused) {
+        Ok(()) => fused.nodes,
+        Err(_) => g.node.clone(),
+    }
+}
+
 /// Keeps only the nodes the tensor `target` depends on.
 fn prune(nodes: Vec<Node>, target: &str) -> Vec<Node> {
     let mut needed: HashSet<String> = HashSet::from([target.to_string()]);

@@ -393,3 +393,29 @@ fn check_compares_lrp0_through_copies_and_through_layer_norm_and_gelu() {
         );
     }
 }
+
+/// `inspect` counts the operators as the import sees them: the TorchScript
+/// exporter's LayerNorm and GELU chains (ReduceMean ... Div, Erf ... Mul)
+/// as LayerNormalization and Gelu, not as Pow, Sqrt and Erf without an LRP
+/// handling.
+#[test]
+fn inspect_counts_the_fused_layer_norm_and_gelu() {
+    let path = repo("tests/fixtures/exporters/convnext_tiny.ts.onnx");
+    let o = lrp(&["inspect", path.to_str().unwrap()]);
+    assert_no_panic(&o);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    // torchvision's convnext_tiny: 3+3+9+3 blocks and 4 LayerNorm2d + the
+    // head's LayerNorm2d (export_zoo.py keeps every block): 23 LayerNorms,
+    // 18 GELUs
+    for (n, op) in [(23, "LayerNormalization"), (18, "Gelu")] {
+        let line = out.lines().find(|l| l.contains(op)).unwrap_or_default();
+        assert!(
+            line.trim_start().starts_with(&format!("{n} ")),
+            "{line}\n{out}"
+        );
+    }
+    assert!(!out.contains("NO LRP HANDLING"), "{out}");
+    let listed = |op: &str| out.lines().any(|l| l.split_whitespace().nth(1) == Some(op));
+    assert!(!listed("Erf") && !listed("Pow") && !listed("Sqrt"), "{out}");
+}

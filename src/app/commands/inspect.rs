@@ -81,13 +81,13 @@ struct Census {
     constant: BTreeMap<String, usize>,
 }
 
-fn census(g: &pb::GraphProto, input: &str) -> Census {
+fn census(nodes: &[pb::NodeProto], input: &str) -> Census {
     let mut live: HashSet<&str> = HashSet::from([input]);
-    let mut is_active = vec![false; g.node.len()];
+    let mut is_active = vec![false; nodes.len()];
     // fixpoint: nodes need not be stored in topological order
     loop {
         let mut changed = false;
-        for (k, n) in g.node.iter().enumerate() {
+        for (k, n) in nodes.iter().enumerate() {
             if is_active[k] || matches!(n.op_type.as_str(), "Shape" | "Size") {
                 continue;
             }
@@ -105,7 +105,7 @@ fn census(g: &pb::GraphProto, input: &str) -> Census {
         active: BTreeMap::new(),
         constant: BTreeMap::new(),
     };
-    for (k, n) in g.node.iter().enumerate() {
+    for (k, n) in nodes.iter().enumerate() {
         let name = if n.name.is_empty() {
             format!("{}_{k}", n.op_type)
         } else {
@@ -177,7 +177,12 @@ pub fn run_inspect(cfg: &InspectConfig, out: &mut dyn Write) -> Result<bool> {
         params,
         g.initializer.len()
     )?;
-    let c = census(g, inputs.first().map_or("", |i| i.name.as_str()));
+    // the operators as the import sees them: the exporters' LayerNorm and
+    // GELU chains fused
+    let dir = path.parent().and_then(|d| d.to_str());
+    let load = lrp_heatmap::model::tensor_loader(dir);
+    let nodes = lrp_heatmap::model::fused_nodes(g, &load);
+    let c = census(&nodes, inputs.first().map_or("", |i| i.name.as_str()));
     writeln!(out, "\noperators on the image path:")?;
     let mut missing = vec![];
     for (op, nodes) in &c.active {
