@@ -572,6 +572,70 @@ fn gelu_chain(
 mod tests {
     use super::*;
 
+    /// A node `op(inputs) -> output`.
+    fn proto(op: &str, inputs: &[&str], output: &str) -> tract_onnx::pb::NodeProto {
+        tract_onnx::pb::NodeProto {
+            name: output.to_string(),
+            op_type: op.to_string(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            ..Default::default()
+        }
+    }
+
+    /// The GELU chain in each of its written forms becomes one `Gelu` node
+    /// from `x` to the chain's output; a chain with a wrong constant or an
+    /// intermediate read elsewhere stays as it is.
+    #[test]
+    fn gelu_chains_fuse_in_every_order_and_only_when_exact() {
+        let consts = |name: &str| -> Option<ArrayD<f32>> {
+            let v = match name {
+                "sqrt2" => std::f32::consts::SQRT_2,
+                "inv_sqrt2" => std::f32::consts::FRAC_1_SQRT_2,
+                "one" => 1.0,
+                "half" => 0.5,
+                "third" => 1.0 / 3.0,
+                _ => return None,
+            };
+            Some(ArrayD::from_elem(ndarray::IxDyn(&[]), v))
+        };
+        let chain = |scale: (&str, &str), half_first: bool, add_c: &str| {
+            let mut v = vec![
+                proto(scale.0, &["x", scale.1], "a"),
+                proto("Erf", &["a"], "e"),
+                proto("Add", &[add_c, "e"], "p"),
+            ];
+            if half_first {
+                v.push(proto("Mul", &["p", "half"], "h"));
+                v.push(proto("Mul", &["x", "h"], "y"));
+            } else {
+                v.push(proto("Mul", &["p", "x"], "m"));
+                v.push(proto("Mul", &["half", "m"], "y"));
+            }
+            v
+        };
+        let fuse = |nodes: Vec<tract_onnx::pb::NodeProto>, outputs: &[&str]| {
+            let mut g = super::super::registry::ProtoGraph {
+                nodes,
+                constant: &consts,
+                outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            };
+            fuse_gelu(&mut g).unwrap();
+            g.nodes
+        };
+        for scale in [("Div", "sqrt2"), ("Mul", "inv_sqrt2")] {
+            for half_first in [false, true] {
+                let nodes = fuse(chain(scale, half_first, "one"), &["y"]);
+                assert_eq!(nodes.len(), 1, "{scale:?} {half_first}");
+                assert_eq!(nodes[0].op_type, "Gelu");
+                assert_eq!((nodes[0].input.clone(), nodes[0].output.clone()), (vec!["x".to_string()], vec!["y".to_string()]));
+            }
+        }
+        // not GELU: another constant, or the Erf's output also a graph output
+        assert_eq!(fuse(chain(("Div", "sqrt2"), false, "third"), &["y"]).len(), 5);
+        assert_eq!(fuse(chain(("Div", "sqrt2"), false, "one"), &["y", "e"]).len(), 5);
+    }
+
     /// The activations' values in f64, independently of the derivatives.
     fn value(act: &Act, x: f64) -> f64 {
         match *act {

@@ -655,6 +655,83 @@ mod tests {
         }
     }
 
+    /// A node `op(inputs) -> output` with the `axes` attribute for a
+    /// ReduceMean.
+    fn proto(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        let mut attribute = vec![];
+        if op == "ReduceMean" {
+            attribute.push(AttributeProto {
+                name: "axes".into(),
+                r#type: AttributeType::Ints as i32,
+                ints: vec![-1],
+                ..Default::default()
+            });
+        }
+        NodeProto {
+            name: output.to_string(),
+            op_type: op.to_string(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            attribute,
+            ..Default::default()
+        }
+    }
+
+    /// The TorchScript exporter's chain, with its affine part, becomes one
+    /// LayerNormalization from `x` with the constants as scale and bias; a
+    /// chain with another exponent, or without the affine part, is fused
+    /// only where it is a layer normalisation.
+    #[test]
+    fn the_decomposed_chain_fuses_into_one_node() {
+        let consts = |name: &str| -> Option<ArrayD<f32>> {
+            let v = match name {
+                "two" => 2.0,
+                "three" => 3.0,
+                "eps" => 1e-6,
+                "w" | "b" => 0.5,
+                _ => return None,
+            };
+            Some(ArrayD::from_elem(IxDyn(&[]), v))
+        };
+        let chain = |pow: &str, affine: bool| {
+            let mut v = vec![
+                proto("ReduceMean", &["x"], "m"),
+                proto("Sub", &["x", "m"], "d"),
+                proto("Pow", &["d", pow], "p"),
+                proto("ReduceMean", &["p"], "v"),
+                proto("Add", &["v", "eps"], "ve"),
+                proto("Sqrt", &["ve"], "s"),
+                proto("Div", &["d", "s"], "n"),
+            ];
+            if affine {
+                v.push(proto("Mul", &["n", "w"], "nw"));
+                v.push(proto("Add", &["nw", "b"], "y"));
+            }
+            v
+        };
+        let run = |nodes: Vec<NodeProto>, out: &str| {
+            let mut g = ProtoGraph {
+                nodes,
+                constant: &consts,
+                outputs: vec![out.to_string()],
+            };
+            fuse(&mut g).unwrap();
+            g.nodes
+        };
+        let fused = run(chain("two", true), "y");
+        assert_eq!(fused.len(), 1);
+        let n = &fused[0];
+        assert_eq!(n.op_type, "LayerNormalization");
+        assert_eq!(n.input, ["x", "w", "b"]);
+        assert_eq!(n.output, ["y"]);
+        let eps = n.attribute.iter().find(|a| a.name == "epsilon").unwrap().f;
+        assert_eq!(eps, 1e-6);
+        let plain = run(chain("two", false), "n");
+        assert_eq!((plain.len(), plain[0].input.clone()), (1, vec!["x".into(), String::new(), String::new()]));
+        // x - mean cubed is no variance
+        assert_eq!(run(chain("three", true), "y").len(), 9);
+    }
+
     #[test]
     fn a_batch_keeps_its_samples_apart() {
         let op = ln(Axes::From(-1), None, None);
