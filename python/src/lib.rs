@@ -386,19 +386,7 @@ fn source(kind: &str, data: &Bound<'_, PyAny>) -> PyResult<Source> {
         "bytes" => Source::Bytes(data.extract::<Vec<u8>>()?),
         "rgb" => {
             let a: PyReadonlyArray3<u8> = data.extract()?;
-            let a = a.as_array();
-            let (h, w, c) = a.dim();
-            if c != 3 || h == 0 || w == 0 {
-                return Err(PyValueError::new_err(format!(
-                    "x= must be an HxWx3 uint8 array, got shape {:?}",
-                    a.shape()
-                )));
-            }
-            let raw: Vec<u8> = a.iter().copied().collect();
-            Source::Rgb(
-                image::RgbImage::from_raw(w as u32, h as u32, raw)
-                    .ok_or_else(|| PyValueError::new_err("x= an image too large"))?,
-            )
+            Source::Rgb(rgb_image(a.as_array(), "x=")?)
         }
         "tensor" => {
             let a: PyReadonlyArrayDyn<f32> = data.extract()?;
@@ -410,6 +398,20 @@ fn source(kind: &str, data: &Bound<'_, PyAny>) -> PyResult<Source> {
             )))
         }
     })
+}
+
+/// An `HxWx3` uint8 array (the Python parameter `what`) as an image.
+fn rgb_image(a: ndarray::ArrayView3<'_, u8>, what: &str) -> PyResult<image::RgbImage> {
+    let (h, w, c) = a.dim();
+    if c != 3 || h == 0 || w == 0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be an HxWx3 uint8 array, got shape {:?}",
+            a.shape()
+        )));
+    }
+    let raw: Vec<u8> = a.iter().copied().collect();
+    image::RgbImage::from_raw(w as u32, h as u32, raw)
+        .ok_or_else(|| PyValueError::new_err(format!("{what} an image too large")))
 }
 
 fn to_dict<'py>(py: Python<'py>, e: Explained) -> PyResult<Bound<'py, PyDict>> {
@@ -793,18 +795,9 @@ fn draw(
         .into_dimensionality::<Ix3>()
         .map_err(|_| PyValueError::new_err("relevance must be [C, H, W]"))?
         .to_owned();
-    let photo = match photo {
-        Some(p) => {
-            let a = p.as_array();
-            let (h, w, _) = a.dim();
-            let raw: Vec<u8> = a.iter().copied().collect();
-            Some(
-                image::RgbImage::from_raw(w as u32, h as u32, raw)
-                    .ok_or_else(|| PyValueError::new_err("photo must be HxWx3 uint8"))?,
-            )
-        }
-        None => None,
-    };
+    let photo = photo
+        .map(|p| rgb_image(p.as_array(), "photo="))
+        .transpose()?;
     if width == 0 || height == 0 {
         return Err(PyValueError::new_err("width and height must be > 0"));
     }

@@ -17,9 +17,15 @@ use crate::rules::Modifier;
 /// ConvNeXt's MLPs have 49 rows per image at their last stage.
 pub const GEMM_ROWS: usize = 32;
 
-/// `m(w)` for `w` `[m_out, k]`, a copy.
-fn modified(w: &[f32], m_out: usize, k: usize, m: Modifier) -> Vec<f32> {
-    w[..m_out * k].par_iter().map(|&v| m.apply(v)).collect()
+/// `m(w)` for `w` `[m_out, k]`: `w` itself for the identity (the forward
+/// pass, cached modified weights), else a copy.
+fn modified(w: &[f32], m_out: usize, k: usize, m: Modifier) -> std::borrow::Cow<'_, [f32]> {
+    let w = &w[..m_out * k];
+    if m == Modifier::Identity {
+        std::borrow::Cow::Borrowed(w)
+    } else {
+        std::borrow::Cow::Owned(w.par_iter().map(|&v| m.apply(v)).collect())
+    }
 }
 
 /// `out[r, j] = sum_k m(w[j, k]) x[r, k]` for `w` `[m_out, k]`, `x` `[rows, k]`.

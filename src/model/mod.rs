@@ -139,7 +139,16 @@ fn input_spec(graph: &Graph, size: Option<[usize; 2]>) -> Result<InputSpec> {
 pub fn tensor_loader(
     dir: Option<&str>,
 ) -> impl Fn(&tract_onnx::pb::TensorProto) -> Result<ArrayD<f32>> + '_ {
-    let provider = tract_onnx::onnx().provider.clone();
+    loader_with(&tract_onnx::onnx(), dir)
+}
+
+/// [`tensor_loader`] with the resource provider of `onnx` (made once per
+/// model load).
+fn loader_with<'d>(
+    onnx: &tract_onnx::Onnx,
+    dir: Option<&'d str>,
+) -> impl Fn(&tract_onnx::pb::TensorProto) -> Result<ArrayD<f32>> + 'd {
+    let provider = onnx.provider.clone();
     move |t| {
         if let Some(a) = raw_f32(t) {
             return a;
@@ -323,7 +332,7 @@ impl Model {
         let folded = onnx::fold::fold_constants(&mut proto, dir)
             .with_context(|| format!("model {}", path.display()))?;
         let onnx = tract_onnx::onnx();
-        let load = tensor_loader(dir);
+        let load = loader_with(&onnx, dir);
         let mut graph =
             build_graph(&proto, &load).with_context(|| format!("model {}", path.display()))?;
         let mut notes = Vec::new();

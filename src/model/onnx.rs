@@ -111,19 +111,7 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
     let input = inputs[0].name.clone();
     let input_dims = value_dims(inputs[0]);
 
-    // constant tensors: initializers and Constant nodes
-    let mut consts: HashMap<&str, &TensorProto> =
-        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    for n in &g.node {
-        if n.op_type == "Constant" {
-            if let (Some(out), Some(t)) = (
-                n.output.first(),
-                attr(n, "value").and_then(|a| a.t.as_ref()),
-            ) {
-                consts.insert(out.as_str(), t);
-            }
-        }
-    }
+    let consts = constants(g);
     let opset = model
         .opset_import
         .iter()
@@ -140,14 +128,7 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
     let nodes = topo_sort(&g.node, &input, &init)?;
     // the decomposed forms of operators (LayerNorm, GELU as the TorchScript
     // exporter writes them) become the operators' own nodes
-    let value = |name: &str| consts.get(name).and_then(|t| load(t).ok());
-    let mut fused = crate::ops::registry::ProtoGraph {
-        nodes: nodes.into_iter().cloned().collect(),
-        constant: &value,
-        outputs: g.output.iter().map(|o| o.name.clone()).collect(),
-    };
-    crate::ops::registry::fuse_all(&mut fused)?;
-    let nodes = fused.nodes;
+    let nodes = fuse(nodes.into_iter().cloned().collect(), g, &consts, load)?;
 
     // which tensors carry the image signal
     let mut active: HashSet<String> = HashSet::from([input.clone()]);
@@ -253,11 +234,9 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
     Ok(graph)
 }
 
-/// The nodes of `g` as the import sees them: the decomposed forms of
-/// operators that exporters write (LayerNorm, GELU chains) fused into the
-/// operators' own nodes (each family's [`crate::ops::registry::Fuse`]);
-/// `inspect` counts these. The nodes as they are where a fuse fails.
-pub fn fused_nodes(g: &pb::GraphProto, load: &TensorLoader) -> Vec<NodeProto> {
+/// The constant tensors of `g`: its initializers and the values of its
+/// `Constant` nodes, by name.
+fn constants(g: &pb::GraphProto) -> HashMap<&str, &TensorProto> {
     let mut consts: HashMap<&str, &TensorProto> =
         g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     for n in &g.node {
@@ -270,16 +249,33 @@ pub fn fused_nodes(g: &pb::GraphProto, load: &TensorLoader) -> Vec<NodeProto> {
             }
         }
     }
+    consts
+}
+
+/// `nodes` (of `g`) with the decomposed forms of operators that exporters
+/// write (LayerNorm, GELU chains) fused into the operators' own nodes (each
+/// family's [`crate::ops::registry::Fuse`]).
+fn fuse(
+    nodes: Vec<NodeProto>,
+    g: &pb::GraphProto,
+    consts: &HashMap<&str, &TensorProto>,
+    load: &TensorLoader,
+) -> Result<Vec<NodeProto>> {
     let value = |name: &str| consts.get(name).and_then(|t| load(t).ok());
     let mut fused = crate::ops::registry::ProtoGraph {
-        nodes: g.node.clone(),
+        nodes,
         constant: &value,
         outputs: g.output.iter().map(|o| o.name.clone()).collect(),
     };
-    match crate::ops::registry::fuse_all(&mut fused) {
-        Ok(()) => fused.nodes,
-        Err(_) => g.node.clone(),
-    }
+    crate::ops::registry::fuse_all(&mut fused)?;
+    Ok(fused.nodes)
+}
+
+/// The nodes of `g` as the import sees them, the exporters' decomposed
+/// operators fused ([`fuse`]); `inspect` counts these. The nodes as they
+/// are where a fuse fails.
+pub fn fused_nodes(g: &pb::GraphProto, load: &TensorLoader) -> Vec<NodeProto> {
+    fuse(g.node.clone(), g, &constants(g), load).unwrap_or_else(|_| g.node.clone())
 }
 
 /// Keeps only the nodes the tensor `target` depends on.

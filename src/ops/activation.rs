@@ -511,7 +511,9 @@ fn fuse_gelu(g: &mut super::registry::ProtoGraph) -> anyhow::Result<()> {
         start = i + 1;
         if let Some((remove, node)) = gelu_chain(g, i) {
             g.replace(&remove, node);
-            start = 0;
+            // the nodes before the chain's first are where they were, and
+            // none of them starts a chain
+            start = remove.iter().copied().min().unwrap_or(0);
         }
     }
     Ok(())

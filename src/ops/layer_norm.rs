@@ -416,7 +416,9 @@ fn fuse(g: &mut ProtoGraph) -> Result<()> {
         start = i + 1;
         if let Some((remove, node)) = chain(g, i) {
             g.replace(&remove, node);
-            start = 0;
+            // the nodes before the chain's first are where they were, and
+            // none of them starts a chain
+            start = remove.iter().copied().min().unwrap_or(0);
         }
     }
     Ok(())
@@ -477,26 +479,16 @@ fn chain(g: &ProtoGraph, i: usize) -> Option<(Vec<usize>, NodeProto)> {
     }
     let mut remove = vec![i, sub, pow, rm2, add, sqrt, div];
     let mut last = div;
-    let (mut scale, mut bias) = (String::new(), String::new());
-    // the affine part: Mul by a constant, then Add of a constant
-    if let Some(k) = g.only_reader(&out(last)) {
-        if n(k).op_type == "Mul" {
-            if let Some((_, c)) = g.with_constant(n(k), |_| true) {
-                scale = c;
-                remove.push(k);
-                last = k;
-            }
-        }
-    }
-    if let Some(k) = g.only_reader(&out(last)) {
-        if n(k).op_type == "Add" {
-            if let Some((_, c)) = g.with_constant(n(k), |_| true) {
-                bias = c;
-                remove.push(k);
-                last = k;
-            }
-        }
-    }
+    // the affine part: Mul by a constant (the scale), then Add of a
+    // constant (the bias), each optional
+    let affine = ["Mul", "Add"].map(|op| {
+        let k = g.only_reader(&out(last)).filter(|&k| n(k).op_type == op)?;
+        let (_, c) = g.with_constant(n(k), |_| true)?;
+        remove.push(k);
+        last = k;
+        Some(c)
+    });
+    let [scale, bias] = affine.map(Option::unwrap_or_default);
     let ints = AttributeProto {
         name: AXES.into(),
         r#type: AttributeType::Ints as i32,
