@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 
-use crate::graph::{Node, Op};
+use crate::graph::Node;
 use crate::ops::MaxPoolTies;
 use crate::rules::Rule;
 
@@ -219,10 +219,13 @@ impl Composite {
     /// composite has one and the node reads the model input, else the rule of
     /// its class (dense for `Gemm`/`MatMul`, conv for the rest).
     pub fn rule_for(&self, node: &Node) -> Rule {
-        match (node.first, self.first, &node.op) {
-            (true, Some(r), _) => r,
-            (_, _, Op::Dense(_)) => self.dense,
-            _ => self.conv,
+        if let (true, Some(r)) = (node.first, self.first) {
+            return r;
+        }
+        if node.op.linear().is_some_and(|l| l.dense()) {
+            self.dense
+        } else {
+            self.conv
         }
     }
 }

@@ -180,7 +180,7 @@ impl Graph {
         // output is kept; the node writing it
         let mut masks: HashMap<&str, bool> = HashMap::new();
         for n in &self.nodes {
-            let mask = matches!(&n.op, Op::Activation(a) if a.mask_from_output())
+            let mask = n.op.derivative_from_output()
                 && n.inputs.len() == 1
                 && needed.contains(n.output.as_str());
             for i in &n.inputs {

@@ -453,46 +453,18 @@ pub fn randomization(
 /// the first axis of a conv's weights, the input features of a dense
 /// layer), zero biases.
 fn randomize(op: &mut crate::ops::Op, rng: &mut Rng) {
-    use crate::ops::Op;
-    let he = |w: &mut ArrayD<f32>, fan_in: usize, rng: &mut Rng| {
-        let std = (2.0 / fan_in.max(1) as f32).sqrt();
-        w.mapv_inplace(|_| rng.normal() * std);
+    // not linear layers: nothing to randomise (the caller picks linear
+    // layers only)
+    if op.linear().is_none() {
+        return;
+    }
+    let Some(p) = op.get_mut().parameters_mut() else {
+        return;
     };
-    match op {
-        Op::Conv(c) => {
-            let fan_in = c.weight.shape()[1..].iter().product();
-            he(&mut c.weight, fan_in, rng);
-            if let Some(b) = c.bias.as_mut() {
-                b.fill(0.0);
-            }
-        }
-        Op::Dense(d) => {
-            let fan_in = d.weight.shape().get(1).copied().unwrap_or(1);
-            he(&mut d.weight, fan_in, rng);
-            if let Some(b) = d.bias.as_mut() {
-                b.fill(0.0);
-            }
-        }
-        Op::Affine(a) => {
-            he(&mut a.weight, 1, rng);
-            a.bias.fill(0.0);
-        }
-        // not linear layers: nothing to randomise (the caller picks linear
-        // layers only)
-        Op::MaxPool(_)
-        | Op::AvgPool(_)
-        | Op::Sum
-        | Op::Activation(_)
-        | Op::Arith { .. }
-        | Op::Reshape(_)
-        | Op::Transpose(_)
-        | Op::BatchNorm { .. }
-        | Op::AddConst(_)
-        | Op::Pad(_)
-        | Op::Resize(_)
-        | Op::Gate { .. }
-        | Op::Move(_)
-        | Op::Registered(_) => {}
+    let std = (2.0 / p.fan_in.max(1) as f32).sqrt();
+    p.weight.mapv_inplace(|_| rng.normal() * std);
+    if let Some(b) = p.bias {
+        b.fill(0.0);
     }
 }
 

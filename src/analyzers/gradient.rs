@@ -99,7 +99,7 @@ pub fn max_pool_ties(
 ) -> Result<Vec<(String, ops::pool::Ties)>> {
     let mut ties = Vec::new();
     crate::engine::walk::walk_back(graph, fwd, class, 1.0, |node, inputs, g| {
-        if let crate::graph::Op::MaxPool(p) = &node.op {
+        if let Some(ops::pool::MaxPool(p)) = node.op.downcast() {
             ties.push((
                 node.name.clone(),
                 ops::pool::max_pool_ties(p, inputs[0], g, rel_tol)?,

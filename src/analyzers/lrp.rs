@@ -9,7 +9,7 @@ use crate::engine::walk::walk_from_owned;
 use crate::error::Error;
 use crate::graph::{Graph, Node};
 use crate::model::Forward;
-use crate::ops::{self, Flow, Op};
+use crate::ops::{self, Elements, Flow};
 use crate::preprocess::Normalization;
 use crate::rules::cache::WeightCache;
 use crate::rules::{flat, Bounds, Rule};
@@ -369,35 +369,9 @@ fn node_output<'f>(
     if let Some(z) = fwd.activations.get(&node.output) {
         return Some(Cow::Borrowed(z));
     }
-    let z = match &node.op {
-        Op::Sum => {
-            let mut z = inputs.first()?.to_owned().to_owned();
-            for x in &inputs[1..] {
-                if x.shape() != z.shape() {
-                    return None;
-                }
-                z += *x;
-            }
-            z
-        }
-        Op::AvgPool(p) => ops::pool::forward(p, inputs.first()?, false).ok()?,
-        Op::Registered(o) => o.forward(inputs).ok()?,
-        // the others are not proportional: the ledger needs no output
-        Op::Conv(_)
-        | Op::Dense(_)
-        | Op::Affine(_)
-        | Op::MaxPool(_)
-        | Op::Activation(_)
-        | Op::Arith { .. }
-        | Op::Reshape(_)
-        | Op::Transpose(_)
-        | Op::BatchNorm { .. }
-        | Op::AddConst(_)
-        | Op::Pad(_)
-        | Op::Resize(_)
-        | Op::Gate { .. }
-        | Op::Move(_) => return None,
-    };
+    // a proportional operator's output, computed again
+    let rows = inputs.first()?.shape().first().copied().unwrap_or(1);
+    let z = node.op.forward(inputs, rows).ok()?;
     Some(Cow::Owned(z))
 }
 
@@ -547,12 +521,15 @@ pub fn explain_rows(
             signs: node.inputs.first().and_then(|i| fwd.signs.get(i)).copied(),
             ties: composite.max_pool,
             norm: Some(composite.norm_rule()),
+            rule: Some(rule),
+            bounds: bounds.as_ref(),
+            name: &node.output,
         };
         // an activation hands its output's relevance on as it is: moved, not
         // copied (its shape checked as the operator would)
-        let pass = matches!(node.op, Op::Activation(_))
-            && inputs.len() == 1
-            && inputs[0].shape() == r.shape();
+        let elements = node.op.elements();
+        let pass =
+            elements == Elements::Activation && inputs.len() == 1 && inputs[0].shape() == r.shape();
         let (out, accounts) = if pass {
             (Vec::new(), None)
         } else {
@@ -561,10 +538,7 @@ pub fn explain_rows(
         let flow = node.op.flow();
         // the rule the node applied: a linear layer's, or the one an
         // operator applies itself (a normalisation's epsilon)
-        let applied = match &node.op {
-            Op::Registered(o) => o.rule(&reuse),
-            op => op.linear().map(|_| rule),
-        };
+        let applied = node.op.rule(&reuse);
         let rule_name = applied.map(|r| r.to_string()).unwrap_or_default();
         // what arrived at the output: the sums of the parts handed to it
         let got = arrived.borrow_mut().remove(node.output.as_str());
@@ -573,8 +547,8 @@ pub fn explain_rows(
         let same = pass
             || out.len() == 1
                 && matches!(
-                    node.op,
-                    Op::Activation(_) | Op::Arith { .. } | Op::Reshape(_) | Op::Transpose(_)
+                    elements,
+                    Elements::Activation | Elements::Arithmetic | Elements::Rearranged
                 );
         let mut out_sums = vec![0.0; rows];
         {
@@ -596,7 +570,7 @@ pub fn explain_rows(
         }
         let z = match flow {
             Flow::Proportional { .. } => node_output(graph, fwd, node, inputs),
-            _ => None,
+            Flow::Linear | Flow::Conserving | Flow::Crops => None,
         };
         let (r_flat, z_flat) = (flat(r), z.as_deref().map(flat));
         fn part(s: &[f32], row: usize, rows: usize) -> &[f32] {

@@ -121,7 +121,7 @@ use serde::Serialize;
 use crate::analyzers::gradient::{GradientMode, GradientOptions, MaxPoolTies};
 use crate::composite::{Composite, RuleParams};
 use crate::engine::native::NativePlan;
-use crate::graph::{Node, Op};
+use crate::graph::Node;
 use crate::model::{Forward, InputSpec, Model};
 use crate::ops;
 use crate::preprocess::{DecodeLimits, Layout, Normalization};
@@ -440,7 +440,7 @@ pub fn lrp0_breaker(node: &Node) -> Option<String> {
     Some(format!("{} node '{}' {why}", node.op_type, node.name))
 }
 
-/// The gradient LRP-0 follows through `node` ([`Op::lrp0_gradient`], with
+/// The gradient LRP-0 follows through `node` ([`crate::ops::Op::lrp0_gradient_or`], with
 /// `grad` for the operator's own gradient).
 fn lrp0_gradient(
     node: &Node,
@@ -448,7 +448,8 @@ fn lrp0_gradient(
     g: &ArrayD<f32>,
     grad: &NodeGradient,
 ) -> Result<Vec<ArrayD<f32>>> {
-    node.op.lrp0_gradient(inputs, g, |g| grad(node, inputs, g))
+    node.op
+        .lrp0_gradient_or(inputs, g, |g| grad(node, inputs, g))
 }
 
 /// Whether LRP-0 through `node` follows a modified gradient.
@@ -731,7 +732,9 @@ pub fn near_tie_warnings_rows(
     // per input: max pools, tied ones, the worst
     let mut found = vec![(0, 0, None::<(String, f64)>); rows];
     for node in &graph.nodes {
-        let Op::MaxPool(p) = &node.op else { continue };
+        let Some(ops::pool::MaxPool(p)) = node.op.downcast() else {
+            continue;
+        };
         let x = fwd.get(graph, &node.inputs[0])?;
         if x.ndim() != 4 {
             continue;
@@ -944,11 +947,11 @@ fn differentiable_mask(
     ties: MaxPoolTies,
 ) -> Option<ArrayD<f32>> {
     // runtime parameters (pads, scales) are not perturbed
-    if k > 0 && matches!(node.op, Op::Pad(_) | Op::Resize(_)) {
+    if k >= node.op.data_inputs(node.inputs.len()) {
         return Some(ArrayD::zeros(x.shape()));
     }
-    if let Op::Activation(act) = &node.op {
-        let points = act.kinks();
+    if node.op.elements() == ops::Elements::Activation {
+        let points = node.op.kinks();
         if points.is_empty() {
             return None;
         }
@@ -1058,9 +1061,10 @@ fn check_node(
     let mut dirs = vec![];
     let (mut an, mut var, mut scale) = (0.0f64, 0.0f64, 0.0f64);
     for (k, x) in inputs.iter().enumerate() {
-        let s = match node.op {
-            Op::Activation(_) => rms(x).max(1.0) as f32,
-            _ => rms(x) as f32,
+        let s = if node.op.elements() == ops::Elements::Activation {
+            rms(x).max(1.0) as f32
+        } else {
+            rms(x) as f32
         };
         let mut v = normal(rng, x.shape()) * s;
         let mut sd = ArrayD::from_elem(x.shape(), s);
@@ -1115,8 +1119,12 @@ fn check_node(
         // of an elementwise activation whose input does not move (masked at
         // a kink) is exactly unchanged and adds nothing
         let term = |u: f32, p: f32, m: f32| (u as f64 * p.abs().max(m.abs()) as f64).powi(2);
-        let mag = match (&node.op, dirs.first()) {
-            (Op::Activation(_), Some(v)) if v.shape() == u.shape() => Zip::from(&u)
+        let activation = node.op.elements() == ops::Elements::Activation;
+        let moved = dirs
+            .first()
+            .filter(|v| activation && v.shape() == u.shape());
+        let mag = match moved {
+            Some(v) => Zip::from(&u)
                 .and(&yp)
                 .and(&ym)
                 .and(v)
@@ -1130,7 +1138,7 @@ fn check_node(
                         }
                     },
                 ),
-            _ => Zip::from(&u)
+            None => Zip::from(&u)
                 .and(&yp)
                 .and(&ym)
                 .fold(0.0f64, |a, &u, &p, &m| a + term(u, p, m)),
@@ -1709,7 +1717,7 @@ mod tests {
         let model = relu_net(2, false);
         // a bug: the max pool's gradient spread like an average pool's
         let broken = |node: &Node, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>| {
-            if let Op::MaxPool(p) = &node.op {
+            if let Some(ops::pool::MaxPool(p)) = node.op.downcast() {
                 let p = crate::graph::Pool {
                     window: p.window.clone(),
                     count_include_pad: true,
@@ -1811,6 +1819,9 @@ mod tests {
 
     #[test]
     fn lrp0_breakers() {
+        use crate::ops::gate::Gate;
+        use crate::ops::structural::{Arith, Sum};
+        use crate::ops::Op;
         let node = |op: Op| Node {
             name: "n".into(),
             op_type: "T".into(),
@@ -1819,18 +1830,20 @@ mod tests {
             output: "b".into(),
             first: false,
         };
-        assert!(lrp0_breaker(&node(Op::Activation(Act::Relu))).is_none());
-        assert!(lrp0_breaker(&node(Op::Sum)).is_none());
-        let sig = lrp0_breaker(&node(Op::Activation(Act::Sigmoid))).unwrap();
+        assert!(lrp0_breaker(&node(Op::new(Act::Relu))).is_none());
+        assert!(lrp0_breaker(&node(Op::new(Sum))).is_none());
+        let sig = lrp0_breaker(&node(Op::new(Act::Sigmoid))).unwrap();
         assert!(sig.contains("Sigmoid"), "{sig}");
-        let add = |c: f32| Op::Arith {
-            kind: ArithKind::Add,
-            constant: ArrayD::from_elem(vec![1], c),
-            constant_first: false,
+        let add = |c: f32| {
+            Op::new(Arith {
+                kind: ArithKind::Add,
+                constant: ArrayD::from_elem(vec![1], c),
+                constant_first: false,
+            })
         };
         assert!(lrp0_breaker(&node(add(0.0))).is_none());
         assert!(lrp0_breaker(&node(add(0.5))).is_some());
-        assert!(lrp0_breaker(&node(Op::Gate { gate: None })).is_some());
+        assert!(lrp0_breaker(&node(Op::new(Gate { gate: None }))).is_some());
     }
 
     #[test]

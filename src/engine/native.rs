@@ -14,13 +14,14 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use ndarray::{ArrayD, IxDyn, Zip};
+use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 
 use crate::engine::profile::{self, Phase};
-use crate::graph::{ArithKind, Graph, Node, Op};
+use crate::graph::{Graph, Node};
 use crate::ops::activation::Act;
-use crate::rules::{LinearLayer, Modifier};
+use crate::ops::conv::Conv;
+use crate::ops::structural::Reshape;
 
 /// What the graph-native forward pass needs beyond the graph.
 #[derive(Clone, Debug)]
@@ -45,30 +46,7 @@ pub struct NativeOutput {
 
 /// Why a node cannot run natively, or `None` if it can.
 fn unsupported(node: &Node) -> Option<&'static str> {
-    match &node.op {
-        Op::Activation(crate::graph::Act::Opaque) => {
-            Some("an elementwise operator without a formula")
-        }
-        Op::BatchNorm { .. } | Op::AddConst(_) => Some("a node left by canonization"),
-        Op::Reshape(None) => Some("a reshape to a shape computed at run time"),
-        Op::Move(m) if !m.runtime_inputs().is_empty() => {
-            Some("a copying operator with parameters computed at run time")
-        }
-        Op::Conv(_)
-        | Op::Dense(_)
-        | Op::Affine(_)
-        | Op::MaxPool(_)
-        | Op::AvgPool(_)
-        | Op::Sum
-        | Op::Activation(_)
-        | Op::Arith { .. }
-        | Op::Reshape(_)
-        | Op::Transpose(_)
-        | Op::Move(_)
-        | Op::Gate { .. }
-        | Op::Registered(_) => None,
-        Op::Pad(_) | Op::Resize(_) => Some("an operator without a native forward pass"),
-    }
+    node.op.native()
 }
 
 impl NativePlan {
@@ -124,32 +102,7 @@ impl NativePlan {
             let why = if !node.inputs.iter().chain([&node.output]).all(|n| batched(n)) {
                 Some("has a tensor without the batch axis 0 of 1")
             } else {
-                match &node.op {
-                    Op::Conv(_)
-                    | Op::Dense(_)
-                    | Op::Affine(_)
-                    | Op::MaxPool(_)
-                    | Op::AvgPool(_)
-                    | Op::Sum
-                    | Op::Activation(_)
-                    | Op::Gate { .. }
-                    | Op::Reshape(Some(_)) => None,
-                    Op::Arith { constant, .. } => (constant.ndim() >= rank
-                        && constant.shape().first().is_some_and(|&d| d != 1))
-                    .then_some("has a constant along the batch axis"),
-                    Op::Transpose(perm) => {
-                        (perm.first() != Some(&0)).then_some("moves the batch axis")
-                    }
-                    Op::Registered(o) => {
-                        (!o.keeps_samples_apart(rank)).then_some("may mix the samples")
-                    }
-                    Op::Move(m) => (!m.keeps_samples_apart(rank)).then_some("may mix the samples"),
-                    Op::Reshape(None)
-                    | Op::BatchNorm { .. }
-                    | Op::AddConst(_)
-                    | Op::Pad(_)
-                    | Op::Resize(_) => Some("may mix the samples"),
-                }
+                (!node.op.keeps_samples_apart(rank)).then_some("may mix the samples")
             };
             if let Some(why) = why {
                 return Some(format!("{} node '{}' {why}", node.op_type, node.name));
@@ -178,9 +131,14 @@ impl NativePlan {
                         .ok_or_else(|| anyhow!("tensor '{n}' is not computed"))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let x = ins.first().ok_or_else(|| anyhow!("no input"))?;
+            ensure!(
+                !ins.is_empty(),
+                "{} node '{}' has no input",
+                node.op_type,
+                node.name
+            );
             let out = self
-                .node_shape(node, x, &ins)
+                .node_shape(node, &ins)
                 .with_context(|| format!("{} node '{}'", node.op_type, node.name))?;
             shapes.insert(node.output.as_str(), out);
         }
@@ -208,61 +166,9 @@ impl NativePlan {
         plan.run(graph, input)
     }
 
-    fn node_shape(&self, node: &Node, x: &[usize], ins: &[Vec<usize>]) -> Result<Vec<usize>> {
-        let broadcast = crate::ops::movement::broadcast;
-        Ok(match &node.op {
-            Op::Conv(c) => c.output_shape(x)?,
-            Op::Dense(d) => {
-                let mut s = x.to_vec();
-                let last = s
-                    .last_mut()
-                    .ok_or_else(|| anyhow!("dense input of rank 0"))?;
-                *last = *d.weight.shape().first().unwrap_or(&0);
-                s
-            }
-            Op::MaxPool(p) | Op::AvgPool(p) => {
-                ensure!(x.len() == 4, "pooling needs [N, C, H, W], got {x:?}");
-                let [oh, ow] = p.output_size(x[2], x[3])?;
-                vec![x[0], x[1], oh, ow]
-            }
-            Op::Sum => ins[1..]
-                .iter()
-                .try_fold(x.to_vec(), |acc, s| broadcast(&acc, s))?,
-            Op::Arith { constant, .. } => broadcast(x, constant.shape())?,
-            Op::Move(m) => m.output_shape(x)?,
-            Op::Registered(o) => {
-                let shapes: Vec<&[usize]> = ins.iter().map(Vec::as_slice).collect();
-                o.output_shape(&shapes)?
-            }
-            Op::Gate { .. } => {
-                let other = ins
-                    .get(1)
-                    .ok_or_else(|| anyhow!("a gate needs two inputs"))?;
-                broadcast(x, other)?
-            }
-            Op::Reshape(rule) => rule
-                .as_ref()
-                .ok_or_else(|| anyhow!("a reshape to a shape computed at run time"))?
-                .apply(x)?,
-            Op::Transpose(perm) => {
-                if perm.is_empty() {
-                    x.iter().rev().copied().collect()
-                } else {
-                    ensure!(perm.len() == x.len(), "permutation {perm:?} for {x:?}");
-                    perm.iter()
-                        .map(|&p| x.get(p).copied().unwrap_or(1))
-                        .collect()
-                }
-            }
-            // elementwise; Pad, Resize and the nodes canonization removes
-            // have no native pass ([`unsupported`])
-            Op::Affine(_)
-            | Op::Activation(_)
-            | Op::BatchNorm { .. }
-            | Op::AddConst(_)
-            | Op::Pad(_)
-            | Op::Resize(_) => x.to_vec(),
-        })
+    fn node_shape(&self, node: &Node, ins: &[Vec<usize>]) -> Result<Vec<usize>> {
+        let shapes: Vec<&[usize]> = ins.iter().map(Vec::as_slice).collect();
+        node.op.output_shape(&shapes)
     }
 
     /// Runs one node forward natively on its input activations (in the
@@ -292,7 +198,7 @@ impl NativePlan {
             keep: HashSet::new(),
             batch: 1,
         };
-        if let Op::Reshape(_) = node.op {
+        if node.op.downcast::<Reshape>().is_some() {
             // the shape the forward pass produced, whatever the rule
             let x = *inputs.first().ok_or_else(|| anyhow!("no input"))?;
             return Ok(x
@@ -324,8 +230,8 @@ impl NativePlan {
             // a pointwise or depthwise convolution and the ReLU / ReLU6 that
             // alone reads it: one pass, the clamp in the convolution's output
             // loop (the convolution's own output is never stored)
-            if let (Op::Conv(conv), Some((act, lo, hi)), [name]) = (
-                &node.op,
+            if let (Some(conv), Some((act, lo, hi)), [name]) = (
+                node.op.downcast::<Conv>(),
                 self.clamp_after(graph, i, &readers),
                 node.inputs.as_slice(),
             ) {
@@ -368,7 +274,7 @@ impl NativePlan {
                 }
             }
             // an activation whose input nothing else reads or keeps: in place
-            if let (Op::Activation(act), [name]) = (&node.op, node.inputs.as_slice()) {
+            if let (Some(act), [name]) = (node.op.downcast::<Act>(), node.inputs.as_slice()) {
                 let dead = *name != graph.input
                     && *name != graph.logits
                     && readers.get(name.as_str()) == Some(&1)
@@ -459,11 +365,7 @@ impl NativePlan {
         readers: &HashMap<&str, usize>,
     ) -> Option<(&'g Node, f32, f32)> {
         let (node, next) = (graph.nodes.get(i)?, graph.nodes.get(i + 1)?);
-        let (lo, hi) = match &next.op {
-            Op::Activation(Act::Relu) => (0.0, f32::INFINITY),
-            &Op::Activation(Act::Clip { min, max }) => (min, max),
-            _ => return None,
-        };
+        let (lo, hi) = next.op.downcast::<Act>()?.clamp()?;
         let alone = next.inputs == [node.output.as_str()]
             && readers.get(node.output.as_str()) == Some(&1)
             && !self.keep.contains(&node.output)
@@ -473,78 +375,8 @@ impl NativePlan {
     }
 
     fn node(&self, node: &Node, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
-        let x = *inputs.first().ok_or_else(|| anyhow!("no input"))?;
-        Ok(match &node.op {
-            Op::Conv(l) => l.forward(x, &l.weight, true)?,
-            Op::Dense(l) => l.forward_mod(x, Modifier::Identity, true)?,
-            Op::Affine(l) => l.forward(x, &l.weight, true)?,
-            Op::MaxPool(p) => crate::ops::pool::forward(p, x, true)?,
-            Op::AvgPool(p) => crate::ops::pool::forward(p, x, false)?,
-            Op::Sum => {
-                let mut acc = x.clone();
-                for other in &inputs[1..] {
-                    acc = broadcast_with(&acc, other, |a, b| a + b)?;
-                }
-                acc
-            }
-            Op::Activation(act) => act.apply(x)?,
-            Op::Gate { .. } => {
-                let other = inputs
-                    .get(1)
-                    .ok_or_else(|| anyhow!("a gate needs two inputs"))?;
-                broadcast_with(x, other, |a, b| a * b)?
-            }
-            Op::Arith {
-                kind,
-                constant,
-                constant_first,
-            } => arith(*kind, x, constant, *constant_first)?,
-            Op::Reshape(rule) => {
-                let rule = rule
-                    .as_ref()
-                    .ok_or_else(|| anyhow!("a reshape to a shape computed at run time"))?;
-                let n = self.batch;
-                let shape = if n > 1 && x.shape().first() == Some(&n) {
-                    // a batch of N: the rule of one sample, then N in front
-                    // (a target that does not start with the batch axis
-                    // cannot be batched)
-                    let mut one = x.shape().to_vec();
-                    one[0] = 1;
-                    let mut s = rule.apply(&one)?;
-                    ensure!(
-                        s.first() == Some(&1),
-                        "a reshape to {s:?} cannot take a batch of {n}"
-                    );
-                    s[0] = n;
-                    s
-                } else {
-                    rule.apply(x.shape())?
-                };
-                x.as_standard_layout()
-                    .into_owned()
-                    .into_shape_with_order(IxDyn(&shape))?
-            }
-            Op::Transpose(perm) => {
-                let perm: Vec<usize> = if perm.is_empty() {
-                    (0..x.ndim()).rev().collect()
-                } else {
-                    perm.clone()
-                };
-                ensure!(
-                    perm.len() == x.ndim(),
-                    "permutation {perm:?} for {:?}",
-                    x.shape()
-                );
-                x.view()
-                    .permuted_axes(IxDyn(&perm))
-                    .as_standard_layout()
-                    .into_owned()
-            }
-            Op::Move(m) => m.forward(inputs)?,
-            Op::Registered(o) => o.forward(inputs)?,
-            Op::BatchNorm { .. } | Op::AddConst(_) => bail!("node was not canonized"),
-            Op::Pad(_) | Op::Resize(_) => bail!("no native forward pass"),
-        })
+        ensure!(!inputs.is_empty(), "no input");
+        node.op.forward(inputs, self.batch)
     }
 }
 
@@ -553,47 +385,6 @@ fn bytes(s: &[usize]) -> u64 {
     s.iter()
         .try_fold(4u64, |a, &d| a.checked_mul(d as u64))
         .unwrap_or(u64::MAX)
-}
-
-/// `f(a, b)` elementwise with numpy broadcasting; an error where the shapes
-/// do not broadcast.
-fn broadcast_with(
-    a: &ArrayD<f32>,
-    b: &ArrayD<f32>,
-    f: impl Fn(f32, f32) -> f32,
-) -> Result<ArrayD<f32>> {
-    let (sa, sb) = (a.shape(), b.shape());
-    let rank = sa.len().max(sb.len());
-    let dim = |s: &[usize], i: usize| (i + s.len()).checked_sub(rank).map_or(1, |j| s[j]);
-    let shape = (0..rank)
-        .map(|i| match (dim(sa, i), dim(sb, i)) {
-            (x, y) if x == y || y == 1 => Ok(x),
-            (1, y) => Ok(y),
-            _ => Err(anyhow!("shapes {sa:?} and {sb:?} do not broadcast")),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let (va, vb) = (
-        a.broadcast(IxDyn(&shape))
-            .ok_or_else(|| anyhow!("cannot broadcast {sa:?}"))?,
-        b.broadcast(IxDyn(&shape))
-            .ok_or_else(|| anyhow!("cannot broadcast {sb:?}"))?,
-    );
-    Ok(Zip::from(&va).and(&vb).map_collect(|&x, &y| f(x, y)))
-}
-
-fn arith(
-    kind: ArithKind,
-    x: &ArrayD<f32>,
-    c: &ArrayD<f32>,
-    constant_first: bool,
-) -> Result<ArrayD<f32>> {
-    let (a, b) = if constant_first { (c, x) } else { (x, c) };
-    match kind {
-        ArithKind::Add => broadcast_with(a, b, |x, y| x + y),
-        ArithKind::Sub => broadcast_with(a, b, |x, y| x - y),
-        ArithKind::Mul => broadcast_with(a, b, |x, y| x * y),
-        ArithKind::Div => broadcast_with(a, b, |x, y| x / y),
-    }
 }
 
 /// Whether no element is NaN or infinite, whether one is above zero and
@@ -691,12 +482,13 @@ fn scan_lanes(s: &[f32]) -> (bool, bool, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv::{Conv, Padding, Window};
+    use crate::graph::Op;
+    use crate::ops::conv::{Padding, Window};
 
     fn node(name: &str, op: Op, input: &str, output: &str) -> Node {
         Node {
             name: name.into(),
-            op_type: if matches!(op, Op::Conv(_)) {
+            op_type: if op.downcast::<Conv>().is_some() {
                 "Conv"
             } else {
                 "Clip"
@@ -720,7 +512,7 @@ mod tests {
 
     fn conv(m: usize, cg: usize, k: usize, stride: usize, group: usize, seed: u32) -> Op {
         let p = k / 2;
-        Op::Conv(Conv {
+        Op::new(Conv {
             weight: ArrayD::from_shape_vec(vec![m, cg, k, k], values(m * cg * k * k, seed))
                 .unwrap(),
             bias: Some(ArrayD::from_shape_vec(vec![m], values(m, seed + 1)).unwrap()),
@@ -747,12 +539,12 @@ mod tests {
                 node("expand", pw, "x", "e"),
                 node(
                     "relu6",
-                    Op::Activation(Act::Clip { min: 0.0, max: 6.0 }),
+                    Op::new(Act::Clip { min: 0.0, max: 6.0 }),
                     "e",
                     "e6",
                 ),
                 node("dw", conv(16, 1, 3, 2, 16, 3), "e6", "d"),
-                node("relu", Op::Activation(Act::Relu), "d", "dr"),
+                node("relu", Op::new(Act::Relu), "d", "dr"),
                 node("project", conv(4, 16, 1, 1, 1, 5), "dr", "y"),
             ],
         }
@@ -769,15 +561,13 @@ mod tests {
         let apart = plan.run_keeping(&graph, &x, Some(&keep), false).unwrap();
         assert_eq!(fused.logits, apart.logits);
         // and by hand: each layer's forward pass, then the activation
-        let layer = |i: usize| match &graph.nodes[i].op {
-            Op::Conv(c) => c.clone(),
-            _ => unreachable!(),
-        };
-        let e = layer(0).forward(&x, &layer(0).weight, true).unwrap();
+        use crate::rules::LinearLayer;
+        let layer = |i: usize| graph.nodes[i].op.downcast::<Conv>().unwrap().clone();
+        let e = LinearLayer::forward(&layer(0), &x, &layer(0).weight, true).unwrap();
         assert_eq!(apart.activations["e"], e);
         let e6 = e.mapv(|v| v.clamp(0.0, 6.0));
         assert_eq!(apart.activations["e6"], e6);
-        let d = layer(2).forward(&e6, &layer(2).weight, true).unwrap();
+        let d = LinearLayer::forward(&layer(2), &e6, &layer(2).weight, true).unwrap();
         assert_eq!(apart.activations["dr"], d.mapv(|v| v.max(0.0)));
         // kept activations after a fused pair, with their signs
         let kept = plan
@@ -796,7 +586,7 @@ mod tests {
         // apart (its output kept)
         for (at, name, big, input) in [(0, "expand", 1e30, 1e30f32), (2, "dw", f32::MAX, 1.0)] {
             let mut graph = block(conv(16, 8, 1, 1, 1, 1));
-            if let Op::Conv(c) = &mut graph.nodes[at].op {
+            if let Some(c) = graph.nodes[at].op.downcast_mut::<Conv>() {
                 c.weight.fill(big);
             }
             let x = ArrayD::from_elem(vec![1, 8, 9, 10], input);

@@ -10,7 +10,7 @@ use ndarray::ArrayD;
 
 use crate::engine::profile::{self, Phase};
 use crate::engine::Forward;
-use crate::graph::{Graph, Node, Op};
+use crate::graph::{Graph, Node};
 
 /// The activation `name` that `node` reads; for the input of a ReLU or Clip
 /// that a lean forward pass dropped ([`crate::Model::forward_lean`]), the
@@ -22,9 +22,12 @@ fn input_of<'f>(
     node: &Node,
     name: &str,
 ) -> Result<&'f ArrayD<f32>> {
-    fwd.get(graph, name).or_else(|e| match &node.op {
-        Op::Activation(a) if a.mask_from_output() => fwd.get(graph, &node.output).map_err(|_| e),
-        _ => Err(e),
+    fwd.get(graph, name).or_else(|e| {
+        if node.op.derivative_from_output() {
+            fwd.get(graph, &node.output).map_err(|_| e)
+        } else {
+            Err(e)
+        }
     })
 }
 

@@ -1,151 +1,59 @@
 //! Canonization: function-preserving rewrites of the graph before relevance
 //! propagation (Zennit's canonizers).
 //!
-//! - a `BatchNormalization` right after a `Conv` or dense layer is folded into
-//!   its weights and bias (Zennit's `MergeBatchNorm`); one with nothing to fold
-//!   into becomes a per-channel affine linear layer;
+//! - a `BatchNormalization` (imported as a per-channel affine layer) right
+//!   after a `Conv` or dense layer is folded into its weights and bias
+//!   (Zennit's `MergeBatchNorm`); one with nothing to fold into stays a
+//!   per-channel affine linear layer;
 //! - an `Add` of a constant right after a `Conv` or dense layer becomes its bias
 //!   (`MatMul` + `Add` from Keras exports); elsewhere it passes relevance on;
 //! - a `Mul` / `Div` / `Sub` by a per-channel constant right after a `Conv` or
 //!   dense layer (a batch norm that tf2onnx wrote as `Mul` + `Add`) is folded
 //!   into its weights and bias like a batch norm; elsewhere it passes
 //!   relevance on.
+//!
+//! Which operators fold into which is theirs to say
+//! ([`crate::ops::Operator::channel_affine`], [`crate::ops::Operator::fold`]).
 
 use anyhow::Result;
-use ndarray::{ArrayD, Axis};
 
-use crate::graph::{ArithKind, Graph, Op};
-use crate::ops::dense::Affine;
+use crate::graph::Graph;
 
 /// Applies all canonizations in place.
 pub fn canonize(graph: &mut Graph) -> Result<()> {
     let mut i = 0;
     while i < graph.nodes.len() {
-        let node = &graph.nodes[i];
-        let (Op::BatchNorm { .. } | Op::AddConst(_) | Op::Arith { .. }) = &node.op else {
-            i += 1;
-            continue;
-        };
-        let src = node.inputs[0].clone();
+        let src = graph.nodes[i].inputs.first().cloned().unwrap_or_default();
         let producer = graph.nodes[..i].iter().position(|p| p.output == src);
         let foldable = producer.filter(|&p| {
-            matches!(graph.nodes[p].op, Op::Conv(_) | Op::Dense(_))
+            graph.nodes[p].op.linear().is_some()
                 && graph.consumers(&src) == 1
                 && src != graph.logits
         });
-        let node = graph.nodes[i].clone();
         if let Some(p) = foldable {
-            if fold(&mut graph.nodes[p].op, &node.op) {
-                graph.nodes[p].output = node.output.clone();
+            let next = graph.nodes[i].op.clone();
+            if graph.nodes[p].op.get_mut().fold(&*next) {
+                graph.nodes[p].output = graph.nodes[i].output.clone();
                 graph.nodes.remove(i);
                 continue;
             }
         }
-        graph.nodes[i].op = match node.op {
-            Op::BatchNorm { scale, shift } => Op::Affine(Affine {
-                weight: ArrayD::from_shape_vec(vec![scale.len()], scale)?,
-                bias: ArrayD::from_shape_vec(vec![shift.len()], shift)?,
-            }),
-            op => op.unmerged(),
-        };
         i += 1;
     }
     graph.mark_first_layers();
     Ok(())
 }
 
-/// Per-output-channel values of a constant added to a layer with `m` outputs
-/// whose channel axis is `from_end` axes before the last (numpy broadcasting
-/// aligns shapes at the end): `None` when it varies along another axis.
-fn per_channel(c: &ArrayD<f32>, m: usize, from_end: usize) -> Option<Vec<f32>> {
-    let rank = c.ndim();
-    for (k, &d) in c.shape().iter().enumerate() {
-        if d != 1 && !(rank - 1 - k == from_end && d == m) {
-            return None;
-        }
-    }
-    let v: Vec<f32> = c.iter().copied().collect();
-    match v.len() {
-        1 => Some(vec![v[0]; m]),
-        n if n == m => Some(v),
-        _ => None,
-    }
-}
-
-/// `x op c` as `x * scale + shift` per channel, for the linear cases:
-/// `x * c`, `x / c`, `x - c`, `c - x` and `x + c` (Keras batch norms exported as
-/// `Mul` + `Add`, normalisations written as `Sub` + `Div`).
-fn affine_of(
-    kind: ArithKind,
-    constant_first: bool,
-    c: Option<Vec<f32>>,
-) -> Option<(Vec<f32>, Vec<f32>)> {
-    let c = c?;
-    let m = c.len();
-    Some(match (kind, constant_first) {
-        (ArithKind::Mul, _) => (c, vec![0.0; m]),
-        (ArithKind::Div, false) if c.iter().all(|&v| v != 0.0) => {
-            (c.iter().map(|v| 1.0 / v).collect(), vec![0.0; m])
-        }
-        (ArithKind::Add, _) => (vec![1.0; m], c),
-        (ArithKind::Sub, false) => (vec![1.0; m], c.iter().map(|v| -v).collect()),
-        (ArithKind::Sub, true) => (vec![-1.0; m], c),
-        _ => return None,
-    })
-}
-
-/// Folds a batch norm or a constant addition into the layer `into`.
-fn fold(into: &mut Op, what: &Op) -> bool {
-    let (weight, bias, from_end) = match into {
-        Op::Conv(c) => (&mut c.weight, &mut c.bias, 2),
-        Op::Dense(d) => (&mut d.weight, &mut d.bias, 0),
-        _ => return false,
-    };
-    let m = weight.shape()[0];
-    let (scale, shift) = match what {
-        Op::BatchNorm { scale, shift } if scale.len() == m => (scale.clone(), shift.clone()),
-        Op::AddConst(c) => match per_channel(c, m, from_end) {
-            Some(shift) => (vec![1.0; m], shift),
-            None => return false,
-        },
-        Op::Arith {
-            kind,
-            constant,
-            constant_first,
-        } => match affine_of(*kind, *constant_first, per_channel(constant, m, from_end)) {
-            Some(st) => st,
-            None => return false,
-        },
-        _ => return false,
-    };
-    let old: Vec<f32> = bias
-        .as_ref()
-        .map_or(vec![0.0; m], |b| b.iter().copied().collect());
-    // the graph builder checks these lengths; a mismatch is not folded
-    // (and nothing is modified) rather than a panic
-    if scale.len() != m || shift.len() != m || old.len() != m {
-        return false;
-    }
-    for (mut row, s) in weight.axis_iter_mut(Axis(0)).zip(&scale) {
-        row.mapv_inplace(|v| v * s);
-    }
-    let new: Vec<f32> = old
-        .iter()
-        .zip(&scale)
-        .zip(&shift)
-        .map(|((b, s), t)| b * s + t)
-        .collect();
-    *bias = Some(ndarray::Array1::from(new).into_dyn());
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::{Graph, Node};
+    use crate::graph::{Node, Op};
     use crate::ops::conv::{Conv, Padding, Window};
+    use crate::ops::dense::Affine;
     use crate::ops::dense::Dense;
+    use crate::ops::structural::Arith;
     use crate::rules::LinearLayer;
+    use ndarray::{ArrayD, Axis};
     use ndarray::{Dimension, IxDyn};
 
     /// A graph from input `x` to logits `y` through `nodes`.
@@ -168,6 +76,14 @@ mod tests {
             output: output.into(),
             first: false,
         }
+    }
+
+    /// A batch norm as the import makes it: `x * scale + shift` per channel.
+    fn affine(scale: Vec<f32>, shift: Vec<f32>) -> Op {
+        Op::new(Affine {
+            weight: ArrayD::from_shape_vec(vec![scale.len()], scale).unwrap(),
+            bias: ArrayD::from_shape_vec(vec![shift.len()], shift).unwrap(),
+        })
     }
 
     fn values(shape: &[usize], seed: u32) -> ArrayD<f32> {
@@ -202,21 +118,14 @@ mod tests {
             plane.mapv_inplace(|v| v * scale[c] + shift[c]);
         }
         let mut g = chain(vec![
-            node("Conv", Op::Conv(conv), "x", "c"),
-            node(
-                "BatchNormalization",
-                Op::BatchNorm { scale, shift },
-                "c",
-                "y",
-            ),
+            node("Conv", Op::new(conv), "x", "c"),
+            node("BatchNormalization", affine(scale, shift), "c", "y"),
         ]);
         canonize(&mut g).unwrap();
         assert_eq!(g.nodes.len(), 1, "the batch norm is gone");
         assert_eq!(g.nodes[0].output, "y");
         assert!(g.nodes[0].first);
-        let Op::Conv(folded) = &g.nodes[0].op else {
-            panic!("still a conv")
-        };
+        let folded: &Conv = g.nodes[0].op.downcast().expect("still a conv");
         let got = folded.forward(&x, &folded.weight, true).unwrap();
         for (a, b) in got.iter().zip(z.iter()) {
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
@@ -227,17 +136,12 @@ mod tests {
     fn a_batchnorm_with_nothing_to_fold_into_becomes_a_channel_affine_layer() {
         let mut g = chain(vec![node(
             "BatchNormalization",
-            Op::BatchNorm {
-                scale: vec![2.0, -1.0],
-                shift: vec![0.5, 0.25],
-            },
+            affine(vec![2.0, -1.0], vec![0.5, 0.25]),
             "x",
             "y",
         )]);
         canonize(&mut g).unwrap();
-        let Op::Affine(a) = &g.nodes[0].op else {
-            panic!("affine expected")
-        };
+        let a: &Affine = g.nodes[0].op.downcast().expect("affine expected");
         let x = values(&[1, 2, 2, 2], 5);
         let z = a.forward(&x, &a.weight, true).unwrap();
         // y = x * scale[c] + shift[c]
@@ -249,10 +153,12 @@ mod tests {
     #[test]
     fn arithmetic_by_per_channel_constants_folds_into_conv_and_dense() {
         use crate::graph::ArithKind;
-        let arith = |kind, constant| Op::Arith {
-            kind,
-            constant,
-            constant_first: false,
+        let arith = |kind, constant| {
+            Op::new(Arith {
+                kind,
+                constant,
+                constant_first: false,
+            })
         };
         // Keras batch norm after a conv: Mul by [1, C, 1, 1] (a negative scale
         // included), Add of [C, 1, 1]
@@ -272,15 +178,13 @@ mod tests {
         let x = values(&[1, 2, 5, 5], 13);
         let want = conv.forward(&x, &conv.weight, true).unwrap() * &s + &t;
         let mut g = chain(vec![
-            node("Conv", Op::Conv(conv), "x", "c"),
+            node("Conv", Op::new(conv), "x", "c"),
             node("Mul", arith(ArithKind::Mul, s), "c", "m"),
-            node("Add", Op::AddConst(t), "m", "y"),
+            node("Add", arith(ArithKind::Add, t), "m", "y"),
         ]);
         canonize(&mut g).unwrap();
         assert_eq!(g.nodes.len(), 1, "Mul and Add folded");
-        let Op::Conv(c) = &g.nodes[0].op else {
-            panic!("conv expected")
-        };
+        let c: &Conv = g.nodes[0].op.downcast().expect("conv expected");
         let got = c.forward(&x, &c.weight, true).unwrap();
         for (a, b) in got.iter().zip(want.iter()) {
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
@@ -296,15 +200,13 @@ mod tests {
         let x = values(&[1, 4], 15);
         let want = (dense.forward(&x, &dense.weight, true).unwrap() / &d) - &m;
         let mut g = chain(vec![
-            node("MatMul", Op::Dense(dense), "x", "a"),
+            node("MatMul", Op::new(dense), "x", "a"),
             node("Div", arith(ArithKind::Div, d), "a", "b"),
             node("Sub", arith(ArithKind::Sub, m), "b", "y"),
         ]);
         canonize(&mut g).unwrap();
         assert_eq!(g.nodes.len(), 1, "Div and Sub folded");
-        let Op::Dense(dd) = &g.nodes[0].op else {
-            panic!("dense expected")
-        };
+        let dd: &Dense = g.nodes[0].op.downcast().expect("dense expected");
         let got = dd.forward(&x, &dd.weight, true).unwrap();
         for (a, b) in got.iter().zip(want.iter()) {
             assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
@@ -314,7 +216,7 @@ mod tests {
         let mut g = chain(vec![
             node(
                 "MatMul",
-                Op::Dense(Dense {
+                Op::new(Dense {
                     weight: values(&[3, 4], 16),
                     bias: None,
                 }),
@@ -325,7 +227,7 @@ mod tests {
         ]);
         canonize(&mut g).unwrap();
         assert_eq!(g.nodes.len(), 2);
-        assert!(matches!(g.nodes[1].op, Op::Arith { .. }));
+        assert!(g.nodes[1].op.downcast::<Arith>().is_some());
     }
 
     #[test]
@@ -338,14 +240,21 @@ mod tests {
         let x = values(&[1, 4], 9);
         let want = dense.forward(&x, &dense.weight, false).unwrap() + &b;
         let mut g = chain(vec![
-            node("MatMul", Op::Dense(dense), "x", "m"),
-            node("Add", Op::AddConst(b), "m", "y"),
+            node("MatMul", Op::new(dense), "x", "m"),
+            node(
+                "Add",
+                Op::new(Arith {
+                    kind: crate::graph::ArithKind::Add,
+                    constant: b,
+                    constant_first: false,
+                }),
+                "m",
+                "y",
+            ),
         ]);
         canonize(&mut g).unwrap();
         assert_eq!(g.nodes.len(), 1);
-        let Op::Dense(d) = &g.nodes[0].op else {
-            panic!("dense expected")
-        };
+        let d: &Dense = g.nodes[0].op.downcast().expect("dense expected");
         let got = d.forward(&x, &d.weight, true).unwrap();
         assert_eq!(got, want);
     }

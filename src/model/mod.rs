@@ -545,14 +545,9 @@ impl Model {
     /// Bytes of the weights of the linear layers (what one pass reads
     /// whatever the number of inputs).
     pub fn weight_bytes(&self) -> u64 {
-        use crate::graph::Op;
         let values: usize = (self.graph.nodes.iter())
-            .map(|n| match &n.op {
-                Op::Conv(c) => c.weight.len(),
-                Op::Dense(d) => d.weight.len(),
-                Op::Affine(a) => a.weight.len(),
-                _ => 0,
-            })
+            .filter_map(|n| n.op.linear())
+            .map(|l| l.weight().len())
             .sum();
         4 * values as u64
     }

@@ -1,7 +1,9 @@
 //! Builds the relevance [`Graph`] from an ONNX `ModelProto`.
 //!
-//! Every node whose output depends on the image input becomes a graph node;
-//! nodes computed from shapes (tf2onnx's dynamic flatten) are left to tract.
+//! Every node whose output depends on the image input becomes a graph node,
+//! its operator built by the family of `ops/` that reads its type (the
+//! [`registry`]); nodes computed from shapes (tf2onnx's dynamic flatten)
+//! are left to tract.
 //! Weights come from initializers and `Constant` nodes; nodes computed from
 //! constants only (`Identity` of a shared initializer, `DequantizeLinear` of
 //! int8 weights...) were evaluated before by [`fold::fold_constants`].
@@ -12,59 +14,17 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use ndarray::ArrayD;
 use tract_onnx::pb::{self, type_proto, NodeProto, TensorProto};
 
-mod attrs;
-mod elementwise;
 pub mod fold;
 mod gates;
-mod movement;
-mod structure;
 
-use attrs::{attr, attr_f, attr_i, attr_ints, pool, window};
-use elementwise::{Operand, ACTIVATION_OPS};
-
-use crate::graph::{Graph, Node, Op};
-use crate::ops::conv::Conv;
-use crate::ops::dense::Dense;
-use crate::ops::structural::ReshapeRule;
+use crate::graph::{Graph, Node};
+use crate::ops::registry::{self, Imported, Operand};
 
 /// Loads a tensor (raw, typed or external data) as `f32`.
 pub type TensorLoader<'a> = dyn Fn(&TensorProto) -> Result<ArrayD<f32>> + 'a;
 
-/// Shape-only operators.
-const RESHAPE_OPS: &[&str] = &["Flatten", "Reshape", "Squeeze", "Unsqueeze"];
-
 /// Operators whose output never depends on the values of their input.
 const SHAPE_OF: &[&str] = &["Shape", "Size"];
-
-/// Every operator type this importer converts itself (checked against the
-/// operator registry by a test).
-#[cfg(test)]
-fn imported_ops() -> Vec<&'static str> {
-    let mut v = vec![
-        "Conv",
-        "Gemm",
-        "MatMul",
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "BatchNormalization",
-        "MaxPool",
-        "AveragePool",
-        "Transpose",
-        "Softmax",
-        "LogSoftmax",
-    ];
-    v.extend_from_slice(ACTIVATION_OPS);
-    v.extend_from_slice(RESHAPE_OPS);
-    v.extend_from_slice(movement::MOVEMENT_OPS);
-    v.extend(
-        structure::STRUCTURE_OPS
-            .iter()
-            .filter(|o| **o != "Upsample"),
-    );
-    v
-}
 
 /// Declared dims of a value: `None` where symbolic or unknown.
 pub fn value_dims(v: &pb::ValueInfoProto) -> Vec<Option<usize>> {
@@ -118,11 +78,11 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map_or(1, |o| o.version);
     let is_const = |name: &str| consts.contains_key(name);
-    let constant = |name: &str, node: &str| -> Result<ArrayD<f32>> {
-        let t = consts
-            .get(name)
-            .ok_or_else(|| anyhow!("node '{node}': parameter '{name}' is not a constant (computed weights are not supported)"))?;
-        load(t).with_context(|| format!("loading tensor '{name}' of node '{node}'"))
+    let constant = |name: &str| -> Result<ArrayD<f32>> {
+        let t = consts.get(name).ok_or_else(|| {
+            anyhow!("parameter '{name}' is not a constant (computed weights are not supported)")
+        })?;
+        load(t).with_context(|| format!("loading tensor '{name}'"))
     };
 
     let nodes = topo_sort(&g.node, &input, &init)?;
@@ -172,7 +132,7 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
                 name.clone()
             };
             active.insert(output.clone());
-            let op = convert(
+            let imported = convert(
                 n,
                 &name,
                 &acts,
@@ -183,13 +143,18 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
                     is_const: &is_const,
                 },
             )?;
+            // the parameters the model computes are read from the forward pass
             let mut acts = acts.clone();
-            acts.extend(structure::runtime_operands(n, &op, opset));
-            acts.extend(movement::runtime_operands(n, &op));
+            acts.extend(
+                imported
+                    .runtime
+                    .iter()
+                    .filter_map(|&i| n.input.get(i).cloned()),
+            );
             out_nodes.push(Node {
                 name,
                 op_type: n.op_type.clone(),
-                op,
+                op: imported.op,
                 inputs: acts,
                 output,
                 first: false,
@@ -243,7 +208,9 @@ fn constants(g: &pb::GraphProto) -> HashMap<&str, &TensorProto> {
         if n.op_type == "Constant" {
             if let (Some(out), Some(t)) = (
                 n.output.first(),
-                attr(n, "value").and_then(|a| a.t.as_ref()),
+                (n.attribute.iter())
+                    .find(|a| a.name == "value")
+                    .and_then(|a| a.t.as_ref()),
             ) {
                 consts.insert(out.as_str(), t);
             }
@@ -272,7 +239,7 @@ fn fuse(
 }
 
 /// The nodes of `g` as the import sees them, the exporters' decomposed
-/// operators fused ([`fuse`]); `inspect` counts these. The nodes as they
+/// operators fused (the fuses of [`crate::ops::registry`]); `inspect` counts these. The nodes as they
 /// are where a fuse fails.
 pub fn fused_nodes(g: &pb::GraphProto, load: &TensorLoader) -> Vec<NodeProto> {
     fuse(g.node.clone(), g, &constants(g), load).unwrap_or_else(|_| g.node.clone())
@@ -340,12 +307,16 @@ fn topo_sort<'a>(
 
 /// Access to the constant tensors of the model.
 struct Constants<'a> {
-    /// Loads the constant `tensor` read by `node`.
-    constant: &'a dyn Fn(&str, &str) -> Result<ArrayD<f32>>,
+    /// Loads the constant `tensor`.
+    constant: &'a dyn Fn(&str) -> Result<ArrayD<f32>>,
     /// Whether a tensor is a constant (initializer or `Constant` node).
     is_const: &'a dyn Fn(&str) -> bool,
 }
 
+/// The operator of the node `n` (named `name`; `acts` its inputs that carry
+/// the image signal; `output` which of its outputs this graph node
+/// computes), built by the family that reads its operator type, with the
+/// inputs it reads at run time as parameters.
 fn convert(
     n: &NodeProto,
     name: &str,
@@ -353,23 +324,8 @@ fn convert(
     opset: i64,
     output: usize,
     k: &Constants,
-) -> Result<Op> {
+) -> Result<Imported> {
     let op = n.op_type.as_str();
-    let is_act = |i: usize| n.input.get(i).is_some_and(|x| acts.contains(x));
-    let opt_const = |i: usize| -> Result<Option<ArrayD<f32>>> {
-        match n.input.get(i) {
-            Some(x) if !x.is_empty() => (k.constant)(x, name).map(Some),
-            _ => Ok(None),
-        }
-    };
-    let operand = |i: usize| -> Result<Operand> {
-        Ok(match n.input.get(i) {
-            Some(x) if x.is_empty() => Operand::Absent,
-            Some(x) if (k.is_const)(x) => Operand::Const((k.constant)(x, name)?),
-            Some(_) => Operand::Computed,
-            None => Operand::Absent,
-        })
-    };
     // typed, so that `Model::load` can return `Error::Unsupported`
     let unsupported = |why: &str| {
         anyhow::Error::new(crate::Error::Unsupported {
@@ -378,228 +334,36 @@ fn convert(
             message: format!("unsupported operator '{op}' (node '{name}'): {why}"),
         })
     };
-    if let Some(import) = crate::ops::registry::importer(op) {
-        let constant = |i: usize| -> Result<Option<ArrayD<f32>>> {
-            if is_act(i) {
-                return Ok(None);
+    let Some(import) = registry::importer(op) else {
+        return Err(unsupported(match op {
+            "Upsample" => {
+                "Upsample (opset 7-9) is not supported by the tract runtime; export with opset >= 10 (Resize)"
             }
-            opt_const(i)
-        };
-        let node = crate::ops::registry::OnnxNode {
-            node: n,
-            is_activation: (0..n.input.len()).map(is_act).collect(),
-            constant: &constant,
-            opset,
-        };
-        return import(&node)
-            .map(Op::Registered)
-            .map_err(|e| unsupported(&format!("{e:#}")));
-    }
-    Ok(match op {
-        "Conv" => {
-            ensure!(
-                is_act(0) && !is_act(1),
-                unsupported("only a constant weight on an activation is supported")
-            );
-            let weight = opt_const(1)?.ok_or_else(|| unsupported("no weight"))?;
-            ensure!(
-                weight.ndim() == 4,
-                unsupported(&format!(
-                    "only 2-D convolutions, weight {:?}",
-                    weight.shape()
-                ))
-            );
-            let kernel = [weight.shape()[2], weight.shape()[3]];
-            let bias = opt_const(2)?;
-            if let Some(b) = &bias {
-                ensure!(
-                    b.len() == weight.shape()[0],
-                    unsupported(&format!(
-                        "bias of {} values for {} output channels",
-                        b.len(),
-                        weight.shape()[0]
-                    ))
-                );
-            }
-            Op::Conv(Conv {
-                weight,
-                bias,
-                window: window(n, name, kernel)?,
-                group: attr_i(n, "group", 1).max(1) as usize,
-            })
+            _ => "LRP has no rule for it",
+        }));
+    };
+    let is_act = |i: usize| n.input.get(i).is_some_and(|x| acts.contains(x));
+    let constant = |i: usize| -> Result<Option<ArrayD<f32>>> {
+        match n.input.get(i) {
+            Some(x) if !x.is_empty() && !is_act(i) => (k.constant)(x).map(Some),
+            _ => Ok(None),
         }
-        "Gemm" => {
-            ensure!(
-                is_act(0) && !is_act(1),
-                unsupported("only activation x constant is supported")
-            );
-            ensure!(attr_i(n, "transA", 0) == 0, unsupported("transA = 1"));
-            let b = opt_const(1)?.ok_or_else(|| unsupported("no weight"))?;
-            ensure!(b.ndim() == 2, unsupported("weight must be 2-D"));
-            let alpha = attr_f(n, "alpha", 1.0);
-            let beta = attr_f(n, "beta", 1.0);
-            let w = if attr_i(n, "transB", 0) != 0 {
-                b
-            } else {
-                b.t().as_standard_layout().into_owned()
-            };
-            let w = if alpha != 1.0 {
-                w.mapv(|v| v * alpha)
-            } else if w.is_standard_layout() {
-                // no copy of what is often the largest weight of the model
-                w
-            } else {
-                w.as_standard_layout().into_owned()
-            };
-            let m = w.shape()[0];
-            let bias = match opt_const(2)? {
-                None => None,
-                Some(c) => {
-                    let c = c.mapv(|v| v * beta);
-                    let c = c
-                        .broadcast(vec![m])
-                        .or_else(|| c.broadcast(vec![1, m]))
-                        .map(|v| v.to_owned());
-                    let c = c.ok_or_else(|| unsupported("bias C must broadcast to [M]"))?;
-                    Some(c.into_shape_with_order(vec![m])?)
-                }
-            };
-            Op::Dense(Dense { weight: w, bias })
-        }
-        "MatMul" => {
-            ensure!(
-                is_act(0) && !is_act(1),
-                unsupported("only activation x constant is supported")
-            );
-            let b = opt_const(1)?.ok_or_else(|| unsupported("no weight"))?;
-            ensure!(b.ndim() == 2, unsupported("weight must be 2-D"));
-            Op::Dense(Dense {
-                weight: b.t().as_standard_layout().into_owned(),
-                bias: None,
-            })
-        }
-        "Add" if acts.len() == 2 => Op::Sum,
-        "Mul" if acts.len() == 2 => structure::convert(n, acts, opset, &operand)
-            .map_err(|e| unsupported(&format!("{e:#}")))?,
-        "Add" | "Sub" | "Mul" | "Div" => {
-            ensure!(
-                acts.len() == 1,
-                unsupported("only an activation combined with a constant is supported")
-            );
-            elementwise::arith(n, &acts[0], &operand).map_err(|e| unsupported(&format!("{e:#}")))?
-        }
-        "BatchNormalization" => {
-            let get = |i| opt_const(i)?.ok_or_else(|| unsupported("missing parameter"));
-            let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
-            let lens = [gamma.len(), beta.len(), mean.len(), var.len()];
-            ensure!(
-                lens.iter().all(|&l| l == lens[0]),
-                unsupported(&format!(
-                    "scale, bias, mean and variance of different lengths {lens:?}"
-                ))
-            );
-            let eps = attr_f(n, "epsilon", 1e-5);
-            let scale: Vec<f32> = gamma
-                .iter()
-                .zip(var.iter())
-                .map(|(g, v)| g / (v + eps).sqrt())
-                .collect();
-            let shift = beta
-                .iter()
-                .zip(mean.iter())
-                .zip(&scale)
-                .map(|((b, m), s)| b - m * s)
-                .collect();
-            Op::BatchNorm { scale, shift }
-        }
-        "MaxPool" => {
-            ensure!(
-                n.output.len() == 1 || n.output[1].is_empty(),
-                unsupported("the Indices output")
-            );
-            Op::MaxPool(pool(n, name)?)
-        }
-        "AveragePool" => Op::AvgPool(pool(n, name)?),
-        "Transpose" => Op::Transpose(
-            attr_ints(n, "perm")
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| p as usize)
-                .collect(),
-        ),
-        // fake quantization of an activation (QDQ models): relevance passes
-        // unchanged, the gradient is straight-through; the forward pass runs
-        // in tract (see `Model`)
-        "QuantizeLinear" | "DequantizeLinear" if is_act(0) && acts.len() == 1 => {
-            Op::Activation(crate::graph::Act::Identity)
-        }
-        // only allowed as the last node (checked by the caller), then removed
-        "Softmax" | "LogSoftmax" => Op::Activation(crate::graph::Act::Opaque),
-        o if ACTIVATION_OPS.contains(&o) => {
-            // an activation reading the image anywhere but in its first input
-            // has no derivative here; relevance still passes from the first
-            let act = if acts.len() == 1 && is_act(0) {
-                elementwise::activation(n, opset, &operand)
-                    .map_err(|e| unsupported(&format!("{e:#}")))?
-            } else {
-                crate::graph::Act::Opaque
-            };
-            Op::Activation(act)
-        }
-        o if RESHAPE_OPS.contains(&o) => {
-            // the target shape when the file fixes it (an attribute or a
-            // constant input); `None` leaves the forward pass to tract
-            let ints = |i: usize| -> Option<Vec<i64>> {
-                if is_act(i) {
-                    return None;
-                }
-                let c = opt_const(i).ok()??;
-                Some(c.iter().map(|&v| v as i64).collect())
-            };
-            let attr_ints = |a: &str| attr(n, a).map(|a| a.ints.clone());
-            Op::Reshape(match o {
-                "Flatten" => Some(ReshapeRule::Flatten(attr(n, "axis").map_or(1, |a| a.i))),
-                "Squeeze" => match (attr_ints("axes"), n.input.get(1).filter(|s| !s.is_empty())) {
-                    (Some(axes), _) => Some(ReshapeRule::Squeeze(Some(axes))),
-                    (None, None) => Some(ReshapeRule::Squeeze(None)),
-                    (None, Some(_)) => ints(1).map(|axes| ReshapeRule::Squeeze(Some(axes))),
-                },
-                "Unsqueeze" => attr_ints("axes")
-                    .or_else(|| ints(1))
-                    .map(ReshapeRule::Unsqueeze),
-                _ => ints(1).map(|shape| ReshapeRule::Reshape {
-                    shape,
-                    allowzero: attr(n, "allowzero").is_some_and(|a| a.i != 0),
-                }),
-            })
-        }
-        o if movement::MOVEMENT_OPS.contains(&o) => {
-            movement::convert(n, acts, opset, &operand, output)
-                .map_err(|e| unsupported(&format!("{e:#}")))?
-        }
-        o if structure::STRUCTURE_OPS.contains(&o) => structure::convert(n, acts, opset, &operand)
-            .map_err(|e| unsupported(&format!("{e:#}")))?,
-        _ => return Err(unsupported("LRP has no rule for it")),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ops::registry;
-
-    #[test]
-    fn the_registry_describes_exactly_the_operators_that_are_imported() {
-        let imported = imported_ops();
-        for o in &imported {
-            assert!(registry::handling(o).is_some(), "{o} has no registry entry");
-        }
-        for (o, _) in registry::operators() {
-            let by_family = registry::importer(o).is_some();
-            assert!(
-                by_family || imported.contains(&o),
-                "{o} is in the registry but nothing imports it"
-            );
-        }
-    }
+    };
+    let operand = |i: usize| -> Result<Operand> {
+        Ok(match n.input.get(i) {
+            Some(x) if x.is_empty() => Operand::Absent,
+            Some(x) if (k.is_const)(x) => Operand::Const((k.constant)(x)?),
+            Some(_) => Operand::Computed,
+            None => Operand::Absent,
+        })
+    };
+    let node = registry::OnnxNode {
+        node: n,
+        is_activation: (0..n.input.len()).map(is_act).collect(),
+        constant: &constant,
+        operand: &operand,
+        opset,
+        output,
+    };
+    import(&node).map_err(|e| unsupported(&format!("{e:#}")))
 }

@@ -10,6 +10,7 @@
 use anyhow::{bail, ensure, Result};
 use ndarray::{ArrayD, Zip};
 
+use super::registry::{Imported, OnnxNode, Operand};
 use crate::elementwise::{apply, map, map2, update};
 
 /// An elementwise activation, with the parameters its derivative needs.
@@ -126,6 +127,29 @@ impl Act {
     /// may then drop their input and the backward pass read the output.
     pub fn mask_from_output(&self) -> bool {
         matches!(self, Act::Relu | Act::Clip { .. })
+    }
+
+    /// The bounds `(lo, hi)` it clamps to, for ReLU (`(0, inf)`) and Clip
+    /// (a convolution can then clamp its output in its own loop).
+    pub fn clamp(&self) -> Option<(f32, f32)> {
+        match *self {
+            Act::Relu => Some((0.0, f32::INFINITY)),
+            Act::Clip { min, max } => Some((min, max)),
+            Act::Identity
+            | Act::LeakyRelu { .. }
+            | Act::PRelu { .. }
+            | Act::Sigmoid
+            | Act::Tanh
+            | Act::HardSigmoid { .. }
+            | Act::HardSwish
+            | Act::Elu { .. }
+            | Act::Selu { .. }
+            | Act::Celu { .. }
+            | Act::Softplus
+            | Act::Mish
+            | Act::Gelu { .. }
+            | Act::Opaque => None,
+        }
     }
 
     /// The value at `x`, for every activation but [`Act::PRelu`] and [`Act::Opaque`].
@@ -464,8 +488,195 @@ impl Act {
     }
 }
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
+impl super::Operator for Act {
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        Ok(inputs[0].to_vec())
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        self.apply(inputs[0])
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        matches!(self, Act::Opaque).then_some("an elementwise operator without a formula")
+    }
+
+    /// The identity rule: relevance passes unchanged.
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((vec![super::structural::pass(inputs[0], r)?], None))
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        how: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let guided = how.mode == super::GradientMode::Guided;
+        Ok(vec![Act::gradient(self, inputs[0], g, guided)?])
+    }
+
+    fn lrp0(&self) -> super::Lrp0 {
+        Act::lrp0(self)
+    }
+
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![Act::lrp0_gradient(self, inputs[0], g)?])
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        Act::kinks(self)
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        self.mask_from_output()
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Conserving
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Activation
+    }
+
+    fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
+        None
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        true
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    /// Through the identity (a fake quantization), the bounds as they are.
+    fn bounds(
+        &self,
+        low: &ArrayD<f32>,
+        high: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        matches!(self, Act::Identity).then(|| (low.clone(), high.clone(), false))
+    }
+
+    super::no_weights!();
+}
+
+/// ONNX `TensorProto.DataType` codes of the float types (FLOAT, FLOAT16,
+/// DOUBLE, BFLOAT16): a `Cast` to them is the identity for gradients.
+const FLOAT_TYPES: &[i64] = &[1, 10, 11, 16];
+
+/// A `Clip` bound given as input `i` (opset >= 11): `None` when it is computed.
+fn bound(operand: &dyn Fn(usize) -> Result<Operand>, i: usize, absent: f32) -> Result<Option<f32>> {
+    Ok(match operand(i)? {
+        Operand::Absent => Some(absent),
+        Operand::Const(c) => {
+            ensure!(
+                c.len() == 1,
+                "a Clip bound must be a scalar, got {:?}",
+                c.shape()
+            );
+            c.iter().next().copied()
+        }
+        Operand::Computed => None,
+    })
+}
+
+/// Builds an activation. One that reads the image anywhere but in its
+/// first input has no derivative here ([`Act::Opaque`]; relevance still
+/// passes from the first); a fake quantization of an activation (QDQ
+/// models) is the identity for relevance and gradients, its forward pass
+/// runs in tract.
+fn import(n: &OnnxNode) -> Result<Imported> {
+    let quantizer = matches!(n.op_type(), "QuantizeLinear" | "DequantizeLinear");
+    if !(n.activations() == 1 && n.is_act(0)) {
+        ensure!(
+            !quantizer,
+            "only the fake quantization of an activation is supported"
+        );
+        return Ok(Act::Opaque.into());
+    }
+    Ok(activation(n)?.into())
+}
+
+/// The activation of `n`. Defaults are tract's (which computes the forward
+/// pass). Parameters that are computed at run time give [`Act::Opaque`]:
+/// relevance passes, gradients fail.
+fn activation(n: &OnnxNode) -> Result<Act> {
+    let (opset, operand) = (n.opset, n.operand);
+    let f = |name: &str, default: f32| n.attr_float(name, default);
+    let (inf, neg_inf) = (f32::INFINITY, f32::NEG_INFINITY);
+    Ok(match n.op_type() {
+        "Relu" => Act::Relu,
+        "Clip" if opset < 11 => Act::Clip {
+            min: f("min", neg_inf),
+            max: f("max", inf),
+        },
+        "Clip" => match (bound(operand, 1, neg_inf)?, bound(operand, 2, inf)?) {
+            (Some(min), Some(max)) => Act::Clip { min, max },
+            _ => Act::Opaque,
+        },
+        "LeakyRelu" => Act::LeakyRelu {
+            alpha: f("alpha", 0.01),
+        },
+        "PRelu" => match operand(1)? {
+            Operand::Const(slope) => Act::PRelu { slope },
+            Operand::Computed => Act::Opaque,
+            Operand::Absent => bail!("PRelu without a slope"),
+        },
+        "Sigmoid" => Act::Sigmoid,
+        "Tanh" => Act::Tanh,
+        "HardSigmoid" => Act::HardSigmoid {
+            alpha: f("alpha", 0.2),
+            beta: f("beta", 0.5),
+        },
+        "HardSwish" => Act::HardSwish,
+        "Elu" => Act::Elu {
+            alpha: f("alpha", 1.0),
+        },
+        "Selu" => Act::Selu {
+            alpha: f("alpha", 1.67326),
+            gamma: f("gamma", 1.0507),
+        },
+        "Celu" => Act::Celu {
+            alpha: f("alpha", 1.0),
+        },
+        "Softplus" => Act::Softplus,
+        "Mish" => Act::Mish,
+        "Gelu" => Act::Gelu {
+            tanh: n.attr_string("approximate").as_deref() == Some("tanh"),
+        },
+        "Dropout" | "Identity" | "QuantizeLinear" | "DequantizeLinear" => Act::Identity,
+        "Cast" => match n.attr("to") {
+            Some(a) if FLOAT_TYPES.contains(&a.i) => Act::Identity,
+            _ => Act::Opaque,
+        },
+        _ => Act::Opaque,
+    })
+}
+
+/// The registry's entry: the ONNX operators this family reads.
 pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "activation",
     onnx: &[
@@ -495,8 +706,16 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ("Dropout", "identity (inference)"),
         ("Identity", "identity"),
         ("Cast", "identity"),
+        (
+            "QuantizeLinear",
+            "of an activation (fake quantization): identity",
+        ),
+        (
+            "DequantizeLinear",
+            "of an activation (fake quantization): identity",
+        ),
     ],
-    import: None,
+    import,
     fuse: Some(fuse_gelu),
 };
 

@@ -4,19 +4,17 @@
 //! [`Operator`]: import, shape, forward, relevance and gradient are all in
 //! this file.
 
-use std::sync::Arc;
-
 use anyhow::{ensure, Result};
 use ndarray::{ArrayD, Axis, Slice};
 
-use super::registry::{Family, OnnxNode};
+use super::registry::{Family, Imported, OnnxNode};
 use super::{normalize_axis, Operator};
 
 /// The registry's entry.
 pub const FAMILY: Family = Family {
     name: "concat",
     onnx: &[("Concat", "each input gets its slice back")],
-    import: Some(import),
+    import,
     fuse: None,
 };
 
@@ -27,17 +25,53 @@ pub struct Concat {
     pub axis: i64,
 }
 
-fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
+fn import(n: &OnnxNode) -> Result<Imported> {
     ensure!(
         n.all_activations(),
         "only a concatenation of activations is supported (an input is a constant)"
     );
-    Ok(Arc::new(Concat {
+    Ok(Concat {
         axis: n.attr_int("axis", 1),
-    }))
+    }.into())
 }
 
 impl Operator for Concat {
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+
+    super::no_weights!();
+
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         let x = inputs.first().ok_or_else(|| anyhow::anyhow!("no input"))?;
         let a = normalize_axis(self.axis, x.len())?;
@@ -57,7 +91,7 @@ impl Operator for Concat {
         Ok(shape)
     }
 
-    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
         let shapes: Vec<&[usize]> = inputs.iter().map(|x| x.shape()).collect();
         self.output_shape(&shapes)?;
         let a = normalize_axis(self.axis, shapes[0].len())?;
@@ -79,7 +113,12 @@ impl Operator for Concat {
         Ok((split(self.axis, inputs, r)?, None))
     }
 
-    fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
         split(self.axis, inputs, g)
     }
 
@@ -93,7 +132,7 @@ impl Operator for Concat {
         inputs: &[&ArrayD<f32>],
         g: &ArrayD<f32>,
     ) -> Result<Vec<ArrayD<f32>>> {
-        self.gradient(inputs, g)
+        self.gradient(inputs, g, Default::default())
     }
 
     fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
@@ -184,7 +223,7 @@ mod tests {
         let b = ArrayD::from_shape_fn(vec![2, 4, 3], |d| (100 + d[0] * 10 + d[1] + d[2]) as f32);
         for axis in [1, -2] {
             let c = Concat { axis };
-            let y = c.forward(&[&a, &b]).unwrap();
+            let y = c.forward(&[&a, &b], 1).unwrap();
             let want = ndarray::concatenate(Axis(1), &[a.view(), b.view()]).unwrap();
             assert_eq!(y, want);
             assert_eq!(c.output_shape(&[&[2, 1, 3], &[2, 4, 3]]).unwrap(), vec![2, 5, 3]);
@@ -192,7 +231,7 @@ mod tests {
             let back = split(axis, &[&a, &b], &y).unwrap();
             assert_eq!(back, vec![a.clone(), b.clone()]);
         }
-        let e = Concat { axis: 0 }.forward(&[&a, &b]).unwrap_err();
+        let e = Concat { axis: 0 }.forward(&[&a, &b], 1).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
     }
 

@@ -13,6 +13,7 @@ use crate::kernels::conv::{col2im, conv_group, depthwise_plane, depthwise_plane_
 use crate::kernels::depthwise;
 use crate::kernels::linalg::{matmul, matmul_epilogue, matmul_strided, Epilogue, Mat};
 use crate::kernels::winograd;
+use super::registry::{Imported, OnnxNode};
 use crate::rules::LinearLayer;
 
 /// How a convolution or pooling window pads its input.
@@ -415,6 +416,10 @@ impl LinearLayer for Conv {
         &self.weight
     }
 
+    fn dense(&self) -> bool {
+        false
+    }
+
     fn bias(&self, _: usize) -> Option<(&ArrayD<f32>, usize)> {
         self.bias.as_ref().map(|b| (b, 1))
     }
@@ -510,14 +515,193 @@ impl LinearLayer for Conv {
     }
 }
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
+impl super::Operator for Conv {
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        Conv::output_shape(self, inputs[0])
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        LinearLayer::forward(self, inputs[0], &self.weight, true)
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        reuse: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        super::linear_relevance(self, inputs, r, reuse)
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![self.backward(g, &self.weight, inputs[0].shape())?])
+    }
+
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        super::Operator::gradient(self, inputs, g, Default::default())
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Linear
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn rule(&self, reuse: &super::Reuse) -> Option<crate::rules::Rule> {
+        reuse.rule
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        Some(if self.is_depthwise() {
+            "depthwise convolution"
+        } else {
+            "convolution"
+        })
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        true
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn linear(&self) -> Option<&dyn LinearLayer> {
+        Some(self)
+    }
+
+    fn parameters_mut(&mut self) -> Option<super::Parameters<'_>> {
+        let fan_in = self.weight.shape()[1..].iter().product();
+        Some(super::Parameters {
+            weight: &mut self.weight,
+            bias: self.bias.as_mut(),
+            fan_in,
+        })
+    }
+
+    fn channel_affine(&self, _m: usize, _from_end: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    /// Output channels on axis 1 of `[N, M, H, W]`: two axes before the last.
+    fn fold(&mut self, next: &dyn super::Operator) -> bool {
+        super::dense::fold_affine(&mut self.weight, &mut self.bias, 2, next)
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+}
+
+/// Builds a `Conv` (a constant weight on an activation, 2-D).
+fn import(n: &OnnxNode) -> Result<Imported> {
+    ensure!(
+        n.is_act(0) && !n.is_act(1),
+        "only a constant weight on an activation is supported"
+    );
+    let weight = (n.constant)(1)?.ok_or_else(|| anyhow::anyhow!("no weight"))?;
+    ensure!(
+        weight.ndim() == 4,
+        "only 2-D convolutions, weight {:?}",
+        weight.shape()
+    );
+    let kernel = [weight.shape()[2], weight.shape()[3]];
+    let bias = (n.constant)(2)?;
+    if let Some(b) = &bias {
+        ensure!(
+            b.len() == weight.shape()[0],
+            "bias of {} values for {} output channels",
+            b.len(),
+            weight.shape()[0]
+        );
+    }
+    Ok(Conv {
+        weight,
+        bias,
+        window: window(n, kernel)?,
+        group: n.attr_int("group", 1).max(1) as usize,
+    }
+    .into())
+}
+
+/// A 2-D attribute (`strides`, `dilations`, `kernel_shape`) of positive values.
+pub(crate) fn pair(v: &[i64], what: &str) -> Result<[usize; 2]> {
+    ensure!(v.len() == 2, "only 2-D {what} are supported, got {v:?}");
+    ensure!(
+        v.iter().all(|&x| x > 0),
+        "{what} must be positive, got {v:?}"
+    );
+    Ok([v[0] as usize, v[1] as usize])
+}
+
+/// Reads the window attributes shared by `Conv` and the pools.
+pub(crate) fn window(n: &OnnxNode, kernel: [usize; 2]) -> Result<Window> {
+    let strides = n.attr_ints("strides").map_or(Ok([1, 1]), |v| pair(&v, "strides"))?;
+    let dilations = (n.attr_ints("dilations")).map_or(Ok([1, 1]), |v| pair(&v, "dilations"))?;
+    let auto = n.attr_string("auto_pad").unwrap_or_else(|| "NOTSET".into());
+    let padding = match auto.as_str() {
+        "SAME_UPPER" => Padding::SameUpper,
+        "SAME_LOWER" => Padding::SameLower,
+        "VALID" => Padding::Explicit([0; 4]),
+        "NOTSET" | "" => {
+            let p = n.attr_ints("pads").unwrap_or_else(|| vec![0; 4]);
+            ensure!(
+                p.len() == 4 && p.iter().all(|&x| x >= 0),
+                "pads {p:?} not supported"
+            );
+            Padding::Explicit([p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize])
+        }
+        other => bail!("auto_pad '{other}' not supported"),
+    };
+    Ok(Window {
+        kernel,
+        strides,
+        dilations,
+        padding,
+    })
+}
+
+/// The registry's entry: the ONNX operators this family reads.
 pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "conv",
     onnx: &[
         ("Conv", "linear layer, composite rule (first / conv); 2-D, any stride, padding, dilation, group (depthwise)"),
     ],
-    import: None,
+    import,
     fuse: None,
 };
 

@@ -1,11 +1,13 @@
 //! Dense layers (`Gemm`, `MatMul` + bias) and per-channel affine layers
 //! (a `BatchNormalization` with nothing to fold into) as linear layers.
 
-use anyhow::{ensure, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use ndarray::{ArrayD, Axis};
 
 use crate::kernels::dense as dense_kernels;
 use crate::kernels::linalg::{matmul, Mat};
+use super::registry::{Imported, OnnxNode};
+use super::{Elements, Flow, GradientOptions, Interval, Lrp0, Operator, Parameters, Propagated, Reuse};
 use crate::rules::{LinearLayer, Modifier};
 
 /// Up to this many rows (images) the transposed pass runs on the kernel that
@@ -64,6 +66,10 @@ impl Dense {
 impl LinearLayer for Dense {
     fn weight(&self) -> &ArrayD<f32> {
         &self.weight
+    }
+
+    fn dense(&self) -> bool {
+        true
     }
 
     fn bias(&self, out_ndim: usize) -> Option<(&ArrayD<f32>, usize)> {
@@ -215,6 +221,10 @@ impl LinearLayer for Affine {
         &self.weight
     }
 
+    fn dense(&self) -> bool {
+        false
+    }
+
     fn bias(&self, _: usize) -> Option<(&ArrayD<f32>, usize)> {
         Some((&self.bias, 1))
     }
@@ -238,8 +248,360 @@ impl LinearLayer for Affine {
     }
 }
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
+impl Operator for Dense {
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        let mut s = inputs[0].to_vec();
+        let last = s
+            .last_mut()
+            .ok_or_else(|| anyhow::anyhow!("dense input of rank 0"))?;
+        *last = *self.weight.shape().first().unwrap_or(&0);
+        Ok(s)
+    }
+
+    /// The weights as they are (no copy).
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        self.forward_mod(inputs[0], Modifier::Identity, true)
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        Some("dense layer")
+    }
+
+    fn parameters_mut(&mut self) -> Option<Parameters<'_>> {
+        let fan_in = self.weight.shape().get(1).copied().unwrap_or(1);
+        Some(Parameters {
+            weight: &mut self.weight,
+            bias: self.bias.as_mut(),
+            fan_in,
+        })
+    }
+
+    fn channel_affine(&self, _m: usize, _from_end: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    /// Outputs on the last axis.
+    fn fold(&mut self, next: &dyn Operator) -> bool {
+        fold_affine(&mut self.weight, &mut self.bias, 0, next)
+    }
+
+    fn lrp0(&self) -> Lrp0 {
+        Lrp0::Exact
+    }
+
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        Operator::gradient(self, inputs, g, Default::default())
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn flow(&self) -> Flow {
+        Flow::Linear
+    }
+
+    fn elements(&self) -> Elements {
+        Elements::Other
+    }
+
+    fn rule(&self, reuse: &Reuse) -> Option<crate::rules::Rule> {
+        reuse.rule
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        true
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn linear(&self) -> Option<&dyn LinearLayer> {
+        Some(self)
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        reuse: &Reuse,
+    ) -> Result<Propagated> {
+        super::linear_relevance(self, inputs, r, reuse)
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![self.backward(g, &self.weight, inputs[0].shape())?])
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<Interval> {
+        None
+    }
+}
+
+impl Operator for Affine {
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        Ok(inputs[0].to_vec())
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        LinearLayer::forward(self, inputs[0], &self.weight, true)
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        Some("per-channel affine layer")
+    }
+
+    fn parameters_mut(&mut self) -> Option<Parameters<'_>> {
+        Some(Parameters {
+            weight: &mut self.weight,
+            bias: Some(&mut self.bias),
+            fan_in: 1,
+        })
+    }
+
+    /// A batch norm folds into the layer before it when it has one scale
+    /// per output channel.
+    fn channel_affine(&self, m: usize, _from_end: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        (self.weight.len() == m && self.bias.len() == m).then(|| {
+            (
+                self.weight.iter().copied().collect(),
+                self.bias.iter().copied().collect(),
+            )
+        })
+    }
+
+    /// Not a canonization target (a per-channel layer folds into a
+    /// convolution or a dense layer only).
+    fn fold(&mut self, _: &dyn Operator) -> bool {
+        false
+    }
+
+    fn lrp0(&self) -> Lrp0 {
+        Lrp0::Exact
+    }
+
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        Operator::gradient(self, inputs, g, Default::default())
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn flow(&self) -> Flow {
+        Flow::Linear
+    }
+
+    fn elements(&self) -> Elements {
+        Elements::Other
+    }
+
+    fn rule(&self, reuse: &Reuse) -> Option<crate::rules::Rule> {
+        reuse.rule
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        true
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn linear(&self) -> Option<&dyn LinearLayer> {
+        Some(self)
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        reuse: &Reuse,
+    ) -> Result<Propagated> {
+        super::linear_relevance(self, inputs, r, reuse)
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![self.backward(g, &self.weight, inputs[0].shape())?])
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<Interval> {
+        None
+    }
+}
+
+/// Folds the per-channel affine map `next` into a layer's `weight` (output
+/// channels on axis 0) and `bias`, the output channels `from_end` axes
+/// before the last of its output: `W' = diag(scale) W`, `b' = b * scale +
+/// shift`. `false`, nothing changed, where `next` is no such map.
+pub fn fold_affine(
+    weight: &mut ArrayD<f32>,
+    bias: &mut Option<ArrayD<f32>>,
+    from_end: usize,
+    next: &dyn Operator,
+) -> bool {
+    let Some(&m) = weight.shape().first() else {
+        return false;
+    };
+    let Some((scale, shift)) = next.channel_affine(m, from_end) else {
+        return false;
+    };
+    let old: Vec<f32> = bias
+        .as_ref()
+        .map_or(vec![0.0; m], |b| b.iter().copied().collect());
+    // the graph builder checks these lengths; a mismatch is not folded
+    // (and nothing is modified) rather than a panic
+    if scale.len() != m || shift.len() != m || old.len() != m {
+        return false;
+    }
+    for (mut row, s) in weight.axis_iter_mut(Axis(0)).zip(&scale) {
+        row.mapv_inplace(|v| v * s);
+    }
+    let new: Vec<f32> = old
+        .iter()
+        .zip(&scale)
+        .zip(&shift)
+        .map(|((b, s), t)| b * s + t)
+        .collect();
+    *bias = Some(ndarray::Array1::from(new).into_dyn());
+    true
+}
+
+/// Builds a dense layer (`Gemm`, `MatMul` of an activation by a constant)
+/// or a per-channel affine layer (`BatchNormalization`, which
+/// canonization folds into the layer before it where there is one).
+fn import(n: &OnnxNode) -> Result<Imported> {
+    match n.op_type() {
+        "Gemm" => {
+            ensure!(
+                n.is_act(0) && !n.is_act(1),
+                "only activation x constant is supported"
+            );
+            ensure!(n.attr_int("transA", 0) == 0, "transA = 1");
+            let b = (n.constant)(1)?.ok_or_else(|| anyhow!("no weight"))?;
+            ensure!(b.ndim() == 2, "weight must be 2-D");
+            let alpha = n.attr_float("alpha", 1.0);
+            let beta = n.attr_float("beta", 1.0);
+            let w = if n.attr_int("transB", 0) != 0 {
+                b
+            } else {
+                b.t().as_standard_layout().into_owned()
+            };
+            let w = if alpha != 1.0 {
+                w.mapv(|v| v * alpha)
+            } else if w.is_standard_layout() {
+                // no copy of what is often the largest weight of the model
+                w
+            } else {
+                w.as_standard_layout().into_owned()
+            };
+            let m = w.shape()[0];
+            let bias = match (n.constant)(2)? {
+                None => None,
+                Some(c) => {
+                    let c = c.mapv(|v| v * beta);
+                    let c = c
+                        .broadcast(vec![m])
+                        .or_else(|| c.broadcast(vec![1, m]))
+                        .map(|v| v.to_owned());
+                    let c = c.ok_or_else(|| anyhow!("bias C must broadcast to [M]"))?;
+                    Some(c.into_shape_with_order(vec![m])?)
+                }
+            };
+            Ok(Dense { weight: w, bias }.into())
+        }
+        "MatMul" => {
+            ensure!(
+                n.is_act(0) && !n.is_act(1),
+                "only activation x constant is supported"
+            );
+            let b = (n.constant)(1)?.ok_or_else(|| anyhow!("no weight"))?;
+            ensure!(b.ndim() == 2, "weight must be 2-D");
+            Ok(Dense {
+                weight: b.t().as_standard_layout().into_owned(),
+                bias: None,
+            }
+            .into())
+        }
+        "BatchNormalization" => {
+            let get = |i| (n.constant)(i)?.ok_or_else(|| anyhow!("missing parameter"));
+            let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+            let lens = [gamma.len(), beta.len(), mean.len(), var.len()];
+            ensure!(
+                lens.iter().all(|&l| l == lens[0]),
+                "scale, bias, mean and variance of different lengths {lens:?}"
+            );
+            let eps = n.attr_float("epsilon", 1e-5);
+            let scale: Vec<f32> = gamma
+                .iter()
+                .zip(var.iter())
+                .map(|(g, v)| g / (v + eps).sqrt())
+                .collect();
+            let shift: Vec<f32> = beta
+                .iter()
+                .zip(mean.iter())
+                .zip(&scale)
+                .map(|((b, m), s)| b - m * s)
+                .collect();
+            let c = scale.len();
+            Ok(Affine {
+                weight: ArrayD::from_shape_vec(vec![c], scale)?,
+                bias: ArrayD::from_shape_vec(vec![c], shift)?,
+            }
+            .into())
+        }
+        other => bail!("'{other}' is not a dense or per-channel layer"),
+    }
+}
+
+/// The registry's entry: the ONNX operators this family reads.
 pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "dense",
     onnx: &[
@@ -256,6 +618,6 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
             "folded into the Conv / Gemm before it; else a per-channel linear layer (conv rule)",
         ),
     ],
-    import: None,
+    import,
     fuse: None,
 };

@@ -8,6 +8,7 @@
 use anyhow::{bail, Result};
 use ndarray::{ArrayD, Zip};
 
+use super::registry::{Imported, OnnxNode};
 use super::structural::unbroadcast;
 
 /// The index of the gate among `inputs` for the output of shape `out`.
@@ -67,14 +68,129 @@ pub fn gradient(inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f
     Ok(out)
 }
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
+/// `Mul` of two activations, one of them a gate (which: decided at import
+/// from where it comes, `None`: the input broadcast to the output).
+#[derive(Clone, Debug)]
+pub struct Gate {
+    /// Which input is the gate.
+    pub gate: Option<usize>,
+}
+
+impl super::Operator for Gate {
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        let Some(other) = inputs.get(1) else {
+            bail!("a gate needs two inputs")
+        };
+        super::movement::broadcast(inputs[0], other)
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        let Some(other) = inputs.get(1) else {
+            bail!("a gate needs two inputs")
+        };
+        super::structural::broadcast_with(inputs[0], other, |a, b| a * b)
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((relevance(self.gate, inputs, r)?, None))
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        gradient(inputs, g)
+    }
+
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Differs("multiplies two activations (a gate)".into())
+    }
+
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        gradient(inputs, g)
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Conserving
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
+        None
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        true
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+
+    super::no_weights!();
+}
+
+/// Builds a `Mul`: of two activations a gate (which one is decided after
+/// the import, from where each comes), of one by a constant arithmetic.
+fn import(n: &OnnxNode) -> Result<Imported> {
+    if n.activations() == 2 {
+        Ok(Gate { gate: None }.into())
+    } else {
+        super::structural::arith_import(n)
+    }
+}
+
+/// The registry's entry: the ONNX operators this family reads.
 pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "gate",
     onnx: &[
         ("Mul", "by a constant: as Sub; two activations: a gate, all relevance to the gated one, none to the gate"),
     ],
-    import: None,
+    import,
     fuse: None,
 };
 

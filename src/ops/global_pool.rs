@@ -4,12 +4,10 @@
 //! to its first arg-max, which is also its gradient. An [`Operator`]: import,
 //! shape, forward, relevance and gradient are all in this file.
 
-use std::sync::Arc;
-
 use anyhow::{ensure, Result};
 use ndarray::ArrayD;
 
-use super::registry::{Family, OnnxNode};
+use super::registry::{Family, Imported, OnnxNode};
 use super::Operator;
 use crate::rules::{stabilize, STABILIZER};
 
@@ -20,7 +18,7 @@ pub const FAMILY: Family = Family {
         ("GlobalAveragePool", "proportional (Norm rule)"),
         ("GlobalMaxPool", "winner takes all"),
     ],
-    import: Some(import),
+    import,
     fuse: None,
 };
 
@@ -31,24 +29,60 @@ pub struct GlobalPool {
     pub max: bool,
 }
 
-fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
+fn import(n: &OnnxNode) -> Result<Imported> {
     ensure!(
         n.is_activation.first() == Some(&true),
         "only the pooling of an activation is supported"
     );
-    Ok(Arc::new(GlobalPool {
+    Ok(GlobalPool {
         max: n.node.op_type == "GlobalMaxPool",
-    }))
+    }.into())
 }
 
 impl Operator for GlobalPool {
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+
+    super::no_weights!();
+
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         let mut s = inputs[0].to_vec();
         s.iter_mut().skip(2).for_each(|d| *d = 1);
         Ok(s)
     }
 
-    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
         forward(inputs[0], self.max)
     }
 
@@ -76,7 +110,12 @@ impl Operator for GlobalPool {
         }
     }
 
-    fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
         let x = inputs[0];
         Ok(vec![if self.max {
             // the winner-takes-all rule is the gradient
@@ -97,7 +136,7 @@ impl Operator for GlobalPool {
         inputs: &[&ArrayD<f32>],
         g: &ArrayD<f32>,
     ) -> Result<Vec<ArrayD<f32>>> {
-        self.gradient(inputs, g)
+        self.gradient(inputs, g, Default::default())
     }
 
     fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {

@@ -15,13 +15,11 @@
 //! gradient x input with the standard deviation detached
 //! ([`Operator::lrp0_gradient`]), what `check` compares.
 
-use std::sync::Arc;
-
 use anyhow::{anyhow, ensure, Result};
 use ndarray::{ArrayD, IxDyn};
 use tract_onnx::pb::{attribute_proto::AttributeType, AttributeProto, NodeProto};
 
-use super::registry::{Family, OnnxNode, ProtoGraph};
+use super::registry::{Family, Imported, OnnxNode, ProtoGraph};
 use super::{Flow, Lrp0, Operator, Propagated, Reuse};
 use crate::rules::{stabilize, Account, Rule, STABILIZER};
 
@@ -32,7 +30,7 @@ pub const FAMILY: Family = Family {
         "LayerNormalization",
         "epsilon rule on the normalisation, its std held constant (AttnLRP); the bias absorbs its share",
     )],
-    import: Some(import),
+    import,
     fuse: Some(fuse),
 };
 
@@ -63,7 +61,7 @@ enum Axes {
 /// attribute of `LayerNormalization`: the fuse below writes it).
 const AXES: &str = "lrp_heatmap_axes";
 
-fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
+fn import(n: &OnnxNode) -> Result<Imported> {
     ensure!(
         n.is_activation.first() == Some(&true),
         "the normalised input must be an activation"
@@ -97,12 +95,12 @@ fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
             Ok(None)
         }
     };
-    Ok(Arc::new(LayerNorm {
+    Ok(LayerNorm {
         axes,
         epsilon,
         scale: c(1)?,
         bias: c(2)?,
-    }))
+    }.into())
 }
 
 impl LayerNorm {
@@ -245,6 +243,42 @@ struct Rows {
 }
 
 impl Operator for LayerNorm {
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+
+    super::no_weights!();
+
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         let x = inputs[0];
         self.axes(x.len())?;
@@ -259,7 +293,7 @@ impl Operator for LayerNorm {
         Ok(x.to_vec())
     }
 
-    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
         let x = inputs[0];
         let rows = self.rows(x)?;
         let xr = Self::to_rows(x, &rows);
@@ -294,7 +328,7 @@ impl Operator for LayerNorm {
         };
         let z = match reuse.output {
             Some(z) if z.shape() == x.shape() => z.clone(),
-            _ => self.forward(inputs)?,
+            _ => self.forward(inputs, 1)?,
         };
         let rows = self.rows(x)?;
         let n = rows.n.max(1);
@@ -359,7 +393,12 @@ impl Operator for LayerNorm {
         ))
     }
 
-    fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
         Ok(vec![self.backward(inputs[0], g, false)?])
     }
 
@@ -558,7 +597,7 @@ mod tests {
         let w = arr(&[5], 2).mapv(|v| 1.0 + 0.3 * v);
         let b = arr(&[5], 3).mapv(|v| 0.2 * v);
         let op = ln(Axes::From(-1), Some(w.clone()), Some(b.clone()));
-        let y = op.forward(&[&x]).unwrap();
+        let y = op.forward(&[&x], 1).unwrap();
         let r = arr(&[2, 3, 5], 4);
         let eps = 0.01f32;
         let reuse = Reuse {
@@ -606,7 +645,7 @@ mod tests {
 
     /// The forward pass in f64 at `x`, for finite differences.
     fn forward64(op: &LayerNorm, x: &ArrayD<f32>) -> Vec<f64> {
-        op.forward(&[x]).unwrap().iter().map(|&v| v as f64).collect()
+        op.forward(&[x], 1).unwrap().iter().map(|&v| v as f64).collect()
     }
 
     #[test]
@@ -617,7 +656,7 @@ mod tests {
         let w = arr(&[4, 1, 1], 6).mapv(|v| 1.0 + 0.3 * v);
         let op = ln(Axes::List(vec![1]), Some(w), None);
         let u = arr(&[1, 4, 2, 3], 7);
-        let g = op.gradient(&[&x], &u).unwrap().remove(0);
+        let g = op.gradient(&[&x], &u, Default::default()).unwrap().remove(0);
         // central differences of <u, y(x)> along each input element
         let h = 1e-2f32;
         for k in 0..x.len() {
@@ -634,7 +673,7 @@ mod tests {
         }
         // LRP-0 (epsilon 0) equals x times the std-detached gradient of
         // u = R / y
-        let y = op.forward(&[&x]).unwrap();
+        let y = op.forward(&[&x], 1).unwrap();
         let r = &y * &u;
         let reuse = Reuse {
             norm: Some(Rule::Epsilon { epsilon: 0.0 }),
@@ -729,10 +768,10 @@ mod tests {
         let op = ln(Axes::From(-1), None, None);
         assert!(op.keeps_samples_apart(3));
         let x = arr(&[2, 3, 4], 8);
-        let y = op.forward(&[&x]).unwrap();
+        let y = op.forward(&[&x], 1).unwrap();
         for k in 0..2 {
             let one = x.index_axis(Axis(0), k).insert_axis(Axis(0)).to_owned();
-            let yk = op.forward(&[&one]).unwrap();
+            let yk = op.forward(&[&one], 1).unwrap();
             assert_eq!(yk.index_axis(Axis(0), 0), y.index_axis(Axis(0), k));
         }
         assert!(!ln(Axes::List(vec![0, 1]), None, None).keeps_samples_apart(3));

@@ -6,13 +6,11 @@
 //! The first operator family written as an [`Operator`]: this file and its
 //! name in the `families!` line of `ops/mod.rs` are all there is to it.
 
-use std::sync::Arc;
-
 use anyhow::{ensure, Result};
 use ndarray::ArrayD;
 
 use super::movement::broadcast;
-use super::registry::{Family, OnnxNode};
+use super::registry::{Family, Imported, OnnxNode};
 use super::structural::{sum, sum_gradient};
 use super::Operator;
 
@@ -23,7 +21,7 @@ pub const FAMILY: Family = Family {
         "Mean",
         "proportional split between the activations (as Sum)",
     )],
-    import: Some(import),
+    import,
     fuse: None,
 };
 
@@ -31,22 +29,58 @@ pub const FAMILY: Family = Family {
 #[derive(Clone, Debug)]
 pub struct Mean;
 
-fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
+fn import(n: &OnnxNode) -> Result<Imported> {
     ensure!(
         n.all_activations(),
         "only a mean of activations is supported (no constant operand)"
     );
-    Ok(Arc::new(Mean))
+    Ok(Mean.into())
 }
 
 impl Operator for Mean {
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+
+    super::no_weights!();
+
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         inputs[1..]
             .iter()
             .try_fold(inputs[0].to_vec(), |acc, s| broadcast(&acc, s))
     }
 
-    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
         let shapes: Vec<&[usize]> = inputs.iter().map(|x| x.shape()).collect();
         let shape = self.output_shape(&shapes)?;
         let mut acc = ArrayD::<f32>::zeros(shape.clone());
@@ -79,7 +113,12 @@ impl Operator for Mean {
         super::Flow::Proportional { per_input: true }
     }
 
-    fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
         let n = inputs.len() as f32;
         sum_gradient(inputs, &g.mapv(|v| v / n))
     }
@@ -95,7 +134,7 @@ impl Operator for Mean {
         inputs: &[&ArrayD<f32>],
         g: &ArrayD<f32>,
     ) -> Result<Vec<ArrayD<f32>>> {
-        self.gradient(inputs, g)
+        self.gradient(inputs, g, Default::default())
     }
 
     fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
@@ -124,7 +163,7 @@ mod tests {
     fn forward_relevance_and_gradient_by_hand() {
         let a = arr(&[1, 2], &[1.0, 3.0]);
         let b = arr(&[1, 2], &[3.0, 1.0]);
-        let y = Mean.forward(&[&a, &b]).unwrap();
+        let y = Mean.forward(&[&a, &b], 1).unwrap();
         assert_eq!(y, arr(&[1, 2], &[2.0, 2.0]));
         // relevance in proportion to the inputs, conserved (up to the
         // stabiliser 1e-6 added to the sum)
@@ -135,7 +174,7 @@ mod tests {
         // d mean / d x_i = 1 / n; a broadcast input sums over its copies
         let c = arr(&[1, 1], &[5.0]);
         let g = Mean
-            .gradient(&[&a, &c], &arr(&[1, 2], &[1.0, 1.0]))
+            .gradient(&[&a, &c], &arr(&[1, 2], &[1.0, 1.0]), Default::default())
             .unwrap();
         assert_eq!(g[0], arr(&[1, 2], &[0.5, 0.5]));
         assert_eq!(g[1], arr(&[1, 1], &[1.0]));

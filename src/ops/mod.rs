@@ -1,6 +1,23 @@
 //! Relevance propagation and exact gradients through each operator family,
 //! one file per family, registered once by the `families!` line below.
 
+/// The operator methods of an operator without weights: no linear layer,
+/// nothing to fold into it, and it folds nothing.
+macro_rules! no_weights {
+    () => {
+        fn linear(&self) -> Option<&dyn crate::rules::LinearLayer> {
+            None
+        }
+        fn parameters_mut(&mut self) -> Option<crate::ops::Parameters<'_>> {
+            None
+        }
+        fn fold(&mut self, _: &dyn crate::ops::Operator) -> bool {
+            false
+        }
+    };
+}
+pub(crate) use no_weights;
+
 #[cfg(test)]
 mod geometry_tests;
 pub(crate) mod pool_grad;
@@ -33,14 +50,14 @@ families!(
     layer_norm,
 );
 
+use std::sync::Arc;
+
 use anyhow::{anyhow, ensure, Result};
 use ndarray::ArrayD;
 
 use crate::rules::cache::{Cached, WeightCache};
 use crate::rules::{Account, Bounds, LinearLayer, Rule};
 use activation::Act;
-use conv::Conv;
-use dense::{Affine, Dense};
 pub use pool::{MaxPoolTies, Pool};
 
 /// The axis `axis` (negative: counted from the end) of a rank-`rank` tensor.
@@ -96,71 +113,6 @@ pub enum ArithKind {
     Div,
 }
 
-/// What a node does, as far as relevance and gradients are concerned.
-#[derive(Clone, Debug)]
-pub enum Op {
-    /// Convolution (a linear layer).
-    Conv(Conv),
-    /// Dense layer (`Gemm`, `MatMul` [+ `Add`]).
-    Dense(Dense),
-    /// Per-channel affine layer (unfolded `BatchNormalization`).
-    Affine(Affine),
-    /// `MaxPool`: winner takes all.
-    MaxPool(Pool),
-    /// `AveragePool`: proportional to contribution.
-    AvgPool(Pool),
-    /// Elementwise sum of activations (residual `Add`): proportional split.
-    Sum,
-    /// Elementwise activation (also `Dropout`, `Identity`, `Cast`): relevance
-    /// passes unchanged, the gradient is multiplied by the derivative.
-    Activation(Act),
-    /// Elementwise arithmetic of the activation with a constant (numpy
-    /// broadcasting): relevance passes unchanged, the gradient is that of the
-    /// operation. `Add` comes from canonization ([`Op::unmerged`]).
-    Arith {
-        /// The operation.
-        kind: ArithKind,
-        /// The constant operand.
-        constant: ArrayD<f32>,
-        /// Whether the constant is the first operand (`c - x`, `c / x`).
-        constant_first: bool,
-    },
-    /// Shape-only nodes (`Flatten`, `Reshape`, `Squeeze`, `Unsqueeze`) and
-    /// how they compute their output shape (`None`: from a shape computed at
-    /// run time, which only the tract engine runs).
-    Reshape(Option<structural::ReshapeRule>),
-    /// `Transpose` with this permutation.
-    Transpose(Vec<usize>),
-    /// `BatchNormalization` before canonization: `y = x * scale + shift` per channel.
-    BatchNorm {
-        /// Per-channel scale `gamma / sqrt(var + eps)`.
-        scale: Vec<f32>,
-        /// Per-channel shift `beta - mean * scale`.
-        shift: Vec<f32>,
-    },
-    /// `Add` of a constant before canonization (a bias, usually after `MatMul`).
-    AddConst(ArrayD<f32>),
-    /// `Pad`: relevance cropped back (constant mode) or summed onto the
-    /// copied elements (edge, reflect, wrap).
-    Pad(pad::PadSpec),
-    /// `Resize` (nearest): each input element gets the sum over its copies.
-    Resize(resize::ResizeSpec),
-    /// `Mul` of an activation by a gate (squeeze-excitation, swish): all
-    /// relevance to the gated activation, none to the gate.
-    Gate {
-        /// Which input is the gate (`None`: the one broadcast to the output).
-        gate: Option<usize>,
-    },
-    /// An operator that only copies elements (`Slice`, one output of `Split`,
-    /// `Gather`, `GatherElements`, `Expand`, `Tile`, `DepthToSpace`,
-    /// `SpaceToDepth`): relevance and gradient go back along its copy map,
-    /// each input element receiving the sum over its copies.
-    Move(movement::Movement),
-    /// An operator family written as an [`Operator`] and built through the
-    /// [`registry`] (`Mean`).
-    Registered(std::sync::Arc<dyn Operator>),
-}
-
 /// How relevance flows through an operator, for the relevance ledger.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Flow {
@@ -183,6 +135,21 @@ pub enum Flow {
     Crops,
 }
 
+/// How an operator's output elements come from its input elements, as far
+/// as the relevance pass and the self-check use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elements {
+    /// An elementwise activation `y_i = f(x_i)`: relevance passes unchanged.
+    Activation,
+    /// Elementwise arithmetic with a constant (numpy broadcasting):
+    /// relevance passes unchanged.
+    Arithmetic,
+    /// The same elements in another shape or order (`Reshape`, `Transpose`).
+    Rearranged,
+    /// Anything else.
+    Other,
+}
+
 /// Whether LRP-0 through an operator equals gradient x input, what the
 /// self-check (`check`) compares.
 #[derive(Clone, Debug, PartialEq)]
@@ -199,16 +166,26 @@ pub enum Lrp0 {
     Differs(String),
 }
 
+/// Element bounds pushed through an operator: the interval `[low, high]`
+/// of each output element, and whether the operator changed values (a
+/// normalisation) rather than only moved them.
+pub type Interval = (ArrayD<f32>, ArrayD<f32>, bool);
+
 /// An operator family in one file: its shape, forward pass, relevance and
-/// gradient, and the facts the self-check, the ledger and batching need
-/// (the import from ONNX is the [`registry::Family::import`] of the same
-/// file). Inputs are the node's activations, in order. No method has a
-/// default: a new operator states each.
-pub trait Operator: std::fmt::Debug + Send + Sync {
+/// gradient, and the facts the self-check, the ledger, batching and
+/// canonization need (the import from ONNX is the
+/// [`registry::Family::import`] of the same file). Inputs are the node's
+/// activations, in order. No method has a default: a new operator states
+/// each, and adding a method makes the compiler list every operator.
+pub trait Operator: std::fmt::Debug + Send + Sync + AsAny + CloneOperator {
     /// The output shape for inputs of these shapes.
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>>;
-    /// The forward pass (the native engine's).
-    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>>;
+    /// The forward pass (the native engine's) on inputs holding `batch`
+    /// samples stacked on axis 0 (1: the model's own input).
+    fn forward(&self, inputs: &[&ArrayD<f32>], batch: usize) -> Result<ArrayD<f32>>;
+    /// Why the native engine cannot run its forward pass (the model's then
+    /// runs in tract), or `None` if it can.
+    fn native(&self) -> Option<&'static str>;
     /// The relevance `r` at the output, handed to each input, with the
     /// account of what it does not pass on where its [`Operator::flow`] is
     /// [`Flow::Linear`] (one per row of a batch, [`Reuse::rows`]).
@@ -218,19 +195,33 @@ pub trait Operator: std::fmt::Debug + Send + Sync {
         r: &ArrayD<f32>,
         reuse: &Reuse,
     ) -> Result<Propagated>;
-    /// The gradient `g` at the output, at each input (the chain rule, exact).
-    fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>;
+    /// The gradient `g` at the output, at each input (the chain rule,
+    /// exact unless `how` asks for guided rectifiers).
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        how: GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>>;
     /// Whether LRP-0 follows the gradient through it; read by the self-check.
     fn lrp0(&self) -> Lrp0;
-    /// The gradient LRP-0 follows through it: [`Operator::gradient`] unless
-    /// [`Operator::lrp0`] is [`Lrp0::Modified`].
+    /// The gradient LRP-0 follows through it where [`Operator::lrp0`] is
+    /// [`Lrp0::Modified`] (else its gradient).
     fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>;
     /// Whether its derivative depends on which inputs are the largest (a
     /// maximum: the self-check looks for near-ties there).
     fn takes_maxima(&self) -> bool;
+    /// The inputs where its derivative jumps, for an elementwise
+    /// activation (what `check` steps around); none for the others.
+    fn kinks(&self) -> Vec<f32>;
+    /// Whether its derivative can be read from its output as well as from
+    /// its input (a ReLU: a lean forward pass may then drop the input).
+    fn derivative_from_output(&self) -> bool;
     /// How relevance flows through it (the ledger checks that nothing else
     /// is lost).
     fn flow(&self) -> Flow;
+    /// How its output elements come from its input elements.
+    fn elements(&self) -> Elements;
     /// The rule its relevance applies, for the ledger (`None`: no rule, it
     /// passes or splits relevance as its [`Operator::flow`] says).
     fn rule(&self, reuse: &Reuse) -> Option<Rule>;
@@ -241,214 +232,136 @@ pub trait Operator: std::fmt::Debug + Send + Sync {
     /// computed apart from each other, forward and backward: a batch may
     /// then run through it in one pass.
     fn keeps_samples_apart(&self, rank: usize) -> bool;
+    /// How many of its `n` inputs are data (the others are parameters read
+    /// at run time, such as pads or scales: no relevance, zero gradient).
+    fn data_inputs(&self, n: usize) -> usize;
+    /// The operator as a linear layer the composite's rules apply to, if
+    /// it is one.
+    fn linear(&self) -> Option<&dyn LinearLayer>;
+    /// The weights and bias of a linear layer, to change (model
+    /// randomization).
+    fn parameters_mut(&mut self) -> Option<Parameters<'_>>;
+    /// The operator as `x * scale + shift` per output channel of a layer
+    /// with `m` output channels on the axis `from_end` axes before the last
+    /// (a batch norm, arithmetic with a per-channel constant): what
+    /// canonization folds into the layer before it.
+    fn channel_affine(&self, m: usize, from_end: usize) -> Option<(Vec<f32>, Vec<f32>)>;
+    /// Folds the per-channel affine map `next` ([`Operator::channel_affine`])
+    /// that alone reads its output into its weights and bias (Zennit's
+    /// `MergeBatchNorm`); `false`, nothing changed, where it cannot.
+    fn fold(&mut self, next: &dyn Operator) -> bool;
+    /// Element bounds `[low, high]` of its first input pushed through it
+    /// (the z^B bounds of a first layer behind normalisation nodes;
+    /// `params` its other inputs, `out_shape` its output's shape), or
+    /// `None` where it does not map bounds elementwise.
+    fn bounds(
+        &self,
+        low: &ArrayD<f32>,
+        high: &ArrayD<f32>,
+        params: &[&ArrayD<f32>],
+        out_shape: &[usize],
+    ) -> Option<Interval>;
+}
+
+/// The parameters of a linear layer ([`Operator::parameters_mut`]).
+pub struct Parameters<'a> {
+    /// The weights.
+    pub weight: &'a mut ArrayD<f32>,
+    /// The bias, if it has one.
+    pub bias: Option<&'a mut ArrayD<f32>>,
+    /// How many inputs each output reads (He initialisation's fan-in).
+    pub fan_in: usize,
+}
+
+/// Downcasting an [`Operator`] to its type (for engine optimisations that
+/// concern one family, as tract's `downcast_ref`).
+pub trait AsAny {
+    /// The operator as [`std::any::Any`].
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// The operator as mutable [`std::any::Any`].
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+// only operators: a blanket impl for every `Any` would make `Arc<dyn
+// Operator>` (an `Any` itself) answer `as_any` with the pointer
+impl<T: Operator + 'static> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// Cloning an [`Operator`] behind a shared pointer (to change one node of
+/// a graph whose operators another graph shares).
+pub trait CloneOperator {
+    /// A copy of the operator.
+    fn clone_operator(&self) -> Arc<dyn Operator>;
+}
+
+impl<T: Operator + Clone + 'static> CloneOperator for T {
+    fn clone_operator(&self) -> Arc<dyn Operator> {
+        Arc::new(self.clone())
+    }
+}
+
+/// What a node does: its [`Operator`], shared between copies of a graph.
+#[derive(Clone, Debug)]
+pub struct Op(Arc<dyn Operator>);
+
+impl std::ops::Deref for Op {
+    type Target = dyn Operator;
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
+
+impl From<Arc<dyn Operator>> for Op {
+    fn from(o: Arc<dyn Operator>) -> Op {
+        Op(o)
+    }
 }
 
 impl Op {
-    /// Whether its derivative depends on which inputs are the largest
-    /// (max pools, and registered operators that say so: `GlobalMaxPool`,
-    /// `ReduceMax`).
-    pub fn takes_maxima(&self) -> bool {
-        match self {
-            Op::MaxPool(_) => true,
-            Op::Registered(o) => o.takes_maxima(),
-            Op::Conv(_)
-            | Op::Dense(_)
-            | Op::Affine(_)
-            | Op::AvgPool(_)
-            | Op::Sum
-            | Op::Activation(_)
-            | Op::Arith { .. }
-            | Op::Reshape(_)
-            | Op::Transpose(_)
-            | Op::BatchNorm { .. }
-            | Op::AddConst(_)
-            | Op::Pad(_)
-            | Op::Resize(_)
-            | Op::Gate { .. }
-            | Op::Move(_) => false,
-        }
+    /// The node operator `o`.
+    pub fn new(o: impl Operator + 'static) -> Op {
+        Op(Arc::new(o))
     }
 
-    /// How relevance flows through it.
-    pub fn flow(&self) -> Flow {
-        match self {
-            Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => Flow::Linear,
-            Op::Sum | Op::AvgPool(_) => Flow::Proportional { per_input: false },
-            Op::Pad(_) => Flow::Crops,
-            Op::Registered(o) => o.flow(),
-            Op::MaxPool(_)
-            | Op::Activation(_)
-            | Op::Arith { .. }
-            | Op::Reshape(_)
-            | Op::Transpose(_)
-            | Op::BatchNorm { .. }
-            | Op::AddConst(_)
-            | Op::Resize(_)
-            | Op::Gate { .. }
-            | Op::Move(_) => Flow::Conserving,
-        }
+    /// The operator as a `T`, if it is one.
+    pub fn downcast<T: Operator + 'static>(&self) -> Option<&T> {
+        (*self.0).as_any().downcast_ref()
     }
 
-    /// What kind of node it is, in words (for the ledger's summary);
-    /// `None` for the others (named by their ONNX operator type).
-    pub fn kind(&self) -> Option<&'static str> {
-        Some(match self {
-            Op::Conv(c) if c.is_depthwise() => "depthwise convolution",
-            Op::Conv(_) => "convolution",
-            Op::Dense(_) => "dense layer",
-            Op::Affine(_) => "per-channel affine layer",
-            Op::MaxPool(_) => "max pool",
-            Op::AvgPool(_) => "average pool",
-            Op::Sum => "residual Add",
-            Op::Registered(o) => return o.kind(),
-            Op::Activation(_)
-            | Op::Arith { .. }
-            | Op::Reshape(_)
-            | Op::Transpose(_)
-            | Op::BatchNorm { .. }
-            | Op::AddConst(_)
-            | Op::Pad(_)
-            | Op::Resize(_)
-            | Op::Gate { .. }
-            | Op::Move(_) => return None,
-        })
+    /// The operator, to change (a copy first where another graph shares it).
+    pub fn get_mut(&mut self) -> &mut dyn Operator {
+        if Arc::get_mut(&mut self.0).is_none() {
+            self.0 = self.0.clone_operator();
+        }
+        Arc::get_mut(&mut self.0).expect("a fresh copy is not shared")
     }
 
-    /// The node as a linear layer, if it is one.
-    pub fn linear(&self) -> Option<&dyn LinearLayer> {
-        match self {
-            Op::Conv(c) => Some(c),
-            Op::Dense(d) => Some(d),
-            Op::Affine(a) => Some(a),
-            Op::MaxPool(_)
-            | Op::AvgPool(_)
-            | Op::Sum
-            | Op::Activation(_)
-            | Op::Arith { .. }
-            | Op::Reshape(_)
-            | Op::Transpose(_)
-            | Op::BatchNorm { .. }
-            | Op::AddConst(_)
-            | Op::Pad(_)
-            | Op::Resize(_)
-            | Op::Gate { .. }
-            | Op::Move(_)
-            | Op::Registered(_) => None,
-        }
-    }
-
-    /// The inputs where its derivative jumps, for an elementwise
-    /// activation (what `check` steps around); none for the others.
-    pub fn kinks(&self) -> Vec<f32> {
-        match self {
-            Op::Activation(act) => act.kinks(),
-            Op::Conv(_)
-            | Op::Dense(_)
-            | Op::Affine(_)
-            | Op::MaxPool(_)
-            | Op::AvgPool(_)
-            | Op::Sum
-            | Op::Arith { .. }
-            | Op::Reshape(_)
-            | Op::Transpose(_)
-            | Op::BatchNorm { .. }
-            | Op::AddConst(_)
-            | Op::Pad(_)
-            | Op::Resize(_)
-            | Op::Gate { .. }
-            | Op::Move(_)
-            | Op::Registered(_) => vec![],
-        }
-    }
-
-    /// Whether LRP-0 through it equals gradient x input (what `check`
-    /// compares): exactly for linear layers, sums, pools, copies and the
-    /// rectifiers through the origin; with a modified gradient
-    /// ([`Op::lrp0_gradient`]) for smooth activations with `f(0) = 0` and
-    /// normalisations; else why not.
-    pub fn lrp0(&self) -> Lrp0 {
-        match self {
-            Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => Lrp0::Exact,
-            Op::MaxPool(_) | Op::AvgPool(_) => Lrp0::Exact,
-            Op::Sum | Op::Reshape(_) | Op::Transpose(_) | Op::Resize(_) => Lrp0::Exact,
-            // copies and selections (Slice, Split, Gather...): each output
-            // element is one input element, relevance goes with it
-            Op::Move(_) => Lrp0::Exact,
-            Op::Pad(spec) => {
-                if spec.mode != pad::PadMode::Constant || spec.value == 0.0 {
-                    Lrp0::Exact
-                } else {
-                    Lrp0::Differs(format!("pads with the constant {}", spec.value))
-                }
-            }
-            Op::Activation(act) => act.lrp0(),
-            Op::Arith {
-                kind,
-                constant,
-                constant_first,
-            } => match kind {
-                ArithKind::Mul => Lrp0::Exact,
-                ArithKind::Div if !constant_first => Lrp0::Exact,
-                ArithKind::Div => Lrp0::Differs("divides a constant by the activation".into()),
-                ArithKind::Add | ArithKind::Sub if constant.iter().all(|&c| c == 0.0) => {
-                    Lrp0::Exact
-                }
-                ArithKind::Add | ArithKind::Sub => {
-                    Lrp0::Differs("adds a constant that is not a layer's bias".into())
-                }
-            },
-            Op::Gate { .. } => Lrp0::Differs("multiplies two activations (a gate)".into()),
-            Op::Registered(o) => o.lrp0(),
-            Op::BatchNorm { .. } | Op::AddConst(_) => Lrp0::Differs("was not canonized".into()),
-        }
+    /// The operator as a mutable `T`, if it is one.
+    pub fn downcast_mut<T: Operator + 'static>(&mut self) -> Option<&mut T> {
+        self.downcast::<T>()?;
+        self.get_mut().as_any_mut().downcast_mut()
     }
 
     /// The gradient LRP-0 follows through it for `g` at its output:
     /// `exact(g)` (the operator's gradient as the caller computes it) unless
-    /// [`Op::lrp0`] is [`Lrp0::Modified`]: a smooth activation's derivative
-    /// replaced by `f(x) / x`, a normalisation's standard deviation held
-    /// constant.
-    pub fn lrp0_gradient(
+    /// [`Operator::lrp0`] is [`Lrp0::Modified`]: a smooth activation's
+    /// derivative replaced by `f(x) / x`, a normalisation's standard
+    /// deviation held constant.
+    pub fn lrp0_gradient_or(
         &self,
         inputs: &[&ArrayD<f32>],
         g: &ArrayD<f32>,
         exact: impl FnOnce(&ArrayD<f32>) -> Result<Vec<ArrayD<f32>>>,
     ) -> Result<Vec<ArrayD<f32>>> {
-        if !matches!(self.lrp0(), Lrp0::Modified(_)) {
-            return exact(g);
-        }
-        match self {
-            Op::Activation(act) => Ok(vec![act.lrp0_gradient(inputs[0], g)?]),
-            Op::Registered(o) => o.lrp0_gradient(inputs, g),
-            Op::Conv(_)
-            | Op::Dense(_)
-            | Op::Affine(_)
-            | Op::MaxPool(_)
-            | Op::AvgPool(_)
-            | Op::Sum
-            | Op::Arith { .. }
-            | Op::Reshape(_)
-            | Op::Transpose(_)
-            | Op::BatchNorm { .. }
-            | Op::AddConst(_)
-            | Op::Pad(_)
-            | Op::Resize(_)
-            | Op::Gate { .. }
-            | Op::Move(_) => exact(g),
-        }
-    }
-
-    /// What an [`Op::AddConst`] that canonization could not merge into a
-    /// layer's bias becomes: an [`Op::Arith`] addition. Other ops are returned
-    /// unchanged.
-    pub fn unmerged(self) -> Op {
-        match self {
-            Op::AddConst(constant) => Op::Arith {
-                kind: ArithKind::Add,
-                constant,
-                constant_first: false,
-            },
-            op => op,
+        match self.lrp0() {
+            Lrp0::Modified(_) => self.0.lrp0_gradient(inputs, g),
+            Lrp0::Exact | Lrp0::Differs(_) => exact(g),
         }
     }
 }
@@ -472,6 +385,13 @@ pub struct Reuse<'a> {
     /// The composite's rule of normalisation layers (`LayerNormalization`;
     /// the other choice; `None`: epsilon at [`crate::rules::STABILIZER`]).
     pub norm: Option<Rule>,
+    /// The composite's rule for this node if it is a linear layer (`None`:
+    /// LRP-0).
+    pub rule: Option<Rule>,
+    /// The input bounds of the z^B rule.
+    pub bounds: Option<&'a Bounds>,
+    /// The name of the node's output (the key of its cached modified weights).
+    pub name: &'a str,
 }
 
 /// What a relevance pass hands to each input, with the rule's accounts of a
@@ -486,93 +406,59 @@ pub type Propagated = (Vec<ArrayD<f32>>, Option<Vec<Account>>);
 /// `inputs` are the input activations; `rule` is the rule for linear layers
 /// (with the input bounds for z^B); `output` names the output tensor (the key
 /// of the layer's cached modified weights).
-pub fn relevance_accounted(
+pub fn relevance_accounted<'a>(
     op: &Op,
-    output: &str,
+    output: &'a str,
     inputs: &[&ArrayD<f32>],
     r: &ArrayD<f32>,
     rule: Rule,
-    bounds: Option<&Bounds>,
-    reuse: Reuse,
+    bounds: Option<&'a Bounds>,
+    reuse: Reuse<'a>,
 ) -> Result<Propagated> {
     ensure!(!inputs.is_empty(), "no input activation");
-    let x = inputs[0];
-    let one = |a: ArrayD<f32>| vec![a];
-    let out = match op {
-        Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => {
-            let layer = op.linear().expect("linear op");
-            let (out, account) = match reuse.cache {
-                Some(cache) => {
-                    let name = output;
-                    let cached = Cached { layer, cache, name };
-                    let (z, rows, signs) = (reuse.output, reuse.rows, reuse.signs);
-                    rule.propagate_rows(&cached, x, z, r, bounds, rows, signs)?
-                }
-                None => {
-                    let (z, rows, signs) = (reuse.output, reuse.rows, reuse.signs);
-                    rule.propagate_rows(layer, x, z, r, bounds, rows, signs)?
-                }
-            };
-            return Ok((one(out), Some(account)));
-        }
-        Op::MaxPool(p) => one(pool::max_pool(p, x, r, reuse.ties)?),
-        Op::AvgPool(p) => one(pool::avg_pool(p, x, r)?),
-        Op::Sum => structural::sum(inputs, r)?,
-        Op::Activation(_) | Op::Arith { .. } => one(structural::pass(x, r)?),
-        Op::Reshape(_) => one(structural::reshape(x, r)?),
-        Op::Transpose(perm) => one(structural::transpose(perm, x, r)?),
-        Op::Move(m) => m.backward(inputs, r)?,
-        Op::Registered(o) => return o.relevance(inputs, r, &reuse),
-        Op::BatchNorm { .. } | Op::AddConst(_) => {
-            return Err(anyhow!("the node was not canonized"));
-        }
-        Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } => copies(op, inputs, r, false)?,
+    let reuse = Reuse {
+        rule: Some(rule),
+        bounds,
+        name: output,
+        ..reuse
     };
-    Ok((out, None))
+    op.relevance(inputs, r, &reuse)
 }
 
-/// The operators that copy, select or gate values (pad, resize,
-/// gate): relevance (`gradient == false`) or gradient. Inputs
-/// read at run time as parameters (computed pads or scales) get zeros.
-fn copies(
-    op: &Op,
+/// The relevance pass of a linear layer under the composite's rule
+/// ([`Reuse::rule`]), with its modified weights from the cache if there is
+/// one: what each linear family's [`Operator::relevance`] does.
+pub fn linear_relevance(
+    layer: &dyn LinearLayer,
     inputs: &[&ArrayD<f32>],
     r: &ArrayD<f32>,
-    gradient: bool,
-) -> Result<Vec<ArrayD<f32>>> {
-    let x = inputs[0];
-    let with_param = |a: ArrayD<f32>| {
-        let mut v = vec![a];
-        v.extend(inputs[1..].iter().map(|p| ArrayD::zeros(p.shape())));
-        v
-    };
-    Ok(match op {
-        Op::Pad(spec) => {
-            let pads = match (&spec.pads, inputs.get(1)) {
-                (Some(p), _) => p.clone(),
-                (None, Some(t)) => pad::runtime_pads(t)?,
-                (None, None) => return Err(anyhow!("the pads of the node are missing")),
+    reuse: &Reuse,
+) -> Result<Propagated> {
+    let x = *inputs
+        .first()
+        .ok_or_else(|| anyhow!("no input activation"))?;
+    let rule = reuse.rule.unwrap_or(Rule::Epsilon { epsilon: 0.0 });
+    let (z, rows, signs, bounds) = (reuse.output, reuse.rows, reuse.signs, reuse.bounds);
+    let (out, account) = match reuse.cache {
+        Some(cache) => {
+            let cached = Cached {
+                layer,
+                cache,
+                name: reuse.name,
             };
-            with_param(pad::back(spec, &pads, x, r)?)
+            rule.propagate_rows(&cached, x, z, r, bounds, rows, signs)?
         }
-        Op::Resize(spec) => with_param(resize::back(spec, inputs.get(1).copied(), x, r)?),
-        Op::Gate { .. } if gradient => gate::gradient(inputs, r)?,
-        Op::Gate { gate } => gate::relevance(*gate, inputs, r)?,
-        Op::Conv(_)
-        | Op::Dense(_)
-        | Op::Affine(_)
-        | Op::MaxPool(_)
-        | Op::AvgPool(_)
-        | Op::Sum
-        | Op::Activation(_)
-        | Op::Arith { .. }
-        | Op::Reshape(_)
-        | Op::Transpose(_)
-        | Op::BatchNorm { .. }
-        | Op::AddConst(_)
-        | Op::Move(_)
-        | Op::Registered(_) => return Err(anyhow!("not a copying operator")),
-    })
+        None => rule.propagate_rows(layer, x, z, r, bounds, rows, signs)?,
+    };
+    Ok((vec![out], Some(account)))
+}
+
+/// The inputs of a node beyond its data inputs (parameters read at run
+/// time) get zero relevance and zero gradient.
+pub fn with_params(a: ArrayD<f32>, inputs: &[&ArrayD<f32>]) -> Vec<ArrayD<f32>> {
+    let mut v = vec![a];
+    v.extend(inputs[1..].iter().map(|p| ArrayD::zeros(p.shape())));
+    v
 }
 
 /// [`gradient`] owning `g`: the piecewise-linear activations multiply it by
@@ -583,7 +469,7 @@ pub fn gradient_owned(
     g: ArrayD<f32>,
     how: GradientOptions,
 ) -> Result<Vec<ArrayD<f32>>> {
-    if let (Op::Activation(act), Some(x)) = (op, inputs.first()) {
+    if let (Some(act), Some(x)) = (op.downcast::<Act>(), inputs.first()) {
         let mut g = g;
         if act.gradient_in_place(x, &mut g, how.mode == GradientMode::Guided)? {
             return Ok(vec![g]);
@@ -603,37 +489,5 @@ pub fn gradient(
     how: GradientOptions,
 ) -> Result<Vec<ArrayD<f32>>> {
     ensure!(!inputs.is_empty(), "no input activation");
-    let x = inputs[0];
-    let one = |a: ArrayD<f32>| vec![a];
-    let out = match op {
-        Op::Conv(_) | Op::Dense(_) | Op::Affine(_) => {
-            let layer = op.linear().expect("linear op");
-            one(layer.backward(g, layer.weight(), x.shape())?)
-        }
-        // the max pools' relevance rule is their gradient
-        Op::MaxPool(p) => one(pool::max_pool(p, x, g, how.ties)?),
-        Op::AvgPool(p) => one(pool_grad::avg_pool(p, x.shape(), g)?),
-        Op::Sum => structural::sum_gradient(inputs, g)?,
-        Op::Activation(act) => one(act.gradient(x, g, how.mode == GradientMode::Guided)?),
-        Op::Arith {
-            kind,
-            constant,
-            constant_first,
-        } => one(structural::arith_gradient(
-            *kind,
-            constant,
-            *constant_first,
-            x,
-            g,
-        )?),
-        Op::Reshape(_) => one(structural::reshape(x, g)?),
-        Op::Transpose(perm) => one(structural::transpose(perm, x, g)?),
-        Op::Move(m) => m.backward(inputs, g)?,
-        Op::Registered(o) => o.gradient(inputs, g)?,
-        Op::BatchNorm { .. } | Op::AddConst(_) => {
-            return Err(anyhow!("the node was not canonized"));
-        }
-        Op::Pad(_) | Op::Resize(_) | Op::Gate { .. } => copies(op, inputs, g, true)?,
-    };
-    Ok(out)
+    op.gradient(inputs, g, how)
 }

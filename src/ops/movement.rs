@@ -12,6 +12,8 @@
 use anyhow::{anyhow, bail, ensure, Result};
 use ndarray::{ArrayD, IxDyn};
 
+use super::registry::{Imported, OnnxNode, Operand};
+
 /// Map entry of an output element that copies no input element.
 pub const FILL: usize = usize::MAX;
 
@@ -666,8 +668,243 @@ impl Movement {
     }
 }
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
+impl super::Operator for Movement {
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        Movement::output_shape(self, inputs[0])
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        Movement::forward(self, inputs)
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        (!self.runtime_inputs().is_empty()).then_some("a copying operator with parameters computed at run time")
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((self.backward(inputs, r)?, None))
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        self.backward(inputs, g)
+    }
+
+    /// Copies and selections (Slice, Split, Gather...): each output element
+    /// is one input element, relevance goes with it.
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        self.backward(inputs, g)
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Conserving
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
+        None
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn keeps_samples_apart(&self, rank: usize) -> bool {
+        Movement::keeps_samples_apart(self, rank)
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        Movement::data_inputs(self, n)
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    /// The bounds copied as the values are (parameters known at load time).
+    fn bounds(
+        &self,
+        low: &ArrayD<f32>,
+        high: &ArrayD<f32>,
+        params: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        if !params.is_empty() {
+            return None;
+        }
+        let low = Movement::forward(self, &[low]).ok()?;
+        let high = Movement::forward(self, &[high]).ok()?;
+        Some((low, high, false))
+    }
+
+    super::no_weights!();
+}
+
+/// Reads the integer parameters of a node in the order of its inputs,
+/// numbering those computed at run time by their position among the graph
+/// node's inputs (after the data input).
+struct Params<'a> {
+    operand: &'a dyn Fn(usize) -> Result<Operand>,
+    next: usize,
+}
+
+impl Params<'_> {
+    /// Input `i` as a parameter (`None` when absent).
+    fn get(&mut self, i: usize) -> Result<Option<Ints>> {
+        Ok(match (self.operand)(i)? {
+            Operand::Absent => None,
+            Operand::Const(c) => {
+                ensure!(c.iter().all(|v| !v.is_nan()), "input {i} holds NaN");
+                Some(Ints::Const {
+                    shape: c.shape().to_vec(),
+                    // INT64 extremes arrive as +-9.2e18 and saturate back
+                    values: c.iter().map(|&v| v as i64).collect(),
+                })
+            }
+            Operand::Computed => {
+                self.next += 1;
+                Some(Ints::Runtime(self.next - 1))
+            }
+        })
+    }
+
+    fn need(&mut self, i: usize, what: &str) -> Result<Ints> {
+        self.get(i)?
+            .ok_or_else(|| anyhow::anyhow!("the {what} input is missing"))
+    }
+}
+
+/// Builds a copying operator; a `Split` becomes one graph node per output
+/// ([`OnnxNode::output`]). Integer parameters come from constants, or,
+/// when the model computes them (from shapes), from the forward pass.
+fn import(n: &OnnxNode) -> Result<Imported> {
+    let op = n.op_type();
+    ensure!(
+        n.is_act(0) && n.activations() == 1,
+        "only the data input may depend on the image (indices and sizes must not)"
+    );
+    let (opset, output) = (n.opset, n.output);
+    let mut p = Params {
+        operand: n.operand,
+        next: 1,
+    };
+    let m = match op {
+        "Slice" if opset < 10 => {
+            let starts = n.attr_ints("starts").ok_or_else(|| anyhow::anyhow!("no starts"))?;
+            let ends = n.attr_ints("ends").ok_or_else(|| anyhow::anyhow!("no ends"))?;
+            Movement::Slice {
+                starts: Ints::list(starts),
+                ends: Ints::list(ends),
+                axes: n.attr_ints("axes").map(Ints::list),
+                steps: None,
+            }
+        }
+        "Slice" => Movement::Slice {
+            starts: p.need(1, "starts")?,
+            ends: p.need(2, "ends")?,
+            axes: p.get(3)?,
+            steps: p.get(4)?,
+        },
+        "Split" => {
+            let sizes = if opset < 13 {
+                n.attr_ints("split")
+                    .filter(|s| !s.is_empty())
+                    .map(Ints::list)
+            } else {
+                p.get(1)?
+            };
+            let num_outputs = n.attr_int("num_outputs", 0);
+            let parts = if opset >= 18 && sizes.is_none() && num_outputs > 0 {
+                num_outputs as usize
+            } else {
+                n.node.output.len()
+            };
+            ensure!(parts > 0, "a Split without outputs");
+            Movement::Split {
+                axis: n.attr_int("axis", 0),
+                sizes,
+                parts,
+                index: output,
+            }
+        }
+        "Gather" => Movement::Gather {
+            axis: n.attr_int("axis", 0),
+            indices: p.need(1, "indices")?,
+        },
+        "GatherElements" => Movement::GatherElements {
+            axis: n.attr_int("axis", 0),
+            indices: p.need(1, "indices")?,
+        },
+        "Expand" => Movement::Expand {
+            shape: p.need(1, "shape")?,
+        },
+        "Tile" => Movement::Tile {
+            repeats: p.need(1, "repeats")?,
+        },
+        "DepthToSpace" | "SpaceToDepth" => {
+            let block = n.attr_int("blocksize", 0);
+            ensure!(block > 0, "blocksize {block}");
+            if op == "SpaceToDepth" {
+                Movement::SpaceToDepth {
+                    block: block as usize,
+                }
+            } else {
+                let mode = n.attr_string("mode").unwrap_or_else(|| "DCR".into());
+                let crd = match mode.as_str() {
+                    "DCR" => false,
+                    "CRD" => true,
+                    m => bail!("mode '{m}'"),
+                };
+                Movement::DepthToSpace {
+                    block: block as usize,
+                    crd,
+                }
+            }
+        }
+        other => bail!("'{other}' is not a copying operator"),
+    };
+    // the parameters computed in the model, read from the forward pass
+    let runtime = m
+        .params()
+        .into_iter()
+        .filter(|(_, p)| matches!(p, Ints::Runtime(_)))
+        .map(|(i, _)| i)
+        .collect();
+    Ok(Imported {
+        op: super::Op::new(m),
+        runtime,
+    })
+}
+
+/// The registry's entry: the ONNX operators this family reads.
 pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "movement",
     onnx: &[
@@ -680,7 +917,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ("DepthToSpace", "copies (DCR and CRD): relevance moved back"),
         ("SpaceToDepth", "copies: relevance moved back"),
     ],
-    import: None,
+    import,
     fuse: None,
 };
 

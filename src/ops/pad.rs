@@ -8,6 +8,8 @@
 use anyhow::{bail, ensure, Result};
 use ndarray::{ArrayD, IxDyn};
 
+use super::registry::{Imported, OnnxNode, Operand};
+
 /// How `Pad` fills the border.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PadMode {
@@ -176,15 +178,205 @@ pub fn runtime_pads(t: &ArrayD<f32>) -> Result<Vec<i64>> {
         .collect()
 }
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
+/// A `Pad` node: relevance cropped back (constant mode) or summed onto the
+/// copied elements (edge, reflect, wrap); its forward pass runs in tract.
+#[derive(Clone, Debug)]
+pub struct Pad(pub PadSpec);
+
+impl Pad {
+    /// The node's pads: constant, or read at run time from its second input.
+    fn pads(&self, inputs: &[&ArrayD<f32>]) -> Result<Vec<i64>> {
+        match (&self.0.pads, inputs.get(1)) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(t)) => runtime_pads(t),
+            (None, None) => bail!("the pads of the node are missing"),
+        }
+    }
+}
+
+impl super::Operator for Pad {
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        let x = inputs[0];
+        let pads = (self.0.pads.as_ref()).ok_or_else(|| anyhow::anyhow!("pads computed at run time"))?;
+        let b = begins(&self.0, pads, x.len())?;
+        let half = pads.len() / 2;
+        let mut e = vec![0i64; x.len()];
+        let axes: Vec<usize> = match &self.0.axes {
+            None => (0..x.len()).collect(),
+            Some(a) => a
+                .iter()
+                .map(|&v| super::normalize_axis(v, x.len()))
+                .collect::<Result<_>>()?,
+        };
+        for (k, &a) in axes.iter().enumerate() {
+            e[a] = pads[half + k];
+        }
+        x.iter()
+            .zip(b.iter().zip(&e))
+            .map(|(&n, (&b, &e))| {
+                let o = n as i64 + b + e;
+                ensure!(o >= 0, "Pad of {x:?} by {pads:?} to a negative size");
+                Ok(o as usize)
+            })
+            .collect()
+    }
+
+    fn forward(&self, _: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        bail!("no native forward pass")
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        Some("an operator without a native forward pass")
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        let pads = self.pads(inputs)?;
+        let back = back(&self.0, &pads, inputs[0], r)?;
+        Ok((super::with_params(back, inputs), None))
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let pads = self.pads(inputs)?;
+        Ok(super::with_params(back(&self.0, &pads, inputs[0], g)?, inputs))
+    }
+
+    fn lrp0(&self) -> super::Lrp0 {
+        if self.0.mode != PadMode::Constant || self.0.value == 0.0 {
+            super::Lrp0::Exact
+        } else {
+            super::Lrp0::Differs(format!("pads with the constant {}", self.0.value))
+        }
+    }
+
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        super::Operator::gradient(self, inputs, g, Default::default())
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Crops
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
+        None
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        false
+    }
+
+    /// The data, then the pads when computed at run time.
+    fn data_inputs(&self, _n: usize) -> usize {
+        1
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    /// The border is the constant (or a copy of the bounds of the element
+    /// it copies): its bounds are that constant, as for the implicit
+    /// padding of a `Conv`.
+    fn bounds(
+        &self,
+        low: &ArrayD<f32>,
+        high: &ArrayD<f32>,
+        params: &[&ArrayD<f32>],
+        out_shape: &[usize],
+    ) -> Option<super::Interval> {
+        let pads = match (&self.0.pads, params.first()) {
+            (Some(v), _) => v.clone(),
+            (None, Some(t)) => runtime_pads(t).ok()?,
+            (None, None) => return None,
+        };
+        let low = forward(&self.0, &pads, low, out_shape).ok()?;
+        let high = forward(&self.0, &pads, high, out_shape).ok()?;
+        Some((low, high, true))
+    }
+
+    super::no_weights!();
+}
+
+/// Builds a `Pad` (pads before opset 11 as attributes, after as inputs,
+/// constant or computed at run time).
+fn import(n: &OnnxNode) -> Result<Imported> {
+    let ints = |c: &ArrayD<f32>| -> Vec<i64> { c.iter().map(|&v| v as i64).collect() };
+    let mode = PadMode::parse(&n.attr_string("mode").unwrap_or_else(|| "constant".into()))?;
+    let (pads, axes, value) = if n.opset < 11 {
+        let pads = n
+            .attr_ints("pads")
+            .or_else(|| n.attr_ints("paddings"))
+            .ok_or_else(|| anyhow::anyhow!("no pads"))?;
+        (Some(pads), None, n.attr_float("value", 0.0))
+    } else {
+        let pads = match (n.operand)(1)? {
+            Operand::Const(c) => Some(ints(&c)),
+            Operand::Computed => None,
+            Operand::Absent => bail!("no pads"),
+        };
+        let axes = match (n.operand)(3)? {
+            Operand::Const(c) => Some(ints(&c)),
+            Operand::Absent => None,
+            Operand::Computed => bail!("axes computed at run time are not supported"),
+        };
+        let value = match (n.operand)(2)? {
+            Operand::Const(c) => c.iter().next().copied().unwrap_or(0.0),
+            Operand::Absent => 0.0,
+            Operand::Computed => bail!("a pad value computed at run time is not supported"),
+        };
+        (pads, axes, value)
+    };
+    // pads computed in the model: read from the forward pass
+    let runtime = if pads.is_none() { vec![1] } else { vec![] };
+    let op = Pad(PadSpec {
+        pads,
+        axes,
+        mode,
+        value,
+    });
+    Ok(Imported {
+        op: super::Op::new(op),
+        runtime,
+    })
+}
+
+/// The registry's entry: the ONNX operators this family reads.
 pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "pad",
     onnx: &[(
         "Pad",
         "constant: cropped back; edge / reflect / wrap: copies summed back",
     )],
-    import: None,
+    import,
     fuse: None,
 };
 

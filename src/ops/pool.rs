@@ -10,6 +10,7 @@ use ndarray::ArrayD;
 use rayon::prelude::*;
 
 use super::conv::Window;
+use super::registry::{Imported, OnnxNode};
 use crate::rules::{stabilize, STABILIZER};
 
 /// Max-pool inputs closer than this to their window's maximum, relative to
@@ -525,15 +526,206 @@ pub fn avg_pool(p: &Pool, x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32
 }
 
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
+/// `MaxPool`: winner takes all, relevance and gradient alike.
+#[derive(Clone, Debug)]
+pub struct MaxPool(pub Pool);
+
+/// `AveragePool`: proportional to the contributions (Zennit's `Norm` rule).
+#[derive(Clone, Debug)]
+pub struct AvgPool(pub Pool);
+
+/// The facts both pools share.
+macro_rules! pool_facts {
+    () => {
+        fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+            let x = inputs[0];
+            ensure!(x.len() == 4, "pooling needs [N, C, H, W], got {x:?}");
+            let [oh, ow] = self.0.output_size(x[2], x[3])?;
+            Ok(vec![x[0], x[1], oh, ow])
+        }
+
+        fn native(&self) -> Option<&'static str> {
+            None
+        }
+
+        fn lrp0(&self) -> super::Lrp0 {
+            super::Lrp0::Exact
+        }
+
+        fn lrp0_gradient(
+            &self,
+            inputs: &[&ArrayD<f32>],
+            g: &ArrayD<f32>,
+        ) -> Result<Vec<ArrayD<f32>>> {
+            super::Operator::gradient(self, inputs, g, Default::default())
+        }
+
+        fn kinks(&self) -> Vec<f32> {
+            vec![]
+        }
+
+        fn derivative_from_output(&self) -> bool {
+            false
+        }
+
+        fn elements(&self) -> super::Elements {
+            super::Elements::Other
+        }
+
+        fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
+            None
+        }
+
+        fn keeps_samples_apart(&self, _rank: usize) -> bool {
+            true
+        }
+
+        fn data_inputs(&self, n: usize) -> usize {
+            n
+        }
+
+        fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+            None
+        }
+
+        fn bounds(
+            &self,
+            _: &ArrayD<f32>,
+            _: &ArrayD<f32>,
+            _: &[&ArrayD<f32>],
+            _: &[usize],
+        ) -> Option<super::Interval> {
+            None
+        }
+
+        super::no_weights!();
+    };
+}
+
+impl super::Operator for MaxPool {
+    pool_facts!();
+
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        forward(&self.0, inputs[0], true)
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        reuse: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((vec![max_pool(&self.0, inputs[0], r, reuse.ties)?], None))
+    }
+
+    /// The max pools' relevance rule is their gradient.
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        how: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![max_pool(&self.0, inputs[0], g, how.ties)?])
+    }
+
+    fn takes_maxima(&self) -> bool {
+        true
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Conserving
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        Some("max pool")
+    }
+}
+
+impl super::Operator for AvgPool {
+    pool_facts!();
+
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        forward(&self.0, inputs[0], false)
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((vec![avg_pool(&self.0, inputs[0], r)?], None))
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![super::pool_grad::avg_pool(
+            &self.0,
+            inputs[0].shape(),
+            g,
+        )?])
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Proportional { per_input: false }
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        Some("average pool")
+    }
+}
+
+/// Builds a `MaxPool` (without its `Indices` output) or an `AveragePool`.
+fn import(n: &OnnxNode) -> Result<Imported> {
+    let pool = pool_of(n)?;
+    Ok(match n.op_type() {
+        "MaxPool" => {
+            let out = &n.node.output;
+            ensure!(out.len() == 1 || out[1].is_empty(), "the Indices output");
+            MaxPool(pool).into()
+        }
+        _ => AvgPool(pool).into(),
+    })
+}
+
+/// The geometry of a pooling node.
+fn pool_of(n: &OnnxNode) -> Result<Pool> {
+    let k = n
+        .attr_ints("kernel_shape")
+        .ok_or_else(|| anyhow::anyhow!("no kernel_shape"))?;
+    let kernel = super::conv::pair(&k, "kernels")?;
+    let window = super::conv::window(n, kernel)?;
+    // as onnxruntime and PyTorch require: a window that could lie wholly in
+    // the padding has no maximum (and no average)
+    if let super::conv::Padding::Explicit(p) = window.padding {
+        ensure!(
+            p[0] < kernel[0] && p[2] < kernel[0] && p[1] < kernel[1] && p[3] < kernel[1],
+            "pads {p:?} not smaller than the kernel {kernel:?}"
+        );
+    }
+    Ok(Pool {
+        window,
+        count_include_pad: n.attr_int("count_include_pad", 0) != 0,
+        ceil_mode: n.attr_int("ceil_mode", 0) != 0,
+    })
+}
+
+/// The registry's entry: the ONNX operators this family reads.
 pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "pool",
     onnx: &[
         ("MaxPool", "winner takes all (first maximum)"),
         ("AveragePool", "proportional (Norm rule)"),
     ],
-    import: None,
+    import,
     fuse: None,
 };
 
@@ -541,6 +733,54 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
 pub(crate) mod tests {
     use super::*;
     use crate::ops::conv::{Padding, Window};
+    use tract_onnx::pb::{self, NodeProto};
+
+    fn node(attrs: &[(&str, Vec<i64>)], ints: &[(&str, i64)]) -> NodeProto {
+        let mut n = NodeProto::default();
+        for (k, v) in attrs {
+            n.attribute.push(pb::AttributeProto {
+                name: k.to_string(),
+                ints: v.clone(),
+                ..Default::default()
+            });
+        }
+        for (k, v) in ints {
+            n.attribute.push(pb::AttributeProto {
+                name: k.to_string(),
+                i: *v,
+                ..Default::default()
+            });
+        }
+        n
+    }
+
+    #[test]
+    fn pool_attributes() {
+        let pool = |n: &NodeProto| crate::ops::registry::with_node(n, pool_of);
+        // torchvision GoogLeNet's inception pool: MaxPool2d(3, 1, 1, ceil_mode=True)
+        let n = node(
+            &[
+                ("kernel_shape", vec![3, 3]),
+                ("strides", vec![1, 1]),
+                ("pads", vec![1; 4]),
+            ],
+            &[("ceil_mode", 1), ("count_include_pad", 1)],
+        );
+        let p = pool(&n).unwrap();
+        assert!(p.ceil_mode && p.count_include_pad);
+        assert_eq!(p.window.padding, Padding::Explicit([1; 4]));
+        // absent: floor mode, padding not counted
+        let n = node(&[("kernel_shape", vec![2, 2])], &[]);
+        let p = pool(&n).unwrap();
+        assert!(!p.ceil_mode && !p.count_include_pad);
+        // a pad as large as the kernel is refused (the importer names the node)
+        let n = node(
+            &[("kernel_shape", vec![2, 3]), ("pads", vec![0, 3, 0, 0])],
+            &[],
+        );
+        let e = pool(&n).unwrap_err().to_string();
+        assert!(e.contains("pads [0, 3, 0, 0]") && e.contains("kernel"), "{e}");
+    }
 
     /// Brute force: input positions `[y, x]` of the window of output
     /// `(oy, ox)`, in row-major window order, those outside the input left out.

@@ -3,12 +3,10 @@
 //! the `Norm` rule of the average pools (each input its share of the sum,
 //! stabilised by 1e-6), and `ReduceMax` with winner takes all (first maximum).
 
-use std::sync::Arc;
-
 use anyhow::{ensure, Result};
 use ndarray::{ArrayD, Axis, Dimension, IxDyn};
 
-use super::registry::{Family, OnnxNode};
+use super::registry::{Family, Imported, OnnxNode};
 use super::Operator;
 use crate::rules::{stabilize, STABILIZER};
 
@@ -20,11 +18,11 @@ pub const FAMILY: Family = Family {
         ("ReduceSum", "proportional (Norm rule)"),
         ("ReduceMax", "winner takes all"),
     ],
-    import: Some(import),
+    import,
     fuse: None,
 };
 
-fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
+fn import(n: &OnnxNode) -> Result<Imported> {
     let kind = match n.node.op_type.as_str() {
         "ReduceMean" => ReduceKind::Mean,
         "ReduceSum" => ReduceKind::Sum,
@@ -50,21 +48,57 @@ fn import(n: &OnnxNode) -> Result<Arc<dyn Operator>> {
     };
     let empty = axes.as_ref().is_none_or(|a: &Vec<i64>| a.is_empty());
     if empty && n.attr_int("noop_with_empty_axes", 0) != 0 {
-        return Ok(Arc::new(NoOp));
+        return Ok(NoOp.into());
     }
-    Ok(Arc::new(ReduceSpec {
+    Ok(ReduceSpec {
         kind,
         axes,
         keepdims: n.attr_int("keepdims", 1) != 0,
-    }))
+    }.into())
 }
 
 impl Operator for ReduceSpec {
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+
+    super::no_weights!();
+
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         output_shape(self, inputs[0])
     }
 
-    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
         forward(self, inputs[0])
     }
 
@@ -87,7 +121,12 @@ impl Operator for ReduceSpec {
         }
     }
 
-    fn gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
         Ok(vec![gradient(self, inputs[0], g)?])
     }
 
@@ -102,7 +141,7 @@ impl Operator for ReduceSpec {
         inputs: &[&ArrayD<f32>],
         g: &ArrayD<f32>,
     ) -> Result<Vec<ArrayD<f32>>> {
-        self.gradient(inputs, g)
+        self.gradient(inputs, g, Default::default())
     }
 
     fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
@@ -131,11 +170,47 @@ impl Operator for ReduceSpec {
 pub struct NoOp;
 
 impl Operator for NoOp {
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+
+    super::no_weights!();
+
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         Ok(inputs[0].to_vec())
     }
 
-    fn forward(&self, inputs: &[&ArrayD<f32>]) -> Result<ArrayD<f32>> {
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
         Ok(inputs[0].clone())
     }
 
@@ -148,7 +223,12 @@ impl Operator for NoOp {
         Ok((vec![r.clone()], None))
     }
 
-    fn gradient(&self, _: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+    fn gradient(
+        &self,
+        _: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
         Ok(vec![g.clone()])
     }
 
@@ -165,7 +245,7 @@ impl Operator for NoOp {
         inputs: &[&ArrayD<f32>],
         g: &ArrayD<f32>,
     ) -> Result<Vec<ArrayD<f32>>> {
-        self.gradient(inputs, g)
+        self.gradient(inputs, g, Default::default())
     }
 
     fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
@@ -360,7 +440,6 @@ pub fn gradient(spec: &ReduceSpec, x: &ArrayD<f32>, g: &ArrayD<f32>) -> Result<A
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,7 +450,8 @@ mod tests {
         opset: i64,
         attrs: &[(&str, i64)],
         axes_input: Option<Option<Vec<f32>>>,
-    ) -> Result<Arc<dyn Operator>> {
+    ) -> Result<crate::ops::Op> {
+        use crate::ops::registry::Operand;
         use tract_onnx::pb::{AttributeProto, NodeProto};
         let mut inputs = vec!["x".to_string()];
         if axes_input.is_some() {
@@ -403,12 +483,22 @@ mod tests {
         if axes_input.is_some() {
             is_activation.push(computed);
         }
+        let operand = |i: usize| -> Result<Operand> {
+            Ok(match constant(i)? {
+                Some(c) => Operand::Const(c),
+                None if i < is_activation.len() => Operand::Computed,
+                None => Operand::Absent,
+            })
+        };
         import(&OnnxNode {
             node: &node,
-            is_activation,
+            is_activation: is_activation.clone(),
             constant: &constant,
+            operand: &operand,
             opset,
+            output: 0,
         })
+        .map(|i| i.op)
     }
 
     #[test]
@@ -417,18 +507,18 @@ mod tests {
         // opset 13 ReduceMean without axes: every axis, keepdims 0: a scalar
         let op = imported("ReduceMean", 13, &[("keepdims", 0)], None).unwrap();
         assert!(op.output_shape(&[&[1, 2, 2]]).unwrap().is_empty());
-        let m = op.forward(&[&x]).unwrap();
+        let m = op.forward(&[&x], 1).unwrap();
         assert_eq!(m.len(), 1);
         assert!((m.iter().next().unwrap() - 2.5).abs() < 1e-6);
         // opset 13 ReduceSum: axes as a constant input
         let op = imported("ReduceSum", 13, &[], Some(Some(vec![2.0]))).unwrap();
-        assert_eq!(op.forward(&[&x]).unwrap().into_raw_vec_and_offset().0, [3.0, 7.0]);
+        assert_eq!(op.forward(&[&x], 1).unwrap().into_raw_vec_and_offset().0, [3.0, 7.0]);
         // axes computed at run time are refused
         let e = imported("ReduceSum", 13, &[], Some(None)).err().unwrap();
         assert!(e.to_string().contains("run time"), "{e}");
         // no axes with noop_with_empty_axes = 1: the identity
         let op = imported("ReduceMax", 18, &[("noop_with_empty_axes", 1)], None).unwrap();
-        assert_eq!(op.forward(&[&x]).unwrap(), x);
+        assert_eq!(op.forward(&[&x], 1).unwrap(), x);
         assert!(!op.takes_maxima());
         let op = imported("ReduceMax", 18, &[], None).unwrap();
         assert!(op.takes_maxima());

@@ -1,25 +1,31 @@
 //! The operator registry: every operator family and the ONNX operators it
 //! reads, listed once. `inspect` prints it, the importer builds operators
-//! through it, and tests check it against the importer and the README's
-//! operator table.
+//! through it, and tests check it against the README's operator table.
 //!
-//! A family written as an [`Operator`] (one file under `ops/` holding its
-//! import, shape, forward, relevance and gradient) needs only its name in
-//! the `families!` line of `ops/mod.rs`, which lists it in [`FAMILIES`]:
-//! the importer builds it through [`Family::import`], the native engine
-//! runs its forward pass, and the backward walk calls its relevance and
-//! gradient (`mean.rs`, `global_pool.rs`, `concat.rs`, `reduce.rs`). The older families
-//! are variants of [`super::Op`] whose import lives in `model/onnx` and
-//! whose forward pass lives in `engine/native.rs`; they are listed here for
-//! their descriptions.
-
-use std::sync::Arc;
+//! Every family is one file under `ops/`: its [`Family`] (the ONNX
+//! operators it reads, its import, its fuse of exporters' decomposed
+//! forms) and its [`Operator`]s (shape, forward, relevance, gradient and
+//! the facts the self-check, the ledger, batching and canonization need).
+//! Its name in the `families!` line of `ops/mod.rs` lists it in
+//! [`FAMILIES`]: the importer builds its operators through
+//! [`Family::import`], the native engine runs their forward pass, and the
+//! backward walk calls their relevance and gradient.
 
 use anyhow::Result;
 use ndarray::ArrayD;
 use tract_onnx::pb::NodeProto;
 
-use super::{Operator, FAMILIES};
+use super::{Op, Operator, FAMILIES};
+
+/// An input of a node that does not carry the image signal.
+pub enum Operand {
+    /// Not given (optional input left out or named "").
+    Absent,
+    /// A constant (initializer or `Constant` node).
+    Const(ArrayD<f32>),
+    /// Computed at run time (by nodes that do not depend on the image).
+    Computed,
+}
 
 /// What an [`Operator`]'s import sees of its ONNX node.
 pub struct OnnxNode<'a> {
@@ -27,29 +33,43 @@ pub struct OnnxNode<'a> {
     pub node: &'a NodeProto,
     /// Which inputs are activations (`true`) rather than constants.
     pub is_activation: Vec<bool>,
-    /// The value of a constant input (`None` for activations and absent inputs).
+    /// The value of a constant input (`None` for activations and absent
+    /// inputs; an error for a parameter computed at run time).
     pub constant: &'a dyn Fn(usize) -> Result<Option<ArrayD<f32>>>,
+    /// Input `i` as a parameter: absent, constant or computed at run time.
+    pub operand: &'a dyn Fn(usize) -> Result<Operand>,
     /// The model's ONNX opset.
     pub opset: i64,
+    /// Which of the node's outputs this graph node computes (a `Split`
+    /// becomes one graph node per output).
+    pub output: usize,
 }
 
 impl OnnxNode<'_> {
+    /// The attribute `name`, if present.
+    pub fn attr(&self, name: &str) -> Option<&tract_onnx::pb::AttributeProto> {
+        self.node.attribute.iter().find(|a| a.name == name)
+    }
+
     /// The integer attribute `name`, or `default`.
     pub fn attr_int(&self, name: &str, default: i64) -> i64 {
-        self.node
-            .attribute
-            .iter()
-            .find(|a| a.name == name)
-            .map_or(default, |a| a.i)
+        self.attr(name).map_or(default, |a| a.i)
+    }
+
+    /// The float attribute `name`, or `default`.
+    pub fn attr_float(&self, name: &str, default: f32) -> f32 {
+        self.attr(name).map_or(default, |a| a.f)
     }
 
     /// The integer-list attribute `name`, if present.
     pub fn attr_ints(&self, name: &str) -> Option<Vec<i64>> {
-        self.node
-            .attribute
-            .iter()
-            .find(|a| a.name == name)
-            .map(|a| a.ints.clone())
+        self.attr(name).map(|a| a.ints.clone())
+    }
+
+    /// The string attribute `name`, if present.
+    pub fn attr_string(&self, name: &str) -> Option<String> {
+        self.attr(name)
+            .map(|a| String::from_utf8_lossy(&a.s).into_owned())
     }
 
     /// Whether input `i` is present (not missing, not the empty name).
@@ -57,14 +77,59 @@ impl OnnxNode<'_> {
         self.node.input.get(i).is_some_and(|s| !s.is_empty())
     }
 
+    /// Whether input `i` carries the image signal.
+    pub fn is_act(&self, i: usize) -> bool {
+        self.is_activation.get(i).copied().unwrap_or(false)
+    }
+
+    /// How many inputs carry the image signal.
+    pub fn activations(&self) -> usize {
+        self.is_activation.iter().filter(|&&a| a).count()
+    }
+
     /// Whether every input is an activation (none a constant).
     pub fn all_activations(&self) -> bool {
         !self.is_activation.is_empty() && self.is_activation.iter().all(|&a| a)
     }
+
+    /// The ONNX operator type.
+    pub fn op_type(&self) -> &str {
+        &self.node.op_type
+    }
 }
 
-/// Builds an operator from its ONNX node.
-pub type Import = fn(&OnnxNode) -> Result<Arc<dyn Operator>>;
+/// What an import makes of a node: its operator, and which of the node's
+/// inputs it reads at run time as parameters (pads, scales, indices the
+/// model computes from shapes: the graph node reads them from the forward
+/// pass, after its activations, in this order).
+pub struct Imported {
+    /// The operator.
+    pub op: Op,
+    /// Indices of the node's inputs read at run time.
+    pub runtime: Vec<usize>,
+}
+
+impl<T: Operator + 'static> From<T> for Imported {
+    fn from(op: T) -> Imported {
+        Imported {
+            op: Op::new(op),
+            runtime: vec![],
+        }
+    }
+}
+
+impl From<Op> for Imported {
+    fn from(op: Op) -> Imported {
+        Imported {
+            op,
+            runtime: vec![],
+        }
+    }
+}
+
+/// Builds an operator from its ONNX node; its errors say why the node is
+/// not supported (the importer names the operator and the node).
+pub type Import = fn(&OnnxNode) -> Result<Imported>;
 
 /// Rewrites the decomposed form of a family's operator, as an exporter
 /// writes it (a chain of elementary ONNX nodes), into one node of the
@@ -153,6 +218,22 @@ impl ProtoGraph<'_> {
     }
 }
 
+/// `f` of the node `node` whose first input is the one activation and whose
+/// other inputs are absent (for tests of attribute parsing).
+#[cfg(test)]
+pub(crate) fn with_node<T>(node: &NodeProto, f: impl FnOnce(&OnnxNode) -> T) -> T {
+    let none = |_: usize| -> Result<Option<ArrayD<f32>>> { Ok(None) };
+    let absent = |_: usize| -> Result<Operand> { Ok(Operand::Absent) };
+    f(&OnnxNode {
+        node,
+        is_activation: vec![true],
+        constant: &none,
+        operand: &absent,
+        opset: 17,
+        output: 0,
+    })
+}
+
 /// Runs every family's [`Fuse`] over `graph`.
 pub fn fuse_all(graph: &mut ProtoGraph) -> Result<()> {
     for f in FAMILIES {
@@ -169,8 +250,8 @@ pub struct Family {
     pub name: &'static str,
     /// The ONNX operators it reads, each with how relevance goes through it.
     pub onnx: &'static [(&'static str, &'static str)],
-    /// The importer of an [`Operator`] family (`None`: built in `model/onnx`).
-    pub import: Option<Import>,
+    /// Builds the family's operators from their ONNX nodes.
+    pub import: Import,
     /// What it makes of the decomposed forms exporters write of its
     /// operators (`None`: nothing).
     pub fuse: Option<Fuse>,
@@ -190,12 +271,12 @@ pub fn operators() -> impl Iterator<Item = (&'static str, &'static str)> {
     FAMILIES.iter().flat_map(|f| f.onnx.iter().copied())
 }
 
-/// The importer of the [`Operator`] family reading `op_type`, if one does.
+/// The importer of the family reading `op_type`, if one does.
 pub fn importer(op_type: &str) -> Option<Import> {
     FAMILIES
         .iter()
         .find(|f| f.onnx.iter().any(|(o, _)| *o == op_type))
-        .and_then(|f| f.import)
+        .map(|f| f.import)
 }
 
 #[cfg(test)]

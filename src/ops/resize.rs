@@ -8,6 +8,8 @@
 use anyhow::{bail, ensure, Result};
 use ndarray::{ArrayD, IxDyn};
 
+use super::registry::{Imported, OnnxNode, Operand};
+
 /// `coordinate_transformation_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CoordMode {
@@ -208,15 +210,171 @@ pub fn back(
     Ok(out)
 }
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
+/// A nearest-mode `Resize` node: each input element gets the sum over its
+/// copies; its forward pass runs in tract.
+#[derive(Clone, Debug)]
+pub struct Resize(pub ResizeSpec);
+
+impl super::Operator for Resize {
+    fn output_shape(&self, _: &[&[usize]]) -> Result<Vec<usize>> {
+        bail!("the output shape of a Resize is computed by tract")
+    }
+
+    fn forward(&self, _: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        bail!("no native forward pass")
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        Some("an operator without a native forward pass")
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        let back = back(&self.0, inputs.get(1).copied(), inputs[0], r)?;
+        Ok((super::with_params(back, inputs), None))
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let back = back(&self.0, inputs.get(1).copied(), inputs[0], g)?;
+        Ok(super::with_params(back, inputs))
+    }
+
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
+        super::Operator::gradient(self, inputs, g, Default::default())
+    }
+
+    fn takes_maxima(&self) -> bool {
+        false
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Conserving
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
+        None
+    }
+
+    fn kind(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        false
+    }
+
+    /// The data, then the scales or sizes when computed at run time.
+    fn data_inputs(&self, _n: usize) -> usize {
+        1
+    }
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+
+    super::no_weights!();
+}
+
+/// The input index of a `Resize`'s `scales` at `opset`.
+fn scales_input(opset: i64) -> usize {
+    if opset <= 10 {
+        1
+    } else {
+        2
+    }
+}
+
+/// Builds a nearest-mode `Resize` (scales constant, from the output sizes,
+/// or computed at run time).
+fn import(n: &OnnxNode) -> Result<Imported> {
+    let mode = n.attr_string("mode").unwrap_or_else(|| "nearest".into());
+    ensure!(
+        mode == "nearest",
+        "only mode 'nearest' is supported, not '{mode}'"
+    );
+    ensure!(
+        n.attr_int("antialias", 0) == 0,
+        "antialiasing is not supported"
+    );
+    let policy = (n.attr_string("keep_aspect_ratio_policy")).unwrap_or_else(|| "stretch".into());
+    ensure!(
+        policy == "stretch",
+        "keep_aspect_ratio_policy '{policy}' is not supported"
+    );
+    let coord = if n.opset <= 10 {
+        CoordMode::Asymmetric
+    } else {
+        CoordMode::parse(
+            &(n.attr_string("coordinate_transformation_mode"))
+                .unwrap_or_else(|| "half_pixel".into()),
+        )?
+    };
+    let nearest = NearestMode::parse(
+        &(n.attr_string("nearest_mode")).unwrap_or_else(|| "round_prefer_floor".into()),
+    )?;
+    let at = scales_input(n.opset);
+    let scales = match (n.operand)(at)? {
+        Operand::Const(c) if !c.is_empty() => Scales::Given(c.iter().copied().collect()),
+        Operand::Const(_) | Operand::Absent => Scales::FromShapes,
+        Operand::Computed => Scales::Runtime,
+    };
+    // scales computed in the model: read from the forward pass
+    let runtime = if scales == Scales::Runtime { vec![at] } else { vec![] };
+    let op = Resize(ResizeSpec {
+        coord,
+        nearest,
+        scales,
+        axes: n.attr_ints("axes"),
+    });
+    Ok(Imported {
+        op: super::Op::new(op),
+        runtime,
+    })
+}
+
+/// The registry's entry: the ONNX operators this family reads.
 pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "resize",
     onnx: &[(
         "Resize",
         "nearest mode: each input gets the sum over its copies",
     )],
-    import: None,
+    import,
     fuse: None,
 };
 

@@ -7,8 +7,9 @@
 use std::collections::HashSet;
 
 use anyhow::{anyhow, bail, ensure, Result};
-use ndarray::{ArrayD, Axis, Zip};
+use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
+use super::registry::{Imported, OnnxNode, Operand};
 use super::ArithKind;
 use crate::rules::{stabilize, STABILIZER};
 
@@ -267,8 +268,595 @@ impl ReshapeRule {
     }
 }
 
-/// The registry's entry: the ONNX operators this family reads (imported in
-/// `model/onnx`, run natively in `engine/native.rs`).
+/// The facts of an operator without weights that is not a maximum, has no
+/// kinks, no run-time parameters and maps no bounds of its own.
+macro_rules! plain_facts {
+    () => {
+        fn takes_maxima(&self) -> bool {
+            false
+        }
+
+        fn kinks(&self) -> Vec<f32> {
+            vec![]
+        }
+
+        fn derivative_from_output(&self) -> bool {
+            false
+        }
+
+        fn rule(&self, _: &super::Reuse) -> Option<crate::rules::Rule> {
+            None
+        }
+
+        fn kind(&self) -> Option<&'static str> {
+            None
+        }
+
+        fn data_inputs(&self, n: usize) -> usize {
+            n
+        }
+
+        fn lrp0_gradient(
+            &self,
+            inputs: &[&ArrayD<f32>],
+            g: &ArrayD<f32>,
+        ) -> Result<Vec<ArrayD<f32>>> {
+            super::Operator::gradient(self, inputs, g, Default::default())
+        }
+
+        super::no_weights!();
+    };
+}
+
+/// The elementwise sum of activations (residual `Add`, `Sum`): relevance
+/// split in proportion to the inputs (Zennit's `Norm` rule).
+#[derive(Clone, Debug)]
+pub struct Sum;
+
+impl super::Operator for Sum {
+    plain_facts!();
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        inputs[1..]
+            .iter()
+            .try_fold(inputs[0].to_vec(), |acc, s| super::movement::broadcast(&acc, s))
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        let mut acc = inputs[0].clone();
+        for other in &inputs[1..] {
+            acc = broadcast_with(&acc, other, |a, b| a + b)?;
+        }
+        Ok(acc)
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((sum(inputs, r)?, None))
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        sum_gradient(inputs, g)
+    }
+
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Proportional { per_input: false }
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Other
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        true
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+}
+
+/// Elementwise arithmetic of the activation with a constant (numpy
+/// broadcasting): relevance passes unchanged, the gradient is that of the
+/// operation. Right after a convolution or dense layer, canonization folds
+/// it into the layer where it is per-channel ([`super::Operator::channel_affine`]).
+#[derive(Clone, Debug)]
+pub struct Arith {
+    /// The operation.
+    pub kind: ArithKind,
+    /// The constant operand.
+    pub constant: ArrayD<f32>,
+    /// Whether the constant is the first operand (`c - x`, `c / x`).
+    pub constant_first: bool,
+}
+
+impl super::Operator for Arith {
+    plain_facts!();
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        super::movement::broadcast(inputs[0], self.constant.shape())
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        arith(self.kind, inputs[0], &self.constant, self.constant_first)
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((vec![pass(inputs[0], r)?], None))
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let (kind, c, first) = (self.kind, &self.constant, self.constant_first);
+        Ok(vec![arith_gradient(kind, c, first, inputs[0], g)?])
+    }
+
+    fn lrp0(&self) -> super::Lrp0 {
+        use super::Lrp0;
+        match self.kind {
+            ArithKind::Mul => Lrp0::Exact,
+            ArithKind::Div if !self.constant_first => Lrp0::Exact,
+            ArithKind::Div => Lrp0::Differs("divides a constant by the activation".into()),
+            ArithKind::Add | ArithKind::Sub if self.constant.iter().all(|&c| c == 0.0) => {
+                Lrp0::Exact
+            }
+            ArithKind::Add | ArithKind::Sub => {
+                Lrp0::Differs("adds a constant that is not a layer's bias".into())
+            }
+        }
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Conserving
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Arithmetic
+    }
+
+    fn keeps_samples_apart(&self, rank: usize) -> bool {
+        let c = &self.constant;
+        !(c.ndim() >= rank && c.shape().first().is_some_and(|&d| d != 1))
+    }
+
+    /// `x op c` as `x * scale + shift` per channel, for the linear cases:
+    /// `x * c`, `x / c`, `x - c`, `c - x` and `x + c` (Keras batch norms
+    /// exported as `Mul` + `Add`, normalisations written as `Sub` + `Div`).
+    fn channel_affine(&self, m: usize, from_end: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        let c = per_channel(&self.constant, m, from_end)?;
+        let m = c.len();
+        Some(match (self.kind, self.constant_first) {
+            (ArithKind::Mul, _) => (c, vec![0.0; m]),
+            (ArithKind::Div, false) if c.iter().all(|&v| v != 0.0) => {
+                (c.iter().map(|v| 1.0 / v).collect(), vec![0.0; m])
+            }
+            (ArithKind::Add, _) => (vec![1.0; m], c),
+            (ArithKind::Sub, false) => (vec![1.0; m], c.iter().map(|v| -v).collect()),
+            (ArithKind::Sub, true) => (vec![-1.0; m], c),
+            (ArithKind::Div, _) => return None,
+        })
+    }
+
+    /// Each bound through `x op c`, the smaller and larger of the two as the
+    /// new bounds (`c / x` is not monotonic across 0: none).
+    fn bounds(
+        &self,
+        low: &ArrayD<f32>,
+        high: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        if self.kind == ArithKind::Div && self.constant_first {
+            return None;
+        }
+        let (c, first) = (&self.constant, self.constant_first);
+        let a = arith(self.kind, low, c, first).ok()?;
+        let b = arith(self.kind, high, c, first).ok()?;
+        let low = Zip::from(&a).and(&b).map_collect(|&a, &b| a.min(b));
+        let high = Zip::from(&a).and(&b).map_collect(|&a, &b| a.max(b));
+        Some((low, high, true))
+    }
+}
+
+/// Per-output-channel values of a constant added to a layer with `m` outputs
+/// whose channel axis is `from_end` axes before the last (numpy broadcasting
+/// aligns shapes at the end): `None` when it varies along another axis.
+fn per_channel(c: &ArrayD<f32>, m: usize, from_end: usize) -> Option<Vec<f32>> {
+    let rank = c.ndim();
+    for (k, &d) in c.shape().iter().enumerate() {
+        if d != 1 && !(rank - 1 - k == from_end && d == m) {
+            return None;
+        }
+    }
+    let v: Vec<f32> = c.iter().copied().collect();
+    match v.len() {
+        1 => Some(vec![v[0]; m]),
+        n if n == m => Some(v),
+        _ => None,
+    }
+}
+
+/// `f(a, b)` elementwise with numpy broadcasting; an error where the shapes
+/// do not broadcast.
+pub fn broadcast_with(
+    a: &ArrayD<f32>,
+    b: &ArrayD<f32>,
+    f: impl Fn(f32, f32) -> f32,
+) -> Result<ArrayD<f32>> {
+    let (sa, sb) = (a.shape(), b.shape());
+    let rank = sa.len().max(sb.len());
+    let dim = |s: &[usize], i: usize| (i + s.len()).checked_sub(rank).map_or(1, |j| s[j]);
+    let shape = (0..rank)
+        .map(|i| match (dim(sa, i), dim(sb, i)) {
+            (x, y) if x == y || y == 1 => Ok(x),
+            (1, y) => Ok(y),
+            _ => Err(anyhow!("shapes {sa:?} and {sb:?} do not broadcast")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (va, vb) = (
+        a.broadcast(IxDyn(&shape))
+            .ok_or_else(|| anyhow!("cannot broadcast {sa:?}"))?,
+        b.broadcast(IxDyn(&shape))
+            .ok_or_else(|| anyhow!("cannot broadcast {sb:?}"))?,
+    );
+    Ok(Zip::from(&va).and(&vb).map_collect(|&x, &y| f(x, y)))
+}
+
+/// `x op c` (`c op x` when `constant_first`) with numpy broadcasting.
+pub fn arith(
+    kind: ArithKind,
+    x: &ArrayD<f32>,
+    c: &ArrayD<f32>,
+    constant_first: bool,
+) -> Result<ArrayD<f32>> {
+    let (a, b) = if constant_first { (c, x) } else { (x, c) };
+    match kind {
+        ArithKind::Add => broadcast_with(a, b, |x, y| x + y),
+        ArithKind::Sub => broadcast_with(a, b, |x, y| x - y),
+        ArithKind::Mul => broadcast_with(a, b, |x, y| x * y),
+        ArithKind::Div => broadcast_with(a, b, |x, y| x / y),
+    }
+}
+
+/// Shape-only nodes (`Flatten`, `Reshape`, `Squeeze`, `Unsqueeze`) and how
+/// they compute their output shape (`None`: from a shape computed at run
+/// time, which only the tract engine runs).
+#[derive(Clone, Debug)]
+pub struct Reshape(pub Option<ReshapeRule>);
+
+impl Reshape {
+    fn rule(&self) -> Result<&ReshapeRule> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| anyhow!("a reshape to a shape computed at run time"))
+    }
+}
+
+impl super::Operator for Reshape {
+    plain_facts!();
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        self.rule()?.apply(inputs[0])
+    }
+
+    /// A batch of `n`: the rule of one sample, then `n` in front (a target
+    /// that does not start with the batch axis cannot be batched).
+    fn forward(&self, inputs: &[&ArrayD<f32>], n: usize) -> Result<ArrayD<f32>> {
+        let (x, rule) = (inputs[0], self.rule()?);
+        let shape = if n > 1 && x.shape().first() == Some(&n) {
+            let mut one = x.shape().to_vec();
+            one[0] = 1;
+            let mut s = rule.apply(&one)?;
+            ensure!(
+                s.first() == Some(&1),
+                "a reshape to {s:?} cannot take a batch of {n}"
+            );
+            s[0] = n;
+            s
+        } else {
+            rule.apply(x.shape())?
+        };
+        Ok(x.as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(&shape))?)
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        self.0
+            .is_none()
+            .then_some("a reshape to a shape computed at run time")
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((vec![reshape(inputs[0], r)?], None))
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![reshape(inputs[0], g)?])
+    }
+
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Conserving
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Rearranged
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        self.0.is_some()
+    }
+
+    fn bounds(
+        &self,
+        low: &ArrayD<f32>,
+        high: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        out_shape: &[usize],
+    ) -> Option<super::Interval> {
+        let low = low.clone().into_shape_with_order(IxDyn(out_shape)).ok()?;
+        let high = high.clone().into_shape_with_order(IxDyn(out_shape)).ok()?;
+        Some((low, high, false))
+    }
+}
+
+/// `Transpose` with this permutation (empty: the axes reversed).
+#[derive(Clone, Debug)]
+pub struct Transpose(pub Vec<usize>);
+
+impl Transpose {
+    /// The permutation for a tensor of rank `rank`.
+    fn perm(&self, rank: usize) -> Vec<usize> {
+        if self.0.is_empty() {
+            (0..rank).rev().collect()
+        } else {
+            self.0.clone()
+        }
+    }
+}
+
+impl super::Operator for Transpose {
+    plain_facts!();
+
+    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        let (x, perm) = (inputs[0], &self.0);
+        Ok(if perm.is_empty() {
+            x.iter().rev().copied().collect()
+        } else {
+            ensure!(perm.len() == x.len(), "permutation {perm:?} for {x:?}");
+            perm.iter()
+                .map(|&p| x.get(p).copied().unwrap_or(1))
+                .collect()
+        })
+    }
+
+    fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        let x = inputs[0];
+        let perm = self.perm(x.ndim());
+        ensure!(
+            perm.len() == x.ndim(),
+            "permutation {perm:?} for {:?}",
+            x.shape()
+        );
+        Ok(x.view()
+            .permuted_axes(IxDyn(&perm))
+            .as_standard_layout()
+            .into_owned())
+    }
+
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        _: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        Ok((vec![transpose(&self.0, inputs[0], r)?], None))
+    }
+
+    fn gradient(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        g: &ArrayD<f32>,
+        _: super::GradientOptions,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        Ok(vec![transpose(&self.0, inputs[0], g)?])
+    }
+
+    fn lrp0(&self) -> super::Lrp0 {
+        super::Lrp0::Exact
+    }
+
+    fn flow(&self) -> super::Flow {
+        super::Flow::Conserving
+    }
+
+    fn elements(&self) -> super::Elements {
+        super::Elements::Rearranged
+    }
+
+    fn keeps_samples_apart(&self, _rank: usize) -> bool {
+        self.0.first() == Some(&0)
+    }
+
+    fn bounds(
+        &self,
+        low: &ArrayD<f32>,
+        high: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        let perm = self.perm(low.ndim());
+        if perm.len() != low.ndim() {
+            return None;
+        }
+        let t = |a: &ArrayD<f32>| {
+            a.clone()
+                .permuted_axes(perm.clone())
+                .as_standard_layout()
+                .into_owned()
+        };
+        Some((t(low), t(high), false))
+    }
+}
+
+/// Builds the sums, arithmetic with constants, shape changes and
+/// transposes (and a trailing `Softmax`, which the importer then removes).
+fn import(n: &OnnxNode) -> Result<Imported> {
+    let acts = n.activations();
+    Ok(match n.op_type() {
+        "Add" if acts == 2 => Sum.into(),
+        "Add" | "Sub" | "Div" => arith_import(n)?,
+        "Sum" => {
+            ensure!(
+                n.all_activations(),
+                "only a sum of activations is supported (an input is a constant)"
+            );
+            if acts == 1 {
+                super::activation::Act::Identity.into()
+            } else {
+                Sum.into()
+            }
+        }
+        "Transpose" => Transpose(
+            n.attr_ints("perm")
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p as usize)
+                .collect(),
+        )
+        .into(),
+        // only allowed as the last node (checked by the importer), then removed
+        "Softmax" | "LogSoftmax" => super::activation::Act::Opaque.into(),
+        o => {
+            // the target shape when the file fixes it (an attribute or a
+            // constant input); `None` leaves the forward pass to tract
+            let ints = |i: usize| -> Option<Vec<i64>> {
+                if n.is_act(i) {
+                    return None;
+                }
+                let c = (n.constant)(i).ok()??;
+                Some(c.iter().map(|&v| v as i64).collect())
+            };
+            Reshape(match o {
+                "Flatten" => Some(ReshapeRule::Flatten(n.attr_int("axis", 1))),
+                "Squeeze" => match (n.attr_ints("axes"), n.has_input(1)) {
+                    (Some(axes), _) => Some(ReshapeRule::Squeeze(Some(axes))),
+                    (None, false) => Some(ReshapeRule::Squeeze(None)),
+                    (None, true) => ints(1).map(|axes| ReshapeRule::Squeeze(Some(axes))),
+                },
+                "Unsqueeze" => n
+                    .attr_ints("axes")
+                    .or_else(|| ints(1))
+                    .map(ReshapeRule::Unsqueeze),
+                "Reshape" => ints(1).map(|shape| ReshapeRule::Reshape {
+                    shape,
+                    allowzero: n.attr_int("allowzero", 0) != 0,
+                }),
+                other => bail!("'{other}' is not a structural operator"),
+            })
+            .into()
+        }
+    })
+}
+
+/// `Add`, `Sub`, `Mul` or `Div` of one activation with a constant (which
+/// canonization may fold into the layer before); an operand computed at run
+/// time gives an opaque activation (relevance passes, gradients fail).
+pub(crate) fn arith_import(n: &OnnxNode) -> Result<Imported> {
+    ensure!(
+        n.activations() == 1,
+        "only an activation combined with a constant is supported"
+    );
+    let kind = match n.op_type() {
+        "Add" => ArithKind::Add,
+        "Sub" => ArithKind::Sub,
+        "Mul" => ArithKind::Mul,
+        "Div" => ArithKind::Div,
+        other => bail!("'{other}' is not arithmetic"),
+    };
+    let inputs = n.node.input.len();
+    ensure!(inputs == 2, "expected 2 inputs, got {inputs}");
+    let constant_first = !n.is_act(0);
+    let constant = match (n.operand)(if constant_first { 0 } else { 1 })? {
+        Operand::Const(c) => c,
+        Operand::Computed => return Ok(super::activation::Act::Opaque.into()),
+        Operand::Absent => bail!("missing operand"),
+    };
+    Ok(Arith {
+        kind,
+        constant,
+        constant_first,
+    }
+    .into())
+}
+
+/// The registry's entry: the ONNX operators this family reads.
 pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "structural",
     onnx: &[
@@ -284,7 +872,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ("Softmax", "only as the last node: skipped, its input (the logits) is explained"),
         ("LogSoftmax", "only as the last node: skipped, its input (the logits) is explained"),
     ],
-    import: None,
+    import,
     fuse: None,
 };
 

@@ -75,6 +75,10 @@ impl Cached<'_> {
 }
 
 impl LinearLayer for Cached<'_> {
+    fn dense(&self) -> bool {
+        self.layer.dense()
+    }
+
     fn weight(&self) -> &ArrayD<f32> {
         self.layer.weight()
     }

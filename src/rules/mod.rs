@@ -87,6 +87,9 @@ impl Modifier {
 pub trait LinearLayer: Send + Sync {
     /// The layer's weights.
     fn weight(&self) -> &ArrayD<f32>;
+    /// Whether it is a dense layer (the composite's dense rule), rather
+    /// than a convolution or a per-channel layer (the conv rule).
+    fn dense(&self) -> bool;
     /// `W' x (+ b)` for weights `w` of the same shape as [`LinearLayer::weight`].
     fn forward(&self, x: &ArrayD<f32>, w: &ArrayD<f32>, with_bias: bool) -> Result<ArrayD<f32>>;
     /// The transposed pass `W'^T g`, returning an array of `input_shape`.

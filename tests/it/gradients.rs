@@ -35,7 +35,7 @@ use lrp_heatmap::analyzers::gradient::{
 };
 use lrp_heatmap::analyzers::{all_names, black, Analyzer, AnalyzerParams, GRADIENT_NAMES};
 use lrp_heatmap::composite::NAMES;
-use lrp_heatmap::graph::{Act, Op};
+use lrp_heatmap::graph::Act;
 use lrp_heatmap::model::Model;
 use lrp_heatmap::ops::pool;
 use lrp_heatmap::ops::MaxPoolTies::First;
@@ -318,18 +318,18 @@ fn eval(model: &Model, x: &ArrayD<f32>, class: usize) -> (f32, Vec<u8>) {
             let o = fwd.get(graph, &node.output).unwrap_or(&fwd.logits_tensor);
             ArrayD::<f32>::ones(o.shape())
         };
-        let wins = match &node.op {
-            Op::MaxPool(p) => pool::max_pool(p, a, &out(), First).unwrap(),
+        let wins = if let Some(pool::MaxPool(p)) = node.op.downcast() {
+            pool::max_pool(p, a, &out(), First).unwrap()
+        } else if node.op.takes_maxima() {
             // GlobalMaxPool, ReduceMax: their relevance is the winners' mask
-            op if op.takes_maxima() => {
-                let eps0 = Rule::Epsilon { epsilon: 0.0 };
-                let r = node.relevance(&[a], &out(), eps0, None, Default::default());
-                r.unwrap().swap_remove(0)
-            }
-            _ => ArrayD::zeros(vec![0]),
+            let eps0 = Rule::Epsilon { epsilon: 0.0 };
+            let r = node.relevance(&[a], &out(), eps0, None, Default::default());
+            r.unwrap().swap_remove(0)
+        } else {
+            ArrayD::zeros(vec![0])
         };
         pieces.extend(wins.iter().map(|&w| w as u8));
-        let Op::Activation(act) = &node.op else {
+        let Some(act) = node.op.downcast::<Act>() else {
             continue;
         };
         let two = |v: f32, lo: f32, hi: f32| u8::from(v > lo) + u8::from(v >= hi);

@@ -281,7 +281,7 @@ fn normalises_itself(m: &Model) -> bool {
         if n.op.linear().is_some() || !n.inputs.iter().any(|i| raw.contains(i.as_str())) {
             continue;
         }
-        if matches!(n.op, lrp_heatmap::graph::Op::Arith { .. }) {
+        if n.op.elements() == lrp_heatmap::ops::Elements::Arithmetic {
             return true;
         }
         raw.insert(n.output.as_str());

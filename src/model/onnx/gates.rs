@@ -4,16 +4,15 @@
 //! what a gate does to relevance and gradients.
 
 use crate::graph::{Act, Node, Op};
+use crate::ops::gate::Gate;
+use crate::ops::Elements;
 
 /// Operators whose output is a gate (values in [0, 1]).
 const GATE_OPS: &[&str] = &["Sigmoid", "HardSigmoid"];
 
 /// Nodes that only move or copy values: a gate stays a gate through them.
 fn is_shape_only(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Reshape(_) | Op::Transpose(_) | Op::Activation(Act::Identity)
-    )
+    op.elements() == Elements::Rearranged || op.downcast::<Act>() == Some(&Act::Identity)
 }
 
 /// Whether the tensor `name` is the output of a gate operator, possibly
@@ -32,12 +31,12 @@ fn is_gate(nodes: &[Node], name: &str) -> bool {
     false
 }
 
-/// Decides which input of every [`Op::Gate`] node is the gate: the one that
+/// Decides which input of every [`Gate`] node is the gate: the one that
 /// comes from a `Sigmoid` / `HardSigmoid`; with none or both, the decision is
 /// left to run time (the input broadcast to the output is the gate).
 pub fn resolve_gates(nodes: &mut [Node]) {
     for k in 0..nodes.len() {
-        if !matches!(nodes[k].op, Op::Gate { .. }) {
+        if nodes[k].op.downcast::<Gate>().is_none() {
             continue;
         }
         let flags: Vec<bool> = nodes[k]
@@ -50,7 +49,7 @@ pub fn resolve_gates(nodes: &mut [Node]) {
             [false, true] => Some(1),
             _ => None,
         };
-        nodes[k].op = Op::Gate { gate };
+        nodes[k].op = Op::new(Gate { gate });
     }
 }
 
@@ -72,27 +71,29 @@ mod tests {
 
     #[test]
     fn the_sigmoid_input_is_the_gate_even_through_a_reshape() {
-        let act = |a| Op::Activation(a);
+        use crate::ops::structural::Reshape;
+        let act = |a: Act| Op::new(a);
         let mut nodes = vec![
             node("Relu", act(Act::Relu), &["in"], "x"),
             node(
                 "GlobalAveragePool",
-                Op::Registered(std::sync::Arc::new(GlobalPool { max: false })),
+                Op::new(GlobalPool { max: false }),
                 &["x"],
                 "p",
             ),
             node("Sigmoid", act(Act::Sigmoid), &["p"], "s"),
-            node("Reshape", Op::Reshape(None), &["s"], "s2"),
-            node("Mul", Op::Gate { gate: None }, &["s2", "x"], "y"),
+            node("Reshape", Op::new(Reshape(None)), &["s"], "s2"),
+            node("Mul", Op::new(Gate { gate: None }), &["s2", "x"], "y"),
             // swish: x * sigmoid(x), same shapes
             node("Sigmoid", act(Act::Sigmoid), &["y"], "t"),
-            node("Mul", Op::Gate { gate: None }, &["y", "t"], "z"),
+            node("Mul", Op::new(Gate { gate: None }), &["y", "t"], "z"),
             // two plain activations: undecided until run time
-            node("Mul", Op::Gate { gate: None }, &["x", "y"], "w"),
+            node("Mul", Op::new(Gate { gate: None }), &["x", "y"], "w"),
         ];
         resolve_gates(&mut nodes);
-        assert!(matches!(nodes[4].op, Op::Gate { gate: Some(0) }));
-        assert!(matches!(nodes[6].op, Op::Gate { gate: Some(1) }));
-        assert!(matches!(nodes[7].op, Op::Gate { gate: None }));
+        let gate = |k: usize| nodes[k].op.downcast::<Gate>().unwrap().gate;
+        assert_eq!(gate(4), Some(0));
+        assert_eq!(gate(6), Some(1));
+        assert_eq!(gate(7), None);
     }
 }

@@ -233,12 +233,12 @@ impl TinyNet {
             logits: OUTPUT.to_string(),
             skipped_softmax: false,
             nodes: vec![
-                node("layer", "Gemm", Op::Dense(self.layer.clone()), INPUT, PRE),
-                node("relu", "Relu", Op::Activation(Act::Relu), PRE, HIDDEN),
+                node("layer", "Gemm", Op::new(self.layer.clone()), INPUT, PRE),
+                node("relu", "Relu", Op::new(Act::Relu), PRE, HIDDEN),
                 node(
                     "sum_pool",
                     "Gemm",
-                    Op::Dense(self.pool.clone()),
+                    Op::new(self.pool.clone()),
                     HIDDEN,
                     OUTPUT,
                 ),
