@@ -491,3 +491,68 @@ pub fn gradient(
     ensure!(!inputs.is_empty(), "no input activation");
     op.gradient(inputs, g, how)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::Conv;
+    use crate::ops::dense::Dense;
+
+    #[test]
+    fn an_op_is_copied_before_a_change_where_another_graph_shares_it() {
+        let a = Op::new(Dense {
+            weight: ArrayD::ones(vec![2, 3]),
+            bias: None,
+        });
+        assert!(a.downcast::<Dense>().is_some() && a.downcast::<Conv>().is_none());
+        // a copy of a graph shares its operators; randomising one of its
+        // layers (evaluate's randomisation check) must leave the model's own
+        let mut b = a.clone();
+        let p = b.get_mut().parameters_mut().expect("a linear layer");
+        assert_eq!(p.fan_in, 3);
+        p.weight.fill(5.0);
+        let w = |op: &Op| {
+            op.linear()
+                .unwrap()
+                .weight()
+                .iter()
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(w(&a), vec![1.0; 6]);
+        assert_eq!(w(&b), vec![5.0; 6]);
+        // an operator no other graph shares is changed in place
+        let before = std::ptr::from_ref(b.linear().unwrap().weight());
+        b.downcast_mut::<Dense>().unwrap().weight.fill(2.0);
+        assert_eq!(std::ptr::from_ref(b.linear().unwrap().weight()), before);
+        assert_eq!(w(&b), vec![2.0; 6]);
+    }
+
+    #[test]
+    fn relevance_through_an_op_hands_the_linear_rule_to_the_layer() {
+        // a dense layer: LRP-0 through `relevance_accounted` with the rule
+        // given there equals x_i w_ji R_j / z_j (by hand: z = 1*1 + 2*3 = 7)
+        let op = Op::new(Dense {
+            weight: ArrayD::from_shape_vec(vec![1, 2], vec![1.0, 3.0]).unwrap(),
+            bias: None,
+        });
+        let x = ArrayD::from_shape_vec(vec![1, 2], vec![1.0f32, 2.0]).unwrap();
+        let r = ArrayD::from_shape_vec(vec![1, 1], vec![7.0f32]).unwrap();
+        let eps0 = Rule::Epsilon { epsilon: 0.0 };
+        let (out, account) =
+            relevance_accounted(&op, "y", &[&x], &r, eps0, None, Reuse::default()).unwrap();
+        let got: Vec<f32> = out[0].iter().copied().collect();
+        assert!(
+            (got[0] - 1.0).abs() < 1e-5 && (got[1] - 6.0).abs() < 1e-5,
+            "{got:?}"
+        );
+        assert_eq!(account.map(|a| a.len()), Some(1));
+        assert_eq!(
+            op.rule(&Reuse {
+                rule: Some(eps0),
+                ..Reuse::default()
+            }),
+            Some(eps0)
+        );
+    }
+}
