@@ -343,16 +343,28 @@ fn convert(
         }));
     };
     let is_act = |i: usize| n.input.get(i).is_some_and(|x| acts.contains(x));
+    // a constant that cannot be loaded is a fault of the file, not an
+    // operator without support: kept apart to be returned as it is
+    let broken: std::cell::RefCell<Option<anyhow::Error>> = Default::default();
+    let load = |x: &str| -> Result<ArrayD<f32>> {
+        (k.constant)(x).map_err(|e| {
+            let message = format!("{e:#}");
+            if (k.is_const)(x) {
+                *broken.borrow_mut() = Some(e);
+            }
+            anyhow!(message)
+        })
+    };
     let constant = |i: usize| -> Result<Option<ArrayD<f32>>> {
         match n.input.get(i) {
-            Some(x) if !x.is_empty() && !is_act(i) => (k.constant)(x).map(Some),
+            Some(x) if !x.is_empty() && !is_act(i) => load(x).map(Some),
             _ => Ok(None),
         }
     };
     let operand = |i: usize| -> Result<Operand> {
         Ok(match n.input.get(i) {
             Some(x) if x.is_empty() => Operand::Absent,
-            Some(x) if (k.is_const)(x) => Operand::Const((k.constant)(x)?),
+            Some(x) if (k.is_const)(x) => Operand::Const(load(x)?),
             Some(_) => Operand::Computed,
             None => Operand::Absent,
         })
@@ -365,5 +377,108 @@ fn convert(
         opset,
         output,
     };
-    import(&node).map_err(|e| unsupported(&format!("{e:#}")))
+    import(&node).map_err(|e| match broken.take() {
+        Some(load) => load.context(format!("{op} node '{name}'")),
+        None => unsupported(&format!("{e:#}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `y = Conv(x, w)`, `x` the image input of `[1, 1, 4, 4]` and `w` an
+    /// initializer (when `w_is_constant`) or a graph input computed elsewhere.
+    fn conv_model(w_is_constant: bool) -> pb::ModelProto {
+        let value = |name: &str| pb::ValueInfoProto {
+            name: name.into(),
+            ..Default::default()
+        };
+        let w = TensorProto {
+            name: "w".into(),
+            dims: vec![1, 1, 1, 1],
+            data_type: 1,
+            float_data: vec![2.0],
+            ..Default::default()
+        };
+        let graph = pb::GraphProto {
+            node: vec![NodeProto {
+                name: "c".into(),
+                op_type: "Conv".into(),
+                input: vec!["x".into(), "w2".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            initializer: if w_is_constant { vec![w] } else { vec![] },
+            input: vec![value("x")],
+            output: vec![value("y")],
+            ..Default::default()
+        };
+        let mut graph = graph;
+        // the weight through an Identity: from the initializer, or from the
+        // image's own shape (computed, not a constant)
+        let source = if w_is_constant { "w" } else { "x" };
+        graph.node.insert(
+            0,
+            NodeProto {
+                name: "wid".into(),
+                op_type: if w_is_constant { "Identity" } else { "Shape" }.into(),
+                input: vec![source.into()],
+                output: vec!["w2".into()],
+                ..Default::default()
+            },
+        );
+        if w_is_constant {
+            // as constant folding leaves it: the Identity's output a constant
+            graph.initializer[0].name = "w2".into();
+            graph.node.remove(0);
+        }
+        pb::ModelProto {
+            graph: Some(graph),
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_constant_that_cannot_be_loaded_is_a_fault_of_the_file_not_an_unsupported_operator() {
+        let broken = |_: &TensorProto| -> Result<ArrayD<f32>> { bail!("the bytes are corrupt") };
+        let e = build_graph(&conv_model(true), &broken).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(crate::Error::find(&e).is_none(), "{msg}");
+        assert!(
+            msg.contains("Conv node 'c'") && msg.contains("loading tensor 'w2'"),
+            "{msg}"
+        );
+        assert!(msg.contains("the bytes are corrupt"), "{msg}");
+        // loaded, the same model imports
+        let fine = |t: &TensorProto| -> Result<ArrayD<f32>> {
+            Ok(ArrayD::from_shape_vec(
+                vec![1, 1, 1, 1],
+                t.float_data.clone(),
+            )?)
+        };
+        assert_eq!(
+            build_graph(&conv_model(true), &fine).unwrap().nodes.len(),
+            1
+        );
+        // a weight the model computes is an operator use we do not support,
+        // typed so, naming the operator and the node
+        let e = build_graph(&conv_model(false), &fine).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            matches!(
+                crate::Error::find(&e),
+                Some(crate::Error::Unsupported { .. })
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("unsupported operator 'Conv' (node 'c')"),
+            "{msg}"
+        );
+    }
 }
