@@ -565,9 +565,6 @@ impl super::Operator for Act {
         n
     }
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
     /// Through the identity (a fake quantization), the bounds as they are.
     fn bounds(
@@ -580,7 +577,7 @@ impl super::Operator for Act {
         matches!(self, Act::Identity).then(|| (low.clone(), high.clone(), false))
     }
 
-    super::no_weights!();
+    super::not_linear!();
 }
 
 /// ONNX `TensorProto.DataType` codes of the float types (FLOAT, FLOAT16,

@@ -36,41 +36,17 @@ fn import(n: &OnnxNode) -> Result<Imported> {
 }
 
 impl Operator for Concat {
-    fn native(&self) -> Option<&'static str> {
-        None
-    }
 
-    fn kinks(&self) -> Vec<f32> {
-        vec![]
-    }
 
-    fn derivative_from_output(&self) -> bool {
-        false
-    }
 
     fn elements(&self) -> super::Elements {
         super::Elements::Other
     }
 
-    fn data_inputs(&self, n: usize) -> usize {
-        n
-    }
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
-    fn bounds(
-        &self,
-        _: &ArrayD<f32>,
-        _: &ArrayD<f32>,
-        _: &[&ArrayD<f32>],
-        _: &[usize],
-    ) -> Option<super::Interval> {
-        None
-    }
 
-    super::no_weights!();
+    super::plain!();
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         let x = inputs.first().ok_or_else(|| anyhow::anyhow!("no input"))?;

@@ -516,6 +516,8 @@ impl LinearLayer for Conv {
 }
 
 impl super::Operator for Conv {
+    super::linear_layer!();
+
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         Conv::output_shape(self, inputs[0])
     }
@@ -524,78 +526,12 @@ impl super::Operator for Conv {
         LinearLayer::forward(self, inputs[0], &self.weight, true)
     }
 
-    fn native(&self) -> Option<&'static str> {
-        None
-    }
-
-    fn relevance(
-        &self,
-        inputs: &[&ArrayD<f32>],
-        r: &ArrayD<f32>,
-        reuse: &super::Reuse,
-    ) -> Result<super::Propagated> {
-        super::linear_relevance(self, inputs, r, reuse)
-    }
-
-    fn gradient(
-        &self,
-        inputs: &[&ArrayD<f32>],
-        g: &ArrayD<f32>,
-        _: super::GradientOptions,
-    ) -> Result<Vec<ArrayD<f32>>> {
-        Ok(vec![self.backward(g, &self.weight, inputs[0].shape())?])
-    }
-
-    fn lrp0(&self) -> super::Lrp0 {
-        super::Lrp0::Exact
-    }
-
-    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        super::Operator::gradient(self, inputs, g, Default::default())
-    }
-
-    fn takes_maxima(&self) -> bool {
-        false
-    }
-
-    fn kinks(&self) -> Vec<f32> {
-        vec![]
-    }
-
-    fn derivative_from_output(&self) -> bool {
-        false
-    }
-
-    fn flow(&self) -> super::Flow {
-        super::Flow::Linear
-    }
-
-    fn elements(&self) -> super::Elements {
-        super::Elements::Other
-    }
-
-    fn rule(&self, reuse: &super::Reuse) -> Option<crate::rules::Rule> {
-        reuse.rule
-    }
-
     fn kind(&self) -> Option<&'static str> {
         Some(if self.is_depthwise() {
             "depthwise convolution"
         } else {
             "convolution"
         })
-    }
-
-    fn keeps_samples_apart(&self, _rank: usize) -> bool {
-        true
-    }
-
-    fn data_inputs(&self, n: usize) -> usize {
-        n
-    }
-
-    fn linear(&self) -> Option<&dyn LinearLayer> {
-        Some(self)
     }
 
     fn parameters_mut(&mut self) -> Option<super::Parameters<'_>> {
@@ -614,16 +550,6 @@ impl super::Operator for Conv {
     /// Output channels on axis 1 of `[N, M, H, W]`: two axes before the last.
     fn fold(&mut self, next: &dyn super::Operator) -> bool {
         super::dense::fold_affine(&mut self.weight, &mut self.bias, 2, next)
-    }
-
-    fn bounds(
-        &self,
-        _: &ArrayD<f32>,
-        _: &ArrayD<f32>,
-        _: &[&ArrayD<f32>],
-        _: &[usize],
-    ) -> Option<super::Interval> {
-        None
     }
 }
 

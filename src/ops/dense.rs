@@ -7,7 +7,7 @@ use ndarray::{ArrayD, Axis};
 use crate::kernels::dense as dense_kernels;
 use crate::kernels::linalg::{matmul, Mat};
 use super::registry::{Imported, OnnxNode};
-use super::{Elements, Flow, GradientOptions, Interval, Lrp0, Operator, Parameters, Propagated, Reuse};
+use super::{Operator, Parameters};
 use crate::rules::{LinearLayer, Modifier};
 
 /// Up to this many rows (images) the transposed pass runs on the kernel that
@@ -249,6 +249,8 @@ impl LinearLayer for Affine {
 }
 
 impl Operator for Dense {
+    super::linear_layer!();
+
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         let mut s = inputs[0].to_vec();
         let last = s
@@ -284,85 +286,11 @@ impl Operator for Dense {
     fn fold(&mut self, next: &dyn Operator) -> bool {
         fold_affine(&mut self.weight, &mut self.bias, 0, next)
     }
-
-    fn lrp0(&self) -> Lrp0 {
-        Lrp0::Exact
-    }
-
-    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        Operator::gradient(self, inputs, g, Default::default())
-    }
-
-    fn takes_maxima(&self) -> bool {
-        false
-    }
-
-    fn kinks(&self) -> Vec<f32> {
-        vec![]
-    }
-
-    fn derivative_from_output(&self) -> bool {
-        false
-    }
-
-    fn flow(&self) -> Flow {
-        Flow::Linear
-    }
-
-    fn elements(&self) -> Elements {
-        Elements::Other
-    }
-
-    fn rule(&self, reuse: &Reuse) -> Option<crate::rules::Rule> {
-        reuse.rule
-    }
-
-    fn keeps_samples_apart(&self, _rank: usize) -> bool {
-        true
-    }
-
-    fn data_inputs(&self, n: usize) -> usize {
-        n
-    }
-
-    fn linear(&self) -> Option<&dyn LinearLayer> {
-        Some(self)
-    }
-
-    fn native(&self) -> Option<&'static str> {
-        None
-    }
-
-    fn relevance(
-        &self,
-        inputs: &[&ArrayD<f32>],
-        r: &ArrayD<f32>,
-        reuse: &Reuse,
-    ) -> Result<Propagated> {
-        super::linear_relevance(self, inputs, r, reuse)
-    }
-
-    fn gradient(
-        &self,
-        inputs: &[&ArrayD<f32>],
-        g: &ArrayD<f32>,
-        _: GradientOptions,
-    ) -> Result<Vec<ArrayD<f32>>> {
-        Ok(vec![self.backward(g, &self.weight, inputs[0].shape())?])
-    }
-
-    fn bounds(
-        &self,
-        _: &ArrayD<f32>,
-        _: &ArrayD<f32>,
-        _: &[&ArrayD<f32>],
-        _: &[usize],
-    ) -> Option<Interval> {
-        None
-    }
 }
 
 impl Operator for Affine {
+    super::linear_layer!();
+
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         Ok(inputs[0].to_vec())
     }
@@ -398,82 +326,6 @@ impl Operator for Affine {
     /// convolution or a dense layer only).
     fn fold(&mut self, _: &dyn Operator) -> bool {
         false
-    }
-
-    fn lrp0(&self) -> Lrp0 {
-        Lrp0::Exact
-    }
-
-    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
-        Operator::gradient(self, inputs, g, Default::default())
-    }
-
-    fn takes_maxima(&self) -> bool {
-        false
-    }
-
-    fn kinks(&self) -> Vec<f32> {
-        vec![]
-    }
-
-    fn derivative_from_output(&self) -> bool {
-        false
-    }
-
-    fn flow(&self) -> Flow {
-        Flow::Linear
-    }
-
-    fn elements(&self) -> Elements {
-        Elements::Other
-    }
-
-    fn rule(&self, reuse: &Reuse) -> Option<crate::rules::Rule> {
-        reuse.rule
-    }
-
-    fn keeps_samples_apart(&self, _rank: usize) -> bool {
-        true
-    }
-
-    fn data_inputs(&self, n: usize) -> usize {
-        n
-    }
-
-    fn linear(&self) -> Option<&dyn LinearLayer> {
-        Some(self)
-    }
-
-    fn native(&self) -> Option<&'static str> {
-        None
-    }
-
-    fn relevance(
-        &self,
-        inputs: &[&ArrayD<f32>],
-        r: &ArrayD<f32>,
-        reuse: &Reuse,
-    ) -> Result<Propagated> {
-        super::linear_relevance(self, inputs, r, reuse)
-    }
-
-    fn gradient(
-        &self,
-        inputs: &[&ArrayD<f32>],
-        g: &ArrayD<f32>,
-        _: GradientOptions,
-    ) -> Result<Vec<ArrayD<f32>>> {
-        Ok(vec![self.backward(g, &self.weight, inputs[0].shape())?])
-    }
-
-    fn bounds(
-        &self,
-        _: &ArrayD<f32>,
-        _: &ArrayD<f32>,
-        _: &[&ArrayD<f32>],
-        _: &[usize],
-    ) -> Option<Interval> {
-        None
     }
 }
 

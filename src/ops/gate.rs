@@ -91,9 +91,6 @@ impl super::Operator for Gate {
         super::structural::broadcast_with(inputs[0], other, |a, b| a * b)
     }
 
-    fn native(&self) -> Option<&'static str> {
-        None
-    }
 
     fn relevance(
         &self,
@@ -125,13 +122,7 @@ impl super::Operator for Gate {
         false
     }
 
-    fn kinks(&self) -> Vec<f32> {
-        vec![]
-    }
 
-    fn derivative_from_output(&self) -> bool {
-        false
-    }
 
     fn flow(&self) -> super::Flow {
         super::Flow::Conserving
@@ -153,25 +144,10 @@ impl super::Operator for Gate {
         true
     }
 
-    fn data_inputs(&self, n: usize) -> usize {
-        n
-    }
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
-    fn bounds(
-        &self,
-        _: &ArrayD<f32>,
-        _: &ArrayD<f32>,
-        _: &[&ArrayD<f32>],
-        _: &[usize],
-    ) -> Option<super::Interval> {
-        None
-    }
 
-    super::no_weights!();
+    super::plain!();
 }
 
 /// Builds a `Mul`: of two activations a gate (which one is decided after

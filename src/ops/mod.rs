@@ -1,9 +1,10 @@
 //! Relevance propagation and exact gradients through each operator family,
 //! one file per family, registered once by the `families!` line below.
 
-/// The operator methods of an operator without weights: no linear layer,
-/// nothing to fold into it, and it folds nothing.
-macro_rules! no_weights {
+/// The operator methods of an operator that is no linear layer and no
+/// per-channel affine map: no weights, nothing folds into it, it folds
+/// into nothing.
+macro_rules! not_linear {
     () => {
         fn linear(&self) -> Option<&dyn crate::rules::LinearLayer> {
             None
@@ -14,9 +15,136 @@ macro_rules! no_weights {
         fn fold(&mut self, _: &dyn crate::ops::Operator) -> bool {
             false
         }
+        fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+            None
+        }
     };
 }
-pub(crate) use no_weights;
+pub(crate) use not_linear;
+
+/// The operator methods of a plain operator: the native engine runs it, it
+/// is no linear layer ([`not_linear`]), its derivative has no kinks and is
+/// not read from its output, it reads no parameters at run time and maps no
+/// z^B bounds.
+macro_rules! plain {
+    () => {
+        fn native(&self) -> Option<&'static str> {
+            None
+        }
+        fn kinks(&self) -> Vec<f32> {
+            vec![]
+        }
+        fn derivative_from_output(&self) -> bool {
+            false
+        }
+        fn data_inputs(&self, n: usize) -> usize {
+            n
+        }
+        fn bounds(
+            &self,
+            _: &ndarray::ArrayD<f32>,
+            _: &ndarray::ArrayD<f32>,
+            _: &[&ndarray::ArrayD<f32>],
+            _: &[usize],
+        ) -> Option<crate::ops::Interval> {
+            None
+        }
+        crate::ops::not_linear!();
+    };
+}
+pub(crate) use plain;
+
+/// The operator methods every linear layer states alike (`Conv`, `Gemm`,
+/// per-channel layers): relevance by the composite's rule
+/// ([`linear_relevance`]), the exact transposed pass as the gradient,
+/// LRP-0 exact, and the facts of a map that keeps the samples of a batch
+/// apart. Each layer states its shape, forward pass, kind, parameters and
+/// canonization itself.
+macro_rules! linear_layer {
+    () => {
+        fn native(&self) -> Option<&'static str> {
+            None
+        }
+
+        fn relevance(
+            &self,
+            inputs: &[&ndarray::ArrayD<f32>],
+            r: &ndarray::ArrayD<f32>,
+            reuse: &crate::ops::Reuse,
+        ) -> anyhow::Result<crate::ops::Propagated> {
+            crate::ops::linear_relevance(self, inputs, r, reuse)
+        }
+
+        fn gradient(
+            &self,
+            inputs: &[&ndarray::ArrayD<f32>],
+            g: &ndarray::ArrayD<f32>,
+            _: crate::ops::GradientOptions,
+        ) -> anyhow::Result<Vec<ndarray::ArrayD<f32>>> {
+            use crate::rules::LinearLayer;
+            Ok(vec![self.backward(g, self.weight(), inputs[0].shape())?])
+        }
+
+        fn lrp0(&self) -> crate::ops::Lrp0 {
+            crate::ops::Lrp0::Exact
+        }
+
+        fn lrp0_gradient(
+            &self,
+            inputs: &[&ndarray::ArrayD<f32>],
+            g: &ndarray::ArrayD<f32>,
+        ) -> anyhow::Result<Vec<ndarray::ArrayD<f32>>> {
+            crate::ops::Operator::gradient(self, inputs, g, Default::default())
+        }
+
+        fn takes_maxima(&self) -> bool {
+            false
+        }
+
+        fn kinks(&self) -> Vec<f32> {
+            vec![]
+        }
+
+        fn derivative_from_output(&self) -> bool {
+            false
+        }
+
+        fn flow(&self) -> crate::ops::Flow {
+            crate::ops::Flow::Linear
+        }
+
+        fn elements(&self) -> crate::ops::Elements {
+            crate::ops::Elements::Other
+        }
+
+        fn rule(&self, reuse: &crate::ops::Reuse) -> Option<crate::rules::Rule> {
+            reuse.rule
+        }
+
+        fn keeps_samples_apart(&self, _rank: usize) -> bool {
+            true
+        }
+
+        fn data_inputs(&self, n: usize) -> usize {
+            n
+        }
+
+        fn linear(&self) -> Option<&dyn crate::rules::LinearLayer> {
+            Some(self)
+        }
+
+        fn bounds(
+            &self,
+            _: &ndarray::ArrayD<f32>,
+            _: &ndarray::ArrayD<f32>,
+            _: &[&ndarray::ArrayD<f32>],
+            _: &[usize],
+        ) -> Option<crate::ops::Interval> {
+            None
+        }
+    };
+}
+pub(crate) use linear_layer;
 
 #[cfg(test)]
 mod geometry_tests;

@@ -745,9 +745,6 @@ impl super::Operator for Movement {
         Movement::data_inputs(self, n)
     }
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
     /// The bounds copied as the values are (parameters known at load time).
     fn bounds(
@@ -765,7 +762,7 @@ impl super::Operator for Movement {
         Some((low, high, false))
     }
 
-    super::no_weights!();
+    super::not_linear!();
 }
 
 /// Reads the integer parameters of a node in the order of its inputs,

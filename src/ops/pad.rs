@@ -299,9 +299,6 @@ impl super::Operator for Pad {
         1
     }
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
     /// The border is the constant (or a copy of the bounds of the element
     /// it copies): its bounds are that constant, as for the implicit
@@ -323,7 +320,7 @@ impl super::Operator for Pad {
         Some((low, high, true))
     }
 
-    super::no_weights!();
+    super::not_linear!();
 }
 
 /// Builds a `Pad` (pads before opset 11 as attributes, after as inputs,

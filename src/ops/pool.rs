@@ -544,9 +544,6 @@ macro_rules! pool_facts {
             Ok(vec![x[0], x[1], oh, ow])
         }
 
-        fn native(&self) -> Option<&'static str> {
-            None
-        }
 
         fn lrp0(&self) -> super::Lrp0 {
             super::Lrp0::Exact
@@ -560,13 +557,7 @@ macro_rules! pool_facts {
             super::Operator::gradient(self, inputs, g, Default::default())
         }
 
-        fn kinks(&self) -> Vec<f32> {
-            vec![]
-        }
 
-        fn derivative_from_output(&self) -> bool {
-            false
-        }
 
         fn elements(&self) -> super::Elements {
             super::Elements::Other
@@ -580,25 +571,10 @@ macro_rules! pool_facts {
             true
         }
 
-        fn data_inputs(&self, n: usize) -> usize {
-            n
-        }
 
-        fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-            None
-        }
 
-        fn bounds(
-            &self,
-            _: &ArrayD<f32>,
-            _: &ArrayD<f32>,
-            _: &[&ArrayD<f32>],
-            _: &[usize],
-        ) -> Option<super::Interval> {
-            None
-        }
 
-        super::no_weights!();
+        super::plain!();
     };
 }
 

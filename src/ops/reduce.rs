@@ -58,41 +58,17 @@ fn import(n: &OnnxNode) -> Result<Imported> {
 }
 
 impl Operator for ReduceSpec {
-    fn native(&self) -> Option<&'static str> {
-        None
-    }
 
-    fn kinks(&self) -> Vec<f32> {
-        vec![]
-    }
 
-    fn derivative_from_output(&self) -> bool {
-        false
-    }
 
     fn elements(&self) -> super::Elements {
         super::Elements::Other
     }
 
-    fn data_inputs(&self, n: usize) -> usize {
-        n
-    }
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
-    fn bounds(
-        &self,
-        _: &ArrayD<f32>,
-        _: &ArrayD<f32>,
-        _: &[&ArrayD<f32>],
-        _: &[usize],
-    ) -> Option<super::Interval> {
-        None
-    }
 
-    super::no_weights!();
+    super::plain!();
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         output_shape(self, inputs[0])
@@ -170,41 +146,17 @@ impl Operator for ReduceSpec {
 pub struct NoOp;
 
 impl Operator for NoOp {
-    fn native(&self) -> Option<&'static str> {
-        None
-    }
 
-    fn kinks(&self) -> Vec<f32> {
-        vec![]
-    }
 
-    fn derivative_from_output(&self) -> bool {
-        false
-    }
 
     fn elements(&self) -> super::Elements {
         super::Elements::Other
     }
 
-    fn data_inputs(&self, n: usize) -> usize {
-        n
-    }
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
-    fn bounds(
-        &self,
-        _: &ArrayD<f32>,
-        _: &ArrayD<f32>,
-        _: &[&ArrayD<f32>],
-        _: &[usize],
-    ) -> Option<super::Interval> {
-        None
-    }
 
-    super::no_weights!();
+    super::plain!();
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         Ok(inputs[0].to_vec())

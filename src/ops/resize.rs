@@ -293,9 +293,6 @@ impl super::Operator for Resize {
         1
     }
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
     fn bounds(
         &self,
@@ -307,7 +304,7 @@ impl super::Operator for Resize {
         None
     }
 
-    super::no_weights!();
+    super::not_linear!();
 }
 
 /// The input index of a `Resize`'s `scales` at `opset`.

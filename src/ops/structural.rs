@@ -304,7 +304,6 @@ macro_rules! plain_facts {
             super::Operator::gradient(self, inputs, g, Default::default())
         }
 
-        super::no_weights!();
     };
 }
 
@@ -315,10 +314,8 @@ pub struct Sum;
 
 impl super::Operator for Sum {
     plain_facts!();
+    super::not_linear!();
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         inputs[1..]
@@ -399,6 +396,20 @@ pub struct Arith {
 
 impl super::Operator for Arith {
     plain_facts!();
+
+    fn linear(&self) -> Option<&dyn crate::rules::LinearLayer> {
+        None
+    }
+
+    fn parameters_mut(&mut self) -> Option<super::Parameters<'_>> {
+        None
+    }
+
+    /// Arithmetic folds into the layer before it ([`super::Operator::channel_affine`]
+    /// there), nothing into it.
+    fn fold(&mut self, _: &dyn super::Operator) -> bool {
+        false
+    }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         super::movement::broadcast(inputs[0], self.constant.shape())
@@ -574,10 +585,8 @@ impl Reshape {
 
 impl super::Operator for Reshape {
     plain_facts!();
+    super::not_linear!();
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         self.rule()?.apply(inputs[0])
@@ -675,10 +684,8 @@ impl Transpose {
 
 impl super::Operator for Transpose {
     plain_facts!();
+    super::not_linear!();
 
-    fn channel_affine(&self, _: usize, _: usize) -> Option<(Vec<f32>, Vec<f32>)> {
-        None
-    }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
         let (x, perm) = (inputs[0], &self.0);
