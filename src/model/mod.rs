@@ -131,9 +131,6 @@ fn input_spec(graph: &Graph, size: Option<[usize; 2]>) -> Result<InputSpec> {
     })
 }
 
-/// A float tensor stored inline as raw little-endian bytes, read with a
-/// single copy (tract's loader makes three of a 400 MB dense layer); `None`
-/// for every other storage, which tract's loader handles.
 /// A loader of ONNX tensors as f32 values (external data read from the
 /// folder `dir`).
 pub fn tensor_loader(
@@ -160,6 +157,9 @@ fn loader_with<'d>(
     }
 }
 
+/// A float tensor stored inline as raw little-endian bytes, read with a
+/// single copy (tract's loader makes three of a 400 MB dense layer); `None`
+/// for every other storage, which tract's loader handles.
 fn raw_f32(t: &tract_onnx::pb::TensorProto) -> Option<Result<ArrayD<f32>>> {
     use tract_onnx::pb::tensor_proto::{DataLocation, DataType};
     let inline =

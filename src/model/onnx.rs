@@ -355,12 +355,6 @@ fn convert(
             anyhow!(message)
         })
     };
-    let constant = |i: usize| -> Result<Option<ArrayD<f32>>> {
-        match n.input.get(i) {
-            Some(x) if !x.is_empty() && !is_act(i) => load(x).map(Some),
-            _ => Ok(None),
-        }
-    };
     let operand = |i: usize| -> Result<Operand> {
         Ok(match n.input.get(i) {
             Some(x) if x.is_empty() => Operand::Absent,
@@ -372,7 +366,6 @@ fn convert(
     let node = registry::OnnxNode {
         node: n,
         is_activation: (0..n.input.len()).map(is_act).collect(),
-        constant: &constant,
         operand: &operand,
         opset,
         output,

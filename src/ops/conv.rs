@@ -559,14 +559,14 @@ fn import(n: &OnnxNode) -> Result<Imported> {
         n.is_act(0) && !n.is_act(1),
         "only a constant weight on an activation is supported"
     );
-    let weight = (n.constant)(1)?.ok_or_else(|| anyhow::anyhow!("no weight"))?;
+    let weight = n.constant(1)?.ok_or_else(|| anyhow::anyhow!("no weight"))?;
     ensure!(
         weight.ndim() == 4,
         "only 2-D convolutions, weight {:?}",
         weight.shape()
     );
     let kernel = [weight.shape()[2], weight.shape()[3]];
-    let bias = (n.constant)(2)?;
+    let bias = n.constant(2)?;
     if let Some(b) = &bias {
         ensure!(
             b.len() == weight.shape()[0],

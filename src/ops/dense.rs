@@ -377,7 +377,7 @@ fn import(n: &OnnxNode) -> Result<Imported> {
                 "only activation x constant is supported"
             );
             ensure!(n.attr_int("transA", 0) == 0, "transA = 1");
-            let b = (n.constant)(1)?.ok_or_else(|| anyhow!("no weight"))?;
+            let b = n.constant(1)?.ok_or_else(|| anyhow!("no weight"))?;
             ensure!(b.ndim() == 2, "weight must be 2-D");
             let alpha = n.attr_float("alpha", 1.0);
             let beta = n.attr_float("beta", 1.0);
@@ -395,7 +395,7 @@ fn import(n: &OnnxNode) -> Result<Imported> {
                 w.as_standard_layout().into_owned()
             };
             let m = w.shape()[0];
-            let bias = match (n.constant)(2)? {
+            let bias = match n.constant(2)? {
                 None => None,
                 Some(c) => {
                     let c = c.mapv(|v| v * beta);
@@ -414,7 +414,7 @@ fn import(n: &OnnxNode) -> Result<Imported> {
                 n.is_act(0) && !n.is_act(1),
                 "only activation x constant is supported"
             );
-            let b = (n.constant)(1)?.ok_or_else(|| anyhow!("no weight"))?;
+            let b = n.constant(1)?.ok_or_else(|| anyhow!("no weight"))?;
             ensure!(b.ndim() == 2, "weight must be 2-D");
             Ok(Dense {
                 weight: b.t().as_standard_layout().into_owned(),
@@ -423,7 +423,7 @@ fn import(n: &OnnxNode) -> Result<Imported> {
             .into())
         }
         "BatchNormalization" => {
-            let get = |i| (n.constant)(i)?.ok_or_else(|| anyhow!("missing parameter"));
+            let get = |i| n.constant(i)?.ok_or_else(|| anyhow!("missing parameter"));
             let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
             let lens = [gamma.len(), beta.len(), mean.len(), var.len()];
             ensure!(

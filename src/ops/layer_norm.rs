@@ -90,7 +90,7 @@ fn import(n: &OnnxNode) -> Result<Imported> {
     };
     let c = |i: usize| {
         if n.has_input(i) {
-            (n.constant)(i)
+            n.constant(i)
         } else {
             Ok(None)
         }
@@ -302,15 +302,20 @@ impl Operator for LayerNorm {
             Some(Rule::Epsilon { epsilon }) => epsilon,
             _ => STABILIZER,
         };
+        // the output kept by the forward pass, else computed again
+        let computed;
         let z = match reuse.output {
-            Some(z) if z.shape() == x.shape() => z.clone(),
-            _ => self.forward(inputs, 1)?,
+            Some(z) if z.shape() == x.shape() => z,
+            _ => {
+                computed = self.forward(inputs, 1)?;
+                &computed
+            }
         };
         let rows = self.rows(x)?;
         let n = rows.n.max(1);
         let (xr, zr, rr) = (
             Self::to_rows(x, &rows),
-            Self::to_rows(&z, &rows),
+            Self::to_rows(z, &rows),
             Self::to_rows(r, &rows),
         );
         let [w, b] = self.params(x.shape(), &rows)?;

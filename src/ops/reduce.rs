@@ -39,7 +39,7 @@ fn import(n: &OnnxNode) -> Result<Imported> {
             !n.is_activation.get(1).copied().unwrap_or(false),
             "axes computed at run time are not supported"
         );
-        let c = (n.constant)(1)?.ok_or_else(|| anyhow::anyhow!("the axes are missing"))?;
+        let c = n.constant(1)?.ok_or_else(|| anyhow::anyhow!("the axes are missing"))?;
         Some(c.iter().map(|&v| v as i64).collect())
     } else if as_input {
         None
@@ -445,7 +445,6 @@ mod tests {
         import(&OnnxNode {
             node: &node,
             is_activation: is_activation.clone(),
-            constant: &constant,
             operand: &operand,
             opset,
             output: 0,

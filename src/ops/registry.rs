@@ -33,9 +33,6 @@ pub struct OnnxNode<'a> {
     pub node: &'a NodeProto,
     /// Which inputs are activations (`true`) rather than constants.
     pub is_activation: Vec<bool>,
-    /// The value of a constant input (`None` for activations and absent
-    /// inputs; an error for a parameter computed at run time).
-    pub constant: &'a dyn Fn(usize) -> Result<Option<ArrayD<f32>>>,
     /// Input `i` as a parameter: absent, constant or computed at run time.
     pub operand: &'a dyn Fn(usize) -> Result<Operand>,
     /// The model's ONNX opset.
@@ -75,6 +72,24 @@ impl OnnxNode<'_> {
     /// Whether input `i` is present (not missing, not the empty name).
     pub fn has_input(&self, i: usize) -> bool {
         self.node.input.get(i).is_some_and(|s| !s.is_empty())
+    }
+
+    /// The value of the constant input `i` (`None` for activations and
+    /// absent inputs; an error for a parameter computed at run time).
+    pub fn constant(&self, i: usize) -> Result<Option<ArrayD<f32>>> {
+        if self.is_act(i) {
+            return Ok(None);
+        }
+        match (self.operand)(i)? {
+            Operand::Const(c) => Ok(Some(c)),
+            Operand::Absent => Ok(None),
+            Operand::Computed => {
+                let name = self.node.input.get(i).map_or("", String::as_str);
+                anyhow::bail!(
+                    "parameter '{name}' is not a constant (computed weights are not supported)"
+                )
+            }
+        }
     }
 
     /// Whether input `i` carries the image signal.
@@ -222,12 +237,10 @@ impl ProtoGraph<'_> {
 /// other inputs are absent (for tests of attribute parsing).
 #[cfg(test)]
 pub(crate) fn with_node<T>(node: &NodeProto, f: impl FnOnce(&OnnxNode) -> T) -> T {
-    let none = |_: usize| -> Result<Option<ArrayD<f32>>> { Ok(None) };
     let absent = |_: usize| -> Result<Operand> { Ok(Operand::Absent) };
     f(&OnnxNode {
         node,
         is_activation: vec![true],
-        constant: &none,
         operand: &absent,
         opset: 17,
         output: 0,

@@ -807,7 +807,7 @@ fn import(n: &OnnxNode) -> Result<Imported> {
                 if n.is_act(i) {
                     return None;
                 }
-                let c = (n.constant)(i).ok()??;
+                let c = n.constant(i).ok()??;
                 Some(c.iter().map(|&v| v as i64).collect())
             };
             Reshape(match o {
