@@ -10,6 +10,7 @@
 use crate::error::{Error, Result};
 
 use crate::graph::Node;
+use crate::ops::attention::Attention;
 use crate::ops::MaxPoolTies;
 use crate::rules::Rule;
 
@@ -65,6 +66,9 @@ pub struct Composite {
     /// Where a max pool's window hands its relevance ([`MaxPoolTies::First`]
     /// unless set).
     pub max_pool: MaxPoolTies,
+    /// How relevance goes through a transformer's attention: AttnLRP's
+    /// rules, or conservative propagation (the composites `cp-lrp*`).
+    pub attention: Attention,
 }
 
 /// The rules a composite gives the first layer (`None`: the rule of its own
@@ -150,7 +154,31 @@ const TABLE: &[(&str, &str, MakeRules)] = &[
         "first z^B, every other layer z+",
         |_| BOUNDED_ZPLUS,
     ),
+    (
+        "attnlrp",
+        "transformers (AttnLRP): epsilon on every linear layer, uniform rule at products of activations (epsilon)",
+        |p| all(eps(p)),
+    ),
+    (
+        "attnlrp-gamma",
+        "AttnLRP with gamma on every linear layer, the attention projections included (gamma)",
+        |p| all(Rule::Gamma { gamma: p.gamma }),
+    ),
+    (
+        "cp-lrp",
+        "transformers (CP-LRP): epsilon on every linear layer, attention weights held constant (epsilon)",
+        |p| all(eps(p)),
+    ),
+    (
+        "cp-lrp-gamma",
+        "CP-LRP with gamma on every linear layer, the attention projections included (gamma)",
+        |p| all(Rule::Gamma { gamma: p.gamma }),
+    ),
 ];
+
+/// The composites that hold a transformer's attention weights constant
+/// (conservative propagation); every other one applies AttnLRP's rules there.
+const CONSERVATIVE: &[&str] = &["cp-lrp", "cp-lrp-gamma"];
 
 /// Every rule and composite name with a one-line description (from the one
 /// table that [`Composite::from_name`] reads).
@@ -189,6 +217,11 @@ impl Composite {
             conv,
             dense,
             max_pool: MaxPoolTies::First,
+            attention: if CONSERVATIVE.contains(&name) {
+                Attention::Conservative
+            } else {
+                Attention::Full
+            },
         })
     }
 

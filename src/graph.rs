@@ -135,18 +135,50 @@ impl Graph {
             .count()
     }
 
-    /// Marks the linear layers that read the model input as `first`.
+    /// Marks the linear layers that read the model input as `first`, the
+    /// constants added after the first linear layer as biases
+    /// ([`crate::ops::structural::Arith::bias`]) and, at each product of two
+    /// activations, the factor that holds attention weights (computed by a
+    /// softmax, through rearrangements and arithmetic with constants:
+    /// [`crate::ops::attention::Bilinear::weights`]).
     pub fn mark_first_layers(&mut self) {
-        use std::collections::HashSet;
+        use crate::ops::attention::{Bilinear, Softmax};
+        use crate::ops::structural::Arith;
+        use crate::ops::Elements;
+        use std::collections::{HashMap, HashSet};
         let mut raw: HashSet<String> = HashSet::new();
         raw.insert(self.input.clone());
+        let mut after_linear: HashSet<String> = HashSet::new();
+        // per tensor: whether a softmax computes it (up to moves and scales)
+        let mut softmax: HashMap<String, bool> = HashMap::new();
         for node in &mut self.nodes {
             let reads_raw = node.inputs.iter().any(|i| raw.contains(i));
-            if node.op.linear().is_some() {
+            let linear = node.op.linear().is_some();
+            if linear {
                 node.first = reads_raw;
             } else if reads_raw {
                 raw.insert(node.output.clone());
             }
+            let downstream = node.inputs.iter().any(|i| after_linear.contains(i));
+            if let Some(a) = node.op.downcast_mut::<Arith>() {
+                a.bias = downstream;
+            }
+            if linear || downstream {
+                after_linear.insert(node.output.clone());
+            }
+            let from_softmax = |i: &String| softmax.get(i).copied().unwrap_or(false);
+            if node.op.downcast::<Bilinear>().is_some() {
+                let w = node.inputs.iter().position(from_softmax);
+                if let Some(b) = node.op.downcast_mut::<Bilinear>() {
+                    b.weights = w;
+                }
+            }
+            let is_softmax = node.op.downcast::<Softmax>().is_some()
+                || (matches!(
+                    node.op.elements(),
+                    Elements::Rearranged | Elements::Arithmetic
+                ) && node.inputs.first().is_some_and(from_softmax));
+            softmax.insert(node.output.clone(), is_softmax);
         }
     }
 

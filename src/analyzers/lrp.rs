@@ -524,6 +524,7 @@ pub fn explain_rows(
             rule: Some(rule),
             bounds: bounds.as_ref(),
             name: &node.output,
+            attention: composite.attention,
         };
         // an activation hands its output's relevance on as it is: moved, not
         // copied (its shape checked as the operator would)

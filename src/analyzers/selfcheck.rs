@@ -1839,6 +1839,8 @@ mod tests {
                 kind: ArithKind::Add,
                 constant: ArrayD::from_elem(vec![1], c),
                 constant_first: false,
+                bias: false,
+                runtime: false,
             })
         };
         assert!(lrp0_breaker(&node(add(0.0))).is_none());

@@ -158,6 +158,8 @@ mod tests {
                 kind,
                 constant,
                 constant_first: false,
+                bias: false,
+                runtime: false,
             })
         };
         // Keras batch norm after a conv: Mul by [1, C, 1, 1] (a negative scale
@@ -247,6 +249,8 @@ mod tests {
                     kind: crate::graph::ArithKind::Add,
                     constant: b,
                     constant_first: false,
+                    bias: false,
+                    runtime: false,
                 }),
                 "m",
                 "y",

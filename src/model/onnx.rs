@@ -184,7 +184,7 @@ pub fn build_graph(model: &pb::ModelProto, load: &TensorLoader) -> Result<Graph>
         nodes,
     };
     for n in &graph.nodes {
-        if matches!(n.op_type.as_str(), "Softmax" | "LogSoftmax") {
+        if n.op_type == "LogSoftmax" {
             return Err(crate::Error::Unsupported {
                 op_type: n.op_type.clone(),
                 node: n.name.clone(),

@@ -18,21 +18,112 @@ pub const FAMILY: Family = Family {
     fuse: None,
 };
 
-/// `Concat` along `axis` (negative: from the end).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `Concat` along `axis` (negative: from the end), of activations and
+/// constants (a transformer's class token): the constants' slices of the
+/// relevance are absorbed, as by a bias.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Concat {
     /// The concatenation axis as written in the model.
     pub axis: i64,
+    /// The inputs that do not depend on the image: their place among the
+    /// node's inputs, their value if constant (`None`: computed by the
+    /// model, from shapes, and read at run time after the activations, in
+    /// this order); an axis 0 of 1 is repeated for each sample of a batch.
+    pub constants: Vec<(usize, Option<ArrayD<f32>>)>,
 }
 
 fn import(n: &OnnxNode) -> Result<Imported> {
-    ensure!(
-        n.all_activations(),
-        "only a concatenation of activations is supported (an input is a constant)"
-    );
-    Ok(Concat {
-        axis: n.attr_int("axis", 1),
-    }.into())
+    let mut constants = vec![];
+    let mut runtime = vec![];
+    for i in 0..n.node.input.len() {
+        if n.is_act(i) {
+            continue;
+        }
+        match (n.operand)(i)? {
+            super::registry::Operand::Const(c) => constants.push((i, Some(c))),
+            super::registry::Operand::Computed => {
+                constants.push((i, None));
+                runtime.push(i);
+            }
+            super::registry::Operand::Absent => anyhow::bail!("input {i} is missing"),
+        }
+    }
+    ensure!(n.activations() > 0, "no input is an activation");
+    Ok(Imported {
+        op: super::Op::new(Concat {
+            axis: n.attr_int("axis", 1),
+            constants,
+        }),
+        runtime,
+    })
+}
+
+impl Concat {
+    /// How many of its inputs are read at run time.
+    fn runtime(&self) -> usize {
+        self.constants.iter().filter(|(_, c)| c.is_none()).count()
+    }
+
+    /// The node's inputs in order, the constants among the activations
+    /// (their axis 0 repeated to the activations' where it is 1).
+    fn all<'a>(&'a self, inputs: &[&'a ArrayD<f32>]) -> Result<Vec<ndarray::ArrayViewD<'a, f32>>> {
+        let batch = inputs.first().and_then(|x| x.shape().first().copied());
+        let n_acts = inputs.len() - self.runtime();
+        let mut params = inputs[n_acts..].iter();
+        let mut out = Vec::with_capacity(n_acts + self.constants.len());
+        let mut acts = inputs[..n_acts].iter();
+        let mut consts = self.constants.iter().peekable();
+        for i in 0..n_acts + self.constants.len() {
+            match consts.peek() {
+                Some((at, c)) if *at == i => {
+                    let c: &ArrayD<f32> = match c {
+                        Some(c) => c,
+                        None => params
+                            .next()
+                            .ok_or_else(|| anyhow::anyhow!("a parameter read at run time is missing"))?,
+                    };
+                    let v = match (c.shape().first(), batch) {
+                        (Some(1), Some(b)) if b != 1 && c.ndim() == inputs[0].ndim() => {
+                            let mut shape = c.shape().to_vec();
+                            shape[0] = b;
+                            c.broadcast(shape)
+                                .ok_or_else(|| anyhow::anyhow!("constant {:?} for a batch of {b}", c.shape()))?
+                        }
+                        _ => c.view(),
+                    };
+                    out.push(v);
+                    consts.next();
+                }
+                _ => out.push(
+                    acts.next()
+                        .ok_or_else(|| anyhow::anyhow!("too few inputs"))?
+                        .view(),
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `split` over all inputs, the constants' parts removed (their sum
+    /// returned apart).
+    fn split_acts(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<(Vec<ArrayD<f32>>, Vec<ArrayD<f32>>)> {
+        let all = self.all(inputs)?;
+        let owned: Vec<ArrayD<f32>> = all.iter().map(|v| v.to_owned()).collect();
+        let refs: Vec<&ArrayD<f32>> = owned.iter().collect();
+        let parts = split(self.axis, &refs, r)?;
+        let (mut acts, mut consts) = (vec![], vec![]);
+        for (i, p) in parts.into_iter().enumerate() {
+            if self.constants.iter().any(|(at, _)| *at == i) {
+                consts.push(p);
+            } else {
+                acts.push(p);
+            }
+        }
+        // the parameters read at run time get no relevance, no gradient
+        let n_acts = inputs.len() - self.runtime();
+        acts.extend(inputs[n_acts..].iter().map(|p| ArrayD::zeros(p.shape())));
+        Ok((acts, consts))
+    }
 }
 
 impl Operator for Concat {
@@ -46,14 +137,51 @@ impl Operator for Concat {
 
 
 
-    super::plain!();
+    fn native(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn kinks(&self) -> Vec<f32> {
+        vec![]
+    }
+
+    fn derivative_from_output(&self) -> bool {
+        false
+    }
+
+    /// The inputs computed by the model from shapes come last.
+    fn data_inputs(&self, n: usize) -> usize {
+        n - self.runtime().min(n)
+    }
+
+    fn bounds(
+        &self,
+        _: &ArrayD<f32>,
+        _: &ArrayD<f32>,
+        _: &[&ArrayD<f32>],
+        _: &[usize],
+    ) -> Option<super::Interval> {
+        None
+    }
+
+    super::not_linear!();
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        let n_acts = inputs.len() - self.runtime().min(inputs.len());
+        let mut params = inputs[n_acts..].iter();
+        let mut inputs = inputs[..n_acts].to_vec();
+        for (at, c) in &self.constants {
+            let shape = match c {
+                Some(c) => c.shape(),
+                None => params.next().ok_or_else(|| anyhow::anyhow!("a parameter is missing"))?,
+            };
+            inputs.insert((*at).min(inputs.len()), shape);
+        }
         let x = inputs.first().ok_or_else(|| anyhow::anyhow!("no input"))?;
         let a = normalize_axis(self.axis, x.len())?;
         let mut shape = x.to_vec();
         shape[a] = 0;
-        for s in inputs {
+        for s in &inputs {
             ensure!(
                 s.len() == x.len()
                     && s.iter()
@@ -68,10 +196,8 @@ impl Operator for Concat {
     }
 
     fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
-        let shapes: Vec<&[usize]> = inputs.iter().map(|x| x.shape()).collect();
-        self.output_shape(&shapes)?;
-        let a = normalize_axis(self.axis, shapes[0].len())?;
-        let views: Vec<_> = inputs.iter().map(|x| x.view()).collect();
+        let views = self.all(inputs)?;
+        let a = normalize_axis(self.axis, views[0].ndim())?;
         Ok(ndarray::concatenate(Axis(a), &views)?)
     }
 
@@ -84,9 +210,23 @@ impl Operator for Concat {
         &self,
         inputs: &[&ArrayD<f32>],
         r: &ArrayD<f32>,
-        _: &super::Reuse,
+        reuse: &super::Reuse,
     ) -> Result<super::Propagated> {
-        Ok((split(self.axis, inputs, r)?, None))
+        if self.constants.is_empty() {
+            return Ok((split(self.axis, inputs, r)?, None));
+        }
+        let (acts, consts) = self.split_acts(inputs, r)?;
+        // the constants' relevance, per row of a batch (axis 0)
+        let rows = reuse.rows.max(1);
+        let mut account = vec![crate::rules::Account::default(); rows];
+        for c in &consts {
+            let c = c.as_standard_layout();
+            let per = (c.len() / rows).max(1);
+            for (k, &v) in c.iter().enumerate() {
+                account[(k / per).min(rows - 1)].bias += v as f64;
+            }
+        }
+        Ok((acts, Some(account)))
     }
 
     fn gradient(
@@ -95,7 +235,10 @@ impl Operator for Concat {
         g: &ArrayD<f32>,
         _: super::GradientOptions,
     ) -> Result<Vec<ArrayD<f32>>> {
-        split(self.axis, inputs, g)
+        if self.constants.is_empty() {
+            return split(self.axis, inputs, g);
+        }
+        Ok(self.split_acts(inputs, g)?.0)
     }
 
     /// Each output element is a copy of one input element.
@@ -123,9 +266,13 @@ impl Operator for Concat {
         false
     }
 
-    /// A copy: all relevance passes.
+    /// A copy: all relevance passes, but the constants' (a bias's share).
     fn flow(&self) -> super::Flow {
-        super::Flow::Conserving
+        if self.constants.is_empty() {
+            super::Flow::Conserving
+        } else {
+            super::Flow::Linear
+        }
     }
 }
 
@@ -198,7 +345,7 @@ mod tests {
         let a = ArrayD::from_shape_fn(vec![2, 1, 3], |d| (d[0] * 10 + d[2]) as f32);
         let b = ArrayD::from_shape_fn(vec![2, 4, 3], |d| (100 + d[0] * 10 + d[1] + d[2]) as f32);
         for axis in [1, -2] {
-            let c = Concat { axis };
+            let c = Concat { axis, constants: vec![] };
             let y = c.forward(&[&a, &b], 1).unwrap();
             let want = ndarray::concatenate(Axis(1), &[a.view(), b.view()]).unwrap();
             assert_eq!(y, want);
@@ -207,7 +354,7 @@ mod tests {
             let back = split(axis, &[&a, &b], &y).unwrap();
             assert_eq!(back, vec![a.clone(), b.clone()]);
         }
-        let e = Concat { axis: 0 }.forward(&[&a, &b], 1).unwrap_err();
+        let e = Concat { axis: 0, constants: vec![] }.forward(&[&a, &b], 1).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
     }
 

@@ -409,6 +409,7 @@ fn import(n: &OnnxNode) -> Result<Imported> {
             };
             Ok(Dense { weight: w, bias }.into())
         }
+        "MatMul" if n.activations() == 2 => super::attention::import_product(n),
         "MatMul" => {
             ensure!(
                 n.is_act(0) && !n.is_act(1),
@@ -463,7 +464,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ),
         (
             "MatMul",
-            "linear layer, dense rule (activation x constant); a following Add is its bias",
+            "activation x constant: linear layer, dense rule (a following Add is its bias); two activations (attention): AttnLRP's epsilon and uniform rules (cp-lrp: the attention weights are constants)",
         ),
         (
             "BatchNormalization",

@@ -176,6 +176,7 @@ families!(
     movement,
     activation,
     layer_norm,
+    attention,
 );
 
 use std::sync::Arc;
@@ -520,6 +521,8 @@ pub struct Reuse<'a> {
     pub bounds: Option<&'a Bounds>,
     /// The name of the node's output (the key of its cached modified weights).
     pub name: &'a str,
+    /// How relevance goes through attention (the composite's choice).
+    pub attention: attention::Attention,
 }
 
 /// What a relevance pass hands to each input, with the rule's accounts of a

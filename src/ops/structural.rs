@@ -292,10 +292,6 @@ macro_rules! plain_facts {
             None
         }
 
-        fn data_inputs(&self, n: usize) -> usize {
-            n
-        }
-
         fn lrp0_gradient(
             &self,
             inputs: &[&ArrayD<f32>],
@@ -314,6 +310,10 @@ pub struct Sum;
 
 impl super::Operator for Sum {
     plain_facts!();
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
     super::not_linear!();
 
 
@@ -384,6 +384,9 @@ impl super::Operator for Sum {
 /// broadcasting): relevance passes unchanged, the gradient is that of the
 /// operation. Right after a convolution or dense layer, canonization folds
 /// it into the layer where it is per-channel ([`super::Operator::channel_affine`]).
+/// A constant added (or subtracted) after the first linear layer that no
+/// layer took as its bias (a transformer's position embedding) is a bias
+/// of its own ([`Arith::bias`]).
 #[derive(Clone, Debug)]
 pub struct Arith {
     /// The operation.
@@ -392,10 +395,99 @@ pub struct Arith {
     pub constant: ArrayD<f32>,
     /// Whether the constant is the first operand (`c - x`, `c / x`).
     pub constant_first: bool,
+    /// For `Add` and `Sub`: the constant absorbs relevance as a bias does,
+    /// `R_x = x R / stab(x + c)` (the rest in the ledger under `bias`), as
+    /// gradient x input has it; set by the graph for the nodes after the
+    /// first linear layer (`false`: relevance passes, as through the input
+    /// normalisation before the first layer).
+    pub bias: bool,
+    /// The constant is computed by the model (from shapes: the TorchScript
+    /// exporter's attention scale) and read at run time, as the node's
+    /// second input; `constant` is then unused.
+    pub runtime: bool,
+}
+
+impl Arith {
+    /// The constant operand: its value, or the one read at run time.
+    fn operand<'a>(&'a self, inputs: &[&'a ArrayD<f32>]) -> Result<&'a ArrayD<f32>> {
+        if self.runtime {
+            inputs
+                .get(1)
+                .copied()
+                .ok_or_else(|| anyhow!("the operand read at run time is missing"))
+        } else {
+            Ok(&self.constant)
+        }
+    }
+
+    /// Whether it absorbs relevance as a bias ([`Arith::bias`], for `Add`
+    /// and `Sub` only).
+    fn absorbs(&self) -> bool {
+        self.bias && matches!(self.kind, ArithKind::Add | ArithKind::Sub)
+    }
+
+    /// The bias rule: `x' R / stab(z)` with `x'` the activation's term of
+    /// `z = x' + c'` (`-x` for `c - x`), the constant's share in the
+    /// account.
+    fn bias_relevance(
+        &self,
+        inputs: &[&ArrayD<f32>],
+        r: &ArrayD<f32>,
+        reuse: &super::Reuse,
+    ) -> Result<super::Propagated> {
+        let x = inputs[0];
+        let c = self.operand(inputs)?;
+        let eps = match reuse.norm {
+            Some(crate::rules::Rule::Epsilon { epsilon }) => epsilon,
+            _ => STABILIZER,
+        };
+        let z = arith(self.kind, x, c, self.constant_first)?;
+        ensure!(
+            z.shape() == x.shape() && r.shape() == x.shape(),
+            "a constant of shape {:?} broadcasts the activation {:?} to {:?}",
+            c.shape(),
+            x.shape(),
+            z.shape()
+        );
+        let sign = if self.constant_first && self.kind == ArithKind::Sub {
+            -1.0
+        } else {
+            1.0
+        };
+        let rows = reuse.rows.max(1);
+        let per = x.len() / rows;
+        let mut accounts = vec![crate::rules::Account::default(); rows];
+        let mut out = ArrayD::<f32>::zeros(x.shape());
+        for (k, ((o, &x), (&z, &r))) in (out.iter_mut().zip(x.iter()))
+            .zip(z.iter().zip(r.iter()))
+            .enumerate()
+        {
+            let a = &mut accounts[(k / per.max(1)).min(rows - 1)];
+            let d = stabilize(z, eps);
+            if d == 0.0 {
+                a.dropped += r as f64;
+                continue;
+            }
+            let s = r / d;
+            *o = sign * x * s;
+            a.bias += ((z - sign * x) * s) as f64;
+            a.stabilizer += ((d - z) * s) as f64;
+        }
+        Ok((super::with_params(out, inputs), Some(accounts)))
+    }
 }
 
 impl super::Operator for Arith {
     plain_facts!();
+
+    /// A constant the model computes is read at run time, after the activation.
+    fn data_inputs(&self, n: usize) -> usize {
+        if self.runtime {
+            1
+        } else {
+            n
+        }
+    }
 
     fn linear(&self) -> Option<&dyn crate::rules::LinearLayer> {
         None
@@ -412,11 +504,16 @@ impl super::Operator for Arith {
     }
 
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
-        super::movement::broadcast(inputs[0], self.constant.shape())
+        let c = match (self.runtime, inputs.get(1)) {
+            (true, Some(c)) => c,
+            (true, None) => bail!("the operand read at run time is missing"),
+            (false, _) => self.constant.shape(),
+        };
+        super::movement::broadcast(inputs[0], c)
     }
 
     fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
-        arith(self.kind, inputs[0], &self.constant, self.constant_first)
+        arith(self.kind, inputs[0], self.operand(inputs)?, self.constant_first)
     }
 
     fn native(&self) -> Option<&'static str> {
@@ -427,9 +524,12 @@ impl super::Operator for Arith {
         &self,
         inputs: &[&ArrayD<f32>],
         r: &ArrayD<f32>,
-        _: &super::Reuse,
+        reuse: &super::Reuse,
     ) -> Result<super::Propagated> {
-        Ok((vec![pass(inputs[0], r)?], None))
+        if self.absorbs() {
+            return self.bias_relevance(inputs, r, reuse);
+        }
+        Ok((super::with_params(pass(inputs[0], r)?, inputs), None))
     }
 
     fn gradient(
@@ -438,8 +538,11 @@ impl super::Operator for Arith {
         g: &ArrayD<f32>,
         _: super::GradientOptions,
     ) -> Result<Vec<ArrayD<f32>>> {
-        let (kind, c, first) = (self.kind, &self.constant, self.constant_first);
-        Ok(vec![arith_gradient(kind, c, first, inputs[0], g)?])
+        let (kind, c, first) = (self.kind, self.operand(inputs)?, self.constant_first);
+        Ok(super::with_params(
+            arith_gradient(kind, c, first, inputs[0], g)?,
+            inputs,
+        ))
     }
 
     fn lrp0(&self) -> super::Lrp0 {
@@ -448,7 +551,10 @@ impl super::Operator for Arith {
             ArithKind::Mul => Lrp0::Exact,
             ArithKind::Div if !self.constant_first => Lrp0::Exact,
             ArithKind::Div => Lrp0::Differs("divides a constant by the activation".into()),
-            ArithKind::Add | ArithKind::Sub if self.constant.iter().all(|&c| c == 0.0) => {
+            ArithKind::Add | ArithKind::Sub
+                if self.absorbs()
+                    || (!self.runtime && self.constant.iter().all(|&c| c == 0.0)) =>
+            {
                 Lrp0::Exact
             }
             ArithKind::Add | ArithKind::Sub => {
@@ -458,14 +564,26 @@ impl super::Operator for Arith {
     }
 
     fn flow(&self) -> super::Flow {
-        super::Flow::Conserving
+        if self.absorbs() {
+            super::Flow::Linear
+        } else {
+            super::Flow::Conserving
+        }
     }
 
     fn elements(&self) -> super::Elements {
-        super::Elements::Arithmetic
+        if self.absorbs() {
+            super::Elements::Other
+        } else {
+            super::Elements::Arithmetic
+        }
     }
 
     fn keeps_samples_apart(&self, rank: usize) -> bool {
+        if self.runtime {
+            // its shape is not known before the run
+            return false;
+        }
         let c = &self.constant;
         !(c.ndim() >= rank && c.shape().first().is_some_and(|&d| d != 1))
     }
@@ -474,6 +592,9 @@ impl super::Operator for Arith {
     /// `x * c`, `x / c`, `x - c`, `c - x` and `x + c` (Keras batch norms
     /// exported as `Mul` + `Add`, normalisations written as `Sub` + `Div`).
     fn channel_affine(&self, m: usize, from_end: usize) -> Option<(Vec<f32>, Vec<f32>)> {
+        if self.runtime {
+            return None;
+        }
         let c = per_channel(&self.constant, m, from_end)?;
         let m = c.len();
         Some(match (self.kind, self.constant_first) {
@@ -494,13 +615,18 @@ impl super::Operator for Arith {
         &self,
         low: &ArrayD<f32>,
         high: &ArrayD<f32>,
-        _: &[&ArrayD<f32>],
+        params: &[&ArrayD<f32>],
         _: &[usize],
     ) -> Option<super::Interval> {
         if self.kind == ArithKind::Div && self.constant_first {
             return None;
         }
-        let (c, first) = (&self.constant, self.constant_first);
+        let c = if self.runtime {
+            params.first().copied()?
+        } else {
+            &self.constant
+        };
+        let first = self.constant_first;
         let a = arith(self.kind, low, c, first).ok()?;
         let b = arith(self.kind, high, c, first).ok()?;
         let low = Zip::from(&a).and(&b).map_collect(|&a, &b| a.min(b));
@@ -585,6 +711,10 @@ impl Reshape {
 
 impl super::Operator for Reshape {
     plain_facts!();
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
     super::not_linear!();
 
 
@@ -684,6 +814,10 @@ impl Transpose {
 
 impl super::Operator for Transpose {
     plain_facts!();
+
+    fn data_inputs(&self, n: usize) -> usize {
+        n
+    }
     super::not_linear!();
 
 
@@ -773,7 +907,7 @@ impl super::Operator for Transpose {
 }
 
 /// Builds the sums, arithmetic with constants, shape changes and
-/// transposes (and a trailing `Softmax`, which the importer then removes).
+/// transposes (and a trailing `LogSoftmax`, which the importer then removes).
 fn import(n: &OnnxNode) -> Result<Imported> {
     let acts = n.activations();
     Ok(match n.op_type() {
@@ -799,7 +933,7 @@ fn import(n: &OnnxNode) -> Result<Imported> {
         )
         .into(),
         // only allowed as the last node (checked by the importer), then removed
-        "Softmax" | "LogSoftmax" => super::activation::Act::Opaque.into(),
+        "LogSoftmax" => super::activation::Act::Opaque.into(),
         o => {
             // the target shape when the file fixes it (an attribute or a
             // constant input); `None` leaves the forward pass to tract
@@ -850,17 +984,22 @@ pub(crate) fn arith_import(n: &OnnxNode) -> Result<Imported> {
     let inputs = n.node.input.len();
     ensure!(inputs == 2, "expected 2 inputs, got {inputs}");
     let constant_first = !n.is_act(0);
-    let constant = match (n.operand)(if constant_first { 0 } else { 1 })? {
-        Operand::Const(c) => c,
-        Operand::Computed => return Ok(super::activation::Act::Opaque.into()),
+    let at = if constant_first { 0 } else { 1 };
+    let (constant, runtime) = match (n.operand)(at)? {
+        Operand::Const(c) => (c, false),
+        Operand::Computed => (ArrayD::zeros(IxDyn(&[0])), true),
         Operand::Absent => bail!("missing operand"),
     };
-    Ok(Arith {
-        kind,
-        constant,
-        constant_first,
-    }
-    .into())
+    Ok(Imported {
+        op: super::Op::new(Arith {
+            kind,
+            constant,
+            constant_first,
+            bias: false,
+            runtime,
+        }),
+        runtime: if runtime { vec![at] } else { vec![] },
+    })
 }
 
 /// The registry's entry: the ONNX operators this family reads.
@@ -876,7 +1015,6 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
         ("Reshape", "shape only (also with a shape computed at run time)"),
         ("Squeeze", "shape only"),
         ("Unsqueeze", "shape only"),
-        ("Softmax", "only as the last node: skipped, its input (the logits) is explained"),
         ("LogSoftmax", "only as the last node: skipped, its input (the logits) is explained"),
     ],
     import,

@@ -35,3 +35,4 @@ mod quantized;
 mod registry;
 mod shard;
 mod ties;
+mod vit;
