@@ -7,4 +7,5 @@ pub(crate) mod conv;
 pub(crate) mod dense;
 pub(crate) mod depthwise;
 pub(crate) mod linalg;
+pub(crate) mod math;
 pub(crate) mod winograd;

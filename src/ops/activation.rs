@@ -189,7 +189,8 @@ impl Act {
             }
             Act::Softplus => softplus(xd) as f32,
             Act::Mish => (xd * softplus(xd).tanh()) as f32,
-            Act::Gelu { tanh: false } => (0.5 * xd * erfc(-xd / std::f64::consts::SQRT_2)) as f32,
+            // in f32 (to float precision), as the tensor passes compute it
+            Act::Gelu { tanh: false } => crate::kernels::math::gelu(x),
             Act::Gelu { tanh: true } => {
                 let k = (2.0 / std::f64::consts::PI).sqrt();
                 (0.5 * xd * (1.0 + (k * (xd + 0.044715 * xd.powi(3))).tanh())) as f32
@@ -213,6 +214,7 @@ impl Act {
             Act::Identity => Ok(x.clone()),
             Act::Relu => Ok(map(x, |v| v.max(0.0))),
             &Act::Clip { min, max } => Ok(map(x, |v| v.max(min).min(max))),
+            Act::Gelu { tanh: false } => Ok(map(x, crate::kernels::math::gelu)),
             act => Ok(map(x, |v| act.value(v))),
         }
     }
@@ -226,6 +228,7 @@ impl Act {
             Act::Identity => {}
             Act::Relu => apply(x, |v| v.max(0.0)),
             Act::Clip { min, max } => apply(x, move |v| v.max(min).min(max)),
+            Act::Gelu { tanh: false } => apply(x, crate::kernels::math::gelu),
             ref act => apply(x, |v| act.value(v)),
         }
         true

@@ -170,11 +170,21 @@ impl Operator for Concat {
         let n_acts = inputs.len() - self.runtime().min(inputs.len());
         let mut params = inputs[n_acts..].iter();
         let mut inputs = inputs[..n_acts].to_vec();
-        for (at, c) in &self.constants {
-            let shape = match c {
+        // a constant's axis 0 of 1 is repeated for each sample of a batch
+        let batch = inputs.first().and_then(|x| x.first().copied());
+        let mut stretched: Vec<Vec<usize>> = vec![];
+        for (_, c) in &self.constants {
+            let mut shape = match c {
                 Some(c) => c.shape(),
                 None => params.next().ok_or_else(|| anyhow::anyhow!("a parameter is missing"))?,
-            };
+            }
+            .to_vec();
+            if let (Some(1), Some(b)) = (shape.first().copied(), batch) {
+                shape[0] = b;
+            }
+            stretched.push(shape);
+        }
+        for ((at, _), shape) in self.constants.iter().zip(&stretched) {
             inputs.insert((*at).min(inputs.len()), shape);
         }
         let x = inputs.first().ok_or_else(|| anyhow::anyhow!("no input"))?;
@@ -196,6 +206,8 @@ impl Operator for Concat {
     }
 
     fn forward(&self, inputs: &[&ArrayD<f32>], _batch: usize) -> Result<ArrayD<f32>> {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|x| x.shape()).collect();
+        self.output_shape(&shapes)?;
         let views = self.all(inputs)?;
         let a = normalize_axis(self.axis, views[0].ndim())?;
         Ok(ndarray::concatenate(Axis(a), &views)?)
