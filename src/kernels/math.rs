@@ -77,6 +77,76 @@ pub fn gelu(x: f32) -> f32 {
     (0.5 * xd * erfc(-xd * std::f64::consts::FRAC_1_SQRT_2)) as f32
 }
 
+/// Defines `$name(args)` that runs `$body` compiled for AVX-512F, for
+/// AVX2 + FMA or for the baseline, chosen at run time (the same operations
+/// in each: no fused multiply-adds are formed, so the results are the same
+/// bits on every path; the tests compare them).
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    #[target_feature(enable = "avx512f")]
+                    unsafe fn wide($($arg: $ty),*) $body
+                    // SAFETY: the CPU has AVX-512F.
+                    return unsafe { wide($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn avx2($($arg: $ty),*) $body
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            baseline($($arg),*);
+            fn baseline($($arg: $ty),*) $body
+        }
+    };
+}
+
+/// Which instruction set [`gelu_in_place`] and [`softmax_row`] use here.
+#[cfg(test)]
+fn path() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return "avx2";
+        }
+    }
+    "baseline"
+}
+
+multiversion! {
+    /// [`gelu`] of every value of `x`, in place.
+    fn gelu_in_place(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = gelu(*v);
+        }
+    }
+}
+
+multiversion! {
+    /// `softmax(x)` into `out` (of the same length): the maximum
+    /// subtracted, so it never overflows.
+    fn softmax_row(x: &[f32], out: &mut [f32]) {
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0f32;
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = exp(v - max);
+            sum += *o;
+        }
+        let inv = 1.0 / sum;
+        for o in out.iter_mut() {
+            *o *= inv;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +186,24 @@ mod tests {
             assert!((got - want).abs() <= 3e-7 * want.abs() + 1e-20, "{x}: {got} {want}");
             x += 0.0173;
         }
+    }
+
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        // the baseline loop against the one chosen here (AVX-512F or AVX2 on
+        // the machines we run on): the same operations, the same results
+        let x: Vec<f32> = (0..4099).map(|i| (i as f32 * 0.013_7).sin() * 9.0 - 0.5).collect();
+        let mut fast = x.clone();
+        gelu_in_place(&mut fast);
+        let slow: Vec<f32> = x.iter().map(|&v| gelu(v)).collect();
+        assert_eq!(fast, slow, "gelu on the {} path", path());
+        let mut out = vec![0.0f32; x.len()];
+        softmax_row(&x, &mut out);
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = x.iter().map(|&v| exp(v - max)).collect();
+        let sum: f32 = e.iter().sum();
+        let want: Vec<f32> = e.iter().map(|&v| v * (1.0 / sum)).collect();
+        assert_eq!(out, want, "softmax on the {} path", path());
     }
 
     /// erfc by erf's Taylor series (|x| < 3) or its continued fraction

@@ -214,7 +214,12 @@ impl Act {
             Act::Identity => Ok(x.clone()),
             Act::Relu => Ok(map(x, |v| v.max(0.0))),
             &Act::Clip { min, max } => Ok(map(x, |v| v.max(min).min(max))),
-            Act::Gelu { tanh: false } => Ok(map(x, crate::kernels::math::gelu)),
+            Act::Gelu { tanh: false } => {
+                let mut y = x.as_standard_layout().into_owned();
+                let gelu = Act::Gelu { tanh: false };
+                gelu.apply_in_place(&mut y);
+                Ok(y)
+            }
             act => Ok(map(x, |v| act.value(v))),
         }
     }
@@ -228,7 +233,15 @@ impl Act {
             Act::Identity => {}
             Act::Relu => apply(x, |v| v.max(0.0)),
             Act::Clip { min, max } => apply(x, move |v| v.max(min).min(max)),
-            Act::Gelu { tanh: false } => apply(x, crate::kernels::math::gelu),
+            Act::Gelu { tanh: false } => {
+                use rayon::prelude::*;
+                match x.as_slice_memory_order_mut() {
+                    Some(s) => s
+                        .par_chunks_mut(1 << 14)
+                        .for_each(crate::kernels::math::gelu_in_place),
+                    None => x.mapv_inplace(crate::kernels::math::gelu),
+                }
+            }
             ref act => apply(x, |v| act.value(v)),
         }
         true

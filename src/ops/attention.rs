@@ -289,6 +289,11 @@ impl super::Operator for Bilinear {
             z.shape()
         );
         let eps = epsilon(reuse);
+        if r.iter().all(|&v| v == 0.0) {
+            // no relevance arrives (queries by keys under CP-LRP): none leaves
+            let zeros = vec![ArrayD::zeros(a.shape()), ArrayD::zeros(b.shape())];
+            return Ok((zeros, Some(vec![Account::default(); reuse.rows.max(1)])));
+        }
         let s = crate::rules::divide(r, z, eps);
         let shares = self.shares(reuse);
         let [ga, gb] = transposed(a, b, &s, shares.map(|w| w != 0.0))?;
@@ -382,20 +387,30 @@ impl Softmax {
         let (_, len, inner) = self.lanes(x.shape())?;
         let xs = contiguous(x);
         let mut out = vec![0.0f32; xs.len()];
-        if len > 0 {
+        if len > 0 && inner == 1 {
+            // along the last axis (attention): whole rows at a time
+            let rows = (xs.len() / len).max(1);
+            let per = (rows / (4 * rayon::current_num_threads())).max(1) * len;
+            out.par_chunks_mut(per)
+                .zip(xs.par_chunks(per))
+                .for_each(|(o, x)| {
+                    for (o, x) in o.chunks_mut(len).zip(x.chunks(len)) {
+                        crate::kernels::math::softmax_row(x, o);
+                    }
+                });
+        } else if len > 0 {
             out.par_chunks_mut(len * inner)
                 .zip(xs.par_chunks(len * inner))
                 .for_each(|(o, x)| {
+                    let mut lane = vec![0.0f32; len];
+                    let mut soft = vec![0.0f32; len];
                     for j in 0..inner {
-                        let max = (0..len).map(|i| x[i * inner + j]).fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0.0f32;
-                        for i in 0..len {
-                            let e = crate::kernels::math::exp(x[i * inner + j] - max);
-                            o[i * inner + j] = e;
-                            sum += e;
+                        for (i, l) in lane.iter_mut().enumerate() {
+                            *l = x[i * inner + j];
                         }
-                        for i in 0..len {
-                            o[i * inner + j] /= sum;
+                        crate::kernels::math::softmax_row(&lane, &mut soft);
+                        for (i, s) in soft.iter().enumerate() {
+                            o[i * inner + j] = *s;
                         }
                     }
                 });
@@ -453,6 +468,11 @@ impl super::Operator for Softmax {
             r.shape(),
             x.shape()
         );
+        if r.iter().all(|&v| v == 0.0) {
+            // no relevance arrives (the attention weights under CP-LRP)
+            let accounts = vec![Account::default(); reuse.rows.max(1)];
+            return Ok((vec![ArrayD::zeros(x.shape())], Some(accounts)));
+        }
         let computed;
         let s = match reuse.output {
             Some(s) if s.shape() == x.shape() => s,

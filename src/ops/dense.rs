@@ -125,13 +125,19 @@ impl LinearLayer for Dense {
             return Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?);
         }
         let mut out = vec![0.0f32; rows * k];
-        matmul(
-            &mut out,
-            Mat::row_major(gs, rows, m),
-            Mat::row_major(ws, m, k),
-            false,
-            true,
-        );
+        // only the outputs whose gradient is not zero in every row: under
+        // CP-LRP the queries' and keys' thirds of an attention's packed
+        // in-projection get none
+        let (lo, hi) = nonzero_columns(gs, m);
+        if lo < hi {
+            matmul(
+                &mut out,
+                Mat::strided(&gs[lo..], rows, hi - lo, m, 1),
+                Mat::row_major(&ws[lo * k..hi * k], hi - lo, k),
+                false,
+                true,
+            );
+        }
         Ok(ArrayD::from_shape_vec(input_shape.to_vec(), out)?)
     }
 
@@ -329,6 +335,24 @@ impl Operator for Affine {
     }
 }
 
+/// The columns `lo..hi` of a row-major matrix with `m` columns outside
+/// which every value is zero (`lo >= hi`: all are).
+fn nonzero_columns(g: &[f32], m: usize) -> (usize, usize) {
+    let (mut lo, mut hi) = (m, 0);
+    for row in g.chunks(m.max(1)) {
+        if let Some(p) = row[..lo.min(row.len())].iter().position(|&v| v != 0.0) {
+            lo = p;
+        }
+        if let Some(q) = row[hi.min(row.len())..].iter().rposition(|&v| v != 0.0) {
+            hi = hi + q + 1;
+        }
+        if lo == 0 && hi == m {
+            break;
+        }
+    }
+    (lo, hi)
+}
+
 /// Folds the per-channel affine map `next` into a layer's `weight` (output
 /// channels on axis 0) and `bias`, the output channels `from_end` axes
 /// before the last of its output: `W' = diag(scale) W`, `b' = b * scale +
@@ -474,3 +498,40 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
     import,
     fuse: None,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nonzero_columns_bound_every_row() {
+        let g = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0];
+        assert_eq!(nonzero_columns(&g, 4), (1, 3));
+        let (lo, hi) = nonzero_columns(&[0.0; 8], 4);
+        assert!(lo >= hi);
+        assert_eq!(nonzero_columns(&[1.0, 0.0, 0.0, 1.0], 4), (0, 4));
+    }
+
+    #[test]
+    fn transposed_pass_skips_columns_without_gradient_exactly() {
+        // a [40, 12] gradient that is zero outside columns 8..12 (the values
+        // third of a packed projection), against the naive sum
+        let (rows, m, k) = (40, 12, 5);
+        let w = ArrayD::from_shape_fn(vec![m, k], |d| ((d[0] * 7 + d[1] * 3) % 11) as f32 - 5.0);
+        let g = ArrayD::from_shape_fn(vec![rows, m], |d| {
+            if d[1] >= 8 {
+                ((d[0] * 5 + d[1]) % 13) as f32 - 6.0
+            } else {
+                0.0
+            }
+        });
+        let layer = Dense { weight: w.clone(), bias: None };
+        let got = layer.backward(&g, &w, &[rows, k]).unwrap();
+        for r in 0..rows {
+            for c in 0..k {
+                let want: f32 = (0..m).map(|j| g[[r, j]] * w[[j, c]]).sum();
+                assert_eq!(got[[r, c]], want, "({r}, {c})");
+            }
+        }
+    }
+}

@@ -38,6 +38,24 @@ pub fn reshape(x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32>> {
         .into_shape_with_order(x.shape())?)
 }
 
+/// `x` with its axes permuted by `perm`, in standard layout: a copy of the
+/// data as it is where the permutation only moves axes of length 1 (the
+/// order of the elements is then unchanged: `[197, 1, 768]` to `[1, 197,
+/// 768]`), else an elementwise copy.
+pub fn permute(x: &ArrayD<f32>, perm: &[usize]) -> ArrayD<f32> {
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
+    let order: Vec<usize> = perm.iter().copied().filter(|&p| x.shape()[p] != 1).collect();
+    if order.windows(2).all(|w| w[0] < w[1]) {
+        if let Some(s) = x.as_slice() {
+            return ArrayD::from_shape_vec(IxDyn(&shape), s.to_vec()).expect("same size");
+        }
+    }
+    x.view()
+        .permuted_axes(IxDyn(perm))
+        .as_standard_layout()
+        .into_owned()
+}
+
 /// `Transpose`: the inverse permutation (an empty `perm` reverses the axes).
 pub fn transpose(perm: &[usize], x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<ArrayD<f32>> {
     let n = r.ndim();
@@ -52,11 +70,7 @@ pub fn transpose(perm: &[usize], x: &ArrayD<f32>, r: &ArrayD<f32>) -> Result<Arr
         ensure!(p < n, "Transpose perm {perm:?} out of range");
         inv[p] = i;
     }
-    let out = r
-        .clone()
-        .permuted_axes(inv)
-        .as_standard_layout()
-        .into_owned();
+    let out = permute(r, &inv);
     ensure!(
         out.shape() == x.shape(),
         "Transpose relevance {:?} vs input {:?}",
@@ -841,10 +855,7 @@ impl super::Operator for Transpose {
             "permutation {perm:?} for {:?}",
             x.shape()
         );
-        Ok(x.view()
-            .permuted_axes(IxDyn(&perm))
-            .as_standard_layout()
-            .into_owned())
+        Ok(permute(x, &perm))
     }
 
     fn native(&self) -> Option<&'static str> {
@@ -1024,6 +1035,22 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permuting_axes_of_length_one_copies_the_data_as_it_is() {
+        // against ndarray's elementwise copy, over shapes with and without
+        // axes of length 1 and every permutation of three axes
+        let perms = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+        for shape in [[197usize, 1, 8], [1, 5, 3], [4, 1, 1], [2, 3, 4], [1, 1, 1]] {
+            let n: usize = shape.iter().product();
+            let x = ArrayD::from_shape_vec(IxDyn(&shape), (0..n).map(|v| v as f32).collect())
+                .unwrap();
+            for p in perms {
+                let want = x.view().permuted_axes(IxDyn(&p)).as_standard_layout().into_owned();
+                assert_eq!(permute(&x, &p), want, "{shape:?} {p:?}");
+            }
+        }
+    }
 
     #[test]
     fn reshape_rules_compute_shapes_and_refuse_overflowing_sizes() {
