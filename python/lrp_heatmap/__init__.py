@@ -89,7 +89,11 @@ class Explanation:
         ledger: where the relevance went, node by node (a dict; LRP rules
             only, else ``None``).
         layers: ``{layer: np.float32 array}``, the relevance at the layers
-            asked for with ``layers=``.
+            asked for with ``layers=`` (``[T, D]`` at a vision transformer's
+            token tensor ``[batch, T, D]``).
+        tokens: ``{layer: np.float32 array [P, P]}`` for the layers that are
+            token tensors: the relevance of the last ``P * P`` tokens (the
+            patches, each summed over ``D``), in the image's patch order.
         rule: the rule or analyzer.
     """
 
@@ -106,6 +110,7 @@ class Explanation:
         self.ledger: Optional[Dict[str, Any]] = (
             json.loads(d["ledger"]) if d["ledger"] is not None else None)
         self.layers: Dict[str, np.ndarray] = dict(d["layers"])
+        self.tokens: Dict[str, np.ndarray] = dict(d["tokens"])
         self.rule: str = rule
         self._signed = signed
 
@@ -251,7 +256,9 @@ class Model:
             layers: layers (node or tensor names) whose relevance to keep in
                 ``Explanation.layers`` (LRP only).
             concept: ``(layer, [channels])``: pass on only these channels'
-                relevance at that layer (Concept Relevance Propagation).
+                relevance at that layer (Concept Relevance Propagation); the
+                channels of a vision transformer's token tensor are its
+                embedding dimensions.
             mean: normalisation mean per channel (default ImageNet's).
             std: normalisation std per channel (default ImageNet's).
 

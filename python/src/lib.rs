@@ -139,6 +139,9 @@ struct Explained {
     warnings: Vec<String>,
     ledger: Option<String>,
     layers: Vec<(String, ArrayD<f32>)>,
+    /// The `[P, P]` map of the patch tokens of each layer that is a vision
+    /// transformer's token tensor.
+    tokens: Vec<(String, ndarray::Array2<f32>)>,
 }
 
 /// The options of one call of `explain`.
@@ -362,6 +365,9 @@ fn finish(
         top5,
         warnings,
         ledger,
+        tokens: (e.layers.iter())
+            .filter_map(|l| Some((l.layer.clone(), l.token_map()?)))
+            .collect(),
         layers: e
             .layers
             .into_iter()
@@ -437,6 +443,11 @@ fn to_dict<'py>(py: Python<'py>, e: Explained) -> PyResult<Bound<'py, PyDict>> {
         layers.set_item(name, r.into_pyarray(py))?;
     }
     d.set_item("layers", layers)?;
+    let tokens = PyDict::new(py);
+    for (name, m) in e.tokens {
+        tokens.set_item(name, m.into_pyarray(py))?;
+    }
+    d.set_item("tokens", tokens)?;
     Ok(d)
 }
 

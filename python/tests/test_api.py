@@ -195,6 +195,20 @@ def test_layers_and_concept(model):
     assert not np.array_equal(c.relevance, e.relevance)
     with pytest.raises(ValueError, match="^layers= and concept= work with LRP"):
         model.explain(cat, rule="gradient", layers=[layer])
+    assert e.tokens == {}, "a CNN's feature map has no tokens"
+
+
+def test_layers_of_a_vision_transformer():
+    vit = lh.Model(ROOT / "tests" / "fixtures" / "vit" / "vit_tv.dynamo.onnx")
+    cat = ROOT / "images" / "cat.jpg"
+    e = vit.explain(cat, rule="cp-lrp", layers=["node_add_2"])
+    r, m = e.layers["node_add_2"], e.tokens["node_add_2"]
+    assert r.shape == (197, 48) and m.shape == (14, 14)
+    np.testing.assert_allclose(m, r[1:].sum(axis=1).reshape(14, 14), rtol=1e-5, atol=1e-6)
+    c = vit.explain(cat, rule="cp-lrp", concept=("node_add_2", [5]))
+    assert np.isfinite(c.relevance).all()
+    with pytest.raises(ValueError, match="48 embedding dimensions"):
+        vit.explain(cat, rule="cp-lrp", concept=("node_add_2", [48]))
 
 
 def test_evaluate_equals_the_commands_evaluate_json(model, tmp_path):

@@ -52,31 +52,132 @@ pub struct LayerRelevance {
     pub layer: String,
     /// The tensor it names.
     pub tensor: String,
-    /// The relevance at that tensor, batch axis removed (`[C, H, W]`, `[C]`).
+    /// The relevance at that tensor, batch axis removed (`[C, H, W]`, `[C]`;
+    /// `[T, D]` for a token tensor).
     pub relevance: ArrayD<f32>,
+    /// The token layout when the tensor is a vision transformer's
+    /// `[batch, T, D]` ([`Tokens::of`]); `None` for any other tensor.
+    pub tokens: Option<Tokens>,
 }
 
 impl LayerRelevance {
-    /// The relevance of each channel (axis 0 of `relevance`), summed over its
-    /// positions, highest first: the concept relevance of CRP (Achtibat et
-    /// al. 2023).
+    /// The relevance of each channel, summed over its positions, highest
+    /// first: the concept relevance of CRP (Achtibat et al. 2023). The
+    /// channels are axis 0 of `relevance` (axis 1 of the tensor), or the
+    /// embedding dimensions (the last axis) of a token tensor, each summed
+    /// over all tokens.
     pub fn channel_sums(&self) -> Vec<(usize, f64)> {
         if self.relevance.ndim() == 0 {
             return vec![(0, self.relevance.iter().map(|&v| v as f64).sum())];
         }
+        let axis = match self.tokens {
+            Some(_) => self.relevance.ndim() - 1,
+            None => 0,
+        };
         let mut v: Vec<(usize, f64)> = self
             .relevance
-            .axis_iter(Axis(0))
+            .axis_iter(Axis(axis))
             .map(|c| c.iter().map(|&v| v as f64).sum())
             .enumerate()
             .collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         v
     }
+
+    /// The relevance of each token (summed over its embedding dimensions),
+    /// for a token tensor: `relevance` is `[T, D]`.
+    fn token_sums(&self) -> Option<Vec<f64>> {
+        self.tokens?;
+        let r = self
+            .relevance
+            .view()
+            .into_dimensionality::<ndarray::Ix2>()
+            .ok()?;
+        Some(
+            r.rows()
+                .into_iter()
+                .map(|t| t.iter().map(|&v| v as f64).sum())
+                .collect(),
+        )
+    }
+
+    /// The `[P, P]` map of the patch tokens of a token tensor: the last
+    /// `P * P` tokens, each summed over its embedding dimensions, in
+    /// row-major patch order (as a ViT's patch embedding flattens the
+    /// convolution's `[D, P, P]` output); `None` for any other tensor.
+    pub fn token_map(&self) -> Option<ndarray::Array2<f32>> {
+        let t = self.tokens?;
+        let sums = self.token_sums()?;
+        let patches: Vec<f32> = sums[t.extra..].iter().map(|&v| v as f32).collect();
+        ndarray::Array2::from_shape_vec((t.grid, t.grid), patches).ok()
+    }
+
+    /// The relevance of the tokens before the patches, named (`class_token`,
+    /// then `distillation_token`, as DeiT orders them), each summed over its
+    /// embedding dimensions; empty for any other tensor.
+    pub fn extra_tokens(&self) -> Vec<(&'static str, f64)> {
+        let (Some(t), Some(sums)) = (self.tokens, self.token_sums()) else {
+            return Vec::new();
+        };
+        Tokens::EXTRA_NAMES
+            .iter()
+            .copied()
+            .zip(sums)
+            .take(t.extra)
+            .collect()
+    }
+}
+
+/// The layout of a vision transformer's token tensor `[batch, T, D]`: `T`
+/// tokens of width `D`, the last `grid * grid` of them the image's patches
+/// in row-major order, the first `extra` (0 to 2) the class token and
+/// DeiT's distillation token.
+///
+/// ```
+/// use lrp_heatmap::analyzers::lrp::Tokens;
+///
+/// // torchvision's ViT-B/16 at 224 x 224: 14 x 14 patches and a class token
+/// assert_eq!(Tokens::of(&[1, 197, 768], 1), Some(Tokens { grid: 14, extra: 1 }));
+/// // a CNN's feature map is not one
+/// assert_eq!(Tokens::of(&[1, 64, 56, 56], 1), None);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tokens {
+    /// Patches per side (`P`, at least 2).
+    pub grid: usize,
+    /// Tokens before the patches: 0, 1 (class token) or 2 (and DeiT's
+    /// distillation token).
+    pub extra: usize,
+}
+
+impl Tokens {
+    /// The names of the tokens before the patches, in order.
+    pub const EXTRA_NAMES: [&'static str; 2] = ["class_token", "distillation_token"];
+
+    /// Whether a tensor of `shape` (with `batch` inputs) is a token tensor,
+    /// decided from the shape alone: rank 3 with the batch on axis 0
+    /// (`[batch, T, D]`), `T = P * P + e` with `P >= 2` and `e` in 0..=2
+    /// (one such `P` at most: squares of `P >= 2` are 5 or more apart).
+    /// The layouts inside the TorchScript exporter's attention (`[T, batch,
+    /// D]`, heads first) are not, and nor is a CNN's `[batch, C, H, W]`; a
+    /// 1-D CNN's `[batch, C, L]` whose `C` is a square (plus 0 to 2) would be
+    /// taken for one.
+    pub fn of(shape: &[usize], batch: usize) -> Option<Tokens> {
+        let &[b, t, d] = shape else {
+            return None;
+        };
+        if b != batch || d == 0 {
+            return None;
+        }
+        let grid = t.isqrt();
+        let extra = t - grid * grid;
+        (grid >= 2 && extra <= 2).then_some(Tokens { grid, extra })
+    }
 }
 
 /// Channels of a layer: `NODE:K[,K...]` (a node or tensor name, channels on
-/// axis 1 of the tensor, 0-based).
+/// axis 1 of the tensor, or the embedding dimensions, the last axis, of a
+/// token tensor ([`Tokens`]); 0-based).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Channels {
     /// A node or tensor name.
@@ -245,9 +346,9 @@ fn unknown_layer(param: &'static str, layer: &str) -> Error {
     }
 }
 
-/// The tensor of a start inside the graph, checked.
-fn start_tensor<'g>(graph: &'g Graph, fwd: &Forward, c: &Channels) -> Result<&'g str> {
-    let tensor = checked_channels(graph, fwd, "start", c)?;
+/// The tensor of a start inside the graph, checked, with its channel axis.
+fn start_tensor<'g>(graph: &'g Graph, fwd: &Forward, c: &Channels) -> Result<(&'g str, usize)> {
+    let (tensor, axis) = checked_channels(graph, fwd, "start", c)?;
     if tensor == graph.input {
         return Err(Error::InvalidParameter {
             name: "start",
@@ -255,7 +356,7 @@ fn start_tensor<'g>(graph: &'g Graph, fwd: &Forward, c: &Channels) -> Result<&'g
         }
         .into());
     }
-    Ok(tensor)
+    Ok((tensor, axis))
 }
 
 /// Propagates the logit of `class` back to the input with `composite`.
@@ -301,15 +402,23 @@ fn tensor_of<'g>(
     Ok((tensor, shape))
 }
 
-/// Checks `c`'s channels against the tensor's shape (channels on axis 1).
+/// The inputs of the forward pass `fwd` (its input's axis 0).
+fn batch_of(fwd: &Forward) -> usize {
+    fwd.input.shape().first().copied().unwrap_or(1)
+}
+
+/// Checks `c`'s channels against the tensor's shape; returns the tensor and
+/// its channel axis: 1, or the last axis (the embedding dimensions) of a
+/// token tensor ([`Tokens::of`]).
 fn checked_channels<'g>(
     graph: &'g Graph,
     fwd: &Forward,
     param: &'static str,
     c: &Channels,
-) -> Result<&'g str> {
+) -> Result<(&'g str, usize)> {
     let (tensor, shape) = tensor_of(graph, fwd, param, &c.layer)?;
-    let n = match shape.len() {
+    let batch = batch_of(fwd);
+    let axis = match shape.len() {
         0 | 1 => {
             return Err(Error::InvalidParameter {
                 name: param,
@@ -317,12 +426,34 @@ fn checked_channels<'g>(
             }
             .into())
         }
-        _ => shape[1],
+        _ if Tokens::of(&shape, batch).is_some() => 2,
+        // tokens first and the batch on axis 1, as inside the TorchScript
+        // exporter's attention: axis 1 is no channel axis
+        3.. if shape[0] != batch && shape[1] == batch => {
+            return Err(Error::InvalidParameter {
+                name: param,
+                message: format!(
+                    "'{}' of shape {shape:?} holds the batch on axis 1 (tokens first, as inside an attention): it has no channel axis; ask for a [batch, tokens, dim] tensor such as a block's output",
+                    c.layer
+                ),
+            }
+            .into())
+        }
+        _ => 1,
     };
+    let n = shape[axis];
     if let Some(&k) = c.channels.iter().find(|&&k| k >= n) {
+        let message = if axis == 1 {
+            format!("channel {k} out of range: '{}' has {n} channels", c.layer)
+        } else {
+            format!(
+                "channel {k} out of range: '{}' is a token tensor {shape:?} whose channels are its {n} embedding dimensions (D)",
+                c.layer
+            )
+        };
         return Err(Error::InvalidParameter {
             name: param,
-            message: format!("channel {k} out of range: '{}' has {n} channels", c.layer),
+            message,
         }
         .into());
     }
@@ -333,7 +464,7 @@ fn checked_channels<'g>(
         }
         .into());
     }
-    Ok(tensor)
+    Ok((tensor, axis))
 }
 
 /// `a` without its batch axis of 1.
@@ -345,9 +476,9 @@ fn unbatched(a: ArrayD<f32>) -> ArrayD<f32> {
     }
 }
 
-/// `a` with zeros outside `channels` (axis 1).
-fn keep_channels(a: &mut ArrayD<f32>, channels: &[usize]) {
-    for (k, mut lane) in a.axis_iter_mut(Axis(1)).enumerate() {
+/// `a` with zeros outside `channels` (on `axis`).
+fn keep_channels(a: &mut ArrayD<f32>, axis: usize, channels: &[usize]) {
+    for (k, mut lane) in a.axis_iter_mut(Axis(axis)).enumerate() {
         if !channels.contains(&k) {
             lane.fill(0.0);
         }
@@ -434,6 +565,7 @@ pub fn explain_rows(
         "a start inside the graph explains one input at a time"
     );
     let n_classes = fwd.logits.len() / rows;
+    let batch = batch_of(fwd);
     if let Some(&class) = classes.iter().find(|&&c| c >= n_classes) {
         return Err(Error::ClassOutOfRange {
             class,
@@ -463,13 +595,13 @@ pub fn explain_rows(
             (graph.logits.as_str(), start)
         }
         Some(c) => {
-            let tensor = start_tensor(graph, fwd, c)?;
+            let (tensor, axis) = start_tensor(graph, fwd, c)?;
             let mut a = if tensor == graph.logits {
                 fwd.logits_tensor.clone()
             } else {
                 fwd.get(graph, tensor)?.clone()
             };
-            keep_channels(&mut a, &c.channels);
+            keep_channels(&mut a, axis, &c.channels);
             (tensor, a)
         }
     };
@@ -489,10 +621,10 @@ pub fn explain_rows(
         if layers.iter().any(|l| l.1 == t) {
             kept.push((t.to_string(), r.clone()));
         }
-        if let Some((ct, c)) = concept {
+        if let Some(((ct, axis), c)) = concept {
             if ct == t {
                 let before = arrived.borrow_mut().remove(t).unwrap_or_else(|| sums(r));
-                keep_channels(r, &c.channels);
+                keep_channels(r, axis, &c.channels);
                 let after = sums(r);
                 for ((row, b), a) in entries.borrow_mut().iter_mut().zip(&before).zip(&after) {
                     let mut e =
@@ -643,6 +775,7 @@ pub fn explain_rows(
                     layer: layer.clone(),
                     tensor: t.to_string(),
                     relevance,
+                    tokens: Tokens::of(shape, batch),
                 }
             })
             .collect();
@@ -665,4 +798,81 @@ pub fn explain_rows(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_tensors_are_told_from_the_shape() {
+        let tokens = |grid, extra| Some(Tokens { grid, extra });
+        // torchvision ViT / DeiT at 224, patches of 16: a class token
+        assert_eq!(Tokens::of(&[1, 197, 48], 1), tokens(14, 1));
+        // no class token (the patches before the Concat), a batch of 4
+        assert_eq!(Tokens::of(&[1, 16, 8], 1), tokens(4, 0));
+        assert_eq!(Tokens::of(&[4, 196, 48], 4), tokens(14, 0));
+        // DeiT distilled: class and distillation tokens
+        assert_eq!(Tokens::of(&[1, 198, 192], 1), tokens(14, 2));
+        assert_eq!(Tokens::of(&[1, 6, 3], 1), tokens(2, 2));
+        // 3 = 1 * 1 + 2: one patch is no grid
+        assert_eq!(Tokens::of(&[1, 3, 7], 1), None);
+        assert_eq!(Tokens::of(&[1, 1, 7], 1), None);
+        // 3 extra tokens are not a grid plus class tokens
+        assert_eq!(Tokens::of(&[1, 199, 48], 1), None);
+        assert_eq!(Tokens::of(&[1, 12, 48], 1), None);
+        // tokens first (inside the TorchScript attention), heads first, the
+        // batch not on axis 0
+        assert_eq!(Tokens::of(&[197, 1, 48], 1), None);
+        assert_eq!(Tokens::of(&[3, 197, 16], 1), None);
+        assert_eq!(Tokens::of(&[1, 197, 48], 2), None);
+        // other ranks: a CNN's feature map, a dense layer, [T, D] unbatched
+        assert_eq!(Tokens::of(&[1, 64, 56, 56], 1), None);
+        assert_eq!(Tokens::of(&[1, 1000], 1), None);
+        assert_eq!(Tokens::of(&[197, 48], 1), None);
+        assert_eq!(Tokens::of(&[1, 197, 0], 1), None);
+        assert_eq!(Tokens::of(&[], 1), None);
+    }
+
+    fn layer(relevance: ArrayD<f32>, tokens: Option<Tokens>) -> LayerRelevance {
+        LayerRelevance {
+            layer: "l".into(),
+            tensor: "t".into(),
+            relevance,
+            tokens,
+        }
+    }
+
+    #[test]
+    fn a_token_layer_ranks_dimensions_and_maps_patches() {
+        // 2 extra tokens and a 2 x 2 grid of width 3: token i, dimension d
+        // holds 10 i + d
+        let r = ArrayD::from_shape_fn(IxDyn(&[6, 3]), |ix| (10 * ix[0] + ix[1]) as f32);
+        let l = layer(r.clone(), Tokens::of(&[1, 6, 3], 1));
+        // dimension d: sum over tokens of 10 i + d = 150 + 6 d
+        assert_eq!(l.channel_sums(), vec![(2, 162.0), (1, 156.0), (0, 150.0)]);
+        // token i: 30 i + 3, the patches are tokens 2..6 row-major
+        let map = l.token_map().unwrap();
+        assert_eq!(map, ndarray::arr2(&[[63.0, 93.0], [123.0, 153.0]]));
+        assert_eq!(
+            l.extra_tokens(),
+            vec![("class_token", 3.0), ("distillation_token", 33.0)]
+        );
+        // the same array as a CNN's [C, L]: channels on axis 0, no tokens
+        let cnn = layer(r, None);
+        assert_eq!(cnn.channel_sums()[0], (5, 153.0));
+        assert_eq!(cnn.token_map(), None);
+        assert!(cnn.extra_tokens().is_empty());
+    }
+
+    #[test]
+    fn keep_channels_masks_the_given_axis() {
+        let mut a = ArrayD::from_elem(IxDyn(&[1, 5, 3]), 1f32);
+        keep_channels(&mut a, 2, &[1]);
+        assert_eq!(a.sum(), 5.0);
+        assert!(a.index_axis(Axis(2), 1).iter().all(|&v| v == 1.0));
+        let mut a = ArrayD::from_elem(IxDyn(&[1, 5, 3]), 1f32);
+        keep_channels(&mut a, 1, &[0, 4]);
+        assert_eq!(a.sum(), 6.0);
+    }
 }

@@ -148,11 +148,14 @@ pub struct Args {
 
     /// Also write the relevance at this layer (a node or tensor name, `inspect` lists
     /// them) as <stem>.<rule>.<layer>.npy, with its channels ranked in --json; repeatable.
+    /// At a vision transformer's [1, T, D] token tensor also <stem>.<rule>.<layer>.tokens.npy,
+    /// the [P, P] map of its patch tokens; its channels are the D embedding dimensions.
     #[arg(long, value_name = "NODE")]
     pub layer: Vec<String>,
 
     /// Explain one concept: at layer NODE pass on only the relevance of channels K
-    /// (the heatmap shows where the concept sits in the image).
+    /// (the heatmap shows where the concept sits in the image; embedding dimensions K
+    /// of a vision transformer's token tensor).
     #[arg(long, value_name = "NODE:K[,K...]")]
     pub concept: Option<Channels>,
 

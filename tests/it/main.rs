@@ -35,4 +35,5 @@ mod quantized;
 mod registry;
 mod shard;
 mod ties;
+mod tokens;
 mod vit;

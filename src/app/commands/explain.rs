@@ -103,6 +103,9 @@ pub struct Outcome {
     pub npy: Option<PathBuf>,
     /// Written relevance of each layer asked for.
     pub layer_npys: Vec<PathBuf>,
+    /// Written map of the patch tokens of each layer asked for that is a
+    /// vision transformer's token tensor (`None` for the others).
+    pub token_npys: Vec<Option<PathBuf>>,
     /// Written ledger, if asked for.
     pub ledger: Option<PathBuf>,
     /// Wall time for this input.
@@ -288,6 +291,14 @@ impl Explainer {
     /// Output of the relevance at `layer`.
     fn layer_output(&self, job: &Job, layer: &str) -> PathBuf {
         job.output(&format!("{}.{}", self.tag(), file_part(layer)), "npy")
+    }
+
+    /// Output of the map of the patch tokens at `layer` (a token tensor).
+    fn token_output(&self, job: &Job, layer: &str) -> PathBuf {
+        job.output(
+            &format!("{}.{}", self.tag(), file_part(layer)),
+            "tokens.npy",
+        )
     }
 
     /// How many images go through one pass for `images` images on `jobs`
@@ -533,11 +544,25 @@ impl Explainer {
             None
         };
         let mut layer_npys = Vec::new();
+        let mut token_npys = Vec::new();
         for l in &mut explanation.layers {
+            // the token map first: once the layer's file exists, so does its
+            // token map (`--skip-existing` looks for the layer's file only,
+            // not knowing before the forward pass which layers hold tokens)
+            let tokens = match l.token_map() {
+                Some(map) => {
+                    let path = self.token_output(job, &l.layer);
+                    crate::app::output::save_npy(&map, &path)
+                        .with_context(|| format!("{}", input.display()))?;
+                    Some(path)
+                }
+                None => None,
+            };
             let path = self.layer_output(job, &l.layer);
             crate::app::output::save_npy(&l.relevance, &path)
                 .with_context(|| format!("{}", input.display()))?;
             layer_npys.push(path);
+            token_npys.push(tokens);
         }
         let ledger = match (&explanation.ledger, self.cfg.ledger) {
             (Some(l), true) => {
@@ -562,6 +587,7 @@ impl Explainer {
             png,
             npy,
             layer_npys,
+            token_npys,
             ledger,
             seconds,
             warnings,
@@ -627,16 +653,20 @@ impl Explainer {
                     "summary": l.summary(),
                     "file": o.ledger.as_ref().map(|p| p.display().to_string()),
                 })),
-                "layers": e.layers.iter().zip(&o.layer_npys).map(|(l, p)| {
+                "layers": e.layers.iter().zip(&o.layer_npys).zip(&o.token_npys).map(|((l, p), t)| {
                     let ch = l.channel_sums();
-                    json!({
+                    let mut v = json!({
                         "layer": l.layer,
                         "tensor": l.tensor,
                         "shape": l.relevance.shape(),
                         "sum": ch.iter().map(|c| c.1).sum::<f64>(),
                         "npy": p.display().to_string(),
                         "channels": ch.iter().map(|&(k, r)| json!({"channel": k, "relevance": r})).collect::<Vec<_>>(),
-                    })
+                    });
+                    if let Some(tokens) = token_json(l, t.as_deref()) {
+                        v["tokens"] = tokens;
+                    }
+                    v
                 }).collect::<Vec<_>>(),
             })
             .to_string();
@@ -676,17 +706,37 @@ impl Explainer {
         if let Some(line) = e.ledger.as_ref().and_then(|l| l.summary()) {
             s += &format!("  {line}\n");
         }
-        for (l, path) in e.layers.iter().zip(&o.layer_npys) {
+        for ((l, path), tokens) in e.layers.iter().zip(&o.layer_npys).zip(&o.token_npys) {
             let top: Vec<String> = (l.channel_sums().iter().take(5))
                 .map(|(k, r)| format!("{k} ({r:.4})"))
                 .collect();
-            s += &format!(
-                "  layer {} {:?}: top channels {} -> {}\n",
-                l.layer,
-                l.relevance.shape(),
-                top.join(", "),
-                path.display()
-            );
+            match (l.tokens, l.token_map(), tokens) {
+                (Some(t), Some(map), Some(tokens)) => {
+                    let mut parts: Vec<String> = (l.extra_tokens().iter())
+                        .map(|(name, r)| format!("{} {r:.4}", name.replace('_', " ")))
+                        .collect();
+                    let patches: f64 = map.iter().map(|&v| v as f64).sum();
+                    parts.push(format!("{0}x{0} patches {patches:.4}", t.grid));
+                    s += &format!(
+                        "  layer {} {:?} (tokens: {}): top dimensions {} -> {}, {}\n",
+                        l.layer,
+                        l.relevance.shape(),
+                        parts.join(", "),
+                        top.join(", "),
+                        path.display(),
+                        tokens.display()
+                    );
+                }
+                _ => {
+                    s += &format!(
+                        "  layer {} {:?}: top channels {} -> {}\n",
+                        l.layer,
+                        l.relevance.shape(),
+                        top.join(", "),
+                        path.display()
+                    );
+                }
+            }
         }
         s += &format!("  {} -> {}", self.png_tag(), o.png.display());
         if let Some(n) = &o.npy {
@@ -697,6 +747,27 @@ impl Explainer {
         }
         s
     }
+}
+
+/// The `tokens` object of a token tensor's entry in `--json`'s `layers`:
+/// `grid` (`[P, P]`), `patches` (the relevance of the patch tokens), each
+/// token before them by name (`class_token`, `distillation_token`), `npy`
+/// (the token map's file). `None` for any other tensor.
+fn token_json(
+    l: &lrp_heatmap::analyzers::lrp::LayerRelevance,
+    npy: Option<&std::path::Path>,
+) -> Option<serde_json::Value> {
+    let t = l.tokens?;
+    let map = l.token_map()?;
+    let mut v = json!({
+        "grid": [t.grid, t.grid],
+        "patches": map.iter().map(|&v| v as f64).sum::<f64>(),
+        "npy": npy.map(|p| p.display().to_string()),
+    });
+    for (name, r) in l.extra_tokens() {
+        v[name] = json!(r);
+    }
+    Some(v)
 }
 
 /// Runs the whole job; per-input failures are reported on `err` and counted.
