@@ -21,7 +21,8 @@ pub fn exp(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // 2^n in two halves, so that n = -127 .. 128 stay finite and normal
     let n = n as i32;
     let half = n / 2;
@@ -153,7 +154,8 @@ mod tests {
 
     /// Distance in units of the last place.
     fn ulps(a: f32, b: f32) -> f64 {
-        ((a as f64 - b as f64) / (b.abs().max(f32::MIN_POSITIVE) as f64 * f32::EPSILON as f64)).abs()
+        ((a as f64 - b as f64) / (b.abs().max(f32::MIN_POSITIVE) as f64 * f32::EPSILON as f64))
+            .abs()
     }
 
     #[test]
@@ -183,7 +185,10 @@ mod tests {
             // erfc by its continued integral: use the f64 series of erf
             let want = 0.5 * xd * erfc64(-xd / std::f64::consts::SQRT_2);
             let got = gelu(x) as f64;
-            assert!((got - want).abs() <= 3e-7 * want.abs() + 1e-20, "{x}: {got} {want}");
+            assert!(
+                (got - want).abs() <= 3e-7 * want.abs() + 1e-20,
+                "{x}: {got} {want}"
+            );
             x += 0.0173;
         }
     }
@@ -192,7 +197,9 @@ mod tests {
     fn every_instruction_set_gives_the_same_bits() {
         // the baseline loop against the one chosen here (AVX-512F or AVX2 on
         // the machines we run on): the same operations, the same results
-        let x: Vec<f32> = (0..4099).map(|i| (i as f32 * 0.013_7).sin() * 9.0 - 0.5).collect();
+        let x: Vec<f32> = (0..4099)
+            .map(|i| (i as f32 * 0.013_7).sin() * 9.0 - 0.5)
+            .collect();
         let mut fast = x.clone();
         gelu_in_place(&mut fast);
         let slow: Vec<f32> = x.iter().map(|&v| gelu(v)).collect();

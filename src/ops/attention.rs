@@ -580,7 +580,7 @@ pub const FAMILY: super::registry::Family = super::registry::Family {
     name: "attention",
     onnx: &[(
         "Softmax",
-        "inside the network: AttnLRP's rule x * (R - s sum R) (none under cp-lrp); as the last node: skipped, its input (the logits) is explained",
+        "as the last node: skipped, its input (the logits) is explained; inside the network (attention): AttnLRP's x (R - s sum R)",
     )],
     import,
     fuse: None,

@@ -35,7 +35,8 @@ fn bundled() -> Model {
 /// the logit minus the biases' shares, which on this network can exceed the
 /// logit (the astronaut: -1.43 x the logit, the rocket: -0.31 x). Every other
 /// rule and composite stays within `[-0.1, 2] x logit` without a warning.
-const GRADIENT_LIKE: [&str; 2] = ["lrp0", "epsilon"];
+// (`attnlrp` and `cp-lrp` are epsilon on every layer of a CNN)
+const GRADIENT_LIKE: [&str; 4] = ["lrp0", "epsilon", "attnlrp", "cp-lrp"];
 
 #[test]
 fn every_composite_on_the_photos_is_finite_bounded_balanced_and_unwarned() {

@@ -108,7 +108,7 @@ fn inspect_lists_input_output_operators_and_support() {
         "      2  Conv                 linear layer",
         "      2  Relu                 activation: relevance passes",
         "      1  Concat               each input gets its slice back",
-        "      1  Softmax              only as the last node",
+        "      1  Softmax              as the last node: skipped",
         "      1  GlobalAveragePool    proportional",
         "      1  Reshape              shape only",
     ] {

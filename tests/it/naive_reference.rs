@@ -1098,6 +1098,10 @@ const COMPOSITES: [&str; 14] = [
     "epsilon-alpha2-beta1",
     "deep-taylor",
     "deep-taylor-bounded",
+    "attnlrp",
+    "attnlrp-gamma",
+    "cp-lrp",
+    "cp-lrp-gamma",
 ];
 
 /// Rule per layer class, from the spec (default parameters: epsilon 1e-6,
@@ -1133,6 +1137,10 @@ fn ref_composite(name: &str) -> RefComposite {
         "epsilon-alpha2-beta1" => c(None, ab, eps),
         "deep-taylor" => c(Some(RefRule::WSquare), ZPLUS, ZPLUS),
         "deep-taylor-bounded" => c(Some(RefRule::ZBox), ZPLUS, ZPLUS),
+        // the transformer composites: their attention rules have no
+        // operator on these networks (tests/it/vit.rs has their reference)
+        "attnlrp" | "cp-lrp" => all(eps),
+        "attnlrp-gamma" | "cp-lrp-gamma" => all(gamma),
         other => panic!("no reference for composite {other}"),
     }
 }
