@@ -58,6 +58,10 @@ fn import(n: &OnnxNode) -> Result<Imported> {
     })
 }
 
+/// The parts of a relevance (or gradient) split at a `Concat`: the inputs'
+/// (the parameters read at run time get zeros), and the constants'.
+type Parts = (Vec<ArrayD<f32>>, Vec<ArrayD<f32>>);
+
 impl Concat {
     /// How many of its inputs are read at run time.
     fn runtime(&self) -> usize {
@@ -78,16 +82,17 @@ impl Concat {
                 Some((at, c)) if *at == i => {
                     let c: &ArrayD<f32> = match c {
                         Some(c) => c,
-                        None => params
-                            .next()
-                            .ok_or_else(|| anyhow::anyhow!("a parameter read at run time is missing"))?,
+                        None => params.next().ok_or_else(|| {
+                            anyhow::anyhow!("a parameter read at run time is missing")
+                        })?,
                     };
                     let v = match (c.shape().first(), batch) {
                         (Some(1), Some(b)) if b != 1 && c.ndim() == inputs[0].ndim() => {
                             let mut shape = c.shape().to_vec();
                             shape[0] = b;
-                            c.broadcast(shape)
-                                .ok_or_else(|| anyhow::anyhow!("constant {:?} for a batch of {b}", c.shape()))?
+                            c.broadcast(shape).ok_or_else(|| {
+                                anyhow::anyhow!("constant {:?} for a batch of {b}", c.shape())
+                            })?
                         }
                         _ => c.view(),
                     };
@@ -106,7 +111,7 @@ impl Concat {
 
     /// `split` over all inputs, the constants' parts removed (their sum
     /// returned apart).
-    fn split_acts(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<(Vec<ArrayD<f32>>, Vec<ArrayD<f32>>)> {
+    fn split_acts(&self, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Parts> {
         let all = self.all(inputs)?;
         let owned: Vec<ArrayD<f32>> = all.iter().map(|v| v.to_owned()).collect();
         let refs: Vec<&ArrayD<f32>> = owned.iter().collect();
@@ -127,15 +132,9 @@ impl Concat {
 }
 
 impl Operator for Concat {
-
-
-
     fn elements(&self) -> super::Elements {
         super::Elements::Other
     }
-
-
-
 
     fn native(&self) -> Option<&'static str> {
         None
@@ -176,7 +175,9 @@ impl Operator for Concat {
         for (_, c) in &self.constants {
             let mut shape = match c {
                 Some(c) => c.shape(),
-                None => params.next().ok_or_else(|| anyhow::anyhow!("a parameter is missing"))?,
+                None => params
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("a parameter is missing"))?,
             }
             .to_vec();
             if let (Some(1), Some(b)) = (shape.first().copied(), batch) {
@@ -258,11 +259,7 @@ impl Operator for Concat {
         super::Lrp0::Exact
     }
 
-    fn lrp0_gradient(
-        &self,
-        inputs: &[&ArrayD<f32>],
-        g: &ArrayD<f32>,
-    ) -> Result<Vec<ArrayD<f32>>> {
+    fn lrp0_gradient(&self, inputs: &[&ArrayD<f32>], g: &ArrayD<f32>) -> Result<Vec<ArrayD<f32>>> {
         self.gradient(inputs, g, Default::default())
     }
 
@@ -321,13 +318,14 @@ pub fn split(axis: i64, inputs: &[&ArrayD<f32>], r: &ArrayD<f32>) -> Result<Vec<
         .iter()
         .map(|x| {
             let n = x.shape()[ax];
-            let part = r.slice_axis(Axis(ax), Slice::from(start..start + n)).to_owned();
+            let part = r
+                .slice_axis(Axis(ax), Slice::from(start..start + n))
+                .to_owned();
             start += n;
             part
         })
         .collect())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -357,16 +355,27 @@ mod tests {
         let a = ArrayD::from_shape_fn(vec![2, 1, 3], |d| (d[0] * 10 + d[2]) as f32);
         let b = ArrayD::from_shape_fn(vec![2, 4, 3], |d| (100 + d[0] * 10 + d[1] + d[2]) as f32);
         for axis in [1, -2] {
-            let c = Concat { axis, constants: vec![] };
+            let c = Concat {
+                axis,
+                constants: vec![],
+            };
             let y = c.forward(&[&a, &b], 1).unwrap();
             let want = ndarray::concatenate(Axis(1), &[a.view(), b.view()]).unwrap();
             assert_eq!(y, want);
-            assert_eq!(c.output_shape(&[&[2, 1, 3], &[2, 4, 3]]).unwrap(), vec![2, 5, 3]);
+            assert_eq!(
+                c.output_shape(&[&[2, 1, 3], &[2, 4, 3]]).unwrap(),
+                vec![2, 5, 3]
+            );
             // relevance: each input its slice, the sum conserved
             let back = split(axis, &[&a, &b], &y).unwrap();
             assert_eq!(back, vec![a.clone(), b.clone()]);
         }
-        let e = Concat { axis: 0, constants: vec![] }.forward(&[&a, &b], 1).unwrap_err();
+        let e = Concat {
+            axis: 0,
+            constants: vec![],
+        }
+        .forward(&[&a, &b], 1)
+        .unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
     }
 

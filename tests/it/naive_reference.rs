@@ -1083,7 +1083,7 @@ fn stabilizer_and_default_parameters_are_the_spec_ones() {
 // ---------------------------------------------------------------------------
 
 /// Every composite name of the library.
-const COMPOSITES: [&str; 14] = [
+const COMPOSITES: [&str; 18] = [
     "lrp0",
     "epsilon",
     "zplus",
