@@ -40,14 +40,11 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-/// `erfc(x)` (in `f64`, computed to `f32` precision) with a fractional
-/// error below 1.2e-7 (Numerical Recipes'
-/// `erfcc` Chebyshev fit, the one the `f64` activations use). The exponent
-/// `-z^2 + P(t)` is formed in `f64` (in `f32` its rounding alone would cost
-/// 1e-6 of the result at z = 3), then split into an `f32` part for [`exp`]
-/// and the small rest, `e^lo = 1 + lo`.
+/// Numerical Recipes' `erfcc` Chebyshev fit of `erfc(x)` (fractional error
+/// below 1.2e-7): `erfc(|x|) = t e^arg`, returned as `(t, arg)`; the one
+/// fit behind this module's [`erfc`] and the `f64` activations'.
 #[inline(always)]
-pub fn erfc(x: f64) -> f64 {
+pub fn erfc_fit(x: f64) -> (f64, f64) {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
     let poly = -1.265_512_23
@@ -58,7 +55,18 @@ pub fn erfc(x: f64) -> f64 {
                         + t * (0.278_868_07
                             + t * (-1.135_203_98
                                 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let arg = -z * z + poly;
+    (t, -z * z + poly)
+}
+
+/// `erfc(x)` (in `f64`, computed to `f32` precision) with a fractional
+/// error below 1.2e-7 (Numerical Recipes'
+/// `erfcc` Chebyshev fit, the one the `f64` activations use). The exponent
+/// `-z^2 + P(t)` is formed in `f64` (in `f32` its rounding alone would cost
+/// 1e-6 of the result at z = 3), then split into an `f32` part for [`exp`]
+/// and the small rest, `e^lo = 1 + lo`.
+#[inline(always)]
+pub fn erfc(x: f64) -> f64 {
+    let (t, arg) = erfc_fit(x);
     let hi = arg as f32;
     let lo = arg - hi as f64;
     let r = t * exp(hi) as f64 * (1.0 + lo);

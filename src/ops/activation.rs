@@ -82,20 +82,10 @@ pub enum Act {
     Opaque,
 }
 
-/// `erfc(x)` with a fractional error below 1.2e-7 (Numerical Recipes' `erfcc`,
-/// a Chebyshev fit), ample for `f32`.
+/// `erfc(x)` in `f64` (the fit of [`crate::kernels::math::erfc_fit`]).
 fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * (-z * z + poly).exp();
+    let (t, arg) = crate::kernels::math::erfc_fit(x);
+    let r = t * arg.exp();
     if x >= 0.0 {
         r
     } else {
